@@ -1,0 +1,344 @@
+//! Applies plans: creates groups, writes knobs (journalling originals first), moves tasks, kills.
+
+use crate::error::ActError;
+use crate::journal::{Entry, Journal};
+use std::path::{Path, PathBuf};
+use tidal_cgroupfs::layout::{read_file, read_procs, write_file};
+use tidal_cgroupfs::v2::core::{subtree_delta, KILL, SUBTREE_CONTROL};
+use tidal_cgroupfs::{knobs, CgroupError, Layout, Version};
+use tidal_model::{Action, GroupPath, Knob, KnobValue, Op, Plan};
+use tracing::{debug, info, warn};
+
+/// v2 controllers tidal enables for its subtree when the parent offers them.
+const V2_CONTROLLERS: [&str; 4] = ["cpu", "cpuset", "memory", "io"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Written,
+    /// The value was already in place: nothing written.
+    Unchanged,
+    /// The group is gone (its workload ended): a normal event.
+    Vanished,
+    /// Dry run: logged, not written.
+    DryRun,
+    /// This host has no file for the knob.
+    Unsupported,
+}
+
+#[derive(Debug)]
+pub struct Applied {
+    pub action: Action,
+    pub result: Result<Outcome, ActError>,
+}
+
+pub struct Actuator {
+    layout: Layout,
+    journal: Journal,
+    dry_run: bool,
+    /// Files written since start (for metrics).
+    pub writes: u64,
+    /// Groups this process created, oldest first (for rollback).
+    created_now: Vec<PathBuf>,
+}
+
+fn mkdir_err(path: &Path) -> impl FnOnce(std::io::Error) -> ActError + '_ {
+    move |source| {
+        ActError::Cgroup(CgroupError::Create {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+impl Actuator {
+    pub fn new(layout: Layout, state_dir: &Path, dry_run: bool) -> Result<Actuator, ActError> {
+        Ok(Actuator {
+            layout,
+            journal: Journal::open(state_dir)?,
+            dry_run,
+            writes: 0,
+            created_now: Vec::new(),
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Applies every action in order; a failed action does not stop the rest.
+    pub fn apply(&mut self, plan: &Plan) -> Vec<Applied> {
+        plan.actions
+            .iter()
+            .map(|a| {
+                let result = self.apply_one(a);
+                match &result {
+                    Ok(Outcome::Written) => info!("{a}"),
+                    Ok(Outcome::DryRun) => info!("dry-run: would {a}"),
+                    Ok(o) => debug!("{a}: {o:?}"),
+                    Err(e) => warn!("{a}: {e}"),
+                }
+                Applied {
+                    action: a.clone(),
+                    result,
+                }
+            })
+            .collect()
+    }
+
+    pub fn apply_one(&mut self, a: &Action) -> Result<Outcome, ActError> {
+        match &a.op {
+            Op::EnsureGroup => self.ensure_group(&a.group),
+            Op::Set { knob, value } => self.set(&a.group, *knob, value),
+            Op::Kill => self.kill(&a.group),
+        }
+    }
+
+    /// Writes one raw file, journalling its original first. Only this function writes knob files.
+    fn write_journalled(&mut self, path: &Path, value: &str) -> Result<Outcome, ActError> {
+        if self.dry_run {
+            info!("dry-run: would write '{value}' to {}", path.display());
+            return Ok(Outcome::DryRun);
+        }
+        if !self.journal.has_original(path) {
+            let original = read_file(path)?;
+            self.journal.record_original(path, original.trim_end())?;
+        }
+        write_file(path, value)?;
+        self.writes += 1;
+        Ok(Outcome::Written)
+    }
+
+    /// Sets a knob on a group unless it already has the value.
+    pub fn set(
+        &mut self,
+        group: &GroupPath,
+        knob: Knob,
+        value: &KnobValue,
+    ) -> Result<Outcome, ActError> {
+        let Some((version, paths)) = self.layout.knob_paths(group, knob) else {
+            return Ok(Outcome::Unsupported);
+        };
+        let wanted = knobs::encode(knob, version, value)
+            .map_err(|reason| ActError::Encode { knob, reason })?;
+        // Compare through the decoder so lossy conversions (shares → weight) still count as equal.
+        let canonical = knobs::decode(knob, version, &wanted).ok();
+        let mut current = Vec::with_capacity(paths.len());
+        for p in &paths {
+            match read_file(p) {
+                Ok(s) => current.push(s),
+                Err(e) if e.is_vanished() => {
+                    if p.parent().is_some_and(Path::exists) {
+                        return Ok(Outcome::Unsupported);
+                    }
+                    return Ok(Outcome::Vanished);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if canonical.is_some() && knobs::decode(knob, version, &current).ok() == canonical {
+            return Ok(Outcome::Unchanged);
+        }
+        let mut outcome = Outcome::Unchanged;
+        for ((p, want), cur) in paths.iter().zip(&wanted).zip(&current) {
+            if cur.trim() == want.trim() {
+                continue;
+            }
+            match self.write_journalled(p, want) {
+                Err(e) if e.is_vanished() => return Ok(Outcome::Vanished),
+                Err(e) => return Err(e),
+                Ok(o) => outcome = o,
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Creates `group` and its ancestors (the tidal root included) in every hierarchy tidal uses.
+    pub fn ensure_group(&mut self, group: &GroupPath) -> Result<Outcome, ActError> {
+        let mut chain = vec![GroupPath::root()];
+        chain.extend(group.lineage());
+        let mut outcome = Outcome::Unchanged;
+        for g in &chain {
+            for i in 0..self.layout.roots.len() {
+                let dir = self.layout.roots[i].dir(g);
+                let version = self.layout.roots[i].version();
+                if dir.exists() {
+                    continue;
+                }
+                if self.dry_run {
+                    info!("dry-run: would create {}", dir.display());
+                    outcome = Outcome::DryRun;
+                    continue;
+                }
+                self.create_dir(&dir, version)?;
+                outcome = Outcome::Written;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Creates one group directory: journal first, enable v2 controllers, init v1 cpusets.
+    fn create_dir(&mut self, dir: &Path, version: Version) -> Result<bool, ActError> {
+        let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        if version == Version::V2 {
+            self.enable_v2_controllers(&parent)?;
+        }
+        let added = self.journal.record_created(dir)?;
+        match std::fs::create_dir(dir) {
+            Ok(()) => self.created_now.push(dir.to_path_buf()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Someone else made it first; only the one who recorded it keeps the entry.
+                if added {
+                    let d = dir.to_path_buf();
+                    self.journal
+                        .forget(|e| matches!(e, Entry::Created { path } if *path == d))?;
+                }
+                return Ok(false);
+            }
+            Err(e) => {
+                if added {
+                    let d = dir.to_path_buf();
+                    let _ = self
+                        .journal
+                        .forget(|e| matches!(e, Entry::Created { path } if *path == d));
+                }
+                return Err(mkdir_err(dir)(e));
+            }
+        }
+        if version == Version::V1 && dir.join("cpuset.cpus").exists() {
+            // A new v1 cpuset group is empty and refuses tasks until it has cpus and mems.
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                let v = read_file(&parent.join(f))?;
+                self.write_journalled(&dir.join(f), v.trim())?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn enable_v2_controllers(&mut self, parent: &Path) -> Result<(), ActError> {
+        let offered = match read_file(&parent.join("cgroup.controllers")) {
+            Ok(s) => s,
+            Err(e) if e.is_vanished() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let current = read_file(&parent.join(SUBTREE_CONTROL))?;
+        let mut wanted: Vec<&str> = current.split_whitespace().collect();
+        for c in V2_CONTROLLERS {
+            if offered.split_whitespace().any(|x| x == c) && !wanted.contains(&c) {
+                wanted.push(c);
+            }
+        }
+        if let Some(delta) = subtree_delta(&current, &wanted.join(" ")) {
+            self.write_journalled(&parent.join(SUBTREE_CONTROL), &delta)?;
+        }
+        Ok(())
+    }
+
+    /// Creates a new group `parent/name` (or `name-2`, `name-3`, … if taken) and returns its path.
+    /// The name is claimed atomically by mkdir in the primary hierarchy.
+    pub fn create_unique(&mut self, parent: &GroupPath, name: &str) -> Result<GroupPath, ActError> {
+        self.ensure_group(parent)?;
+        let Some(primary) = self.layout.primary().cloned() else {
+            return Err(ActError::Cgroup(CgroupError::NoHierarchy {
+                path: PathBuf::from("/proc/self/mountinfo"),
+            }));
+        };
+        for n in 1..10_000 {
+            let candidate = if n == 1 {
+                parent.join(name)
+            } else {
+                parent.join(&format!("{name}-{n}"))
+            };
+            let dir = primary.dir(&candidate);
+            if dir.exists() {
+                continue;
+            }
+            if self.dry_run {
+                info!("dry-run: would create {}", dir.display());
+                return Ok(candidate);
+            }
+            if !self.create_dir(&dir, primary.version())? {
+                continue;
+            }
+            self.ensure_group(&candidate)?;
+            return Ok(candidate);
+        }
+        Err(ActError::NoFreeName {
+            parent: primary.dir(parent),
+            name: name.to_string(),
+        })
+    }
+
+    /// Removes the groups this process created (newest first) and their journal entries: used when
+    /// setting up fails half-way, so nothing is left behind.
+    pub fn rollback_created(&mut self) {
+        let dirs: Vec<PathBuf> = self.created_now.drain(..).rev().collect();
+        for d in &dirs {
+            if let Err(e) = std::fs::remove_dir(d) {
+                warn!("rollback: cannot remove {}: {e}", d.display());
+            }
+        }
+        let gone: Vec<PathBuf> = dirs.into_iter().filter(|d| !d.exists()).collect();
+        if let Err(e) = self
+            .journal
+            .forget(|e| matches!(e, Entry::Created { path } if gone.contains(path)))
+        {
+            warn!("rollback: {e}");
+        }
+    }
+
+    /// Moves a task into the group in every hierarchy tidal uses.
+    pub fn move_pid(&mut self, group: &GroupPath, pid: u32) -> Result<(), ActError> {
+        for dir in self.layout.group_dirs(group) {
+            let p = dir.join("cgroup.procs");
+            if self.dry_run {
+                info!("dry-run: would move pid {pid} to {}", p.display());
+                continue;
+            }
+            write_file(&p, &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Kills every task of the group: `cgroup.kill` where it exists, else SIGKILL per task.
+    pub fn kill(&mut self, group: &GroupPath) -> Result<Outcome, ActError> {
+        if self.dry_run {
+            info!("dry-run: would kill every task of {group}");
+            return Ok(Outcome::DryRun);
+        }
+        if let Some(u) = self.layout.unified() {
+            let p = u.dir(group).join(KILL);
+            if p.exists() {
+                match write_file(&p, "1") {
+                    Ok(()) => return Ok(Outcome::Written),
+                    Err(e) if e.is_vanished() => return Ok(Outcome::Vanished),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let Some(primary) = self.layout.primary() else {
+            return Ok(Outcome::Unsupported);
+        };
+        let procs = primary.dir(group).join("cgroup.procs");
+        let pids = match read_procs(&procs) {
+            Ok(p) => p,
+            Err(e) if e.is_vanished() => return Ok(Outcome::Vanished),
+            Err(e) => return Err(e.into()),
+        };
+        for pid in pids {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        Ok(Outcome::Written)
+    }
+}

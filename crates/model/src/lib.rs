@@ -1,0 +1,14 @@
+//! The vocabulary every stage of tidal shares: QoS levels, semantic cgroup knobs and their typed values,
+//! CPU sets, and the plan that the pure policy hands to the actuator. No IO lives here.
+
+pub mod caps;
+pub mod cpuset;
+pub mod knob;
+pub mod level;
+pub mod plan;
+
+pub use caps::Capabilities;
+pub use cpuset::CpuSet;
+pub use knob::{Knob, KnobValue};
+pub use level::{QosLevel, UnknownLevel};
+pub use plan::{Action, GroupPath, Op, Plan};

@@ -1,0 +1,7 @@
+//! The pure policy: functions from what tidal knows (capabilities, a snapshot, the config) to a
+//! [`Plan`](tidal_model::Plan) in which every action carries its reason. No IO and no clock reads:
+//! time arrives as data in the snapshot, so every decision is unit- and property-testable.
+
+pub mod levels;
+
+pub use levels::{level_plan, workload_limits, Limits};

@@ -1,0 +1,291 @@
+//! `tidal doctor`: what this node can do, and what tidal does without each missing feature.
+
+use crate::cli::{DoctorArgs, Global};
+use crate::exit::fail;
+use serde::Serialize;
+use std::path::Path;
+use tidal_cgroupfs::caps::{kernel_release, knob_supported};
+use tidal_cgroupfs::{detect_capabilities, Layout, RootSpec, Version};
+use tidal_model::Knob;
+
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub feature: String,
+    pub available: bool,
+    pub detail: String,
+    /// What tidal does when the feature is missing.
+    pub without: String,
+}
+
+fn row(feature: &str, available: bool, detail: impl Into<String>, without: &str) -> Row {
+    Row {
+        feature: feature.to_string(),
+        available,
+        detail: detail.into(),
+        without: if available {
+            String::new()
+        } else {
+            without.to_string()
+        },
+    }
+}
+
+/// Creates a one-entry BPF array map and closes it: proof that BPF programs' maps can be made here.
+fn bpf_loadable() -> Result<(), String> {
+    #[repr(C)]
+    struct MapAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    let attr = MapAttr {
+        map_type: 2, // BPF_MAP_TYPE_ARRAY
+        key_size: 4,
+        value_size: 8,
+        max_entries: 1,
+        map_flags: 0,
+    };
+    // SAFETY: attr is a valid, fully initialised prefix of `union bpf_attr` for BPF_MAP_CREATE (0),
+    // and its size is passed alongside.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            &attr as *const MapAttr,
+            std::mem::size_of::<MapAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    // SAFETY: fd was just returned by the kernel and is owned here.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+fn mounted(fstype: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| t.lines().any(|l| l.contains(&format!(" - {fstype} "))))
+        .unwrap_or(false)
+}
+
+fn kubelet_driver(layout: &Layout) -> Option<&'static str> {
+    let cpu = layout.owner("cpu").map(|r| r.hierarchy.mount.clone())?;
+    if cpu.join("kubepods.slice").is_dir() {
+        Some("systemd")
+    } else if cpu.join("kubepods").is_dir() {
+        Some("cgroupfs")
+    } else {
+        None
+    }
+}
+
+pub fn rows(layout: &Layout) -> Vec<Row> {
+    let caps = detect_capabilities(layout);
+    let mut out = Vec::new();
+    out.push(row(
+        "kernel",
+        true,
+        kernel_release().unwrap_or_else(|| "unknown".into()),
+        "",
+    ));
+    out.push(row(
+        "cgroup mode",
+        true,
+        layout.hierarchies.mode().to_string(),
+        "",
+    ));
+    for h in &layout.hierarchies.list {
+        let ver = match h.version {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        };
+        let ctrls = if h.controllers.is_empty() {
+            "(no controllers)".to_string()
+        } else {
+            h.controllers.join(",")
+        };
+        out.push(row(
+            &format!("hierarchy {}", h.name()),
+            true,
+            format!(
+                "{ver} at {} [{ctrls}], tidal process in {}",
+                h.mount.display(),
+                h.self_path
+            ),
+            "",
+        ));
+    }
+    for c in ["cpu", "cpuacct", "cpuset", "memory"] {
+        let owner = layout.owner(c);
+        let without = match c {
+            "cpu" => "no CPU priority: offline work cannot be isolated",
+            "cpuacct" => "CPU usage read from cpu.stat instead",
+            "cpuset" => "no dynamic CPU confinement: idle class only",
+            _ => "no memory limits; memory watermark eviction still works",
+        };
+        let detail = owner
+            .map(|r| r.hierarchy.mount.display().to_string())
+            .unwrap_or_else(|| "not mounted".into());
+        let available = owner.is_some() || (c == "cpuacct" && layout.unified().is_some());
+        out.push(row(&format!("controller {c}"), available, detail, without));
+    }
+    let knob_row = |k: Knob, feature: &str, without: &str| {
+        let detail = match layout.knob_target(k) {
+            Some((r, _, spec)) => format!("{} in {}", spec.files.join(" + "), r.hierarchy.name()),
+            None => "no hierarchy carries it".into(),
+        };
+        row(feature, knob_supported(layout, k), detail, without)
+    };
+    out.push(knob_row(
+        Knob::CpuIdle,
+        "cpu.idle",
+        "offline parent gets cpu.qos_level=-1 if present, else the minimum weight (shares 2)",
+    ));
+    out.push(knob_row(
+        Knob::CpuQosLevel,
+        "cpu.qos_level (openEuler)",
+        "cpu.idle is used instead (this is normal outside openEuler)",
+    ));
+    out.push(knob_row(
+        Knob::CpuBurst,
+        "cpu burst (cpu.max.burst / cfs_burst_us)",
+        "no burst allowance for CPU-limited online work",
+    ));
+    out.push(knob_row(
+        Knob::CpuMax,
+        "cfs quota",
+        "--cpus limits are not applied",
+    ));
+    out.push(knob_row(
+        Knob::CpusetCpus,
+        "cpuset",
+        "offline work is not confined to spare CPUs; idle class only",
+    ));
+    out.push(knob_row(
+        Knob::MemoryHigh,
+        "memory.high (v2)",
+        "no soft memory throttling; hard limits and watermark eviction only",
+    ));
+    out.push(knob_row(
+        Knob::IoWeight,
+        "io weight",
+        "offline IO is not deprioritised",
+    ));
+    out.push(knob_row(
+        Knob::Freeze,
+        "freezer",
+        "offline work cannot be frozen under interference; it is only confined",
+    ));
+    out.push(row(
+        "group kill (cgroup.kill)",
+        caps.group_kill,
+        "kills a whole group at once",
+        "tasks are killed one by one with SIGKILL",
+    ));
+    out.push(row(
+        "per-cgroup PSI",
+        caps.psi,
+        layout
+            .unified()
+            .map(|u| {
+                u.hierarchy
+                    .mount
+                    .join("<group>/cpu.pressure")
+                    .display()
+                    .to_string()
+            })
+            .unwrap_or_else(|| "no cgroup2 mount".into()),
+        "interference is judged from CPU usage only",
+    ));
+    out.push(row(
+        "system PSI",
+        Path::new("/proc/pressure/cpu").exists(),
+        "/proc/pressure",
+        "no node-level pressure signal",
+    ));
+    out.push(row(
+        "resctrl (RDT)",
+        mounted("resctrl") || Path::new("/sys/fs/resctrl/schemata").exists(),
+        "/sys/fs/resctrl",
+        "no cache or memory-bandwidth partitioning",
+    ));
+    let bpf = bpf_loadable();
+    out.push(row(
+        "BPF",
+        bpf.is_ok(),
+        match &bpf {
+            Ok(()) => "map creation works".to_string(),
+            Err(e) => e.clone(),
+        },
+        "no run-queue latency probe; PSI and usage only",
+    ));
+    out.push(row(
+        "BTF",
+        Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "/sys/kernel/btf/vmlinux",
+        "CO-RE BPF programs cannot load",
+    ));
+    out.push(row(
+        "tracefs",
+        mounted("tracefs") || Path::new("/sys/kernel/tracing/events").exists(),
+        "/sys/kernel/tracing",
+        "mount it: mount -t tracefs nodev /sys/kernel/tracing",
+    ));
+    out.push(row(
+        "kubelet cgroup driver",
+        kubelet_driver(layout).is_some(),
+        kubelet_driver(layout).unwrap_or("no kubepods tree"),
+        "local mode only (no Kubernetes pods on this node)",
+    ));
+    out.push(row(
+        "online CPUs",
+        true,
+        format!("{} ({})", caps.cpus, caps.cpus.len()),
+        "",
+    ));
+    for r in &layout.roots {
+        out.push(row(
+            &format!("tidal root ({})", r.hierarchy.name()),
+            true,
+            format!(
+                "{}{}",
+                r.root_dir.display(),
+                if r.root_dir.exists() {
+                    ""
+                } else {
+                    " (created on first use)"
+                }
+            ),
+            "",
+        ));
+    }
+    out
+}
+
+pub fn main(g: &Global, a: &DoctorArgs) -> i32 {
+    let layout = match Layout::discover(&RootSpec::from_flag_or_env(g.root.as_deref())) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let rows = rows(&layout);
+    if a.json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(e),
+        }
+        return 0;
+    }
+    let w = rows.iter().map(|r| r.feature.len()).max().unwrap_or(10);
+    println!("{:w$}  {:3}  DETAIL", "FEATURE", "OK");
+    for r in &rows {
+        let ok = if r.available { "yes" } else { "no" };
+        println!("{:w$}  {ok:3}  {}", r.feature, r.detail);
+        if !r.available && !r.without.is_empty() {
+            println!("{:w$}       -> without it: {}", "", r.without);
+        }
+    }
+    0
+}

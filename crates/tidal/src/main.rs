@@ -1,0 +1,23 @@
+//! The `tidal` command: parses the command line and hands each subcommand to its module.
+
+mod apply;
+mod cli;
+mod doctor;
+mod exit;
+mod restore_cmd;
+mod run;
+
+use clap::Parser;
+use cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    exit::init_logging(cli.global.verbose, matches!(cli.command, Command::Run(_)));
+    let code = match &cli.command {
+        Command::Run(a) => run::main(&cli.global, a),
+        Command::Doctor(a) => doctor::main(&cli.global, a),
+        Command::Restore(a) => restore_cmd::main(&cli.global, a),
+        Command::Apply(a) => apply::main(&cli.global, a),
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,69 @@
+//! `tidal restore`: put back every original value and remove the empty groups tidal created.
+
+use crate::cli::{Global, RestoreArgs};
+use crate::exit::{describe, fail};
+use serde_json::json;
+
+pub fn main(g: &Global, a: &RestoreArgs) -> i32 {
+    let rep = match tidal_actuator::restore(&g.state_dir, g.dry_run) {
+        Ok(r) => r,
+        Err(e) => return fail(describe(&e)),
+    };
+    let verb = if g.dry_run {
+        "would restore"
+    } else {
+        "restored"
+    };
+    if a.json {
+        let v = json!({
+            "dry_run": g.dry_run,
+            "restored": rep.restored.iter().map(|(p, v)| json!({"path": p, "value": v})).collect::<Vec<_>>(),
+            "unchanged": rep.unchanged,
+            "vanished": rep.vanished,
+            "removed_groups": rep.removed_groups,
+            "busy_groups": rep.busy_groups.iter().map(|(p, n)| json!({"path": p, "tasks": n})).collect::<Vec<_>>(),
+            "failed": rep.failed.iter().map(|(p, e)| json!({"path": p, "error": e})).collect::<Vec<_>>(),
+            "bad_entries": rep.bad_entries.iter().map(|(l, t, e)| json!({"line": l, "text": t, "error": e})).collect::<Vec<_>>(),
+        });
+        println!("{v:#}");
+    } else {
+        for (p, v) in &rep.restored {
+            println!("{verb} {} = {v}", p.display());
+        }
+        for p in &rep.removed_groups {
+            println!(
+                "{} group {}",
+                if g.dry_run { "would remove" } else { "removed" },
+                p.display()
+            );
+        }
+        for (p, n) in &rep.busy_groups {
+            println!(
+                "kept group {}: {n} task(s) still running in it",
+                p.display()
+            );
+        }
+        for (p, e) in &rep.failed {
+            println!("FAILED {}: {e}", p.display());
+        }
+        for (l, t, e) in &rep.bad_entries {
+            println!("bad journal entry at line {l}: {e}: {t}");
+        }
+        println!(
+            "{verb} {} value(s), {} already original, {} gone with their group; removed {} group(s), kept {} busy; {} failure(s), {} bad entr{}",
+            rep.restored.len(),
+            rep.unchanged.len(),
+            rep.vanished.len(),
+            rep.removed_groups.len(),
+            rep.busy_groups.len(),
+            rep.failed.len(),
+            rep.bad_entries.len(),
+            if rep.bad_entries.len() == 1 { "y" } else { "ies" }
+        );
+    }
+    if rep.failed.is_empty() && rep.bad_entries.is_empty() {
+        0
+    } else {
+        1
+    }
+}

@@ -1,0 +1,131 @@
+//! `tidal run`: create the workload's group at its level, move this process in, exec the command.
+
+use crate::cli::{Global, RunArgs};
+use crate::exit::{describe, fail};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use tidal_actuator::Actuator;
+use tidal_cgroupfs::{detect_capabilities, Layout, RootSpec};
+use tidal_model::{GroupPath, Plan};
+use tidal_policy::{level_plan, workload_limits, Limits};
+
+/// Finds `cmd` the way execvp would, so a typo fails before any group is created.
+fn resolve(cmd: &str) -> Option<PathBuf> {
+    if cmd.contains('/') {
+        let p = PathBuf::from(cmd);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+}
+
+/// A group name: the given one or the command's file name, reduced to safe characters.
+fn workload_name(given: Option<&str>, cmd: &str) -> String {
+    let raw = given.unwrap_or_else(|| {
+        Path::new(cmd)
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("job")
+    });
+    let clean: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let clean = clean.trim_start_matches('.').to_string();
+    if clean.is_empty() {
+        "job".to_string()
+    } else {
+        clean.chars().take(64).collect()
+    }
+}
+
+/// Applies a plan, stopping at the first failure (run sets up everything or nothing).
+fn apply_all(act: &mut Actuator, plan: &Plan) -> Result<(), tidal_actuator::ActError> {
+    for a in &plan.actions {
+        act.apply_one(a)?;
+    }
+    Ok(())
+}
+
+pub fn main(g: &Global, a: &RunArgs) -> i32 {
+    let Some(cmd) = a.cmd.first() else {
+        return fail("missing command after `--`");
+    };
+    if resolve(cmd).is_none() {
+        eprintln!("tidal: command not found: {cmd}");
+        return 127;
+    }
+    let name = workload_name(a.name.as_deref(), cmd);
+    let layout = match Layout::discover(&RootSpec::from_flag_or_env(g.root.as_deref())) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let caps = detect_capabilities(&layout);
+    let mut act = match Actuator::new(layout, &g.state_dir, g.dry_run) {
+        Ok(a) => a,
+        Err(e) => return fail(describe(&e)),
+    };
+    let group = match setup(&mut act, &caps, a, &name) {
+        Ok(gp) => gp,
+        Err(e) => {
+            act.rollback_created();
+            return fail(describe(&e));
+        }
+    };
+    if let Err(e) = act.move_pid(&group, std::process::id()) {
+        act.rollback_created();
+        return fail(describe(&e));
+    }
+    tracing::info!("running {:?} in {} at level {}", a.cmd, group, a.qos);
+    let err = std::process::Command::new(cmd).args(&a.cmd[1..]).exec();
+    eprintln!("tidal: cannot run {cmd}: {err}");
+    if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
+}
+
+fn setup(
+    act: &mut Actuator,
+    caps: &tidal_model::Capabilities,
+    a: &RunArgs,
+    name: &str,
+) -> Result<GroupPath, tidal_actuator::ActError> {
+    let plan: Plan = level_plan(a.qos, caps);
+    apply_all(act, &plan)?;
+    let level_group = GroupPath::new(a.qos.group()).unwrap_or_default();
+    let group = act.create_unique(&level_group, name)?;
+    let limits = Limits {
+        cpus: a.cpus,
+        memory: a.memory,
+    };
+    apply_all(act, &workload_limits(&group, limits, caps))?;
+    Ok(group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_sanitised() {
+        assert_eq!(workload_name(None, "/usr/bin/stress-ng"), "stress-ng");
+        assert_eq!(workload_name(Some("my job/1"), "x"), "my_job_1");
+        assert_eq!(workload_name(Some(".."), "x"), "job");
+    }
+
+    #[test]
+    fn resolves_like_execvp() {
+        assert!(resolve("sh").is_some());
+        assert!(resolve("definitely-not-a-command-xyz").is_none());
+    }
+}

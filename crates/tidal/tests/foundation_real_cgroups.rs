@@ -1,0 +1,283 @@
+//! `tidal run` / `restore` / `apply` on the real cgroups of this machine (root needed; CI fails instead
+//! of skipping). Every test works inside its own tidal root under this process's cgroups.
+
+mod common;
+
+use common::{cgroups_usable, wait_cgroup, TestRoot};
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+#[test]
+fn offline_run_lands_under_the_idle_parent() {
+    if !cgroups_usable("offline_run_lands_under_the_idle_parent") {
+        return;
+    }
+    let mut t = TestRoot::new("offline");
+    let pid = t.spawn(&[
+        "run", "--qos", "offline", "--name", "hog", "--", "sleep", "30",
+    ]);
+    let path = wait_cgroup(pid, "/offline/offline/hog").expect("process moved into its group");
+    assert!(path.contains(&t.name), "{path}");
+    assert_eq!(t.read("cpu", "offline", "cpu.idle"), "1");
+    assert_eq!(t.read("cpu", "offline/offline", "cpu.idle"), "0");
+    // The workload can be scheduled on every CPU (v1 cpusets start empty).
+    assert!(!t
+        .read("cpuset", "offline/offline/hog", "cpuset.cpus")
+        .is_empty());
+    // sleep itself (after exec) is in the group, in every hierarchy tidal uses.
+    let procs = t.read("cpu", "offline/offline/hog", "cgroup.procs");
+    assert!(
+        procs.lines().any(|l| l.trim() == pid.to_string()),
+        "{procs}"
+    );
+    if t.layout.unified().is_some() {
+        let u = t
+            .layout
+            .unified()
+            .unwrap()
+            .root_dir
+            .join("offline/offline/hog/cgroup.procs");
+        let v2 = std::fs::read_to_string(&u).unwrap();
+        assert!(v2.lines().any(|l| l.trim() == pid.to_string()), "{v2}");
+    }
+    t.kill_children();
+    let out = t.tidal(&["restore"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t.leftovers().is_empty(), "left behind: {:?}", t.leftovers());
+}
+
+#[test]
+fn online_levels_get_4_2_1_weights_and_limits() {
+    if !cgroups_usable("online_levels_get_4_2_1_weights_and_limits") {
+        return;
+    }
+    let t = TestRoot::new("online");
+    for (level, shares) in [
+        ("online-critical", "4096"),
+        ("online-high", "2048"),
+        ("online", "1024"),
+    ] {
+        let out = t.tidal(&["run", "--qos", level, "--name", "svc", "--", "true"]);
+        assert!(
+            out.status.success(),
+            "{level}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(t.read("cpu", level, "cpu.shares"), shares, "{level}");
+        assert_eq!(t.read("cpu", level, "cpu.idle"), "0", "{level}");
+    }
+    let out = t.tidal(&[
+        "run", "--qos", "online", "--name", "db", "--cpus", "0.5", "--memory", "64M", "--", "true",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(t.read("cpu", "online/db", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(
+        t.read("memory", "online/db", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    let out = t.tidal(&["restore"]);
+    assert!(out.status.success());
+    assert!(t.leftovers().is_empty(), "left behind: {:?}", t.leftovers());
+}
+
+#[test]
+fn exit_status_passes_through_and_names_stay_distinct() {
+    if !cgroups_usable("exit_status_passes_through_and_names_stay_distinct") {
+        return;
+    }
+    let mut t = TestRoot::new("names");
+    let out = t.tidal(&["run", "--qos", "offline-low", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    let a = t.spawn(&[
+        "run", "--qos", "offline", "--name", "job", "--", "sleep", "30",
+    ]);
+    let pa = wait_cgroup(a, "/offline/offline/job").expect("first job");
+    let b = t.spawn(&[
+        "run", "--qos", "offline", "--name", "job", "--", "sleep", "30",
+    ]);
+    let pb = wait_cgroup(b, "/offline/offline/job-2").expect("second job gets its own group");
+    assert_ne!(pa, pb);
+    let out = t.tidal(&["run", "--qos", "online", "--", "no-such-command-xyz"]);
+    assert_eq!(out.status.code(), Some(127));
+}
+
+#[test]
+fn restore_returns_originals_of_groups_it_did_not_create() {
+    if !cgroups_usable("restore_returns_originals_of_groups_it_did_not_create") {
+        return;
+    }
+    let t = TestRoot::new("preexisting");
+    // The test makes the offline parent itself, with known values, before tidal sees it.
+    let cpu_off = t.dir("cpu", "offline");
+    std::fs::create_dir_all(&cpu_off).unwrap();
+    std::fs::write(cpu_off.join("cpu.cfs_burst_us"), "0").unwrap();
+    assert_eq!(t.read("cpu", "offline", "cpu.idle"), "0");
+    let out = t.tidal(&["run", "--qos", "offline", "--", "true"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(t.read("cpu", "offline", "cpu.idle"), "1");
+    let out = t.tidal(&["restore"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("cpu.idle"), "{text}");
+    // The value is back, and the group tidal did not create is still there.
+    assert_eq!(t.read("cpu", "offline", "cpu.idle"), "0");
+    assert!(cpu_off.exists());
+    assert!(!t.dir("cpu", "offline/offline").exists());
+    // Idempotent: a second restore finds nothing to do.
+    let out = t.tidal(&["restore"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("restored 0 value(s)"), "{text}");
+}
+
+#[test]
+fn sigkill_mid_batch_then_restore_returns_every_original() {
+    if !cgroups_usable("sigkill_mid_batch_then_restore_returns_every_original") {
+        return;
+    }
+    let t = TestRoot::new("crash");
+    let n = 30;
+    let mut actions = Vec::new();
+    for i in 0..n {
+        let d = t.dir("cpu", &format!("g{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("cpu.shares"), (100 + i).to_string()).unwrap();
+        actions.push(serde_json::json!({
+            "group": format!("g{i}"), "op": "set", "knob": "cpu-weight",
+            "value": {"shares": 5000}, "reason": "crash test"
+        }));
+    }
+    let plan = t.state.path().join("plan.json");
+    std::fs::write(&plan, serde_json::json!({ "actions": actions }).to_string()).unwrap();
+    let mut child = t
+        .cmd()
+        .args(["apply", "--pause-ms", "30", "--plan"])
+        .arg(&plan)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill once some, but not all, writes happened.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let written = (0..n)
+            .filter(|i| t.read("cpu", &format!("g{i}"), "cpu.shares") == "5000")
+            .count();
+        if written >= 5 || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let written = (0..n)
+        .filter(|i| t.read("cpu", &format!("g{i}"), "cpu.shares") == "5000")
+        .count();
+    assert!(
+        written > 0 && written < n as usize,
+        "killed after {written} of {n} writes"
+    );
+    let out = t.tidal(&["restore"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for i in 0..n {
+        assert_eq!(
+            t.read("cpu", &format!("g{i}"), "cpu.shares"),
+            (100 + i).to_string(),
+            "g{i}"
+        );
+    }
+}
+
+#[test]
+fn corrupt_journal_restore_names_the_entry_and_restores_the_rest() {
+    if !cgroups_usable("corrupt_journal_restore_names_the_entry_and_restores_the_rest") {
+        return;
+    }
+    let t = TestRoot::new("corrupt");
+    let d = t.dir("cpu", "g");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("cpu.shares"), "3000").unwrap();
+    let good =
+        serde_json::json!({"kind": "original", "path": d.join("cpu.shares"), "value": "1234"});
+    std::fs::write(
+        t.state.path().join("journal.jsonl"),
+        format!("{good}\n{{\"kind\":\"original\",\"path\":\n"),
+    )
+    .unwrap();
+    let out = t.tidal(&["restore"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("bad journal entry at line 2"), "{text}");
+    assert_eq!(t.read("cpu", "g", "cpu.shares"), "1234");
+    // The bad line was set aside, so the next restore is clean.
+    let out = t.tidal(&["restore"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(t.state.path().join("journal.rejected").exists());
+}
+
+#[test]
+fn without_permission_one_line_error_exit_2_nothing_left() {
+    if !cgroups_usable("without_permission_one_line_error_exit_2_nothing_left") {
+        return;
+    }
+    let t = TestRoot::new("noperm");
+    // A writable state dir, so the failure is the cgroupfs one.
+    let state = t.state.path().join("nobody");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let out = t
+        .cmd()
+        .env("TIDAL_STATE_DIR", &state)
+        .args(["run", "--qos", "offline", "--", "true"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("/sys/fs/cgroup"), "{err}");
+    assert!(t.leftovers().is_empty(), "left behind: {:?}", t.leftovers());
+}
+
+#[test]
+fn bad_input_is_a_usage_error() {
+    let out = std::process::Command::new(common::tidal_bin())
+        .args(["run", "--qos", "batch", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("offline-low") && err.contains("online-critical"),
+        "{err}"
+    );
+    let out = std::process::Command::new(common::tidal_bin())
+        .args(["run", "--qos", "offline", "sleep", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = std::process::Command::new(common::tidal_bin())
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(rows
+        .as_array()
+        .is_some_and(|r| r.iter().any(|x| x["feature"] == "cgroup mode")));
+}
