@@ -99,6 +99,7 @@ impl Actuator {
             Op::EnsureGroup => self.ensure_group(&a.group),
             Op::Set { knob, value } => self.set(&a.group, *knob, value),
             Op::Kill => self.kill(&a.group),
+            Op::RemoveGroup => self.remove_group(&a.group),
         }
     }
 
@@ -293,6 +294,42 @@ impl Actuator {
         {
             warn!("rollback: {e}");
         }
+    }
+
+    /// Removes an empty group from every hierarchy (deepest hierarchy dirs are leaves: one rmdir each)
+    /// and drops its journal entries. A group that still has tasks is left alone.
+    pub fn remove_group(&mut self, group: &GroupPath) -> Result<Outcome, ActError> {
+        if group.is_root() {
+            return Ok(Outcome::Unchanged);
+        }
+        if self.layout.has_procs(group) {
+            return Ok(Outcome::Unchanged);
+        }
+        if self.dry_run {
+            info!("dry-run: would remove group {group}");
+            return Ok(Outcome::DryRun);
+        }
+        let dirs = self.layout.group_dirs(group);
+        let mut removed = Vec::new();
+        for d in &dirs {
+            match std::fs::remove_dir(d) {
+                Ok(()) => removed.push(d.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => removed.push(d.clone()),
+                Err(e) => {
+                    return Err(ActError::Cgroup(CgroupError::Remove {
+                        path: d.clone(),
+                        source: e,
+                    }))
+                }
+            }
+        }
+        self.journal.forget(|e| match e {
+            Entry::Created { path } => removed.contains(path),
+            Entry::Original { path, .. } => path
+                .parent()
+                .is_some_and(|p| removed.iter().any(|r| r == p)),
+        })?;
+        Ok(Outcome::Written)
     }
 
     /// Moves a task into the group in every hierarchy tidal uses.

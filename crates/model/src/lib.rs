@@ -6,9 +6,11 @@ pub mod cpuset;
 pub mod knob;
 pub mod level;
 pub mod plan;
+pub mod snapshot;
 
 pub use caps::Capabilities;
 pub use cpuset::CpuSet;
 pub use knob::{Knob, KnobValue};
 pub use level::{QosLevel, UnknownLevel};
 pub use plan::{Action, GroupPath, Op, Plan};
+pub use snapshot::{Pressure, Snapshot, WorkloadPressure, WorkloadSnapshot};

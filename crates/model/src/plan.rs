@@ -93,6 +93,8 @@ pub enum Op {
     },
     /// Kill every task of the group (memory pressure).
     Kill,
+    /// Remove the (empty) group from every hierarchy.
+    RemoveGroup,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,14 +103,29 @@ pub struct Action {
     #[serde(flatten)]
     pub op: Op,
     pub reason: String,
+    /// A short, fixed category for the reason (metrics label): `static`, `confine`, `release`,
+    /// `interference`, `memory`, `cleanup`, `shutdown`.
+    #[serde(default = "default_cause")]
+    pub cause: String,
+}
+
+fn default_cause() -> String {
+    "static".to_string()
 }
 
 impl Action {
+    /// Sets the cause category.
+    pub fn because(mut self, cause: &str) -> Self {
+        self.cause = cause.to_string();
+        self
+    }
+
     pub fn set(group: GroupPath, knob: Knob, value: KnobValue, reason: impl Into<String>) -> Self {
         Action {
             group,
             op: Op::Set { knob, value },
             reason: reason.into(),
+            cause: default_cause(),
         }
     }
     pub fn ensure(group: GroupPath, reason: impl Into<String>) -> Self {
@@ -116,6 +133,23 @@ impl Action {
             group,
             op: Op::EnsureGroup,
             reason: reason.into(),
+            cause: default_cause(),
+        }
+    }
+    pub fn kill(group: GroupPath, reason: impl Into<String>) -> Self {
+        Action {
+            group,
+            op: Op::Kill,
+            reason: reason.into(),
+            cause: default_cause(),
+        }
+    }
+    pub fn remove(group: GroupPath, reason: impl Into<String>) -> Self {
+        Action {
+            group,
+            op: Op::RemoveGroup,
+            reason: reason.into(),
+            cause: default_cause(),
         }
     }
 }
@@ -128,6 +162,7 @@ impl fmt::Display for Action {
                 write!(f, "set {} {}={} ({})", self.group, knob, value, self.reason)
             }
             Op::Kill => write!(f, "kill {} ({})", self.group, self.reason),
+            Op::RemoveGroup => write!(f, "remove group {} ({})", self.group, self.reason),
         }
     }
 }

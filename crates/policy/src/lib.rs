@@ -2,6 +2,10 @@
 //! [`Plan`](tidal_model::Plan) in which every action carries its reason. No IO and no clock reads:
 //! time arrives as data in the snapshot, so every decision is unit- and property-testable.
 
+pub mod agent;
+pub mod config;
 pub mod levels;
 
+pub use agent::{decide, release_plan, Decision, PolicyState};
+pub use config::{Config, ConfigError, Millis, Suppression};
 pub use levels::{level_plan, workload_limits, Limits};

@@ -1,0 +1,69 @@
+//! A snapshot: what the node and each workload looked like at one instant, as plain data. The
+//! snapshot stage fills it; the pure policy reads it. Time is in it as data (`now_ms`).
+
+use crate::{CpuSet, GroupPath, QosLevel};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// `some`/`full` avg10 of one resource, in percent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pressure {
+    pub some_avg10: f64,
+    pub full_avg10: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadPressure {
+    pub cpu: Option<Pressure>,
+    pub memory: Option<Pressure>,
+    pub io: Option<Pressure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadSnapshot {
+    pub group: GroupPath,
+    pub level: QosLevel,
+    pub name: String,
+    /// Tasks in the group.
+    pub procs: usize,
+    /// CPUs used over the last stats window.
+    pub cpu_usage_cpus: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub pressure: WorkloadPressure,
+    pub nr_throttled: Option<u64>,
+    pub throttled_us: Option<u64>,
+    /// The group's own cpuset (v1), if read.
+    pub cpus: Option<CpuSet>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Monotonic milliseconds.
+    pub now_ms: u64,
+    /// CPUs available to tidal's root.
+    pub cpus: CpuSet,
+    /// Busy CPUs on the node over the last tick window, and over the last short sample.
+    pub node_busy_cpus: f64,
+    pub node_busy_short_cpus: f64,
+    /// CPUs used by all offline work over the same windows.
+    pub offline_usage_cpus: f64,
+    pub offline_usage_short_cpus: f64,
+    /// Highest `cpu.pressure` some avg10 among the online level groups.
+    pub online_cpu_psi: Option<f64>,
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+    /// Level groups that exist under the tidal root.
+    pub levels_present: BTreeSet<QosLevel>,
+    pub workloads: Vec<WorkloadSnapshot>,
+}
+
+impl Snapshot {
+    /// CPUs used by everything that is not offline (tidal's online levels, and unmanaged processes,
+    /// which tidal protects as if online).
+    pub fn protected_usage(&self) -> f64 {
+        (self.node_busy_cpus - self.offline_usage_cpus).max(0.0)
+    }
+    pub fn protected_usage_short(&self) -> f64 {
+        (self.node_busy_short_cpus - self.offline_usage_short_cpus).max(0.0)
+    }
+}

@@ -1,0 +1,372 @@
+//! Property and unit tests of the agent policy (pure: no root, no cgroups).
+
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use tidal_model::{
+    Capabilities, CpuSet, GroupPath, Knob, KnobValue, Op, Plan, QosLevel, Snapshot,
+    WorkloadSnapshot,
+};
+use tidal_policy::agent::cpus_needed;
+use tidal_policy::{decide, release_plan, Config, PolicyState};
+
+fn workload(level: QosLevel, name: &str, procs: usize, mem: u64) -> WorkloadSnapshot {
+    WorkloadSnapshot {
+        group: GroupPath::new(level.group()).unwrap().join(name),
+        level,
+        name: name.to_string(),
+        procs,
+        cpu_usage_cpus: Some(0.1),
+        memory_bytes: Some(mem),
+        pressure: Default::default(),
+        nr_throttled: None,
+        throttled_us: None,
+        cpus: None,
+    }
+}
+
+fn level_of(g: &GroupPath) -> Option<QosLevel> {
+    let mut cur = Some(g.clone());
+    while let Some(p) = cur {
+        if let Some(l) = QosLevel::from_group(p.as_str()) {
+            return Some(l);
+        }
+        cur = p.parent();
+    }
+    None
+}
+
+fn arb_level() -> impl Strategy<Value = QosLevel> {
+    prop::sample::select(QosLevel::ALL.to_vec())
+}
+
+prop_compose! {
+    fn arb_snapshot()(
+        n in 1u32..=16,
+        busy_frac in 0.0f64..=1.0,
+        off_frac in 0.0f64..=1.0,
+        short_frac in 0.0f64..=1.0,
+        psi in prop::option::of(0.0f64..60.0),
+        avail_frac in 0.0f64..=1.0,
+        now in 0u64..1_000_000,
+        ws in prop::collection::vec((arb_level(), 0usize..3, 0u64..(8u64 << 30)), 0..12),
+    ) -> Snapshot {
+        let nf = f64::from(n);
+        let busy = busy_frac * nf;
+        let offline = busy * off_frac;
+        let workloads: Vec<WorkloadSnapshot> = ws
+            .iter()
+            .enumerate()
+            .map(|(i, (l, p, m))| workload(*l, &format!("w{i}"), *p, *m))
+            .collect();
+        let levels_present: BTreeSet<QosLevel> = workloads.iter().map(|w| w.level).collect();
+        Snapshot {
+            now_ms: now,
+            cpus: CpuSet::first_n(n),
+            node_busy_cpus: busy,
+            node_busy_short_cpus: short_frac * nf,
+            offline_usage_cpus: offline,
+            offline_usage_short_cpus: offline.min(short_frac * nf),
+            online_cpu_psi: psi,
+            mem_total_bytes: 16 << 30,
+            mem_available_bytes: (avail_frac * (16u64 << 30) as f64) as u64,
+            levels_present,
+            workloads,
+        }
+    }
+}
+
+fn arb_config() -> impl Strategy<Value = Config> {
+    (0.0f64..2.0, 0u32..3, any::<bool>()).prop_map(|(h, min, freeze)| {
+        let mut c = Config::default();
+        c.cpu.headroom_cpus = h;
+        c.cpu.allow_freeze = freeze || min == 0;
+        c.cpu.min_offline_cpus = min;
+        c
+    })
+}
+
+/// A stand-in kernel: the value last set per (group, knob).
+fn apply(kernel: &mut BTreeMap<(GroupPath, Knob), KnobValue>, plan: &Plan) {
+    for a in &plan.actions {
+        if let Op::Set { knob, value } = &a.op {
+            kernel.insert((a.group.clone(), *knob), value.clone());
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn offline_never_gets_a_cpu_online_needs(snap in arb_snapshot(), cfg in arb_config()) {
+        let caps = Capabilities::full(snap.cpus.len() as u32);
+        let d = decide(&snap, &cfg, &caps, &PolicyState::default());
+        let n = snap.cpus.len() as u32;
+        let need = d.state.online_need;
+        prop_assert!(need >= cpus_needed(snap.protected_usage(), cfg.cpu.headroom_cpus, n));
+        let off = d.state.offline_cpus.clone().unwrap();
+        let allowed = n.saturating_sub(need).max(cfg.cpu.min_offline_cpus.min(n)).max(1);
+        prop_assert!(off.len() as u32 <= allowed, "offline {} > allowed {}", off, allowed);
+        // Offline takes the highest CPUs, so online's need is met from the lowest ones.
+        prop_assert_eq!(off.clone(), snap.cpus.last_n(off.len()));
+        if n.saturating_sub(need) >= cfg.cpu.min_offline_cpus.max(1) {
+            let online_part = CpuSet::first_n(need);
+            prop_assert!(off.intersection(&online_part).is_empty());
+        }
+        // With no CPU to spare and freezing allowed, offline is frozen rather than left a CPU.
+        if d.state.starved {
+            prop_assert!(cfg.cpu.allow_freeze);
+        }
+    }
+
+    #[test]
+    fn same_input_same_plan_and_reapplying_writes_nothing(snap in arb_snapshot(), cfg in arb_config()) {
+        let caps = Capabilities::full(snap.cpus.len() as u32);
+        let d1 = decide(&snap, &cfg, &caps, &PolicyState::default());
+        prop_assert_eq!(&d1, &decide(&snap, &cfg, &caps, &PolicyState::default()));
+        let mut kernel = BTreeMap::new();
+        apply(&mut kernel, &d1.plan);
+        let d2 = decide(&snap, &cfg, &caps, &d1.state);
+        for a in &d2.plan.actions {
+            if let Op::Set { knob, value } = &a.op {
+                prop_assert_eq!(
+                    kernel.get(&(a.group.clone(), *knob)), Some(value),
+                    "second plan changes {}", a
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn online_work_is_never_frozen_or_killed_and_every_action_says_why(
+        snaps in prop::collection::vec(arb_snapshot(), 1..8), cfg in arb_config()
+    ) {
+        let mut st = PolicyState::default();
+        let mut now = 0;
+        for mut s in snaps {
+            now += 150;
+            s.now_ms = now;
+            let caps = Capabilities::full(s.cpus.len() as u32);
+            let d = decide(&s, &cfg, &caps, &st);
+            for a in &d.plan.actions {
+                prop_assert!(!a.reason.is_empty() && !a.cause.is_empty(), "{:?}", a);
+                let freezes = matches!(&a.op, Op::Set { knob: Knob::Freeze, value: KnobValue::Bool(true) });
+                if freezes || matches!(a.op, Op::Kill) {
+                    let level = level_of(&a.group);
+                    prop_assert!(level.is_some_and(|l| !l.is_online()), "{} hits {:?}", a, level);
+                }
+            }
+            st = d.state;
+        }
+    }
+}
+
+fn base_snapshot() -> Snapshot {
+    let workloads = vec![
+        workload(QosLevel::Online, "web", 1, 100 << 20),
+        workload(QosLevel::Offline, "batch", 1, 500 << 20),
+        workload(QosLevel::OfflineLow, "scan", 1, 300 << 20),
+    ];
+    Snapshot {
+        now_ms: 0,
+        cpus: CpuSet::first_n(8),
+        node_busy_cpus: 6.0,
+        node_busy_short_cpus: 6.0,
+        offline_usage_cpus: 5.0,
+        offline_usage_short_cpus: 5.0,
+        online_cpu_psi: Some(0.0),
+        mem_total_bytes: 16 << 30,
+        mem_available_bytes: 8 << 30,
+        levels_present: workloads.iter().map(|w| w.level).collect(),
+        workloads,
+    }
+}
+
+#[test]
+fn shrinks_at_once_grows_after_hysteresis() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let mut s = base_snapshot();
+    // Online uses 1 CPU: need 2 (1 + 0.25 headroom, rounded up), offline gets 6.
+    let d = decide(&s, &cfg, &caps, &PolicyState::default());
+    assert_eq!(d.state.offline_cpus.as_ref().unwrap().to_string(), "2-7");
+    // Online load jumps to 5 CPUs (seen in the short window first): offline drops to 2 CPUs this tick.
+    s.now_ms = 100;
+    s.node_busy_short_cpus = 7.5;
+    s.offline_usage_short_cpus = 2.5;
+    let d = decide(&s, &cfg, &caps, &d.state);
+    assert_eq!(d.state.offline_cpus.as_ref().unwrap().to_string(), "6-7");
+    let confine: Vec<_> = d
+        .plan
+        .actions
+        .iter()
+        .filter(|a| a.cause == "confine")
+        .collect();
+    assert!(!confine.is_empty());
+    // v1 order when shrinking: workload groups first, the offline parent last.
+    assert_eq!(confine.last().unwrap().group.as_str(), "offline");
+    assert!(
+        confine[0].reason.contains("online needs 6 of 8"),
+        "{}",
+        confine[0].reason
+    );
+    // Load falls back: no growth until grow_after (2 s) has passed, then one CPU per step.
+    s.node_busy_short_cpus = 6.0;
+    s.offline_usage_short_cpus = 5.0;
+    let mut st = d.state;
+    for t in [200, 1000, 2100] {
+        s.now_ms = t;
+        st = decide(&s, &cfg, &caps, &st).state;
+        assert_eq!(st.offline_cpus.as_ref().unwrap().len(), 2, "t={t}");
+    }
+    s.now_ms = 2300;
+    let d = decide(&s, &cfg, &caps, &st);
+    assert_eq!(d.state.offline_cpus.as_ref().unwrap().to_string(), "5-7");
+    let grow: Vec<_> = d
+        .plan
+        .actions
+        .iter()
+        .filter(|a| a.cause == "release")
+        .collect();
+    // Growing goes parent first.
+    assert_eq!(grow[0].group.as_str(), "offline");
+}
+
+#[test]
+fn pressure_tightens_step_by_step_and_releases_after_calm() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let mut s = base_snapshot();
+    s.online_cpu_psi = Some(20.0);
+    let mut st = PolicyState::default();
+    let mut frozen = Vec::new();
+    for t in 0..4u64 {
+        s.now_ms = t * 1000;
+        let d = decide(&s, &cfg, &caps, &st);
+        for a in &d.plan.actions {
+            if let Op::Set {
+                knob: Knob::Freeze,
+                value: KnobValue::Bool(true),
+            } = a.op
+            {
+                frozen.push((t, a.group.as_str().to_string()));
+            }
+        }
+        st = d.state;
+    }
+    assert_eq!(st.tighten, 3);
+    assert_eq!(
+        frozen,
+        vec![
+            (1, "offline/offline-low".to_string()),
+            (2, "offline/offline".to_string())
+        ]
+    );
+    // Calm: one step back per calm period (10 s).
+    s.online_cpu_psi = Some(0.5);
+    for t in [4_000u64, 9_000, 14_000] {
+        s.now_ms = t;
+        st = decide(&s, &cfg, &caps, &st).state;
+    }
+    assert_eq!(st.tighten, 2);
+    assert!(!st.frozen_offline && st.frozen_offline_low);
+}
+
+#[test]
+fn memory_pressure_kills_largest_offline_low_first_once_per_interval() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let mut s = base_snapshot();
+    s.workloads
+        .push(workload(QosLevel::OfflineLow, "big", 2, 900 << 20));
+    s.workloads
+        .push(workload(QosLevel::OnlineCritical, "huge-db", 2, 9 << 30));
+    s.mem_available_bytes = 100 << 20;
+    let d = decide(&s, &cfg, &caps, &PolicyState::default());
+    let kills: Vec<_> = d
+        .plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a.op, Op::Kill))
+        .collect();
+    assert_eq!(kills.len(), 1);
+    assert_eq!(kills[0].group.as_str(), "offline/offline-low/big");
+    assert!(kills[0].reason.contains("watermark"));
+    s.now_ms = 5_000;
+    let d2 = decide(&s, &cfg, &caps, &d.state);
+    assert!(d2.plan.actions.iter().all(|a| !matches!(a.op, Op::Kill)));
+    // With no offline-low left, the largest offline goes; never the online one.
+    s.now_ms = 20_000;
+    s.workloads.retain(|w| w.level != QosLevel::OfflineLow);
+    let d3 = decide(&s, &cfg, &caps, &d2.state);
+    let k: Vec<_> = d3
+        .plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a.op, Op::Kill))
+        .collect();
+    assert_eq!(k[0].group.as_str(), "offline/offline/batch");
+}
+
+#[test]
+fn empty_groups_are_removed_after_the_grace_period_and_release_gives_all_back() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let mut s = base_snapshot();
+    s.workloads[1].procs = 0;
+    let d = decide(&s, &cfg, &caps, &PolicyState::default());
+    assert!(d
+        .plan
+        .actions
+        .iter()
+        .all(|a| !matches!(a.op, Op::RemoveGroup)));
+    s.now_ms = 31_000;
+    let d = decide(&s, &cfg, &caps, &d.state);
+    let rm: Vec<_> = d
+        .plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a.op, Op::RemoveGroup))
+        .collect();
+    assert_eq!(rm.len(), 1);
+    assert_eq!(rm[0].group.as_str(), "offline/offline/batch");
+    let rel = release_plan(&s, &caps, &d.state);
+    assert!(rel.actions.iter().any(|a| matches!(&a.op,
+        Op::Set { knob: Knob::CpusetCpus, value: KnobValue::Cpus(c) } if c.len() == 8)));
+    assert!(rel.actions.iter().any(|a| matches!(
+        &a.op,
+        Op::Set {
+            knob: Knob::Freeze,
+            value: KnobValue::Bool(false)
+        }
+    )));
+}
+
+#[test]
+fn quota_mode_sets_cfs_quota_on_the_offline_parent() {
+    let mut cfg = Config::default();
+    cfg.cpu.suppression = tidal_policy::Suppression::Quota;
+    let caps = Capabilities::full(8);
+    let d = decide(&base_snapshot(), &cfg, &caps, &PolicyState::default());
+    let q: Vec<_> = d
+        .plan
+        .actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a.op,
+                Op::Set {
+                    knob: Knob::CpuMax,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].group.as_str(), "offline");
+    assert!(d.plan.actions.iter().all(|a| !matches!(
+        a.op,
+        Op::Set {
+            knob: Knob::CpusetCpus,
+            ..
+        }
+    )));
+}
