@@ -6,6 +6,7 @@
 pub mod caps;
 pub mod error;
 pub mod hierarchy;
+pub mod hot;
 pub mod knobs;
 pub mod layout;
 pub mod mountinfo;

@@ -44,7 +44,11 @@ pub struct Decision {
 }
 
 /// Whole CPUs covering `usage + headroom` (a hair of tolerance keeps 1.0000001 from becoming 2).
-pub fn cpus_needed(usage: f64, headroom: f64, n: u32) -> u32 {
+/// Usage below `floor` (the agent, kernel threads, shells) is an idle online side: it needs no CPU.
+pub fn cpus_needed(usage: f64, headroom: f64, floor: f64, n: u32) -> u32 {
+    if usage < floor {
+        return 0;
+    }
     let x = (usage + headroom - 1e-6).max(0.0);
     (x.ceil() as u32).min(n)
 }
@@ -115,8 +119,9 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
 
     // 2. CPU need and offline's share.
     let headroom = cfg.cpu.headroom_cpus;
-    let need_long = cpus_needed(snap.protected_usage(), headroom, n);
-    let need_short = cpus_needed(snap.protected_usage_short(), headroom, n);
+    let floor = cfg.cpu.noise_floor_cpus;
+    let need_long = cpus_needed(snap.protected_usage(), headroom, floor, n);
+    let need_short = cpus_needed(snap.protected_usage_short(), headroom, floor, n);
     let need_now = need_long.max(need_short);
     st.online_need = need_now;
     let min_off = cfg.cpu.min_offline_cpus.min(n);
@@ -223,8 +228,16 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
             _ => {}
         }
     }
-    st.offline_cpus = Some(cpus_target);
-    st.starved = starved;
+    // With no offline group there is nothing confined: start from every CPU when one appears.
+    if offline_present {
+        st.offline_cpus = Some(cpus_target);
+        st.starved = starved;
+    } else {
+        st.offline_cpus = None;
+        st.base_offline = None;
+        st.starved = false;
+        st.grow_since_ms = None;
+    }
 
     // 5. Freezing: for interference (levels 2, 3) or when online needs every CPU and that is allowed.
     if caps.has(Knob::Freeze) {

@@ -54,6 +54,8 @@ pub enum Suppression {
 pub struct CpuConfig {
     /// CPUs added to online usage before rounding up to whole CPUs.
     pub headroom_cpus: f64,
+    /// Online usage below this is noise (the agent, kernel threads): online then needs no CPU.
+    pub noise_floor_cpus: f64,
     /// Offline keeps at least this many CPUs; 0 is allowed only with `allow_freeze`.
     pub min_offline_cpus: u32,
     /// When online needs every CPU, freeze offline work instead of leaving it one CPU.
@@ -69,6 +71,7 @@ impl Default for CpuConfig {
     fn default() -> Self {
         CpuConfig {
             headroom_cpus: 0.25,
+            noise_floor_cpus: 0.1,
             min_offline_cpus: 1,
             allow_freeze: false,
             grow_after: Millis(2_000),
@@ -254,6 +257,12 @@ impl Config {
             c.headroom_cpus.is_finite() && (0.0..=1024.0).contains(&c.headroom_cpus),
             "cpu.headroom_cpus",
             format!("must be between 0 and 1024 CPUs (got {})", c.headroom_cpus),
+        );
+        check(
+            &mut e,
+            c.noise_floor_cpus.is_finite() && (0.0..=1.0).contains(&c.noise_floor_cpus),
+            "cpu.noise_floor_cpus",
+            format!("must be between 0 and 1 CPU (got {})", c.noise_floor_cpus),
         );
         check(
             &mut e,

@@ -101,8 +101,12 @@ proptest! {
         let d = decide(&snap, &cfg, &caps, &PolicyState::default());
         let n = snap.cpus.len() as u32;
         let need = d.state.online_need;
-        prop_assert!(need >= cpus_needed(snap.protected_usage(), cfg.cpu.headroom_cpus, n));
-        let off = d.state.offline_cpus.clone().unwrap();
+        prop_assert!(need >= cpus_needed(snap.protected_usage(), cfg.cpu.headroom_cpus, cfg.cpu.noise_floor_cpus, n));
+        let Some(off) = d.state.offline_cpus.clone() else {
+            // No offline group: nothing is confined.
+            prop_assert!(!snap.levels_present.iter().any(|l| !l.is_online()));
+            return Ok(());
+        };
         let allowed = n.saturating_sub(need).max(cfg.cpu.min_offline_cpus.min(n)).max(1);
         prop_assert!(off.len() as u32 <= allowed, "offline {} > allowed {}", off, allowed);
         // Offline takes the highest CPUs, so online's need is met from the lowest ones.

@@ -48,9 +48,33 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Restore every value tidal changed and remove the empty groups it created.
     Restore(RestoreArgs),
+    /// The node agent (local mode): confine offline work to spare CPUs, react to pressure, serve metrics.
+    Agent(AgentArgs),
+    /// Show the running agent's view of every workload.
+    Status(StatusArgs),
     /// Apply a plan file (JSON, as `tidal agent` shows in /state) through the actuator: for scripting
     /// and debugging.
     Apply(ApplyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// YAML config (see examples/tidal.yaml); defaults apply without it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// HTTP address for /metrics, /healthz and /state (overrides the config's `listen`).
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print the agent's /state JSON as is.
+    #[arg(long)]
+    pub json: bool,
+    /// The agent's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:9477")]
+    pub listen: String,
 }
 
 #[derive(Args, Debug)]

@@ -1,11 +1,13 @@
 //! The `tidal` command: parses the command line and hands each subcommand to its module.
 
+mod agent;
 mod apply;
 mod cli;
 mod doctor;
 mod exit;
 mod restore_cmd;
 mod run;
+mod status;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -18,6 +20,8 @@ fn main() {
         Command::Doctor(a) => doctor::main(&cli.global, a),
         Command::Restore(a) => restore_cmd::main(&cli.global, a),
         Command::Apply(a) => apply::main(&cli.global, a),
+        Command::Agent(a) => agent::main(&cli.global, a),
+        Command::Status(a) => status::main(&cli.global, a),
     };
     std::process::exit(code);
 }

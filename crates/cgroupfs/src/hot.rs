@@ -1,0 +1,93 @@
+//! A counter file read over and over through one open descriptor (`pread` at offset 0): kernfs
+//! regenerates the content on each read, and skipping open/close keeps the per-tick cost down.
+
+use crate::error::{CgroupError, Result};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug)]
+pub struct HotFile {
+    path: PathBuf,
+    file: Option<File>,
+    buf: Vec<u8>,
+}
+
+impl HotFile {
+    pub fn new(path: PathBuf) -> Self {
+        HotFile {
+            path,
+            file: None,
+            buf: vec![0; 512],
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's current content. Reopens after an error (the group may have been recreated).
+    pub fn read(&mut self) -> Result<&str> {
+        let err = |p: &Path, source| CgroupError::Read {
+            path: p.to_path_buf(),
+            source,
+        };
+        if self.file.is_none() {
+            self.file = Some(File::open(&self.path).map_err(|e| err(&self.path, e))?);
+        }
+        let Some(f) = self.file.as_ref() else {
+            return Err(err(&self.path, std::io::ErrorKind::NotFound.into()));
+        };
+        let mut len = 0;
+        loop {
+            if len == self.buf.len() {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+            match f.read_at(&mut self.buf[len..], len as u64) {
+                Ok(0) => break,
+                Ok(k) => len += k,
+                Err(e) => {
+                    self.file = None;
+                    return Err(err(&self.path, e));
+                }
+            }
+        }
+        std::str::from_utf8(&self.buf[..len]).map_err(|_| CgroupError::Parse {
+            path: self.path.clone(),
+            content: String::new(),
+            reason: "not UTF-8".to_string(),
+        })
+    }
+
+    /// The first whitespace-separated token as an integer (`cpuacct.usage`).
+    pub fn read_u64(&mut self) -> Result<u64> {
+        let path = self.path.clone();
+        let s = self.read()?;
+        s.split_whitespace()
+            .next()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| CgroupError::Parse {
+                path,
+                content: s.trim().to_string(),
+                reason: "expected an integer".to_string(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rereads_changed_content() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cpuacct.usage");
+        std::fs::write(&p, "100\n").unwrap();
+        let mut h = HotFile::new(p.clone());
+        assert_eq!(h.read_u64().unwrap(), 100);
+        std::fs::write(&p, "2000000\n").unwrap();
+        assert_eq!(h.read_u64().unwrap(), 2_000_000);
+        let mut missing = HotFile::new(d.path().join("nope"));
+        assert!(missing.read().unwrap_err().is_vanished());
+    }
+}

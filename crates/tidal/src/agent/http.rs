@@ -1,0 +1,76 @@
+//! The HTTP endpoint: `/metrics` (OpenMetrics), `/healthz`, `/state` (JSON). Runs on its own thread
+//! with a small tokio runtime so the control loop never waits on a client.
+
+use super::Shared;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use std::sync::Arc;
+
+async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    let body = match s.metrics.lock() {
+        Ok(m) => m.encode(),
+        Err(_) => String::new(),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+async fn state(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    let body = match s.view.lock() {
+        Ok(v) => {
+            serde_json::to_string_pretty(&*v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        }
+        Err(_) => "{\"error\":\"state unavailable\"}".to_string(),
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn healthz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    // Healthy while the control loop keeps ticking.
+    let age = s.last_tick_age_ms();
+    if age < 5_000 {
+        (
+            axum::http::StatusCode::OK,
+            format!("ok (last tick {age} ms ago)\n"),
+        )
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("control loop stalled: last tick {age} ms ago\n"),
+        )
+    }
+}
+
+pub fn spawn(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    std::thread::Builder::new()
+        .name("tidal-http".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let app = Router::new()
+                    .route("/metrics", get(metrics))
+                    .route("/healthz", get(healthz))
+                    .route("/state", get(state))
+                    .with_state(shared);
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        if let Err(e) = axum::serve(l, app).await {
+                            tracing::error!("http server stopped: {e}");
+                        }
+                    }
+                    Err(e) => tracing::error!("http listener: {e}"),
+                }
+            })
+        })?;
+    Ok(())
+}

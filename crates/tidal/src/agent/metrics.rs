@@ -1,0 +1,337 @@
+//! The agent's Prometheus metrics (OpenMetrics text via prometheus-client).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+use tidal_model::{QosLevel, Snapshot};
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Wl {
+    pub workload: String,
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WlRes {
+    pub workload: String,
+    pub level: String,
+    pub resource: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Lvl {
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub kind: String,
+    pub reason: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    wl_cpu: Family<Wl, FGauge>,
+    wl_mem: Family<Wl, FGauge>,
+    wl_procs: Family<Wl, FGauge>,
+    wl_cpuset: Family<Wl, FGauge>,
+    wl_throttled: Family<Wl, FGauge>,
+    wl_throttled_periods: Family<Wl, FGauge>,
+    wl_psi: Family<WlRes, FGauge>,
+    level_cpu: Family<Lvl, FGauge>,
+    level_workloads: Family<Lvl, FGauge>,
+    pub actions: Family<ActionLabels, Counter>,
+    pub action_errors: Family<ActionLabels, Counter>,
+    pub tick_seconds: Histogram,
+    pub ticks: Counter,
+    pub early_ticks: Counter,
+    node_busy: FGauge,
+    offline_usage: FGauge,
+    online_need: FGauge,
+    offline_cpus: FGauge,
+    online_psi: FGauge,
+    tighten: FGauge,
+    mem_available: FGauge,
+    agent_cpu: FGauge,
+    agent_rss: FGauge,
+    known: HashSet<(String, String)>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("tidal");
+        let m = Metrics {
+            wl_cpu: Family::default(),
+            wl_mem: Family::default(),
+            wl_procs: Family::default(),
+            wl_cpuset: Family::default(),
+            wl_throttled: Family::default(),
+            wl_throttled_periods: Family::default(),
+            wl_psi: Family::default(),
+            level_cpu: Family::default(),
+            level_workloads: Family::default(),
+            actions: Family::default(),
+            action_errors: Family::default(),
+            tick_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
+            ticks: Counter::default(),
+            early_ticks: Counter::default(),
+            node_busy: FGauge::default(),
+            offline_usage: FGauge::default(),
+            online_need: FGauge::default(),
+            offline_cpus: FGauge::default(),
+            online_psi: FGauge::default(),
+            tighten: FGauge::default(),
+            mem_available: FGauge::default(),
+            agent_cpu: FGauge::default(),
+            agent_rss: FGauge::default(),
+            known: HashSet::new(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "workload_cpu_usage_cpus",
+            "CPUs used by the workload over the last stats window",
+            m.wl_cpu.clone(),
+        );
+        r.register(
+            "workload_memory_bytes",
+            "Memory charged to the workload",
+            m.wl_mem.clone(),
+        );
+        r.register(
+            "workload_tasks",
+            "Tasks in the workload's group",
+            m.wl_procs.clone(),
+        );
+        r.register(
+            "workload_cpuset_cpus",
+            "CPUs in the workload's cpuset (offline workloads)",
+            m.wl_cpuset.clone(),
+        );
+        r.register(
+            "workload_throttled_seconds",
+            "Cumulative CFS throttled time of the workload",
+            m.wl_throttled.clone(),
+        );
+        r.register(
+            "workload_throttled_periods",
+            "Cumulative CFS periods in which the workload was throttled",
+            m.wl_throttled_periods.clone(),
+        );
+        r.register(
+            "workload_pressure_avg10_percent",
+            "PSI avg10 of the workload by resource (cpu, memory, io) and kind (some, full)",
+            m.wl_psi.clone(),
+        );
+        r.register(
+            "level_cpu_usage_cpus",
+            "CPUs used by all workloads of a level",
+            m.level_cpu.clone(),
+        );
+        r.register(
+            "level_workloads",
+            "Workloads per level",
+            m.level_workloads.clone(),
+        );
+        r.register(
+            "actions",
+            "Writes the agent made, by kind and reason",
+            m.actions.clone(),
+        );
+        r.register(
+            "action_errors",
+            "Actions that failed, by kind and reason",
+            m.action_errors.clone(),
+        );
+        r.register(
+            "tick_duration_seconds",
+            "Time one control step took (measure, decide, apply)",
+            m.tick_seconds.clone(),
+        );
+        r.register("ticks", "Control steps taken", m.ticks.clone());
+        r.register(
+            "early_ticks",
+            "Control steps taken early because a short sample showed online need rising",
+            m.early_ticks.clone(),
+        );
+        r.register(
+            "node_busy_cpus",
+            "Busy CPUs on the node over the last tick",
+            m.node_busy.clone(),
+        );
+        r.register(
+            "offline_usage_cpus",
+            "CPUs used by offline work over the last tick",
+            m.offline_usage.clone(),
+        );
+        r.register(
+            "online_need_cpus",
+            "Whole CPUs online work needs (usage + headroom, rounded up)",
+            m.online_need.clone(),
+        );
+        r.register(
+            "offline_cpus",
+            "CPUs offline work may use",
+            m.offline_cpus.clone(),
+        );
+        r.register(
+            "online_cpu_pressure_avg10_percent",
+            "Highest cpu.pressure some avg10 of the online levels",
+            m.online_psi.clone(),
+        );
+        r.register(
+            "interference_step",
+            "Tightening step under online pressure (0 none .. 3 offline frozen)",
+            m.tighten.clone(),
+        );
+        r.register(
+            "node_memory_available_bytes",
+            "MemAvailable",
+            m.mem_available.clone(),
+        );
+        r.register(
+            "agent_cpu_seconds",
+            "CPU time the agent has used",
+            m.agent_cpu.clone(),
+        );
+        r.register(
+            "agent_resident_bytes",
+            "The agent's resident memory",
+            m.agent_rss.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    pub fn node(&self, snap: &Snapshot, need: u32, offline_cpus: usize, tighten: u8) {
+        self.node_busy.set(snap.node_busy_cpus);
+        self.offline_usage.set(snap.offline_usage_cpus);
+        self.online_need.set(f64::from(need));
+        self.offline_cpus.set(offline_cpus as f64);
+        self.online_psi.set(snap.online_cpu_psi.unwrap_or(0.0));
+        self.tighten.set(f64::from(tighten));
+        self.mem_available.set(snap.mem_available_bytes as f64);
+    }
+
+    /// Per-workload and per-level gauges; label sets of workloads that are gone are dropped.
+    pub fn workloads(&mut self, snap: &Snapshot) {
+        let mut now = HashSet::new();
+        let mut level_cpu = std::collections::BTreeMap::<QosLevel, (f64, u32)>::new();
+        for w in &snap.workloads {
+            let l = Wl {
+                workload: w.group.as_str().to_string(),
+                level: w.level.to_string(),
+            };
+            now.insert((l.workload.clone(), l.level.clone()));
+            let e = level_cpu.entry(w.level).or_default();
+            e.0 += w.cpu_usage_cpus.unwrap_or(0.0);
+            e.1 += 1;
+            self.wl_cpu
+                .get_or_create(&l)
+                .set(w.cpu_usage_cpus.unwrap_or(0.0));
+            self.wl_mem
+                .get_or_create(&l)
+                .set(w.memory_bytes.unwrap_or(0) as f64);
+            self.wl_procs.get_or_create(&l).set(w.procs as f64);
+            if let Some(c) = &w.cpus {
+                self.wl_cpuset.get_or_create(&l).set(c.len() as f64);
+            }
+            if let Some(t) = w.throttled_us {
+                self.wl_throttled.get_or_create(&l).set(t as f64 / 1e6);
+            }
+            if let Some(t) = w.nr_throttled {
+                self.wl_throttled_periods.get_or_create(&l).set(t as f64);
+            }
+            for (res, p) in [
+                ("cpu", w.pressure.cpu),
+                ("memory", w.pressure.memory),
+                ("io", w.pressure.io),
+            ] {
+                if let Some(p) = p {
+                    for (kind, v) in [("some", p.some_avg10), ("full", p.full_avg10)] {
+                        self.wl_psi
+                            .get_or_create(&WlRes {
+                                workload: l.workload.clone(),
+                                level: l.level.clone(),
+                                resource: res.to_string(),
+                                kind: kind.to_string(),
+                            })
+                            .set(v);
+                    }
+                }
+            }
+        }
+        for (workload, level) in self.known.difference(&now) {
+            let l = Wl {
+                workload: workload.clone(),
+                level: level.clone(),
+            };
+            self.wl_cpu.remove(&l);
+            self.wl_mem.remove(&l);
+            self.wl_procs.remove(&l);
+            self.wl_cpuset.remove(&l);
+            self.wl_throttled.remove(&l);
+            self.wl_throttled_periods.remove(&l);
+            for res in ["cpu", "memory", "io"] {
+                for kind in ["some", "full"] {
+                    self.wl_psi.remove(&WlRes {
+                        workload: workload.clone(),
+                        level: level.clone(),
+                        resource: res.to_string(),
+                        kind: kind.to_string(),
+                    });
+                }
+            }
+        }
+        self.known = now;
+        for l in QosLevel::ALL {
+            let (cpu, n) = level_cpu.get(&l).copied().unwrap_or_default();
+            let lbl = Lvl {
+                level: l.to_string(),
+            };
+            self.level_cpu.get_or_create(&lbl).set(cpu);
+            self.level_workloads.get_or_create(&lbl).set(f64::from(n));
+        }
+        let (cpu, rss) = self_usage();
+        self.agent_cpu.set(cpu);
+        self.agent_rss.set(rss as f64);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        if prometheus_client::encoding::text::encode(&mut s, &self.registry).is_err() {
+            s.clear();
+        }
+        s
+    }
+}
+
+/// This process's CPU seconds (user + system) and resident bytes.
+pub fn self_usage() -> (f64, u64) {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) start after the last ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ut: f64 = f.get(11)?.parse().ok()?;
+            let st: f64 = f.get(12)?.parse().ok()?;
+            Some((ut + st) / hz)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |p| p * page);
+    (cpu, rss)
+}

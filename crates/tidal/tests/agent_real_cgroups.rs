@@ -1,0 +1,291 @@
+//! The agent on real cgroups: confine offline work under online load, give CPUs back after, survive a
+//! SIGKILL, stop cleanly on SIGTERM, and leave every original value restorable.
+
+mod common;
+
+use common::{cgroups_usable, wait_cgroup, TestRoot};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+use tidal_model::CpuSet;
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut r = ureq::get(&format!("http://{addr}{path}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .ok()?;
+    let code = r.status().as_u16();
+    Some((code, r.body_mut().read_to_string().ok()?))
+}
+
+fn offline_cpus(t: &TestRoot) -> CpuSet {
+    t.read("cpuset", "offline", "cpuset.cpus").parse().unwrap()
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+fn start_agent(t: &TestRoot, cfg: &std::path::Path, addr: &str) -> Child {
+    let log = std::fs::File::create(t.state.path().join("agent.log")).unwrap();
+    let child = t
+        .cmd()
+        .args(["agent", "--config"])
+        .arg(cfg)
+        .args(["--listen", addr])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for("agent /healthz", 10, || {
+        get(addr, "/healthz").is_some_and(|(c, _)| c == 200)
+    });
+    child
+}
+
+/// Journal entries as (kind, path), and whether any appears twice.
+fn journal_entries(t: &TestRoot) -> (Vec<(String, String)>, bool) {
+    let text = std::fs::read_to_string(t.state.path().join("journal.jsonl")).unwrap_or_default();
+    let entries: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            (
+                v["kind"].as_str().unwrap_or("").to_string(),
+                v["path"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let unique: std::collections::HashSet<_> = entries.iter().collect();
+    let dup = unique.len() != entries.len();
+    (entries, dup)
+}
+
+#[test]
+fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
+    if !cgroups_usable("agent_confines_offline_under_online_load_and_gives_cpus_back") {
+        return;
+    }
+    let mut t = TestRoot::new("agent");
+    let all: CpuSet = std::fs::read_to_string("/sys/fs/cgroup/cpuset/cpuset.effective_cpus")
+        .or_else(|_| std::fs::read_to_string("/sys/devices/system/cpu/online"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let n = all.len();
+    // The offline parent exists before tidal, with known values, so restore has originals to return.
+    let pre = t.dir("cpuset", "offline");
+    std::fs::create_dir_all(&pre).unwrap();
+    let mems = std::fs::read_to_string(pre.parent().unwrap().parent().unwrap().join("cpuset.mems"))
+        .unwrap();
+    std::fs::write(t.dir("cpuset", "").join("cpuset.cpus"), all.to_string()).unwrap();
+    std::fs::write(t.dir("cpuset", "").join("cpuset.mems"), mems.trim()).unwrap();
+    std::fs::write(pre.join("cpuset.cpus"), all.to_string()).unwrap();
+    std::fs::write(pre.join("cpuset.mems"), mems.trim()).unwrap();
+
+    let cfg = t.state.path().join("tidal.yaml");
+    std::fs::write(
+        &cfg,
+        "tick: 100ms\nstats_interval: 200ms\ncpu:\n  grow_after: 500ms\n",
+    )
+    .unwrap();
+    let addr = free_addr();
+    let mut agent = start_agent(&t, &cfg, &addr);
+
+    let hog = t.spawn(&[
+        "run",
+        "--qos",
+        "offline",
+        "--name",
+        "hog",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    wait_cgroup(hog, "/offline/offline/hog").expect("hog in its group");
+    wait_for("offline to have every CPU while online is idle", 15, || {
+        offline_cpus(&t) == all
+    });
+
+    // Online load on every CPU: offline must shrink to its minimum (one CPU).
+    let spinners: Vec<u32> = (0..n)
+        .map(|i| {
+            t.spawn(&[
+                "run",
+                "--qos",
+                "online",
+                "--name",
+                &format!("load{i}"),
+                "--",
+                "sh",
+                "-c",
+                "while :; do :; done",
+            ])
+        })
+        .collect();
+    wait_for("offline to shrink under online load", 10, || {
+        offline_cpus(&t).len() < n.max(2)
+    });
+    let confined = offline_cpus(&t);
+    assert!(
+        confined.len() <= n.saturating_sub(n).max(1),
+        "offline kept {confined}"
+    );
+    // Every offline workload follows its parent (v1 cpusets are per group).
+    let hog_cpus: CpuSet = t
+        .read("cpuset", "offline/offline/hog", "cpuset.cpus")
+        .parse()
+        .unwrap();
+    assert!(
+        hog_cpus.is_subset(&confined),
+        "hog {hog_cpus} not within {confined}"
+    );
+
+    // Endpoints while confined.
+    let (code, metrics) = get(&addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("tidal_actions_total{kind=\"cpuset-cpus\",reason=\"confine\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tidal_tick_duration_seconds_count"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tidal_agent_resident_bytes"), "{metrics}");
+    wait_for("per-workload metrics", 5, || {
+        get(&addr, "/metrics").is_some_and(|(_, m)| m.contains("workload=\"offline/offline/hog\""))
+    });
+    let (_, state) = get(&addr, "/state").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let hog_view = v["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["group"] == "offline/offline/hog")
+        .expect("hog in /state")
+        .clone();
+    assert!(
+        hog_view["last_action"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("online needs"),
+        "{hog_view}"
+    );
+    let out = t.tidal(&["status", "--listen", &addr]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("offline/offline/hog")
+            && text.contains("online/load0"),
+        "{text}"
+    );
+
+    // SIGKILL mid-run, restart: the new agent adopts the tree without duplicating journal entries.
+    let (before, _) = journal_entries(&t);
+    agent.kill().unwrap();
+    let _ = agent.wait();
+    let mut agent = start_agent(&t, &cfg, &addr);
+    std::thread::sleep(Duration::from_millis(500));
+    let (after, dup) = journal_entries(&t);
+    assert!(
+        !dup,
+        "a restart must not record an original twice: {after:?}"
+    );
+    // What was recorded before the crash is all still there: no original is lost.
+    assert!(before.iter().all(|e| after.contains(e)), "lost entries");
+    assert!(
+        offline_cpus(&t).len() < n.max(2),
+        "still confined after restart"
+    );
+
+    // Load ends: offline grows back to every CPU.
+    for pid in spinners {
+        // SAFETY: kill(2); these are processes this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    wait_for("offline to grow back", 15, || offline_cpus(&t) == all);
+
+    // SIGTERM: clean exit 0.
+    // SAFETY: kill(2) on the agent this test started.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = agent.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "agent did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        offline_cpus(&t),
+        all,
+        "offline has every CPU after shutdown"
+    );
+
+    // Confined again, then the agent dies: restore alone must bring back the original cpuset of the
+    // pre-existing group and remove every group tidal created.
+    let mut agent = start_agent(&t, &cfg, &addr);
+    for i in 0..n {
+        t.spawn(&[
+            "run",
+            "--qos",
+            "online",
+            "--name",
+            &format!("again{i}"),
+            "--",
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ]);
+    }
+    wait_for("offline to shrink again", 10, || {
+        offline_cpus(&t).len() < n.max(2)
+    });
+    agent.kill().unwrap();
+    let _ = agent.wait();
+    t.kill_children();
+    let out = t.tidal(&["restore"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(offline_cpus(&t), all, "{text}");
+    assert!(!t.dir("cpu", "offline/offline/hog").exists(), "{text}");
+}
+
+#[test]
+fn agent_refuses_an_invalid_config_before_touching_anything() {
+    // Needs no root: the config is checked before any cgroup is read or written.
+    let t = TestRoot::new("badcfg");
+    let cfg = t.state.path().join("bad.yaml");
+    std::fs::write(&cfg, "tick: 1ms\ncpu:\n  headroom_cpus: -2\n").unwrap();
+    let out = t
+        .cmd()
+        .args(["agent", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("tick") && err.contains("cpu.headroom_cpus"),
+        "{err}"
+    );
+    assert!(t.leftovers().is_empty());
+    assert!(!t.state.path().join("journal.jsonl").exists());
+}
