@@ -50,6 +50,10 @@ pub struct Snapshot {
     pub offline_usage_short_cpus: f64,
     /// Highest `cpu.pressure` some avg10 among the online level groups.
     pub online_cpu_psi: Option<f64>,
+    /// Highest `cpu.pressure` full avg10 among the online level groups: time when every online task
+    /// of a level waited at once (no online task ran), so online's own queueing does not count.
+    #[serde(default)]
+    pub online_cpu_psi_full: Option<f64>,
     pub mem_total_bytes: u64,
     pub mem_available_bytes: u64,
     /// Level groups that exist under the tidal root.

@@ -157,7 +157,11 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
     }
 
     // 3. Interference: online CPU pressure tightens offline one step at a time.
-    if let Some(p) = snap.online_cpu_psi.filter(|_| caps.psi) {
+    let online_psi = match cfg.interference.psi_line {
+        crate::config::PsiLine::Some => snap.online_cpu_psi,
+        crate::config::PsiLine::Full => snap.online_cpu_psi_full,
+    };
+    if let Some(p) = online_psi.filter(|_| caps.psi) {
         let thr = cfg.interference.psi_threshold;
         if p > thr {
             st.calm_since_ms = None;
@@ -177,9 +181,7 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
         }
     }
     st.base_offline = Some(target);
-    let psi_txt = snap
-        .online_cpu_psi
-        .map_or("n/a".to_string(), |p| format!("{p:.1}%"));
+    let psi_txt = online_psi.map_or("n/a".to_string(), |p| format!("{p:.1}%"));
     if st.tighten >= 1 && target > min_off.max(1) {
         target -= 1;
         cause = "interference";

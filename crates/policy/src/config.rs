@@ -81,11 +81,23 @@ impl Default for CpuConfig {
     }
 }
 
+/// Which PSI line of the online groups counts as interference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PsiLine {
+    /// Some online task waited: includes online's own queueing behind other online tasks.
+    Some,
+    /// Every online task of a level waited at once: CPU taken by something else.
+    Full,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InterferenceConfig {
-    /// Online `cpu.pressure` some avg10 (percent) above which offline is tightened.
+    /// Online `cpu.pressure` avg10 (percent) above which offline is tightened.
     pub psi_threshold: f64,
+    /// Which line of `cpu.pressure` is compared with the threshold.
+    pub psi_line: PsiLine,
     /// At most one tightening step per this interval.
     pub escalate_every: Millis,
     /// Pressure must stay below the threshold this long before one step is released.
@@ -96,6 +108,7 @@ impl Default for InterferenceConfig {
     fn default() -> Self {
         InterferenceConfig {
             psi_threshold: 5.0,
+            psi_line: PsiLine::Full,
             escalate_every: Millis(1_000),
             calm_period: Millis(10_000),
         }

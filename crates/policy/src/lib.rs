@@ -7,5 +7,5 @@ pub mod config;
 pub mod levels;
 
 pub use agent::{decide, release_plan, Decision, PolicyState};
-pub use config::{Config, ConfigError, Millis, Suppression};
+pub use config::{Config, ConfigError, Millis, PsiLine, Suppression};
 pub use levels::{level_plan, workload_limits, Limits};

@@ -67,6 +67,7 @@ prop_compose! {
             offline_usage_cpus: offline,
             offline_usage_short_cpus: offline.min(short_frac * nf),
             online_cpu_psi: psi,
+            online_cpu_psi_full: psi.map(|p| p / 2.0),
             mem_total_bytes: 16 << 30,
             mem_available_bytes: (avail_frac * (16u64 << 30) as f64) as u64,
             levels_present,
@@ -177,6 +178,7 @@ fn base_snapshot() -> Snapshot {
         offline_usage_cpus: 5.0,
         offline_usage_short_cpus: 5.0,
         online_cpu_psi: Some(0.0),
+        online_cpu_psi_full: Some(0.0),
         mem_total_bytes: 16 << 30,
         mem_available_bytes: 8 << 30,
         levels_present: workloads.iter().map(|w| w.level).collect(),
@@ -239,7 +241,11 @@ fn pressure_tightens_step_by_step_and_releases_after_calm() {
     let cfg = Config::default();
     let caps = Capabilities::full(8);
     let mut s = base_snapshot();
-    s.online_cpu_psi = Some(20.0);
+    // Online's own queueing ("some") alone does not tighten anything: only "full" does by default.
+    s.online_cpu_psi = Some(40.0);
+    let d = decide(&s, &cfg, &caps, &PolicyState::default());
+    assert_eq!(d.state.tighten, 0);
+    s.online_cpu_psi_full = Some(20.0);
     let mut st = PolicyState::default();
     let mut frozen = Vec::new();
     for t in 0..4u64 {
@@ -265,7 +271,7 @@ fn pressure_tightens_step_by_step_and_releases_after_calm() {
         ]
     );
     // Calm: one step back per calm period (10 s).
-    s.online_cpu_psi = Some(0.5);
+    s.online_cpu_psi_full = Some(0.5);
     for t in [4_000u64, 9_000, 14_000] {
         s.now_ms = t;
         st = decide(&s, &cfg, &caps, &st).state;

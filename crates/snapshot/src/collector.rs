@@ -252,7 +252,7 @@ impl Collector {
             self.last_short = Some(s);
         }
         let levels_present: BTreeSet<QosLevel> = self.scan.levels_present.clone();
-        let online_cpu_psi = self
+        let psis: Vec<tidal_cgroupfs::Psi> = self
             .online_psi
             .iter_mut()
             .filter(|(l, _)| levels_present.contains(l))
@@ -260,9 +260,15 @@ impl Collector {
                 f.read()
                     .ok()
                     .and_then(|t| tidal_cgroupfs::psi::parse_psi(t).ok())
-                    .map(|p| p.some.avg10)
             })
-            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+            .collect();
+        let max = |f: fn(&tidal_cgroupfs::Psi) -> f64| {
+            psis.iter()
+                .map(f)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+        };
+        let online_cpu_psi = max(|p| p.some.avg10);
+        let online_cpu_psi_full = max(|p| p.full.avg10);
         let mem = read_meminfo().unwrap_or_default();
         Snapshot {
             now_ms: self.now_ms(),
@@ -272,6 +278,7 @@ impl Collector {
             offline_usage_cpus: offline_busy,
             offline_usage_short_cpus: self.short.1,
             online_cpu_psi,
+            online_cpu_psi_full,
             mem_total_bytes: mem.total,
             mem_available_bytes: mem.available,
             levels_present,

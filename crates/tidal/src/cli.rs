@@ -52,6 +52,11 @@ pub enum Command {
     Agent(AgentArgs),
     /// Show the running agent's view of every workload.
     Status(StatusArgs),
+    /// Co-location benchmark (and the agent's own benchmarks: `bench reaction`, `bench agent-cost`).
+    Bench(Box<BenchArgs>),
+    /// Built-in workloads used by `tidal bench` (online server, offline antagonists).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
     /// Apply a plan file (JSON, as `tidal agent` shows in /state) through the actuator: for scripting
     /// and debugging.
     Apply(ApplyArgs),
@@ -65,6 +70,118 @@ pub struct AgentArgs {
     /// HTTP address for /metrics, /healthz and /state (overrides the config's `listen`).
     #[arg(long)]
     pub listen: Option<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    /// About a minute: 2 rounds of 3 s per scenario, then the step scenario.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds per scenario (default 3; 2 with --quick).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Measured seconds per run (default 10; 3 with --quick).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Warm-up seconds per run, not measured (default 2; 1 with --quick).
+    #[arg(long)]
+    pub warmup: Option<f64>,
+    /// Online requests per second (default: calibrated to ~30% of the machine's CPUs).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// CPU work per online request, in microseconds.
+    #[arg(long, default_value_t = 100)]
+    pub work_us: u64,
+    /// Client connections.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Constant arrivals instead of Poisson.
+    #[arg(long)]
+    pub constant: bool,
+    /// Built-in offline antagonist: cpu, stream (memory bandwidth), cache (LLC thrasher), mix.
+    #[arg(long, default_value = "cpu")]
+    pub offline: String,
+    /// Antagonist threads (default: 2 per CPU).
+    #[arg(long)]
+    pub offline_threads: Option<usize>,
+    /// Any offline command instead of the built-in antagonists, e.g. "stress-ng --cpu 4".
+    #[arg(long)]
+    pub offline_cmd: Option<String>,
+    /// Comma-separated scenarios (alone is always included): alone, no-isolation, kubelet,
+    /// quota-suppress, tidal-static, tidal.
+    #[arg(long)]
+    pub scenarios: Option<String>,
+    /// Skip the 10% → 60% load-step scenario.
+    #[arg(long)]
+    pub no_step: bool,
+    /// Agent config for the `tidal` scenario (default: the agent's defaults).
+    #[arg(long)]
+    pub agent_config: Option<PathBuf>,
+    /// Write the full report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a chart of online p99 against offline throughput.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Seed for arrivals and scenario order.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Time from an online load step to offline being out of online's CPUs (agent running).
+    Reaction(ReactionArgs),
+    /// The agent's CPU and memory at a 100 ms tick with many workloads.
+    AgentCost(AgentCostArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReactionArgs {
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentCostArgs {
+    /// Comma-separated workload counts.
+    #[arg(long, default_value = "50,100,200")]
+    pub workloads: String,
+    /// Measured seconds per count.
+    #[arg(long, default_value_t = 20.0)]
+    pub seconds: f64,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerKind {
+    Server,
+    Cpu,
+    Stream,
+    Cache,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    pub kind: WorkerKind,
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    #[arg(long, default_value_t = 100)]
+    pub work_us: u64,
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// File the antagonist keeps its cumulative work units in.
+    #[arg(long)]
+    pub report: Option<String>,
+    /// File the server writes its port to once listening.
+    #[arg(long)]
+    pub ready_file: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -2,6 +2,7 @@
 
 mod agent;
 mod apply;
+mod bench;
 mod cli;
 mod doctor;
 mod exit;
@@ -22,6 +23,8 @@ fn main() {
         Command::Apply(a) => apply::main(&cli.global, a),
         Command::Agent(a) => agent::main(&cli.global, a),
         Command::Status(a) => status::main(&cli.global, a),
+        Command::Bench(a) => bench::main(&cli.global, a),
+        Command::Worker(a) => bench::worker::main(a),
     };
     std::process::exit(code);
 }

@@ -1,0 +1,196 @@
+//! `tidal bench`: a reproducible co-location benchmark on this machine (online service under
+//! open-loop load next to offline antagonists, per isolation scenario), plus the agent's own
+//! benchmarks (`reaction`, `agent-cost`). Every group it makes is removed, also on Ctrl-C.
+
+pub mod agentbench;
+pub mod colo;
+pub mod env;
+pub mod hist;
+pub mod loadgen;
+pub mod report;
+pub mod worker;
+
+use crate::cli::{BenchArgs, BenchCommand, Global};
+use crate::exit::fail;
+use colo::{Opts, Scenario};
+use env::BenchEnv;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+fn machine(env: &BenchEnv) -> report::Machine {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    report::Machine {
+        cpus: env.caps.cpus.len(),
+        kernel: tidal_cgroupfs::caps::kernel_release().unwrap_or_default(),
+        cpu_model: model,
+        cgroup_mode: env.layout.hierarchies.mode().to_string(),
+    }
+}
+
+/// SIGINT/SIGTERM set a flag: the bench stops between runs and cleans up.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let f = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, Arc::clone(&f));
+    }
+    f
+}
+
+pub fn main(_g: &Global, a: &BenchArgs) -> i32 {
+    match &a.command {
+        Some(BenchCommand::Reaction(r)) => return agentbench::reaction(r),
+        Some(BenchCommand::AgentCost(c)) => return agentbench::cost(c),
+        None => {}
+    }
+    let scenarios: Vec<Scenario> = match &a.scenarios {
+        Some(list) => {
+            let mut v = Vec::new();
+            for s in list.split(',').filter(|s| !s.trim().is_empty()) {
+                match Scenario::parse(s) {
+                    Some(x) => v.push(x),
+                    None => {
+                        let valid: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                        return fail(format!(
+                            "unknown scenario '{s}'; valid: {}",
+                            valid.join(", ")
+                        ));
+                    }
+                }
+            }
+            if !v.contains(&Scenario::Alone) {
+                v.insert(0, Scenario::Alone);
+            }
+            v
+        }
+        None => Scenario::ALL.to_vec(),
+    };
+    if !["cpu", "stream", "cache", "mix"].contains(&a.offline.as_str()) {
+        return fail(format!(
+            "unknown --offline '{}'; valid: cpu, stream, cache, mix",
+            a.offline
+        ));
+    }
+    let stop = interrupt_flag();
+    let mut env = match BenchEnv::new("colo") {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let n = env.caps.cpus.len();
+    let mut o = Opts::from_args(a, n);
+    let rounds = a.rounds.unwrap_or(if a.quick { 2 } else { 3 });
+    let steps: Vec<Scenario> = if a.no_step {
+        Vec::new()
+    } else {
+        [Scenario::Kubelet, Scenario::QuotaSuppress, Scenario::Tidal]
+            .into_iter()
+            .filter(|s| scenarios.contains(s))
+            .collect()
+    };
+    let total = (rounds * scenarios.len() + steps.len() + 1) as u64;
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_message("calibrating the online service");
+    let cost = match colo::calibrate(&mut env, &o) {
+        Ok(c) => c,
+        Err(e) => {
+            pb.abandon();
+            return fail(format!("calibration failed: {e}"));
+        }
+    };
+    pb.inc(1);
+    if o.rate <= 0.0 {
+        o.rate = (0.3 * n as f64 / cost).clamp(50.0, 200_000.0);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    let mut runs = Vec::new();
+    let mut step_results = Vec::new();
+    'outer: for round in 0..rounds {
+        let mut order = scenarios.clone();
+        order.shuffle(&mut rng);
+        for s in order {
+            if stop.load(Ordering::Relaxed) {
+                break 'outer;
+            }
+            pb.set_message(format!("round {}/{rounds}: {}", round + 1, s.name()));
+            match colo::run_once(&mut env, s, &o, round) {
+                Ok(r) => runs.push(r),
+                Err(e) => {
+                    pb.abandon();
+                    return fail(format!("{} (round {}): {e}", s.name(), round + 1));
+                }
+            }
+            pb.inc(1);
+        }
+    }
+    for s in steps {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        pb.set_message(format!("step: {}", s.name()));
+        match colo::run_step(&mut env, s, &o, cost) {
+            Ok(r) => step_results.push(r),
+            Err(e) => {
+                pb.abandon();
+                return fail(format!("step {}: {e}", s.name()));
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    if stop.load(Ordering::Relaxed) {
+        env.cleanup();
+        eprintln!("tidal: bench interrupted; every group it made was removed");
+        return 130;
+    }
+    let summaries = report::summarize(&runs, &scenarios);
+    let goal = report::goal(&summaries, &step_results);
+    let rep = report::Report {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: machine(&env),
+        rate_per_s: o.rate,
+        work_us: o.work_us,
+        cost_per_request_us: cost * 1e6,
+        offline: match &o.offline_cmd {
+            Some(c) => format!("`{c}`"),
+            None => format!("{} × {} threads", o.offline_kind, o.offline_threads),
+        },
+        warmup_s: o.warmup_s,
+        duration_s: o.duration_s,
+        rounds,
+        scenarios: summaries,
+        step: step_results,
+        goal,
+        runs,
+    };
+    env.cleanup();
+    print!("{}", report::markdown(&rep));
+    if let Some(p) = &a.json {
+        let text = match serde_json::to_string_pretty(&rep) {
+            Ok(t) => t,
+            Err(e) => return fail(format!("report JSON: {e}")),
+        };
+        if let Err(e) = std::fs::write(p, text) {
+            return fail(format!("cannot write {}: {e}", p.display()));
+        }
+    }
+    if let Some(p) = &a.svg {
+        if let Err(e) = report::svg(&rep, p) {
+            return fail(e);
+        }
+    }
+    0
+}

@@ -1,0 +1,166 @@
+//! Built-in workloads for `tidal bench`, run as `tidal worker …` in their own cgroups: the online TCP
+//! service and the offline antagonists (CPU spinner, memory-bandwidth streamer, cache thrasher). Each
+//! antagonist reports cumulative work units to a file, so offline throughput is measured, not assumed.
+
+use crate::cli::{WorkerArgs, WorkerKind};
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Spin iterations that take about one microsecond on this CPU.
+pub fn calibrate_spin() -> u64 {
+    let iters = 2_000_000u64;
+    let t = Instant::now();
+    spin(iters);
+    let us = t.elapsed().as_secs_f64() * 1e6;
+    ((iters as f64 / us.max(1.0)) as u64).max(1)
+}
+
+#[inline(never)]
+pub fn spin(iters: u64) -> u64 {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..iters {
+        x = black_box(x.rotate_left(5) ^ i).wrapping_mul(0x2545_F491_4F6C_DD1D);
+    }
+    x
+}
+
+/// Serves 16-byte requests (`id`, intended send time) with `work_us` of CPU work each, echoing them.
+fn serve(port: u16, work_us: u64, ready: Option<&str>) -> std::io::Result<()> {
+    let per_us = calibrate_spin();
+    let l = TcpListener::bind(("127.0.0.1", port))?;
+    if let Some(f) = ready {
+        std::fs::write(f, l.local_addr()?.port().to_string())?;
+    }
+    for conn in l.incoming() {
+        let Ok(mut c) = conn else { continue };
+        let _ = c.set_nodelay(true);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16];
+            while c.read_exact(&mut buf).is_ok() {
+                black_box(spin(work_us * per_us));
+                if c.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn report_loop(path: String, units: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
+    let start = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let line = format!(
+            "{} {:.6}\n",
+            units.load(Ordering::Relaxed),
+            start.elapsed().as_secs_f64()
+        );
+        let tmp = format!("{path}.tmp");
+        if std::fs::write(&tmp, line).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `threads` copies of `body`, each adding its work units to a shared counter.
+fn antagonist(threads: usize, report: Option<String>, body: fn(&AtomicU64)) {
+    let units = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    for _ in 0..threads.max(1) {
+        let u = Arc::clone(&units);
+        std::thread::spawn(move || loop {
+            body(&u);
+        });
+    }
+    match report {
+        Some(p) => report_loop(p, units, stop),
+        None => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+    }
+}
+
+/// One unit = one million spin iterations.
+fn cpu_unit(u: &AtomicU64) {
+    black_box(spin(1_000_000));
+    u.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One unit = one 8 MiB buffer copied (memory bandwidth).
+fn stream_unit(u: &AtomicU64) {
+    thread_local! {
+        static BUFS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+            std::cell::RefCell::new((vec![1u8; 8 << 20], vec![0u8; 8 << 20]));
+    }
+    BUFS.with(|b| {
+        let mut b = b.borrow_mut();
+        let (src, dst) = &mut *b;
+        dst.copy_from_slice(src);
+        black_box(&dst);
+    });
+    u.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One unit = 256 Ki dependent random reads over 64 MiB (thrashes the last-level cache).
+fn cache_unit(u: &AtomicU64) {
+    thread_local! {
+        static TABLE: Vec<u32> = {
+            let n = (64 << 20) / 4;
+            let mut v: Vec<u32> = (0..n as u32).collect();
+            let mut x = 0x1234_5678u64;
+            for i in (1..n).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                v.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            v
+        };
+    }
+    TABLE.with(|t| {
+        let mut i = 0usize;
+        for _ in 0..(256 << 10) {
+            i = t[i] as usize;
+        }
+        black_box(i);
+    });
+    u.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Reads a worker's report file: (units, seconds since the worker started).
+pub fn read_report(path: &std::path::Path) -> Option<(u64, f64)> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let mut it = s.split_whitespace();
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// A TCP client connection for the load generator, with Nagle off.
+pub fn connect(port: u16) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+pub fn main(a: &WorkerArgs) -> i32 {
+    match a.kind {
+        WorkerKind::Server => match serve(a.port, a.work_us, a.ready_file.as_deref()) {
+            Ok(()) => 0,
+            Err(e) => crate::exit::fail(format!("server on port {}: {e}", a.port)),
+        },
+        WorkerKind::Cpu => {
+            antagonist(a.threads, a.report.clone(), cpu_unit);
+            0
+        }
+        WorkerKind::Stream => {
+            antagonist(a.threads, a.report.clone(), stream_unit);
+            0
+        }
+        WorkerKind::Cache => {
+            antagonist(a.threads, a.report.clone(), cache_unit);
+            0
+        }
+    }
+}
