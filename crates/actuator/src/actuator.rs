@@ -3,7 +3,7 @@
 use crate::error::ActError;
 use crate::journal::{Entry, Journal};
 use std::path::{Path, PathBuf};
-use tidal_cgroupfs::layout::{read_file, read_procs, write_file};
+use tidal_cgroupfs::layout::{read_file, read_procs, remove_group_dir, write_file};
 use tidal_cgroupfs::v2::core::{subtree_delta, KILL, SUBTREE_CONTROL};
 use tidal_cgroupfs::{knobs, CgroupError, Layout, Version};
 use tidal_model::{Action, GroupPath, Knob, KnobValue, Op, Plan};
@@ -196,12 +196,8 @@ impl Actuator {
         match std::fs::create_dir(dir) {
             Ok(()) => self.created_now.push(dir.to_path_buf()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // Someone else made it first; only the one who recorded it keeps the entry.
-                if added {
-                    let d = dir.to_path_buf();
-                    self.journal
-                        .forget(|e| matches!(e, Entry::Created { path } if *path == d))?;
-                }
+                // Another tidal process (a concurrent `tidal run`) made it between our check and
+                // mkdir. Its entry may be the one just recorded here, so the entry stays.
                 return Ok(false);
             }
             Err(e) => {
@@ -312,7 +308,7 @@ impl Actuator {
         let dirs = self.layout.group_dirs(group);
         let mut removed = Vec::new();
         for d in &dirs {
-            match std::fs::remove_dir(d) {
+            match remove_group_dir(d) {
                 Ok(()) => removed.push(d.clone()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => removed.push(d.clone()),
                 Err(e) => {

@@ -4,7 +4,7 @@
 use crate::error::ActError;
 use crate::journal::{Entry, Journal};
 use std::path::{Path, PathBuf};
-use tidal_cgroupfs::layout::{read_file, read_procs, write_file};
+use tidal_cgroupfs::layout::{read_file, read_procs, remove_group_dir, write_file};
 use tidal_cgroupfs::v2::core::{subtree_delta, SUBTREE_CONTROL};
 
 #[derive(Debug, Default)]
@@ -74,7 +74,7 @@ pub fn restore(state_dir: &Path, dry_run: bool) -> Result<RestoreReport, ActErro
             removed.push(dir.clone());
             continue;
         }
-        match std::fs::remove_dir(dir) {
+        match remove_group_dir(dir) {
             Ok(()) => {
                 rep.removed_groups.push(dir.clone());
                 removed.push(dir.clone());

@@ -307,6 +307,21 @@ pub fn write_file(path: &Path, value: &str) -> Result<()> {
     f.write_all(value.as_bytes()).map_err(err)
 }
 
+/// rmdir of a group; EBUSY is retried briefly, because a group whose last task just exited can stay
+/// populated for a moment after `cgroup.procs` reads empty.
+pub fn remove_group_dir(dir: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 25 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 pub fn read_procs(path: &Path) -> Result<Vec<i32>> {
     let s = read_file(path)?;
     Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect())

@@ -57,6 +57,31 @@ fn start_agent(t: &TestRoot, cfg: &std::path::Path, addr: &str) -> Child {
 }
 
 /// Journal entries as (kind, path), and whether any appears twice.
+/// Every directory left under the test root, in every hierarchy (for failure messages).
+fn tree(t: &TestRoot) -> Vec<String> {
+    fn walk(d: &std::path::Path, out: &mut Vec<String>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|x| x.is_dir()) {
+                    let procs =
+                        std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
+                    out.push(format!(
+                        "{} [{}]",
+                        e.path().display(),
+                        procs.split_whitespace().collect::<Vec<_>>().join(",")
+                    ));
+                    walk(&e.path(), out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for r in &t.layout.roots {
+        walk(&r.root_dir, &mut out);
+    }
+    out
+}
+
 fn journal_entries(t: &TestRoot) -> (Vec<(String, String)>, bool) {
     let text = std::fs::read_to_string(t.state.path().join("journal.jsonl")).unwrap_or_default();
     let entries: Vec<(String, String)> = text
@@ -263,7 +288,12 @@ fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
     t.kill_children();
     let out = t.tidal(&["restore"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}\nleft: {:?}\njournal: {:?}",
+        tree(&t),
+        journal_entries(&t).0
+    );
     assert_eq!(offline_cpus(&t), all, "{text}");
     assert!(!t.dir("cpu", "offline/offline/hog").exists(), "{text}");
 }

@@ -281,3 +281,32 @@ fn bad_input_is_a_usage_error() {
         .as_array()
         .is_some_and(|r| r.iter().any(|x| x["feature"] == "cgroup mode")));
 }
+
+#[test]
+fn concurrent_runs_keep_the_journal_whole_so_restore_removes_everything() {
+    if !cgroups_usable("concurrent_runs_keep_the_journal_whole_so_restore_removes_everything") {
+        return;
+    }
+    let t = TestRoot::new("concurrent");
+    // Eight runs racing to create the same level groups.
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            let level = if i % 2 == 0 { "online" } else { "offline" };
+            t.cmd()
+                .args(["run", "--qos", level, "--name", "race", "--", "true"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let out = t.tidal(&["restore"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        t.leftovers().is_empty(),
+        "left behind: {:?}\n{text}",
+        t.leftovers()
+    );
+}
