@@ -118,6 +118,28 @@ impl Actuator {
         Ok(Outcome::Written)
     }
 
+    /// Records the originals of a knob's files now, without writing, so a later urgent write (offline
+    /// confinement) does not wait for the journal's fsync.
+    pub fn remember(&mut self, group: &GroupPath, knob: Knob) -> Result<(), ActError> {
+        if self.dry_run {
+            return Ok(());
+        }
+        let Some((_, paths)) = self.layout.knob_paths(group, knob) else {
+            return Ok(());
+        };
+        for p in paths {
+            if self.journal.has_original(&p) {
+                continue;
+            }
+            match read_file(&p) {
+                Ok(v) => self.journal.record_original(&p, v.trim_end())?,
+                Err(e) if e.is_vanished() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Sets a knob on a group unless it already has the value.
     pub fn set(
         &mut self,
@@ -172,6 +194,9 @@ impl Actuator {
                 let dir = self.layout.roots[i].dir(g);
                 let version = self.layout.roots[i].version();
                 if dir.exists() {
+                    if version == Version::V1 && self.layout.roots[i].hierarchy.has("cpuset") {
+                        self.init_cpuset(&dir)?;
+                    }
                     continue;
                 }
                 if self.dry_run {
@@ -186,9 +211,18 @@ impl Actuator {
         Ok(outcome)
     }
 
-    /// Creates one group directory: journal first, enable v2 controllers, init v1 cpusets.
+    /// Creates one group directory: journal first, enable v2 controllers, init v1 cpusets. Missing
+    /// parents (of a tidal root given as a deeper path) are created the same way.
     fn create_dir(&mut self, dir: &Path, version: Version) -> Result<bool, ActError> {
         let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        let in_cgroupfs = self
+            .layout
+            .roots
+            .iter()
+            .any(|r| parent.starts_with(&r.hierarchy.mount) && parent != r.hierarchy.mount);
+        if in_cgroupfs && !parent.exists() {
+            self.create_dir(&parent, version)?;
+        }
         if version == Version::V2 {
             self.enable_v2_controllers(&parent)?;
         }
@@ -210,14 +244,39 @@ impl Actuator {
                 return Err(mkdir_err(dir)(e));
             }
         }
-        if version == Version::V1 && dir.join("cpuset.cpus").exists() {
-            // A new v1 cpuset group is empty and refuses tasks until it has cpus and mems.
-            for f in ["cpuset.cpus", "cpuset.mems"] {
-                let v = read_file(&parent.join(f))?;
-                self.write_journalled(&dir.join(f), v.trim())?;
-            }
+        if version == Version::V1 {
+            self.init_cpuset(dir)?;
         }
         Ok(true)
+    }
+
+    /// A v1 cpuset group starts with empty `cpuset.cpus`/`cpuset.mems` and refuses tasks until both are
+    /// set: give it its parent's. Also heals a group another process created but has not filled yet
+    /// (concurrent `tidal run`s), or one left empty by a crash between mkdir and this write.
+    fn init_cpuset(&mut self, dir: &Path) -> Result<(), ActError> {
+        if self.dry_run || !dir.join("cpuset.cpus").exists() {
+            return Ok(());
+        }
+        let Some(parent) = dir.parent() else {
+            return Ok(());
+        };
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            if !read_file(&dir.join(f))?.trim().is_empty() {
+                continue;
+            }
+            let mut v = read_file(&parent.join(f))?;
+            if v.trim().is_empty() {
+                self.init_cpuset(parent)?;
+                v = read_file(&parent.join(f))?;
+            }
+            match self.write_journalled(&dir.join(f), v.trim()) {
+                Ok(_) => {}
+                // Filled by the other process meanwhile.
+                Err(_) if !read_file(&dir.join(f))?.trim().is_empty() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn enable_v2_controllers(&mut self, parent: &Path) -> Result<(), ActError> {
@@ -274,12 +333,21 @@ impl Actuator {
         })
     }
 
-    /// Removes the groups this process created (newest first) and their journal entries: used when
-    /// setting up fails half-way, so nothing is left behind.
-    pub fn rollback_created(&mut self) {
-        let dirs: Vec<PathBuf> = self.created_now.drain(..).rev().collect();
+    /// Removes the groups this process created for `group` (its own directories, newest first) and their
+    /// journal entries: used when setting a workload up fails half-way. Shared parents (level groups,
+    /// the tidal root) stay: a concurrent `tidal run` may be about to use them.
+    pub fn rollback_created(&mut self, group: &GroupPath) {
+        let own = self.layout.group_dirs(group);
+        let dirs: Vec<PathBuf> = self
+            .created_now
+            .iter()
+            .rev()
+            .filter(|d| own.iter().any(|o| d.starts_with(o)))
+            .cloned()
+            .collect();
+        self.created_now.retain(|d| !dirs.contains(d));
         for d in &dirs {
-            if let Err(e) = std::fs::remove_dir(d) {
+            if let Err(e) = remove_group_dir(d) {
                 warn!("rollback: cannot remove {}: {e}", d.display());
             }
         }
@@ -326,6 +394,16 @@ impl Actuator {
                 .is_some_and(|p| removed.iter().any(|r| r == p)),
         })?;
         Ok(Outcome::Written)
+    }
+
+    /// Moves a task back to the cgroups this process started in (after a failed move).
+    pub fn move_pid_home(&mut self, pid: u32) {
+        for r in &self.layout.roots {
+            let p = r.hierarchy.dir(&r.hierarchy.self_path).join("cgroup.procs");
+            if let Err(e) = write_file(&p, &pid.to_string()) {
+                warn!("cannot move pid {pid} back to {}: {e}", p.display());
+            }
+        }
     }
 
     /// Moves a task into the group in every hierarchy tidal uses.

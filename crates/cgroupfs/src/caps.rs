@@ -27,11 +27,7 @@ pub fn knob_supported(layout: &Layout, knob: Knob) -> bool {
     let Some((r, version, spec)) = layout.knob_target(knob) else {
         return false;
     };
-    let probe = if r.root_dir.exists() {
-        r.root_dir.clone()
-    } else {
-        r.base_dir()
-    };
+    let probe = nearest_existing(&r.root_dir, &r.hierarchy.mount);
     if spec.files.iter().all(|f| probe.join(f).exists()) {
         return true;
     }
@@ -44,6 +40,19 @@ pub fn knob_supported(layout: &Layout, knob: Knob) -> bool {
         };
     }
     false
+}
+
+/// The tidal root if it exists, else its nearest existing ancestor (the root may be created later,
+/// several levels down), never above the hierarchy's mount.
+fn nearest_existing(dir: &Path, mount: &Path) -> std::path::PathBuf {
+    let mut d = dir;
+    while !d.exists() && d != mount {
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    d.to_path_buf()
 }
 
 fn read_set(p: &Path) -> Option<CpuSet> {
@@ -60,19 +69,14 @@ pub fn detect_capabilities(layout: &Layout) -> Capabilities {
         .into_iter()
         .filter(|k| knob_supported(layout, *k))
         .collect();
-    let psi = layout.unified().is_some_and(|u| {
-        let probe = if u.root_dir.exists() {
-            u.root_dir.clone()
-        } else {
-            u.base_dir()
-        };
-        probe.join("cpu.pressure").exists()
-    });
+    let psi = layout
+        .unified()
+        .is_some_and(|u| nearest_existing(&u.root_dir, &u.hierarchy.mount).join("cpu.pressure").exists());
     let group_kill = layout.unified().is_some() && kernel_version().is_some_and(|v| v >= (5, 14));
     let cpuset = layout.owner("cpuset");
     let (cpus, mems) = match cpuset {
         Some(r) => {
-            let base = r.base_dir();
+            let base = nearest_existing(&r.base_dir(), &r.hierarchy.mount);
             let (c, m) = match r.version() {
                 Version::V1 => ("cpuset.effective_cpus", "cpuset.effective_mems"),
                 Version::V2 => ("cpuset.cpus.effective", "cpuset.mems.effective"),

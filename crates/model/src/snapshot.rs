@@ -54,6 +54,11 @@ pub struct Snapshot {
     /// of a level waited at once (no online task ran), so online's own queueing does not count.
     #[serde(default)]
     pub online_cpu_psi_full: Option<f64>,
+    /// The same two lines over about the last second (from the `total` counters): percent of time.
+    #[serde(default)]
+    pub online_cpu_psi_1s: Option<f64>,
+    #[serde(default)]
+    pub online_cpu_psi_full_1s: Option<f64>,
     pub mem_total_bytes: u64,
     pub mem_available_bytes: u64,
     /// Level groups that exist under the tidal root.

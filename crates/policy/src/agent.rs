@@ -24,6 +24,10 @@ pub struct PolicyState {
     /// Tightening under interference: 0 none, 1 one CPU less, 2 offline-low frozen, 3 offline frozen.
     pub tighten: u8,
     pub last_escalate_ms: Option<u64>,
+    /// Online pressure when the last tightening step was taken (to check the step helped).
+    pub escalated_at_psi: Option<f64>,
+    /// No tightening before this time: the last step did not lower online pressure.
+    pub backoff_until_ms: Option<u64>,
     pub calm_since_ms: Option<u64>,
     /// Frozen because online needs every CPU and `allow_freeze` is on.
     pub starved: bool,
@@ -161,16 +165,35 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
         crate::config::PsiLine::Some => snap.online_cpu_psi,
         crate::config::PsiLine::Full => snap.online_cpu_psi_full,
     };
+    // The 1 s windowed value reacts within a second; avg10 is the fallback.
+    let online_psi = match cfg.interference.psi_line {
+        crate::config::PsiLine::Some => snap.online_cpu_psi_1s.or(online_psi),
+        crate::config::PsiLine::Full => snap.online_cpu_psi_full_1s.or(online_psi),
+    };
+    let mut undone = false;
     if let Some(p) = online_psi.filter(|_| caps.psi) {
         let thr = cfg.interference.psi_threshold;
-        if p > thr {
+        let every = cfg.interference.escalate_every.0;
+        let since_step = st.last_escalate_ms.map(|t| now.saturating_sub(t));
+        // A step that did not lower the pressure was not about offline work: undo it and back off.
+        if st.tighten > 0
+            && since_step.is_some_and(|d| d >= every)
+            && st
+                .escalated_at_psi
+                .is_some_and(|before| p >= 0.8 * before && p > thr)
+        {
+            st.tighten -= 1;
+            st.escalated_at_psi = None;
+            st.backoff_until_ms = Some(now + cfg.interference.calm_period.0);
+            undone = true;
+        } else if p > thr {
             st.calm_since_ms = None;
-            let may = st
-                .last_escalate_ms
-                .is_none_or(|t| now.saturating_sub(t) >= cfg.interference.escalate_every.0);
+            let may = since_step.is_none_or(|d| d >= every)
+                && st.backoff_until_ms.is_none_or(|b| now >= b);
             if may && st.tighten < 3 && offline_present {
                 st.tighten += 1;
                 st.last_escalate_ms = Some(now);
+                st.escalated_at_psi = Some(p);
             }
         } else if st.tighten > 0 {
             let since = *st.calm_since_ms.get_or_insert(now);
@@ -188,6 +211,11 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
         why = format!(
             "online cpu pressure {psi_txt} over {}%: offline gets one CPU less",
             cfg.interference.psi_threshold
+        );
+    } else if undone {
+        cause = "release";
+        why = format!(
+            "online cpu pressure {psi_txt} did not fall after tightening: not offline's doing, step undone"
         );
     }
 
@@ -264,6 +292,10 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
                             cfg.interference.psi_threshold
                         ),
                         "interference",
+                    ),
+                    (false, _) if was && undone => (
+                        format!("tightening did not lower online pressure: {level} thawed"),
+                        "release",
                     ),
                     (false, _) if was => (format!("pressure calm: {level} thawed"), "release"),
                     (false, _) => (format!("{level} runs"), "static"),

@@ -68,6 +68,8 @@ prop_compose! {
             offline_usage_short_cpus: offline.min(short_frac * nf),
             online_cpu_psi: psi,
             online_cpu_psi_full: psi.map(|p| p / 2.0),
+            online_cpu_psi_1s: None,
+            online_cpu_psi_full_1s: None,
             mem_total_bytes: 16 << 30,
             mem_available_bytes: (avail_frac * (16u64 << 30) as f64) as u64,
             levels_present,
@@ -179,6 +181,8 @@ fn base_snapshot() -> Snapshot {
         offline_usage_short_cpus: 5.0,
         online_cpu_psi: Some(0.0),
         online_cpu_psi_full: Some(0.0),
+        online_cpu_psi_1s: None,
+        online_cpu_psi_full_1s: None,
         mem_total_bytes: 16 << 30,
         mem_available_bytes: 8 << 30,
         levels_present: workloads.iter().map(|w| w.level).collect(),
@@ -245,11 +249,12 @@ fn pressure_tightens_step_by_step_and_releases_after_calm() {
     s.online_cpu_psi = Some(40.0);
     let d = decide(&s, &cfg, &caps, &PolicyState::default());
     assert_eq!(d.state.tighten, 0);
-    s.online_cpu_psi_full = Some(20.0);
     let mut st = PolicyState::default();
     let mut frozen = Vec::new();
-    for t in 0..4u64 {
+    // Each step lowers the pressure, but not yet below the threshold: keep tightening.
+    for (t, p) in [(0u64, 20.0), (1, 15.0), (2, 11.0), (3, 8.0)] {
         s.now_ms = t * 1000;
+        s.online_cpu_psi_full = Some(p);
         let d = decide(&s, &cfg, &caps, &st);
         for a in &d.plan.actions {
             if let Op::Set {
@@ -278,6 +283,37 @@ fn pressure_tightens_step_by_step_and_releases_after_calm() {
     }
     assert_eq!(st.tighten, 2);
     assert!(!st.frozen_offline && st.frozen_offline_low);
+}
+
+#[test]
+fn a_tightening_step_that_does_not_lower_pressure_is_undone_and_backs_off() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let mut s = base_snapshot();
+    s.online_cpu_psi_full = Some(20.0);
+    let mut st = PolicyState::default();
+    let mut steps = Vec::new();
+    for t in [0u64, 1_000, 2_000, 5_000, 11_000] {
+        s.now_ms = t;
+        let d = decide(&s, &cfg, &caps, &st);
+        if t == 1_000 {
+            assert!(
+                d.plan
+                    .actions
+                    .iter()
+                    .any(|a| a.reason.contains("did not fall")),
+                "{:?}",
+                d.plan.actions
+            );
+        }
+        st = d.state;
+        steps.push((t, st.tighten));
+    }
+    // Tighten, find it useless and undo, hold off for the calm period, then try again.
+    assert_eq!(
+        steps,
+        vec![(0, 1), (1_000, 0), (2_000, 0), (5_000, 0), (11_000, 1)]
+    );
 }
 
 #[test]

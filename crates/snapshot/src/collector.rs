@@ -1,9 +1,8 @@
 //! The collector: turns cumulative counters into rates over tick and sample windows.
 
-use crate::node::read_meminfo;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tidal_cgroupfs::hot::HotFile;
 use tidal_cgroupfs::stat::parse_flat_keyed;
 use tidal_cgroupfs::{Layout, PsiResource, Version};
@@ -85,13 +84,15 @@ pub struct Collector {
     node: NodeCpu,
     offline: Option<(HotFile, bool)>,
     online_psi: HashMap<QosLevel, HotFile>,
+    /// Recent (time, some total µs, full total µs) per online level, for 1 s windowed pressure.
+    psi_hist: HashMap<QosLevel, std::collections::VecDeque<(Instant, u64, u64)>>,
     last_tick: Option<LightSample>,
     last_short: Option<LightSample>,
     short: (f64, f64),
     stats_at: Option<Instant>,
-    prev_usage: HashMap<GroupPath, (u64, Instant)>,
+    wl_files: HashMap<GroupPath, WorkloadFiles>,
     scan: Scan,
-    workloads: Vec<WorkloadSnapshot>,
+    meminfo: HotFile,
     cpus: CpuSet,
 }
 
@@ -117,13 +118,14 @@ impl Collector {
             start: Instant::now(),
             offline,
             online_psi,
+            psi_hist: HashMap::new(),
             last_tick: None,
             last_short: None,
             short: (0.0, 0.0),
             stats_at: None,
-            prev_usage: HashMap::new(),
+            wl_files: HashMap::new(),
             scan: Scan::default(),
-            workloads: Vec::new(),
+            meminfo: HotFile::new(PathBuf::from("/proc/meminfo")),
             cpus,
         }
     }
@@ -163,78 +165,43 @@ impl Collector {
         self.short
     }
 
-    fn refresh_workloads(&mut self) {
+    fn refresh_workloads(&mut self) -> Vec<WorkloadSnapshot> {
         self.scan = self.source.scan().unwrap_or_default();
         let now = Instant::now();
-        let mut seen = HashMap::new();
         let mut out = Vec::with_capacity(self.scan.workloads.len());
+        let mut files = std::mem::take(&mut self.wl_files);
+        let mut kept = HashMap::with_capacity(self.scan.workloads.len());
         for w in &self.scan.workloads {
-            let usage = self.layout.cpu_usage_ns(&w.group).ok();
-            let cpu_usage_cpus = usage.and_then(|u| {
-                let r = self.prev_usage.get(&w.group).map(|(pu, pt)| {
-                    let dt = now.duration_since(*pt).as_nanos() as f64;
-                    if dt > 0.0 {
-                        u.saturating_sub(*pu) as f64 / dt
-                    } else {
-                        0.0
-                    }
-                });
-                seen.insert(w.group.clone(), (u, now));
-                r
-            });
-            let psi = |res| {
-                self.layout
-                    .psi(&w.group, res)
-                    .ok()
-                    .flatten()
-                    .map(|p| Pressure {
-                        some_avg10: p.some.avg10,
-                        full_avg10: p.full.avg10,
-                    })
-            };
-            let throttle = self.layout.throttling(&w.group).ok().flatten();
-            let cpus = if w.level.is_online() {
-                None
-            } else {
-                self.layout
-                    .read_knob(&w.group, tidal_model::Knob::CpusetCpus)
-                    .ok()
-                    .and_then(|v| match v {
-                        tidal_model::KnobValue::Cpus(c) => Some(c),
-                        _ => None,
-                    })
-            };
-            out.push(WorkloadSnapshot {
-                group: w.group.clone(),
-                level: w.level,
-                name: w.name.clone(),
-                procs: self.layout.procs(&w.group).map(|p| p.len()).unwrap_or(0),
-                cpu_usage_cpus,
-                memory_bytes: self.layout.memory_usage(&w.group).ok().flatten(),
-                pressure: WorkloadPressure {
-                    cpu: psi(PsiResource::Cpu),
-                    memory: psi(PsiResource::Memory),
-                    io: psi(PsiResource::Io),
-                },
-                nr_throttled: throttle.map(|t| t.nr_throttled),
-                throttled_us: throttle.map(|t| t.throttled_us),
-                cpus,
-            });
+            let mut f = files
+                .remove(&w.group)
+                .unwrap_or_else(|| WorkloadFiles::new(&self.layout, &w.group));
+            out.push(f.read(w, now));
+            kept.insert(w.group.clone(), f);
         }
-        self.prev_usage = seen;
-        self.workloads = out;
+        // Files of workloads that are gone are closed here (dropped with `files`).
+        self.wl_files = kept;
         self.stats_at = Some(now);
+        out
     }
 
-    /// A full snapshot. Per-workload statistics and the tree scan are refreshed when `stats_every_ms`
-    /// has passed (or `force`), else the previous ones are reused.
+    /// A full snapshot (see [`Collector::update`]).
     pub fn snapshot(&mut self, stats_every_ms: u64, force: bool) -> Snapshot {
+        let mut snap = Snapshot::default();
+        self.update(&mut snap, stats_every_ms, force);
+        snap
+    }
+
+    /// Brings `snap` up to date in place. Per-workload statistics and the tree scan are refreshed when
+    /// `stats_every_ms` has passed (or `force`); otherwise `snap.workloads` is left as it was, so a
+    /// tick copies nothing per workload. Returns whether the workloads were refreshed.
+    pub fn update(&mut self, snap: &mut Snapshot, stats_every_ms: u64, force: bool) -> bool {
         let due = force
             || self
                 .stats_at
                 .is_none_or(|t| t.elapsed().as_millis() as u64 >= stats_every_ms);
         if due {
-            self.refresh_workloads();
+            snap.workloads = self.refresh_workloads();
+            snap.levels_present = self.scan.levels_present.clone();
         }
         let s = self.light();
         let (node_busy, offline_busy) = match self.last_tick {
@@ -251,17 +218,40 @@ impl Collector {
         } else {
             self.last_short = Some(s);
         }
-        let levels_present: BTreeSet<QosLevel> = self.scan.levels_present.clone();
-        let psis: Vec<tidal_cgroupfs::Psi> = self
-            .online_psi
-            .iter_mut()
-            .filter(|(l, _)| levels_present.contains(l))
-            .filter_map(|(_, f)| {
-                f.read()
-                    .ok()
-                    .and_then(|t| tidal_cgroupfs::psi::parse_psi(t).ok())
-            })
-            .collect();
+        let levels_present = &snap.levels_present;
+        let now = Instant::now();
+        let mut psis: Vec<tidal_cgroupfs::Psi> = Vec::new();
+        let (mut win_some, mut win_full): (Option<f64>, Option<f64>) = (None, None);
+        for (l, f) in self.online_psi.iter_mut() {
+            if !levels_present.contains(l) {
+                continue;
+            }
+            let Some(p) = f
+                .read()
+                .ok()
+                .and_then(|t| tidal_cgroupfs::psi::parse_psi(t).ok())
+            else {
+                continue;
+            };
+            psis.push(p);
+            let h = self.psi_hist.entry(*l).or_default();
+            h.push_back((now, p.some.total_us, p.full.total_us));
+            while h.len() > 2
+                && h.get(1)
+                    .is_some_and(|(t, _, _)| now.duration_since(*t) >= Duration::from_secs(1))
+            {
+                h.pop_front();
+            }
+            if let Some((t0, s0, f0)) = h.front().copied() {
+                let dt = now.duration_since(t0).as_micros() as f64;
+                if dt >= 200_000.0 {
+                    let pct = |a: u64, b: u64| b.saturating_sub(a) as f64 / dt * 100.0;
+                    let (s, fu) = (pct(s0, p.some.total_us), pct(f0, p.full.total_us));
+                    win_some = Some(win_some.map_or(s, |m: f64| m.max(s)));
+                    win_full = Some(win_full.map_or(fu, |m: f64| m.max(fu)));
+                }
+            }
+        }
         let max = |f: fn(&tidal_cgroupfs::Psi) -> f64| {
             psis.iter()
                 .map(f)
@@ -269,20 +259,132 @@ impl Collector {
         };
         let online_cpu_psi = max(|p| p.some.avg10);
         let online_cpu_psi_full = max(|p| p.full.avg10);
-        let mem = read_meminfo().unwrap_or_default();
-        Snapshot {
-            now_ms: self.now_ms(),
-            cpus: self.cpus.clone(),
-            node_busy_cpus: node_busy,
-            node_busy_short_cpus: self.short.0,
-            offline_usage_cpus: offline_busy,
-            offline_usage_short_cpus: self.short.1,
-            online_cpu_psi,
-            online_cpu_psi_full,
-            mem_total_bytes: mem.total,
-            mem_available_bytes: mem.available,
-            levels_present,
-            workloads: self.workloads.clone(),
+        let mem = self
+            .meminfo
+            .read()
+            .ok()
+            .and_then(crate::node::parse_meminfo)
+            .unwrap_or_default();
+        snap.now_ms = self.now_ms();
+        snap.cpus = self.cpus.clone();
+        snap.node_busy_cpus = node_busy;
+        snap.node_busy_short_cpus = self.short.0;
+        snap.offline_usage_cpus = offline_busy;
+        snap.offline_usage_short_cpus = self.short.1;
+        snap.online_cpu_psi = online_cpu_psi;
+        snap.online_cpu_psi_full = online_cpu_psi_full;
+        snap.online_cpu_psi_1s = win_some;
+        snap.online_cpu_psi_full_1s = win_full;
+        snap.mem_total_bytes = mem.total;
+        snap.mem_available_bytes = mem.available;
+        due
+    }
+}
+
+/// A workload's counter files, kept open between refreshes.
+struct WorkloadFiles {
+    /// `cpuacct.usage` (ns) or v2 `cpu.stat` (`usage_usec`).
+    usage: Option<(HotFile, bool)>,
+    throttle: Option<HotFile>,
+    memory: Option<HotFile>,
+    procs: Option<HotFile>,
+    psi: [Option<HotFile>; 3],
+    prev_usage: Option<(u64, Instant)>,
+}
+
+impl WorkloadFiles {
+    fn new(layout: &Layout, g: &GroupPath) -> WorkloadFiles {
+        let usage = group_usage_file(layout, g).map(|(p, v1)| (HotFile::new(p), v1));
+        let throttle = layout
+            .owner("cpu")
+            .map(|r| HotFile::new(r.dir(g).join("cpu.stat")));
+        let memory = layout.owner("memory").map(|r| {
+            HotFile::new(r.dir(g).join(match r.version() {
+                Version::V1 => "memory.usage_in_bytes",
+                Version::V2 => "memory.current",
+            }))
+        });
+        let procs = layout
+            .primary()
+            .map(|r| HotFile::new(r.dir(g).join("cgroup.procs")));
+        let psi = PsiResource::ALL.map(|res| {
+            layout
+                .unified()
+                .map(|u| HotFile::new(u.dir(g).join(res.file())))
+        });
+        WorkloadFiles {
+            usage,
+            throttle,
+            memory,
+            procs,
+            psi,
+            prev_usage: None,
+        }
+    }
+
+    fn read(&mut self, w: &tidal_source::WorkloadRef, now: Instant) -> WorkloadSnapshot {
+        let usage = match &mut self.usage {
+            Some((f, true)) => f.read_u64().ok(),
+            Some((f, false)) => f
+                .read()
+                .ok()
+                .and_then(|s| parse_flat_keyed(s).get("usage_usec").copied())
+                .map(|us| us * 1000),
+            None => None,
+        };
+        let cpu_usage_cpus = usage.and_then(|u| {
+            let r = self.prev_usage.map(|(pu, pt)| {
+                let dt = now.duration_since(pt).as_nanos() as f64;
+                if dt > 0.0 {
+                    u.saturating_sub(pu) as f64 / dt
+                } else {
+                    0.0
+                }
+            });
+            self.prev_usage = Some((u, now));
+            r
+        });
+        let throttle = self.throttle.as_mut().and_then(|f| {
+            f.read()
+                .ok()
+                .and_then(|s| tidal_cgroupfs::stat::throttling_from(&parse_flat_keyed(s)))
+        });
+        let [c, m, i] = &mut self.psi;
+        let psi = |f: &mut Option<HotFile>| {
+            f.as_mut()
+                .and_then(|f| {
+                    f.read()
+                        .ok()
+                        .and_then(|t| tidal_cgroupfs::psi::parse_psi(t).ok())
+                })
+                .map(|p| Pressure {
+                    some_avg10: p.some.avg10,
+                    full_avg10: p.full.avg10,
+                })
+        };
+        WorkloadSnapshot {
+            group: w.group.clone(),
+            level: w.level,
+            name: w.name.clone(),
+            procs: self
+                .procs
+                .as_mut()
+                .and_then(|f| {
+                    f.read()
+                        .ok()
+                        .map(|s| s.lines().filter(|l| !l.trim().is_empty()).count())
+                })
+                .unwrap_or(0),
+            cpu_usage_cpus,
+            memory_bytes: self.memory.as_mut().and_then(|f| f.read_u64().ok()),
+            pressure: WorkloadPressure {
+                cpu: psi(c),
+                memory: psi(m),
+                io: psi(i),
+            },
+            nr_throttled: throttle.map(|t| t.nr_throttled),
+            throttled_us: throttle.map(|t| t.throttled_us),
+            cpus: None,
         }
     }
 }

@@ -75,13 +75,16 @@ pub fn main(g: &Global, a: &RunArgs) -> i32 {
     };
     let group = match setup(&mut act, &caps, a, &name) {
         Ok(gp) => gp,
-        Err(e) => {
-            act.rollback_created();
+        Err((claimed, e)) => {
+            if let Some(g) = claimed {
+                act.rollback_created(&g);
+            }
             return fail(describe(&e));
         }
     };
     if let Err(e) = act.move_pid(&group, std::process::id()) {
-        act.rollback_created();
+        act.move_pid_home(std::process::id());
+        act.rollback_created(&group);
         return fail(describe(&e));
     }
     tracing::info!("running {:?} in {} at level {}", a.cmd, group, a.qos);
@@ -94,21 +97,25 @@ pub fn main(g: &Global, a: &RunArgs) -> i32 {
     }
 }
 
+/// Sets the level up and claims the workload's group. On failure, returns the group if it was
+/// already claimed (to roll it back).
 fn setup(
     act: &mut Actuator,
     caps: &tidal_model::Capabilities,
     a: &RunArgs,
     name: &str,
-) -> Result<GroupPath, tidal_actuator::ActError> {
+) -> Result<GroupPath, (Option<GroupPath>, tidal_actuator::ActError)> {
     let plan: Plan = level_plan(a.qos, caps);
-    apply_all(act, &plan)?;
+    apply_all(act, &plan).map_err(|e| (None, e))?;
     let level_group = GroupPath::new(a.qos.group()).unwrap_or_default();
-    let group = act.create_unique(&level_group, name)?;
+    let group = act
+        .create_unique(&level_group, name)
+        .map_err(|e| (None, e))?;
     let limits = Limits {
         cpus: a.cpus,
         memory: a.memory,
     };
-    apply_all(act, &workload_limits(&group, limits, caps))?;
+    apply_all(act, &workload_limits(&group, limits, caps)).map_err(|e| (Some(group.clone()), e))?;
     Ok(group)
 }
 

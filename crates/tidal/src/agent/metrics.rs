@@ -220,7 +220,8 @@ impl Metrics {
     }
 
     /// Per-workload and per-level gauges; label sets of workloads that are gone are dropped.
-    pub fn workloads(&mut self, snap: &Snapshot) {
+    /// `offline_cpus`: how many CPUs offline workloads may use now (None: all).
+    pub fn workloads(&mut self, snap: &Snapshot, offline_cpus: Option<usize>) {
         let mut now = HashSet::new();
         let mut level_cpu = std::collections::BTreeMap::<QosLevel, (f64, u32)>::new();
         for w in &snap.workloads {
@@ -239,9 +240,11 @@ impl Metrics {
                 .get_or_create(&l)
                 .set(w.memory_bytes.unwrap_or(0) as f64);
             self.wl_procs.get_or_create(&l).set(w.procs as f64);
-            if let Some(c) = &w.cpus {
-                self.wl_cpuset.get_or_create(&l).set(c.len() as f64);
-            }
+            let allowed = match (w.level.is_online(), offline_cpus) {
+                (false, Some(n)) => n,
+                _ => snap.cpus.len(),
+            };
+            self.wl_cpuset.get_or_create(&l).set(allowed as f64);
             if let Some(t) = w.throttled_us {
                 self.wl_throttled.get_or_create(&l).set(t as f64 / 1e6);
             }

@@ -39,6 +39,27 @@ impl Shared {
     }
 }
 
+/// Per-workload counter files stay open between refreshes: allow as many descriptors as the hard
+/// limit permits.
+fn raise_fd_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                warn!(
+                    "cannot raise the open-file limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 /// Reads and validates a config file; each problem on its own line.
 pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
     let Some(p) = path else {
@@ -52,6 +73,35 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
             .collect::<Vec<_>>()
             .join("\n")
     })
+}
+
+/// Journals the originals of what confinement will write (cpusets, quota, freeze of the offline
+/// groups) as soon as the groups appear, so the urgent writes later need no fsync.
+fn remember_offline(act: &mut Actuator, snap: &tidal_model::Snapshot, cfg: &Config) {
+    let mut groups: Vec<GroupPath> = vec![GroupPath::new(OFFLINE_PARENT).unwrap_or_default()];
+    for l in [QosLevel::Offline, QosLevel::OfflineLow] {
+        if snap.levels_present.contains(&l) {
+            groups.push(GroupPath::new(l.group()).unwrap_or_default());
+        }
+    }
+    if !snap.levels_present.iter().any(|l| !l.is_online()) {
+        return;
+    }
+    groups.extend(snap.workloads.iter().filter(|w| !w.level.is_online()).map(|w| w.group.clone()));
+    for (i, g) in groups.iter().enumerate() {
+        let mut knobs = vec![Knob::CpusetCpus];
+        if i == 0 && cfg.cpu.suppression == tidal_policy::Suppression::Quota {
+            knobs.push(Knob::CpuMax);
+        }
+        if (1..3).contains(&i) {
+            knobs.push(Knob::Freeze);
+        }
+        for k in knobs {
+            if let Err(e) = act.remember(g, k) {
+                warn!("cannot journal {k} of {g}: {e}");
+            }
+        }
+    }
 }
 
 fn op_kind(op: &Op) -> String {
@@ -175,13 +225,14 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         }
     }
 
+    raise_fd_limit();
     let mut state = adopt(&layout, &caps);
+    let mut snap = tidal_model::Snapshot::default();
     let mut collector = Collector::new(layout, caps.cpus.clone());
     let mut history: BTreeMap<GroupPath, ActionRecord> = BTreeMap::new();
     let mut ticks: u64 = 0;
     let mut first_static_done = false;
     let mut next_tick = Instant::now();
-    let mut last_gen = u64::MAX;
     let n = caps.cpus.len() as u32;
 
     while !term.load(Ordering::Relaxed) {
@@ -209,7 +260,7 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         let early = need_short > state.online_need && state.offline_cpus.is_some();
         if now >= next_tick || early {
             let t0 = Instant::now();
-            let snap = collector.snapshot(cfg.stats_interval.0, false);
+            let refreshed = collector.update(&mut snap, cfg.stats_interval.0, false);
             let d = decide(&snap, &cfg, &caps, &state);
             let applied = act.apply(&d.plan);
             state = d.state;
@@ -250,11 +301,17 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
             }
             let offline_n = state.offline_cpus.as_ref().map_or(0, |c| c.len());
             m.node(&snap, state.online_need, offline_n, state.tighten);
-            let gen = snap.workloads.len() as u64 ^ (snap.now_ms / cfg.stats_interval.0.max(1));
-            if gen != last_gen {
-                m.workloads(&snap);
-                last_gen = gen;
+            if refreshed {
+                m.workloads(&snap, state.offline_cpus.as_ref().map(|c| c.len()));
             }
+            drop(m);
+            if refreshed {
+                remember_offline(&mut act, &snap, &cfg);
+            }
+            let m = match shared.metrics.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
             m.ticks.inc();
             if early && now < next_tick {
                 m.early_ticks.inc();
@@ -262,33 +319,41 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
             m.tick_seconds.observe(t0.elapsed().as_secs_f64());
             drop(m);
             shared.last_tick_ms.store(snap.now_ms, Ordering::Relaxed);
-            history.retain(|g, _| g.depth() <= 2 || snap.workloads.iter().any(|w| &w.group == g));
+            if refreshed {
+                let live: std::collections::HashSet<&GroupPath> =
+                    snap.workloads.iter().map(|w| &w.group).collect();
+                history.retain(|g, _| g.depth() <= 2 || live.contains(g));
+            }
             if let Ok(mut v) = shared.view.lock() {
                 v.now_ms = snap.now_ms;
                 v.ticks = ticks;
-                v.config = cfg.clone();
                 v.node = Some(view::node_view(&snap, &state));
                 v.policy = state.clone();
-                v.workloads = snap
-                    .workloads
-                    .iter()
-                    .map(|w| view::WorkloadView {
-                        snap: w.clone(),
-                        allowed_cpus: if w.level.is_online() {
-                            None
-                        } else {
-                            state.offline_cpus.clone()
-                        },
-                        frozen: (w.level == QosLevel::Offline && state.frozen_offline)
-                            || (w.level == QosLevel::OfflineLow && state.frozen_offline_low),
-                        last_action: view::last_for(&history, &w.group),
-                    })
-                    .collect();
-                if !records.is_empty() {
-                    v.last_plan = Some(PlanView {
-                        at_ms: at,
-                        actions: records,
-                    });
+            }
+            if refreshed || !records.is_empty() {
+                if let Ok(mut v) = shared.view.lock() {
+                    v.config = cfg.clone();
+                    v.workloads = snap
+                        .workloads
+                        .iter()
+                        .map(|w| view::WorkloadView {
+                            snap: w.clone(),
+                            allowed_cpus: if w.level.is_online() {
+                                None
+                            } else {
+                                state.offline_cpus.clone()
+                            },
+                            frozen: (w.level == QosLevel::Offline && state.frozen_offline)
+                                || (w.level == QosLevel::OfflineLow && state.frozen_offline_low),
+                            last_action: view::last_for(&history, &w.group),
+                        })
+                        .collect();
+                    if !records.is_empty() {
+                        v.last_plan = Some(PlanView {
+                            at_ms: at,
+                            actions: records,
+                        });
+                    }
                 }
             }
             next_tick = now + Duration::from_millis(cfg.tick.0);
@@ -300,7 +365,7 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
     }
 
     info!("stopping: giving offline work its CPUs back");
-    let snap = collector.snapshot(0, true);
+    collector.update(&mut snap, 0, true);
     let mut failed = 0;
     for ap in act.apply(&release_plan(&snap, &caps, &state)) {
         if let Err(e) = ap.result {

@@ -25,7 +25,9 @@ fn start_agent(env: &mut BenchEnv, config: &str) -> Result<(u32, String), String
         .arg("--config")
         .arg(&cfg)
         .args(["--listen", &addr]);
-    c.stderr(std::process::Stdio::null());
+    let log = env.state_dir().join("agent.log");
+    let f = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    c.stderr(f).env("TIDAL_LOG", "info");
     let pid = env.spawn(c)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while ureq::get(&format!("http://{addr}/healthz")).call().is_err() {
@@ -37,13 +39,15 @@ fn start_agent(env: &mut BenchEnv, config: &str) -> Result<(u32, String), String
     Ok((pid, addr))
 }
 
-fn wait_for(secs: f64, mut f: impl FnMut() -> bool) -> bool {
+/// Polls `f` every `every` until it holds or `secs` pass. Polling costs CPU the agent counts as
+/// online usage, so waits that are not measured poll slowly.
+fn wait_for(secs: f64, every: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     while Instant::now() < deadline {
         if f() {
             return true;
         }
-        std::thread::sleep(Duration::from_micros(200));
+        std::thread::sleep(every);
     }
     false
 }
@@ -104,6 +108,8 @@ pub fn reaction(a: &ReactionArgs) -> i32 {
         std::thread::sleep(Duration::from_millis(300));
         // SAFETY: kill(2) on the load process this bench started.
         unsafe { libc::kill(load as i32, libc::SIGSTOP) };
+        // The agent learns of new workloads once per stats interval (1 s): let it see these first.
+        std::thread::sleep(Duration::from_millis(1500));
         let file = env
             .dir("cpuset", "tidal/offline")
             .map(|d| d.join("cpuset.cpus"))
@@ -117,14 +123,20 @@ pub fn reaction(a: &ReactionArgs) -> i32 {
         let mut times = Vec::new();
         let mut missed = 0;
         for i in 0..a.steps {
-            if !wait_for(10.0, || cpus() == all) {
+            // Start each step from offline holding every CPU, steadily for 200 ms.
+            let settled = wait_for(15.0, Duration::from_millis(20), || {
+                cpus() == all && {
+                    std::thread::sleep(Duration::from_millis(200));
+                    cpus() == all
+                }
+            });
+            if !settled {
                 return Err(format!("step {i}: offline never got every CPU back"));
             }
-            std::thread::sleep(Duration::from_millis(200));
             let t0 = Instant::now();
             // SAFETY: as above.
             unsafe { libc::kill(load as i32, libc::SIGCONT) };
-            if wait_for(2.0, || cpus().len() < all.len()) {
+            if wait_for(2.0, Duration::from_micros(250), || cpus().len() < all.len()) {
                 times.push(t0.elapsed().as_secs_f64() * 1000.0);
             } else {
                 missed += 1;

@@ -136,6 +136,11 @@ impl BenchEnv {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = restore(self.state.path(), false);
+        // The bench root is this run's own sandbox: whatever is still there (a group whose journal
+        // entry a killed child never wrote) goes too, leaves first.
+        for r in &self.layout.roots {
+            remove_tree(&r.root_dir);
+        }
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -160,6 +165,17 @@ pub fn node_ns(layout: &Layout) -> u64 {
                 .copied()
         })
         .map_or(0, |us| us * 1000)
+}
+
+fn remove_tree(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    let _ = tidal_cgroupfs::layout::remove_group_dir(dir);
 }
 
 /// SIGKILLs every task under `dir` (all started by this bench); true if any was found.

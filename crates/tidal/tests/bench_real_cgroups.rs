@@ -1,0 +1,93 @@
+//! A short real run of `tidal bench` on real cgroups: every scenario and the step produce samples,
+//! the report files are written, and nothing is left behind.
+
+mod common;
+
+use common::{cgroups_usable, tidal_bin};
+use tidal_cgroupfs::{Layout, RootSpec};
+
+#[test]
+fn short_bench_run_measures_every_scenario_and_cleans_up() {
+    if !cgroups_usable("short_bench_run_measures_every_scenario_and_cleans_up") {
+        return;
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let json = out_dir.path().join("bench.json");
+    let svg = out_dir.path().join("bench.svg");
+    let child = std::process::Command::new(tidal_bin())
+        .args([
+            "bench",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0.3",
+            "--duration",
+            "1",
+            "--json",
+        ])
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .env("TIDAL_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = r["runs"].as_array().unwrap();
+    for s in [
+        "alone",
+        "no-isolation",
+        "kubelet",
+        "quota-suppress",
+        "tidal-static",
+        "tidal",
+    ] {
+        let run = runs
+            .iter()
+            .find(|x| x["scenario"] == s)
+            .unwrap_or_else(|| panic!("no run of {s}"));
+        assert!(
+            run["latency"]["count"].as_u64().unwrap() > 100,
+            "{s}: {run}"
+        );
+        assert!(
+            stdout.contains(&format!("| {s} |")),
+            "{s} missing from the table:\n{stdout}"
+        );
+        if s != "alone" {
+            assert!(
+                run["offline_units_per_s"].as_f64().unwrap() > 0.0,
+                "{s}: offline did no work: {run}"
+            );
+        }
+    }
+    let steps = r["step"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    for st in steps {
+        assert!(st["before"]["count"].as_u64().unwrap() > 0, "{st}");
+        assert!(
+            st["after_first_second"]["count"].as_u64().unwrap() > 0,
+            "{st}"
+        );
+    }
+    assert!(r["goal"]["text"].as_str().unwrap().contains("goal"));
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+
+    // Nothing of the bench is left in any hierarchy.
+    let layout = Layout::discover(&RootSpec::Relative(format!("tidal-bench-{pid}-colo"))).unwrap();
+    for root in &layout.roots {
+        assert!(
+            !root.root_dir.exists(),
+            "left behind: {}",
+            root.root_dir.display()
+        );
+    }
+}
