@@ -118,26 +118,29 @@ impl Actuator {
         Ok(Outcome::Written)
     }
 
-    /// Records the originals of a knob's files now, without writing, so a later urgent write (offline
-    /// confinement) does not wait for the journal's fsync.
-    pub fn remember(&mut self, group: &GroupPath, knob: Knob) -> Result<(), ActError> {
+    /// Records the originals of these knobs' files now, without writing and in one journal update, so
+    /// later urgent writes (offline confinement) do not wait for the journal's fsync.
+    pub fn remember(&mut self, targets: &[(GroupPath, Knob)]) -> Result<(), ActError> {
         if self.dry_run {
             return Ok(());
         }
-        let Some((_, paths)) = self.layout.knob_paths(group, knob) else {
-            return Ok(());
-        };
-        for p in paths {
-            if self.journal.has_original(&p) {
+        let mut items = Vec::new();
+        for (group, knob) in targets {
+            let Some((_, paths)) = self.layout.knob_paths(group, *knob) else {
                 continue;
-            }
-            match read_file(&p) {
-                Ok(v) => self.journal.record_original(&p, v.trim_end())?,
-                Err(e) if e.is_vanished() => {}
-                Err(e) => return Err(e.into()),
+            };
+            for p in paths {
+                if self.journal.has_original(&p) {
+                    continue;
+                }
+                match read_file(&p) {
+                    Ok(v) => items.push((p, v.trim_end().to_string())),
+                    Err(e) if e.is_vanished() => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
-        Ok(())
+        self.journal.record_originals(&items)
     }
 
     /// Sets a knob on a group unless it already has the value.

@@ -221,6 +221,34 @@ impl Journal {
         })
     }
 
+    /// Records many originals in one durable update (one fsync); paths already recorded are skipped.
+    pub fn record_originals(&mut self, items: &[(PathBuf, String)]) -> Result<(), ActError> {
+        let new: Vec<&(PathBuf, String)> = items
+            .iter()
+            .filter(|(p, _)| !self.originals.contains(p))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.update(|entries| {
+            let known: HashSet<PathBuf> = entries
+                .iter()
+                .filter_map(|e| match e {
+                    Entry::Original { path, .. } => Some(path.clone()),
+                    _ => None,
+                })
+                .collect();
+            for (p, v) in new {
+                if !known.contains(p) {
+                    entries.push(Entry::Original {
+                        path: p.clone(),
+                        value: v.clone(),
+                    });
+                }
+            }
+        })
+    }
+
     /// Records that `path` is about to be created. Returns true if this call added the entry.
     pub fn record_created(&mut self, path: &Path) -> Result<bool, ActError> {
         if self.created.contains(path) {

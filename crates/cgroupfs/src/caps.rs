@@ -69,9 +69,11 @@ pub fn detect_capabilities(layout: &Layout) -> Capabilities {
         .into_iter()
         .filter(|k| knob_supported(layout, *k))
         .collect();
-    let psi = layout
-        .unified()
-        .is_some_and(|u| nearest_existing(&u.root_dir, &u.hierarchy.mount).join("cpu.pressure").exists());
+    let psi = layout.unified().is_some_and(|u| {
+        nearest_existing(&u.root_dir, &u.hierarchy.mount)
+            .join("cpu.pressure")
+            .exists()
+    });
     let group_kill = layout.unified().is_some() && kernel_version().is_some_and(|v| v >= (5, 14));
     let cpuset = layout.owner("cpuset");
     let (cpus, mems) = match cpuset {

@@ -156,7 +156,11 @@ impl Default for CleanupConfig {
 pub struct Config {
     /// Control loop period.
     pub tick: Millis,
-    /// Per-workload statistics (usage, memory, PSI) and tree scans are refreshed this often.
+    /// Between ticks, node and offline CPU time are sampled this often; a jump in online need
+    /// triggers a tick at once (reaction time ≈ this interval).
+    pub sample_interval: Millis,
+    /// The tree and each workload's task count are re-read this often (full per-workload statistics
+    /// are read on demand: /metrics, /state, low memory).
     pub stats_interval: Millis,
     /// Level settings are re-applied (drift repair) this often.
     pub static_interval: Millis,
@@ -172,6 +176,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             tick: Millis(100),
+            sample_interval: Millis(50),
             stats_interval: Millis(1_000),
             static_interval: Millis(10_000),
             listen: "127.0.0.1:9477".to_string(),
@@ -236,6 +241,15 @@ impl Config {
             (10..=10_000).contains(&self.tick.0),
             "tick",
             format!("must be between 10ms and 10s (got {})", self.tick),
+        );
+        check(
+            &mut e,
+            self.sample_interval.0 >= 5 && self.sample_interval <= self.tick,
+            "sample_interval",
+            format!(
+                "must be between 5ms and tick ({}) (got {})",
+                self.tick, self.sample_interval
+            ),
         );
         check(
             &mut e,
@@ -378,6 +392,11 @@ mod tests {
             ("tick: 1ms", "tick", "between 10ms and 10s"),
             ("tick: soon", "tick", "invalid duration"),
             ("stats_interval: 10ms", "stats_interval", "at least tick"),
+            (
+                "sample_interval: 1s",
+                "sample_interval",
+                "between 5ms and tick",
+            ),
             ("static_interval: 2h", "static_interval", "at most 1h"),
             ("listen: localhost", "listen", "IP:PORT"),
             (

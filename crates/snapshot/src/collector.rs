@@ -165,7 +165,9 @@ impl Collector {
         self.short
     }
 
-    fn refresh_workloads(&mut self) -> Vec<WorkloadSnapshot> {
+    /// Scans the tree and reads each workload: everything when `full`, else only its task count (what
+    /// the control loop needs), keeping the last full values for the rest.
+    fn refresh_workloads(&mut self, full: bool) -> Vec<WorkloadSnapshot> {
         self.scan = self.source.scan().unwrap_or_default();
         let now = Instant::now();
         let mut out = Vec::with_capacity(self.scan.workloads.len());
@@ -175,7 +177,11 @@ impl Collector {
             let mut f = files
                 .remove(&w.group)
                 .unwrap_or_else(|| WorkloadFiles::new(&self.layout, &w.group));
-            out.push(f.read(w, now));
+            out.push(if full || f.last.is_none() {
+                f.read(w, now)
+            } else {
+                f.read_procs()
+            });
             kept.insert(w.group.clone(), f);
         }
         // Files of workloads that are gone are closed here (dropped with `files`).
@@ -191,16 +197,18 @@ impl Collector {
         snap
     }
 
-    /// Brings `snap` up to date in place. Per-workload statistics and the tree scan are refreshed when
-    /// `stats_every_ms` has passed (or `force`); otherwise `snap.workloads` is left as it was, so a
-    /// tick copies nothing per workload. Returns whether the workloads were refreshed.
-    pub fn update(&mut self, snap: &mut Snapshot, stats_every_ms: u64, force: bool) -> bool {
-        let due = force
+    /// Brings `snap` up to date in place. The tree scan and each workload's task count are refreshed
+    /// when `stats_every_ms` has passed; `full` (or `force`) refreshes now and reads every per-workload
+    /// statistic too (usage, memory, PSI, throttling), which only observers and memory decisions need.
+    /// Otherwise `snap.workloads` is left as it was, so a tick copies nothing per workload. Returns
+    /// whether the workloads were refreshed.
+    pub fn update(&mut self, snap: &mut Snapshot, stats_every_ms: u64, full: bool) -> bool {
+        let due = full
             || self
                 .stats_at
                 .is_none_or(|t| t.elapsed().as_millis() as u64 >= stats_every_ms);
         if due {
-            snap.workloads = self.refresh_workloads();
+            snap.workloads = self.refresh_workloads(full);
             snap.levels_present = self.scan.levels_present.clone();
         }
         let s = self.light();
@@ -290,6 +298,8 @@ struct WorkloadFiles {
     procs: Option<HotFile>,
     psi: [Option<HotFile>; 3],
     prev_usage: Option<(u64, Instant)>,
+    /// The last full reading.
+    last: Option<WorkloadSnapshot>,
 }
 
 impl WorkloadFiles {
@@ -319,6 +329,42 @@ impl WorkloadFiles {
             procs,
             psi,
             prev_usage: None,
+            last: None,
+        }
+    }
+
+    fn count_procs(&mut self) -> usize {
+        self.procs
+            .as_mut()
+            .and_then(|f| {
+                f.read()
+                    .ok()
+                    .map(|s| s.lines().filter(|l| !l.trim().is_empty()).count())
+            })
+            .unwrap_or(0)
+    }
+
+    /// The last full reading with a fresh task count.
+    fn read_procs(&mut self) -> WorkloadSnapshot {
+        let procs = self.count_procs();
+        match &mut self.last {
+            Some(l) => {
+                l.procs = procs;
+                l.clone()
+            }
+            // The caller reads fully first; an empty reading is still a valid answer.
+            None => WorkloadSnapshot {
+                group: GroupPath::root(),
+                level: QosLevel::Online,
+                name: String::new(),
+                procs,
+                cpu_usage_cpus: None,
+                memory_bytes: None,
+                pressure: WorkloadPressure::default(),
+                nr_throttled: None,
+                throttled_us: None,
+                cpus: None,
+            },
         }
     }
 
@@ -349,7 +395,8 @@ impl WorkloadFiles {
                 .ok()
                 .and_then(|s| tidal_cgroupfs::stat::throttling_from(&parse_flat_keyed(s)))
         });
-        let [c, m, i] = &mut self.psi;
+        let procs = self.count_procs();
+        let memory_bytes = self.memory.as_mut().and_then(|f| f.read_u64().ok());
         let psi = |f: &mut Option<HotFile>| {
             f.as_mut()
                 .and_then(|f| {
@@ -362,29 +409,25 @@ impl WorkloadFiles {
                     full_avg10: p.full.avg10,
                 })
         };
-        WorkloadSnapshot {
+        let [c, m, i] = &mut self.psi;
+        let pressure = WorkloadPressure {
+            cpu: psi(c),
+            memory: psi(m),
+            io: psi(i),
+        };
+        let snap = WorkloadSnapshot {
             group: w.group.clone(),
             level: w.level,
             name: w.name.clone(),
-            procs: self
-                .procs
-                .as_mut()
-                .and_then(|f| {
-                    f.read()
-                        .ok()
-                        .map(|s| s.lines().filter(|l| !l.trim().is_empty()).count())
-                })
-                .unwrap_or(0),
+            procs,
             cpu_usage_cpus,
-            memory_bytes: self.memory.as_mut().and_then(|f| f.read_u64().ok()),
-            pressure: WorkloadPressure {
-                cpu: psi(c),
-                memory: psi(m),
-                io: psi(i),
-            },
+            memory_bytes,
+            pressure,
             nr_throttled: throttle.map(|t| t.nr_throttled),
             throttled_us: throttle.map(|t| t.throttled_us),
             cpus: None,
-        }
+        };
+        self.last = Some(snap.clone());
+        snap
     }
 }

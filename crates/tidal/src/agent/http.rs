@@ -9,7 +9,20 @@ use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
 
+/// Asks the control loop for a full per-workload reading and waits (≤ 1 s) until it is taken.
+async fn fresh(s: &Shared) {
+    let gen = s.generation.load(std::sync::atomic::Ordering::Acquire);
+    s.wanted.store(true, std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..100 {
+        if s.generation.load(std::sync::atomic::Ordering::Acquire) != gen {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    fresh(&s).await;
     let body = match s.metrics.lock() {
         Ok(m) => m.encode(),
         Err(_) => String::new(),
@@ -24,6 +37,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn state(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    fresh(&s).await;
     let body = match s.view.lock() {
         Ok(v) => {
             serde_json::to_string_pretty(&*v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -52,6 +66,7 @@ async fn healthz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 pub fn spawn(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()?;
     std::thread::Builder::new()
         .name("tidal-http".into())

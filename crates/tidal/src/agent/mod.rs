@@ -30,6 +30,10 @@ pub struct Shared {
     pub view: Mutex<StateView>,
     started: Instant,
     last_tick_ms: AtomicU64,
+    /// Set by an HTTP reader: take a full per-workload reading at the next tick.
+    pub wanted: AtomicBool,
+    /// Bumped after each full reading (readers wait for it).
+    pub generation: AtomicU64,
 }
 
 impl Shared {
@@ -87,20 +91,24 @@ fn remember_offline(act: &mut Actuator, snap: &tidal_model::Snapshot, cfg: &Conf
     if !snap.levels_present.iter().any(|l| !l.is_online()) {
         return;
     }
-    groups.extend(snap.workloads.iter().filter(|w| !w.level.is_online()).map(|w| w.group.clone()));
+    groups.extend(
+        snap.workloads
+            .iter()
+            .filter(|w| !w.level.is_online())
+            .map(|w| w.group.clone()),
+    );
+    let mut targets = Vec::new();
     for (i, g) in groups.iter().enumerate() {
-        let mut knobs = vec![Knob::CpusetCpus];
+        targets.push((g.clone(), Knob::CpusetCpus));
         if i == 0 && cfg.cpu.suppression == tidal_policy::Suppression::Quota {
-            knobs.push(Knob::CpuMax);
+            targets.push((g.clone(), Knob::CpuMax));
         }
         if (1..3).contains(&i) {
-            knobs.push(Knob::Freeze);
+            targets.push((g.clone(), Knob::Freeze));
         }
-        for k in knobs {
-            if let Err(e) = act.remember(g, k) {
-                warn!("cannot journal {k} of {g}: {e}");
-            }
-        }
+    }
+    if let Err(e) = act.remember(&targets) {
+        warn!("cannot journal the offline groups' originals: {e}");
     }
 }
 
@@ -205,6 +213,8 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         }),
         started: Instant::now(),
         last_tick_ms: AtomicU64::new(0),
+        wanted: AtomicBool::new(false),
+        generation: AtomicU64::new(0),
     });
     if let Err(e) = http::spawn(listener, Arc::clone(&shared)) {
         return fail(format!("cannot start http server: {e}"));
@@ -260,7 +270,13 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         let early = need_short > state.online_need && state.offline_cpus.is_some();
         if now >= next_tick || early {
             let t0 = Instant::now();
-            let refreshed = collector.update(&mut snap, cfg.stats_interval.0, false);
+            // Full per-workload readings only when someone looks (/metrics, /state) or memory is
+            // getting low (kill decisions need sizes): the control loop itself needs only the tree.
+            let mem_low = snap.mem_total_bytes > 0
+                && snap.mem_available_bytes
+                    < cfg.low_watermark(snap.mem_total_bytes).saturating_mul(3) / 2;
+            let full = shared.wanted.swap(false, Ordering::Relaxed) || mem_low || ticks == 0;
+            let refreshed = collector.update(&mut snap, cfg.stats_interval.0, full);
             let d = decide(&snap, &cfg, &caps, &state);
             let applied = act.apply(&d.plan);
             state = d.state;
@@ -301,7 +317,7 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
             }
             let offline_n = state.offline_cpus.as_ref().map_or(0, |c| c.len());
             m.node(&snap, state.online_need, offline_n, state.tighten);
-            if refreshed {
+            if full {
                 m.workloads(&snap, state.offline_cpus.as_ref().map(|c| c.len()));
             }
             drop(m);
@@ -330,7 +346,7 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
                 v.node = Some(view::node_view(&snap, &state));
                 v.policy = state.clone();
             }
-            if refreshed || !records.is_empty() {
+            if full || !records.is_empty() {
                 if let Ok(mut v) = shared.view.lock() {
                     v.config = cfg.clone();
                     v.workloads = snap
@@ -356,9 +372,12 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
                     }
                 }
             }
+            if full {
+                shared.generation.fetch_add(1, Ordering::Release);
+            }
             next_tick = now + Duration::from_millis(cfg.tick.0);
         }
-        let sample_every = Duration::from_millis((cfg.tick.0 / 4).max(5));
+        let sample_every = Duration::from_millis(cfg.sample_interval.0);
         let wake = (Instant::now() + sample_every).min(next_tick);
         let sleep = wake.saturating_duration_since(Instant::now());
         std::thread::sleep(sleep.max(Duration::from_millis(1)));
