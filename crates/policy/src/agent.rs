@@ -134,7 +134,23 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
     let mut why = String::new();
     let mut cause = "confine";
     let room_now = n.saturating_sub(need_now);
-    if room_now < cur_count {
+    // Dynamic confinement, if this machine is big enough for it to pay (see `confine_min_cpus`).
+    let confine = match cfg.cpu.suppression {
+        Suppression::Cpuset => n >= cfg.cpu.confine_min_cpus,
+        Suppression::Quota => true,
+        Suppression::None => false,
+    };
+    if !confine {
+        target = n;
+        st.grow_since_ms = None;
+        if cur_count < n {
+            cause = "release";
+            why = format!(
+                "no dynamic confinement on {n} CPUs (confine_min_cpus {}, suppression {:?}): offline gets every CPU",
+                cfg.cpu.confine_min_cpus, cfg.cpu.suppression
+            );
+        }
+    } else if room_now < cur_count {
         target = room_now.max(min_off);
         st.grow_since_ms = None;
         why = format!(
@@ -205,7 +221,7 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
     }
     st.base_offline = Some(target);
     let psi_txt = online_psi.map_or("n/a".to_string(), |p| format!("{p:.1}%"));
-    if st.tighten >= 1 && target > min_off.max(1) {
+    if confine && st.tighten >= 1 && target > min_off.max(1) {
         target -= 1;
         cause = "interference";
         why = format!(

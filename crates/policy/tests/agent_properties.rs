@@ -79,11 +79,12 @@ prop_compose! {
 }
 
 fn arb_config() -> impl Strategy<Value = Config> {
-    (0.0f64..2.0, 0u32..3, any::<bool>()).prop_map(|(h, min, freeze)| {
+    (0.0f64..2.0, 0u32..3, any::<bool>(), 1u32..8).prop_map(|(h, min, freeze, confine)| {
         let mut c = Config::default();
         c.cpu.headroom_cpus = h;
         c.cpu.allow_freeze = freeze || min == 0;
         c.cpu.min_offline_cpus = min;
+        c.cpu.confine_min_cpus = confine;
         c
     })
 }
@@ -104,6 +105,13 @@ proptest! {
         let d = decide(&snap, &cfg, &caps, &PolicyState::default());
         let n = snap.cpus.len() as u32;
         let need = d.state.online_need;
+        if n < cfg.cpu.confine_min_cpus {
+            // Too small a machine to confine: offline keeps every CPU (the idle class protects online).
+            if let Some(off) = &d.state.offline_cpus {
+                prop_assert_eq!(off, &snap.cpus);
+            }
+            return Ok(());
+        }
         prop_assert!(need >= cpus_needed(snap.protected_usage(), cfg.cpu.headroom_cpus, cfg.cpu.noise_floor_cpus, n));
         let Some(off) = d.state.offline_cpus.clone() else {
             // No offline group: nothing is confined.
@@ -415,4 +423,36 @@ fn quota_mode_sets_cfs_quota_on_the_offline_parent() {
             ..
         }
     )));
+}
+
+#[test]
+fn small_machines_keep_every_cpu_for_offline_and_say_why() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(2);
+    let mut s = base_snapshot();
+    s.cpus = CpuSet::first_n(2);
+    // Confined by an earlier config: released with a reason.
+    let prev = PolicyState {
+        offline_cpus: Some(CpuSet::from_ids([1])),
+        base_offline: Some(1),
+        ..Default::default()
+    };
+    let d = decide(&s, &cfg, &caps, &prev);
+    assert_eq!(d.state.offline_cpus, Some(CpuSet::first_n(2)));
+    let grow: Vec<_> = d
+        .plan
+        .actions
+        .iter()
+        .filter(|a| a.cause == "release")
+        .collect();
+    assert!(
+        grow.iter().any(|a| a.reason.contains("confine_min_cpus")),
+        "{:?}",
+        d.plan.actions
+    );
+    // With confinement asked for on any size, the same load confines.
+    let mut cfg1 = Config::default();
+    cfg1.cpu.confine_min_cpus = 1;
+    let d = decide(&s, &cfg1, &caps, &PolicyState::default());
+    assert_eq!(d.state.offline_cpus, Some(CpuSet::from_ids([1])));
 }

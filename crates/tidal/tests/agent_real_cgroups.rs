@@ -125,7 +125,7 @@ fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
     let cfg = t.state.path().join("tidal.yaml");
     std::fs::write(
         &cfg,
-        "tick: 100ms\nstats_interval: 200ms\ncpu:\n  grow_after: 500ms\n",
+        "tick: 100ms\nstats_interval: 200ms\ncpu:\n  grow_after: 500ms\n  confine_min_cpus: 1\n",
     )
     .unwrap();
     let addr = free_addr();
@@ -318,4 +318,46 @@ fn agent_refuses_an_invalid_config_before_touching_anything() {
     );
     assert!(t.leftovers().is_empty());
     assert!(!t.state.path().join("journal.jsonl").exists());
+}
+
+#[test]
+fn agent_reloads_its_config_on_sighup_and_keeps_the_last_good_one() {
+    if !cgroups_usable("agent_reloads_its_config_on_sighup_and_keeps_the_last_good_one") {
+        return;
+    }
+    let t = TestRoot::new("sighup");
+    let cfg = t.state.path().join("tidal.yaml");
+    std::fs::write(&cfg, "cpu:\n  headroom_cpus: 0.5\n").unwrap();
+    let addr = free_addr();
+    let mut agent = start_agent(&t, &cfg, &addr);
+    let headroom = || -> f64 {
+        let (_, s) = get(&addr, "/state").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        v["config"]["cpu"]["headroom_cpus"].as_f64().unwrap()
+    };
+    assert_eq!(headroom(), 0.5);
+    let hup = |a: &Child| {
+        // SAFETY: kill(2) on the agent this test started.
+        unsafe { libc::kill(a.id() as i32, libc::SIGHUP) };
+    };
+    // An invalid file: the agent keeps running with the last good config and says why.
+    std::fs::write(&cfg, "cpu:\n  headroom_cpus: -3\n").unwrap();
+    hup(&agent);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "agent died on a bad reload"
+    );
+    assert_eq!(headroom(), 0.5);
+    // A valid one is taken.
+    std::fs::write(&cfg, "cpu:\n  headroom_cpus: 1.5\n").unwrap();
+    hup(&agent);
+    wait_for("the new config", 5, || headroom() == 1.5);
+    agent.kill().unwrap();
+    let _ = agent.wait();
+    let log = std::fs::read_to_string(t.state.path().join("agent.log")).unwrap();
+    assert!(
+        log.contains("config reload failed") && log.contains("cpu.headroom_cpus"),
+        "{log}"
+    );
 }

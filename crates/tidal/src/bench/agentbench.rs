@@ -74,7 +74,11 @@ pub fn reaction(a: &ReactionArgs) -> i32 {
     let all = env.caps.cpus.clone();
     let exe = env.exe.display().to_string();
     let result = (|| -> Result<ReactionReport, String> {
-        start_agent(&mut env, "cpu:\n  grow_after: 300ms\n")?;
+        // Confinement on any machine size: this measures how fast it acts.
+        start_agent(
+            &mut env,
+            "cpu:\n  grow_after: 300ms\n  confine_min_cpus: 1\n",
+        )?;
         let mut c = env.tidal_cmd();
         c.args([
             "run",
