@@ -109,7 +109,10 @@ impl Actuator {
             info!("dry-run: would write '{value}' to {}", path.display());
             return Ok(Outcome::DryRun);
         }
-        if !self.journal.has_original(path) {
+        // A group tidal created has no original worth keeping: restore removes it (a busy one is
+        // thawed). Skipping it saves an fsync per file when a workload starts.
+        let in_created = path.parent().is_some_and(|d| self.journal.is_created(d));
+        if !in_created && !self.journal.has_original(path) {
             let original = read_file(path)?;
             self.journal.record_original(path, original.trim_end())?;
         }
@@ -192,6 +195,15 @@ impl Actuator {
         let mut chain = vec![GroupPath::root()];
         chain.extend(group.lineage());
         let mut outcome = Outcome::Unchanged;
+        if !self.dry_run {
+            // One journal update (one fsync) for every directory about to be made.
+            let missing: Vec<PathBuf> = chain
+                .iter()
+                .flat_map(|g| self.layout.roots.iter().map(move |r| r.dir(g)))
+                .filter(|d| !d.exists())
+                .collect();
+            self.journal.record_created_many(&missing)?;
+        }
         for g in &chain {
             for i in 0..self.layout.roots.len() {
                 let dir = self.layout.roots[i].dir(g);

@@ -249,6 +249,27 @@ impl Journal {
         })
     }
 
+    /// Records that these directories are about to be created, in one durable update.
+    pub fn record_created_many(&mut self, paths: &[PathBuf]) -> Result<(), ActError> {
+        let new: Vec<&PathBuf> = paths
+            .iter()
+            .filter(|p| !self.created.contains(*p))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.update(|entries| {
+            for p in new {
+                let known = entries
+                    .iter()
+                    .any(|e| matches!(e, Entry::Created { path } if path == p));
+                if !known {
+                    entries.push(Entry::Created { path: p.clone() });
+                }
+            }
+        })
+    }
+
     /// Records that `path` is about to be created. Returns true if this call added the entry.
     pub fn record_created(&mut self, path: &Path) -> Result<bool, ActError> {
         if self.created.contains(path) {

@@ -66,6 +66,11 @@ pub fn restore(state_dir: &Path, dry_run: bool) -> Result<RestoreReport, ActErro
             .map(|p| p.len())
             .unwrap_or(0);
         if tasks > 0 {
+            // Its workload still runs: make sure it is not left frozen.
+            if !dry_run {
+                let _ = write_file(&dir.join("cgroup.freeze"), "0");
+                let _ = write_file(&dir.join("freezer.state"), "THAWED");
+            }
             rep.busy_groups.push((dir.clone(), tasks));
             continue;
         }

@@ -82,6 +82,31 @@ pub(crate) fn one(contents: &[String]) -> Result<&str, String> {
         .ok_or_else(|| "no content".to_string())
 }
 
+/// A `0`/`1` flag file (`cpu.idle`, `cgroup.freeze`).
+pub(crate) fn bool01(contents: &[String]) -> Result<KnobValue, String> {
+    one(contents).and_then(|s| match s {
+        "0" => Ok(KnobValue::Bool(false)),
+        "1" => Ok(KnobValue::Bool(true)),
+        o => Err(format!("expected 0 or 1, got '{o}'")),
+    })
+}
+
+/// Encodes a CPU or memory-node list (`cpuset.cpus`, `cpuset.mems`, same format on v1 and v2).
+pub(crate) fn cpus_encode(knob: Knob, v: &KnobValue) -> Result<Vec<String>, String> {
+    match v {
+        KnobValue::Cpus(c) => Ok(vec![c.to_string()]),
+        _ => Err(bad(knob, v)),
+    }
+}
+
+pub(crate) fn cpus_decode(contents: &[String]) -> Result<KnobValue, String> {
+    one(contents).and_then(|s| {
+        s.parse::<tidal_model::CpuSet>()
+            .map(KnobValue::Cpus)
+            .map_err(|e| e.to_string())
+    })
+}
+
 pub(crate) fn bad(knob: Knob, v: &KnobValue) -> String {
     format!("{knob} cannot take {v}")
 }

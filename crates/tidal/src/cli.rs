@@ -126,6 +126,10 @@ pub struct BenchArgs {
     /// Write a chart of online p99 against offline throughput.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Do not hold /dev/cpu_dma_latency at 0 during the run. By default the bench keeps CPUs out of
+    /// deep idle states, so `alone` is not slowed by wake-ups from idle that co-located runs never pay.
+    #[arg(long)]
+    pub no_pm_qos: bool,
     /// Seed for arrivals and scenario order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -162,6 +166,7 @@ pub struct AgentCostArgs {
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerKind {
     Server,
+    Loadgen,
     Cpu,
     Stream,
     Cache,
@@ -179,9 +184,29 @@ pub struct WorkerArgs {
     /// File the antagonist keeps its cumulative work units in.
     #[arg(long)]
     pub report: Option<String>,
-    /// File the server writes its port to once listening.
+    /// File the server writes its port to once listening (the load generator: its start time).
     #[arg(long)]
     pub ready_file: Option<String>,
+    /// Load generator: client connections.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Load generator: rate segments `START_S:RATE,...`.
+    #[arg(long, default_value = "0:1000")]
+    pub segments: String,
+    /// Load generator: seconds to send for.
+    #[arg(long, default_value_t = 1.0)]
+    pub duration: f64,
+    /// Load generator: constant arrivals instead of Poisson.
+    #[arg(long)]
+    pub constant: bool,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Load generator: measurement windows `FROM_NS-TO_NS,...` of intended send time.
+    #[arg(long, default_value = "0-18446744073709551615")]
+    pub windows: String,
+    /// Load generator: where to write the result (JSON).
+    #[arg(long)]
+    pub out: Option<String>,
 }
 
 #[derive(Args, Debug)]

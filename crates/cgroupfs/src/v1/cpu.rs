@@ -1,6 +1,6 @@
 //! v1 `cpu` controller: `cpu.shares`, `cpu.idle`, CFS quota/period/burst, openEuler `cpu.qos_level`.
 
-use crate::knobs::{bad, int, one, KnobSpec};
+use crate::knobs::{bad, bool01, int, one, KnobSpec};
 use tidal_model::{Knob, KnobValue};
 
 pub fn spec(knob: Knob) -> Option<KnobSpec> {
@@ -44,11 +44,7 @@ pub fn decode(knob: Knob, c: &[String]) -> Option<Result<KnobValue, String>> {
     spec(knob)?;
     Some(match knob {
         Knob::CpuWeight => one(c).and_then(|s| int(s, "shares")).map(KnobValue::Shares),
-        Knob::CpuIdle => one(c).and_then(|s| match s {
-            "0" => Ok(KnobValue::Bool(false)),
-            "1" => Ok(KnobValue::Bool(true)),
-            o => Err(format!("expected 0 or 1, got '{o}'")),
-        }),
+        Knob::CpuIdle => bool01(c),
         Knob::CpuMax => {
             let period: Result<u64, String> = c
                 .first()

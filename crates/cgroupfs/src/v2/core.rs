@@ -1,6 +1,6 @@
 //! v2 core files that need no controller: `cgroup.freeze`, `cgroup.kill`, `cgroup.subtree_control`.
 
-use crate::knobs::{bad, one, KnobSpec};
+use crate::knobs::{bad, bool01, KnobSpec};
 use tidal_model::{Knob, KnobValue};
 
 pub const FREEZE: &str = "cgroup.freeze";
@@ -27,11 +27,7 @@ pub fn encode(knob: Knob, v: &KnobValue) -> Option<Result<Vec<String>, String>> 
 
 pub fn decode(knob: Knob, c: &[String]) -> Option<Result<KnobValue, String>> {
     spec(knob)?;
-    Some(one(c).and_then(|s| match s {
-        "0" => Ok(KnobValue::Bool(false)),
-        "1" => Ok(KnobValue::Bool(true)),
-        o => Err(format!("expected 0 or 1, got '{o}'")),
-    }))
+    Some(bool01(c))
 }
 
 /// The writes that turn the `current` subtree_control into `wanted` (`+cpu -io`), or None if equal.

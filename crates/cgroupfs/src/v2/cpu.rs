@@ -1,6 +1,6 @@
 //! v2 `cpu` controller: `cpu.weight` (converted from shares), `cpu.idle`, `cpu.max`, `cpu.max.burst`.
 
-use crate::knobs::{bad, int, one, KnobSpec};
+use crate::knobs::{bad, bool01, int, one, KnobSpec};
 use tidal_model::{Knob, KnobValue};
 
 /// v1 shares [2, 262144] → v2 weight [1, 10000]: a quadratic in log2 space that maps 2→1, 1024→100 and
@@ -72,11 +72,7 @@ pub fn decode(knob: Knob, c: &[String]) -> Option<Result<KnobValue, String>> {
         Knob::CpuWeight => one(c)
             .and_then(|s| int(s, "weight"))
             .map(|w| KnobValue::Shares(weight_to_shares(w))),
-        Knob::CpuIdle => one(c).and_then(|s| match s {
-            "0" => Ok(KnobValue::Bool(false)),
-            "1" => Ok(KnobValue::Bool(true)),
-            o => Err(format!("expected 0 or 1, got '{o}'")),
-        }),
+        Knob::CpuIdle => bool01(c),
         Knob::CpuMax => one(c).and_then(|s| {
             let mut it = s.split_whitespace();
             let q = it.next().ok_or("empty cpu.max")?;

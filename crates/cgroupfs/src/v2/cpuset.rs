@@ -1,7 +1,7 @@
 //! v2 `cpuset` controller. An empty `cpuset.cpus` means "inherit the parent's".
 
-use crate::knobs::{bad, one, KnobSpec};
-use tidal_model::{CpuSet, Knob, KnobValue};
+use crate::knobs::{cpus_decode, cpus_encode, KnobSpec};
+use tidal_model::{Knob, KnobValue};
 
 pub fn spec(knob: Knob) -> Option<KnobSpec> {
     let files: &'static [&'static str] = match knob {
@@ -17,17 +17,10 @@ pub fn spec(knob: Knob) -> Option<KnobSpec> {
 
 pub fn encode(knob: Knob, v: &KnobValue) -> Option<Result<Vec<String>, String>> {
     spec(knob)?;
-    Some(match v {
-        KnobValue::Cpus(c) => Ok(vec![c.to_string()]),
-        _ => Err(bad(knob, v)),
-    })
+    Some(cpus_encode(knob, v))
 }
 
 pub fn decode(knob: Knob, c: &[String]) -> Option<Result<KnobValue, String>> {
     spec(knob)?;
-    Some(one(c).and_then(|s| {
-        s.parse::<CpuSet>()
-            .map(KnobValue::Cpus)
-            .map_err(|e| e.to_string())
-    }))
+    Some(cpus_decode(c))
 }

@@ -29,13 +29,7 @@ fn start_agent(env: &mut BenchEnv, config: &str) -> Result<(u32, String), String
     let f = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     c.stderr(f).env("TIDAL_LOG", "info");
     let pid = env.spawn(c)?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ureq::get(&format!("http://{addr}/healthz")).call().is_err() {
-        if Instant::now() > deadline {
-            return Err("the agent did not come up".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    super::env::wait_healthz(&addr)?;
     Ok((pid, addr))
 }
 

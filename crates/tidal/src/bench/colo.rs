@@ -281,13 +281,7 @@ fn setup(
             c.stderr(std::process::Stdio::null());
             env.spawn(c)?;
             st.agent = true;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while ureq::get(&format!("http://{addr}/healthz")).call().is_err() {
-                if Instant::now() > deadline {
-                    return Err("the agent did not come up".into());
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            super::env::wait_healthz(&addr)?;
         }
     } else {
         // What the kubelet gives a Burstable online pod (shares by its request: the CPUs it uses at
@@ -325,6 +319,83 @@ fn setup(
         .map_err(|_| "bad port from the server".to_string())?;
     Ok(st)
 }
+
+/// Runs the load generator as a process in the scenario's online group (see `client.rs`); `on_start`
+/// gets the instant its schedule started, as `loadgen::run` would give it.
+fn client_run(
+    env: &mut BenchEnv,
+    st: &Setup,
+    tidal: bool,
+    conns: usize,
+    sched: &Schedule,
+    windows: &[(u64, u64)],
+    on_start: impl FnOnce(Instant),
+) -> Result<loadgen::LoadResult, String> {
+    let n = CLIENTS.fetch_add(1, Ordering::Relaxed);
+    let dir = env.state_dir().to_path_buf();
+    let (ready, out) = (
+        dir.join(format!("client{n}.start")),
+        dir.join(format!("client{n}.json")),
+    );
+    let mut argv = vec![
+        env.exe.display().to_string(),
+        "worker".into(),
+        "loadgen".into(),
+        "--port".into(),
+        st.port.to_string(),
+        "--connections".into(),
+        conns.to_string(),
+        "--segments".into(),
+        super::client::segments_arg(sched),
+        "--duration".into(),
+        sched.duration_s.to_string(),
+        "--seed".into(),
+        sched.seed.to_string(),
+        "--windows".into(),
+        super::client::windows_arg(windows),
+        "--ready-file".into(),
+        ready.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    if sched.arrivals == Arrivals::Constant {
+        argv.push("--constant".into());
+    }
+    let pid = if tidal {
+        let mut c = env.tidal_cmd();
+        c.args(["run", "--qos", "online-critical", "--name", "client", "--"])
+            .args(&argv);
+        env.spawn(c)?
+    } else {
+        let g = GroupPath::new(&st.online_group).unwrap_or_default();
+        spawn_in(env, &g, &argv)?
+    };
+    let start = wait_file(&ready, 20)?;
+    let mono: u64 = start
+        .trim()
+        .parse()
+        .map_err(|_| "bad client start time".to_string())?;
+    on_start(super::client::instant_of(mono));
+    let deadline = Instant::now() + Duration::from_secs_f64(sched.duration_s + 30.0);
+    while !out.exists() || std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) == 0 {
+        if Instant::now() > deadline || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The writer may still be finishing the file: give it a moment to exit.
+    let end = Instant::now() + Duration::from_secs(2);
+    while std::path::Path::new(&format!("/proc/{pid}/status")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .is_ok_and(|s| !s.contains("State:\tZ"))
+        && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    super::client::read_result(&out)
+}
+
+static CLIENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn teardown(env: &mut BenchEnv, st: Setup) {
     if let Some(q) = st.quota {
@@ -471,7 +542,7 @@ pub fn run_once(
 }
 
 fn measure(
-    env: &BenchEnv,
+    env: &mut BenchEnv,
     s: Scenario,
     o: &Opts,
     round: usize,
@@ -511,8 +582,10 @@ fn measure(
         at: Some(Instant::now()),
     };
     let mut marker = None;
-    let r = loadgen::run(
-        st.port,
+    let r = client_run(
+        env,
+        st,
+        s.uses_tidal(),
         o.connections,
         &sched,
         &[(warm_ns, end_ns)],
@@ -572,7 +645,15 @@ pub fn calibrate(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
     let probe_rate = (0.1 * o.n_cpus as f64 / (o.work_us as f64 * 1e-6)).max(100.0);
     let sched = Schedule::constant_rate(Arrivals::Constant, probe_rate, 2.0);
     let before = env.usage_ns(&st.online_group);
-    let r = loadgen::run(st.port, o.connections, &sched, &[(0, u64::MAX)], |_| {});
+    let r = client_run(
+        env,
+        &st,
+        false,
+        o.connections,
+        &sched,
+        &[(0, u64::MAX)],
+        |_| {},
+    );
     let after = env.usage_ns(&st.online_group);
     teardown(env, st);
     let r = r.map_err(|e| format!("calibration load: {e}"))?;
@@ -622,42 +703,50 @@ pub fn run_step(
     let watch_tidal = s == Scenario::Tidal;
     let mut watcher = None;
     let mut step_instant = None;
-    let r = loadgen::run(st.port, o.connections, &sched, &windows, |start| {
-        step_instant = Some(start + Duration::from_secs_f64(step_at));
-        if watch_tidal {
-            let files: Vec<PathBuf> = [cpuset, freeze, unified_freeze]
-                .into_iter()
-                .flatten()
-                .collect();
-            watcher = Some(std::thread::spawn(move || {
-                let read = || {
-                    files
-                        .iter()
-                        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
-                        .collect::<Vec<_>>()
-                        .join("|")
-                };
-                let step = start + Duration::from_secs_f64(step_at);
-                let mut last = String::new();
-                while Instant::now() < step {
-                    last = read();
-                    std::thread::sleep(Duration::from_micros(500));
-                }
-                let end = step + Duration::from_secs_f64(post);
-                while Instant::now() < end {
-                    let now = read();
-                    if now != last {
-                        let t = Instant::now().duration_since(step).as_secs_f64() * 1000.0;
-                        if let Ok(mut c) = c2.lock() {
-                            c.push((t, now.replace('\n', "")));
-                        }
-                        last = now;
+    let r = client_run(
+        env,
+        &st,
+        s.uses_tidal(),
+        o.connections,
+        &sched,
+        &windows,
+        |start| {
+            step_instant = Some(start + Duration::from_secs_f64(step_at));
+            if watch_tidal {
+                let files: Vec<PathBuf> = [cpuset, freeze, unified_freeze]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                watcher = Some(std::thread::spawn(move || {
+                    let read = || {
+                        files
+                            .iter()
+                            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+                            .collect::<Vec<_>>()
+                            .join("|")
+                    };
+                    let step = start + Duration::from_secs_f64(step_at);
+                    let mut last = String::new();
+                    while Instant::now() < step {
+                        last = read();
+                        std::thread::sleep(Duration::from_micros(500));
                     }
-                    std::thread::sleep(Duration::from_micros(500));
-                }
-            }));
-        }
-    });
+                    let end = step + Duration::from_secs_f64(post);
+                    while Instant::now() < end {
+                        let now = read();
+                        if now != last {
+                            let t = Instant::now().duration_since(step).as_secs_f64() * 1000.0;
+                            if let Ok(mut c) = c2.lock() {
+                                c.push((t, now.replace('\n', "")));
+                            }
+                            last = now;
+                        }
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
+                }));
+            }
+        },
+    );
     if let Some(h) = watcher {
         let _ = h.join();
     }

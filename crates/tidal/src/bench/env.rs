@@ -148,6 +148,18 @@ impl BenchEnv {
     }
 }
 
+/// Waits until an agent at `addr` answers `/healthz`.
+pub fn wait_healthz(addr: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ureq::get(&format!("http://{addr}/healthz")).call().is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("the agent at {addr} did not come up"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// Cumulative CPU ns of the whole node: the v1 cpuacct root, else the v2 root's `cpu.stat`.
 pub fn node_ns(layout: &Layout) -> u64 {
     if let Some(h) = layout.hierarchies.v1("cpuacct") {

@@ -3,6 +3,7 @@
 //! benchmarks (`reaction`, `agent-cost`). Every group it makes is removed, also on Ctrl-C.
 
 pub mod agentbench;
+pub mod client;
 pub mod colo;
 pub mod env;
 pub mod hist;
@@ -35,6 +36,28 @@ fn machine(env: &BenchEnv) -> report::Machine {
         kernel: tidal_cgroupfs::caps::kernel_release().unwrap_or_default(),
         cpu_model: model,
         cgroup_mode: env.layout.hierarchies.mode().to_string(),
+    }
+}
+
+/// Asks the kernel for 0 µs wake-up latency while the file stays open (PM QoS): CPUs then poll instead
+/// of entering deep idle states. None (and a note) where that is not possible.
+fn hold_pm_qos() -> Option<std::fs::File> {
+    use std::io::Write;
+    let p = "/dev/cpu_dma_latency";
+    match std::fs::OpenOptions::new().write(true).open(p) {
+        Ok(mut f) => {
+            match f.write_all(&0i32.to_ne_bytes()) {
+                Ok(()) => Some(f),
+                Err(e) => {
+                    eprintln!("tidal: note: cannot set {p} to 0 ({e}); idle-state wake-ups will add noise");
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("tidal: note: cannot open {p} ({e}); idle-state wake-ups will add noise");
+            None
+        }
     }
 }
 
@@ -82,6 +105,7 @@ pub fn main(_g: &Global, a: &BenchArgs) -> i32 {
         ));
     }
     let stop = interrupt_flag();
+    let pm_qos = if a.no_pm_qos { None } else { hold_pm_qos() };
     let mut env = match BenchEnv::new("colo") {
         Ok(e) => e,
         Err(e) => return fail(e),
@@ -164,6 +188,7 @@ pub fn main(_g: &Global, a: &BenchArgs) -> i32 {
         rate_per_s: o.rate,
         work_us: o.work_us,
         cost_per_request_us: cost * 1e6,
+        pm_qos: pm_qos.is_some(),
         offline: match &o.offline_cmd {
             Some(c) => format!("`{c}`"),
             None => format!("{} × {} threads", o.offline_kind, o.offline_threads),
@@ -177,6 +202,7 @@ pub fn main(_g: &Global, a: &BenchArgs) -> i32 {
         runs,
     };
     env.cleanup();
+    drop(pm_qos);
     print!("{}", report::markdown(&rep));
     if let Some(p) = &a.json {
         let text = match serde_json::to_string_pretty(&rep) {

@@ -150,6 +150,10 @@ pub fn main(a: &WorkerArgs) -> i32 {
             Ok(()) => 0,
             Err(e) => crate::exit::fail(format!("server on port {}: {e}", a.port)),
         },
+        WorkerKind::Loadgen => match super::client::worker_main(a) {
+            Ok(()) => 0,
+            Err(e) => crate::exit::fail(format!("load generator: {e}")),
+        },
         WorkerKind::Cpu => {
             antagonist(a.threads, a.report.clone(), cpu_unit);
             0
