@@ -73,36 +73,28 @@ pub fn reaction(a: &ReactionArgs) -> i32 {
             &mut env,
             "cpu:\n  grow_after: 300ms\n  confine_min_cpus: 1\n",
         )?;
-        let mut c = env.tidal_cmd();
-        c.args([
-            "run",
-            "--qos",
+        env.tidal_run(
             "offline",
-            "--name",
             "hog",
-            "--",
-            &exe,
-            "worker",
-            "cpu",
-            "--threads",
-        ])
-        .arg((2 * n).to_string());
-        env.spawn(c)?;
-        let mut c = env.tidal_cmd();
-        c.args([
-            "run",
-            "--qos",
+            &[
+                exe.clone(),
+                "worker".into(),
+                "cpu".into(),
+                "--threads".into(),
+                (2 * n).to_string(),
+            ],
+        )?;
+        let load = env.tidal_run(
             "online",
-            "--name",
             "load",
-            "--",
-            &exe,
-            "worker",
-            "cpu",
-            "--threads",
-        ])
-        .arg(n.to_string());
-        let load = env.spawn(c)?;
+            &[
+                exe.clone(),
+                "worker".into(),
+                "cpu".into(),
+                "--threads".into(),
+                n.to_string(),
+            ],
+        )?;
         std::thread::sleep(Duration::from_millis(300));
         // SAFETY: kill(2) on the load process this bench started.
         unsafe { libc::kill(load as i32, libc::SIGSTOP) };
@@ -250,18 +242,7 @@ pub fn cost(a: &AgentCostArgs) -> i32 {
         let res = (|| -> Result<CostRow, String> {
             for i in 0..w {
                 let level = if i % 4 == 3 { "online" } else { "offline" };
-                let mut c = env.tidal_cmd();
-                c.args([
-                    "run",
-                    "--qos",
-                    level,
-                    "--name",
-                    &format!("w{i}"),
-                    "--",
-                    "sleep",
-                    "3600",
-                ]);
-                env.spawn(c)?;
+                env.tidal_run(level, &format!("w{i}"), &["sleep", "3600"])?;
             }
             let (pid, addr) = start_agent(&mut env, "tick: 100ms\n")?;
             eprintln!("{w} workloads: warming up");

@@ -248,22 +248,9 @@ fn setup(
     };
     if s.uses_tidal() {
         st.online_group = "tidal/online-critical/server".into();
-        let mut c = env.tidal_cmd();
-        c.args(["run", "--qos", "online-critical", "--name", "server", "--"])
-            .args(&server);
-        env.spawn(c)?;
+        env.tidal_run("online-critical", "server", &server)?;
         for (i, argv) in offline.iter().enumerate() {
-            let mut c = env.tidal_cmd();
-            c.args([
-                "run",
-                "--qos",
-                "offline",
-                "--name",
-                &format!("batch{i}"),
-                "--",
-            ])
-            .args(argv);
-            env.spawn(c)?;
+            env.tidal_run("offline", &format!("batch{i}"), argv)?;
         }
         if !offline.is_empty() {
             st.offline_group = Some("tidal/offline".into());
@@ -362,10 +349,7 @@ fn client_run(
         argv.push("--constant".into());
     }
     let pid = if tidal {
-        let mut c = env.tidal_cmd();
-        c.args(["run", "--qos", "online-critical", "--name", "client", "--"])
-            .args(&argv);
-        env.spawn(c)?
+        env.tidal_run("online-critical", "client", &argv)?
     } else {
         let g = GroupPath::new(&st.online_group).unwrap_or_default();
         spawn_in(env, &g, &argv)?

@@ -60,6 +60,19 @@ impl BenchEnv {
         c
     }
 
+    /// Starts `tidal run --qos LEVEL --name NAME -- ARGV...` inside the bench's tidal root.
+    pub fn tidal_run<S: AsRef<std::ffi::OsStr>>(
+        &mut self,
+        level: &str,
+        name: &str,
+        argv: &[S],
+    ) -> Result<u32, String> {
+        let mut c = self.tidal_cmd();
+        c.args(["run", "--qos", level, "--name", name, "--"])
+            .args(argv);
+        self.spawn(c)
+    }
+
     /// Spawns a process this bench owns (killed on drop).
     pub fn spawn(&mut self, mut cmd: Command) -> Result<u32, String> {
         let child = cmd
