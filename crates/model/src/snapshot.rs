@@ -32,8 +32,6 @@ pub struct WorkloadSnapshot {
     pub pressure: WorkloadPressure,
     pub nr_throttled: Option<u64>,
     pub throttled_us: Option<u64>,
-    /// The group's own cpuset (v1), if read.
-    pub cpus: Option<CpuSet>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

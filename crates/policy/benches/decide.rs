@@ -24,7 +24,6 @@ fn snapshot(n: usize) -> Snapshot {
                 pressure: Default::default(),
                 nr_throttled: Some(0),
                 throttled_us: Some(0),
-                cpus: None,
             }
         })
         .collect();

@@ -20,7 +20,6 @@ fn workload(level: QosLevel, name: &str, procs: usize, mem: u64) -> WorkloadSnap
         pressure: Default::default(),
         nr_throttled: None,
         throttled_us: None,
-        cpus: None,
     }
 }
 
@@ -87,6 +86,11 @@ fn arb_config() -> impl Strategy<Value = Config> {
         c.cpu.confine_min_cpus = confine;
         c
     })
+}
+
+/// The plan's actions that match `f`.
+fn picked(p: &Plan, f: impl Fn(&&tidal_model::Action) -> bool) -> Vec<&tidal_model::Action> {
+    p.actions.iter().filter(f).collect()
 }
 
 /// A stand-in kernel: the value last set per (group, knob).
@@ -212,12 +216,7 @@ fn shrinks_at_once_grows_after_hysteresis() {
     s.offline_usage_short_cpus = 2.5;
     let d = decide(&s, &cfg, &caps, &d.state);
     assert_eq!(d.state.offline_cpus.as_ref().unwrap().to_string(), "6-7");
-    let confine: Vec<_> = d
-        .plan
-        .actions
-        .iter()
-        .filter(|a| a.cause == "confine")
-        .collect();
+    let confine: Vec<_> = picked(&d.plan, |a| a.cause == "confine");
     assert!(!confine.is_empty());
     // v1 order when shrinking: workload groups first, the offline parent last.
     assert_eq!(confine.last().unwrap().group.as_str(), "offline");
@@ -238,12 +237,7 @@ fn shrinks_at_once_grows_after_hysteresis() {
     s.now_ms = 2300;
     let d = decide(&s, &cfg, &caps, &st);
     assert_eq!(d.state.offline_cpus.as_ref().unwrap().to_string(), "5-7");
-    let grow: Vec<_> = d
-        .plan
-        .actions
-        .iter()
-        .filter(|a| a.cause == "release")
-        .collect();
+    let grow: Vec<_> = picked(&d.plan, |a| a.cause == "release");
     // Growing goes parent first.
     assert_eq!(grow[0].group.as_str(), "offline");
 }
@@ -335,12 +329,7 @@ fn memory_pressure_kills_largest_offline_low_first_once_per_interval() {
         .push(workload(QosLevel::OnlineCritical, "huge-db", 2, 9 << 30));
     s.mem_available_bytes = 100 << 20;
     let d = decide(&s, &cfg, &caps, &PolicyState::default());
-    let kills: Vec<_> = d
-        .plan
-        .actions
-        .iter()
-        .filter(|a| matches!(a.op, Op::Kill))
-        .collect();
+    let kills: Vec<_> = picked(&d.plan, |a| matches!(a.op, Op::Kill));
     assert_eq!(kills.len(), 1);
     assert_eq!(kills[0].group.as_str(), "offline/offline-low/big");
     assert!(kills[0].reason.contains("watermark"));
@@ -351,12 +340,7 @@ fn memory_pressure_kills_largest_offline_low_first_once_per_interval() {
     s.now_ms = 20_000;
     s.workloads.retain(|w| w.level != QosLevel::OfflineLow);
     let d3 = decide(&s, &cfg, &caps, &d2.state);
-    let k: Vec<_> = d3
-        .plan
-        .actions
-        .iter()
-        .filter(|a| matches!(a.op, Op::Kill))
-        .collect();
+    let k: Vec<_> = picked(&d3.plan, |a| matches!(a.op, Op::Kill));
     assert_eq!(k[0].group.as_str(), "offline/offline/batch");
 }
 
@@ -374,12 +358,7 @@ fn empty_groups_are_removed_after_the_grace_period_and_release_gives_all_back() 
         .all(|a| !matches!(a.op, Op::RemoveGroup)));
     s.now_ms = 31_000;
     let d = decide(&s, &cfg, &caps, &d.state);
-    let rm: Vec<_> = d
-        .plan
-        .actions
-        .iter()
-        .filter(|a| matches!(a.op, Op::RemoveGroup))
-        .collect();
+    let rm: Vec<_> = picked(&d.plan, |a| matches!(a.op, Op::RemoveGroup));
     assert_eq!(rm.len(), 1);
     assert_eq!(rm[0].group.as_str(), "offline/offline/batch");
     let rel = release_plan(&s, &caps, &d.state);
@@ -439,12 +418,7 @@ fn small_machines_keep_every_cpu_for_offline_and_say_why() {
     };
     let d = decide(&s, &cfg, &caps, &prev);
     assert_eq!(d.state.offline_cpus, Some(CpuSet::first_n(2)));
-    let grow: Vec<_> = d
-        .plan
-        .actions
-        .iter()
-        .filter(|a| a.cause == "release")
-        .collect();
+    let grow: Vec<_> = picked(&d.plan, |a| a.cause == "release");
     assert!(
         grow.iter().any(|a| a.reason.contains("confine_min_cpus")),
         "{:?}",

@@ -363,7 +363,6 @@ impl WorkloadFiles {
                 pressure: WorkloadPressure::default(),
                 nr_throttled: None,
                 throttled_us: None,
-                cpus: None,
             },
         }
     }
@@ -425,7 +424,6 @@ impl WorkloadFiles {
             pressure,
             nr_throttled: throttle.map(|t| t.nr_throttled),
             throttled_us: throttle.map(|t| t.throttled_us),
-            cpus: None,
         };
         self.last = Some(snap.clone());
         snap

@@ -129,7 +129,6 @@ struct Setup {
     online_group: String,
     offline_group: Option<String>,
     quota: Option<QuotaCtl>,
-    agent: bool,
     groups: Vec<String>,
 }
 
@@ -243,7 +242,6 @@ fn setup(
         online_group: format!("{tag}/online"),
         offline_group: None,
         quota: None,
-        agent: false,
         groups: Vec::new(),
     };
     if s.uses_tidal() {
@@ -267,7 +265,6 @@ fn setup(
             }
             c.stderr(std::process::Stdio::null());
             env.spawn(c)?;
-            st.agent = true;
             super::env::wait_healthz(&addr)?;
         }
     } else {
@@ -392,7 +389,7 @@ fn teardown(env: &mut BenchEnv, st: Setup) {
 impl BenchEnv {
     /// Removes the given groups (kills leftovers first), plus tidal's workload groups.
     pub fn cleanup_groups(&mut self, groups: &[String]) {
-        self.cleanup_processes();
+        self.stop_children();
         let mut all: Vec<String> = groups.to_vec();
         if let Ok(scan) = tidal_source::LocalSource::new(self.tidal_layout()).scan() {
             all.extend(scan.workloads.iter().map(|w| format!("tidal/{}", w.group)));
@@ -495,10 +492,6 @@ impl BenchEnv {
             self.layout.hierarchies.clone(),
             &tidal_cgroupfs::RootSpec::Relative(self.tidal_root()),
         )
-    }
-
-    fn cleanup_processes(&mut self) {
-        self.stop_children();
     }
 }
 
