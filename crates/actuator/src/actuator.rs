@@ -1,29 +1,44 @@
 //! Applies plans: creates groups, writes knobs (journalling originals first), moves tasks, kills.
+//!
+//! A write the kernel refuses with EINVAL or EOPNOTSUPP marks that knob unsupported for that group:
+//! it is logged once, counted, and not tried again until the slow re-probe interval has passed (a
+//! peer that retried such writes in a loop burned 0.4 CPU per node).
 
 use crate::error::ActError;
-use crate::journal::{Entry, Journal};
+use crate::journal::{Forgotten, Journal};
+use crate::kernel;
+use crate::systemd::{self, ScopeRequest, Started};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use tidal_cgroupfs::layout::{read_file, read_procs, remove_group_dir, write_file};
-use tidal_cgroupfs::v2::core::{subtree_delta, KILL, SUBTREE_CONTROL};
-use tidal_cgroupfs::{knobs, CgroupError, Layout, Version};
-use tidal_model::{Action, GroupPath, Knob, KnobValue, Op, Plan};
+use std::time::{Duration, Instant};
+use tidal_cgroupfs::controller;
+use tidal_cgroupfs::layout::{read_file, read_procs, PROCS};
+use tidal_cgroupfs::v2::core::{subtree_delta, CONTROLLERS, KILL, SUBTREE_CONTROL};
+use tidal_cgroupfs::{cpuset, CgroupError, Layout, Version};
+use tidal_model::{Action, GroupPath, Knob, KnobValue, Op, Plan, Target};
 use tracing::{debug, info, warn};
 
 /// v2 controllers tidal enables for its subtree when the parent offers them.
 const V2_CONTROLLERS: [&str; 4] = ["cpu", "cpuset", "memory", "io"];
+/// The leaf that holds the process a systemd scope was started with, until it moves on.
+pub const ANCHOR: &str = "anchor";
+/// How long a kill waits for the killed tasks to leave the group.
+const KILL_WAIT: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Written,
-    /// The value was already in place: nothing written.
+    /// The value was already in place (or a kill found no task): nothing written.
     Unchanged,
     /// The group is gone (its workload ended): a normal event.
     Vanished,
     /// Dry run: logged, not written.
     DryRun,
-    /// This host has no file for the knob.
+    /// This host has no file for the knob, or the kernel refused it (not retried until re-probe).
     Unsupported,
+    /// The group is busy (rmdir of a group whose tasks are still exiting): retry later.
+    Busy,
 }
 
 #[derive(Debug)]
@@ -32,19 +47,44 @@ pub struct Applied {
     pub result: Result<Outcome, ActError>,
 }
 
+/// Counters for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ActStats {
+    /// Files written since start.
+    pub writes: u64,
+    /// Knobs marked unsupported after the kernel refused a write, by knob.
+    pub unsupported: BTreeMap<Knob, u64>,
+    /// Tasks that survived a kill.
+    pub kill_survivors: u64,
+}
+
 pub struct Actuator {
     layout: Layout,
     journal: Journal,
     dry_run: bool,
-    /// Files written since start (for metrics).
-    pub writes: u64,
+    stats: ActStats,
     /// Groups this process created, oldest first (for rollback).
     created_now: Vec<PathBuf>,
+    /// (group dir, knob) the kernel refused, and when to try again.
+    refused: HashMap<(PathBuf, Knob), Instant>,
+    reprobe: Duration,
+    /// Originals this process journalled: if a record is taken back while it runs, this value (never
+    /// one tidal wrote) is journalled again before the next write.
+    first_seen: HashMap<PathBuf, String>,
 }
 
 fn mkdir_err(path: &Path) -> impl FnOnce(std::io::Error) -> ActError + '_ {
     move |source| {
         ActError::Cgroup(CgroupError::Create {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+fn rmdir_err(path: &Path) -> impl FnOnce(std::io::Error) -> ActError + '_ {
+    move |source| {
+        ActError::Cgroup(CgroupError::Remove {
             path: path.to_path_buf(),
             source,
         })
@@ -57,8 +97,11 @@ impl Actuator {
             layout,
             journal: Journal::open(state_dir)?,
             dry_run,
-            writes: 0,
+            stats: ActStats::default(),
             created_now: Vec::new(),
+            refused: HashMap::new(),
+            reprobe: Duration::from_secs(10),
+            first_seen: HashMap::new(),
         })
     }
 
@@ -70,8 +113,21 @@ impl Actuator {
         &self.journal
     }
 
+    pub fn journal_mut(&mut self) -> &mut Journal {
+        &mut self.journal
+    }
+
     pub fn dry_run(&self) -> bool {
         self.dry_run
+    }
+
+    pub fn stats(&self) -> &ActStats {
+        &self.stats
+    }
+
+    /// How long a knob the kernel refused stays unsupported before it is tried again.
+    pub fn set_reprobe_interval(&mut self, d: Duration) {
+        self.reprobe = d;
     }
 
     /// Applies every action in order; a failed action does not stop the rest.
@@ -96,70 +152,131 @@ impl Actuator {
 
     pub fn apply_one(&mut self, a: &Action) -> Result<Outcome, ActError> {
         match &a.op {
-            Op::EnsureGroup => self.ensure_group(&a.group),
-            Op::Set { knob, value } => self.set(&a.group, *knob, value),
-            Op::Kill => self.kill(&a.group),
-            Op::RemoveGroup => self.remove_group(&a.group),
+            Op::EnsureGroup { group } => self.ensure_group(group),
+            Op::Set {
+                target,
+                knob,
+                value,
+            } => self.set(target, *knob, value),
+            Op::Kill { group } => self.kill(group),
+            Op::RemoveGroup { group } => self.remove_group(group),
         }
     }
 
-    /// Writes one raw file, journalling its original first. Only this function writes knob files.
-    fn write_journalled(&mut self, path: &Path, value: &str) -> Result<Outcome, ActError> {
+    /// Is `dir` a group tidal created (or below one)? Its files have no original worth keeping:
+    /// restore removes the group, or gives a busy one its parent's full set.
+    fn in_created(&self, dir: &Path) -> bool {
+        self.layout.roots.iter().filter(|r| r.holds(dir)).any(|r| {
+            let mut d = Some(dir);
+            while let Some(x) = d {
+                if self.journal.is_created(x) {
+                    return true;
+                }
+                if x == r.root_dir {
+                    break;
+                }
+                d = x.parent();
+            }
+            false
+        })
+    }
+
+    /// Journals the original of `path` (unless it has one, or its group is tidal's own).
+    fn journal_original(&mut self, path: &Path, foreign: bool) -> Result<(), ActError> {
+        let dir = path.parent().unwrap_or(path);
+        if self.journal.has_original(path) || (!foreign && self.in_created(dir)) {
+            return Ok(());
+        }
+        let value = match self.first_seen.get(path) {
+            Some(v) => v.clone(),
+            None => read_file(path)?.trim_end().to_string(),
+        };
+        self.journal
+            .record_originals(&[(path.to_path_buf(), value.clone())], foreign)?;
+        self.first_seen.insert(path.to_path_buf(), value);
+        Ok(())
+    }
+
+    /// Writes one knob file, journalling its original first: no journal, no write.
+    fn write_journalled(
+        &mut self,
+        path: &Path,
+        value: &str,
+        foreign: bool,
+    ) -> Result<Outcome, ActError> {
         if self.dry_run {
             info!("dry-run: would write '{value}' to {}", path.display());
             return Ok(Outcome::DryRun);
         }
-        // A group tidal created has no original worth keeping: restore removes it (a busy one is
-        // thawed). Skipping it saves an fsync per file when a workload starts.
-        let in_created = path.parent().is_some_and(|d| self.journal.is_created(d));
-        if !in_created && !self.journal.has_original(path) {
-            let original = read_file(path)?;
-            self.journal.record_original(path, original.trim_end())?;
-        }
-        write_file(path, value)?;
-        self.writes += 1;
+        self.journal_original(path, foreign)?;
+        kernel::write_file(path, value)?;
+        self.stats.writes += 1;
         Ok(Outcome::Written)
     }
 
-    /// Records the originals of these knobs' files now, without writing and in one journal update, so
-    /// later urgent writes (offline confinement) do not wait for the journal's fsync.
-    pub fn remember(&mut self, targets: &[(GroupPath, Knob)]) -> Result<(), ActError> {
+    /// Records the originals of these knobs' files now, without writing and in one journal append,
+    /// so later urgent writes (offline confinement) need no fsync. Files in groups tidal created are
+    /// skipped: restore removes those groups (or gives them their parent's set), never re-pins them.
+    pub fn remember(&mut self, targets: &[(Target, Knob)]) -> Result<(), ActError> {
         if self.dry_run {
             return Ok(());
         }
+        self.journal.sync()?;
         let mut items = Vec::new();
-        for (group, knob) in targets {
-            let Some((_, paths)) = self.layout.knob_paths(group, *knob) else {
+        for (target, knob) in targets {
+            let Some((_, paths)) = self.layout.knob_paths(target, *knob) else {
                 continue;
             };
+            let foreign = matches!(target, Target::Foreign(_));
             for p in paths {
-                if self.journal.has_original(&p) {
+                let dir = p.parent().unwrap_or(&p);
+                if self.journal.has_original(&p) || (!foreign && self.in_created(dir)) {
                     continue;
                 }
                 match read_file(&p) {
-                    Ok(v) => items.push((p, v.trim_end().to_string())),
+                    Ok(v) => {
+                        let v = v.trim_end().to_string();
+                        self.first_seen
+                            .entry(p.clone())
+                            .or_insert_with(|| v.clone());
+                        items.push((p, v));
+                    }
                     Err(e) if e.is_vanished() => {}
                     Err(e) => return Err(e.into()),
                 }
             }
         }
-        self.journal.record_originals(&items)
+        let (foreign, tidal): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|(p, _)| !self.layout.roots.iter().any(|r| r.holds(p)));
+        self.journal.record_originals(&tidal, false)?;
+        self.journal.record_originals(&foreign, true)
     }
 
-    /// Sets a knob on a group unless it already has the value.
+    /// Sets a knob unless it already has the value.
     pub fn set(
         &mut self,
-        group: &GroupPath,
+        target: &Target,
         knob: Knob,
         value: &KnobValue,
     ) -> Result<Outcome, ActError> {
-        let Some((version, paths)) = self.layout.knob_paths(group, knob) else {
+        let Some((version, paths)) = self.layout.knob_paths(target, knob) else {
             return Ok(Outcome::Unsupported);
         };
-        let wanted = knobs::encode(knob, version, value)
+        let dir = paths
+            .first()
+            .and_then(|p| p.parent())
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        if let Some(until) = self.refused.get(&(dir.clone(), knob)) {
+            if Instant::now() < *until {
+                return Ok(Outcome::Unsupported);
+            }
+        }
+        let wanted = controller::encode(knob, version, value)
             .map_err(|reason| ActError::Encode { knob, reason })?;
         // Compare through the decoder so lossy conversions (shares → weight) still count as equal.
-        let canonical = knobs::decode(knob, version, &wanted).ok();
+        let canonical = controller::decode(knob, version, &wanted).ok();
         let mut current = Vec::with_capacity(paths.len());
         for p in &paths {
             match read_file(p) {
@@ -173,21 +290,100 @@ impl Actuator {
                 Err(e) => return Err(e.into()),
             }
         }
-        if canonical.is_some() && knobs::decode(knob, version, &current).ok() == canonical {
+        if canonical.is_some() && controller::decode(knob, version, &current).ok() == canonical {
+            self.refused.remove(&(dir, knob));
             return Ok(Outcome::Unchanged);
         }
+        let foreign = matches!(target, Target::Foreign(_));
         let mut outcome = Outcome::Unchanged;
         for ((p, want), cur) in paths.iter().zip(&wanted).zip(&current) {
             if cur.trim() == want.trim() {
                 continue;
             }
-            match self.write_journalled(p, want) {
+            match self.write_journalled(p, want, foreign) {
                 Err(e) if e.is_vanished() => return Ok(Outcome::Vanished),
+                Err(e) if e.is_rejected() => {
+                    let first = !self.refused.contains_key(&(dir.clone(), knob));
+                    self.refused
+                        .insert((dir.clone(), knob), Instant::now() + self.reprobe);
+                    *self.stats.unsupported.entry(knob).or_default() += 1;
+                    if first {
+                        warn!(
+                            "{knob} on {target} is unsupported here ({e}): not retried for {}s",
+                            self.reprobe.as_secs()
+                        );
+                    }
+                    return Ok(Outcome::Unsupported);
+                }
                 Err(e) => return Err(e),
                 Ok(o) => outcome = o,
             }
         }
+        self.refused.remove(&(dir, knob));
         Ok(outcome)
+    }
+
+    /// Makes sure the tidal root exists. On a systemd host whose root is a delegated scope that does
+    /// not exist yet, systemd starts it with `anchor` (this process if None) in it, and the anchor
+    /// moves into the leaf [`ANCHOR`], so the scope's own cgroup holds no process and can pass
+    /// controllers down. Elsewhere the root is made like any group, under an existing parent only.
+    pub fn ensure_root(&mut self, anchor: Option<u32>) -> Result<Outcome, ActError> {
+        let Some(scope) = self.layout.scope.clone() else {
+            return self.ensure_group(&GroupPath::root());
+        };
+        if self.layout.root_exists() {
+            return self.ensure_group(&GroupPath::root());
+        }
+        if self.dry_run {
+            info!("dry-run: would start the systemd scope {}", scope.unit);
+            return Ok(Outcome::DryRun);
+        }
+        let pid = anchor.unwrap_or_else(std::process::id);
+        let conn = systemd::connect()?;
+        let started = systemd::start_scope(
+            &conn,
+            &ScopeRequest {
+                unit: scope.unit.clone(),
+                slice: scope.slice.clone(),
+                pids: vec![pid],
+                description: "tidal workloads (delegated cgroup tree)".to_string(),
+            },
+        )?;
+        self.wait_scope(pid, started)?;
+        let anchor_group = GroupPath::root()
+            .join(ANCHOR)
+            .map_err(|e| ActError::Root(e.to_string()))?;
+        self.ensure_group(&anchor_group)?;
+        if started == Started::New {
+            self.move_pid(&anchor_group, pid)?;
+        }
+        Ok(Outcome::Written)
+    }
+
+    /// Waits (≤ 5 s) until the scope's cgroup exists and, if this call started it, holds `pid`.
+    fn wait_scope(&self, pid: u32, started: Started) -> Result<(), ActError> {
+        let Some(root) = self.layout.primary().map(|r| r.root_dir.clone()) else {
+            return Err(ActError::Root("no cgroup hierarchy".into()));
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ready = match started {
+                Started::Exists => root.is_dir(),
+                Started::New => {
+                    read_procs(&root.join(PROCS)).is_ok_and(|p| p.contains(&(pid as i32)))
+                }
+            };
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ActError::Systemd(format!(
+                    "the scope's cgroup {} did not appear (or pid {pid} did not move into it) within 5 s",
+                    root.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Creates `group` and its ancestors (the tidal root included) in every hierarchy tidal uses.
@@ -195,8 +391,19 @@ impl Actuator {
         let mut chain = vec![GroupPath::root()];
         chain.extend(group.lineage());
         let mut outcome = Outcome::Unchanged;
+        if self.layout.scope.is_some() && !self.layout.root_exists() {
+            let unit = self
+                .layout
+                .scope
+                .as_ref()
+                .map(|s| s.unit.clone())
+                .unwrap_or_default();
+            return Err(ActError::Root(format!(
+                "the tidal root (systemd scope {unit}) does not exist yet: `tidal run` starts it"
+            )));
+        }
         if !self.dry_run {
-            // One journal update (one fsync) for every directory about to be made.
+            // One journal append (one fsync) for every directory about to be made.
             let missing: Vec<PathBuf> = chain
                 .iter()
                 .flat_map(|g| self.layout.roots.iter().map(move |r| r.dir(g)))
@@ -206,11 +413,13 @@ impl Actuator {
         }
         for g in &chain {
             for i in 0..self.layout.roots.len() {
-                let dir = self.layout.roots[i].dir(g);
-                let version = self.layout.roots[i].version();
+                let r = &self.layout.roots[i];
+                let dir = r.dir(g);
+                let version = r.version();
+                let is_cpuset_v1 = version == Version::V1 && r.hierarchy.has("cpuset");
                 if dir.exists() {
-                    if version == Version::V1 && self.layout.roots[i].hierarchy.has("cpuset") {
-                        self.init_cpuset(&dir)?;
+                    if is_cpuset_v1 {
+                        self.init_cpuset(&dir, g.is_root())?;
                     }
                     continue;
                 }
@@ -219,72 +428,78 @@ impl Actuator {
                     outcome = Outcome::DryRun;
                     continue;
                 }
-                self.create_dir(&dir, version)?;
+                if g.is_root() && dir.parent().is_some_and(|p| !p.is_dir()) {
+                    return Err(ActError::Root(format!(
+                        "cannot create the tidal root {}: its parent does not exist (tidal creates groups only at or below its root)",
+                        dir.display()
+                    )));
+                }
+                self.create_dir(&dir, version, g.is_root())?;
                 outcome = Outcome::Written;
             }
         }
         Ok(outcome)
     }
 
-    /// Creates one group directory: journal first, enable v2 controllers, init v1 cpusets. Missing
-    /// parents (of a tidal root given as a deeper path) are created the same way.
-    fn create_dir(&mut self, dir: &Path, version: Version) -> Result<bool, ActError> {
+    /// Creates one group directory: journal first, enable v2 controllers in its parent, init v1
+    /// cpusets.
+    fn create_dir(
+        &mut self,
+        dir: &Path,
+        version: Version,
+        is_root: bool,
+    ) -> Result<bool, ActError> {
         let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-        let in_cgroupfs = self
-            .layout
-            .roots
-            .iter()
-            .any(|r| parent.starts_with(&r.hierarchy.mount) && parent != r.hierarchy.mount);
-        if in_cgroupfs && !parent.exists() {
-            self.create_dir(&parent, version)?;
-        }
         if version == Version::V2 {
             self.enable_v2_controllers(&parent)?;
         }
         let added = self.journal.record_created(dir)?;
-        match std::fs::create_dir(dir) {
+        match kernel::make_dir(dir) {
             Ok(()) => self.created_now.push(dir.to_path_buf()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 // Another tidal process (a concurrent `tidal run`) made it between our check and
-                // mkdir. Its entry may be the one just recorded here, so the entry stays.
+                // mkdir. Its record may be the one just appended here, so the record stays.
                 return Ok(false);
             }
             Err(e) => {
                 if added {
-                    let d = dir.to_path_buf();
                     let _ = self
                         .journal
-                        .forget(|e| matches!(e, Entry::Created { path } if *path == d));
+                        .forget(&[(dir.to_path_buf(), Forgotten::Created)]);
                 }
                 return Err(mkdir_err(dir)(e));
             }
         }
         if version == Version::V1 {
-            self.init_cpuset(dir)?;
+            self.init_cpuset(dir, is_root)?;
         }
         Ok(true)
     }
 
-    /// A v1 cpuset group starts with empty `cpuset.cpus`/`cpuset.mems` and refuses tasks until both are
-    /// set: give it its parent's. Also heals a group another process created but has not filled yet
-    /// (concurrent `tidal run`s), or one left empty by a crash between mkdir and this write.
-    fn init_cpuset(&mut self, dir: &Path) -> Result<(), ActError> {
-        if self.dry_run || !dir.join("cpuset.cpus").exists() {
+    /// A v1 cpuset group starts with empty `cpuset.cpus`/`cpuset.mems` and refuses tasks until both
+    /// are set: give it its parent's. Also heals a group another process created but has not filled
+    /// yet (concurrent `tidal run`s), or one left empty by a crash between mkdir and this write.
+    /// Never climbs above the tidal root.
+    fn init_cpuset(&mut self, dir: &Path, is_root: bool) -> Result<(), ActError> {
+        if self.dry_run || !dir.join(cpuset::CPUS).exists() {
             return Ok(());
         }
         let Some(parent) = dir.parent() else {
             return Ok(());
         };
-        for f in ["cpuset.cpus", "cpuset.mems"] {
+        for f in [cpuset::CPUS, cpuset::MEMS] {
             if !read_file(&dir.join(f))?.trim().is_empty() {
                 continue;
             }
             let mut v = read_file(&parent.join(f))?;
-            if v.trim().is_empty() {
-                self.init_cpuset(parent)?;
+            if v.trim().is_empty() && !is_root {
+                self.init_cpuset(
+                    parent,
+                    self.layout.roots.iter().any(|r| r.root_dir == parent),
+                )?;
                 v = read_file(&parent.join(f))?;
             }
-            match self.write_journalled(&dir.join(f), v.trim()) {
+            match self.write_journalled(&dir.join(f), v.trim(), false) {
                 Ok(_) => {}
                 // Filled by the other process meanwhile.
                 Err(_) if !read_file(&dir.join(f))?.trim().is_empty() => {}
@@ -295,7 +510,7 @@ impl Actuator {
     }
 
     fn enable_v2_controllers(&mut self, parent: &Path) -> Result<(), ActError> {
-        let offered = match read_file(&parent.join("cgroup.controllers")) {
+        let offered = match read_file(&parent.join(CONTROLLERS)) {
             Ok(s) => s,
             Err(e) if e.is_vanished() => return Ok(()),
             Err(e) => return Err(e.into()),
@@ -308,7 +523,7 @@ impl Actuator {
             }
         }
         if let Some(delta) = subtree_delta(&current, &wanted.join(" ")) {
-            self.write_journalled(&parent.join(SUBTREE_CONTROL), &delta)?;
+            self.write_journalled(&parent.join(SUBTREE_CONTROL), &delta, false)?;
         }
         Ok(())
     }
@@ -322,11 +537,12 @@ impl Actuator {
                 path: PathBuf::from("/proc/self/mountinfo"),
             }));
         };
+        let bad = |e: tidal_model::BadPath| ActError::Root(e.to_string());
         for n in 1..10_000 {
             let candidate = if n == 1 {
-                parent.join(name)
+                parent.join(name).map_err(bad)?
             } else {
-                parent.join(&format!("{name}-{n}"))
+                parent.join(&format!("{name}-{n}")).map_err(bad)?
             };
             let dir = primary.dir(&candidate);
             if dir.exists() {
@@ -336,7 +552,7 @@ impl Actuator {
                 info!("dry-run: would create {}", dir.display());
                 return Ok(candidate);
             }
-            if !self.create_dir(&dir, primary.version())? {
+            if !self.create_dir(&dir, primary.version(), false)? {
                 continue;
             }
             self.ensure_group(&candidate)?;
@@ -348,8 +564,8 @@ impl Actuator {
         })
     }
 
-    /// Removes the groups this process created for `group` (its own directories, newest first) and their
-    /// journal entries: used when setting a workload up fails half-way. Shared parents (level groups,
+    /// Removes the groups this process created for `group` (its own directories, newest first) and
+    /// their records: used when setting a workload up fails half-way. Shared parents (level groups,
     /// the tidal root) stay: a concurrent `tidal run` may be about to use them.
     pub fn rollback_created(&mut self, group: &GroupPath) {
         let own = self.layout.group_dirs(group);
@@ -362,60 +578,140 @@ impl Actuator {
             .collect();
         self.created_now.retain(|d| !dirs.contains(d));
         for d in &dirs {
-            if let Err(e) = remove_group_dir(d) {
+            if let Err(e) = kernel::remove_dir_waiting(d, 25) {
                 warn!("rollback: cannot remove {}: {e}", d.display());
             }
         }
-        let gone: Vec<PathBuf> = dirs.into_iter().filter(|d| !d.exists()).collect();
-        if let Err(e) = self
-            .journal
-            .forget(|e| matches!(e, Entry::Created { path } if gone.contains(path)))
-        {
+        let gone: Vec<(PathBuf, Forgotten)> = dirs
+            .into_iter()
+            .filter(|d| !d.exists())
+            .map(|d| (d, Forgotten::Created))
+            .collect();
+        if let Err(e) = self.journal.forget(&gone) {
             warn!("rollback: {e}");
         }
     }
 
-    /// Removes an empty group from every hierarchy (deepest hierarchy dirs are leaves: one rmdir each)
-    /// and drops its journal entries. A group that still has tasks is left alone.
+    /// Removes an empty group from every hierarchy (one rmdir each, no waiting) and drops its
+    /// records. A group with tasks is left alone; one whose tasks are still exiting is `Busy`.
     pub fn remove_group(&mut self, group: &GroupPath) -> Result<Outcome, ActError> {
+        self.remove_group_inner(group, 0)
+    }
+
+    /// [`Actuator::remove_group`], waiting up to `tries` × 20 ms for exiting tasks (commands that may
+    /// wait; never the agent's tick).
+    pub fn remove_group_waiting(
+        &mut self,
+        group: &GroupPath,
+        tries: u32,
+    ) -> Result<Outcome, ActError> {
+        self.remove_group_inner(group, tries)
+    }
+
+    fn remove_group_inner(&mut self, group: &GroupPath, tries: u32) -> Result<Outcome, ActError> {
         if group.is_root() {
             return Ok(Outcome::Unchanged);
         }
-        if self.layout.has_procs(group) {
+        if self.layout.has_procs(&Target::Tidal(group.clone())) {
             return Ok(Outcome::Unchanged);
         }
         if self.dry_run {
             info!("dry-run: would remove group {group}");
             return Ok(Outcome::DryRun);
         }
-        let dirs = self.layout.group_dirs(group);
         let mut removed = Vec::new();
-        for d in &dirs {
-            match remove_group_dir(d) {
-                Ok(()) => removed.push(d.clone()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => removed.push(d.clone()),
-                Err(e) => {
-                    return Err(ActError::Cgroup(CgroupError::Remove {
-                        path: d.clone(),
-                        source: e,
-                    }))
+        let mut busy = false;
+        for d in self.layout.group_dirs(group) {
+            match kernel::remove_dir_waiting(&d, tries) {
+                Ok(()) => removed.push(d),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => removed.push(d),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => busy = true,
+                Err(e) => return Err(rmdir_err(&d)(e)),
+            }
+        }
+        let mut forget: Vec<(PathBuf, Forgotten)> = Vec::new();
+        let (live, _) = self.journal.live()?;
+        for (p, _, _) in &live.originals {
+            if p.parent().is_some_and(|d| removed.iter().any(|r| r == d)) {
+                forget.push((p.clone(), Forgotten::Original));
+            }
+        }
+        forget.extend(removed.iter().map(|d| (d.clone(), Forgotten::Created)));
+        self.journal.forget(&forget)?;
+        Ok(if busy {
+            Outcome::Busy
+        } else {
+            Outcome::Written
+        })
+    }
+
+    /// Kills every task at or below `group` and removes the group and every group below it, leaves
+    /// first, waiting for exiting tasks: for sandboxes tidal owns whole (the benchmark's). `group` may
+    /// be the root itself, which is removed too unless systemd owns it (a scope goes away by itself
+    /// once empty). Returns the groups it could not remove.
+    pub fn purge(&mut self, group: &GroupPath) -> Result<Vec<PathBuf>, ActError> {
+        if self.dry_run {
+            info!("dry-run: would kill and remove {group} and everything below it");
+            return Ok(Vec::new());
+        }
+        let mut groups = vec![group.clone()];
+        let mut i = 0;
+        while i < groups.len() {
+            let g = groups[i].clone();
+            if let Ok(children) = self.layout.children(&g) {
+                groups.extend(children.iter().filter_map(|c| g.join(c).ok()));
+            }
+            i += 1;
+        }
+        // Kill from the top (cgroup.kill and the freezer act on whole subtrees), then remove leaves
+        // first.
+        let mut left = Vec::new();
+        match self.kill(group) {
+            Ok(_) => {}
+            Err(ActError::Survivors { pids, .. }) => {
+                warn!(
+                    "purge {group}: {} task(s) outlived SIGKILL so far",
+                    pids.len()
+                )
+            }
+            Err(e) => return Err(e),
+        }
+        groups.sort_by_key(|g| std::cmp::Reverse(g.depth()));
+        let mut forget = Vec::new();
+        for g in &groups {
+            if g.is_root() && self.layout.scope.is_some() {
+                continue;
+            }
+            for d in self.layout.group_dirs(g) {
+                match kernel::remove_dir_waiting(&d, 50) {
+                    Ok(()) => forget.push((d, Forgotten::Created)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        forget.push((d, Forgotten::Created))
+                    }
+                    Err(e) => {
+                        warn!("purge: cannot remove {}: {e}", d.display());
+                        left.push(d);
+                    }
                 }
             }
         }
-        self.journal.forget(|e| match e {
-            Entry::Created { path } => removed.contains(path),
-            Entry::Original { path, .. } => path
-                .parent()
-                .is_some_and(|p| removed.iter().any(|r| r == p)),
-        })?;
-        Ok(Outcome::Written)
+        let (live, _) = self.journal.live()?;
+        for (p, _, _) in &live.originals {
+            if p.parent()
+                .is_some_and(|d| forget.iter().any(|(r, _)| r == d))
+            {
+                forget.push((p.clone(), Forgotten::Original));
+            }
+        }
+        self.journal.forget(&forget)?;
+        Ok(left)
     }
 
     /// Moves a task back to the cgroups this process started in (after a failed move).
     pub fn move_pid_home(&mut self, pid: u32) {
-        for r in &self.layout.roots {
-            let p = r.hierarchy.dir(&r.hierarchy.self_path).join("cgroup.procs");
-            if let Err(e) = write_file(&p, &pid.to_string()) {
+        for dir in self.layout.self_dirs() {
+            let p = dir.join(PROCS);
+            if let Err(e) = kernel::write_file(&p, &pid.to_string()) {
                 warn!("cannot move pid {pid} back to {}: {e}", p.display());
             }
         }
@@ -424,47 +720,100 @@ impl Actuator {
     /// Moves a task into the group in every hierarchy tidal uses.
     pub fn move_pid(&mut self, group: &GroupPath, pid: u32) -> Result<(), ActError> {
         for dir in self.layout.group_dirs(group) {
-            let p = dir.join("cgroup.procs");
+            let p = dir.join(PROCS);
             if self.dry_run {
                 info!("dry-run: would move pid {pid} to {}", p.display());
                 continue;
             }
-            write_file(&p, &pid.to_string())?;
+            kernel::write_file(&p, &pid.to_string())?;
         }
         Ok(())
     }
 
-    /// Kills every task of the group: `cgroup.kill` where it exists, else SIGKILL per task.
-    pub fn kill(&mut self, group: &GroupPath) -> Result<Outcome, ActError> {
-        if self.dry_run {
-            info!("dry-run: would kill every task of {group}");
-            return Ok(Outcome::DryRun);
-        }
-        if let Some(u) = self.layout.unified() {
-            let p = u.dir(group).join(KILL);
-            if p.exists() {
-                match write_file(&p, "1") {
-                    Ok(()) => return Ok(Outcome::Written),
-                    Err(e) if e.is_vanished() => return Ok(Outcome::Vanished),
-                    Err(e) => return Err(e.into()),
+    /// Every task in the group and below it, in any hierarchy tidal uses.
+    fn tasks(&self, group: &GroupPath) -> Result<Vec<i32>, ActError> {
+        fn walk(dir: &Path, out: &mut Vec<i32>) -> Result<(), CgroupError> {
+            match read_procs(&dir.join(PROCS)) {
+                Ok(p) => out.extend(p),
+                Err(e) if e.is_vanished() => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        walk(&e.path(), out)?;
+                    }
                 }
             }
+            Ok(())
         }
-        let Some(primary) = self.layout.primary() else {
-            return Ok(Outcome::Unsupported);
-        };
-        let procs = primary.dir(group).join("cgroup.procs");
-        let pids = match read_procs(&procs) {
-            Ok(p) => p,
-            Err(e) if e.is_vanished() => return Ok(Outcome::Vanished),
-            Err(e) => return Err(e.into()),
-        };
-        for pid in pids {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
+        let mut out = Vec::new();
+        for d in self.layout.group_dirs(group) {
+            walk(&d, &mut out)?;
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Kills every task of the group and below: `cgroup.kill` where the kernel has it, else freeze,
+    /// SIGKILL every task, thaw (so frozen tasks can die); then checks the group emptied (≤ 200 ms)
+    /// and reports the tasks that survived. A group with no task is left alone.
+    pub fn kill(&mut self, group: &GroupPath) -> Result<Outcome, ActError> {
+        let dir = self
+            .layout
+            .primary()
+            .map(|r| r.dir(group))
+            .unwrap_or_default();
+        let pids = self.tasks(group)?;
+        if pids.is_empty() {
+            return Ok(if dir.exists() {
+                Outcome::Unchanged
+            } else {
+                Outcome::Vanished
+            });
+        }
+        if self.dry_run {
+            info!("dry-run: would kill the {} task(s) of {group}", pids.len());
+            return Ok(Outcome::DryRun);
+        }
+        let target = Target::Tidal(group.clone());
+        let kill_file = self.layout.unified().map(|u| u.dir(group).join(KILL));
+        match kill_file.filter(|p| p.exists()) {
+            Some(p) => kernel::write_file(&p, "1")?,
+            None => {
+                self.set(&target, Knob::Freeze, &KnobValue::Bool(true))?;
+                let mut sent = std::collections::HashSet::new();
+                // Forks between the read and the freeze land in the group: read until no new task.
+                for _ in 0..8 {
+                    let now = self.tasks(group)?;
+                    let fresh: Vec<i32> = now.into_iter().filter(|p| sent.insert(*p)).collect();
+                    if fresh.is_empty() {
+                        break;
+                    }
+                    for pid in fresh {
+                        kernel::signal(pid, libc::SIGKILL)
+                            .map_err(|source| ActError::Signal { pid, source })?;
+                    }
+                }
+                self.set(&target, Knob::Freeze, &KnobValue::Bool(false))?;
             }
         }
-        Ok(Outcome::Written)
+        self.stats.writes += 1;
+        let deadline = Instant::now() + KILL_WAIT;
+        loop {
+            let left = self.tasks(group)?;
+            if left.is_empty() {
+                return Ok(Outcome::Written);
+            }
+            if Instant::now() >= deadline {
+                self.stats.kill_survivors += left.len() as u64;
+                return Err(ActError::Survivors {
+                    group: dir,
+                    pids: left,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

@@ -13,26 +13,48 @@ pub enum ActError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{knob} is not supported on this host (no hierarchy carries its controller)")]
-    Unsupported { knob: Knob },
     #[error("cannot encode {knob}: {reason}")]
     Encode { knob: Knob, reason: String },
     #[error("cannot claim a group named '{name}' under {parent}: all candidates exist")]
     NoFreeName { parent: PathBuf, name: String },
+    #[error("{} task(s) of {group} survived SIGKILL: {pids:?}", pids.len())]
+    Survivors { group: PathBuf, pids: Vec<i32> },
+    #[error("cannot signal pid {pid}: {source}")]
+    Signal { pid: i32, source: std::io::Error },
+    #[error("the tidal root {root} is held by a running agent (pid {pid}); stop it first, or use --force")]
+    Locked { root: PathBuf, pid: String },
+    #[error("lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Root(String),
+    #[error("systemd: {0}")]
+    Systemd(String),
 }
 
 impl ActError {
     pub fn is_permission(&self) -> bool {
-        match self {
-            ActError::Cgroup(e) => e.is_permission(),
-            ActError::Journal { source, .. } => matches!(
-                source.raw_os_error(),
-                Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)
-            ),
-            _ => false,
-        }
+        let errno = match self {
+            ActError::Cgroup(e) => return e.is_permission(),
+            ActError::Journal { source, .. }
+            | ActError::Lock { source, .. }
+            | ActError::Signal { source, .. } => source.raw_os_error(),
+            _ => None,
+        };
+        matches!(
+            errno,
+            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)
+        )
     }
     pub fn is_vanished(&self) -> bool {
         matches!(self, ActError::Cgroup(e) if e.is_vanished())
+    }
+    pub fn is_busy(&self) -> bool {
+        matches!(self, ActError::Cgroup(e) if e.is_busy())
+    }
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, ActError::Cgroup(e) if e.is_rejected())
     }
 }

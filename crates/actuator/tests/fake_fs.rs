@@ -7,8 +7,8 @@ use std::path::Path;
 use tidal_actuator::{restore, Actuator, Outcome};
 use tidal_cgroupfs::mountinfo::{parse_mountinfo, parse_proc_cgroup};
 use tidal_cgroupfs::v2::cpu::shares_to_weight;
-use tidal_cgroupfs::{detect_capabilities, Hierarchies, Layout, RootSpec};
-use tidal_model::{GroupPath, Knob, KnobValue, QosLevel};
+use tidal_cgroupfs::{detect_capabilities, Hierarchies, Host, Layout, RootSpec};
+use tidal_model::{GroupPath, Knob, KnobValue, QosLevel, Target};
 use tidal_policy::{level_plan, workload_limits, Limits};
 
 fn write(dir: &Path, files: &[(&str, &str)]) {
@@ -73,7 +73,7 @@ fn fake_v2(tmp: &Path) -> Layout {
                 .unwrap_or_default()
         },
     );
-    Layout::new(h, &RootSpec::Default)
+    Layout::new(h, &RootSpec::Relative("tidal".into()), Host::default())
 }
 
 fn read(p: &Path) -> String {
@@ -111,7 +111,7 @@ fn fake_fs_v2_levels_limits_noop_and_restore() {
     assert_eq!(caps.cpus.to_string(), "0-3");
 
     let state = tmp.path().join("state");
-    let mut act = Actuator::new(layout, &state, false).unwrap();
+    let mut act = Actuator::new(layout.clone(), &state, false).unwrap();
     let mut plan = level_plan(QosLevel::Offline, &caps);
     plan.extend(level_plan(QosLevel::OfflineLow, &caps));
     plan.extend(level_plan(QosLevel::OnlineCritical, &caps));
@@ -144,9 +144,9 @@ fn fake_fs_v2_levels_limits_noop_and_restore() {
     );
 
     // Applying the same plan again writes nothing: the lossy shares→weight value compares equal.
-    let before = act.writes;
+    let before = act.stats().writes;
     let again = act.apply(&plan);
-    assert_eq!(act.writes, before);
+    assert_eq!(act.stats().writes, before);
     assert!(
         again
             .iter()
@@ -156,13 +156,18 @@ fn fake_fs_v2_levels_limits_noop_and_restore() {
 
     // Freeze through cgroup.freeze.
     assert_eq!(
-        act.set(&db, Knob::Freeze, &KnobValue::Bool(true)).unwrap(),
+        act.set(
+            &Target::Tidal(db.clone()),
+            Knob::Freeze,
+            &KnobValue::Bool(true)
+        )
+        .unwrap(),
         Outcome::Written
     );
     assert_eq!(read(&root.join("online-critical/db/cgroup.freeze")), "1");
 
     // These groups existed before tidal: restore writes every original back and removes nothing.
-    let rep = restore(&state, false).unwrap();
+    let rep = restore(&layout, &state, false).unwrap();
     assert!(
         rep.failed.is_empty() && rep.removed_groups.is_empty(),
         "{rep:?}"
@@ -179,7 +184,7 @@ fn fake_fs_v2_creating_groups_enables_controllers_in_the_parent() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = fake_v2(tmp.path());
     let state = tmp.path().join("state");
-    let mut act = Actuator::new(layout, &state, false).unwrap();
+    let mut act = Actuator::new(layout.clone(), &state, false).unwrap();
     act.ensure_group(&GroupPath::new("online").unwrap())
         .unwrap();
     let base = tmp.path().join("cgroup/work.slice");
@@ -189,7 +194,7 @@ fn fake_fs_v2_creating_groups_enables_controllers_in_the_parent() {
         read(&base.join("cgroup.subtree_control")),
         "+cpu +cpuset +memory +io"
     );
-    let rep = restore(&state, false).unwrap();
+    let rep = restore(&layout, &state, false).unwrap();
     assert_eq!(rep.removed_groups.len(), 2, "{rep:?}");
     assert!(!base.join("tidal").exists());
 }
@@ -221,18 +226,18 @@ fn fake_fs_openeuler_offline_parent_gets_qos_level() {
         &parse_proc_cgroup("1:cpu:/\n"),
         |_| vec![],
     );
-    let layout = Layout::new(h, &RootSpec::Default);
+    let layout = Layout::new(h, &RootSpec::Relative("tidal".into()), Host::default());
     let caps = detect_capabilities(&layout);
     assert!(caps.has(Knob::CpuQosLevel));
     assert!(!caps.has(Knob::CpuIdle), "this fake kernel has no cpu.idle");
     let state = tmp.path().join("state");
-    let mut act = Actuator::new(layout, &state, false).unwrap();
+    let mut act = Actuator::new(layout.clone(), &state, false).unwrap();
     let res = act.apply(&level_plan(QosLevel::Offline, &caps));
     assert!(res.iter().all(|a| a.result.is_ok()), "{res:?}");
     assert_eq!(read(&cpu.join("tidal/offline/cpu.qos_level")), "-1");
     // No idle-class write was attempted on a kernel that uses qos_level.
     assert!(!cpu.join("tidal/offline/cpu.idle").exists());
-    restore(&state, false).unwrap();
+    restore(&layout, &state, false).unwrap();
     assert_eq!(read(&cpu.join("tidal/offline/cpu.qos_level")), "0");
 }
 
@@ -254,8 +259,12 @@ fn fake_fs_dry_run_writes_nothing_and_vanished_groups_are_normal() {
     let mut act = Actuator::new(layout, &state, false).unwrap();
     let gone = GroupPath::new("online/ended-job").unwrap();
     assert_eq!(
-        act.set(&gone, Knob::CpuWeight, &KnobValue::Shares(1024))
-            .unwrap(),
+        act.set(
+            &Target::Tidal(gone),
+            Knob::CpuWeight,
+            &KnobValue::Shares(1024)
+        )
+        .unwrap(),
         Outcome::Vanished
     );
 }

@@ -1,8 +1,14 @@
-//! Capability detection: which knobs have files here, PSI, group kill, cpuset semantics, CPUs.
+//! Capability detection: which knobs tidal's root can use here, PSI, group kill, cpuset semantics, CPUs.
+//! On v2 a controller is usable in the root only if the root's parent offers it and tidal may enable
+//! it there: a parent that holds processes cannot pass controllers down (the no-internal-process
+//! rule), which is why [`controller_reach`] says why not, for `tidal doctor`.
 
+use crate::controller;
+use crate::cpuset;
 use crate::hierarchy::Version;
-use crate::layout::{read_file, Layout};
-use std::path::Path;
+use crate::layout::{read_file, read_procs, HierarchyRoot, Layout, PROCS};
+use crate::v2::core::{CONTROLLERS, SUBTREE_CONTROL};
+use std::path::{Path, PathBuf};
 use tidal_model::{Capabilities, CpuSet, Knob};
 
 /// Kernel release as (major, minor), from uname.
@@ -20,31 +26,19 @@ pub fn kernel_release() -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// Does `knob` have its file(s) where tidal's groups will be? Checks the tidal root if it exists, else
-/// the group it will be created in. A v2 root cgroup lacks controller files, so there the controller's
-/// presence in `cgroup.controllers` decides.
-pub fn knob_supported(layout: &Layout, knob: Knob) -> bool {
-    let Some((r, version, spec)) = layout.knob_target(knob) else {
-        return false;
-    };
-    let probe = nearest_existing(&r.root_dir, &r.hierarchy.mount);
-    if spec.files.iter().all(|f| probe.join(f).exists()) {
-        return true;
+/// The first kernel with each v2 file that exists only on newer kernels.
+fn v2_min_kernel(knob: Knob) -> (u32, u32) {
+    match knob {
+        Knob::CpuIdle => (5, 15),
+        Knob::CpuBurst => (5, 14),
+        Knob::Freeze => (5, 2),
+        _ => (4, 5),
     }
-    if version == Version::V2 && probe == r.hierarchy.mount {
-        return match spec.controller {
-            None => kernel_version().is_some_and(|v| v >= (5, 2)),
-            Some(c) => read_file(&probe.join("cgroup.controllers"))
-                .map(|s| s.split_whitespace().any(|x| x == c))
-                .unwrap_or(false),
-        };
-    }
-    false
 }
 
-/// The tidal root if it exists, else its nearest existing ancestor (the root may be created later,
+/// The root if it exists, else its nearest existing ancestor (the root may be created later,
 /// several levels down), never above the hierarchy's mount.
-fn nearest_existing(dir: &Path, mount: &Path) -> std::path::PathBuf {
+pub fn nearest_existing(dir: &Path, mount: &Path) -> PathBuf {
     let mut d = dir;
     while !d.exists() && d != mount {
         match d.parent() {
@@ -53,6 +47,105 @@ fn nearest_existing(dir: &Path, mount: &Path) -> std::path::PathBuf {
         }
     }
     d.to_path_buf()
+}
+
+/// Whether a v2 controller can reach tidal's root, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// The root has it, or tidal can enable it on the way down.
+    Yes,
+    /// Where the chain breaks and why.
+    No { at: PathBuf, why: String },
+}
+
+fn words(p: &Path) -> Vec<String> {
+    read_file(p)
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Can `controller` be had in the unified root? Walks from the nearest existing directory: it must be
+/// offered there (`cgroup.controllers`) and, below the mount, either already passed down
+/// (`cgroup.subtree_control`) or passable (no processes there).
+pub fn controller_reach(layout: &Layout, controller: &str) -> Reach {
+    let Some(u) = layout.unified() else {
+        return Reach::No {
+            at: PathBuf::from("/proc/self/mountinfo"),
+            why: "no cgroup2 mount".into(),
+        };
+    };
+    let mount = &u.hierarchy.mount;
+    // A delegated scope that does not exist yet gets every controller systemd has at the top.
+    let probe = if layout.scope.is_some() && !u.root_dir.exists() {
+        mount.clone()
+    } else {
+        nearest_existing(&u.root_dir, mount)
+    };
+    if !words(&probe.join(CONTROLLERS))
+        .iter()
+        .any(|c| c == controller)
+    {
+        return Reach::No {
+            why: format!(
+                "not offered to {} (its parent does not delegate it)",
+                probe.display()
+            ),
+            at: probe,
+        };
+    }
+    if probe == u.root_dir || probe == *mount || layout.scope.is_some() {
+        return Reach::Yes;
+    }
+    if words(&probe.join(SUBTREE_CONTROL))
+        .iter()
+        .any(|c| c == controller)
+    {
+        return Reach::Yes;
+    }
+    match read_procs(&probe.join(PROCS)) {
+        Ok(p) if !p.is_empty() => Reach::No {
+            why: format!(
+                "{} holds {} process(es), so it cannot pass controllers to child groups (cgroup v2's no-internal-process rule)",
+                probe.display(),
+                p.len()
+            ),
+            at: probe,
+        },
+        _ => Reach::Yes,
+    }
+}
+
+/// Does `knob` have its file(s) where tidal's groups will be?
+pub fn knob_supported(layout: &Layout, knob: Knob) -> bool {
+    let Some((r, c)) = layout.knob_target(knob) else {
+        return false;
+    };
+    let files = c.files(knob);
+    if r.root_dir.exists() {
+        return files.iter().all(|f| r.root_dir.join(f).exists())
+            || (r.version() == Version::V2 && offered_below_root(r, c));
+    }
+    match r.version() {
+        Version::V1 => {
+            let probe = nearest_existing(&r.root_dir, &r.hierarchy.mount);
+            files.iter().all(|f| probe.join(f).exists())
+        }
+        Version::V2 => {
+            kernel_version().is_some_and(|v| v >= v2_min_kernel(knob))
+                && c.controller()
+                    .is_none_or(|name| controller_reach(layout, name) == Reach::Yes)
+        }
+    }
+}
+
+/// An existing v2 root whose children will get the controller (tidal enables it in the root).
+fn offered_below_root(r: &HierarchyRoot, c: &dyn controller::Controller) -> bool {
+    match c.controller() {
+        None => true,
+        Some(name) => words(&r.root_dir.join(CONTROLLERS))
+            .iter()
+            .any(|x| x == name),
+    }
 }
 
 fn read_set(p: &Path) -> Option<CpuSet> {
@@ -75,13 +168,13 @@ pub fn detect_capabilities(layout: &Layout) -> Capabilities {
             .exists()
     });
     let group_kill = layout.unified().is_some() && kernel_version().is_some_and(|v| v >= (5, 14));
-    let cpuset = layout.owner("cpuset");
-    let (cpus, mems) = match cpuset {
+    let owner = layout.owner("cpuset");
+    let (cpus, mems) = match owner {
         Some(r) => {
             let base = nearest_existing(&r.base_dir(), &r.hierarchy.mount);
             let (c, m) = match r.version() {
-                Version::V1 => ("cpuset.effective_cpus", "cpuset.effective_mems"),
-                Version::V2 => ("cpuset.cpus.effective", "cpuset.mems.effective"),
+                Version::V1 => (cpuset::V1_EFFECTIVE_CPUS, cpuset::V1_EFFECTIVE_MEMS),
+                Version::V2 => (cpuset::V2_EFFECTIVE_CPUS, cpuset::V2_EFFECTIVE_MEMS),
             };
             (read_set(&base.join(c)), read_set(&base.join(m)))
         }
@@ -97,8 +190,78 @@ pub fn detect_capabilities(layout: &Layout) -> Capabilities {
         knobs,
         psi,
         group_kill,
-        cpuset_v1: cpuset.is_some_and(|r| r.version() == Version::V1),
+        cpuset_v1: owner.is_some_and(|r| r.version() == Version::V1),
         cpus,
         mems,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hierarchy::Hierarchies;
+    use crate::layout::{Host, RootSpec};
+    use crate::mountinfo::{parse_mountinfo, parse_proc_cgroup};
+
+    /// A fake v2 tree laid out as systemd does for an ssh session, with only memory and pids
+    /// delegated below the top.
+    fn fake_session_tree(m: &Path) -> Hierarchies {
+        let session = m.join("user.slice/user-0.slice/session-1.scope");
+        std::fs::create_dir_all(&session).unwrap();
+        std::fs::write(m.join(CONTROLLERS), "cpuset cpu io memory pids\n").unwrap();
+        std::fs::write(m.join(SUBTREE_CONTROL), "cpuset cpu io memory pids\n").unwrap();
+        for d in ["user.slice", "user.slice/user-0.slice"] {
+            std::fs::write(m.join(d).join(CONTROLLERS), "memory pids\n").unwrap();
+            std::fs::write(m.join(d).join(SUBTREE_CONTROL), "memory pids\n").unwrap();
+        }
+        std::fs::write(session.join(CONTROLLERS), "memory pids\n").unwrap();
+        std::fs::write(session.join(SUBTREE_CONTROL), "").unwrap();
+        std::fs::write(session.join(PROCS), "1\n77\n").unwrap();
+        let mi = format!("1 1 0:1 / {} rw - cgroup2 cgroup2 rw\n", m.display());
+        Hierarchies::from_parts(
+            &parse_mountinfo(&mi),
+            &parse_proc_cgroup("0::/user.slice/user-0.slice/session-1.scope\n"),
+            |_| {
+                vec![
+                    "cpuset".into(),
+                    "cpu".into(),
+                    "io".into(),
+                    "memory".into(),
+                    "pids".into(),
+                ]
+            },
+        )
+    }
+
+    #[test]
+    fn fake_fs_session_scope_explains_why_cpu_is_missing_under_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = fake_session_tree(tmp.path());
+        // A root under the session scope cannot get cpu: the scope is not offered it.
+        let l = Layout::new(
+            h.clone(),
+            &RootSpec::Relative("tidal".into()),
+            Host::default(),
+        );
+        match controller_reach(&l, "cpu") {
+            Reach::No { why, at } => {
+                assert!(why.contains("not offered"), "{why}");
+                assert!(at.ends_with("session-1.scope"), "{}", at.display());
+            }
+            Reach::Yes => panic!("cpu reachable under a session scope"),
+        }
+        // memory is offered, but the scope holds processes: it cannot be passed down.
+        match controller_reach(&l, "memory") {
+            Reach::No { why, .. } => assert!(why.contains("no-internal-process"), "{why}"),
+            Reach::Yes => panic!("memory reachable under a populated scope"),
+        }
+        assert!(!knob_supported(&l, Knob::CpuWeight));
+        // The default root on this host (no systemd) is a top-level group: everything reachable.
+        let l = Layout::new(h.clone(), &RootSpec::default(), Host { systemd: false });
+        assert_eq!(controller_reach(&l, "cpu"), Reach::Yes);
+        assert!(knob_supported(&l, Knob::CpuWeight));
+        // Under systemd, a delegated scope gets what the top has.
+        let l = Layout::new(h, &RootSpec::default(), Host { systemd: true });
+        assert_eq!(controller_reach(&l, "cpuset"), Reach::Yes);
     }
 }

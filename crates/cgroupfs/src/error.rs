@@ -69,6 +69,17 @@ impl CgroupError {
         )
     }
 
+    /// The kernel refused the value as such (EINVAL) or the file as such (EOPNOTSUPP): for a knob
+    /// this means "unsupported here" and is not retried until the next slow re-probe.
+    pub fn is_rejected(&self) -> bool {
+        matches!(self.errno(), Some(libc::EINVAL) | Some(libc::EOPNOTSUPP))
+    }
+
+    /// The group is busy (rmdir with tasks or children, v1 cpuset shrink below a child).
+    pub fn is_busy(&self) -> bool {
+        self.errno() == Some(libc::EBUSY)
+    }
+
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
             CgroupError::Read { path, .. }

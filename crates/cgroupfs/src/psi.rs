@@ -42,8 +42,8 @@ pub struct PsiLine {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Psi {
     pub some: PsiLine,
-    /// Absent for the system-wide cpu file on old kernels; zero then.
-    pub full: PsiLine,
+    /// Absent from the system-wide cpu file on kernels before 5.13.
+    pub full: Option<PsiLine>,
 }
 
 fn parse_line(rest: &str) -> std::result::Result<PsiLine, String> {
@@ -54,10 +54,18 @@ fn parse_line(rest: &str) -> std::result::Result<PsiLine, String> {
             .split_once('=')
             .ok_or_else(|| format!("'{kv}' is not key=value"))?;
         let bad = || format!("bad number in '{kv}'");
+        let pct = || -> std::result::Result<f64, String> {
+            let x: f64 = v.parse().map_err(|_| bad())?;
+            if x.is_finite() && (0.0..=100.0).contains(&x) {
+                Ok(x)
+            } else {
+                Err(format!("'{kv}' is not a percentage"))
+            }
+        };
         match k {
-            "avg10" => l.avg10 = v.parse().map_err(|_| bad())?,
-            "avg60" => l.avg60 = v.parse().map_err(|_| bad())?,
-            "avg300" => l.avg300 = v.parse().map_err(|_| bad())?,
+            "avg10" => l.avg10 = pct()?,
+            "avg60" => l.avg60 = pct()?,
+            "avg300" => l.avg300 = pct()?,
             "total" => l.total_us = v.parse().map_err(|_| bad())?,
             _ => continue,
         }
@@ -78,7 +86,7 @@ pub fn parse_psi(text: &str) -> std::result::Result<Psi, String> {
             psi.some = parse_line(rest)?;
             some = true;
         } else if let Some(rest) = line.strip_prefix("full ") {
-            psi.full = parse_line(rest)?;
+            psi.full = Some(parse_line(rest)?);
         }
     }
     if !some {
@@ -110,7 +118,9 @@ mod tests {
         assert_eq!(p.some.avg10, 1.53);
         assert_eq!(p.some.avg300, 0.5);
         assert_eq!(p.some.total_us, 3_730_009);
-        assert_eq!(p.full.total_us, 0);
+        assert_eq!(p.full.map(|f| f.total_us), Some(0));
+        let old = parse_psi("some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n").unwrap();
+        assert!(old.full.is_none());
     }
 
     #[test]
@@ -118,5 +128,21 @@ mod tests {
         assert!(parse_psi("").is_err());
         assert!(parse_psi("some avg10=x avg60=0 avg300=0 total=0").is_err());
         assert!(parse_psi("some avg10=1.0").is_err());
+        assert!(parse_psi("some avg10=nan avg60=0 avg300=0 total=0").is_err());
+        assert!(parse_psi("some avg10=-1 avg60=0 avg300=0 total=0").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_errors_name_the_content(t in "\\PC{0,120}") {
+            let _ = parse_psi(&t);
+        }
+
+        #[test]
+        fn well_formed_lines_parse(a in 0.0f64..100.0, total in 0u64..u64::MAX) {
+            let t = format!("some avg10={a:.2} avg60=0.00 avg300=0.00 total={total}\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n");
+            let p = parse_psi(&t).unwrap();
+            proptest::prop_assert_eq!(p.some.total_us, total);
+        }
     }
 }

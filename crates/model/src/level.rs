@@ -1,5 +1,6 @@
 //! QoS levels (openEuler's multi-priority model) and where each level lives under the tidal root.
 
+use crate::path::GroupPath;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -62,6 +63,16 @@ impl QosLevel {
             QosLevel::Offline => "offline/offline",
             QosLevel::OfflineLow => "offline/offline-low",
         }
+    }
+
+    /// The level's group as a checked path.
+    pub fn group_path(self) -> GroupPath {
+        GroupPath::trusted(self.group())
+    }
+
+    /// The shared parent of the offline levels.
+    pub fn offline_parent() -> GroupPath {
+        GroupPath::trusted(OFFLINE_PARENT)
     }
 
     /// Finds the level whose group is `path` (relative to the tidal root).

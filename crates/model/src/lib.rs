@@ -5,6 +5,7 @@ pub mod caps;
 pub mod cpuset;
 pub mod knob;
 pub mod level;
+pub mod path;
 pub mod plan;
 pub mod snapshot;
 
@@ -12,5 +13,6 @@ pub use caps::Capabilities;
 pub use cpuset::CpuSet;
 pub use knob::{Knob, KnobValue};
 pub use level::{QosLevel, UnknownLevel};
-pub use plan::{Action, GroupPath, Op, Plan};
+pub use path::{BadPath, ForeignGroup, GroupPath, Target};
+pub use plan::{Action, Cause, Op, Plan, Remember};
 pub use snapshot::{Pressure, Snapshot, WorkloadPressure, WorkloadSnapshot};

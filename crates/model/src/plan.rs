@@ -1,155 +1,265 @@
 //! A plan: the ordered list of actions the policy decided, each with the reason for it. The actuator
 //! applies actions in order, which matters where the kernel demands it (v1 cpusets shrink bottom-up).
+//!
+//! Only a set can address a group another manager owns ([`Target::Foreign`]); creating, removing and
+//! killing take a [`GroupPath`] under the tidal root. The JSON form is flat:
+//! `{"group": "offline", "op": "set", "knob": "cpu-idle", "value": {"bool": true}, "reason": "…"}`,
+//! with `"foreign": "kubepods/besteffort/pod…"` instead of `"group"` for a foreign set.
 
+use crate::path::{ForeignGroup, GroupPath, Target};
 use crate::{Knob, KnobValue};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A group path relative to the tidal root, `/`-separated, without leading or trailing `/`.
-/// The empty path is the tidal root itself.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct GroupPath(String);
+/// The fixed category of an action's reason (a metrics label and the key of what the agent reports).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// Level settings (and their drift repair).
+    #[default]
+    Static,
+    /// Offline pushed off CPUs online needs.
+    Confine,
+    /// Offline given CPUs back, or a tightening step released.
+    Release,
+    /// Online suffers interference (pressure, latency objective, run-queue latency).
+    Interference,
+    /// Node memory is short.
+    Memory,
+    /// Groups of ended workloads removed.
+    Cleanup,
+    /// The agent is stopping.
+    Shutdown,
+}
 
-impl GroupPath {
-    pub fn root() -> Self {
-        GroupPath(String::new())
-    }
-    /// Normalises `a//b/` to `a/b`; refuses `..` so a path can never leave the tidal root.
-    pub fn new(p: &str) -> Option<Self> {
-        let parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
-        if parts.iter().any(|s| *s == ".." || *s == ".") {
-            return None;
+impl Cause {
+    pub const ALL: [Cause; 7] = [
+        Cause::Static,
+        Cause::Confine,
+        Cause::Release,
+        Cause::Interference,
+        Cause::Memory,
+        Cause::Cleanup,
+        Cause::Shutdown,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::Static => "static",
+            Cause::Confine => "confine",
+            Cause::Release => "release",
+            Cause::Interference => "interference",
+            Cause::Memory => "memory",
+            Cause::Cleanup => "cleanup",
+            Cause::Shutdown => "shutdown",
         }
-        Some(GroupPath(parts.join("/")))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-    pub fn is_root(&self) -> bool {
-        self.0.is_empty()
-    }
-    pub fn join(&self, child: &str) -> Self {
-        let child = child.trim_matches('/');
-        if self.0.is_empty() {
-            GroupPath(child.to_string())
-        } else {
-            GroupPath(format!("{}/{}", self.0, child))
-        }
-    }
-    pub fn parent(&self) -> Option<Self> {
-        if self.0.is_empty() {
-            return None;
-        }
-        Some(match self.0.rsplit_once('/') {
-            Some((p, _)) => GroupPath(p.to_string()),
-            None => GroupPath::root(),
-        })
-    }
-    pub fn name(&self) -> &str {
-        self.0.rsplit('/').next().unwrap_or("")
-    }
-    pub fn depth(&self) -> usize {
-        if self.0.is_empty() {
-            0
-        } else {
-            self.0.split('/').count()
-        }
-    }
-    /// This path and every ancestor below the root, outermost first (`a`, `a/b`, `a/b/c`).
-    pub fn lineage(&self) -> Vec<GroupPath> {
-        let mut out = Vec::new();
-        let mut cur = Some(self.clone());
-        while let Some(p) = cur {
-            if p.is_root() {
-                break;
-            }
-            cur = p.parent();
-            out.push(p);
-        }
-        out.reverse();
-        out
     }
 }
 
-impl fmt::Display for GroupPath {
+impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("<root>")
-        } else {
-            f.write_str(&self.0)
-        }
+        f.write_str(self.name())
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "op")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Create the group in every hierarchy tidal uses, if missing.
-    EnsureGroup,
+    EnsureGroup { group: GroupPath },
     Set {
+        target: Target,
         knob: Knob,
         value: KnobValue,
     },
-    /// Kill every task of the group (memory pressure).
-    Kill,
+    /// Kill every task of the group: freeze, SIGKILL every task, thaw, check it is empty.
+    Kill { group: GroupPath },
     /// Remove the (empty) group from every hierarchy.
-    RemoveGroup,
+    RemoveGroup { group: GroupPath },
+}
+
+impl Op {
+    pub fn target(&self) -> Target {
+        match self {
+            Op::Set { target, .. } => target.clone(),
+            Op::EnsureGroup { group } | Op::Kill { group } | Op::RemoveGroup { group } => {
+                Target::Tidal(group.clone())
+            }
+        }
+    }
+    /// The tidal group the action addresses (None for a foreign set).
+    pub fn group(&self) -> Option<&GroupPath> {
+        match self {
+            Op::Set { target, .. } => target.tidal(),
+            Op::EnsureGroup { group } | Op::Kill { group } | Op::RemoveGroup { group } => {
+                Some(group)
+            }
+        }
+    }
+    /// A short name of the operation (metrics label): the knob for a set.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::EnsureGroup { .. } => "create-group",
+            Op::Set { knob, .. } => knob.name(),
+            Op::Kill { .. } => "kill",
+            Op::RemoveGroup { .. } => "remove-group",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawAction", into = "RawAction")]
 pub struct Action {
-    pub group: GroupPath,
-    #[serde(flatten)]
     pub op: Op,
     pub reason: String,
-    /// A short, fixed category for the reason (metrics label): `static`, `confine`, `release`,
-    /// `interference`, `memory`, `cleanup`, `shutdown`.
-    #[serde(default = "default_cause")]
-    pub cause: String,
+    pub cause: Cause,
 }
 
-fn default_cause() -> String {
-    "static".to_string()
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RawOp {
+    EnsureGroup,
+    Set,
+    Kill,
+    RemoveGroup,
+}
+
+/// The flat wire form of an action.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<GroupPath>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    foreign: Option<ForeignGroup>,
+    op: RawOp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    knob: Option<Knob>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<KnobValue>,
+    reason: String,
+    #[serde(default)]
+    cause: Cause,
+}
+
+impl TryFrom<RawAction> for Action {
+    type Error = String;
+    fn try_from(r: RawAction) -> Result<Self, String> {
+        let target = match (r.group, r.foreign) {
+            (Some(g), None) => Target::Tidal(g),
+            (None, Some(f)) => Target::Foreign(f),
+            (Some(_), Some(_)) => {
+                return Err("an action has either 'group' or 'foreign', not both".into())
+            }
+            (None, None) => return Err("an action needs 'group' (or 'foreign' for a set)".into()),
+        };
+        let tidal = |what: &str| match &target {
+            Target::Tidal(g) => Ok(g.clone()),
+            Target::Foreign(f) => Err(format!(
+                "'{what}' is not allowed on a foreign group ({f}): tidal only sets values there"
+            )),
+        };
+        let op = match r.op {
+            RawOp::Set => match (r.knob, r.value) {
+                (Some(knob), Some(value)) => Op::Set {
+                    target,
+                    knob,
+                    value,
+                },
+                _ => return Err("a set needs 'knob' and 'value'".into()),
+            },
+            RawOp::EnsureGroup => Op::EnsureGroup {
+                group: tidal("ensure-group")?,
+            },
+            RawOp::Kill => Op::Kill {
+                group: tidal("kill")?,
+            },
+            RawOp::RemoveGroup => Op::RemoveGroup {
+                group: tidal("remove-group")?,
+            },
+        };
+        Ok(Action {
+            op,
+            reason: r.reason,
+            cause: r.cause,
+        })
+    }
+}
+
+impl From<Action> for RawAction {
+    fn from(a: Action) -> RawAction {
+        let (target, op, knob, value) = match a.op {
+            Op::EnsureGroup { group } => (Target::Tidal(group), RawOp::EnsureGroup, None, None),
+            Op::Set {
+                target,
+                knob,
+                value,
+            } => (target, RawOp::Set, Some(knob), Some(value)),
+            Op::Kill { group } => (Target::Tidal(group), RawOp::Kill, None, None),
+            Op::RemoveGroup { group } => (Target::Tidal(group), RawOp::RemoveGroup, None, None),
+        };
+        let (group, foreign) = match target {
+            Target::Tidal(g) => (Some(g), None),
+            Target::Foreign(f) => (None, Some(f)),
+        };
+        RawAction {
+            group,
+            foreign,
+            op,
+            knob,
+            value,
+            reason: a.reason,
+            cause: a.cause,
+        }
+    }
 }
 
 impl Action {
     /// Sets the cause category.
-    pub fn because(mut self, cause: &str) -> Self {
-        self.cause = cause.to_string();
+    pub fn because(mut self, cause: Cause) -> Self {
+        self.cause = cause;
         self
     }
-
-    pub fn set(group: GroupPath, knob: Knob, value: KnobValue, reason: impl Into<String>) -> Self {
+    fn new(op: Op, reason: impl Into<String>) -> Self {
         Action {
-            group,
-            op: Op::Set { knob, value },
+            op,
             reason: reason.into(),
-            cause: default_cause(),
+            cause: Cause::Static,
         }
+    }
+    pub fn set(
+        target: impl Into<Target>,
+        knob: Knob,
+        value: KnobValue,
+        reason: impl Into<String>,
+    ) -> Self {
+        Action::new(
+            Op::Set {
+                target: target.into(),
+                knob,
+                value,
+            },
+            reason,
+        )
     }
     pub fn ensure(group: GroupPath, reason: impl Into<String>) -> Self {
-        Action {
-            group,
-            op: Op::EnsureGroup,
-            reason: reason.into(),
-            cause: default_cause(),
-        }
+        Action::new(Op::EnsureGroup { group }, reason)
     }
     pub fn kill(group: GroupPath, reason: impl Into<String>) -> Self {
-        Action {
-            group,
-            op: Op::Kill,
-            reason: reason.into(),
-            cause: default_cause(),
-        }
+        Action::new(Op::Kill { group }, reason)
     }
     pub fn remove(group: GroupPath, reason: impl Into<String>) -> Self {
-        Action {
-            group,
-            op: Op::RemoveGroup,
-            reason: reason.into(),
-            cause: default_cause(),
+        Action::new(Op::RemoveGroup { group }, reason)
+    }
+    /// The tidal group the action addresses (None for a foreign set).
+    pub fn group(&self) -> Option<&GroupPath> {
+        self.op.group()
+    }
+    /// The knob and value of a set.
+    pub fn setting(&self) -> Option<(Knob, &KnobValue)> {
+        match &self.op {
+            Op::Set { knob, value, .. } => Some((*knob, value)),
+            _ => None,
         }
     }
 }
@@ -157,19 +267,35 @@ impl Action {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.op {
-            Op::EnsureGroup => write!(f, "ensure group {} ({})", self.group, self.reason),
-            Op::Set { knob, value } => {
-                write!(f, "set {} {}={} ({})", self.group, knob, value, self.reason)
+            Op::EnsureGroup { group } => write!(f, "ensure group {group} ({})", self.reason),
+            Op::Set {
+                target,
+                knob,
+                value,
+            } => {
+                write!(f, "set {target} {knob}={value} ({})", self.reason)
             }
-            Op::Kill => write!(f, "kill {} ({})", self.group, self.reason),
-            Op::RemoveGroup => write!(f, "remove group {} ({})", self.group, self.reason),
+            Op::Kill { group } => write!(f, "kill {group} ({})", self.reason),
+            Op::RemoveGroup { group } => write!(f, "remove group {group} ({})", self.reason),
         }
     }
 }
 
+/// A knob whose original value the actuator should journal now, ahead of the urgent write that will
+/// need it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Remember {
+    pub target: Target,
+    pub knob: Knob,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Plan {
     pub actions: Vec<Action>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remember: Vec<Remember>,
 }
 
 impl Plan {
@@ -189,20 +315,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn group_paths_normalise_and_refuse_escape() {
-        assert_eq!(GroupPath::new("/a//b/").unwrap().as_str(), "a/b");
-        assert!(GroupPath::new("a/../b").is_none());
-        let p = GroupPath::new("offline/offline/job").unwrap();
-        assert_eq!(p.parent().unwrap().as_str(), "offline/offline");
-        assert_eq!(p.name(), "job");
-        assert_eq!(p.depth(), 3);
-        let l: Vec<_> = p.lineage().iter().map(|g| g.as_str().to_string()).collect();
-        assert_eq!(l, vec!["offline", "offline/offline", "offline/offline/job"]);
-        assert_eq!(GroupPath::root().join("x").as_str(), "x");
-        assert!(GroupPath::new("x").unwrap().parent().unwrap().is_root());
-    }
-
-    #[test]
     fn actions_serialise_with_their_reason() {
         let a = Action::set(
             GroupPath::new("offline").unwrap(),
@@ -217,5 +329,44 @@ mod tests {
         );
         let back: Action = serde_json::from_str(&j).unwrap();
         assert_eq!(back, a);
+    }
+
+    #[test]
+    fn plans_cannot_express_an_escape_or_a_foreign_kill() {
+        for bad in [
+            r#"{"group":"../esc-sibling","op":"ensure-group","reason":"x"}"#,
+            r#"{"group":"..","op":"kill","reason":"x"}"#,
+            r#"{"group":"/etc","op":"remove-group","reason":"x"}"#,
+            r#"{"foreign":"kubepods/pod1","op":"kill","reason":"x"}"#,
+            r#"{"foreign":"kubepods/pod1","op":"ensure-group","reason":"x"}"#,
+            r#"{"group":"a","foreign":"b","op":"set","knob":"cpu-idle","value":{"bool":true},"reason":"x"}"#,
+            r#"{"group":"a","op":"set","reason":"x"}"#,
+            r#"{"group":"a","op":"kill","reason":"x","extra":1}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<Action>(bad).is_err(),
+                "{bad} accepted"
+            );
+        }
+        let ok: Action = serde_json::from_str(
+            r#"{"foreign":"kubepods/besteffort/pod1","op":"set","knob":"cpu-idle","value":{"bool":true},"reason":"x","cause":"confine"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.cause, Cause::Confine);
+        assert!(ok.group().is_none());
+    }
+
+    #[test]
+    fn causes_serialise_as_their_names() {
+        for c in Cause::ALL {
+            assert_eq!(
+                serde_json::to_string(&c).unwrap(),
+                format!("\"{}\"", c.name())
+            );
+        }
+        // A plan without a cause (the older form) reads as static.
+        let a: Action =
+            serde_json::from_str(r#"{"group":"x","op":"ensure-group","reason":"r"}"#).unwrap();
+        assert_eq!(a.cause, Cause::Static);
     }
 }

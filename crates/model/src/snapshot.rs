@@ -1,7 +1,8 @@
 //! A snapshot: what the node and each workload looked like at one instant, as plain data. The
-//! snapshot stage fills it; the pure policy reads it. Time is in it as data (`now_ms`).
+//! snapshot stage fills it; the pure policy reads it. Time is in it as data (`now_ms`). A reading that
+//! could not be taken is `None`, never 0: the policy then holds its last decision for that input.
 
-use crate::{CpuSet, GroupPath, QosLevel};
+use crate::{CpuSet, QosLevel, Target};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -9,7 +10,8 @@ use std::collections::BTreeSet;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pressure {
     pub some_avg10: f64,
-    pub full_avg10: f64,
+    /// None where the kernel has no `full` line (cpu before 5.13).
+    pub full_avg10: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -21,17 +23,27 @@ pub struct WorkloadPressure {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkloadSnapshot {
-    pub group: GroupPath,
+    /// Where the workload's group is: under the tidal root, or in another manager's tree.
+    pub group: Target,
     pub level: QosLevel,
     pub name: String,
-    /// Tasks in the group.
-    pub procs: usize,
+    /// Tidal may create, move into, freeze, kill and remove this workload's groups (local workloads).
+    /// Pods live in the kubelet's tree: tidal only sets values there.
+    #[serde(default = "yes")]
+    pub managed: bool,
+    /// Tasks in the group (None: the count could not be read).
+    pub procs: Option<usize>,
     /// CPUs used over the last stats window.
     pub cpu_usage_cpus: Option<f64>,
+    /// Working set (usage less inactive file cache, as the kubelet counts it).
     pub memory_bytes: Option<u64>,
     pub pressure: WorkloadPressure,
     pub nr_throttled: Option<u64>,
     pub throttled_us: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -41,11 +53,11 @@ pub struct Snapshot {
     /// CPUs available to tidal's root.
     pub cpus: CpuSet,
     /// Busy CPUs on the node over the last tick window, and over the last short sample.
-    pub node_busy_cpus: f64,
-    pub node_busy_short_cpus: f64,
+    pub node_busy_cpus: Option<f64>,
+    pub node_busy_short_cpus: Option<f64>,
     /// CPUs used by all offline work over the same windows.
-    pub offline_usage_cpus: f64,
-    pub offline_usage_short_cpus: f64,
+    pub offline_usage_cpus: Option<f64>,
+    pub offline_usage_short_cpus: Option<f64>,
     /// Highest `cpu.pressure` some avg10 among the online level groups.
     pub online_cpu_psi: Option<f64>,
     /// Highest `cpu.pressure` full avg10 among the online level groups: time when every online task
@@ -57,8 +69,8 @@ pub struct Snapshot {
     pub online_cpu_psi_1s: Option<f64>,
     #[serde(default)]
     pub online_cpu_psi_full_1s: Option<f64>,
-    pub mem_total_bytes: u64,
-    pub mem_available_bytes: u64,
+    pub mem_total_bytes: Option<u64>,
+    pub mem_available_bytes: Option<u64>,
     /// Level groups that exist under the tidal root.
     pub levels_present: BTreeSet<QosLevel>,
     pub workloads: Vec<WorkloadSnapshot>,
@@ -66,11 +78,11 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// CPUs used by everything that is not offline (tidal's online levels, and unmanaged processes,
-    /// which tidal protects as if online).
-    pub fn protected_usage(&self) -> f64 {
-        (self.node_busy_cpus - self.offline_usage_cpus).max(0.0)
+    /// which tidal protects as if online). None when either counter is missing.
+    pub fn protected_usage(&self) -> Option<f64> {
+        Some((self.node_busy_cpus? - self.offline_usage_cpus?).max(0.0))
     }
-    pub fn protected_usage_short(&self) -> f64 {
-        (self.node_busy_short_cpus - self.offline_usage_short_cpus).max(0.0)
+    pub fn protected_usage_short(&self) -> Option<f64> {
+        Some((self.node_busy_short_cpus? - self.offline_usage_short_cpus?).max(0.0))
     }
 }

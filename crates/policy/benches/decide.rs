@@ -1,7 +1,7 @@
 //! Cost of one pure control step as the number of workloads grows (it should grow linearly at most).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use tidal_model::{Capabilities, CpuSet, GroupPath, QosLevel, Snapshot, WorkloadSnapshot};
+use tidal_model::{Capabilities, CpuSet, QosLevel, Snapshot, Target, WorkloadSnapshot};
 use tidal_policy::{decide, Config, PolicyState};
 
 fn snapshot(n: usize) -> Snapshot {
@@ -13,12 +13,16 @@ fn snapshot(n: usize) -> Snapshot {
                 QosLevel::Offline
             };
             WorkloadSnapshot {
-                group: GroupPath::new(level.group())
-                    .unwrap_or_default()
-                    .join(&format!("w{i}")),
+                group: Target::Tidal(
+                    level
+                        .group_path()
+                        .join(&format!("w{i}"))
+                        .expect("valid name"),
+                ),
                 level,
                 name: format!("w{i}"),
-                procs: 1,
+                managed: true,
+                procs: Some(1),
                 cpu_usage_cpus: Some(0.01),
                 memory_bytes: Some(10 << 20),
                 pressure: Default::default(),
@@ -30,16 +34,16 @@ fn snapshot(n: usize) -> Snapshot {
     Snapshot {
         now_ms: 1_000,
         cpus: CpuSet::first_n(16),
-        node_busy_cpus: 9.0,
-        node_busy_short_cpus: 9.0,
-        offline_usage_cpus: 5.0,
-        offline_usage_short_cpus: 5.0,
+        node_busy_cpus: Some(9.0),
+        node_busy_short_cpus: Some(9.0),
+        offline_usage_cpus: Some(5.0),
+        offline_usage_short_cpus: Some(5.0),
         online_cpu_psi: Some(1.0),
         online_cpu_psi_full: Some(0.0),
         online_cpu_psi_1s: Some(1.0),
         online_cpu_psi_full_1s: Some(0.0),
-        mem_total_bytes: 64 << 30,
-        mem_available_bytes: 32 << 30,
+        mem_total_bytes: Some(64 << 30),
+        mem_available_bytes: Some(32 << 30),
         levels_present: workloads.iter().map(|w| w.level).collect(),
         workloads,
     }

@@ -24,16 +24,33 @@ impl<'de> Deserialize<'de> for Millis {
         }
         match Raw::deserialize(d)? {
             Raw::N(n) => Ok(Millis(n)),
-            Raw::S(s) => humantime::parse_duration(s.trim())
-                .map(|d| Millis(d.as_millis() as u64))
-                .map_err(|e| serde::de::Error::custom(format!("invalid duration '{s}': {e}"))),
+            Raw::S(s) => {
+                let d = humantime::parse_duration(s.trim()).map_err(|e| {
+                    serde::de::Error::custom(format!("invalid duration '{s}': {e}"))
+                })?;
+                if d.subsec_nanos() % 1_000_000 != 0 {
+                    return Err(serde::de::Error::custom(format!(
+                        "invalid duration '{s}': tidal counts whole milliseconds (e.g. 10ms, 1s)"
+                    )));
+                }
+                u64::try_from(d.as_millis()).map(Millis).map_err(|_| {
+                    serde::de::Error::custom(format!("invalid duration '{s}': too long"))
+                })
+            }
         }
     }
 }
 
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}ms", self.0)
+        if self.0 == 0 {
+            return f.write_str("0ms");
+        }
+        write!(
+            f,
+            "{}",
+            humantime::format_duration(std::time::Duration::from_millis(self.0))
+        )
     }
 }
 
@@ -215,64 +232,136 @@ fn check(errs: &mut Vec<ConfigError>, ok: bool, field: &str, reason: String) {
     }
 }
 
+fn between(errs: &mut Vec<ConfigError>, field: &str, v: Millis, lo: Millis, hi: Millis) {
+    check(
+        errs,
+        v >= lo && v <= hi,
+        field,
+        format!("must be between {lo} and {hi} (got {v})"),
+    );
+}
+
+fn range_f(errs: &mut Vec<ConfigError>, field: &str, v: f64, lo: f64, hi: f64, unit: &str) {
+    check(
+        errs,
+        v.is_finite() && (lo..=hi).contains(&v),
+        field,
+        format!("must be between {lo} and {hi} {unit} (got {v})"),
+    );
+}
+
+fn range_u(errs: &mut Vec<ConfigError>, field: &str, v: u64, lo: u64, hi: u64) {
+    check(
+        errs,
+        (lo..=hi).contains(&v),
+        field,
+        format!("must be between {lo} and {hi} (got {v})"),
+    );
+}
+
+/// Removes the mapping entry at `path` (to parse the rest again); false if there is none.
+fn remove_path(v: &mut serde_yaml_ng::Value, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut cur = v;
+    for k in parents {
+        match cur.get_mut(k.as_str()) {
+            Some(next) => cur = next,
+            None => return false,
+        }
+    }
+    cur.as_mapping_mut()
+        .and_then(|m| m.remove(last.as_str()))
+        .is_some()
+}
+
 impl Config {
-    /// Parses and validates YAML. An empty document gives the defaults.
+    /// Parses and validates YAML. An empty document gives the defaults. Every bad field is reported,
+    /// one error each: a field that does not parse is set aside and the rest parsed again, so one type
+    /// error does not hide the others.
     pub fn from_yaml(text: &str) -> Result<Config, Vec<ConfigError>> {
-        let cfg: Config = if text.trim().is_empty() {
-            Config::default()
-        } else {
-            let de = serde_yaml_ng::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                let path = e.path().to_string();
-                let field = if path == "." || path.is_empty() {
-                    "(document)".to_string()
-                } else {
-                    path
-                };
-                vec![ConfigError {
-                    field,
-                    reason: e.into_inner().to_string(),
-                }]
-            })?
-        };
-        cfg.validate()?;
-        Ok(cfg)
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            vec![ConfigError {
+                field: "(document)".into(),
+                reason: e.to_string(),
+            }]
+        })?;
+        let mut errs = Vec::new();
+        let mut cfg = None;
+        for _ in 0..64 {
+            match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
+                Ok(c) => {
+                    cfg = Some(c);
+                    break;
+                }
+                Err(e) => {
+                    let path: Vec<String> = e
+                        .path()
+                        .iter()
+                        .filter_map(|s| match s {
+                            serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    let field = if path.is_empty() {
+                        "(document)".to_string()
+                    } else {
+                        path.join(".")
+                    };
+                    errs.push(ConfigError {
+                        field,
+                        reason: e.into_inner().to_string(),
+                    });
+                    if !remove_path(&mut value, &path) {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(c) = &cfg {
+            if let Err(more) = c.validate() {
+                // A field set aside above reads as its default here: no second error for it.
+                let more: Vec<ConfigError> = more
+                    .into_iter()
+                    .filter(|m| !errs.iter().any(|x| x.field == m.field))
+                    .collect();
+                errs.extend(more);
+            }
+        }
+        match cfg {
+            Some(c) if errs.is_empty() => Ok(c),
+            _ => Err(errs),
+        }
     }
 
     pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
         let mut e = Vec::new();
-        check(
+        let tick = self.tick;
+        between(&mut e, "tick", tick, Millis(10), Millis(10_000));
+        between(
             &mut e,
-            (10..=10_000).contains(&self.tick.0),
-            "tick",
-            format!("must be between 10ms and 10s (got {})", self.tick),
-        );
-        check(
-            &mut e,
-            self.sample_interval.0 >= 5 && self.sample_interval <= self.tick,
             "sample_interval",
-            format!(
-                "must be between 5ms and tick ({}) (got {})",
-                self.tick, self.sample_interval
-            ),
+            self.sample_interval,
+            Millis(5),
+            tick,
         );
-        check(
+        between(
             &mut e,
-            self.stats_interval >= self.tick && self.stats_interval.0 <= 60_000,
             "stats_interval",
-            format!(
-                "must be at least tick ({}) and at most 60s (got {})",
-                self.tick, self.stats_interval
-            ),
+            self.stats_interval,
+            tick,
+            Millis(60_000),
         );
-        check(
+        between(
             &mut e,
-            self.static_interval >= self.tick && self.static_interval.0 <= 3_600_000,
             "static_interval",
-            format!(
-                "must be at least tick and at most 1h (got {})",
-                self.static_interval
-            ),
+            self.static_interval,
+            tick,
+            Millis(3_600_000),
         );
         check(
             &mut e,
@@ -280,21 +369,25 @@ impl Config {
             "listen",
             format!(
                 "must be IP:PORT, e.g. 127.0.0.1:9477 (got '{}')",
-                self.listen
+                self.listen.chars().take(80).collect::<String>()
             ),
         );
         let c = &self.cpu;
-        check(
+        range_f(
             &mut e,
-            c.headroom_cpus.is_finite() && (0.0..=1024.0).contains(&c.headroom_cpus),
             "cpu.headroom_cpus",
-            format!("must be between 0 and 1024 CPUs (got {})", c.headroom_cpus),
+            c.headroom_cpus,
+            0.0,
+            1024.0,
+            "CPUs",
         );
-        check(
+        range_f(
             &mut e,
-            c.noise_floor_cpus.is_finite() && (0.0..=1.0).contains(&c.noise_floor_cpus),
             "cpu.noise_floor_cpus",
-            format!("must be between 0 and 1 CPU (got {})", c.noise_floor_cpus),
+            c.noise_floor_cpus,
+            0.0,
+            1.0,
+            "CPUs",
         );
         check(
             &mut e,
@@ -302,23 +395,27 @@ impl Config {
             "cpu.min_offline_cpus",
             "0 needs cpu.allow_freeze: true (offline work cannot run on no CPU)".to_string(),
         );
-        check(
+        range_u(
             &mut e,
-            c.min_offline_cpus <= 1024,
             "cpu.min_offline_cpus",
-            format!("must be at most 1024 (got {})", c.min_offline_cpus),
+            c.min_offline_cpus.into(),
+            0,
+            1024,
         );
-        check(
+        range_u(&mut e, "cpu.grow_step", c.grow_step.into(), 1, 1024);
+        range_u(
             &mut e,
-            c.grow_step >= 1,
-            "cpu.grow_step",
-            "must be at least 1".to_string(),
+            "cpu.confine_min_cpus",
+            c.confine_min_cpus.into(),
+            1,
+            4096,
         );
-        check(
+        between(
             &mut e,
-            c.grow_after.0 <= 600_000,
             "cpu.grow_after",
-            format!("must be at most 10m (got {})", c.grow_after),
+            c.grow_after,
+            Millis(0),
+            Millis(600_000),
         );
         let i = &self.interference;
         check(
@@ -327,34 +424,77 @@ impl Config {
             "interference.psi_threshold",
             format!("must be a percentage in (0, 100] (got {})", i.psi_threshold),
         );
-        check(
+        between(
             &mut e,
-            i.calm_period.0 >= 1_000,
+            "interference.escalate_every",
+            i.escalate_every,
+            tick,
+            Millis(600_000),
+        );
+        between(
+            &mut e,
             "interference.calm_period",
-            format!("must be at least 1s (got {})", i.calm_period),
+            i.calm_period,
+            Millis(1_000),
+            Millis(3_600_000),
         );
         let m = &self.memory;
-        check(
+        range_f(
             &mut e,
-            m.low_watermark_percent.is_finite() && (0.0..=50.0).contains(&m.low_watermark_percent),
             "memory.low_watermark_percent",
-            format!("must be between 0 and 50 (got {})", m.low_watermark_percent),
+            m.low_watermark_percent,
+            0.0,
+            50.0,
+            "percent",
         );
-        check(
+        if let Some(b) = m.low_watermark_bytes {
+            range_u(&mut e, "memory.low_watermark_bytes", b, 0, 1 << 40);
+        }
+        between(
             &mut e,
-            m.kill_interval.0 >= 1_000,
             "memory.kill_interval",
-            format!("must be at least 1s (got {})", m.kill_interval),
+            m.kill_interval,
+            Millis(1_000),
+            Millis(3_600_000),
         );
+        between(
+            &mut e,
+            "cleanup.remove_empty_after",
+            self.cleanup.remove_empty_after,
+            Millis(1_000),
+            Millis(86_400_000),
+        );
+        if e.is_empty() {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+
+    /// Checks what only the machine can bound: CPU counts against its CPUs, memory against its RAM.
+    pub fn validate_for(&self, cpus: u32, mem_total: Option<u64>) -> Result<(), Vec<ConfigError>> {
+        let mut e = Vec::new();
         check(
             &mut e,
-            self.cleanup.remove_empty_after.0 >= 1_000,
-            "cleanup.remove_empty_after",
+            self.cpu.min_offline_cpus <= cpus,
+            "cpu.min_offline_cpus",
             format!(
-                "must be at least 1s, so a group being set up is not removed (got {})",
-                self.cleanup.remove_empty_after
+                "must be at most the {cpus} CPUs of this machine (got {})",
+                self.cpu.min_offline_cpus
             ),
         );
+        if let (Some(b), Some(total)) = (self.memory.low_watermark_bytes, mem_total) {
+            check(
+                &mut e,
+                b <= total / 2,
+                "memory.low_watermark_bytes",
+                format!(
+                    "must be at most half of this machine's {} MiB of memory (got {} MiB): a higher watermark kills offline work with memory to spare",
+                    total >> 20,
+                    b >> 20
+                ),
+            );
+        }
         if e.is_empty() {
             Ok(())
         } else {
@@ -395,14 +535,23 @@ mod tests {
     fn each_bad_field_has_its_own_message() {
         let table: &[(&str, &str, &str)] = &[
             ("tick: 1ms", "tick", "between 10ms and 10s"),
+            ("tick: 100us", "tick", "whole milliseconds"),
             ("tick: soon", "tick", "invalid duration"),
-            ("stats_interval: 10ms", "stats_interval", "at least tick"),
+            (
+                "stats_interval: 10ms",
+                "stats_interval",
+                "between 100ms and 1m",
+            ),
             (
                 "sample_interval: 1s",
                 "sample_interval",
-                "between 5ms and tick",
+                "between 5ms and 100ms",
             ),
-            ("static_interval: 2h", "static_interval", "at most 1h"),
+            (
+                "static_interval: 2h",
+                "static_interval",
+                "between 100ms and 1h",
+            ),
             ("listen: localhost", "listen", "IP:PORT"),
             (
                 "cpu:\n  headroom_cpus: -1",
@@ -414,7 +563,21 @@ mod tests {
                 "cpu.min_offline_cpus",
                 "allow_freeze",
             ),
-            ("cpu:\n  grow_step: 0", "cpu.grow_step", "at least 1"),
+            (
+                "cpu:\n  grow_step: 0",
+                "cpu.grow_step",
+                "between 1 and 1024",
+            ),
+            (
+                "cpu:\n  grow_step: 4000000000",
+                "cpu.grow_step",
+                "between 1 and 1024",
+            ),
+            (
+                "cpu:\n  grow_after: 1h",
+                "cpu.grow_after",
+                "between 0ms and 10m",
+            ),
             (
                 "cpu:\n  suppression: magic",
                 "suppression",
@@ -428,7 +591,17 @@ mod tests {
             (
                 "interference:\n  calm_period: 10ms",
                 "interference.calm_period",
-                "at least 1s",
+                "between 1s and 1h",
+            ),
+            (
+                "interference:\n  calm_period: 2h",
+                "interference.calm_period",
+                "between 1s",
+            ),
+            (
+                "interference:\n  escalate_every: 0ms",
+                "interference.escalate_every",
+                "between 100ms",
             ),
             (
                 "memory:\n  low_watermark_percent: 80",
@@ -438,12 +611,27 @@ mod tests {
             (
                 "memory:\n  kill_interval: 0s",
                 "memory.kill_interval",
-                "at least 1s",
+                "between 1s",
+            ),
+            (
+                "memory:\n  kill_interval: 2h",
+                "memory.kill_interval",
+                "between 1s",
+            ),
+            (
+                "memory:\n  low_watermark_bytes: 1000000000000000",
+                "memory.low_watermark_bytes",
+                "between 0 and",
             ),
             (
                 "cleanup:\n  remove_empty_after: 1ms",
                 "cleanup.remove_empty_after",
-                "at least 1s",
+                "between 1s",
+            ),
+            (
+                "cleanup:\n  remove_empty_after: 30d",
+                "cleanup.remove_empty_after",
+                "between 1s",
             ),
             ("tickk: 100ms", "tickk", "unknown field"),
             ("cpu:\n  headroom: 1", "headroom", "unknown field"),
@@ -462,6 +650,42 @@ mod tests {
                 "{yaml}: expected '{reason}' in {joined:?}"
             );
         }
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_even_after_a_type_error() {
+        let errs = Config::from_yaml(
+            "tick: soon\ncpu:\n  grow_step: many\n  headroom_cpus: -1\nmemory:\n  kill_interval: 0s\nbogus: 1\n",
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        for f in [
+            "tick",
+            "cpu.grow_step",
+            "cpu.headroom_cpus",
+            "memory.kill_interval",
+            "bogus",
+        ] {
+            assert!(
+                fields.iter().any(|x| x.contains(f)),
+                "{f} missing from {errs:?}"
+            );
+        }
+        // One line each, each naming its field.
+        for e in &errs {
+            assert!(e.to_string().starts_with(&e.field), "{e}");
+        }
+    }
+
+    #[test]
+    fn machine_bounds() {
+        let mut c = Config::default();
+        c.cpu.min_offline_cpus = 64;
+        c.memory.low_watermark_bytes = Some(1_000_000_000_000_000);
+        let errs = c.validate_for(2, Some(24 << 30)).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].to_string().contains("2 CPUs"), "{errs:?}");
+        assert!(Config::default().validate_for(2, Some(24 << 30)).is_ok());
     }
 
     #[test]

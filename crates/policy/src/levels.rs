@@ -2,7 +2,6 @@
 //! Online levels are weighted 4× / 2× / 1×; offline levels live under one shared parent in the idle
 //! class (or openEuler `cpu.qos_level=-1`), where `offline-low` yields to `offline`.
 
-use tidal_model::level::OFFLINE_PARENT;
 use tidal_model::{Action, Capabilities, GroupPath, Knob, KnobValue, Plan, QosLevel};
 
 /// `cpu.shares` of a normal group (v2 weight 100).
@@ -24,7 +23,7 @@ pub fn level_shares(level: QosLevel) -> u64 {
 
 /// The settings of the offline parent group, chosen by what the kernel offers.
 pub fn offline_parent_plan(caps: &Capabilities) -> Plan {
-    let g = GroupPath::new(OFFLINE_PARENT).unwrap_or_default();
+    let g = QosLevel::offline_parent();
     let mut p = Plan::default();
     p.push(Action::ensure(
         g.clone(),
@@ -69,7 +68,7 @@ pub fn level_plan(level: QosLevel, caps: &Capabilities) -> Plan {
     if !level.is_online() {
         p.extend(offline_parent_plan(caps));
     }
-    let g = GroupPath::new(level.group()).unwrap_or_default();
+    let g = level.group_path();
     p.push(Action::ensure(g.clone(), format!("group of level {level}")));
     if caps.has(Knob::CpuWeight) {
         let shares = level_shares(level);
@@ -100,10 +99,14 @@ pub struct Limits {
     pub memory: Option<u64>,
 }
 
+/// Bounds of `--cpus`: at least a millicore, at most 4096 CPUs.
+pub const CPUS_LIMIT: (f64, f64) = (0.001, 4096.0);
+
 pub fn workload_limits(group: &GroupPath, limits: Limits, caps: &Capabilities) -> Plan {
     let mut p = Plan::default();
     if let Some(c) = limits.cpus {
         if caps.has(Knob::CpuMax) {
+            let c = c.clamp(CPUS_LIMIT.0, CPUS_LIMIT.1);
             let quota = ((c * CFS_PERIOD_US as f64).round() as u64).max(1000);
             p.push(Action::set(
                 group.clone(),
@@ -136,7 +139,11 @@ mod tests {
 
     fn find(p: &Plan, group: &str, knob: Knob) -> Option<KnobValue> {
         p.actions.iter().find_map(|a| match &a.op {
-            Op::Set { knob: k, value } if *k == knob && a.group.as_str() == group => {
+            Op::Set {
+                knob: k,
+                value,
+                target,
+            } if *k == knob && target.tidal().is_some_and(|g| g.as_str() == group) => {
                 Some(value.clone())
             }
             _ => None,
@@ -154,7 +161,7 @@ mod tests {
         assert!(level_plan(QosLevel::Online, &caps)
             .actions
             .iter()
-            .all(|a| !a.group.as_str().starts_with("offline")));
+            .all(|a| !a.group().is_some_and(|g| g.as_str().starts_with("offline"))));
     }
 
     #[test]

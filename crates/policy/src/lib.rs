@@ -6,6 +6,6 @@ pub mod agent;
 pub mod config;
 pub mod levels;
 
-pub use agent::{decide, release_plan, Decision, PolicyState};
+pub use agent::{decide, release_plan, settle, Decision, PolicyState};
 pub use config::{Config, ConfigError, Millis, PsiLine, Suppression};
 pub use levels::{level_plan, workload_limits, Limits};

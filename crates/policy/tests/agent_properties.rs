@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use tidal_model::{
-    Capabilities, CpuSet, GroupPath, Knob, KnobValue, Op, Plan, QosLevel, Snapshot,
+    Capabilities, Cause, CpuSet, GroupPath, Knob, KnobValue, Op, Plan, QosLevel, Snapshot, Target,
     WorkloadSnapshot,
 };
 use tidal_policy::agent::cpus_needed;
@@ -11,10 +11,11 @@ use tidal_policy::{decide, release_plan, Config, PolicyState};
 
 fn workload(level: QosLevel, name: &str, procs: usize, mem: u64) -> WorkloadSnapshot {
     WorkloadSnapshot {
-        group: GroupPath::new(level.group()).unwrap().join(name),
+        group: Target::Tidal(level.group_path().join(name).unwrap()),
         level,
         name: name.to_string(),
-        procs,
+        managed: true,
+        procs: Some(procs),
         cpu_usage_cpus: Some(0.1),
         memory_bytes: Some(mem),
         pressure: Default::default(),
@@ -23,8 +24,8 @@ fn workload(level: QosLevel, name: &str, procs: usize, mem: u64) -> WorkloadSnap
     }
 }
 
-fn level_of(g: &GroupPath) -> Option<QosLevel> {
-    let mut cur = Some(g.clone());
+fn level_of(g: Option<&GroupPath>) -> Option<QosLevel> {
+    let mut cur = g.cloned();
     while let Some(p) = cur {
         if let Some(l) = QosLevel::from_group(p.as_str()) {
             return Some(l);
@@ -61,16 +62,16 @@ prop_compose! {
         Snapshot {
             now_ms: now,
             cpus: CpuSet::first_n(n),
-            node_busy_cpus: busy,
-            node_busy_short_cpus: short_frac * nf,
-            offline_usage_cpus: offline,
-            offline_usage_short_cpus: offline.min(short_frac * nf),
+            node_busy_cpus: Some(busy),
+            node_busy_short_cpus: Some(short_frac * nf),
+            offline_usage_cpus: Some(offline),
+            offline_usage_short_cpus: Some(offline.min(short_frac * nf)),
             online_cpu_psi: psi,
             online_cpu_psi_full: psi.map(|p| p / 2.0),
             online_cpu_psi_1s: None,
             online_cpu_psi_full_1s: None,
-            mem_total_bytes: 16 << 30,
-            mem_available_bytes: (avail_frac * (16u64 << 30) as f64) as u64,
+            mem_total_bytes: Some(16 << 30),
+            mem_available_bytes: Some((avail_frac * (16u64 << 30) as f64) as u64),
             levels_present,
             workloads,
         }
@@ -94,10 +95,15 @@ fn picked(p: &Plan, f: impl Fn(&&tidal_model::Action) -> bool) -> Vec<&tidal_mod
 }
 
 /// A stand-in kernel: the value last set per (group, knob).
-fn apply(kernel: &mut BTreeMap<(GroupPath, Knob), KnobValue>, plan: &Plan) {
+fn apply(kernel: &mut BTreeMap<(Target, Knob), KnobValue>, plan: &Plan) {
     for a in &plan.actions {
-        if let Op::Set { knob, value } = &a.op {
-            kernel.insert((a.group.clone(), *knob), value.clone());
+        if let Op::Set {
+            target,
+            knob,
+            value,
+        } = &a.op
+        {
+            kernel.insert((target.clone(), *knob), value.clone());
         }
     }
 }
@@ -116,7 +122,7 @@ proptest! {
             }
             return Ok(());
         }
-        prop_assert!(need >= cpus_needed(snap.protected_usage(), cfg.cpu.headroom_cpus, cfg.cpu.noise_floor_cpus, n));
+        prop_assert!(need >= cpus_needed(snap.protected_usage().unwrap_or(0.0), cfg.cpu.headroom_cpus, cfg.cpu.noise_floor_cpus, n));
         let Some(off) = d.state.offline_cpus.clone() else {
             // No offline group: nothing is confined.
             prop_assert!(!snap.levels_present.iter().any(|l| !l.is_online()));
@@ -145,9 +151,9 @@ proptest! {
         apply(&mut kernel, &d1.plan);
         let d2 = decide(&snap, &cfg, &caps, &d1.state);
         for a in &d2.plan.actions {
-            if let Op::Set { knob, value } = &a.op {
+            if let Op::Set { target, knob, value } = &a.op {
                 prop_assert_eq!(
-                    kernel.get(&(a.group.clone(), *knob)), Some(value),
+                    kernel.get(&(target.clone(), *knob)), Some(value),
                     "second plan changes {}", a
                 );
             }
@@ -166,10 +172,10 @@ proptest! {
             let caps = Capabilities::full(s.cpus.len() as u32);
             let d = decide(&s, &cfg, &caps, &st);
             for a in &d.plan.actions {
-                prop_assert!(!a.reason.is_empty() && !a.cause.is_empty(), "{:?}", a);
-                let freezes = matches!(&a.op, Op::Set { knob: Knob::Freeze, value: KnobValue::Bool(true) });
-                if freezes || matches!(a.op, Op::Kill) {
-                    let level = level_of(&a.group);
+                prop_assert!(!a.reason.is_empty() && Cause::ALL.contains(&a.cause), "{:?}", a);
+                let freezes = matches!(&a.op, Op::Set { knob: Knob::Freeze, value: KnobValue::Bool(true), .. });
+                if freezes || matches!(a.op, Op::Kill { .. }) {
+                    let level = level_of(a.group());
                     prop_assert!(level.is_some_and(|l| !l.is_online()), "{} hits {:?}", a, level);
                 }
             }
@@ -187,16 +193,16 @@ fn base_snapshot() -> Snapshot {
     Snapshot {
         now_ms: 0,
         cpus: CpuSet::first_n(8),
-        node_busy_cpus: 6.0,
-        node_busy_short_cpus: 6.0,
-        offline_usage_cpus: 5.0,
-        offline_usage_short_cpus: 5.0,
+        node_busy_cpus: Some(6.0),
+        node_busy_short_cpus: Some(6.0),
+        offline_usage_cpus: Some(5.0),
+        offline_usage_short_cpus: Some(5.0),
         online_cpu_psi: Some(0.0),
         online_cpu_psi_full: Some(0.0),
         online_cpu_psi_1s: None,
         online_cpu_psi_full_1s: None,
-        mem_total_bytes: 16 << 30,
-        mem_available_bytes: 8 << 30,
+        mem_total_bytes: Some(16 << 30),
+        mem_available_bytes: Some(8 << 30),
         levels_present: workloads.iter().map(|w| w.level).collect(),
         workloads,
     }
@@ -212,22 +218,22 @@ fn shrinks_at_once_grows_after_hysteresis() {
     assert_eq!(d.state.offline_cpus.as_ref().unwrap().to_string(), "2-7");
     // Online load jumps to 5 CPUs (seen in the short window first): offline drops to 2 CPUs this tick.
     s.now_ms = 100;
-    s.node_busy_short_cpus = 7.5;
-    s.offline_usage_short_cpus = 2.5;
+    s.node_busy_short_cpus = Some(7.5);
+    s.offline_usage_short_cpus = Some(2.5);
     let d = decide(&s, &cfg, &caps, &d.state);
     assert_eq!(d.state.offline_cpus.as_ref().unwrap().to_string(), "6-7");
-    let confine: Vec<_> = picked(&d.plan, |a| a.cause == "confine");
+    let confine: Vec<_> = picked(&d.plan, |a| a.cause == Cause::Confine);
     assert!(!confine.is_empty());
     // v1 order when shrinking: workload groups first, the offline parent last.
-    assert_eq!(confine.last().unwrap().group.as_str(), "offline");
+    assert_eq!(confine.last().unwrap().group().unwrap().as_str(), "offline");
     assert!(
         confine[0].reason.contains("online needs 6 of 8"),
         "{}",
         confine[0].reason
     );
     // Load falls back: no growth until grow_after (2 s) has passed, then one CPU per step.
-    s.node_busy_short_cpus = 6.0;
-    s.offline_usage_short_cpus = 5.0;
+    s.node_busy_short_cpus = Some(6.0);
+    s.offline_usage_short_cpus = Some(5.0);
     let mut st = d.state;
     for t in [200, 1000, 2100] {
         s.now_ms = t;
@@ -237,9 +243,9 @@ fn shrinks_at_once_grows_after_hysteresis() {
     s.now_ms = 2300;
     let d = decide(&s, &cfg, &caps, &st);
     assert_eq!(d.state.offline_cpus.as_ref().unwrap().to_string(), "5-7");
-    let grow: Vec<_> = picked(&d.plan, |a| a.cause == "release");
+    let grow: Vec<_> = picked(&d.plan, |a| a.cause == Cause::Release);
     // Growing goes parent first.
-    assert_eq!(grow[0].group.as_str(), "offline");
+    assert_eq!(grow[0].group().unwrap().as_str(), "offline");
 }
 
 #[test]
@@ -250,7 +256,7 @@ fn pressure_tightens_step_by_step_and_releases_after_calm() {
     // Online's own queueing ("some") alone does not tighten anything: only "full" does by default.
     s.online_cpu_psi = Some(40.0);
     let d = decide(&s, &cfg, &caps, &PolicyState::default());
-    assert_eq!(d.state.tighten, 0);
+    assert_eq!(d.state.interference.level(), 0);
     let mut st = PolicyState::default();
     let mut frozen = Vec::new();
     // Each step lowers the pressure, but not yet below the threshold: keep tightening.
@@ -262,14 +268,15 @@ fn pressure_tightens_step_by_step_and_releases_after_calm() {
             if let Op::Set {
                 knob: Knob::Freeze,
                 value: KnobValue::Bool(true),
+                ..
             } = a.op
             {
-                frozen.push((t, a.group.as_str().to_string()));
+                frozen.push((t, a.group().unwrap().as_str().to_string()));
             }
         }
         st = d.state;
     }
-    assert_eq!(st.tighten, 3);
+    assert_eq!(st.interference.level(), 3);
     assert_eq!(
         frozen,
         vec![
@@ -283,8 +290,8 @@ fn pressure_tightens_step_by_step_and_releases_after_calm() {
         s.now_ms = t;
         st = decide(&s, &cfg, &caps, &st).state;
     }
-    assert_eq!(st.tighten, 2);
-    assert!(!st.frozen_offline && st.frozen_offline_low);
+    assert_eq!(st.interference.level(), 2);
+    assert!(!st.frozen.offline && st.frozen.offline_low);
 }
 
 #[test]
@@ -309,7 +316,7 @@ fn a_tightening_step_that_does_not_lower_pressure_is_undone_and_backs_off() {
             );
         }
         st = d.state;
-        steps.push((t, st.tighten));
+        steps.push((t, st.interference.level()));
     }
     // Tighten, find it useless and undo, hold off for the calm period, then try again.
     assert_eq!(
@@ -327,21 +334,28 @@ fn memory_pressure_kills_largest_offline_low_first_once_per_interval() {
         .push(workload(QosLevel::OfflineLow, "big", 2, 900 << 20));
     s.workloads
         .push(workload(QosLevel::OnlineCritical, "huge-db", 2, 9 << 30));
-    s.mem_available_bytes = 100 << 20;
+    s.mem_available_bytes = Some(100 << 20);
     let d = decide(&s, &cfg, &caps, &PolicyState::default());
-    let kills: Vec<_> = picked(&d.plan, |a| matches!(a.op, Op::Kill));
+    let kills: Vec<_> = picked(&d.plan, |a| matches!(a.op, Op::Kill { .. }));
     assert_eq!(kills.len(), 1);
-    assert_eq!(kills[0].group.as_str(), "offline/offline-low/big");
+    assert_eq!(
+        kills[0].group().unwrap().as_str(),
+        "offline/offline-low/big"
+    );
     assert!(kills[0].reason.contains("watermark"));
     s.now_ms = 5_000;
     let d2 = decide(&s, &cfg, &caps, &d.state);
-    assert!(d2.plan.actions.iter().all(|a| !matches!(a.op, Op::Kill)));
+    assert!(d2
+        .plan
+        .actions
+        .iter()
+        .all(|a| !matches!(a.op, Op::Kill { .. })));
     // With no offline-low left, the largest offline goes; never the online one.
     s.now_ms = 20_000;
     s.workloads.retain(|w| w.level != QosLevel::OfflineLow);
     let d3 = decide(&s, &cfg, &caps, &d2.state);
-    let k: Vec<_> = picked(&d3.plan, |a| matches!(a.op, Op::Kill));
-    assert_eq!(k[0].group.as_str(), "offline/offline/batch");
+    let k: Vec<_> = picked(&d3.plan, |a| matches!(a.op, Op::Kill { .. }));
+    assert_eq!(k[0].group().unwrap().as_str(), "offline/offline/batch");
 }
 
 #[test]
@@ -349,26 +363,27 @@ fn empty_groups_are_removed_after_the_grace_period_and_release_gives_all_back() 
     let cfg = Config::default();
     let caps = Capabilities::full(8);
     let mut s = base_snapshot();
-    s.workloads[1].procs = 0;
+    s.workloads[1].procs = Some(0);
     let d = decide(&s, &cfg, &caps, &PolicyState::default());
     assert!(d
         .plan
         .actions
         .iter()
-        .all(|a| !matches!(a.op, Op::RemoveGroup)));
+        .all(|a| !matches!(a.op, Op::RemoveGroup { .. })));
     s.now_ms = 31_000;
     let d = decide(&s, &cfg, &caps, &d.state);
-    let rm: Vec<_> = picked(&d.plan, |a| matches!(a.op, Op::RemoveGroup));
+    let rm: Vec<_> = picked(&d.plan, |a| matches!(a.op, Op::RemoveGroup { .. }));
     assert_eq!(rm.len(), 1);
-    assert_eq!(rm[0].group.as_str(), "offline/offline/batch");
+    assert_eq!(rm[0].group().unwrap().as_str(), "offline/offline/batch");
     let rel = release_plan(&s, &caps, &d.state);
     assert!(rel.actions.iter().any(|a| matches!(&a.op,
-        Op::Set { knob: Knob::CpusetCpus, value: KnobValue::Cpus(c) } if c.len() == 8)));
+        Op::Set { knob: Knob::CpusetCpus, value: KnobValue::Cpus(c), .. } if c.len() == 8)));
     assert!(rel.actions.iter().any(|a| matches!(
         &a.op,
         Op::Set {
             knob: Knob::Freeze,
-            value: KnobValue::Bool(false)
+            value: KnobValue::Bool(false),
+            ..
         }
     )));
 }
@@ -394,7 +409,7 @@ fn quota_mode_sets_cfs_quota_on_the_offline_parent() {
         })
         .collect();
     assert_eq!(q.len(), 1);
-    assert_eq!(q[0].group.as_str(), "offline");
+    assert_eq!(q[0].group().unwrap().as_str(), "offline");
     assert!(d.plan.actions.iter().all(|a| !matches!(
         a.op,
         Op::Set {
@@ -418,7 +433,7 @@ fn small_machines_keep_every_cpu_for_offline_and_say_why() {
     };
     let d = decide(&s, &cfg, &caps, &prev);
     assert_eq!(d.state.offline_cpus, Some(CpuSet::first_n(2)));
-    let grow: Vec<_> = picked(&d.plan, |a| a.cause == "release");
+    let grow: Vec<_> = picked(&d.plan, |a| a.cause == Cause::Release);
     assert!(
         grow.iter().any(|a| a.reason.contains("confine_min_cpus")),
         "{:?}",

@@ -1,9 +1,12 @@
-//! Measurements. [`Collector`] reads counters (node and offline CPU time, online PSI, MemAvailable every
-//! tick; per-workload usage, memory, PSI and throttling every stats interval) and turns deltas into a
+//! Measurements. [`Collector`] reads counters (node and offline CPU time, online PSI, MemAvailable
+//! every tick; per-workload usage, working set, PSI and throttling for the workloads a
+//! [`WorkloadSource`](tidal_source::WorkloadSource) names) and turns deltas into a
 //! [`Snapshot`](tidal_model::Snapshot). A light sample between ticks lets the agent see an online load
-//! step early. Reading is all it does.
+//! step early. Reading is all it does; what could not be read is missing, never zero.
 
+pub mod clock;
 pub mod collector;
-pub mod node;
+pub mod math;
 
-pub use collector::{Collector, LightSample};
+pub use clock::{Clock, FakeClock, MonotonicClock};
+pub use collector::{Collector, LightSample, Problems};

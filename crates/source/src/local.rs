@@ -1,21 +1,8 @@
 //! The local source: scans the level groups under the tidal root.
 
-use std::collections::BTreeSet;
-use tidal_cgroupfs::{CgroupError, Layout};
-use tidal_model::{GroupPath, QosLevel};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkloadRef {
-    pub group: GroupPath,
-    pub level: QosLevel,
-    pub name: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Scan {
-    pub levels_present: BTreeSet<QosLevel>,
-    pub workloads: Vec<WorkloadRef>,
-}
+use crate::{Inventory, SourceError, WorkloadRef, WorkloadSource};
+use tidal_cgroupfs::Layout;
+use tidal_model::{QosLevel, Target};
 
 pub struct LocalSource {
     layout: Layout,
@@ -25,32 +12,39 @@ impl LocalSource {
     pub fn new(layout: Layout) -> Self {
         LocalSource { layout }
     }
+}
 
-    /// Lists the level groups that exist and the workload groups in them. A missing tidal root is an
-    /// empty tree, not an error.
-    pub fn scan(&self) -> Result<Scan, CgroupError> {
-        let mut out = Scan::default();
+impl WorkloadSource for LocalSource {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    /// Lists the level groups that exist and the workload groups in them. A missing tidal root (or
+    /// level) is an empty tree, not an error.
+    fn scan(&mut self) -> Result<Inventory, SourceError> {
+        let mut out = Inventory::default();
         for level in QosLevel::ALL {
-            let g = GroupPath::new(level.group()).unwrap_or_default();
+            let g = level.group_path();
             let children = match self.layout.children(&g) {
                 Ok(c) => c,
                 Err(e) if e.is_vanished() => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             };
             out.levels_present.insert(level);
             for name in children {
+                let Ok(child) = g.join(&name) else {
+                    continue;
+                };
                 // The offline parent's level groups are not workloads of the offline parent.
-                if level.is_online()
-                    || !QosLevel::ALL
-                        .iter()
-                        .any(|l| l.group() == g.join(&name).as_str())
-                {
-                    out.workloads.push(WorkloadRef {
-                        group: g.join(&name),
-                        level,
-                        name,
-                    });
+                if !level.is_online() && QosLevel::from_group(child.as_str()).is_some() {
+                    continue;
                 }
+                out.workloads.push(WorkloadRef {
+                    group: Target::Tidal(child),
+                    level,
+                    name,
+                    managed: true,
+                });
             }
         }
         Ok(out)
@@ -61,7 +55,7 @@ impl LocalSource {
 mod tests {
     use super::*;
     use tidal_cgroupfs::mountinfo::{parse_mountinfo, parse_proc_cgroup};
-    use tidal_cgroupfs::{Hierarchies, RootSpec};
+    use tidal_cgroupfs::{Hierarchies, Host, RootSpec};
 
     #[test]
     fn fake_fs_scan_finds_levels_and_workloads() {
@@ -81,17 +75,26 @@ mod tests {
             &parse_proc_cgroup("1:cpu:/\n"),
             |_| vec![],
         );
-        let src = LocalSource::new(Layout::new(h, &RootSpec::Default));
+        let mut src = LocalSource::new(Layout::new(h, &RootSpec::default(), Host::default()));
         let scan = src.scan().unwrap();
         assert_eq!(
             scan.levels_present.iter().copied().collect::<Vec<_>>(),
             vec![QosLevel::OfflineLow, QosLevel::Offline, QosLevel::Online]
         );
-        let names: Vec<_> = scan.workloads.iter().map(|w| w.group.as_str()).collect();
+        let names: Vec<_> = scan
+            .workloads
+            .iter()
+            .map(|w| w.group.tidal().unwrap().as_str())
+            .collect();
         assert_eq!(
             names,
             vec!["online/api", "online/web", "offline/offline/etl"]
         );
         assert_eq!(scan.workloads[2].level, QosLevel::Offline);
+        assert!(scan.workloads.iter().all(|w| w.managed));
+        assert_eq!(
+            scan.workloads[0].dirs(&src.layout),
+            vec![cpu.join("tidal/online/api")]
+        );
     }
 }

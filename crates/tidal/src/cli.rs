@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use tidal_cgroupfs::{Layout, RootSpec};
 use tidal_model::QosLevel;
 
 #[derive(Parser, Debug)]
@@ -18,18 +19,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where the journal lives when `--state-dir`/`TIDAL_STATE_DIR` are not given.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tidal";
+
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Where the journal of original values lives.
-    #[arg(
-        long,
-        global = true,
-        env = "TIDAL_STATE_DIR",
-        default_value = "/var/lib/tidal"
-    )]
-    pub state_dir: PathBuf,
+    /// Where the journal of original values lives (default /var/lib/tidal).
+    #[arg(long, global = true, env = "TIDAL_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// The tidal root: an absolute path is the same in every hierarchy (e.g. /tidal.slice); a relative
-    /// one is taken under the cgroup tidal was started in. Default: `tidal` under that cgroup.
+    /// one is taken under the cgroup tidal was started in. Default: `tidal` under that cgroup on v1 and
+    /// hybrid hosts, `/tidal` on pure v2, and the delegated scope tidal.slice/tidal.scope under systemd.
     #[arg(long, global = true, env = "TIDAL_ROOT")]
     pub root: Option<String>,
     /// Log what would be written instead of writing.
@@ -38,6 +38,34 @@ pub struct Global {
     /// More logging (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+impl Global {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
+
+    /// The root as given (flag or environment), checked; the host's default otherwise.
+    pub fn root_spec(&self) -> Result<RootSpec, String> {
+        RootSpec::from_flag_or_env(self.root.as_deref())
+    }
+
+    /// The tidal root's layout on this host.
+    pub fn layout(&self) -> Result<Layout, String> {
+        let spec = self.root_spec()?;
+        Layout::discover(&spec).map_err(|e| e.to_string())
+    }
+
+    /// The global flags as the benchmark takes them.
+    pub fn bench(&self) -> tidal_bench::BenchGlobal {
+        tidal_bench::BenchGlobal {
+            root: self.root.clone(),
+            state_dir: self.state_dir.clone(),
+            dry_run: self.dry_run,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -53,10 +81,10 @@ pub enum Command {
     /// Show the running agent's view of every workload.
     Status(StatusArgs),
     /// Co-location benchmark (and the agent's own benchmarks: `bench reaction`, `bench agent-cost`).
-    Bench(Box<BenchArgs>),
+    Bench(Box<tidal_bench::BenchArgs>),
     /// Built-in workloads used by `tidal bench` (online server, offline antagonists).
     #[command(hide = true)]
-    Worker(WorkerArgs),
+    Worker(tidal_bench::WorkerArgs),
     /// Apply a plan file (JSON, as `tidal agent` shows in /state) through the actuator: for scripting
     /// and debugging.
     Apply(ApplyArgs),
@@ -70,143 +98,6 @@ pub struct AgentArgs {
     /// HTTP address for /metrics, /healthz and /state (overrides the config's `listen`).
     #[arg(long)]
     pub listen: Option<String>,
-}
-
-#[derive(Args, Debug)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub command: Option<BenchCommand>,
-    /// About a minute: 2 rounds of 3 s per scenario, then the step scenario.
-    #[arg(long)]
-    pub quick: bool,
-    /// Rounds per scenario (default 3; 2 with --quick).
-    #[arg(long)]
-    pub rounds: Option<usize>,
-    /// Measured seconds per run (default 10; 3 with --quick).
-    #[arg(long)]
-    pub duration: Option<f64>,
-    /// Warm-up seconds per run, not measured (default 2; 1 with --quick).
-    #[arg(long)]
-    pub warmup: Option<f64>,
-    /// Online requests per second (default: calibrated to ~30% of the machine's CPUs).
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// CPU work per online request, in microseconds.
-    #[arg(long, default_value_t = 100)]
-    pub work_us: u64,
-    /// Client connections.
-    #[arg(long, default_value_t = 8)]
-    pub connections: usize,
-    /// Constant arrivals instead of Poisson.
-    #[arg(long)]
-    pub constant: bool,
-    /// Built-in offline antagonist: cpu, stream (memory bandwidth), cache (LLC thrasher), mix.
-    #[arg(long, default_value = "cpu")]
-    pub offline: String,
-    /// Antagonist threads (default: 2 per CPU).
-    #[arg(long)]
-    pub offline_threads: Option<usize>,
-    /// Any offline command instead of the built-in antagonists, e.g. "stress-ng --cpu 4".
-    #[arg(long)]
-    pub offline_cmd: Option<String>,
-    /// Comma-separated scenarios (alone is always included): alone, no-isolation, kubelet,
-    /// quota-suppress, tidal-static, tidal.
-    #[arg(long)]
-    pub scenarios: Option<String>,
-    /// Skip the 10% → 60% load-step scenario.
-    #[arg(long)]
-    pub no_step: bool,
-    /// Agent config for the `tidal` scenario (default: the agent's defaults).
-    #[arg(long)]
-    pub agent_config: Option<PathBuf>,
-    /// Write the full report as JSON.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Write a chart of online p99 against offline throughput.
-    #[arg(long)]
-    pub svg: Option<PathBuf>,
-    /// Do not hold /dev/cpu_dma_latency at 0 during the run. By default the bench keeps CPUs out of
-    /// deep idle states, so `alone` is not slowed by wake-ups from idle that co-located runs never pay.
-    #[arg(long)]
-    pub no_pm_qos: bool,
-    /// Seed for arrivals and scenario order.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Time from an online load step to offline being out of online's CPUs (agent running).
-    Reaction(ReactionArgs),
-    /// The agent's CPU and memory at a 100 ms tick with many workloads.
-    AgentCost(AgentCostArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct ReactionArgs {
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-pub struct AgentCostArgs {
-    /// Comma-separated workload counts.
-    #[arg(long, default_value = "50,100,200")]
-    pub workloads: String,
-    /// Measured seconds per count.
-    #[arg(long, default_value_t = 20.0)]
-    pub seconds: f64,
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-}
-
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerKind {
-    Server,
-    Loadgen,
-    Cpu,
-    Stream,
-    Cache,
-}
-
-#[derive(Args, Debug)]
-pub struct WorkerArgs {
-    pub kind: WorkerKind,
-    #[arg(long, default_value_t = 0)]
-    pub port: u16,
-    #[arg(long, default_value_t = 100)]
-    pub work_us: u64,
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
-    /// File the antagonist keeps its cumulative work units in.
-    #[arg(long)]
-    pub report: Option<String>,
-    /// File the server writes its port to once listening (the load generator: its start time).
-    #[arg(long)]
-    pub ready_file: Option<String>,
-    /// Load generator: client connections.
-    #[arg(long, default_value_t = 8)]
-    pub connections: usize,
-    /// Load generator: rate segments `START_S:RATE,...`.
-    #[arg(long, default_value = "0:1000")]
-    pub segments: String,
-    /// Load generator: seconds to send for.
-    #[arg(long, default_value_t = 1.0)]
-    pub duration: f64,
-    /// Load generator: constant arrivals instead of Poisson.
-    #[arg(long)]
-    pub constant: bool,
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Load generator: measurement windows `FROM_NS-TO_NS,...` of intended send time.
-    #[arg(long, default_value = "0-18446744073709551615")]
-    pub windows: String,
-    /// Load generator: where to write the result (JSON).
-    #[arg(long)]
-    pub out: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -233,7 +124,10 @@ pub fn parse_level(s: &str) -> Result<QosLevel, String> {
     s.parse::<QosLevel>().map_err(|e| e.to_string())
 }
 
-/// Bytes with an optional K/M/G/T suffix (powers of 1024).
+/// Smallest `--memory` limit: below this the group cannot even hold tidal while it execs the command.
+pub const MIN_MEMORY: u64 = 16 << 20;
+
+/// Bytes with an optional K/M/G/T suffix (powers of 1024), e.g. `536870912`, `512M`, `1.5G`.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
@@ -255,10 +149,23 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("'{s}' is not a byte count (e.g. 536870912 or 512M)"))?;
-    if n.is_nan() || n <= 0.0 || !n.is_finite() {
-        return Err(format!("'{s}' must be a positive byte count"));
+    let bytes = n * mult as f64;
+    // 2^62 is beyond any machine's memory and below where the kernel reads "max".
+    if !bytes.is_finite() || bytes <= 0.0 || bytes > (1u64 << 62) as f64 {
+        return Err(format!("'{s}' must be a positive byte count below 4 EiB"));
     }
-    Ok((n * mult as f64) as u64)
+    Ok(bytes as u64)
+}
+
+/// A `--memory` limit: a byte count of at least [`MIN_MEMORY`].
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let b = parse_bytes(s)?;
+    if b < MIN_MEMORY {
+        return Err(format!(
+            "'{s}' is too small a memory limit: at least 16M (tidal and the command's start-up must fit)"
+        ));
+    }
+    Ok(b)
 }
 
 pub fn parse_cpus(s: &str) -> Result<f64, String> {
@@ -266,8 +173,9 @@ pub fn parse_cpus(s: &str) -> Result<f64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("'{s}' is not a CPU count (e.g. 1.5)"))?;
-    if v.is_nan() || v < 0.01 || !v.is_finite() {
-        return Err(format!("'{s}': --cpus must be at least 0.01"));
+    let (lo, hi) = tidal_policy::levels::CPUS_LIMIT;
+    if !v.is_finite() || !(lo..=hi).contains(&v) {
+        return Err(format!("'{s}': --cpus must be between {lo} and {hi}"));
     }
     Ok(v)
 }
@@ -275,7 +183,7 @@ pub fn parse_cpus(s: &str) -> Result<f64, String> {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// QoS level: online-critical (2), online-high (1), online (0), offline (-1), offline-low (-2).
-    #[arg(long, value_parser = parse_level)]
+    #[arg(long, value_parser = parse_level, allow_negative_numbers = true)]
     pub qos: QosLevel,
     /// Workload name (default: the command's file name). Taken names get a -2, -3… suffix.
     #[arg(long)]
@@ -283,8 +191,8 @@ pub struct RunArgs {
     /// CPU limit in CPUs (CFS quota), e.g. 1.5.
     #[arg(long, value_parser = parse_cpus)]
     pub cpus: Option<f64>,
-    /// Memory limit in bytes (K/M/G suffixes allowed).
-    #[arg(long, value_parser = parse_bytes)]
+    /// Memory limit in bytes (K/M/G suffixes allowed, at least 16M).
+    #[arg(long, value_parser = parse_memory)]
     pub memory: Option<u64>,
     /// The command, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -303,6 +211,10 @@ pub struct RestoreArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// If an agent holds the root, stop it first (SIGTERM: it gives offline work every CPU back and
+    /// thaws it), wait for it to exit, then restore.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[cfg(test)]
@@ -322,6 +234,13 @@ mod tests {
         assert_eq!(parse_bytes("4096"), Ok(4096));
         assert!(parse_bytes("12X").is_err());
         assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999999999999999").is_err());
+        for small in ["1", "4096", "1k", "15M"] {
+            assert!(parse_memory(small).is_err(), "{small}");
+        }
+        assert_eq!(parse_memory("16M"), Ok(16 << 20));
+        assert!(parse_cpus("1e300").is_err());
+        assert!(parse_cpus("nan").is_err());
         assert_eq!(parse_cpus("1.5"), Ok(1.5));
         assert!(parse_cpus("0").is_err());
         assert!(parse_cpus("abc").is_err());
@@ -336,6 +255,20 @@ mod tests {
         match ok.command {
             Command::Run(r) => assert_eq!(r.cmd, vec!["sleep", "1"]),
             _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn negative_levels_parse_as_values() {
+        for args in [
+            ["tidal", "run", "--qos", "-1", "--", "true"],
+            ["tidal", "run", "--qos=-2", "--", "true", "x"],
+        ] {
+            let c = Cli::try_parse_from(args.iter().filter(|a| **a != "x")).unwrap();
+            match c.command {
+                Command::Run(r) => assert!(!r.qos.is_online()),
+                _ => panic!("not run"),
+            }
         }
     }
 

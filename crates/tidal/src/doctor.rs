@@ -4,8 +4,8 @@ use crate::cli::{DoctorArgs, Global};
 use crate::exit::fail;
 use serde::Serialize;
 use std::path::Path;
-use tidal_cgroupfs::caps::{kernel_release, knob_supported};
-use tidal_cgroupfs::{detect_capabilities, Layout, RootSpec, Version};
+use tidal_cgroupfs::caps::{controller_reach, kernel_release, knob_supported, Reach};
+use tidal_cgroupfs::{detect_capabilities, Layout, Version};
 use tidal_model::Knob;
 
 #[derive(Debug, Serialize)]
@@ -73,6 +73,7 @@ fn mounted(fstype: &str) -> bool {
 
 fn kubelet_driver(layout: &Layout) -> Option<&'static str> {
     let cpu = layout.owner("cpu").map(|r| r.hierarchy.mount.clone())?;
+    // On v1 and hybrid hosts the kubelet's tree is under the cpu mount; on v2 under the one mount.
     if cpu.join("kubepods.slice").is_dir() {
         Some("systemd")
     } else if cpu.join("kubepods").is_dir() {
@@ -118,23 +119,76 @@ pub fn rows(layout: &Layout) -> Vec<Row> {
             "",
         ));
     }
-    for c in ["cpu", "cpuacct", "cpuset", "memory"] {
-        let owner = layout.owner(c);
-        let without = match c {
+    // The root tidal will use, and how it comes to exist.
+    let root_dir = layout
+        .primary()
+        .map(|r| r.root_dir.display().to_string())
+        .unwrap_or_else(|| "none".into());
+    let root_detail = match &layout.scope {
+        Some(sc) => format!(
+            "{root_dir}: systemd scope {} in {} with Delegate=yes, {}",
+            sc.unit,
+            sc.slice,
+            if layout.root_exists() {
+                "running"
+            } else {
+                "started by the first `tidal run` (systemd removes it when nothing runs in it)"
+            }
+        ),
+        None => format!(
+            "{root_dir}{}",
+            if layout.root_exists() {
+                ""
+            } else {
+                " (created on first use)"
+            }
+        ),
+    };
+    out.push(row("tidal root", true, root_detail, ""));
+    let v2 = layout.hierarchies.mode() == tidal_cgroupfs::CgroupMode::V2;
+    let ctrls: &[&str] = if v2 {
+        &["cpu", "cpuset", "memory", "io"]
+    } else {
+        &["cpu", "cpuacct", "cpuset", "memory", "blkio"]
+    };
+    for c in ctrls {
+        let without = match *c {
             "cpu" => "no CPU priority: offline work cannot be isolated",
-            "cpuacct" => "CPU usage read from cpu.stat instead",
-            "cpuset" => "no dynamic CPU confinement: idle class only",
-            _ => "no memory limits; memory watermark eviction still works",
+            "cpuacct" => "CPU usage is read from cpu.stat instead",
+            "cpuset" => "no dynamic CPU confinement: the idle class only",
+            "memory" => "no memory limits; the memory watermark eviction still works",
+            _ => "offline IO is not deprioritised",
         };
-        let detail = owner
-            .map(|r| r.hierarchy.mount.display().to_string())
-            .unwrap_or_else(|| "not mounted".into());
-        let available = owner.is_some() || (c == "cpuacct" && layout.unified().is_some());
-        out.push(row(&format!("controller {c}"), available, detail, without));
+        let (ok, detail) = match layout.owner(c) {
+            Some(r) if r.version() == Version::V1 => {
+                (true, format!("v1 at {}", r.hierarchy.mount.display()))
+            }
+            Some(_) => match controller_reach(layout, c) {
+                Reach::Yes => (true, "reaches the root (v2)".to_string()),
+                Reach::No { why, .. } => (false, why),
+            },
+            None if *c == "cpuacct" && layout.unified().is_some() => {
+                (true, "v2 cpu.stat".to_string())
+            }
+            None => (false, "not mounted".to_string()),
+        };
+        let without = if ok || layout.owner(c).is_none() || !v2 {
+            without.to_string()
+        } else {
+            format!(
+                "{without}. To get it: use the default root (tidal picks a top-level group, or a delegated systemd scope), or --root /tidal.slice"
+            )
+        };
+        out.push(Row {
+            feature: format!("controller {c} for the root"),
+            available: ok,
+            detail,
+            without: if ok { String::new() } else { without },
+        });
     }
     let knob_row = |k: Knob, feature: &str, without: &str| {
         let detail = match layout.knob_target(k) {
-            Some((r, _, spec)) => format!("{} in {}", spec.files.join(" + "), r.hierarchy.name()),
+            Some((r, c)) => format!("{} in {}", c.files(k).join(" + "), r.hierarchy.name()),
             None => "no hierarchy carries it".into(),
         };
         row(feature, knob_supported(layout, k), detail, without)
@@ -246,27 +300,11 @@ pub fn rows(layout: &Layout) -> Vec<Row> {
         format!("{} ({})", caps.cpus, caps.cpus.len()),
         "",
     ));
-    for r in &layout.roots {
-        out.push(row(
-            &format!("tidal root ({})", r.hierarchy.name()),
-            true,
-            format!(
-                "{}{}",
-                r.root_dir.display(),
-                if r.root_dir.exists() {
-                    ""
-                } else {
-                    " (created on first use)"
-                }
-            ),
-            "",
-        ));
-    }
     out
 }
 
 pub fn main(g: &Global, a: &DoctorArgs) -> i32 {
-    let layout = match Layout::discover(&RootSpec::from_flag_or_env(g.root.as_deref())) {
+    let layout = match g.layout() {
         Ok(l) => l,
         Err(e) => return fail(e),
     };

@@ -1,13 +1,30 @@
-//! `tidal restore`: put back every original value and remove the empty groups tidal created.
+//! `tidal restore`: put back every original value and remove the empty groups tidal created, for the
+//! tidal root of this invocation. Refuses while an agent holds the root, unless `--force`.
 
 use crate::cli::{Global, RestoreArgs};
-use crate::exit::{describe, fail};
+use crate::exit::{self, fail};
 use serde_json::json;
+use std::time::Duration;
+use tidal_actuator::RootLock;
 
 pub fn main(g: &Global, a: &RestoreArgs) -> i32 {
-    let rep = match tidal_actuator::restore(&g.state_dir, g.dry_run) {
+    let layout = match g.layout() {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let state_dir = g.state_dir();
+    let lock = if a.force {
+        RootLock::acquire_stopping_holder(&layout, &state_dir, Duration::from_secs(30))
+    } else {
+        RootLock::acquire(&layout, &state_dir)
+    };
+    let _lock = match lock {
+        Ok(l) => l,
+        Err(e) => return exit::act(&e),
+    };
+    let rep = match tidal_actuator::restore(&layout, &state_dir, g.dry_run) {
         Ok(r) => r,
-        Err(e) => return fail(describe(&e)),
+        Err(e) => return exit::act(&e),
     };
     let verb = if g.dry_run {
         "would restore"
@@ -22,6 +39,7 @@ pub fn main(g: &Global, a: &RestoreArgs) -> i32 {
             "vanished": rep.vanished,
             "removed_groups": rep.removed_groups,
             "busy_groups": rep.busy_groups.iter().map(|(p, n)| json!({"path": p, "tasks": n})).collect::<Vec<_>>(),
+            "skipped": rep.skipped.iter().map(|(p, why)| json!({"path": p, "why": why})).collect::<Vec<_>>(),
             "failed": rep.failed.iter().map(|(p, e)| json!({"path": p, "error": e})).collect::<Vec<_>>(),
             "bad_entries": rep.bad_entries.iter().map(|(l, t, e)| json!({"line": l, "text": t, "error": e})).collect::<Vec<_>>(),
         });
@@ -39,9 +57,12 @@ pub fn main(g: &Global, a: &RestoreArgs) -> i32 {
         }
         for (p, n) in &rep.busy_groups {
             println!(
-                "kept group {}: {n} task(s) still running in it",
+                "kept group {}: {n} task(s) still running in it (thawed, given every CPU)",
                 p.display()
             );
+        }
+        for (p, why) in &rep.skipped {
+            println!("skipped {}: {why}", p.display());
         }
         for (p, e) in &rep.failed {
             println!("FAILED {}: {e}", p.display());
@@ -50,18 +71,19 @@ pub fn main(g: &Global, a: &RestoreArgs) -> i32 {
             println!("bad journal entry at line {l}: {e}: {t}");
         }
         println!(
-            "{verb} {} value(s), {} already original, {} gone with their group; removed {} group(s), kept {} busy; {} failure(s), {} bad entr{}",
+            "{verb} {} value(s), {} already original, {} gone with their group; removed {} group(s), kept {} busy; {} skipped, {} failure(s), {} bad entr{}",
             rep.restored.len(),
             rep.unchanged.len(),
             rep.vanished.len(),
             rep.removed_groups.len(),
             rep.busy_groups.len(),
+            rep.skipped.len(),
             rep.failed.len(),
             rep.bad_entries.len(),
             if rep.bad_entries.len() == 1 { "y" } else { "ies" }
         );
     }
-    if rep.failed.is_empty() && rep.bad_entries.is_empty() {
+    if rep.failed.is_empty() && rep.bad_entries.is_empty() && rep.skipped.is_empty() {
         0
     } else {
         1

@@ -1,11 +1,11 @@
 //! `tidal run`: create the workload's group at its level, move this process in, exec the command.
 
 use crate::cli::{Global, RunArgs};
-use crate::exit::{describe, fail};
+use crate::exit::{self, fail};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use tidal_actuator::Actuator;
-use tidal_cgroupfs::{detect_capabilities, Layout, RootSpec};
+use tidal_cgroupfs::detect_capabilities;
 use tidal_model::{GroupPath, Plan};
 use tidal_policy::{level_plan, workload_limits, Limits};
 
@@ -64,14 +64,14 @@ pub fn main(g: &Global, a: &RunArgs) -> i32 {
         return 127;
     }
     let name = workload_name(a.name.as_deref(), cmd);
-    let layout = match Layout::discover(&RootSpec::from_flag_or_env(g.root.as_deref())) {
+    let layout = match g.layout() {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
     let caps = detect_capabilities(&layout);
-    let mut act = match Actuator::new(layout, &g.state_dir, g.dry_run) {
+    let mut act = match Actuator::new(layout, &g.state_dir(), g.dry_run) {
         Ok(a) => a,
-        Err(e) => return fail(describe(&e)),
+        Err(e) => return exit::act(&e),
     };
     let group = match setup(&mut act, &caps, a, &name) {
         Ok(gp) => gp,
@@ -79,16 +79,28 @@ pub fn main(g: &Global, a: &RunArgs) -> i32 {
             if let Some(g) = claimed {
                 act.rollback_created(&g);
             }
-            return fail(describe(&e));
+            return exit::act(&e);
         }
     };
-    if let Err(e) = act.move_pid(&group, std::process::id()) {
-        act.move_pid_home(std::process::id());
+    if g.dry_run {
+        // Nothing was created, so the command would run outside any group: do not run it.
+        println!(
+            "dry-run: would run {:?} in {group} at level {} (the command is not started)",
+            a.cmd, a.qos
+        );
+        return 0;
+    }
+    let me = std::process::id();
+    if let Err(e) = act.move_pid(&group, me) {
+        act.move_pid_home(me);
         act.rollback_created(&group);
-        return fail(describe(&e));
+        return exit::act(&e);
     }
     tracing::info!("running {:?} in {} at level {}", a.cmd, group, a.qos);
     let err = std::process::Command::new(cmd).args(&a.cmd[1..]).exec();
+    // exec failed: leave no empty group behind.
+    act.move_pid_home(me);
+    act.rollback_created(&group);
     eprintln!("tidal: cannot run {cmd}: {err}");
     if err.kind() == std::io::ErrorKind::NotFound {
         127
@@ -98,18 +110,19 @@ pub fn main(g: &Global, a: &RunArgs) -> i32 {
 }
 
 /// Sets the level up and claims the workload's group. On failure, returns the group if it was
-/// already claimed (to roll it back).
+/// already claimed (to roll it back). On a systemd host the delegated scope holding the root is
+/// started with this process in it, if it is not running yet.
 fn setup(
     act: &mut Actuator,
     caps: &tidal_model::Capabilities,
     a: &RunArgs,
     name: &str,
 ) -> Result<GroupPath, (Option<GroupPath>, tidal_actuator::ActError)> {
+    act.ensure_root(None).map_err(|e| (None, e))?;
     let plan: Plan = level_plan(a.qos, caps);
     apply_all(act, &plan).map_err(|e| (None, e))?;
-    let level_group = GroupPath::new(a.qos.group()).unwrap_or_default();
     let group = act
-        .create_unique(&level_group, name)
+        .create_unique(&a.qos.group_path(), name)
         .map_err(|e| (None, e))?;
     let limits = Limits {
         cpus: a.cpus,

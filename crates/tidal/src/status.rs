@@ -1,8 +1,12 @@
-//! `tidal status`: reads the agent's `/state` and prints a table per workload.
+//! `tidal status`: reads the agent's `/state` (typed) and prints a table per workload.
 
+use crate::agent::view::StateView;
 use crate::cli::{Global, StatusArgs};
-use crate::exit::fail;
-use serde_json::Value;
+use crate::exit::{fail, failed};
+use tidal_model::Pressure;
+
+/// Largest `/state` body read (a state of thousands of workloads is a few MiB).
+const MAX_STATE: u64 = 64 << 20;
 
 fn fetch(addr: &str) -> Result<String, String> {
     let url = format!("http://{addr}/state");
@@ -10,82 +14,81 @@ fn fetch(addr: &str) -> Result<String, String> {
         .call()
         .map_err(|e| format!("cannot reach the agent at {url}: {e} (is `tidal agent` running?)"))?;
     resp.body_mut()
+        .with_config()
+        .limit(MAX_STATE)
         .read_to_string()
         .map_err(|e| format!("reading {url}: {e}"))
 }
 
-fn pct(v: &Value) -> String {
-    v.as_f64()
-        .map_or("-".to_string(), |x| format!("{:.0}%", x * 100.0))
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |x| format!("{:.0}%", x * 100.0))
 }
 
-fn psi(w: &Value) -> String {
-    let p = |r: &str| {
-        w["pressure"][r]["some_avg10"]
-            .as_f64()
-            .map_or("-".to_string(), |x| format!("{x:.1}"))
-    };
-    format!("{}/{}/{}", p("cpu"), p("memory"), p("io"))
+fn psi(p: &tidal_model::WorkloadPressure) -> String {
+    let f = |x: Option<Pressure>| x.map_or("-".to_string(), |p| format!("{:.1}", p.some_avg10));
+    format!("{}/{}/{}", f(p.cpu), f(p.memory), f(p.io))
 }
 
-fn mib(v: &Value) -> String {
-    v.as_u64()
-        .map_or("-".to_string(), |b| format!("{}M", b >> 20))
+fn mib(v: Option<u64>) -> String {
+    v.map_or("-".to_string(), |b| format!("{}M", b >> 20))
 }
 
-pub fn render(state: &Value) -> String {
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("n/a".to_string(), |x| format!("{x:.digits$}"))
+}
+
+pub fn render(state: &StateView) -> String {
     let mut out = String::new();
-    if let Some(n) = state.get("node").filter(|n| !n.is_null()) {
+    if let Some(n) = &state.node {
         out.push_str(&format!(
-            "node: {} CPUs, busy {:.2}, offline uses {:.2}, online needs {}, offline CPUs [{}], online cpu pressure {}, interference step {}\n",
-            n["cpus"].as_str().unwrap_or("?"),
-            n["busy_cpus"].as_f64().unwrap_or(0.0),
-            n["offline_usage_cpus"].as_f64().unwrap_or(0.0),
-            n["online_need_cpus"],
-            n["offline_cpus"].as_str().unwrap_or("all"),
-            n["online_cpu_pressure"].as_f64().map_or("n/a".into(), |p| format!("{p:.1}%")),
-            n["interference_step"],
+            "node: {} CPUs, busy {}, offline uses {}, online needs {}, offline CPUs [{}], online cpu pressure {}, interference step {}\n",
+            n.cpus,
+            opt(n.busy_cpus, 2),
+            opt(n.offline_usage_cpus, 2),
+            n.online_need_cpus,
+            n.offline_cpus.as_ref().map_or("all".to_string(), |c| c.to_string()),
+            n.online_cpu_pressure.map_or("n/a".into(), |p| format!("{p:.1}%")),
+            n.interference_step,
         ));
     }
-    let rows: Vec<[String; 8]> = state["workloads"]
-        .as_array()
-        .map(|ws| {
-            ws.iter()
-                .map(|w| {
-                    let la = &w["last_action"];
-                    let (act, why) = if la.is_null() {
-                        ("-".to_string(), String::new())
-                    } else {
-                        (
-                            la["action"]
-                                .as_str()
-                                .unwrap_or("")
-                                .split(" (")
-                                .next()
-                                .unwrap_or("")
-                                .to_string(),
-                            la["reason"].as_str().unwrap_or("").to_string(),
-                        )
-                    };
-                    let cpus = if w["frozen"].as_bool() == Some(true) {
-                        "frozen".to_string()
-                    } else {
-                        w["allowed_cpus"].as_str().unwrap_or("all").to_string()
-                    };
-                    [
-                        w["group"].as_str().unwrap_or("?").to_string(),
-                        w["level"].as_str().unwrap_or("?").to_string(),
-                        pct(&w["cpu_usage_cpus"]),
-                        mib(&w["memory_bytes"]),
-                        psi(w),
-                        cpus,
-                        act,
-                        why,
-                    ]
-                })
-                .collect()
+    if !state.missing_readings.is_empty() {
+        let m: Vec<String> = state
+            .missing_readings
+            .iter()
+            .map(|(k, n)| format!("{k} ×{n}"))
+            .collect();
+        out.push_str(&format!("missing readings: {}\n", m.join(", ")));
+    }
+    let rows: Vec<[String; 8]> = state
+        .workloads
+        .iter()
+        .map(|w| {
+            let (act, why) = match &w.last_action {
+                None => ("-".to_string(), String::new()),
+                Some(la) => (
+                    la.text.split(" (").next().unwrap_or("").to_string(),
+                    la.action.reason.clone(),
+                ),
+            };
+            let cpus = if w.frozen {
+                "frozen".to_string()
+            } else {
+                w.allowed_cpus
+                    .as_ref()
+                    .map_or("all".to_string(), |c| c.to_string())
+            };
+            [
+                w.snap.group.to_string(),
+                w.snap.level.to_string(),
+                pct(w.snap.cpu_usage_cpus),
+                mib(w.snap.memory_bytes),
+                psi(&w.snap.pressure),
+                cpus,
+                act,
+                why,
+            ]
         })
-        .unwrap_or_default();
+        .collect();
     let head = [
         "WORKLOAD",
         "LEVEL",
@@ -128,17 +131,19 @@ pub fn render(state: &Value) -> String {
 pub fn main(_g: &Global, a: &StatusArgs) -> i32 {
     let body = match fetch(&a.listen) {
         Ok(b) => b,
-        Err(e) => return fail(e),
+        Err(e) => return failed(e),
     };
     if a.json {
         println!("{body}");
         return 0;
     }
-    match serde_json::from_str::<Value>(&body) {
+    match serde_json::from_str::<StateView>(&body) {
         Ok(v) => {
             print!("{}", render(&v));
             0
         }
-        Err(e) => fail(format!("the agent's /state is not JSON: {e}")),
+        Err(e) => fail(format!(
+            "the agent's /state is not what this tidal reads: {e}"
+        )),
     }
 }

@@ -78,11 +78,13 @@ fn short_bench_run_measures_every_scenario_and_cleans_up() {
             "{st}"
         );
     }
-    assert!(r["goal"]["text"].as_str().unwrap().contains("goal"));
+    let goals = r["goals"].as_array().unwrap();
+    assert!(!goals.is_empty() && goals.iter().all(|g| g["verdict"].is_string()));
+    assert!(stdout.contains("**Goals**"), "{stdout}");
     assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
 
     // Nothing of the bench is left in any hierarchy.
-    let layout = Layout::discover(&RootSpec::Relative(format!("tidal-bench-{pid}-colo"))).unwrap();
+    let layout = Layout::discover(&RootSpec::Named(format!("tidal-bench-{pid}-colo"))).unwrap();
     for root in &layout.roots {
         assert!(
             !root.root_dir.exists(),

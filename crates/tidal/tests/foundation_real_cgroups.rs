@@ -235,10 +235,17 @@ fn without_permission_one_line_error_exit_2_nothing_left() {
         return;
     }
     let t = TestRoot::new("noperm");
-    // A writable state dir, so the failure is the cgroupfs one.
+    // A state dir that user owns alone (tidal refuses one others can write), so the failure is the
+    // cgroupfs one.
     let state = t.state.path().join("nobody");
     std::fs::create_dir_all(&state).unwrap();
-    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(
+        t.state.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
     let out = t
         .cmd()
         .env("TIDAL_STATE_DIR", &state)

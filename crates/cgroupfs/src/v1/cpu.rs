@@ -1,70 +1,116 @@
-//! v1 `cpu` controller: `cpu.shares`, `cpu.idle`, CFS quota/period/burst, openEuler `cpu.qos_level`.
+//! v1 `cpu` controller: `cpu.shares`, `cpu.idle`, CFS quota/period/burst, openEuler `cpu.qos_level`,
+//! and the bandwidth statistics in `cpu.stat` (`throttled_time` in nanoseconds).
 
-use crate::knobs::{bad, bool01, int, one, KnobSpec};
+use crate::controller::{bad, bool01, int, not_mine, one, Controller};
+use crate::stat::{parse_flat_keyed, Throttling};
 use tidal_model::{Knob, KnobValue};
 
-pub fn spec(knob: Knob) -> Option<KnobSpec> {
-    let files: &'static [&'static str] = match knob {
-        Knob::CpuWeight => &["cpu.shares"],
-        Knob::CpuIdle => &["cpu.idle"],
-        // Period first: a quota is checked against the period in force.
-        Knob::CpuMax => &["cpu.cfs_period_us", "cpu.cfs_quota_us"],
-        Knob::CpuBurst => &["cpu.cfs_burst_us"],
-        Knob::CpuQosLevel => &["cpu.qos_level"],
-        _ => return None,
-    };
-    Some(KnobSpec {
-        controller: Some("cpu"),
-        files,
-    })
-}
+pub const SHARES: &str = "cpu.shares";
+pub const IDLE: &str = "cpu.idle";
+pub const PERIOD: &str = "cpu.cfs_period_us";
+pub const QUOTA: &str = "cpu.cfs_quota_us";
+pub const BURST: &str = "cpu.cfs_burst_us";
+pub const QOS_LEVEL: &str = "cpu.qos_level";
+pub const STAT: &str = "cpu.stat";
 
-pub fn encode(knob: Knob, v: &KnobValue) -> Option<Result<Vec<String>, String>> {
-    spec(knob)?;
-    Some(match (knob, v) {
-        (Knob::CpuWeight, KnobValue::Shares(s)) => Ok(vec![(*s).clamp(2, 262_144).to_string()]),
-        (Knob::CpuIdle, KnobValue::Bool(b)) => Ok(vec![u8::from(*b).to_string()]),
-        (
+pub struct Cpu;
+
+impl Controller for Cpu {
+    fn controller(&self) -> Option<&'static str> {
+        Some("cpu")
+    }
+    fn knobs(&self) -> &'static [Knob] {
+        &[
+            Knob::CpuWeight,
+            Knob::CpuIdle,
             Knob::CpuMax,
-            KnobValue::Quota {
-                quota_us,
-                period_us,
-            },
-        ) => Ok(vec![
-            period_us.to_string(),
-            quota_us.map_or("-1".to_string(), |q| q.to_string()),
-        ]),
-        (Knob::CpuBurst, KnobValue::Micros(us)) => Ok(vec![us.to_string()]),
-        (Knob::CpuQosLevel, KnobValue::Level(l)) => Ok(vec![l.to_string()]),
-        _ => Err(bad(knob, v)),
+            Knob::CpuBurst,
+            Knob::CpuQosLevel,
+        ]
+    }
+    fn files(&self, knob: Knob) -> &'static [&'static str] {
+        match knob {
+            Knob::CpuWeight => &[SHARES],
+            Knob::CpuIdle => &[IDLE],
+            // Period first: a quota is checked against the period in force.
+            Knob::CpuMax => &[PERIOD, QUOTA],
+            Knob::CpuBurst => &[BURST],
+            Knob::CpuQosLevel => &[QOS_LEVEL],
+            _ => &[],
+        }
+    }
+    fn encode(&self, knob: Knob, v: &KnobValue) -> Result<Vec<String>, String> {
+        match (knob, v) {
+            (Knob::CpuWeight, KnobValue::Shares(s)) => Ok(vec![(*s).clamp(2, 262_144).to_string()]),
+            (Knob::CpuIdle, KnobValue::Bool(b)) => Ok(vec![u8::from(*b).to_string()]),
+            (
+                Knob::CpuMax,
+                KnobValue::Quota {
+                    quota_us,
+                    period_us,
+                },
+            ) => Ok(vec![
+                period_us.to_string(),
+                quota_us.map_or("-1".to_string(), |q| q.to_string()),
+            ]),
+            (Knob::CpuBurst, KnobValue::Micros(us)) => Ok(vec![us.to_string()]),
+            (Knob::CpuQosLevel, KnobValue::Level(l)) => Ok(vec![l.to_string()]),
+            _ => Err(bad(knob, v)),
+        }
+    }
+    fn decode(&self, knob: Knob, c: &[String]) -> Result<KnobValue, String> {
+        match knob {
+            Knob::CpuWeight => one(c).and_then(|s| int(s, "shares")).map(KnobValue::Shares),
+            Knob::CpuIdle => bool01(c),
+            Knob::CpuMax => {
+                let period: u64 = c
+                    .first()
+                    .ok_or_else(|| "no period".to_string())
+                    .and_then(|s| int(s, "period"))?;
+                let quota: i64 = c
+                    .get(1)
+                    .ok_or_else(|| "no quota".to_string())
+                    .and_then(|s| int(s, "quota"))?;
+                Ok(KnobValue::Quota {
+                    quota_us: u64::try_from(quota).ok(),
+                    period_us: period,
+                })
+            }
+            Knob::CpuBurst => one(c)
+                .and_then(|s| int(s, "microseconds"))
+                .map(KnobValue::Micros),
+            Knob::CpuQosLevel => one(c).and_then(|s| int(s, "level")).map(KnobValue::Level),
+            _ => Err(not_mine(knob, "v1 cpu")),
+        }
+    }
+}
+
+/// v1 `cpu.stat` → throttling (its `throttled_time` is in nanoseconds).
+pub fn parse_throttling(text: &str) -> Option<Throttling> {
+    let m = parse_flat_keyed(text);
+    Some(Throttling {
+        nr_periods: *m.get("nr_periods")?,
+        nr_throttled: *m.get("nr_throttled")?,
+        throttled_us: m.get("throttled_time")? / 1000,
     })
 }
 
-pub fn decode(knob: Knob, c: &[String]) -> Option<Result<KnobValue, String>> {
-    spec(knob)?;
-    Some(match knob {
-        Knob::CpuWeight => one(c).and_then(|s| int(s, "shares")).map(KnobValue::Shares),
-        Knob::CpuIdle => bool01(c),
-        Knob::CpuMax => {
-            let period: Result<u64, String> = c
-                .first()
-                .ok_or_else(|| "no period".to_string())
-                .and_then(|s| int(s, "period"));
-            let quota: Result<i64, String> = c
-                .get(1)
-                .ok_or_else(|| "no quota".to_string())
-                .and_then(|s| int(s, "quota"));
-            period.and_then(|period_us| {
-                quota.map(|q| KnobValue::Quota {
-                    quota_us: u64::try_from(q).ok(),
-                    period_us,
-                })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_cpu_stat() {
+        let t =
+            "nr_periods 10\nnr_throttled 3\nthrottled_time 5000000\nnr_bursts 0\nburst_time 0\n";
+        assert_eq!(
+            parse_throttling(t),
+            Some(Throttling {
+                nr_periods: 10,
+                nr_throttled: 3,
+                throttled_us: 5000
             })
-        }
-        Knob::CpuBurst => one(c)
-            .and_then(|s| int(s, "microseconds"))
-            .map(KnobValue::Micros),
-        Knob::CpuQosLevel => one(c).and_then(|s| int(s, "level")).map(KnobValue::Level),
-        _ => Err(format!("{knob} is not a v1 cpu knob")),
-    })
+        );
+        assert_eq!(parse_throttling("nr_periods 1\n"), None);
+    }
 }

@@ -1,37 +1,70 @@
-//! v1 `memory` controller: only the hard limit has a v1 equivalent.
+//! v1 `memory` controller: the hard limit (the only limit with a v2 equivalent), and the working set
+//! as the kubelet counts it: `memory.usage_in_bytes` less `total_inactive_file` of `memory.stat`.
 
-use crate::knobs::{bad, int, one, KnobSpec};
+use crate::controller::{bad, int, not_mine, one, Controller};
+use crate::stat::parse_flat_keyed;
 use tidal_model::{Knob, KnobValue};
+
+pub const LIMIT: &str = "memory.limit_in_bytes";
+pub const USAGE: &str = "memory.usage_in_bytes";
+pub const STAT: &str = "memory.stat";
 
 /// v1 reports "unlimited" as the largest page-aligned i64.
 pub const UNLIMITED: u64 = 9_223_372_036_854_771_712;
 
-pub fn spec(knob: Knob) -> Option<KnobSpec> {
-    match knob {
-        Knob::MemoryMax => Some(KnobSpec {
-            controller: Some("memory"),
-            files: &["memory.limit_in_bytes"],
-        }),
-        _ => None,
+pub struct Memory;
+
+impl Controller for Memory {
+    fn controller(&self) -> Option<&'static str> {
+        Some("memory")
+    }
+    fn knobs(&self) -> &'static [Knob] {
+        &[Knob::MemoryMax]
+    }
+    fn files(&self, knob: Knob) -> &'static [&'static str] {
+        match knob {
+            Knob::MemoryMax => &[LIMIT],
+            _ => &[],
+        }
+    }
+    fn encode(&self, knob: Knob, v: &KnobValue) -> Result<Vec<String>, String> {
+        match (knob, v) {
+            (Knob::MemoryMax, KnobValue::Bytes(Some(b))) => Ok(vec![b.to_string()]),
+            (Knob::MemoryMax, KnobValue::Bytes(None)) => Ok(vec!["-1".to_string()]),
+            _ => Err(bad(knob, v)),
+        }
+    }
+    fn decode(&self, knob: Knob, c: &[String]) -> Result<KnobValue, String> {
+        if knob != Knob::MemoryMax {
+            return Err(not_mine(knob, "v1 memory"));
+        }
+        one(c).and_then(|s| {
+            let v: i64 = int(s, "bytes")?;
+            Ok(KnobValue::Bytes(match u64::try_from(v) {
+                Ok(b) if b < UNLIMITED => Some(b),
+                _ => None,
+            }))
+        })
     }
 }
 
-pub fn encode(knob: Knob, v: &KnobValue) -> Option<Result<Vec<String>, String>> {
-    spec(knob)?;
-    Some(match v {
-        KnobValue::Bytes(Some(b)) => Ok(vec![b.to_string()]),
-        KnobValue::Bytes(None) => Ok(vec!["-1".to_string()]),
-        _ => Err(bad(knob, v)),
-    })
+/// Working set from `memory.usage_in_bytes` and `memory.stat` contents.
+pub fn working_set(usage: &str, stat: &str) -> Result<u64, String> {
+    let usage: u64 = int(usage, "bytes")?;
+    let inactive = parse_flat_keyed(stat)
+        .get("total_inactive_file")
+        .copied()
+        .ok_or("memory.stat has no total_inactive_file")?;
+    Ok(usage.saturating_sub(inactive))
 }
 
-pub fn decode(knob: Knob, c: &[String]) -> Option<Result<KnobValue, String>> {
-    spec(knob)?;
-    Some(one(c).and_then(|s| {
-        let v: i64 = int(s, "bytes")?;
-        Ok(KnobValue::Bytes(match u64::try_from(v) {
-            Ok(b) if b < UNLIMITED => Some(b),
-            _ => None,
-        }))
-    }))
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn working_set_leaves_out_inactive_file_cache() {
+        let stat = "cache 1000\nrss 500\ntotal_inactive_file 300\ntotal_active_file 100\n";
+        assert_eq!(super::working_set("2000\n", stat), Ok(1700));
+        assert_eq!(super::working_set("100\n", stat), Ok(0));
+        assert!(super::working_set("2000\n", "rss 1\n").is_err());
+    }
 }

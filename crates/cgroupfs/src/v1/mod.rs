@@ -1,6 +1,6 @@
-//! cgroup v1 controllers: one module per controller.
+//! cgroup v1 controllers: one module per controller (cpuset is shared with v2: `crate::cpuset`).
 pub mod blkio;
 pub mod cpu;
-pub mod cpuset;
+pub mod cpuacct;
 pub mod freezer;
 pub mod memory;

@@ -1,33 +1,51 @@
-//! v2 core files that need no controller: `cgroup.freeze`, `cgroup.kill`, `cgroup.subtree_control`.
+//! v2 core files that need no controller: `cgroup.freeze`, `cgroup.kill`, `cgroup.subtree_control`,
+//! `cgroup.controllers`, `cgroup.procs`, `cgroup.events`.
 
-use crate::knobs::{bad, bool01, KnobSpec};
+use crate::controller::{bad, bool01, not_mine, Controller};
 use tidal_model::{Knob, KnobValue};
 
 pub const FREEZE: &str = "cgroup.freeze";
 pub const KILL: &str = "cgroup.kill";
 pub const SUBTREE_CONTROL: &str = "cgroup.subtree_control";
+pub const CONTROLLERS: &str = "cgroup.controllers";
+pub const EVENTS: &str = "cgroup.events";
 
-pub fn spec(knob: Knob) -> Option<KnobSpec> {
-    match knob {
-        Knob::Freeze => Some(KnobSpec {
-            controller: None,
-            files: &[FREEZE],
-        }),
-        _ => None,
+pub struct Core;
+
+impl Controller for Core {
+    fn controller(&self) -> Option<&'static str> {
+        None
+    }
+    fn knobs(&self) -> &'static [Knob] {
+        &[Knob::Freeze]
+    }
+    fn files(&self, knob: Knob) -> &'static [&'static str] {
+        match knob {
+            Knob::Freeze => &[FREEZE],
+            _ => &[],
+        }
+    }
+    fn encode(&self, knob: Knob, v: &KnobValue) -> Result<Vec<String>, String> {
+        match (knob, v) {
+            (Knob::Freeze, KnobValue::Bool(b)) => Ok(vec![u8::from(*b).to_string()]),
+            _ => Err(bad(knob, v)),
+        }
+    }
+    fn decode(&self, knob: Knob, c: &[String]) -> Result<KnobValue, String> {
+        match knob {
+            Knob::Freeze => bool01(c),
+            _ => Err(not_mine(knob, "v2 core")),
+        }
     }
 }
 
-pub fn encode(knob: Knob, v: &KnobValue) -> Option<Result<Vec<String>, String>> {
-    spec(knob)?;
-    Some(match v {
-        KnobValue::Bool(b) => Ok(vec![u8::from(*b).to_string()]),
-        _ => Err(bad(knob, v)),
+/// `cgroup.events`: is anything alive in the group or below it?
+pub fn parse_populated(text: &str) -> Option<bool> {
+    text.lines().find_map(|l| match l.trim() {
+        "populated 1" => Some(true),
+        "populated 0" => Some(false),
+        _ => None,
     })
-}
-
-pub fn decode(knob: Knob, c: &[String]) -> Option<Result<KnobValue, String>> {
-    spec(knob)?;
-    Some(bool01(c))
 }
 
 /// The writes that turn the `current` subtree_control into `wanted` (`+cpu -io`), or None if equal.

@@ -62,7 +62,28 @@ pub struct Metrics {
     mem_available: FGauge,
     agent_cpu: FGauge,
     agent_rss: FGauge,
+    tick_worst: FGauge,
+    writes: Counter,
+    unsupported: Family<KnobLabel, FGauge>,
+    kill_survivors: FGauge,
+    missing: Family<WhatLabel, FGauge>,
     known: HashSet<(String, String)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KnobLabel {
+    pub knob: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhatLabel {
+    pub what: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
@@ -92,6 +113,11 @@ impl Metrics {
             mem_available: FGauge::default(),
             agent_cpu: FGauge::default(),
             agent_rss: FGauge::default(),
+            tick_worst: FGauge::default(),
+            writes: Counter::default(),
+            unsupported: Family::default(),
+            kill_survivors: FGauge::default(),
+            missing: Family::default(),
             known: HashSet::new(),
             registry: Registry::default(),
         };
@@ -206,17 +232,83 @@ impl Metrics {
             "The agent's resident memory",
             m.agent_rss.clone(),
         );
+        r.register(
+            "tick_worst_seconds",
+            "Longest control step since start (the tick's worst case)",
+            m.tick_worst.clone(),
+        );
+        r.register(
+            "cgroup_writes",
+            "cgroup files written by the agent's actuator",
+            m.writes.clone(),
+        );
+        r.register(
+            "unsupported_knob_marks",
+            "Writes the kernel refused (EINVAL/EOPNOTSUPP), by knob: the knob is then left alone until the next slow re-probe",
+            m.unsupported.clone(),
+        );
+        r.register(
+            "kill_survivors",
+            "Tasks that survived a kill (freeze, SIGKILL, thaw)",
+            m.kill_survivors.clone(),
+        );
+        r.register(
+            "missing_readings",
+            "Readings that failed and were taken as missing (never as zero), by kind",
+            m.missing.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
+    /// Records a tick's duration as the worst case if it is one.
+    pub fn tick_worst(&self, secs: f64) {
+        if secs > self.tick_worst.get() {
+            self.tick_worst.set(secs);
+        }
+    }
+
+    pub fn actuator(&self, s: &tidal_actuator::ActStats) {
+        let done = self.writes.get();
+        if s.writes > done {
+            self.writes.inc_by(s.writes - done);
+        }
+        for (k, n) in &s.unsupported {
+            self.unsupported
+                .get_or_create(&KnobLabel {
+                    knob: k.name().to_string(),
+                })
+                .set(*n as f64);
+        }
+        self.kill_survivors.set(s.kill_survivors as f64);
+    }
+
+    pub fn missing(&self, counts: &std::collections::BTreeMap<&'static str, u64>) {
+        for (what, n) in counts {
+            self.missing
+                .get_or_create(&WhatLabel {
+                    what: (*what).to_string(),
+                })
+                .set(*n as f64);
+        }
+    }
+
+    /// Node gauges; a reading that is missing leaves its gauge at the last value it had.
     pub fn node(&self, snap: &Snapshot, need: u32, offline_cpus: usize, tighten: u8) {
-        self.node_busy.set(snap.node_busy_cpus);
-        self.offline_usage.set(snap.offline_usage_cpus);
+        let set = |g: &FGauge, v: Option<f64>| {
+            if let Some(v) = v {
+                g.set(v);
+            }
+        };
+        set(&self.node_busy, snap.node_busy_cpus);
+        set(&self.offline_usage, snap.offline_usage_cpus);
         self.online_need.set(f64::from(need));
         self.offline_cpus.set(offline_cpus as f64);
-        self.online_psi.set(snap.online_cpu_psi.unwrap_or(0.0));
+        set(&self.online_psi, snap.online_cpu_psi);
         self.tighten.set(f64::from(tighten));
-        self.mem_available.set(snap.mem_available_bytes as f64);
+        set(
+            &self.mem_available,
+            snap.mem_available_bytes.map(|b| b as f64),
+        );
     }
 
     /// Per-workload and per-level gauges; label sets of workloads that are gone are dropped.
@@ -226,20 +318,38 @@ impl Metrics {
         let mut level_cpu = std::collections::BTreeMap::<QosLevel, (f64, u32)>::new();
         for w in &snap.workloads {
             let l = Wl {
-                workload: w.group.as_str().to_string(),
+                workload: w.group.to_string(),
                 level: w.level.to_string(),
             };
             now.insert((l.workload.clone(), l.level.clone()));
             let e = level_cpu.entry(w.level).or_default();
             e.0 += w.cpu_usage_cpus.unwrap_or(0.0);
             e.1 += 1;
-            self.wl_cpu
-                .get_or_create(&l)
-                .set(w.cpu_usage_cpus.unwrap_or(0.0));
-            self.wl_mem
-                .get_or_create(&l)
-                .set(w.memory_bytes.unwrap_or(0) as f64);
-            self.wl_procs.get_or_create(&l).set(w.procs as f64);
+            // A workload whose reading is missing has no sample this time, rather than a zero.
+            match w.cpu_usage_cpus {
+                Some(v) => {
+                    self.wl_cpu.get_or_create(&l).set(v);
+                }
+                None => {
+                    self.wl_cpu.remove(&l);
+                }
+            }
+            match w.memory_bytes {
+                Some(v) => {
+                    self.wl_mem.get_or_create(&l).set(v as f64);
+                }
+                None => {
+                    self.wl_mem.remove(&l);
+                }
+            }
+            match w.procs {
+                Some(v) => {
+                    self.wl_procs.get_or_create(&l).set(v as f64);
+                }
+                None => {
+                    self.wl_procs.remove(&l);
+                }
+            }
             let allowed = match (w.level.is_online(), offline_cpus) {
                 (false, Some(n)) => n,
                 _ => snap.cpus.len(),
@@ -257,7 +367,8 @@ impl Metrics {
                 ("io", w.pressure.io),
             ] {
                 if let Some(p) = p {
-                    for (kind, v) in [("some", p.some_avg10), ("full", p.full_avg10)] {
+                    for (kind, v) in [("some", Some(p.some_avg10)), ("full", p.full_avg10)] {
+                        let Some(v) = v else { continue };
                         self.wl_psi
                             .get_or_create(&WlRes {
                                 workload: l.workload.clone(),
@@ -301,9 +412,10 @@ impl Metrics {
             self.level_cpu.get_or_create(&lbl).set(cpu);
             self.level_workloads.get_or_create(&lbl).set(f64::from(n));
         }
-        let (cpu, rss) = self_usage();
-        self.agent_cpu.set(cpu);
-        self.agent_rss.set(rss as f64);
+        if let Ok(me) = tidal_cgroupfs::proc::self_stat() {
+            self.agent_cpu.set(me.cpu_seconds);
+            self.agent_rss.set(me.rss_bytes as f64);
+        }
     }
 
     pub fn encode(&self) -> String {
@@ -313,28 +425,4 @@ impl Metrics {
         }
         s
     }
-}
-
-/// This process's CPU seconds (user + system) and resident bytes.
-pub fn self_usage() -> (f64, u64) {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    // SAFETY: as above.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name (which may hold spaces) start after the last ')'.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ut: f64 = f.get(11)?.parse().ok()?;
-            let st: f64 = f.get(12)?.parse().ok()?;
-            Some((ut + st) / hz)
-        })
-        .unwrap_or(0.0);
-    let rss = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |p| p * page);
-    (cpu, rss)
 }

@@ -1,20 +1,27 @@
-//! What `/state` shows: the node, every workload with its last action and why, and the last plan.
+//! What `/state` shows, typed both ways: the node, every workload with its last action and why, the
+//! last plan, the policy state. `tidal status` and the tests read it back through these types, and
+//! `tidal apply --plan` takes the `last_plan` object as it is.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tidal_model::{Action, Capabilities, CpuSet, GroupPath, Snapshot, WorkloadSnapshot};
+use tidal_model::{
+    Action, Capabilities, CpuSet, Plan, Remember, Snapshot, Target, WorkloadSnapshot,
+};
 use tidal_policy::{Config, PolicyState};
 
-#[derive(Debug, Clone, Serialize)]
+/// One action the agent applied, with when and what came of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionRecord {
     pub at_ms: u64,
-    pub action: String,
-    pub reason: String,
-    pub cause: String,
+    /// The action as one line of text (`set offline cpuset-cpus=[1] (…)`).
+    pub text: String,
+    #[serde(flatten)]
+    pub action: Action,
+    /// `written`, `unchanged`, `unsupported`, … or `error: …`.
     pub outcome: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkloadView {
     #[serde(flatten)]
     pub snap: WorkloadSnapshot,
@@ -24,54 +31,75 @@ pub struct WorkloadView {
     pub last_action: Option<ActionRecord>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     pub cpus: CpuSet,
-    pub busy_cpus: f64,
-    pub offline_usage_cpus: f64,
+    pub busy_cpus: Option<f64>,
+    pub offline_usage_cpus: Option<f64>,
     pub online_need_cpus: u32,
     pub offline_cpus: Option<CpuSet>,
     pub online_cpu_pressure: Option<f64>,
-    pub mem_total_bytes: u64,
-    pub mem_available_bytes: u64,
+    pub mem_total_bytes: Option<u64>,
+    pub mem_available_bytes: Option<u64>,
+    /// Tightening steps in force (0 none).
     pub interference_step: u8,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The last plan the agent applied: exactly a [`Plan`] (so `tidal apply --plan` takes it), with when
+/// and each action's outcome alongside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanView {
+    #[serde(default)]
     pub at_ms: u64,
-    pub actions: Vec<ActionRecord>,
+    pub actions: Vec<Action>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remember: Vec<Remember>,
+    #[serde(default)]
+    pub outcomes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl PlanView {
+    pub fn plan(&self) -> Plan {
+        Plan {
+            actions: self.actions.clone(),
+            remember: self.remember.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateView {
     pub now_ms: u64,
     pub ticks: u64,
     pub dry_run: bool,
     pub cgroup_mode: String,
+    /// Where workloads come from (`local`, `kubernetes`).
+    pub source: String,
     pub capabilities: Capabilities,
     pub config: Config,
     pub node: Option<NodeView>,
     pub workloads: Vec<WorkloadView>,
     pub last_plan: Option<PlanView>,
     pub policy: PolicyState,
+    /// Readings that failed since start, by kind.
+    #[serde(default)]
+    pub missing_readings: BTreeMap<String, u64>,
 }
 
 /// The latest action that touched `group` or one of its ancestors (a confinement of the offline
 /// parent applies to every offline workload).
-pub fn last_for(
-    history: &BTreeMap<GroupPath, ActionRecord>,
-    group: &GroupPath,
-) -> Option<ActionRecord> {
-    let mut best: Option<&ActionRecord> = None;
-    let mut cur = Some(group.clone());
-    while let Some(g) = cur {
-        if let Some(r) = history.get(&g) {
-            if best.is_none_or(|b| r.at_ms > b.at_ms) {
-                best = Some(r);
+pub fn last_for(history: &BTreeMap<Target, ActionRecord>, group: &Target) -> Option<ActionRecord> {
+    let mut best: Option<&ActionRecord> = history.get(group);
+    if let Target::Tidal(g) = group {
+        let mut cur = g.parent();
+        while let Some(p) = cur {
+            if let Some(r) = history.get(&Target::Tidal(p.clone())) {
+                if best.is_none_or(|b| r.at_ms > b.at_ms) {
+                    best = Some(r);
+                }
             }
+            cur = p.parent();
         }
-        cur = g.parent();
     }
     best.cloned()
 }
@@ -79,9 +107,8 @@ pub fn last_for(
 pub fn record(a: &Action, at_ms: u64, outcome: &str) -> ActionRecord {
     ActionRecord {
         at_ms,
-        action: a.to_string(),
-        reason: a.reason.clone(),
-        cause: a.cause.clone(),
+        text: a.to_string(),
+        action: a.clone(),
         outcome: outcome.to_string(),
     }
 }
@@ -96,6 +123,6 @@ pub fn node_view(s: &Snapshot, p: &PolicyState) -> NodeView {
         online_cpu_pressure: s.online_cpu_psi,
         mem_total_bytes: s.mem_total_bytes,
         mem_available_bytes: s.mem_available_bytes,
-        interference_step: p.tighten,
+        interference_step: p.interference.level(),
     }
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidal_actuator::Actuator;
+use tidal_model::Target;
 use tidal_model::{GroupPath, Knob, KnobValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,19 +64,19 @@ pub struct RunResult {
     pub lost: u64,
     /// Built-in antagonists' work units per second (None for an external command).
     pub offline_units_per_s: Option<f64>,
-    /// CPUs the offline side used.
-    pub offline_cpus: f64,
+    /// CPUs the offline side used (from its cgroup's CPU time; None if unreadable).
+    pub offline_cpus: Option<f64>,
     /// CPUs the online server used.
-    pub online_cpus: f64,
+    pub online_cpus: Option<f64>,
     /// Machine CPU utilisation, 0..1.
-    pub utilisation: f64,
+    pub utilisation: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StepResult {
     pub scenario: Scenario,
-    /// Milliseconds from the step until offline was out of the CPUs online needs (its final
-    /// post-step confinement); None when the scenario has no dynamic reaction or never got there.
+    /// Milliseconds from the step to the first change that reached the post-step target; None when
+    /// nothing changed (static scenarios, or no change was due), which reads "n/a", never "met".
     pub reaction_ms: Option<f64>,
     pub note: String,
     pub before: Latency,
@@ -110,8 +111,8 @@ impl Opts {
             } else {
                 Arrivals::Poisson
             },
-            warmup_s: a.warmup.unwrap_or(if quick { 1.0 } else { 2.0 }),
-            duration_s: a.duration.unwrap_or(if quick { 3.0 } else { 10.0 }),
+            warmup_s: a.warmup.unwrap_or(if quick { 1.0 } else { 1.5 }),
+            duration_s: a.duration.unwrap_or(if quick { 3.0 } else { 5.0 }),
             offline_kind: a.offline.clone(),
             offline_threads: a.offline_threads.unwrap_or(2 * n_cpus),
             offline_cmd: a.offline_cmd.clone(),
@@ -129,12 +130,18 @@ struct Setup {
     online_group: String,
     offline_group: Option<String>,
     quota: Option<QuotaCtl>,
-    groups: Vec<String>,
+    /// The groups the scenario made: killed by cgroup and removed at its end.
+    groups: Vec<GroupPath>,
+    /// The offline processes (an early exit means the antagonist failed).
+    offline_pids: Vec<u32>,
 }
 
-fn wait_file(p: &std::path::Path, secs: u64) -> Result<String, String> {
+fn wait_file(env: &BenchEnv, p: &std::path::Path, secs: u64) -> Result<String, String> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
+        if env.interrupted() {
+            return Err("interrupted".into());
+        }
         if let Ok(s) = std::fs::read_to_string(p) {
             if !s.trim().is_empty() {
                 return Ok(s);
@@ -157,11 +164,7 @@ fn spawn_in(env: &mut BenchEnv, group: &GroupPath, argv: &[String]) -> Result<u3
     let pid = env.spawn(c)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if st
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
-        {
+        if tidal_cgroupfs::proc::task_stat(pid as i32).is_ok_and(|s| s.state == 'T') {
             break;
         }
         if Instant::now() > deadline {
@@ -170,6 +173,7 @@ fn spawn_in(env: &mut BenchEnv, group: &GroupPath, argv: &[String]) -> Result<u3
         std::thread::sleep(Duration::from_millis(1));
     }
     env.move_pid(group, pid)?;
+    // A signal to the bench's own child, not a cgroup operation.
     // SAFETY: kill(2) on a process this bench started.
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     Ok(pid)
@@ -210,7 +214,7 @@ fn setup(
     tag: &str,
     with_offline: bool,
 ) -> Result<Setup, String> {
-    let dir = env.state_dir().join(tag);
+    let dir = env.work_dir().join(tag);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let ready = dir.join("port");
     let report = dir.join("offline");
@@ -243,12 +247,15 @@ fn setup(
         offline_group: None,
         quota: None,
         groups: Vec::new(),
+        offline_pids: Vec::new(),
     };
     if s.uses_tidal() {
+        st.groups.push(env.tidal_group());
         st.online_group = "tidal/online-critical/server".into();
         env.tidal_run("online-critical", "server", &server)?;
         for (i, argv) in offline.iter().enumerate() {
-            env.tidal_run("offline", &format!("batch{i}"), argv)?;
+            let pid = env.tidal_run("offline", &format!("batch{i}"), argv)?;
+            st.offline_pids.push(pid);
         }
         if !offline.is_empty() {
             st.offline_group = Some("tidal/offline".into());
@@ -265,7 +272,7 @@ fn setup(
             }
             c.stderr(std::process::Stdio::null());
             env.spawn(c)?;
-            super::env::wait_healthz(&addr)?;
+            super::env::wait_healthz(&addr, &env.stop)?;
         }
     } else {
         // What the kubelet gives a Burstable online pod (shares by its request: the CPUs it uses at
@@ -280,24 +287,24 @@ fn setup(
             }
             _ => (Vec::new(), Vec::new()),
         };
+        st.groups
+            .push(GroupPath::new(tag).map_err(|e| e.to_string())?);
         let og = env.group(&st.online_group, &on_knobs)?;
-        st.groups.push(st.online_group.clone());
         spawn_in(env, &og, &server)?;
         if !offline.is_empty() {
             let name = format!("{tag}/offline");
             let g = env.group(&name, &off_knobs)?;
             for argv in &offline {
-                spawn_in(env, &g, argv)?;
+                let pid = spawn_in(env, &g, argv)?;
+                st.offline_pids.push(pid);
             }
-            st.groups.push(name.clone());
             st.offline_group = Some(name.clone());
             if s == Scenario::QuotaSuppress {
                 st.quota = Some(QuotaCtl::start(env, &name, &st.online_group, o.n_cpus)?);
             }
         }
-        st.groups.push(tag.to_string());
     }
-    st.port = wait_file(&ready, 15)?
+    st.port = wait_file(env, &ready, 15)?
         .trim()
         .parse()
         .map_err(|_| "bad port from the server".to_string())?;
@@ -316,7 +323,7 @@ fn client_run(
     on_start: impl FnOnce(Instant),
 ) -> Result<loadgen::LoadResult, String> {
     let n = CLIENTS.fetch_add(1, Ordering::Relaxed);
-    let dir = env.state_dir().to_path_buf();
+    let dir = env.work_dir().to_path_buf();
     let (ready, out) = (
         dir.join(format!("client{n}.start")),
         dir.join(format!("client{n}.json")),
@@ -348,30 +355,28 @@ fn client_run(
     let pid = if tidal {
         env.tidal_run("online-critical", "client", &argv)?
     } else {
-        let g = GroupPath::new(&st.online_group).unwrap_or_default();
+        let g = GroupPath::new(&st.online_group).map_err(|e| e.to_string())?;
         spawn_in(env, &g, &argv)?
     };
-    let start = wait_file(&ready, 20)?;
+    let start = wait_file(env, &ready, 20)?;
     let mono: u64 = start
         .trim()
         .parse()
         .map_err(|_| "bad client start time".to_string())?;
     on_start(super::client::instant_of(mono));
+    // The client writes its result and exits; wait for the exit (the file is then whole).
     let deadline = Instant::now() + Duration::from_secs_f64(sched.duration_s + 30.0);
-    while !out.exists() || std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) == 0 {
-        if Instant::now() > deadline || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            break;
+    while env.exited(pid).is_none() {
+        if env.interrupted() {
+            return Err("interrupted".into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the load generator did not finish within {:.0} s of its schedule",
+                sched.duration_s + 30.0
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    // The writer may still be finishing the file: give it a moment to exit.
-    let end = Instant::now() + Duration::from_secs(2);
-    while std::path::Path::new(&format!("/proc/{pid}/status")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .is_ok_and(|s| !s.contains("State:\tZ"))
-        && Instant::now() < end
-    {
-        std::thread::sleep(Duration::from_millis(10));
     }
     super::client::read_result(&out)
 }
@@ -382,33 +387,43 @@ fn teardown(env: &mut BenchEnv, st: Setup) {
     if let Some(q) = st.quota {
         q.stop();
     }
-    env.stop_children();
-    env.cleanup_groups(&st.groups);
+    env.end_scenario(&st.groups);
 }
 
-impl BenchEnv {
-    /// Removes the given groups (kills leftovers first), plus tidal's workload groups.
-    pub fn cleanup_groups(&mut self, groups: &[String]) {
-        self.stop_children();
-        let mut all: Vec<String> = groups.to_vec();
-        if let Ok(scan) = tidal_source::LocalSource::new(self.tidal_layout()).scan() {
-            all.extend(scan.workloads.iter().map(|w| format!("tidal/{}", w.group)));
-        }
-        for g in all {
-            if let Some(gp) = GroupPath::new(&g) {
-                let _ = self.act.remove_group(&gp);
-            }
+/// Fails the run if an offline process ended before the measurement did: the antagonist failed.
+fn check_offline_alive(env: &mut BenchEnv, st: &Setup) -> Result<(), String> {
+    for pid in &st.offline_pids {
+        if let Some(status) = env.exited(*pid) {
+            return Err(format!(
+                "the offline workload (pid {pid}) ended early with {status}: check --offline-cmd"
+            ));
         }
     }
+    Ok(())
 }
 
-/// Koordinator-style CFS-quota suppression of the offline group, once a second:
-/// quota = max(CPUs × 65% − online used − system used, 2 ms per period), moving ≤ 10% of the CPUs
-/// per round and skipping changes under 1%.
+/// Koordinator-style CFS-quota suppression of the offline group, once a second: the allowance is
+/// CPUs × 65% − online used − system used (at least 2 ms per period). The first write is the formula
+/// itself; later a lower allowance is cut at once and a higher one approached by at most 10% of the
+/// machine per round; changes under 1% are skipped.
 struct QuotaCtl {
     stop: Arc<AtomicBool>,
     handle: Option<std::thread::JoinHandle<()>>,
+    /// (when, quota in force in CPUs, target in CPUs) per round.
     pub log: Arc<Mutex<Vec<(Instant, f64, f64)>>>,
+}
+
+/// The next quota (in CPUs) from the one in force (None before the first write) and the target.
+pub fn quota_step(cur: Option<f64>, target: f64, n: f64) -> Option<f64> {
+    let next = match cur {
+        None => target,
+        Some(c) if target < c => target,
+        Some(c) => target.min(c + 0.1 * n),
+    };
+    match cur {
+        Some(c) if (next - c).abs() / n < 0.01 => None,
+        _ => Some(next),
+    }
 }
 
 impl QuotaCtl {
@@ -417,49 +432,48 @@ impl QuotaCtl {
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut act =
             Actuator::new(env.layout.clone(), env.state_dir(), false).map_err(|e| e.to_string())?;
-        let layout = env.layout.clone();
-        let (off, on) = (
-            GroupPath::new(offline).unwrap_or_default(),
-            GroupPath::new(online).unwrap_or_default(),
+        let off = Target::Tidal(GroupPath::new(offline).map_err(|e| e.to_string())?);
+        let on = Target::Tidal(GroupPath::new(online).map_err(|e| e.to_string())?);
+        let (mut node_r, mut on_r, mut off_r) = (
+            env.layout.node_cpu_usage(),
+            env.layout.cpu_usage(&on),
+            env.layout.cpu_usage(&off),
         );
-        let node_reader = BenchEnv::node_reader(env);
         let (s2, l2) = (Arc::clone(&stop), Arc::clone(&log));
         let handle = std::thread::spawn(move || {
             let period = 100_000u64;
             let nf = n as f64;
-            let mut cur = nf;
+            let mut cur: Option<f64> = None;
             let mut prev: Option<(Instant, u64, u64, u64)> = None;
+            let read = |r: &mut Option<tidal_cgroupfs::Reader<u64>>| {
+                r.as_mut().and_then(|r| r.read().ok())
+            };
             while !s2.load(Ordering::Relaxed) {
                 let now = Instant::now();
-                let (node, on_ns, off_ns) = (
-                    node_reader(),
-                    layout.cpu_usage_ns(&on).unwrap_or(0),
-                    layout.cpu_usage_ns(&off).unwrap_or(0),
-                );
-                if let Some((t, pn, pon, poff)) = prev {
+                let reading = match (read(&mut node_r), read(&mut on_r), read(&mut off_r)) {
+                    (Some(a), Some(b), Some(c)) => Some((a, b, c)),
+                    _ => None,
+                };
+                if let (Some((t, pn, pon, poff)), Some((node, on_ns, off_ns))) = (prev, reading) {
                     let dt = now.duration_since(t).as_nanos().max(1) as f64;
                     let online = on_ns.saturating_sub(pon) as f64 / dt;
                     let offline = off_ns.saturating_sub(poff) as f64 / dt;
                     let system = (node.saturating_sub(pn) as f64 / dt - online - offline).max(0.0);
                     let target = (nf * 0.65 - online - system).max(0.02);
-                    let step = 0.1 * nf;
-                    let next = target.clamp(cur - step, cur + step);
-                    if (next - cur).abs() / nf >= 0.01 {
-                        cur = next;
-                        let _ = act.set(
-                            &off,
-                            Knob::CpuMax,
-                            &KnobValue::Quota {
-                                quota_us: Some(((cur * period as f64) as u64).max(2000)),
-                                period_us: period,
-                            },
-                        );
+                    if let Some(next) = quota_step(cur, target, nf) {
+                        let q = KnobValue::Quota {
+                            quota_us: Some(((next * period as f64) as u64).max(2000)),
+                            period_us: period,
+                        };
+                        if act.set(&off, Knob::CpuMax, &q).is_ok() {
+                            cur = Some(next);
+                        }
                     }
                     if let Ok(mut l) = l2.lock() {
-                        l.push((now, cur, target));
+                        l.push((now, cur.unwrap_or(nf), target));
                     }
                 }
-                prev = Some((now, node, on_ns, off_ns));
+                prev = reading.map(|(a, b, c)| (now, a, b, c));
                 let until = now + Duration::from_secs(1);
                 while Instant::now() < until && !s2.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(10));
@@ -481,27 +495,19 @@ impl QuotaCtl {
     }
 }
 
-impl BenchEnv {
-    fn node_reader(env: &BenchEnv) -> impl Fn() -> u64 + Send + 'static {
-        let layout = env.layout.clone();
-        move || super::env::node_ns(&layout)
-    }
-
-    fn tidal_layout(&self) -> tidal_cgroupfs::Layout {
-        tidal_cgroupfs::Layout::new(
-            self.layout.hierarchies.clone(),
-            &tidal_cgroupfs::RootSpec::Relative(self.tidal_root()),
-        )
-    }
-}
-
+/// Counters at one edge of the measured window; a counter that could not be read is None.
 #[derive(Clone, Copy, Default)]
 struct Mark {
-    units: u64,
-    offline_ns: u64,
-    online_ns: u64,
-    node_ns: u64,
+    units: Option<u64>,
+    offline_ns: Option<u64>,
+    online_ns: Option<u64>,
+    node_ns: Option<u64>,
     at: Option<Instant>,
+}
+
+/// Per-second rate of a counter between two marks (None if either edge is missing or it went back).
+fn per_s(a: Option<u64>, b: Option<u64>, dt: f64, scale: f64) -> Option<f64> {
+    Some(b?.checked_sub(a?)? as f64 / scale / dt)
 }
 
 /// One measured run of scenario `s`.
@@ -537,26 +543,28 @@ fn measure(
     let marks: Arc<Mutex<(Mark, Mark)>> = Arc::new(Mutex::new((Mark::default(), Mark::default())));
     let m2 = Arc::clone(&marks);
     let reports = st.reports.clone();
-    let offline_group = st.offline_group.clone();
-    let online_group = st.online_group.clone();
-    let layout = env.layout.clone();
-    let node_reader = BenchEnv::node_reader(env);
-    let mark_now = move || Mark {
-        units: reports
-            .iter()
-            .filter_map(|p| read_report(p))
-            .map(|(u, _)| u)
-            .sum(),
-        offline_ns: offline_group
-            .as_deref()
-            .and_then(GroupPath::new)
-            .and_then(|g| layout.cpu_usage_ns(&g).ok())
-            .unwrap_or(0),
-        online_ns: GroupPath::new(&online_group)
-            .and_then(|g| layout.cpu_usage_ns(&g).ok())
-            .unwrap_or(0),
-        node_ns: node_reader(),
-        at: Some(Instant::now()),
+    let reader = |g: Option<&str>| {
+        g.and_then(|g| GroupPath::new(g).ok())
+            .and_then(|g| env.layout.cpu_usage(&Target::Tidal(g)))
+    };
+    let mut off_r = reader(st.offline_group.as_deref());
+    let mut on_r = reader(Some(&st.online_group));
+    let mut node_r = env.layout.node_cpu_usage();
+    let mut mark_now = move || {
+        let read =
+            |r: &mut Option<tidal_cgroupfs::Reader<u64>>| r.as_mut().and_then(|r| r.read().ok());
+        let units: Option<u64> = if reports.is_empty() {
+            None
+        } else {
+            reports.iter().map(|p| read_report(p).map(|(u, _)| u)).sum()
+        };
+        Mark {
+            units,
+            offline_ns: read(&mut off_r),
+            online_ns: read(&mut on_r),
+            node_ns: read(&mut node_r),
+            at: Some(Instant::now()),
+        }
     };
     let mut marker = None;
     let r = client_run(
@@ -590,6 +598,7 @@ fn measure(
     if let Some(h) = marker {
         let _ = h.join();
     }
+    check_offline_alive(env, st)?;
     let (a, b) = marks
         .lock()
         .map(|m| *m)
@@ -599,20 +608,23 @@ fn measure(
         _ => o.duration_s,
     };
     let n = o.n_cpus as f64;
+    let Some(latency) = r.windows.first().map(|w| summarize(&w.hist)) else {
+        return Err("the load generator returned no measurement window".into());
+    };
     Ok(RunResult {
         scenario: s,
         round,
-        latency: summarize(&r.windows[0].hist),
+        latency,
         sent: r.sent,
         lost: r.lost,
-        offline_units_per_s: if st.reports.is_empty() {
-            None
+        offline_units_per_s: per_s(a.units, b.units, dt, 1.0),
+        offline_cpus: if st.offline_group.is_some() {
+            per_s(a.offline_ns, b.offline_ns, dt, 1e9)
         } else {
-            Some(b.units.saturating_sub(a.units) as f64 / dt)
+            Some(0.0)
         },
-        offline_cpus: b.offline_ns.saturating_sub(a.offline_ns) as f64 / 1e9 / dt,
-        online_cpus: b.online_ns.saturating_sub(a.online_ns) as f64 / 1e9 / dt,
-        utilisation: (b.node_ns.saturating_sub(a.node_ns) as f64 / 1e9 / dt / n).min(1.0),
+        online_cpus: per_s(a.online_ns, b.online_ns, dt, 1e9),
+        utilisation: per_s(a.node_ns, b.node_ns, dt, 1e9).map(|c| (c / n).min(1.0)),
     })
 }
 
@@ -637,7 +649,36 @@ pub fn calibrate(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
     if r.received == 0 {
         return Err("calibration: the server answered nothing".into());
     }
-    Ok((after.saturating_sub(before) as f64 / 1e9) / r.received as f64)
+    let used = match (before, after) {
+        (Some(b), Some(a)) if a > b => a - b,
+        _ => return Err("calibration: cannot read the server group's CPU time".into()),
+    };
+    Ok((used as f64 / 1e9) / r.received as f64)
+}
+
+/// The time of the first change that already shows the final state (the post-step target), and that
+/// state; None when nothing changed.
+pub fn first_to_final(changes: &[(f64, String)]) -> Option<(f64, String)> {
+    let (_, last) = changes.last()?;
+    changes
+        .iter()
+        .find(|(_, s)| s == last)
+        .map(|(t, s)| (*t, s.clone()))
+}
+
+/// Milliseconds from the step until the quota in force first met the target computed after the step;
+/// None if the quota never changed after the step or never got there.
+pub fn quota_reaction(log: &[(Instant, f64, f64)], step: Instant, n: f64) -> Option<f64> {
+    let before = log
+        .iter()
+        .rfind(|(t, _, _)| *t < step)
+        .map(|(_, cur, _)| *cur);
+    log.iter()
+        .filter(|(t, _, _)| *t >= step)
+        .find(|(_, cur, target)| {
+            before.is_none_or(|b| (cur - b).abs() >= 0.01 * n) && (cur - target).abs() < 0.01 * n
+        })
+        .map(|(t, _, _)| t.duration_since(step).as_secs_f64() * 1000.0)
 }
 
 /// Online rate stepping from 10% to 60% of the machine; how fast offline gets out of the way.
@@ -673,7 +714,7 @@ pub fn run_step(
         .map(|d| d.join("cgroup.freeze"));
     let unified_freeze = env.layout.unified().map(|u| {
         u.dir(&GroupPath::new("tidal/offline/offline").unwrap_or_default())
-            .join("cgroup.freeze")
+            .join(tidal_cgroupfs::v2::core::FREEZE)
     });
     let changes: Arc<Mutex<Vec<(f64, String)>>> = Arc::new(Mutex::new(Vec::new()));
     let c2 = Arc::clone(&changes);
@@ -736,40 +777,41 @@ pub fn run_step(
     let (reaction_ms, note) = match s {
         Scenario::Tidal => {
             let c = changes.lock().map(|c| c.clone()).unwrap_or_default();
-            match c.last() {
-                Some((t, state)) => (
-                    Some(*t),
-                    format!("final confinement {state} after {} change(s)", c.len()),
+            match first_to_final(&c) {
+                Some((ms, state)) => (
+                    Some(ms),
+                    format!(
+                        "confinement reached its post-step state {state} (after {} change(s))",
+                        c.len()
+                    ),
                 ),
                 None => (
-                    Some(0.0),
-                    "no change needed: offline was already at its post-step confinement"
-                        .to_string(),
+                    None,
+                    "no change after the step: nothing to time (n/a)".to_string(),
                 ),
             }
         }
         Scenario::QuotaSuppress => {
-            // The controller moves ≤10% of the machine per 1 s round towards its target.
             let log = quota_log.unwrap_or_default();
-            let reached = step_instant.and_then(|step| {
-                log.iter()
-                    .filter(|(t, _, _)| *t >= step)
-                    .find(|(_, cur, target)| (cur - target).abs() < 0.01 * n)
-                    .map(|(t, _, _)| t.duration_since(step).as_secs_f64() * 1000.0)
-            });
-            match reached {
+            match step_instant.and_then(|step| quota_reaction(&log, step, n)) {
                 Some(ms) => (Some(ms), "quota reached its post-step target".into()),
                 None => (
                     None,
                     format!(
-                        "quota still moving towards its target {:.0} ms after the step (≤10% of the machine per 1 s round)",
+                        "the quota did not reach its post-step target within {:.0} ms (n/a)",
                         post * 1000.0
                     ),
                 ),
             }
         }
-        _ => (None, "static settings: no dynamic reaction".to_string()),
+        _ => (
+            None,
+            "static settings: no dynamic reaction (n/a)".to_string(),
+        ),
     };
+    if r.windows.len() < 2 {
+        return Err("the load generator returned fewer windows than asked".into());
+    }
     Ok(StepResult {
         scenario: s,
         reaction_ms,
@@ -777,4 +819,50 @@ pub fn run_step(
         before: summarize(&r.windows[0].hist),
         after_first_second: summarize(&r.windows[1].hist),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reaction_is_timed_to_the_first_change_that_reaches_the_final_state() {
+        let c = vec![
+            (12.0, "1".to_string()),
+            (30.0, "0-1".to_string()),
+            (45.0, "1".to_string()),
+        ];
+        assert_eq!(first_to_final(&c), Some((12.0, "1".to_string())));
+        // Nothing changed: nothing to time, not "0 ms".
+        assert_eq!(first_to_final(&[]), None);
+    }
+
+    #[test]
+    fn quota_controller_cuts_at_once_and_ramps_up_slowly() {
+        // First write: the formula itself.
+        assert_eq!(quota_step(None, 0.3, 2.0), Some(0.3));
+        // Lower target: at once.
+        assert_eq!(quota_step(Some(1.3), 0.2, 2.0), Some(0.2));
+        // Higher target: at most 10% of the machine per round.
+        let up = quota_step(Some(0.2), 1.3, 2.0).unwrap();
+        assert!((up - 0.4).abs() < 1e-9, "{up}");
+        // Under 1%: skipped.
+        assert_eq!(quota_step(Some(1.0), 1.01, 2.0), None);
+    }
+
+    #[test]
+    fn quota_reaction_is_against_the_post_step_target() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let log = vec![
+            (at(0), 1.0, 1.0),
+            (at(1000), 1.0, 1.0),
+            (at(2000), 0.2, 0.2),
+        ];
+        let r = quota_reaction(&log, at(1500), 2.0).unwrap();
+        assert!((r - 500.0).abs() < 1.0, "{r}");
+        // No change after the step: n/a.
+        let flat = vec![(at(0), 1.0, 1.0), (at(2000), 1.0, 1.0)];
+        assert_eq!(quota_reaction(&flat, at(1500), 2.0), None);
+    }
 }

@@ -3,9 +3,11 @@
 
 use super::env::BenchEnv;
 use super::hist::percentile;
-use crate::cli::{AgentCostArgs, ReactionArgs};
-use crate::exit::fail;
+use crate::cli::{parse_counts, AgentCostArgs, BenchGlobal, ReactionArgs};
+use crate::{fail, failed};
 use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidal_model::CpuSet;
 
@@ -29,15 +31,15 @@ fn start_agent(env: &mut BenchEnv, config: &str) -> Result<(u32, String), String
     let f = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     c.stderr(f).env("TIDAL_LOG", "info");
     let pid = env.spawn(c)?;
-    super::env::wait_healthz(&addr)?;
+    super::env::wait_healthz(&addr, &env.stop)?;
     Ok((pid, addr))
 }
 
-/// Polls `f` every `every` until it holds or `secs` pass. Polling costs CPU the agent counts as
-/// online usage, so waits that are not measured poll slowly.
-fn wait_for(secs: f64, every: Duration, mut f: impl FnMut() -> bool) -> bool {
+/// Polls `f` every `every` until it holds or `secs` pass (or the bench is interrupted). Polling costs
+/// CPU the agent counts as online usage, so waits that are not measured poll slowly.
+fn wait_for(stop: &AtomicBool, secs: f64, every: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         if f() {
             return true;
         }
@@ -59,8 +61,8 @@ struct ReactionReport {
 
 /// Online load steps from idle to every CPU (a stopped spinner gets SIGCONT); the time until the
 /// offline parent's cpuset has shrunk is the reaction.
-pub fn reaction(a: &ReactionArgs) -> i32 {
-    let mut env = match BenchEnv::new("reaction") {
+pub fn reaction(g: &BenchGlobal, a: &ReactionArgs, stop: &Arc<AtomicBool>) -> i32 {
+    let mut env = match BenchEnv::new("reaction", g, Arc::clone(stop)) {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
@@ -114,7 +116,10 @@ pub fn reaction(a: &ReactionArgs) -> i32 {
         let mut missed = 0;
         for i in 0..a.steps {
             // Start each step from offline holding every CPU, steadily for 200 ms.
-            let settled = wait_for(15.0, Duration::from_millis(20), || {
+            if env.interrupted() {
+                return Err("interrupted".into());
+            }
+            let settled = wait_for(stop, 15.0, Duration::from_millis(20), || {
                 cpus() == all && {
                     std::thread::sleep(Duration::from_millis(200));
                     cpus() == all
@@ -126,7 +131,9 @@ pub fn reaction(a: &ReactionArgs) -> i32 {
             let t0 = Instant::now();
             // SAFETY: as above.
             unsafe { libc::kill(load as i32, libc::SIGCONT) };
-            if wait_for(2.0, Duration::from_micros(250), || cpus().len() < all.len()) {
+            if wait_for(stop, 2.0, Duration::from_micros(250), || {
+                cpus().len() < all.len()
+            }) {
                 times.push(t0.elapsed().as_secs_f64() * 1000.0);
             } else {
                 missed += 1;
@@ -156,22 +163,30 @@ pub fn reaction(a: &ReactionArgs) -> i32 {
             );
             println!(
                 "goal ≤ 100 ms p99: {}",
-                if r.p99_ms <= 100.0 && r.missed == 0 {
+                if r.reaction_ms.is_empty() {
+                    "n/a (no step measured)"
+                } else if r.p99_ms <= 100.0 && r.missed == 0 {
                     "met"
                 } else {
                     "NOT met"
                 }
             );
             if let Some(p) = &a.json {
-                if let Err(e) =
-                    std::fs::write(p, serde_json::to_string_pretty(&r).unwrap_or_default())
-                {
-                    return fail(format!("{}: {e}", p.display()));
+                let text = match serde_json::to_string_pretty(&r) {
+                    Ok(t) => t,
+                    Err(e) => return failed(format!("report JSON: {e}")),
+                };
+                if let Err(e) = std::fs::write(p, text) {
+                    return failed(format!("{}: {e}", p.display()));
                 }
             }
             0
         }
-        Err(e) => fail(e),
+        Err(_) if stop.load(Ordering::Relaxed) => {
+            eprintln!("tidal: bench interrupted; every group it made was removed");
+            130
+        }
+        Err(e) => failed(e),
     }
 }
 
@@ -180,120 +195,122 @@ struct CostRow {
     workloads: usize,
     seconds: f64,
     cpu_percent_of_one_core: f64,
-    rss_mib: f64,
-    tick_us_mean: f64,
-    ticks: f64,
+    rss_mib: Option<f64>,
+    tick_us_mean: Option<f64>,
+    /// The agent's longest tick since it started.
+    tick_worst_us: Option<f64>,
+    ticks: Option<f64>,
 }
 
-fn proc_cpu_s(pid: u32) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+fn proc_cpu_s(pid: u32) -> Option<f64> {
+    tidal_cgroupfs::proc::task_stat(pid as i32)
         .ok()
-        .and_then(|s| {
-            let f: Vec<String> = s
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .map(String::from)
-                .collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / hz)
-        })
-        .unwrap_or(0.0)
+        .map(|s| s.cpu_seconds)
 }
 
-fn proc_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+fn proc_rss_mib(pid: u32) -> Option<f64> {
+    tidal_cgroupfs::proc::task_stat(pid as i32)
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+        .map(|s| s.rss_bytes as f64 / (1 << 20) as f64)
 }
 
-fn metric(text: &str, name: &str) -> f64 {
+fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0.0)
+}
+
+fn scrape(addr: &str) -> Option<String> {
+    ureq::get(&format!("http://{addr}/metrics"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
 }
 
 /// Agent CPU and memory at a 100 ms tick with W workloads (¾ offline, ¼ online, all sleeping).
-pub fn cost(a: &AgentCostArgs) -> i32 {
-    let counts: Vec<usize> = a
-        .workloads
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    if counts.is_empty() {
-        return fail(format!(
-            "--workloads '{}' holds no counts (e.g. 50,100,200)",
-            a.workloads
-        ));
-    }
+pub fn cost(g: &BenchGlobal, a: &AgentCostArgs, stop: &Arc<AtomicBool>) -> i32 {
+    let counts = match parse_counts(&a.workloads) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
     let mut rows = Vec::new();
     for w in counts {
-        let mut env = match BenchEnv::new(&format!("cost{w}")) {
+        let mut env = match BenchEnv::new(&format!("cost{w}"), g, Arc::clone(stop)) {
             Ok(e) => e,
             Err(e) => return fail(e),
         };
         let res = (|| -> Result<CostRow, String> {
             for i in 0..w {
+                if env.interrupted() {
+                    return Err("interrupted".into());
+                }
                 let level = if i % 4 == 3 { "online" } else { "offline" };
                 env.tidal_run(level, &format!("w{i}"), &["sleep", "3600"])?;
             }
             let (pid, addr) = start_agent(&mut env, "tick: 100ms\n")?;
             eprintln!("{w} workloads: warming up");
-            std::thread::sleep(Duration::from_secs(3));
-            let m0 = ureq::get(&format!("http://{addr}/metrics"))
-                .call()
-                .ok()
-                .and_then(|mut r| r.body_mut().read_to_string().ok())
-                .unwrap_or_default();
+            wait_for(stop, 3.0, Duration::from_millis(100), || false);
+            let m0 = scrape(&addr).ok_or("cannot read the agent's /metrics")?;
             let (c0, t0) = (proc_cpu_s(pid), Instant::now());
-            std::thread::sleep(Duration::from_secs_f64(a.seconds));
+            wait_for(stop, a.seconds, Duration::from_millis(100), || false);
+            if env.interrupted() {
+                return Err("interrupted".into());
+            }
             let (c1, dt) = (proc_cpu_s(pid), t0.elapsed().as_secs_f64());
-            let m1 = ureq::get(&format!("http://{addr}/metrics"))
-                .call()
-                .ok()
-                .and_then(|mut r| r.body_mut().read_to_string().ok())
-                .unwrap_or_default();
-            let ticks = metric(&m1, "tidal_tick_duration_seconds_count")
-                - metric(&m0, "tidal_tick_duration_seconds_count");
-            let tick_s = metric(&m1, "tidal_tick_duration_seconds_sum")
-                - metric(&m0, "tidal_tick_duration_seconds_sum");
+            let m1 = scrape(&addr).ok_or("cannot read the agent's /metrics")?;
+            let delta = |name: &str| Some(metric(&m1, name)? - metric(&m0, name)?);
+            let ticks = delta("tidal_tick_duration_seconds_count");
+            let tick_s = delta("tidal_tick_duration_seconds_sum");
+            let (Some(c0), Some(c1)) = (c0, c1) else {
+                return Err(format!(
+                    "cannot read the agent's CPU time (/proc/{pid}/stat)"
+                ));
+            };
             Ok(CostRow {
                 workloads: w,
                 seconds: dt,
                 cpu_percent_of_one_core: (c1 - c0) / dt * 100.0,
                 rss_mib: proc_rss_mib(pid),
-                tick_us_mean: if ticks > 0.0 {
-                    tick_s / ticks * 1e6
-                } else {
-                    f64::NAN
+                tick_us_mean: match (ticks, tick_s) {
+                    (Some(n), Some(s)) if n > 0.0 => Some(s / n * 1e6),
+                    _ => None,
                 },
+                tick_worst_us: metric(&m1, "tidal_tick_worst_seconds").map(|s| s * 1e6),
                 ticks,
             })
         })();
+        // Cleanup finishes even if a second signal arrives: the flag only stops new work.
         env.cleanup();
         match res {
             Ok(r) => rows.push(r),
-            Err(e) => return fail(e),
+            Err(_) if stop.load(Ordering::Relaxed) => {
+                eprintln!("tidal: bench interrupted; every group it made was removed");
+                return 130;
+            }
+            Err(e) => return failed(e),
         }
     }
-    println!("| workloads | agent CPU (% of one core) | RSS MiB | mean tick µs | ticks |");
-    println!("|---|---|---|---|---|");
+    let opt = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |x| format!("{x:.d$}"));
+    println!("| workloads | agent CPU (% of one core) | RSS MiB | mean tick µs | worst tick µs | ticks |");
+    println!("|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.2}% | {:.1} | {:.0} | {:.0} |",
-            r.workloads, r.cpu_percent_of_one_core, r.rss_mib, r.tick_us_mean, r.ticks
+            "| {} | {:.2}% | {} | {} | {} | {} |",
+            r.workloads,
+            r.cpu_percent_of_one_core,
+            opt(r.rss_mib, 1),
+            opt(r.tick_us_mean, 0),
+            opt(r.tick_worst_us, 0),
+            opt(r.ticks, 0)
         );
     }
     if let Some(p) = &a.json {
-        if let Err(e) = std::fs::write(p, serde_json::to_string_pretty(&rows).unwrap_or_default()) {
-            return fail(format!("{}: {e}", p.display()));
+        let text = match serde_json::to_string_pretty(&rows) {
+            Ok(t) => t,
+            Err(e) => return failed(format!("report JSON: {e}")),
+        };
+        if let Err(e) = std::fs::write(p, text) {
+            return failed(format!("{}: {e}", p.display()));
         }
     }
     0

@@ -1,70 +1,89 @@
-//! The knob registry: for each semantic knob, the file(s) it maps to on cgroup v1 and v2 and the value
-//! encoding for each. The controller modules under `v1/` and `v2/` hold the per-file details.
+//! The knob registry: one [`Controller`] per controller and cgroup version, each knowing its files in
+//! both directions (the names and write order, how a value is encoded for writing and decoded when
+//! read). The registry is a table per version; [`lookup`] finds the controller serving a knob.
+//! Writing itself is the actuator's: a controller only describes the write.
 
 use crate::hierarchy::Version;
-use crate::{v1, v2};
-use tidal_model::{Knob, KnobValue};
+use crate::{cpuset, v1, v2};
+use tidal_model::{CpuSet, Knob, KnobValue};
 
-/// Where a knob lives on one cgroup version.
+/// One controller on one cgroup version.
+pub trait Controller: Sync {
+    /// The controller a hierarchy must carry; `None` for v2 core files (`cgroup.freeze`).
+    fn controller(&self) -> Option<&'static str>;
+    /// The knobs it serves.
+    fn knobs(&self) -> &'static [Knob];
+    /// The file(s) of `knob`, in write order.
+    fn files(&self, knob: Knob) -> &'static [&'static str];
+    /// File contents to write, one per file, in file order.
+    fn encode(&self, knob: Knob, value: &KnobValue) -> Result<Vec<String>, String>;
+    /// Parses the files' contents (in file order) into a value.
+    fn decode(&self, knob: Knob, contents: &[String]) -> Result<KnobValue, String>;
+}
+
+static V1_TABLE: [&dyn Controller; 5] = [
+    &v1::cpu::Cpu,
+    &cpuset::Cpuset,
+    &v1::memory::Memory,
+    &v1::blkio::Blkio,
+    &v1::freezer::Freezer,
+];
+
+static V2_TABLE: [&dyn Controller; 5] = [
+    &v2::cpu::Cpu,
+    &cpuset::Cpuset,
+    &v2::memory::Memory,
+    &v2::io::Io,
+    &v2::core::Core,
+];
+
+/// Every controller of one version.
+pub fn table(version: Version) -> &'static [&'static dyn Controller] {
+    match version {
+        Version::V1 => &V1_TABLE,
+        Version::V2 => &V2_TABLE,
+    }
+}
+
+/// The controller serving `knob` on `version`, if that version has a file for it.
+pub fn lookup(knob: Knob, version: Version) -> Option<&'static dyn Controller> {
+    table(version)
+        .iter()
+        .copied()
+        .find(|c| c.knobs().contains(&knob))
+}
+
+/// Where a knob lives on one version: the controller the hierarchy must carry and the files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnobSpec {
-    /// The controller that must own the hierarchy; `None` for v2 core files (`cgroup.freeze`).
     pub controller: Option<&'static str>,
-    /// Files in write order.
     pub files: &'static [&'static str],
 }
 
 pub fn spec(knob: Knob, version: Version) -> Option<KnobSpec> {
-    match version {
-        Version::V1 => v1::cpu::spec(knob)
-            .or_else(|| v1::cpuset::spec(knob))
-            .or_else(|| v1::memory::spec(knob))
-            .or_else(|| v1::blkio::spec(knob))
-            .or_else(|| v1::freezer::spec(knob)),
-        Version::V2 => v2::cpu::spec(knob)
-            .or_else(|| v2::cpuset::spec(knob))
-            .or_else(|| v2::memory::spec(knob))
-            .or_else(|| v2::io::spec(knob))
-            .or_else(|| v2::core::spec(knob)),
-    }
-}
-
-/// File contents to write, one per spec file, in spec order.
-pub fn encode(knob: Knob, version: Version, value: &KnobValue) -> Result<Vec<String>, String> {
-    let r = match version {
-        Version::V1 => v1::cpu::encode(knob, value)
-            .or_else(|| v1::cpuset::encode(knob, value))
-            .or_else(|| v1::memory::encode(knob, value))
-            .or_else(|| v1::blkio::encode(knob, value))
-            .or_else(|| v1::freezer::encode(knob, value)),
-        Version::V2 => v2::cpu::encode(knob, value)
-            .or_else(|| v2::cpuset::encode(knob, value))
-            .or_else(|| v2::memory::encode(knob, value))
-            .or_else(|| v2::io::encode(knob, value))
-            .or_else(|| v2::core::encode(knob, value)),
-    };
-    r.unwrap_or_else(|| {
-        Err(format!(
-            "{knob} has no {version:?} file or takes no {value}"
-        ))
+    lookup(knob, version).map(|c| KnobSpec {
+        controller: c.controller(),
+        files: c.files(knob),
     })
 }
 
-/// Parses the contents of the spec files (in spec order) into a value.
+pub fn encode(knob: Knob, version: Version, value: &KnobValue) -> Result<Vec<String>, String> {
+    lookup(knob, version)
+        .ok_or_else(|| format!("{knob} has no {version:?} file"))?
+        .encode(knob, value)
+}
+
 pub fn decode(knob: Knob, version: Version, contents: &[String]) -> Result<KnobValue, String> {
-    let r = match version {
-        Version::V1 => v1::cpu::decode(knob, contents)
-            .or_else(|| v1::cpuset::decode(knob, contents))
-            .or_else(|| v1::memory::decode(knob, contents))
-            .or_else(|| v1::blkio::decode(knob, contents))
-            .or_else(|| v1::freezer::decode(knob, contents)),
-        Version::V2 => v2::cpu::decode(knob, contents)
-            .or_else(|| v2::cpuset::decode(knob, contents))
-            .or_else(|| v2::memory::decode(knob, contents))
-            .or_else(|| v2::io::decode(knob, contents))
-            .or_else(|| v2::core::decode(knob, contents)),
-    };
-    r.unwrap_or_else(|| Err(format!("{knob} has no {version:?} file")))
+    lookup(knob, version)
+        .ok_or_else(|| format!("{knob} has no {version:?} file"))?
+        .decode(knob, contents)
+}
+
+/// Is `file` the file of some knob on `version` (what `restore` may write back)?
+pub fn is_knob_file(file: &str, version: Version) -> bool {
+    table(version)
+        .iter()
+        .any(|c| c.knobs().iter().any(|k| c.files(*k).contains(&file)))
 }
 
 /// Parses one trimmed integer, naming what was expected.
@@ -91,17 +110,9 @@ pub(crate) fn bool01(contents: &[String]) -> Result<KnobValue, String> {
     })
 }
 
-/// Encodes a CPU or memory-node list (`cpuset.cpus`, `cpuset.mems`, same format on v1 and v2).
-pub(crate) fn cpus_encode(knob: Knob, v: &KnobValue) -> Result<Vec<String>, String> {
-    match v {
-        KnobValue::Cpus(c) => Ok(vec![c.to_string()]),
-        _ => Err(bad(knob, v)),
-    }
-}
-
 pub(crate) fn cpus_decode(contents: &[String]) -> Result<KnobValue, String> {
     one(contents).and_then(|s| {
-        s.parse::<tidal_model::CpuSet>()
+        s.parse::<CpuSet>()
             .map(KnobValue::Cpus)
             .map_err(|e| e.to_string())
     })
@@ -111,10 +122,13 @@ pub(crate) fn bad(knob: Knob, v: &KnobValue) -> String {
     format!("{knob} cannot take {v}")
 }
 
+pub(crate) fn not_mine(knob: Knob, what: &str) -> String {
+    format!("{knob} is not a {what} knob")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidal_model::CpuSet;
 
     fn round_trip(knob: Knob, version: Version, v: KnobValue) {
         let enc = encode(knob, version, &v).unwrap();
@@ -124,6 +138,16 @@ mod tests {
             v,
             "{knob} {version:?}"
         );
+    }
+
+    #[test]
+    fn every_knob_is_served_once_per_version() {
+        for v in [Version::V1, Version::V2] {
+            for k in Knob::ALL {
+                let n = table(v).iter().filter(|c| c.knobs().contains(&k)).count();
+                assert!(n <= 1, "{k} served by {n} {v:?} controllers");
+            }
+        }
     }
 
     #[test]
@@ -148,7 +172,7 @@ mod tests {
             (Knob::CpuBurst, KnobValue::Micros(20_000)),
             (
                 Knob::CpusetCpus,
-                KnobValue::Cpus(CpuSet::from_ids([0, 1, 3])),
+                KnobValue::Cpus(CpuSet::from_ids([0, 2, 3])),
             ),
             (Knob::CpusetMems, KnobValue::Cpus(CpuSet::from_ids([0]))),
             (Knob::MemoryMax, KnobValue::Bytes(Some(1 << 30))),
@@ -208,5 +232,15 @@ mod tests {
             KnobValue::Bool(true)
         );
         assert!(decode(Knob::CpuIdle, Version::V1, &s("yes")).is_err());
+    }
+
+    #[test]
+    fn knob_files_are_known_to_restore() {
+        assert!(is_knob_file("cpu.shares", Version::V1));
+        assert!(is_knob_file("cpuset.cpus", Version::V2));
+        assert!(is_knob_file("cgroup.freeze", Version::V2));
+        assert!(!is_knob_file("cgroup.procs", Version::V2));
+        assert!(!is_knob_file("passwd", Version::V1));
+        assert!(!is_knob_file("cpu.shares", Version::V2));
     }
 }

@@ -1,8 +1,11 @@
 //! `tidal bench`: a reproducible co-location benchmark on this machine (online service under
 //! open-loop load next to offline antagonists, per isolation scenario), plus the agent's own
-//! benchmarks (`reaction`, `agent-cost`). Every group it makes is removed, also on Ctrl-C.
+//! benchmarks (`reaction`, `agent-cost`), and the built-in workloads they run (`tidal worker`).
+//! Every group it makes is made, killed and removed through the actuator, in a sandbox of its own,
+//! and removed at the end, also on Ctrl-C.
 
 pub mod agentbench;
+pub mod cli;
 pub mod client;
 pub mod colo;
 pub mod env;
@@ -11,8 +14,8 @@ pub mod loadgen;
 pub mod report;
 pub mod worker;
 
-use crate::cli::{BenchArgs, BenchCommand, Global};
-use crate::exit::fail;
+pub use cli::{BenchArgs, BenchCommand, BenchGlobal, WorkerArgs};
+
 use colo::{Opts, Scenario};
 use env::BenchEnv;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,6 +23,21 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// Usage or environment errors.
+pub const USAGE: i32 = 2;
+/// A failure while benchmarking.
+pub const FAILURE: i32 = 1;
+
+pub fn fail(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("tidal: {msg}");
+    USAGE
+}
+
+pub fn failed(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("tidal: {msg}");
+    FAILURE
+}
 
 fn machine(env: &BenchEnv) -> report::Machine {
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -61,8 +79,9 @@ fn hold_pm_qos() -> Option<std::fs::File> {
     }
 }
 
-/// SIGINT/SIGTERM set a flag: the bench stops between runs and cleans up.
-fn interrupt_flag() -> Arc<AtomicBool> {
+/// SIGINT/SIGTERM set a flag: the bench stops where it is and cleans up. The bench's children run in
+/// their own process group, so a terminal's Ctrl-C reaches only the bench, which then stops them.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
     let f = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(sig, Arc::clone(&f));
@@ -70,10 +89,20 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     f
 }
 
-pub fn main(_g: &Global, a: &BenchArgs) -> i32 {
+pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
+    if let Err(errs) = a.validate() {
+        for e in errs {
+            eprintln!("tidal: {e}");
+        }
+        return USAGE;
+    }
+    if g.dry_run {
+        return fail("bench creates and measures real groups: --dry-run does not apply to it");
+    }
+    let stop = interrupt_flag();
     match &a.command {
-        Some(BenchCommand::Reaction(r)) => return agentbench::reaction(r),
-        Some(BenchCommand::AgentCost(c)) => return agentbench::cost(c),
+        Some(BenchCommand::Reaction(r)) => return agentbench::reaction(g, r, &stop),
+        Some(BenchCommand::AgentCost(c)) => return agentbench::cost(g, c, &stop),
         None => {}
     }
     let scenarios: Vec<Scenario> = match &a.scenarios {
@@ -98,21 +127,14 @@ pub fn main(_g: &Global, a: &BenchArgs) -> i32 {
         }
         None => Scenario::ALL.to_vec(),
     };
-    if !["cpu", "stream", "cache", "mix"].contains(&a.offline.as_str()) {
-        return fail(format!(
-            "unknown --offline '{}'; valid: cpu, stream, cache, mix",
-            a.offline
-        ));
-    }
-    let stop = interrupt_flag();
     let pm_qos = if a.no_pm_qos { None } else { hold_pm_qos() };
-    let mut env = match BenchEnv::new("colo") {
+    let mut env = match BenchEnv::new("colo", g, Arc::clone(&stop)) {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
     let n = env.caps.cpus.len();
     let mut o = Opts::from_args(a, n);
-    let rounds = a.rounds.unwrap_or(if a.quick { 2 } else { 3 });
+    let rounds = a.rounds.unwrap_or(if a.quick { 2 } else { 10 });
     let steps: Vec<Scenario> = if a.no_step {
         Vec::new()
     } else {
@@ -127,12 +149,19 @@ pub fn main(_g: &Global, a: &BenchArgs) -> i32 {
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let interrupted = |env: &mut BenchEnv, pb: &ProgressBar| {
+        pb.abandon();
+        env.cleanup();
+        eprintln!("tidal: bench interrupted; every group it made was removed");
+        130
+    };
     pb.set_message("calibrating the online service");
     let cost = match colo::calibrate(&mut env, &o) {
         Ok(c) => c,
+        Err(_) if stop.load(Ordering::Relaxed) => return interrupted(&mut env, &pb),
         Err(e) => {
             pb.abandon();
-            return fail(format!("calibration failed: {e}"));
+            return failed(format!("calibration failed: {e}"));
         }
     };
     pb.inc(1);
@@ -142,19 +171,20 @@ pub fn main(_g: &Global, a: &BenchArgs) -> i32 {
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut runs = Vec::new();
     let mut step_results = Vec::new();
-    'outer: for round in 0..rounds {
+    for round in 0..rounds {
         let mut order = scenarios.clone();
         order.shuffle(&mut rng);
         for s in order {
             if stop.load(Ordering::Relaxed) {
-                break 'outer;
+                return interrupted(&mut env, &pb);
             }
             pb.set_message(format!("round {}/{rounds}: {}", round + 1, s.name()));
             match colo::run_once(&mut env, s, &o, round) {
                 Ok(r) => runs.push(r),
+                Err(_) if stop.load(Ordering::Relaxed) => return interrupted(&mut env, &pb),
                 Err(e) => {
                     pb.abandon();
-                    return fail(format!("{} (round {}): {e}", s.name(), round + 1));
+                    return failed(format!("{} (round {}): {e}", s.name(), round + 1));
                 }
             }
             pb.inc(1);
@@ -162,26 +192,22 @@ pub fn main(_g: &Global, a: &BenchArgs) -> i32 {
     }
     for s in steps {
         if stop.load(Ordering::Relaxed) {
-            break;
+            return interrupted(&mut env, &pb);
         }
         pb.set_message(format!("step: {}", s.name()));
         match colo::run_step(&mut env, s, &o, cost) {
             Ok(r) => step_results.push(r),
+            Err(_) if stop.load(Ordering::Relaxed) => return interrupted(&mut env, &pb),
             Err(e) => {
                 pb.abandon();
-                return fail(format!("step {}: {e}", s.name()));
+                return failed(format!("step {}: {e}", s.name()));
             }
         }
         pb.inc(1);
     }
     pb.finish_and_clear();
-    if stop.load(Ordering::Relaxed) {
-        env.cleanup();
-        eprintln!("tidal: bench interrupted; every group it made was removed");
-        return 130;
-    }
     let summaries = report::summarize(&runs, &scenarios);
-    let goal = report::goal(&summaries, &step_results);
+    let goals = report::goals(&summaries, &step_results, &runs);
     let rep = report::Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         machine: machine(&env),
@@ -196,9 +222,10 @@ pub fn main(_g: &Global, a: &BenchArgs) -> i32 {
         warmup_s: o.warmup_s,
         duration_s: o.duration_s,
         rounds,
+        indicative: a.quick,
         scenarios: summaries,
         step: step_results,
-        goal,
+        goals,
         runs,
     };
     env.cleanup();
@@ -207,15 +234,15 @@ pub fn main(_g: &Global, a: &BenchArgs) -> i32 {
     if let Some(p) = &a.json {
         let text = match serde_json::to_string_pretty(&rep) {
             Ok(t) => t,
-            Err(e) => return fail(format!("report JSON: {e}")),
+            Err(e) => return failed(format!("report JSON: {e}")),
         };
         if let Err(e) = std::fs::write(p, text) {
-            return fail(format!("cannot write {}: {e}", p.display()));
+            return failed(format!("cannot write {}: {e}", p.display()));
         }
     }
     if let Some(p) = &a.svg {
         if let Err(e) = report::svg(&rep, p) {
-            return fail(e);
+            return failed(e);
         }
     }
     0

@@ -71,15 +71,62 @@ fn parse_pairs<A: std::str::FromStr, B: std::str::FromStr>(
         .collect()
 }
 
+/// Hex of a serialised histogram.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes from hex; a character that is not a hex digit (or an odd length) is an error naming where.
+pub fn from_hex(h: &str) -> Result<Vec<u8>, String> {
+    if !h.len().is_multiple_of(2) {
+        return Err(format!("odd-length hex ({} digits)", h.len()));
+    }
+    h.as_bytes()
+        .chunks(2)
+        .enumerate()
+        .map(|(i, pair)| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| format!("bad hex digit at offset {}", 2 * i))
+        })
+        .collect()
+}
+
+/// Decodes one window's histogram (V2 serialisation, hex).
+pub fn decode_hist(h: &str) -> Result<hdrhistogram::Histogram<u64>, String> {
+    let bytes = from_hex(h)?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| format!("{e:?}"))
+}
+
 /// `tidal worker loadgen`: runs the schedule and writes the result file.
 pub fn worker_main(a: &WorkerArgs) -> Result<(), String> {
+    if !(a.duration.is_finite() && a.duration > 0.0 && a.duration <= 2.0 * crate::cli::MAX_SECONDS)
+    {
+        return Err(format!(
+            "--duration {}: must be > 0 and at most 7200 s",
+            a.duration
+        ));
+    }
+    let segments: Vec<(f64, f64)> = parse_pairs(&a.segments, ':', "segment")?;
+    for (t, r) in &segments {
+        if !(t.is_finite() && *t >= 0.0 && r.is_finite() && *r >= 0.0 && *r <= crate::cli::MAX_RATE)
+        {
+            return Err(format!(
+                "bad segment {t}:{r}: times ≥ 0, rates between 0 and {}",
+                crate::cli::MAX_RATE
+            ));
+        }
+    }
     let sched = Schedule {
         arrivals: if a.constant {
             Arrivals::Constant
         } else {
             Arrivals::Poisson
         },
-        segments: parse_pairs(&a.segments, ':', "segment")?,
+        segments,
         duration_s: a.duration,
         seed: a.seed,
     };
@@ -100,7 +147,7 @@ pub fn worker_main(a: &WorkerArgs) -> Result<(), String> {
         V2Serializer::new()
             .serialize(&w.hist, &mut buf)
             .map_err(|e| format!("histogram: {e:?}"))?;
-        hex.push(buf.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        hex.push(to_hex(&buf));
     }
     let o = Output {
         start_mono_ns: start_mono,
@@ -118,13 +165,9 @@ pub fn read_result(path: &std::path::Path) -> Result<LoadResult, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let o: Output = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut windows = Vec::new();
-    for h in &o.windows {
-        let bytes: Vec<u8> = (0..h.len() / 2)
-            .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap_or(0))
-            .collect();
-        let hist = Deserializer::new()
-            .deserialize(&mut bytes.as_slice())
-            .map_err(|e| format!("histogram in {}: {e:?}", path.display()))?;
+    for (i, h) in o.windows.iter().enumerate() {
+        let hist =
+            decode_hist(h).map_err(|e| format!("histogram {i} in {}: {e}", path.display()))?;
         windows.push(Window { hist });
     }
     Ok(LoadResult {
@@ -138,7 +181,7 @@ pub fn read_result(path: &std::path::Path) -> Result<LoadResult, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::hist::{new_hist, record};
+    use crate::hist::{new_hist, record};
 
     #[test]
     fn arguments_and_results_round_trip() {
@@ -168,7 +211,7 @@ mod tests {
             sent: 3,
             received: 3,
             lost: 0,
-            windows: vec![buf.iter().map(|b| format!("{b:02x}")).collect()],
+            windows: vec![to_hex(&buf)],
         };
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("r.json");
@@ -176,5 +219,28 @@ mod tests {
         let r = read_result(&p).unwrap();
         assert_eq!(r.windows[0].hist.len(), 3);
         assert_eq!(r.windows[0].hist.max(), h.max());
+        // A bad digit is an error, not a zero byte.
+        let mut bad = to_hex(&buf);
+        bad.replace_range(4..5, "g");
+        assert!(decode_hist(&bad).unwrap_err().contains("offset 4"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn histogram_codec_never_panics(h in "[0-9a-fg]{0,200}") {
+            let _ = decode_hist(&h);
+        }
+
+        #[test]
+        fn histogram_codec_round_trips(vals in proptest::collection::vec(1_000u64..60_000_000_000, 0..50)) {
+            let mut h = new_hist();
+            for v in &vals {
+                record(&mut h, *v);
+            }
+            let mut buf = Vec::new();
+            V2Serializer::new().serialize(&h, &mut buf).unwrap();
+            let back = decode_hist(&to_hex(&buf)).unwrap();
+            proptest::prop_assert_eq!(back.len(), h.len());
+        }
     }
 }

@@ -45,37 +45,52 @@ impl Schedule {
             .map_or(0.0, |(_, r)| *r)
     }
 
-    /// Intended send times in ns from the start, in order.
-    pub fn times(&self) -> Vec<u64> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed);
-        let mut out = Vec::new();
-        let mut t = 0.0f64;
+    /// Intended send times in ns from the start, in order, computed as they are needed: the
+    /// schedule takes no memory however long it is.
+    pub fn times(&self) -> Times<'_> {
+        Times {
+            s: self,
+            rng: rand::rngs::StdRng::seed_from_u64(self.seed),
+            t: 0.0,
+        }
+    }
+}
+
+/// The send times of a [`Schedule`], one at a time.
+pub struct Times<'a> {
+    s: &'a Schedule,
+    rng: rand::rngs::StdRng,
+    t: f64,
+}
+
+impl Iterator for Times<'_> {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
         loop {
-            let r = self.rate_at(t);
-            if r <= 0.0 {
+            let r = self.s.rate_at(self.t);
+            if !(r.is_finite() && r > 0.0) {
                 // Jump to the next segment with traffic.
-                match self.segments.iter().find(|(s, rr)| *s > t && *rr > 0.0) {
-                    Some((s, _)) => {
-                        t = *s;
-                        continue;
-                    }
-                    None => break,
-                }
+                let next = self
+                    .s
+                    .segments
+                    .iter()
+                    .find(|(st, rr)| *st > self.t && *rr > 0.0)?;
+                self.t = next.0;
+                continue;
             }
-            let gap = match self.arrivals {
+            let gap = match self.s.arrivals {
                 Arrivals::Constant => 1.0 / r,
                 Arrivals::Poisson => {
-                    let u: f64 = rng.random_range(f64::EPSILON..1.0);
+                    let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
                     -u.ln() / r
                 }
             };
-            t += gap;
-            if t >= self.duration_s {
-                break;
+            self.t += gap;
+            if self.t.is_nan() || self.t >= self.s.duration_s {
+                return None;
             }
-            out.push((t * 1e9) as u64);
+            return Some((self.t * 1e9) as u64);
         }
-        out
     }
 }
 
@@ -101,7 +116,6 @@ pub fn run(
     windows: &[(u64, u64)],
     on_start: impl FnOnce(Instant),
 ) -> std::io::Result<LoadResult> {
-    let times = schedule.times();
     let mut streams = Vec::new();
     for _ in 0..conns.max(1) {
         streams.push(super::worker::connect(port)?);
@@ -174,9 +188,9 @@ pub fn run(
     }
     let mut writers: Vec<TcpStream> = streams;
     let mut sent = 0u64;
-    for (id, t) in times.iter().enumerate() {
+    for (id, t) in schedule.times().enumerate() {
         let now = start.elapsed().as_nanos() as u64;
-        if *t > now {
+        if t > now {
             std::thread::sleep(Duration::from_nanos(t - now));
         }
         let c = id % writers.len();
@@ -184,7 +198,7 @@ pub fn run(
         msg[..8].copy_from_slice(&(id as u64).to_le_bytes());
         msg[8..].copy_from_slice(&t.to_le_bytes());
         if let Ok(mut q) = outstanding[c].lock() {
-            q.push_back(*t);
+            q.push_back(t);
         }
         if writers[c].write_all(&msg).is_err() {
             break;
@@ -233,13 +247,13 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::hist::summarize;
+    use crate::hist::summarize;
     use std::net::TcpListener;
 
     #[test]
     fn constant_schedule_is_evenly_spaced() {
         let s = Schedule::constant_rate(Arrivals::Constant, 1000.0, 1.0);
-        let t = s.times();
+        let t: Vec<u64> = s.times().collect();
         assert!((998..=1000).contains(&t.len()), "{}", t.len());
         assert!(t.windows(2).all(|w| (w[1] - w[0]).abs_diff(1_000_000) < 10));
     }
@@ -247,7 +261,7 @@ mod tests {
     #[test]
     fn poisson_schedule_has_the_right_mean_rate_and_steps() {
         let s = Schedule::constant_rate(Arrivals::Poisson, 5000.0, 4.0);
-        let n = s.times().len() as f64;
+        let n = s.times().count() as f64;
         assert!((n / 4.0 - 5000.0).abs() < 250.0, "rate {}", n / 4.0);
         let step = Schedule {
             arrivals: Arrivals::Constant,
@@ -255,7 +269,7 @@ mod tests {
             duration_s: 2.0,
             seed: 1,
         };
-        let t = step.times();
+        let t: Vec<u64> = step.times().collect();
         let before = t.iter().filter(|x| **x < 1_000_000_000).count();
         let after = t.len() - before;
         assert!(

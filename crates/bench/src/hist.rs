@@ -8,7 +8,7 @@ pub fn new_hist() -> Histogram<u64> {
     match Histogram::new_with_bounds(1_000, 60_000_000_000, 3) {
         Ok(h) => h,
         // The bounds are constants that hdrhistogram accepts; this cannot happen at run time.
-        Err(e) => panic!("fixed histogram bounds rejected: {e}"),
+        Err(e) => unreachable!("fixed histogram bounds rejected: {e}"),
     }
 }
 
@@ -39,33 +39,6 @@ pub fn summarize(h: &Histogram<u64>) -> Latency {
         p999_us: us(h.value_at_quantile(0.999)),
         max_us: us(h.max()),
     }
-}
-
-pub fn median(xs: &[f64]) -> f64 {
-    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
-/// (min, max) of the finite values.
-pub fn spread(xs: &[f64]) -> (f64, f64) {
-    xs.iter()
-        .copied()
-        .filter(|x| x.is_finite())
-        .fold((f64::NAN, f64::NAN), |(lo, hi), x| {
-            (
-                if lo.is_nan() { x } else { lo.min(x) },
-                if hi.is_nan() { x } else { hi.max(x) },
-            )
-        })
 }
 
 /// p-th percentile (0..=100) of raw values by nearest rank, for small samples (reaction times).
@@ -123,11 +96,7 @@ mod tests {
     }
 
     #[test]
-    fn median_spread_percentile() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert!(median(&[]).is_nan());
-        assert_eq!(spread(&[2.0, 5.0, 1.0, f64::NAN]), (1.0, 5.0));
+    fn percentiles_of_raw_values() {
         let xs: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&xs, 50.0), 50.0);
         assert_eq!(percentile(&xs, 99.0), 99.0);

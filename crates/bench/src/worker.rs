@@ -130,9 +130,14 @@ fn cache_unit(u: &AtomicU64) {
     u.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Reads a worker's report file: (units, seconds since the worker started).
+/// Reads a worker's report file: (units, seconds since the worker started). A worker that has not
+/// written its first report yet has done no unit: (0, 0). An unreadable report is None.
 pub fn read_report(path: &std::path::Path) -> Option<(u64, f64)> {
-    let s = std::fs::read_to_string(path).ok()?;
+    let s = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some((0, 0.0)),
+        Err(_) => return None,
+    };
     let mut it = s.split_whitespace();
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
@@ -148,11 +153,11 @@ pub fn main(a: &WorkerArgs) -> i32 {
     match a.kind {
         WorkerKind::Server => match serve(a.port, a.work_us, a.ready_file.as_deref()) {
             Ok(()) => 0,
-            Err(e) => crate::exit::fail(format!("server on port {}: {e}", a.port)),
+            Err(e) => crate::fail(format!("server on port {}: {e}", a.port)),
         },
         WorkerKind::Loadgen => match super::client::worker_main(a) {
             Ok(()) => 0,
-            Err(e) => crate::exit::fail(format!("load generator: {e}")),
+            Err(e) => crate::fail(format!("load generator: {e}")),
         },
         WorkerKind::Cpu => {
             antagonist(a.threads, a.report.clone(), cpu_unit);

@@ -1,0 +1,66 @@
+//! The primitives that change the kernel: write a cgroup file, make and remove a group directory,
+//! signal a task. Private to this crate, so every change goes through [`crate::Actuator`] (or
+//! `restore`, which the actuator crate owns): nothing else in tidal can reach these.
+
+use std::io::Write;
+use std::path::Path;
+use tidal_cgroupfs::CgroupError;
+
+/// One `write(2)` of the whole value, as cgroupfs expects.
+pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    let err = |source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    };
+    // O_TRUNC is harmless on cgroupfs and keeps fake trees (tests) byte-exact.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(value.as_bytes()).map_err(err)
+}
+
+pub(crate) fn make_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(dir)
+}
+
+/// One rmdir, no waiting: a busy group (tasks, children, or a task that just exited and is not yet
+/// reaped) is the caller's to retry later.
+pub(crate) fn remove_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::remove_dir(dir)
+}
+
+/// rmdir, retrying EBUSY for up to `tries` × 20 ms: only for commands that may wait (restore, setup
+/// rollback), never inside the agent's tick.
+pub(crate) fn remove_dir_waiting(dir: &Path, tries: u32) -> std::io::Result<()> {
+    let mut n = 0;
+    loop {
+        match remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && n < tries => {
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Sends `sig` to `pid`. ESRCH (already gone) is success.
+pub(crate) fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
+    if pid <= 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions; pid > 0 names one process.
+    let r = unsafe { libc::kill(pid, sig) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}

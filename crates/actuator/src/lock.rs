@@ -1,0 +1,179 @@
+//! One lock per tidal root, held by the agent for its whole life: a second agent on the same root
+//! refuses to start, and `restore` refuses while an agent runs (or, with `--force`, stops it first).
+//! The lock is an `flock` on a small file named after the root, in `/run/tidal/locks` (as root) or
+//! the state dir, so agents with different state dirs still meet. The kernel drops it when its holder
+//! dies, even by SIGKILL.
+
+use crate::error::ActError;
+use crate::kernel;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tidal_cgroupfs::Layout;
+
+const RUN_DIR: &str = "/run/tidal/locks";
+
+#[derive(Debug)]
+pub struct RootLock {
+    _file: File,
+    path: PathBuf,
+}
+
+fn lerr(path: &Path) -> impl FnOnce(std::io::Error) -> ActError + '_ {
+    move |source| ActError::Lock {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// FNV-1a: a stable short name for a root path.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn root_of(layout: &Layout) -> PathBuf {
+    layout
+        .primary()
+        .map(|r| r.root_dir.clone())
+        .unwrap_or_default()
+}
+
+impl RootLock {
+    /// The lock file of `layout`'s root.
+    pub fn path_for(layout: &Layout, state_dir: &Path) -> PathBuf {
+        let name = format!("root-{:016x}.lock", fnv(&root_of(layout).to_string_lossy()));
+        // SAFETY: geteuid has no preconditions.
+        let as_root = unsafe { libc::geteuid() } == 0;
+        if as_root
+            && std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(RUN_DIR)
+                .is_ok()
+        {
+            return Path::new(RUN_DIR).join(name);
+        }
+        state_dir.join(name)
+    }
+
+    fn open(path: &Path) -> Result<File, ActError> {
+        if let Some(d) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .map_err(lerr(d))?;
+        }
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(lerr(path))
+    }
+
+    /// Takes the lock without waiting; `Locked` names the holder if another process has it.
+    pub fn acquire(layout: &Layout, state_dir: &Path) -> Result<RootLock, ActError> {
+        let path = Self::path_for(layout, state_dir);
+        let mut f = Self::open(&path)?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ActError::Locked {
+                    root: root_of(layout),
+                    pid: holder_pid(&path).map_or("unknown".into(), |p| p.to_string()),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(lerr(&path)(e)),
+        }
+        f.set_len(0).map_err(lerr(&path))?;
+        writeln!(f, "{}\n{}", std::process::id(), root_of(layout).display())
+            .map_err(lerr(&path))?;
+        Ok(RootLock { _file: f, path })
+    }
+
+    /// Takes the lock, first stopping its holder with SIGTERM (it gives offline work its CPUs back
+    /// and thaws it on the way out) and waiting up to `wait` for it to exit.
+    pub fn acquire_stopping_holder(
+        layout: &Layout,
+        state_dir: &Path,
+        wait: Duration,
+    ) -> Result<RootLock, ActError> {
+        match Self::acquire(layout, state_dir) {
+            Err(ActError::Locked { .. }) => {}
+            other => return other,
+        }
+        let path = Self::path_for(layout, state_dir);
+        if let Some(pid) = holder_pid(&path) {
+            tracing::info!(
+                "stopping the agent (pid {pid}) that holds {}",
+                root_of(layout).display()
+            );
+            kernel::signal(pid, libc::SIGTERM)
+                .map_err(|source| ActError::Signal { pid, source })?;
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            match Self::acquire(layout, state_dir) {
+                Err(ActError::Locked { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The pid written in a lock file by its holder.
+fn holder_pid(path: &Path) -> Option<i32> {
+    let mut s = String::new();
+    File::open(path).ok()?.read_to_string(&mut s).ok()?;
+    s.lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p: &i32| *p > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidal_cgroupfs::mountinfo::{parse_mountinfo, parse_proc_cgroup};
+    use tidal_cgroupfs::{Hierarchies, Host, RootSpec};
+
+    fn layout(root: &str) -> Layout {
+        let h = Hierarchies::from_parts(
+            &parse_mountinfo("1 1 0:1 / /nonexistent/cg rw - cgroup2 cgroup2 rw\n"),
+            &parse_proc_cgroup("0::/\n"),
+            |_| vec![],
+        );
+        Layout::new(h, &RootSpec::Pinned(root.into()), Host::default())
+    }
+
+    #[test]
+    fn a_second_holder_is_refused_and_named() {
+        let d = tempfile::tempdir().unwrap();
+        let l = layout(&format!("/lock-test-{}", std::process::id()));
+        let held = RootLock::acquire(&l, d.path()).unwrap();
+        // flock is per open file description: a second open in this process conflicts too.
+        let e = RootLock::acquire(&l, d.path()).unwrap_err().to_string();
+        assert!(e.contains(&std::process::id().to_string()), "{e}");
+        assert!(e.contains("lock-test"), "{e}");
+        // Another root has its own lock.
+        let other = layout(&format!("/lock-test-other-{}", std::process::id()));
+        let _o = RootLock::acquire(&other, d.path()).unwrap();
+        drop(held);
+        assert!(RootLock::acquire(&l, d.path()).is_ok());
+    }
+}

@@ -1,0 +1,324 @@
+//! The benchmark's command line (`tidal bench …`, `tidal worker …`) and the bounds every number is
+//! checked against before anything starts.
+
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+/// The global flags of `tidal` as the benchmark takes them.
+#[derive(Debug, Clone, Default)]
+pub struct BenchGlobal {
+    /// `--root`: the sandbox root itself (it must not exist yet).
+    pub root: Option<String>,
+    /// `--state-dir`: where the sandbox's journal goes (default: a fresh temp dir).
+    pub state_dir: Option<PathBuf>,
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    /// About a minute: 2 rounds of 3 s per scenario, then the step scenario.
+    #[arg(long)]
+    pub quick: bool,
+    /// Interleaved rounds per scenario (default 10; 2 with --quick).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Measured seconds per run (default 5; 3 with --quick).
+    #[arg(long, allow_negative_numbers = true)]
+    pub duration: Option<f64>,
+    /// Warm-up seconds per run, not measured (default 1.5; 1 with --quick).
+    #[arg(long, allow_negative_numbers = true)]
+    pub warmup: Option<f64>,
+    /// Online requests per second (default: calibrated to ~30% of the machine's CPUs).
+    #[arg(long, allow_negative_numbers = true)]
+    pub rate: Option<f64>,
+    /// CPU work per online request, in microseconds.
+    #[arg(long, default_value_t = 100)]
+    pub work_us: u64,
+    /// Client connections.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Constant arrivals instead of Poisson.
+    #[arg(long)]
+    pub constant: bool,
+    /// Built-in offline antagonist: cpu, stream (memory bandwidth), cache (LLC thrasher), mix.
+    #[arg(long, default_value = "cpu")]
+    pub offline: String,
+    /// Antagonist threads (default: 2 per CPU).
+    #[arg(long)]
+    pub offline_threads: Option<usize>,
+    /// Any offline command instead of the built-in antagonists, e.g. "stress-ng --cpu 4".
+    #[arg(long)]
+    pub offline_cmd: Option<String>,
+    /// Comma-separated scenarios (alone is always included): alone, no-isolation, kubelet,
+    /// quota-suppress, tidal-static, tidal.
+    #[arg(long)]
+    pub scenarios: Option<String>,
+    /// Skip the 10% → 60% load-step scenario.
+    #[arg(long)]
+    pub no_step: bool,
+    /// Agent config for the `tidal` scenario (default: the agent's defaults).
+    #[arg(long)]
+    pub agent_config: Option<PathBuf>,
+    /// Write the full report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a chart of online p99 against offline throughput.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Do not hold /dev/cpu_dma_latency at 0 during the run. By default the bench keeps CPUs out of
+    /// deep idle states, so `alone` is not slowed by wake-ups from idle that co-located runs never pay.
+    #[arg(long)]
+    pub no_pm_qos: bool,
+    /// Seed for arrivals and scenario order.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Time from an online load step to offline being out of online's CPUs (agent running).
+    Reaction(ReactionArgs),
+    /// The agent's CPU and memory at a 100 ms tick with many workloads.
+    AgentCost(AgentCostArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReactionArgs {
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentCostArgs {
+    /// Comma-separated workload counts.
+    #[arg(long, default_value = "50,100,200")]
+    pub workloads: String,
+    /// Measured seconds per count.
+    #[arg(long, default_value_t = 20.0, allow_negative_numbers = true)]
+    pub seconds: f64,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerKind {
+    Server,
+    Loadgen,
+    Cpu,
+    Stream,
+    Cache,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    pub kind: WorkerKind,
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    #[arg(long, default_value_t = 100)]
+    pub work_us: u64,
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// File the antagonist keeps its cumulative work units in.
+    #[arg(long)]
+    pub report: Option<String>,
+    /// File the server writes its port to once listening (the load generator: its start time).
+    #[arg(long)]
+    pub ready_file: Option<String>,
+    /// Load generator: client connections.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Load generator: rate segments `START_S:RATE,...`.
+    #[arg(long, default_value = "0:1000")]
+    pub segments: String,
+    /// Load generator: seconds to send for.
+    #[arg(long, default_value_t = 1.0)]
+    pub duration: f64,
+    /// Load generator: constant arrivals instead of Poisson.
+    #[arg(long)]
+    pub constant: bool,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Load generator: measurement windows `FROM_NS-TO_NS,...` of intended send time.
+    #[arg(long, default_value = "0-18446744073709551615")]
+    pub windows: String,
+    /// Load generator: where to write the result (JSON).
+    #[arg(long)]
+    pub out: Option<String>,
+}
+
+/// Most requests one run may schedule: bounds the load generator's memory whatever rate and
+/// duration are asked for.
+pub const MAX_REQUESTS: f64 = 20_000_000.0;
+pub const MAX_RATE: f64 = 1_000_000.0;
+pub const MAX_SECONDS: f64 = 3600.0;
+pub const MAX_WORKLOADS: usize = 2000;
+
+fn seconds(name: &str, v: f64, allow_zero: bool) -> Result<(), String> {
+    let ok = v.is_finite() && v <= MAX_SECONDS && (v > 0.0 || (allow_zero && v == 0.0));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} {v}: must be {} and at most {MAX_SECONDS} seconds",
+            if allow_zero { "≥ 0" } else { "> 0" }
+        ))
+    }
+}
+
+fn count(name: &str, v: usize, lo: usize, hi: usize) -> Result<(), String> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{name} {v}: must be between {lo} and {hi}"))
+    }
+}
+
+impl BenchArgs {
+    /// Checks every number before anything starts; one message per bad value.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut e = Vec::new();
+        let mut push = |r: Result<(), String>| {
+            if let Err(m) = r {
+                e.push(m);
+            }
+        };
+        if let Some(r) = self.rounds {
+            push(count("--rounds", r, 1, 100));
+        }
+        if let Some(d) = self.duration {
+            push(seconds("--duration", d, false));
+        }
+        if let Some(w) = self.warmup {
+            push(seconds("--warmup", w, true));
+        }
+        if let Some(r) = self.rate {
+            if !(r.is_finite() && r > 0.0 && r <= MAX_RATE) {
+                push(Err(format!(
+                    "--rate {r}: must be > 0 and at most {MAX_RATE} requests/s (leave it out to calibrate)"
+                )));
+            } else {
+                let total = r * (self.duration.unwrap_or(5.0) + self.warmup.unwrap_or(1.5));
+                if total > MAX_REQUESTS {
+                    push(Err(format!(
+                        "--rate {r} over the run's {} s is {total:.0} requests: at most {MAX_REQUESTS} per run",
+                        self.duration.unwrap_or(5.0) + self.warmup.unwrap_or(1.5)
+                    )));
+                }
+            }
+        }
+        push(count("--work-us", self.work_us as usize, 1, 1_000_000));
+        push(count("--connections", self.connections, 1, 1024));
+        if let Some(t) = self.offline_threads {
+            push(count("--offline-threads", t, 1, 1024));
+        }
+        if !["cpu", "stream", "cache", "mix"].contains(&self.offline.as_str()) {
+            push(Err(format!(
+                "--offline '{}': valid are cpu, stream, cache, mix",
+                self.offline
+            )));
+        }
+        if let Some(cmd) = &self.offline_cmd {
+            match cmd.split_whitespace().next() {
+                None => push(Err("--offline-cmd is empty".into())),
+                Some(first) if !command_exists(first) => {
+                    push(Err(format!("--offline-cmd: command not found: {first}")))
+                }
+                _ => {}
+            }
+        }
+        match &self.command {
+            Some(BenchCommand::Reaction(r)) => push(count("--steps", r.steps, 1, 10_000)),
+            Some(BenchCommand::AgentCost(c)) => {
+                push(seconds("--seconds", c.seconds, false));
+                match parse_counts(&c.workloads) {
+                    Ok(_) => {}
+                    Err(m) => push(Err(m)),
+                }
+            }
+            None => {}
+        }
+        if e.is_empty() {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+}
+
+/// `--workloads 50,100,200`: each between 1 and [`MAX_WORKLOADS`].
+pub fn parse_counts(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let n: usize = part
+            .parse()
+            .map_err(|_| format!("--workloads: '{part}' is not a count"))?;
+        count("--workloads", n, 1, MAX_WORKLOADS)?;
+        out.push(n);
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "--workloads '{s}' holds no counts (e.g. 50,100,200)"
+        ));
+    }
+    Ok(out)
+}
+
+/// Finds `cmd` on PATH (or as a path), as the shell would.
+pub fn command_exists(cmd: &str) -> bool {
+    if cmd.contains('/') {
+        return std::path::Path::new(cmd).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        b: BenchArgs,
+    }
+
+    fn errs(args: &[&str]) -> Vec<String> {
+        let mut v = vec!["bench"];
+        v.extend(args);
+        T::try_parse_from(v)
+            .unwrap()
+            .b
+            .validate()
+            .err()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn bad_numbers_are_refused_before_anything_starts() {
+        for (args, want) in [
+            (&["--warmup=-1"][..], "--warmup"),
+            (&["--duration=-1"], "--duration"),
+            (&["--duration", "inf"], "--duration"),
+            (&["--rounds", "0"], "--rounds"),
+            (&["--rate", "0"], "--rate"),
+            (&["--rate", "1e9", "--duration", "1000"], "--rate"),
+            (
+                &["--offline-cmd", "definitely-not-a-command-xyz"],
+                "command not found",
+            ),
+            (&["agent-cost", "--seconds=-1"], "--seconds"),
+            (&["agent-cost", "--seconds", "nan"], "--seconds"),
+            (&["agent-cost", "--workloads", "100000"], "--workloads"),
+        ] {
+            let e = errs(args);
+            assert!(e.iter().any(|m| m.contains(want)), "{args:?}: {e:?}");
+        }
+        assert!(errs(&["--quick"]).is_empty());
+    }
+}

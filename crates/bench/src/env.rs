@@ -1,0 +1,298 @@
+//! The benchmark's sandbox: a root of its own (where tidal would place a root of that name: under this
+//! process's cgroups on v1 and hybrid hosts, a top-level group on pure v2, a delegated systemd scope
+//! under systemd), an actuator journalling every write into its own state dir, and every child
+//! process it starts, in a process group of their own. Every cgroup write, rmdir and kill goes
+//! through the actuator; dropping the sandbox stops the children, kills what is left in it by cgroup
+//! and removes it all, so a failed or interrupted run leaves nothing behind.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tidal_actuator::{restore, Actuator};
+use tidal_cgroupfs::{detect_capabilities, Layout, RootSpec};
+use tidal_model::{Capabilities, GroupPath, Knob, KnobValue, Target};
+
+use crate::cli::BenchGlobal;
+
+enum StateDir {
+    Temp(tempfile::TempDir),
+    Given(PathBuf),
+}
+
+impl StateDir {
+    fn path(&self) -> &Path {
+        match self {
+            StateDir::Temp(t) => t.path(),
+            StateDir::Given(p) => p,
+        }
+    }
+}
+
+pub struct BenchEnv {
+    pub exe: PathBuf,
+    pub layout: Layout,
+    pub caps: Capabilities,
+    state: StateDir,
+    /// Scratch files of the runs (ports, reports, client results).
+    work: tempfile::TempDir,
+    pub act: Actuator,
+    children: Vec<Child>,
+    /// On a systemd host: the process the sandbox's scope was started with (it keeps the scope).
+    anchor: Option<Child>,
+    /// `TIDAL_ROOT` for the tidal processes the bench starts: `tidal` inside the sandbox.
+    child_root: String,
+    pub stop: Arc<AtomicBool>,
+    cleaned: bool,
+}
+
+fn describe(e: &tidal_actuator::ActError) -> String {
+    if e.is_permission() {
+        format!("{e} (the benchmark needs root)")
+    } else {
+        e.to_string()
+    }
+}
+
+/// A command in a process group of its own: a terminal's Ctrl-C reaches the bench alone, which then
+/// stops its children in order.
+fn own_group(c: &mut Command) -> &mut Command {
+    c.process_group(0)
+}
+
+impl BenchEnv {
+    pub fn new(tag: &str, g: &BenchGlobal, stop: Arc<AtomicBool>) -> Result<BenchEnv, String> {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find the tidal binary: {e}"))?;
+        let spec = match &g.root {
+            Some(r) => RootSpec::parse(r)?,
+            None => RootSpec::Named(format!("tidal-bench-{}-{tag}", std::process::id())),
+        };
+        let layout = Layout::discover(&spec).map_err(|e| e.to_string())?;
+        if g.root.is_some() && layout.root_exists() {
+            return Err(format!(
+                "--root {}: it exists already; the benchmark needs a root it may create and remove whole",
+                layout.primary().map(|r| r.root_dir.display().to_string()).unwrap_or_default()
+            ));
+        }
+        let state = match &g.state_dir {
+            Some(d) => StateDir::Given(d.clone()),
+            None => StateDir::Temp(
+                tempfile::Builder::new()
+                    .prefix("tidal-bench-state-")
+                    .tempdir()
+                    .map_err(|e| format!("cannot create a state dir: {e}"))?,
+            ),
+        };
+        let work = tempfile::Builder::new()
+            .prefix("tidal-bench-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a work dir: {e}"))?;
+        let mut act =
+            Actuator::new(layout.clone(), state.path(), false).map_err(|e| describe(&e))?;
+        let mut anchor = None;
+        if layout.scope.is_some() {
+            let child = own_group(
+                Command::new("sleep")
+                    .arg("2147483647")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null()),
+            )
+            .spawn()
+            .map_err(|e| format!("cannot start the sandbox's anchor process (sleep): {e}"))?;
+            let pid = child.id();
+            anchor = Some(child);
+            act.ensure_root(Some(pid)).map_err(|e| describe(&e))?;
+        } else {
+            act.ensure_root(None).map_err(|e| describe(&e))?;
+        }
+        let caps = detect_capabilities(&layout);
+        let child_root = layout
+            .nested("tidal")
+            .as_arg()
+            .map(str::to_string)
+            .ok_or("the sandbox has no root path for its tidal processes")?;
+        Ok(BenchEnv {
+            exe,
+            layout,
+            caps,
+            state,
+            work,
+            act,
+            children: Vec::new(),
+            anchor,
+            child_root,
+            stop,
+            cleaned: false,
+        })
+    }
+
+    /// The tidal root of the tidal processes inside the sandbox, relative to the sandbox's root.
+    pub fn tidal_group(&self) -> GroupPath {
+        GroupPath::new("tidal").unwrap_or_default()
+    }
+
+    pub fn interrupted(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    pub fn tidal_cmd(&self) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.env("TIDAL_ROOT", &self.child_root)
+            .env("TIDAL_STATE_DIR", self.state.path())
+            .env("TIDAL_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        c
+    }
+
+    /// Starts `tidal run --qos LEVEL --name NAME -- ARGV...` inside the bench's tidal root.
+    pub fn tidal_run<S: AsRef<std::ffi::OsStr>>(
+        &mut self,
+        level: &str,
+        name: &str,
+        argv: &[S],
+    ) -> Result<u32, String> {
+        let mut c = self.tidal_cmd();
+        c.args(["run", "--qos", level, "--name", name, "--"])
+            .args(argv);
+        self.spawn(c)
+    }
+
+    /// Spawns a process this bench owns (stopped and reaped by [`BenchEnv::stop_children`]).
+    pub fn spawn(&mut self, mut cmd: Command) -> Result<u32, String> {
+        let child = own_group(&mut cmd)
+            .spawn()
+            .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// Has a child this bench started already exited? (Its exit status, if so.)
+    pub fn exited(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
+        self.children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Creates `group` (under the sandbox's root) with the given knobs.
+    pub fn group(&mut self, group: &str, knobs: &[(Knob, KnobValue)]) -> Result<GroupPath, String> {
+        let g = GroupPath::new(group).map_err(|e| e.to_string())?;
+        self.act.ensure_group(&g).map_err(|e| describe(&e))?;
+        for (k, v) in knobs {
+            self.act
+                .set(&Target::Tidal(g.clone()), *k, v)
+                .map_err(|e| describe(&e))?;
+        }
+        Ok(g)
+    }
+
+    pub fn move_pid(&mut self, group: &GroupPath, pid: u32) -> Result<(), String> {
+        self.act.move_pid(group, pid).map_err(|e| describe(&e))
+    }
+
+    /// Cumulative CPU ns of a group under the sandbox (None if it cannot be read).
+    pub fn usage_ns(&self, group: &str) -> Option<u64> {
+        let g = GroupPath::new(group).ok()?;
+        self.layout.cpu_usage(&Target::Tidal(g))?.read().ok()
+    }
+
+    pub fn dir(&self, controller: &str, group: &str) -> Option<PathBuf> {
+        let g = GroupPath::new(group).ok()?;
+        self.layout.owner(controller).map(|r| r.dir(&g))
+    }
+
+    /// Stops every child: SIGTERM first (agents give offline its CPUs back on it), SIGKILL after 3 s.
+    pub fn stop_children(&mut self) {
+        for c in &mut self.children {
+            // Signals to the bench's own children are its own business, not the actuator's.
+            // SAFETY: kill(2) on a process this bench started and has not reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for c in &mut self.children {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+
+    /// Ends one scenario: its processes are stopped and whatever is left in its groups is killed by
+    /// cgroup (nothing survives into the next scenario), and the groups are removed.
+    pub fn end_scenario(&mut self, groups: &[GroupPath]) {
+        self.stop_children();
+        for g in groups {
+            if let Err(e) = self.act.purge(g) {
+                eprintln!("tidal: cleaning up {g}: {e}");
+            }
+        }
+    }
+
+    /// Stops every child, kills what is left anywhere in the sandbox and removes it whole.
+    pub fn cleanup(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.cleaned = true;
+        self.stop_children();
+        match self.act.purge(&GroupPath::root()) {
+            Ok(left) if !left.is_empty() => {
+                eprintln!(
+                    "tidal: could not remove {} group(s) of the sandbox: {left:?}",
+                    left.len()
+                )
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("tidal: cleaning up the sandbox: {e}"),
+        }
+        // Originals recorded outside the purged groups (controllers enabled above the root).
+        if let Err(e) = restore(&self.layout, self.state.path(), false) {
+            eprintln!("tidal: restoring the sandbox's journal: {e}");
+        }
+        if let Some(mut a) = self.anchor.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+}
+
+/// Waits until an agent at `addr` answers `/healthz`.
+pub fn wait_healthz(addr: &str, stop: &AtomicBool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ureq::get(&format!("http://{addr}/healthz")).call().is_err() {
+        if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
+            return Err(format!("the agent at {addr} did not come up"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Cumulative CPU ns of the whole node (None if it cannot be read).
+pub fn node_ns(layout: &Layout) -> Option<u64> {
+    layout.node_cpu_usage()?.read().ok()
+}
+
+impl Drop for BenchEnv {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}

@@ -1,0 +1,726 @@
+//! The benchmark report: per-scenario medians of per-round values with 95% bootstrap intervals over
+//! rounds, the goals with verdicts that carry their uncertainty ("met" only when the interval's bound
+//! meets the goal, "unclear" when the interval straddles it, "n/a" when nothing was measured), and
+//! markdown, JSON and an SVG chart with the intervals as error bars.
+
+use super::colo::{RunResult, Scenario, StepResult};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+/// A median of per-round values and its 95% bootstrap interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Interval {
+    pub median: f64,
+    pub lo: f64,
+    pub hi: f64,
+    /// Rounds it rests on.
+    pub n: usize,
+}
+
+/// Resamples drawn for a bootstrap interval.
+const RESAMPLES: usize = 2000;
+
+pub fn median(xs: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+/// The median of `xs` with a percentile-bootstrap 95% interval (resampling rounds with replacement;
+/// fixed seed, so a report is reproducible from its runs). None with no finite value.
+pub fn interval(xs: &[f64]) -> Option<Interval> {
+    let v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    let med = median(&v)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x71da1);
+    let mut meds = Vec::with_capacity(RESAMPLES);
+    let mut sample = vec![0.0; v.len()];
+    for _ in 0..RESAMPLES {
+        for s in sample.iter_mut() {
+            *s = v[rng.random_range(0..v.len())];
+        }
+        if let Some(m) = median(&sample) {
+            meds.push(m);
+        }
+    }
+    meds.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| meds[((q * (meds.len() - 1) as f64).round() as usize).min(meds.len() - 1)];
+    Some(Interval {
+        median: med,
+        lo: at(0.025),
+        hi: at(0.975),
+        n: v.len(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// The interval's bound meets the goal.
+    Met,
+    /// The whole interval misses it.
+    NotMet,
+    /// The interval straddles it.
+    Unclear,
+    /// Nothing was measured.
+    NotApplicable,
+}
+
+impl Verdict {
+    pub fn text(self) -> &'static str {
+        match self {
+            Verdict::Met => "met",
+            Verdict::NotMet => "NOT met",
+            Verdict::Unclear => "unclear",
+            Verdict::NotApplicable => "n/a",
+        }
+    }
+}
+
+/// Which side of the bound the goal wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Want {
+    AtMost,
+    AtLeast,
+}
+
+pub fn judge(v: Option<&Interval>, want: Want, bound: f64) -> Verdict {
+    let Some(v) = v else {
+        return Verdict::NotApplicable;
+    };
+    match want {
+        Want::AtMost if v.hi <= bound => Verdict::Met,
+        Want::AtMost if v.lo > bound => Verdict::NotMet,
+        Want::AtLeast if v.lo >= bound => Verdict::Met,
+        Want::AtLeast if v.hi < bound => Verdict::NotMet,
+        _ => Verdict::Unclear,
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GoalLine {
+    pub goal: String,
+    pub value: Option<Interval>,
+    pub want: Want,
+    pub bound: f64,
+    pub verdict: Verdict,
+    /// How far off, when not met.
+    pub gap: Option<String>,
+}
+
+fn line(goal: &str, value: Option<Interval>, want: Want, bound: f64) -> GoalLine {
+    let verdict = judge(value.as_ref(), want, bound);
+    let gap = match (verdict, value) {
+        (Verdict::NotMet | Verdict::Unclear, Some(v)) => Some(match want {
+            Want::AtMost => format!("median {:.0}% over", (v.median / bound - 1.0) * 100.0),
+            Want::AtLeast => format!("median {:.0}% under", (1.0 - v.median / bound) * 100.0),
+        }),
+        _ => None,
+    };
+    GoalLine {
+        goal: goal.to_string(),
+        value,
+        want,
+        bound,
+        verdict,
+        gap,
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioSummary {
+    pub scenario: Scenario,
+    pub rounds: usize,
+    /// Medians of per-round values (each with its interval).
+    pub p50_us: Option<Interval>,
+    pub p99_us: Option<Interval>,
+    pub p999_us: Option<Interval>,
+    pub max_us: Option<Interval>,
+    /// Per-round p99 / alone's p99 of the same round.
+    pub p99_vs_alone: Option<Interval>,
+    pub p999_vs_alone: Option<Interval>,
+    /// Per-round p99 / kubelet's p99 of the same round.
+    pub p99_vs_kubelet: Option<Interval>,
+    pub p999_vs_kubelet: Option<Interval>,
+    /// CPUs offline used (CPU-seconds per second, from its cgroup).
+    pub offline_cpus: Option<Interval>,
+    /// Per-round offline CPU-seconds / no-isolation's (and kubelet's) of the same round.
+    pub offline_vs_no_isolation: Option<Interval>,
+    pub offline_vs_kubelet: Option<Interval>,
+    /// Built-in antagonists' work units per second (noisier than CPU-seconds).
+    pub work_units_per_s: Option<Interval>,
+    pub utilisation: Option<Interval>,
+    pub lost_requests: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cgroup_mode: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub command: String,
+    pub machine: Machine,
+    pub rate_per_s: f64,
+    pub work_us: u64,
+    pub cost_per_request_us: f64,
+    /// CPUs were held out of deep idle states (/dev/cpu_dma_latency = 0).
+    pub pm_qos: bool,
+    pub offline: String,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    pub rounds: usize,
+    /// `--quick`: too few rounds for firm verdicts; they are labelled indicative.
+    pub indicative: bool,
+    pub scenarios: Vec<ScenarioSummary>,
+    pub step: Vec<StepResult>,
+    pub goals: Vec<GoalLine>,
+    pub runs: Vec<RunResult>,
+}
+
+/// Per-round `f(run) / f(reference run of the same round)` for scenario `s`.
+fn per_round_ratio(
+    runs: &[RunResult],
+    s: Scenario,
+    reference: Scenario,
+    f: &dyn Fn(&RunResult) -> Option<f64>,
+) -> Vec<f64> {
+    runs.iter()
+        .filter(|r| r.scenario == s)
+        .filter_map(|r| {
+            let base = runs
+                .iter()
+                .find(|x| x.round == r.round && x.scenario == reference)?;
+            let (a, b) = (f(r)?, f(base)?);
+            (b > 0.0).then(|| a / b)
+        })
+        .collect()
+}
+
+pub fn summarize(runs: &[RunResult], order: &[Scenario]) -> Vec<ScenarioSummary> {
+    order
+        .iter()
+        .filter_map(|s| {
+            let rs: Vec<&RunResult> = runs.iter().filter(|r| r.scenario == *s).collect();
+            if rs.is_empty() {
+                return None;
+            }
+            let col = |f: &dyn Fn(&RunResult) -> Option<f64>| {
+                interval(&rs.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
+            };
+            let ratio = |reference: Scenario, f: &dyn Fn(&RunResult) -> Option<f64>| {
+                interval(&per_round_ratio(runs, *s, reference, f))
+            };
+            let p99 = |r: &RunResult| Some(r.latency.p99_us).filter(|_| r.latency.count > 0);
+            let p999 = |r: &RunResult| Some(r.latency.p999_us).filter(|_| r.latency.count > 0);
+            let off = |r: &RunResult| r.offline_cpus;
+            Some(ScenarioSummary {
+                scenario: *s,
+                rounds: rs.len(),
+                p50_us: col(&|r| Some(r.latency.p50_us).filter(|_| r.latency.count > 0)),
+                p99_us: col(&p99),
+                p999_us: col(&p999),
+                max_us: col(&|r| Some(r.latency.max_us).filter(|_| r.latency.count > 0)),
+                p99_vs_alone: ratio(Scenario::Alone, &p99),
+                p999_vs_alone: ratio(Scenario::Alone, &p999),
+                p99_vs_kubelet: ratio(Scenario::Kubelet, &p99),
+                p999_vs_kubelet: ratio(Scenario::Kubelet, &p999),
+                offline_cpus: col(&off),
+                offline_vs_no_isolation: ratio(Scenario::NoIsolation, &off),
+                offline_vs_kubelet: ratio(Scenario::Kubelet, &off),
+                work_units_per_s: col(&|r| r.offline_units_per_s),
+                utilisation: col(&|r| r.utilisation),
+                lost_requests: rs.iter().map(|r| r.lost).sum(),
+            })
+        })
+        .collect()
+}
+
+/// The goals this run can judge. The CPU antagonist's: tidal p99 ≤ 1.05× and p99.9 ≤ 1.2× alone,
+/// at or below kubelet and tidal-static at both, offline CPU-seconds ≥ 95% of kubelet's, and in the
+/// step, the first second's p99 no worse than kubelet's. A goal whose scenarios did not run is n/a.
+pub fn goals(sum: &[ScenarioSummary], step: &[StepResult], runs: &[RunResult]) -> Vec<GoalLine> {
+    let get = |s| sum.iter().find(|x| x.scenario == s);
+    let t = get(Scenario::Tidal);
+    let tidal_vs_static = |f: &dyn Fn(&RunResult) -> Option<f64>| {
+        interval(&per_round_ratio(
+            runs,
+            Scenario::Tidal,
+            Scenario::TidalStatic,
+            f,
+        ))
+    };
+    let p99 = |r: &RunResult| Some(r.latency.p99_us).filter(|_| r.latency.count > 0);
+    let p999 = |r: &RunResult| Some(r.latency.p999_us).filter(|_| r.latency.count > 0);
+    let step_of = |s| step.iter().find(|x| x.scenario == s);
+    let step_ratio = match (step_of(Scenario::Tidal), step_of(Scenario::Kubelet)) {
+        (Some(a), Some(b)) if a.after_first_second.count > 0 && b.after_first_second.count > 0 => {
+            let r = a.after_first_second.p99_us / b.after_first_second.p99_us;
+            // One step run each: a point, not an interval.
+            Some(Interval {
+                median: r,
+                lo: r,
+                hi: r,
+                n: 1,
+            })
+        }
+        _ => None,
+    };
+    let reaction = step_of(Scenario::Tidal)
+        .and_then(|s| s.reaction_ms)
+        .map(|r| Interval {
+            median: r,
+            lo: r,
+            hi: r,
+            n: 1,
+        });
+    vec![
+        line(
+            "tidal p99 ≤ 1.05× alone",
+            t.and_then(|t| t.p99_vs_alone),
+            Want::AtMost,
+            1.05,
+        ),
+        line(
+            "tidal p99.9 ≤ 1.2× alone",
+            t.and_then(|t| t.p999_vs_alone),
+            Want::AtMost,
+            1.2,
+        ),
+        line(
+            "tidal p99 ≤ kubelet's",
+            t.and_then(|t| t.p99_vs_kubelet),
+            Want::AtMost,
+            1.0,
+        ),
+        line(
+            "tidal p99.9 ≤ kubelet's",
+            t.and_then(|t| t.p999_vs_kubelet),
+            Want::AtMost,
+            1.0,
+        ),
+        line(
+            "tidal p99 ≤ tidal-static's",
+            tidal_vs_static(&p99),
+            Want::AtMost,
+            1.0,
+        ),
+        line(
+            "tidal p99.9 ≤ tidal-static's",
+            tidal_vs_static(&p999),
+            Want::AtMost,
+            1.0,
+        ),
+        line(
+            "tidal offline CPU-seconds ≥ 95% of kubelet's",
+            t.and_then(|t| t.offline_vs_kubelet),
+            Want::AtLeast,
+            0.95,
+        ),
+        line(
+            "step: tidal p99 in the 1st second ≤ kubelet's",
+            step_ratio,
+            Want::AtMost,
+            1.0,
+        ),
+        line(
+            "step: tidal reaction ≤ 100 ms",
+            reaction,
+            Want::AtMost,
+            100.0,
+        ),
+    ]
+}
+
+fn ms(v: Option<Interval>) -> String {
+    v.map_or("-".into(), |i| format!("{:.2}", i.median / 1000.0))
+}
+
+fn xi(v: Option<Interval>) -> String {
+    v.map_or("-".into(), |i| {
+        format!("{:.2}× [{:.2}–{:.2}]", i.median, i.lo, i.hi)
+    })
+}
+
+fn pct(v: Option<Interval>) -> String {
+    v.map_or("-".into(), |i| {
+        format!(
+            "{:.0}% [{:.0}–{:.0}]",
+            i.median * 100.0,
+            i.lo * 100.0,
+            i.hi * 100.0
+        )
+    })
+}
+
+fn num(v: Option<Interval>, digits: usize) -> String {
+    v.map_or("-".into(), |i| format!("{:.digits$}", i.median))
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "## tidal bench: {} CPUs, {} ({}), kernel {}, {} cgroups\n\n",
+        r.machine.cpus, r.machine.cpu_model, r.command, r.machine.kernel, r.machine.cgroup_mode
+    ));
+    s.push_str(&format!(
+        "Online: {:.0} req/s (open loop), ~{} µs of CPU each (measured {:.0} µs), {:.0}% of the machine. \
+         Offline: {}. {} interleaved round(s) of {:.1} s (+{:.1} s warm-up) per scenario, order shuffled per round. \
+         CPU idle states: {}.\n\n",
+        r.rate_per_s,
+        r.work_us,
+        r.cost_per_request_us,
+        r.rate_per_s * r.cost_per_request_us / 1e6 / r.machine.cpus.max(1) as f64 * 100.0,
+        r.offline,
+        r.rounds,
+        r.duration_s,
+        r.warmup_s,
+        if r.pm_qos { "held at 0 µs wake-up latency (PM QoS)" } else { "left to the kernel" }
+    ));
+    s.push_str("Every number is the median over rounds of per-round values; [lo–hi] is its 95% bootstrap interval. Ratios are taken per round against the reference run of the same round.\n\n");
+    s.push_str("| scenario | p50 ms | p99 ms | p99.9 ms | max ms | p99 vs alone | p99.9 vs alone | offline CPUs | offline vs no-isolation (CPU-s) | offline work units/s | machine util |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for x in &r.scenarios {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            x.scenario.name(),
+            ms(x.p50_us),
+            ms(x.p99_us),
+            ms(x.p999_us),
+            ms(x.max_us),
+            xi(x.p99_vs_alone),
+            xi(x.p999_vs_alone),
+            num(x.offline_cpus, 2),
+            pct(x.offline_vs_no_isolation),
+            num(x.work_units_per_s, 1),
+            x.utilisation
+                .map_or("-".into(), |u| format!("{:.0}%", u.median * 100.0)),
+        ));
+    }
+    if !r.step.is_empty() {
+        s.push_str("\n**Step: online rate 10% → 60% of the machine** (one run each)\n\n");
+        s.push_str("| scenario | reaction | p99 ms before | p99 ms in the 1st s after | p99.9 ms after | note |\n|---|---|---|---|---|---|\n");
+        for st in &r.step {
+            s.push_str(&format!(
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {} |\n",
+                st.scenario.name(),
+                st.reaction_ms
+                    .map_or("n/a".into(), |v| format!("{v:.0} ms")),
+                st.before.p99_us / 1000.0,
+                st.after_first_second.p99_us / 1000.0,
+                st.after_first_second.p999_us / 1000.0,
+                st.note
+            ));
+        }
+    }
+    if !r.goals.is_empty() {
+        s.push_str(&format!(
+            "\n**Goals**{}\n\n| goal | value [95% interval] | verdict |\n|---|---|---|\n",
+            if r.indicative {
+                " (indicative: --quick has too few rounds for firm verdicts)"
+            } else {
+                ""
+            }
+        ));
+        for g in &r.goals {
+            let value = match (g.value, g.want) {
+                (None, _) => "not measured".to_string(),
+                (Some(v), _) if g.bound >= 10.0 => format!("{:.0}", v.median),
+                (Some(v), Want::AtLeast) => format!(
+                    "{:.0}% [{:.0}–{:.0}]",
+                    v.median * 100.0,
+                    v.lo * 100.0,
+                    v.hi * 100.0
+                ),
+                (Some(v), Want::AtMost) => format!("{:.2}× [{:.2}–{:.2}]", v.median, v.lo, v.hi),
+            };
+            s.push_str(&format!(
+                "| {} | {} | {}{} |\n",
+                g.goal,
+                value,
+                g.verdict.text(),
+                g.gap.as_ref().map_or(String::new(), |x| format!(" ({x})"))
+            ));
+        }
+    }
+    s
+}
+
+/// Online p99 inflation (y) against offline CPU-seconds relative to no-isolation (x), per scenario,
+/// with each interval as an error bar.
+pub fn svg(r: &Report, path: &std::path::Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    struct Pt {
+        name: String,
+        x: Interval,
+        y: Interval,
+    }
+    let zero = Interval {
+        median: 0.0,
+        lo: 0.0,
+        hi: 0.0,
+        n: 0,
+    };
+    let pts: Vec<Pt> = r
+        .scenarios
+        .iter()
+        .filter_map(|s| {
+            let y = s.p99_vs_alone?;
+            let x = s
+                .offline_vs_no_isolation
+                .map(|i| Interval {
+                    median: i.median * 100.0,
+                    lo: i.lo * 100.0,
+                    hi: i.hi * 100.0,
+                    n: i.n,
+                })
+                .unwrap_or(zero);
+            Some(Pt {
+                name: s.scenario.name().to_string(),
+                x,
+                y,
+            })
+        })
+        .collect();
+    let ymax = pts.iter().map(|p| p.y.hi).fold(1.5f64, f64::max) * 1.15;
+    let xmax = pts.iter().map(|p| p.x.hi).fold(110.0f64, f64::max) + 5.0;
+    let root = SVGBackend::new(path, (800, 520)).into_drawing_area();
+    let e = |e: &dyn std::fmt::Display| format!("chart {}: {e}", path.display());
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "online p99 vs offline CPU-seconds (median, 95% interval)",
+            ("sans-serif", 20),
+        )
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-5f64..xmax, 0f64..ymax)
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .x_desc("offline CPU-seconds, % of no-isolation")
+        .y_desc("online p99 / alone p99")
+        .draw()
+        .map_err(|x| e(&x))?;
+    chart
+        .draw_series(pts.iter().map(|p| {
+            ErrorBar::new_vertical(p.x.median, p.y.lo, p.y.median, p.y.hi, BLUE.filled(), 8)
+        }))
+        .map_err(|x| e(&x))?;
+    chart
+        .draw_series(pts.iter().map(|p| {
+            ErrorBar::new_horizontal(p.y.median, p.x.lo, p.x.median, p.x.hi, BLUE.filled(), 8)
+        }))
+        .map_err(|x| e(&x))?;
+    chart
+        .draw_series(pts.iter().map(|p| {
+            Text::new(
+                p.name.clone(),
+                (p.x.median + 1.5, p.y.median + ymax * 0.02),
+                ("sans-serif", 15),
+            )
+        }))
+        .map_err(|x| e(&x))?;
+    chart
+        .draw_series(LineSeries::new(
+            vec![(-5.0, 1.05), (xmax, 1.05)],
+            RED.mix(0.5),
+        ))
+        .map_err(|x| e(&x))?;
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hist::Latency;
+
+    fn run(s: Scenario, round: usize, p99: f64, cpus: f64) -> RunResult {
+        RunResult {
+            scenario: s,
+            round,
+            latency: Latency {
+                count: 1000,
+                p50_us: p99 / 2.0,
+                p99_us: p99,
+                p999_us: p99 * 2.0,
+                max_us: p99 * 3.0,
+            },
+            sent: 1000,
+            lost: 0,
+            offline_units_per_s: Some(cpus * 100.0),
+            offline_cpus: Some(cpus),
+            online_cpus: Some(0.6),
+            utilisation: Some(0.9),
+        }
+    }
+
+    fn report(rounds: &[(f64, f64, f64, f64)]) -> Report {
+        // Per round: alone p99, tidal p99, tidal offline CPUs, kubelet offline CPUs.
+        let mut runs = Vec::new();
+        for (i, (alone, tidal, t_off, k_off)) in rounds.iter().enumerate() {
+            runs.push(run(Scenario::Alone, i, *alone, 0.0));
+            runs.push(run(Scenario::NoIsolation, i, alone * 5.0, 1.4));
+            runs.push(run(Scenario::Kubelet, i, alone * 1.1, *k_off));
+            runs.push(run(Scenario::Tidal, i, *tidal, *t_off));
+        }
+        let order = [
+            Scenario::Alone,
+            Scenario::NoIsolation,
+            Scenario::Kubelet,
+            Scenario::Tidal,
+        ];
+        let scenarios = summarize(&runs, &order);
+        let step = vec![StepResult {
+            scenario: Scenario::Tidal,
+            reaction_ms: Some(40.0),
+            note: "x".into(),
+            before: Latency::default(),
+            after_first_second: Latency::default(),
+        }];
+        let goals = goals(&scenarios, &step, &runs);
+        Report {
+            command: "tidal bench".into(),
+            machine: Machine {
+                cpus: 2,
+                kernel: "6.18".into(),
+                cpu_model: "test".into(),
+                cgroup_mode: "hybrid".into(),
+            },
+            rate_per_s: 6000.0,
+            work_us: 100,
+            cost_per_request_us: 100.0,
+            pm_qos: true,
+            offline: "cpu".into(),
+            warmup_s: 1.0,
+            duration_s: 3.0,
+            rounds: rounds.len(),
+            indicative: false,
+            scenarios,
+            step,
+            goals,
+            runs,
+        }
+    }
+
+    fn goal<'a>(r: &'a Report, name: &str) -> &'a GoalLine {
+        r.goals.iter().find(|g| g.goal.starts_with(name)).unwrap()
+    }
+
+    #[test]
+    fn inflation_is_per_round_against_alone_with_an_interval() {
+        let r = report(&[(400.0, 410.0, 1.2, 1.3), (500.0, 520.0, 1.26, 1.3)]);
+        let t = r
+            .scenarios
+            .iter()
+            .find(|s| s.scenario == Scenario::Tidal)
+            .unwrap();
+        let i = t.p99_vs_alone.unwrap();
+        // Rounds: 410/400 = 1.025 and 520/500 = 1.04 → median 1.0325, interval within them.
+        assert!((i.median - 1.0325).abs() < 1e-9, "{i:?}");
+        assert!(i.lo >= 1.025 - 1e-9 && i.hi <= 1.04 + 1e-9, "{i:?}");
+        assert_eq!(goal(&r, "tidal p99 ≤ 1.05×").verdict, Verdict::Met);
+        assert_eq!(goal(&r, "step: tidal reaction").verdict, Verdict::Met);
+        // 1.2/1.3 = 92% and 1.26/1.3 = 97%: straddles 95%, so unclear, not "NOT met".
+        let off = goal(&r, "tidal offline CPU-seconds");
+        assert_eq!(off.verdict, Verdict::Unclear, "{off:?}");
+        assert!(markdown(&r).contains("unclear"));
+    }
+
+    #[test]
+    fn verdicts_follow_the_interval_bounds() {
+        let iv = |lo, hi| Interval {
+            median: (lo + hi) / 2.0,
+            lo,
+            hi,
+            n: 10,
+        };
+        assert_eq!(judge(Some(&iv(0.9, 1.0)), Want::AtMost, 1.05), Verdict::Met);
+        assert_eq!(
+            judge(Some(&iv(1.0, 1.1)), Want::AtMost, 1.05),
+            Verdict::Unclear
+        );
+        assert_eq!(
+            judge(Some(&iv(1.1, 1.3)), Want::AtMost, 1.05),
+            Verdict::NotMet
+        );
+        assert_eq!(
+            judge(Some(&iv(0.96, 1.0)), Want::AtLeast, 0.95),
+            Verdict::Met
+        );
+        assert_eq!(
+            judge(Some(&iv(0.5, 0.9)), Want::AtLeast, 0.95),
+            Verdict::NotMet
+        );
+        assert_eq!(judge(None, Want::AtMost, 1.0), Verdict::NotApplicable);
+    }
+
+    #[test]
+    fn a_scenario_with_no_change_reports_n_a_never_met() {
+        let mut r = report(&[(400.0, 410.0, 1.3, 1.3)]);
+        r.step[0].reaction_ms = None;
+        r.goals = goals(&r.scenarios, &r.step, &r.runs);
+        let g = goal(&r, "step: tidal reaction");
+        assert_eq!(g.verdict, Verdict::NotApplicable);
+        assert!(markdown(&r).contains("| step: tidal reaction ≤ 100 ms | not measured | n/a |"));
+        // A goal whose scenario did not run is n/a too.
+        assert_eq!(
+            goal(&r, "tidal p99 ≤ tidal-static's").verdict,
+            Verdict::NotApplicable
+        );
+    }
+
+    #[test]
+    fn markdown_and_json_carry_every_scenario_and_the_chart_its_intervals() {
+        let r = report(&[
+            (400.0, 410.0, 1.2, 1.3),
+            (500.0, 520.0, 1.26, 1.3),
+            (450.0, 460.0, 1.3, 1.3),
+        ]);
+        let md = markdown(&r);
+        for s in ["alone", "no-isolation", "kubelet", "tidal"] {
+            assert!(md.contains(&format!("| {s} |")), "{md}");
+        }
+        assert!(md.contains("median over rounds"));
+        assert!(md.contains("Step: online rate 10% → 60%"));
+        let j: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["scenarios"].as_array().unwrap().len(), 4);
+        assert_eq!(j["scenarios"][3]["scenario"], "tidal");
+        assert!(j["goals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["verdict"].is_string()));
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("chart.svg");
+        svg(&r, &p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.contains("<svg") && text.contains("kubelet"),
+            "{}",
+            &text[..200.min(text.len())]
+        );
+    }
+
+    #[test]
+    fn intervals_need_values() {
+        assert!(interval(&[]).is_none());
+        assert!(interval(&[f64::NAN]).is_none());
+        let i = interval(&[1.0]).unwrap();
+        assert_eq!((i.lo, i.median, i.hi), (1.0, 1.0, 1.0));
+    }
+}

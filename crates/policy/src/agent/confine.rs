@@ -1,0 +1,267 @@
+//! CPU confinement: offline work gets the CPUs online does not need. Online need is the CPU used by
+//! everything that is not offline plus headroom, in whole CPUs; offline shrinks at once and grows
+//! back one step after `grow_after` of lower need. Below `confine_min_cpus` (or with suppression
+//! `none`) offline keeps every CPU and the idle class alone protects online.
+
+use super::interference::LadderTick;
+use super::offline_levels;
+use super::state::{PolicyState, Step};
+use crate::config::{Config, Suppression};
+use crate::levels::CFS_PERIOD_US;
+use tidal_model::{
+    Action, Capabilities, Cause, CpuSet, Knob, KnobValue, Plan, QosLevel, Remember, Snapshot,
+    Target,
+};
+
+/// Whole CPUs covering `usage + headroom` (a hair of tolerance keeps 1.0000001 from becoming 2).
+/// Usage below `floor` (the agent, kernel threads, shells) is an idle online side: it needs no CPU.
+pub fn cpus_needed(usage: f64, headroom: f64, floor: f64, n: u32) -> u32 {
+    if !usage.is_finite() || usage < floor {
+        return 0;
+    }
+    let x = (usage + headroom - 1e-6).clamp(0.0, f64::from(n));
+    (x.ceil() as u32).min(n)
+}
+
+/// What online needs and what that leaves offline, before interference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuDecision {
+    pub n: u32,
+    /// Dynamic confinement is in effect on this machine.
+    pub confine: bool,
+    pub min_off: u32,
+    /// CPUs offline gets after hysteresis.
+    pub target: u32,
+    pub why: String,
+    pub cause: Cause,
+}
+
+/// Online's need and offline's share; state keeps the hysteresis. Missing CPU readings hold the last
+/// decision.
+pub fn need(snap: &Snapshot, cfg: &Config, st: &mut PolicyState) -> CpuDecision {
+    let now = snap.now_ms;
+    let n = snap.cpus.len().min(u32::MAX as usize) as u32;
+    let headroom = cfg.cpu.headroom_cpus;
+    let floor = cfg.cpu.noise_floor_cpus;
+    let min_off = cfg.cpu.min_offline_cpus.min(n);
+    let cur_count = st.base_offline.unwrap_or(n).min(n);
+    let confine = match cfg.cpu.suppression {
+        Suppression::Cpuset => n >= cfg.cpu.confine_min_cpus,
+        Suppression::Quota => true,
+        Suppression::None => false,
+    };
+    let mut d = CpuDecision {
+        n,
+        confine,
+        min_off,
+        target: cur_count,
+        why: String::new(),
+        cause: Cause::Confine,
+    };
+    let long = snap.protected_usage();
+    let short = snap.protected_usage_short();
+    let need_long = long.map(|u| cpus_needed(u, headroom, floor, n));
+    let need_short = short.map(|u| cpus_needed(u, headroom, floor, n));
+    let Some(need_now) = need_long.max(need_short) else {
+        // No CPU reading this tick: hold the last decision rather than guess.
+        return d;
+    };
+    st.online_need = need_now;
+    let room_now = n.saturating_sub(need_now);
+    if !confine {
+        d.target = n;
+        st.grow_since_ms = None;
+        if cur_count < n {
+            d.cause = Cause::Release;
+            d.why = format!(
+                "no dynamic confinement on {n} CPUs (confine_min_cpus {}, suppression {:?}): offline gets every CPU",
+                cfg.cpu.confine_min_cpus, cfg.cpu.suppression
+            );
+        }
+    } else if room_now < cur_count {
+        d.target = room_now.max(min_off);
+        st.grow_since_ms = None;
+        d.why = format!(
+            "online needs {need_now} of {n} CPUs (usage {:.2} + headroom {headroom}): offline shrinks at once",
+            long.unwrap_or(0.0).max(short.unwrap_or(0.0))
+        );
+    } else {
+        let room = n.saturating_sub(need_long.unwrap_or(need_now));
+        if room > cur_count {
+            let since = *st.grow_since_ms.get_or_insert(now);
+            if now.saturating_sub(since) >= cfg.cpu.grow_after.0 {
+                d.target = cur_count.saturating_add(cfg.cpu.grow_step).min(room);
+                st.grow_since_ms = Some(now);
+                d.cause = Cause::Release;
+                d.why = format!(
+                    "online needs {} of {n} CPUs for {}: offline grows by {}",
+                    n - room,
+                    cfg.cpu.grow_after,
+                    d.target - cur_count
+                );
+            }
+        } else {
+            st.grow_since_ms = None;
+        }
+    }
+    d
+}
+
+/// Cpuset writes that move the offline subtree from `old` to `new`, in an order v1 accepts:
+/// shrinking goes leaves first, growing goes parent first. On v2 children inherit the parent's.
+pub fn cpuset_actions(
+    snap: &Snapshot,
+    caps: &Capabilities,
+    old: &CpuSet,
+    new: &CpuSet,
+    reason: &str,
+    cause: Cause,
+) -> Vec<Action> {
+    let value = KnobValue::Cpus(new.clone());
+    let mk = |t: Target| Action::set(t, Knob::CpusetCpus, value.clone(), reason).because(cause);
+    let mut top_down = vec![mk(Target::Tidal(QosLevel::offline_parent()))];
+    if caps.cpuset_v1 {
+        for l in offline_levels() {
+            if snap.levels_present.contains(&l) {
+                top_down.push(mk(Target::Tidal(l.group_path())));
+            }
+        }
+        for w in snap
+            .workloads
+            .iter()
+            .filter(|w| !w.level.is_online() && w.managed)
+        {
+            top_down.push(mk(w.group.clone()));
+        }
+    }
+    if new.is_subset(old) && new != old {
+        top_down.reverse();
+    }
+    top_down
+}
+
+/// Applies the CPU decision, one CPU less while the ladder's first step is in force.
+#[allow(clippy::too_many_arguments)]
+pub fn apply(
+    snap: &Snapshot,
+    cfg: &Config,
+    caps: &Capabilities,
+    cpu: &CpuDecision,
+    tick: &LadderTick,
+    static_due: bool,
+    st: &mut PolicyState,
+    plan: &mut Plan,
+) {
+    let n = cpu.n;
+    let offline_present = offline_levels()
+        .iter()
+        .any(|l| snap.levels_present.contains(l));
+    st.base_offline = Some(cpu.target);
+    let mut target = cpu.target;
+    let mut why = cpu.why.clone();
+    let mut cause = cpu.cause;
+    if cpu.confine && st.interference.has(Step::ShrinkCpuset) && target > cpu.min_off.max(1) {
+        target -= 1;
+        cause = Cause::Interference;
+        why = format!(
+            "{}: offline gets one CPU less",
+            tick.pressure.as_deref().unwrap_or("online interference")
+        );
+    } else if tick.undone {
+        cause = Cause::Release;
+        why = format!(
+            "{}, and it did not fall after tightening: not offline's doing, step undone",
+            tick.pressure.as_deref().unwrap_or("online pressure")
+        );
+    }
+    let starved = target == 0;
+    let cpus_target = snap.cpus.last_n(target.max(1) as usize);
+    let old = st.offline_cpus.clone().unwrap_or_else(|| snap.cpus.clone());
+    if offline_present && (cpus_target != old || static_due) {
+        let reason = if why.is_empty() {
+            format!("offline keeps CPUs [{cpus_target}]")
+        } else {
+            why.clone()
+        };
+        let c = if why.is_empty() { Cause::Static } else { cause };
+        match cfg.cpu.suppression {
+            Suppression::Cpuset if caps.has(Knob::CpusetCpus) => {
+                plan.actions
+                    .extend(cpuset_actions(snap, caps, &old, &cpus_target, &reason, c));
+            }
+            Suppression::Quota if caps.has(Knob::CpuMax) => {
+                let quota = if target >= n {
+                    None
+                } else {
+                    Some(
+                        u64::from(target.max(1))
+                            .saturating_mul(CFS_PERIOD_US)
+                            .max(1000),
+                    )
+                };
+                plan.push(
+                    Action::set(
+                        QosLevel::offline_parent(),
+                        Knob::CpuMax,
+                        KnobValue::Quota {
+                            quota_us: quota,
+                            period_us: CFS_PERIOD_US,
+                        },
+                        reason,
+                    )
+                    .because(c),
+                );
+            }
+            _ => {}
+        }
+    }
+    // With no offline group there is nothing confined: start from every CPU when one appears.
+    if offline_present {
+        st.offline_cpus = Some(cpus_target);
+        st.starved = starved;
+    } else {
+        st.offline_cpus = None;
+        st.base_offline = None;
+        st.starved = false;
+        st.grow_since_ms = None;
+    }
+}
+
+/// The knobs whose originals should be journalled ahead of confinement and the ladder: cpusets of
+/// the offline subtree, the offline parent's quota (quota mode) and the offline levels' freezers.
+pub fn remembered(snap: &Snapshot, cfg: &Config) -> Vec<Remember> {
+    if !offline_levels()
+        .iter()
+        .any(|l| snap.levels_present.contains(l))
+    {
+        return Vec::new();
+    }
+    let parent = Target::Tidal(QosLevel::offline_parent());
+    let mut out = vec![Remember {
+        target: parent.clone(),
+        knob: Knob::CpusetCpus,
+    }];
+    if cfg.cpu.suppression == Suppression::Quota {
+        out.push(Remember {
+            target: parent,
+            knob: Knob::CpuMax,
+        });
+    }
+    for l in offline_levels() {
+        if snap.levels_present.contains(&l) {
+            for knob in [Knob::CpusetCpus, Knob::Freeze] {
+                out.push(Remember {
+                    target: Target::Tidal(l.group_path()),
+                    knob,
+                });
+            }
+        }
+    }
+    for w in snap.workloads.iter().filter(|w| !w.level.is_online()) {
+        out.push(Remember {
+            target: w.group.clone(),
+            knob: Knob::CpusetCpus,
+        });
+    }
+    out
+}

@@ -1,0 +1,242 @@
+//! The interference ladder. Signals of online suffering (today: the online levels' CPU pressure)
+//! each give a [`Verdict`]; all of them drive one ladder of tightening steps ([`Step::LADDER`]) with
+//! one escalation and release logic. A new signal adds a rule to [`rules`], not a path through
+//! `decide`.
+//!
+//! - A step is taken at most once per `escalate_every`, and only if it would change something now
+//!   (shrinking the cpuset needs confinement on and a CPU to spare; freezing a level needs the level).
+//! - A step taken for pressure that has not fallen by a fifth one interval later did not help: it
+//!   is undone and the ladder backs off for `calm_period`.
+//! - After `calm_period` with every signal calm, one step is released.
+
+use super::confine::CpuDecision;
+use super::state::{Phase, PolicyState, Step};
+use crate::config::{Config, PsiLine};
+use tidal_model::{Action, Capabilities, Cause, Knob, KnobValue, Plan, QosLevel, Snapshot};
+
+/// What one signal says this tick.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Online suffers: tighten. `reason` quotes the signal; `baseline` is a value that must fall after
+    /// the step, or the step is undone.
+    Tighten {
+        reason: String,
+        baseline: Option<f64>,
+    },
+    /// Fine.
+    Calm,
+    /// The signal has nothing to say (no data).
+    Silent,
+}
+
+/// What the ladder did this tick, for the actions' reasons.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LadderTick {
+    /// Why online is judged to suffer (the first tightening verdict), if it is.
+    pub pressure: Option<String>,
+    /// A step was undone because it did not help.
+    pub undone: bool,
+}
+
+/// Online CPU pressure: the configured line over the last second (avg10 as a fallback) above the
+/// threshold. Only when per-cgroup PSI exists.
+fn psi_rule(snap: &Snapshot, cfg: &Config, caps: &Capabilities) -> Verdict {
+    if !caps.psi {
+        return Verdict::Silent;
+    }
+    let (win, avg) = match cfg.interference.psi_line {
+        PsiLine::Some => (snap.online_cpu_psi_1s, snap.online_cpu_psi),
+        PsiLine::Full => (snap.online_cpu_psi_full_1s, snap.online_cpu_psi_full),
+    };
+    let Some(p) = win.or(avg) else {
+        return Verdict::Silent;
+    };
+    let thr = cfg.interference.psi_threshold;
+    if p > thr {
+        Verdict::Tighten {
+            reason: format!("online cpu pressure {p:.1}% over {thr}%"),
+            baseline: Some(p),
+        }
+    } else {
+        Verdict::Calm
+    }
+}
+
+/// Every signal's rule, in order of precedence.
+pub fn rules(snap: &Snapshot, cfg: &Config, caps: &Capabilities) -> Vec<Verdict> {
+    vec![psi_rule(snap, cfg, caps)]
+}
+
+/// Would `step` change anything now?
+fn effective(
+    step: Step,
+    snap: &Snapshot,
+    cfg: &Config,
+    caps: &Capabilities,
+    cpu: &CpuDecision,
+) -> bool {
+    match step {
+        Step::ShrinkCpuset => cpu.confine && cpu.target > cpu.min_off.max(1),
+        Step::FreezeOfflineLow => {
+            caps.has(Knob::Freeze) && snap.levels_present.contains(&QosLevel::OfflineLow)
+        }
+        Step::FreezeOffline => {
+            let _ = cfg;
+            caps.has(Knob::Freeze) && snap.levels_present.contains(&QosLevel::Offline)
+        }
+    }
+}
+
+/// Moves the ladder one tick.
+pub fn decide(
+    snap: &Snapshot,
+    cfg: &Config,
+    caps: &Capabilities,
+    cpu: &CpuDecision,
+    st: &mut PolicyState,
+) -> LadderTick {
+    let now = snap.now_ms;
+    let every = cfg.interference.escalate_every.0;
+    let calm = cfg.interference.calm_period.0;
+    let verdicts = rules(snap, cfg, caps);
+    let tighten = verdicts.iter().find_map(|v| match v {
+        Verdict::Tighten { reason, baseline } => Some((reason.clone(), *baseline)),
+        _ => None,
+    });
+    let any_calm = verdicts.contains(&Verdict::Calm);
+    let lad = &mut st.interference;
+    let mut tick = LadderTick::default();
+    let offline_present = super::offline_levels()
+        .iter()
+        .any(|l| snap.levels_present.contains(l));
+    match tighten {
+        Some((reason, baseline)) => {
+            tick.pressure = Some(reason);
+            let may_step = match lad.phase {
+                Phase::Tightened { at_ms, baseline: b } => {
+                    if now.saturating_sub(at_ms) < every {
+                        false
+                    } else if let (Some(before), Some(p)) = (b, baseline) {
+                        if !lad.steps.is_empty() && p >= 0.8 * before {
+                            // The step did not lower the pressure: not offline's doing.
+                            lad.steps.pop();
+                            lad.phase = Phase::BackedOff {
+                                until_ms: now.saturating_add(calm),
+                            };
+                            tick.undone = true;
+                            false
+                        } else {
+                            true
+                        }
+                    } else {
+                        true
+                    }
+                }
+                Phase::BackedOff { until_ms } => now >= until_ms,
+                Phase::Idle | Phase::Calming { .. } => true,
+            };
+            if may_step && offline_present {
+                let next = Step::LADDER
+                    .into_iter()
+                    .filter(|s| !lad.steps.contains(s))
+                    .find(|s| effective(*s, snap, cfg, caps, cpu));
+                if let Some(s) = next {
+                    lad.steps.push(s);
+                    lad.phase = Phase::Tightened {
+                        at_ms: now,
+                        baseline,
+                    };
+                }
+            }
+        }
+        None if any_calm => {
+            if let Phase::BackedOff { until_ms } = lad.phase {
+                if now < until_ms && lad.steps.is_empty() {
+                    return tick;
+                }
+            }
+            if lad.steps.is_empty() {
+                lad.phase = Phase::Idle;
+            } else {
+                let since = match lad.phase {
+                    Phase::Calming { since_ms } => since_ms,
+                    _ => now,
+                };
+                if now.saturating_sub(since) >= calm {
+                    // Released: the baseline of the step goes with it.
+                    lad.steps.pop();
+                    lad.phase = if lad.steps.is_empty() {
+                        Phase::Idle
+                    } else {
+                        Phase::Calming { since_ms: now }
+                    };
+                } else {
+                    lad.phase = Phase::Calming { since_ms: since };
+                }
+            }
+        }
+        None => {}
+    }
+    tick
+}
+
+/// Freezes or thaws the offline levels: for the ladder's freeze steps, or when online needs every CPU
+/// and freezing is allowed (starved).
+#[allow(clippy::too_many_arguments)]
+pub fn freeze(
+    snap: &Snapshot,
+    cfg: &Config,
+    caps: &Capabilities,
+    tick: &LadderTick,
+    static_due: bool,
+    prev: &PolicyState,
+    st: &mut PolicyState,
+    plan: &mut Plan,
+) {
+    if !caps.has(Knob::Freeze) {
+        return;
+    }
+    let n = snap.cpus.len();
+    let starved = st.starved;
+    let want_low = st.interference.has(Step::FreezeOfflineLow) || starved;
+    let want_off = st.interference.has(Step::FreezeOffline) || starved;
+    let pressure = tick
+        .pressure
+        .clone()
+        .unwrap_or_else(|| "online interference".to_string());
+    let _ = cfg;
+    for (level, want, was) in [
+        (QosLevel::OfflineLow, want_low, prev.frozen.offline_low),
+        (QosLevel::Offline, want_off, prev.frozen.offline),
+    ] {
+        if !snap.levels_present.contains(&level) {
+            continue;
+        }
+        if want != was || static_due {
+            let (reason, cause) = match (want, starved) {
+                (true, true) => (
+                    format!("online needs all {n} CPUs and allow_freeze is on: {level} frozen"),
+                    Cause::Confine,
+                ),
+                (true, false) => (format!("{pressure}: {level} frozen"), Cause::Interference),
+                (false, _) if was && tick.undone => (
+                    format!("tightening did not lower online pressure: {level} thawed"),
+                    Cause::Release,
+                ),
+                (false, _) if was => (format!("pressure calm: {level} thawed"), Cause::Release),
+                (false, _) => (format!("{level} runs"), Cause::Static),
+            };
+            plan.push(
+                Action::set(
+                    level.group_path(),
+                    Knob::Freeze,
+                    KnobValue::Bool(want),
+                    reason,
+                )
+                .because(cause),
+            );
+        }
+    }
+    st.frozen.offline_low = want_low && snap.levels_present.contains(&QosLevel::OfflineLow);
+    st.frozen.offline = want_off && snap.levels_present.contains(&QosLevel::Offline);
+}

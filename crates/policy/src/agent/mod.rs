@@ -1,0 +1,135 @@
+//! The agent's control policy: one pure step from (snapshot, config, capabilities, previous state) to
+//! (plan, next state), composed of one function per concern: static settings and drift
+//! ([`statics`]), CPU confinement ([`confine`]), the interference ladder ([`interference`]), memory
+//! ([`memory`]) and cleanup ([`cleanup`]). No IO and no clock: time is in the snapshot.
+
+pub mod cleanup;
+pub mod confine;
+pub mod interference;
+pub mod memory;
+pub mod state;
+pub mod statics;
+
+use crate::config::Config;
+use crate::levels::CFS_PERIOD_US;
+use tidal_model::{
+    Action, Capabilities, Cause, Knob, KnobValue, Op, Plan, QosLevel, Snapshot, Target,
+};
+
+pub use confine::cpus_needed;
+pub use state::{Frozen, Interference, Phase, PolicyState, Step};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub plan: Plan,
+    pub state: PolicyState,
+}
+
+pub(crate) fn offline_levels() -> [QosLevel; 2] {
+    [QosLevel::Offline, QosLevel::OfflineLow]
+}
+
+/// One control step. Pure: everything it knows is in its arguments.
+pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyState) -> Decision {
+    let mut st = prev.clone();
+    let mut plan = Plan::default();
+    let static_due = statics::decide(snap, cfg, caps, &mut st, &mut plan);
+    let cpu = confine::need(snap, cfg, &mut st);
+    let verdict = interference::decide(snap, cfg, caps, &cpu, &mut st);
+    confine::apply(
+        snap, cfg, caps, &cpu, &verdict, static_due, &mut st, &mut plan,
+    );
+    interference::freeze(
+        snap, cfg, caps, &verdict, static_due, prev, &mut st, &mut plan,
+    );
+    memory::decide(snap, cfg, &mut st, &mut plan);
+    cleanup::decide(snap, cfg, prev, &mut st, &mut plan);
+    // Ask the actuator to journal, ahead of time, the originals of what confinement and the ladder
+    // write, so those urgent writes need no fsync.
+    plan.remember = confine::remembered(snap, cfg);
+    Decision { plan, state: st }
+}
+
+/// The next state once the plan was applied: what the policy assumed of writes that did not take
+/// effect is taken back, so a failed confinement (v1 EBUSY) or freeze is tried again next tick.
+pub fn settle(mut next: PolicyState, prev: &PolicyState, plan: &Plan, ok: &[bool]) -> PolicyState {
+    let failed =
+        |pred: &dyn Fn(&Action) -> bool| plan.actions.iter().zip(ok).any(|(a, ok)| !ok && pred(a));
+    let offline_parent = Target::Tidal(QosLevel::offline_parent());
+    let is_set = |a: &Action, t: &Target, k: Knob| matches!(&a.op, Op::Set { target, knob, .. } if target == t && *knob == k);
+    if failed(&|a| {
+        is_set(a, &offline_parent, Knob::CpusetCpus) || is_set(a, &offline_parent, Knob::CpuMax)
+    }) {
+        next.offline_cpus = prev.offline_cpus.clone();
+        next.base_offline = prev.base_offline;
+    }
+    for (level, flag) in [
+        (QosLevel::Offline, &mut next.frozen.offline),
+        (QosLevel::OfflineLow, &mut next.frozen.offline_low),
+    ] {
+        let t = Target::Tidal(level.group_path());
+        if failed(&|a| is_set(a, &t, Knob::Freeze)) {
+            *flag = match level {
+                QosLevel::Offline => prev.frozen.offline,
+                _ => prev.frozen.offline_low,
+            };
+        }
+    }
+    next
+}
+
+/// Gives offline everything back: all CPUs, no quota, thawed. Used on shutdown.
+pub fn release_plan(snap: &Snapshot, caps: &Capabilities, prev: &PolicyState) -> Plan {
+    let mut plan = Plan::default();
+    if !offline_levels()
+        .iter()
+        .any(|l| snap.levels_present.contains(l))
+    {
+        return plan;
+    }
+    let reason = "agent stopping: offline gets every CPU back";
+    if caps.has(Knob::CpusetCpus) {
+        let old = prev
+            .offline_cpus
+            .clone()
+            .unwrap_or_else(|| snap.cpus.clone());
+        plan.actions.extend(confine::cpuset_actions(
+            snap,
+            caps,
+            &old,
+            &snap.cpus,
+            reason,
+            Cause::Shutdown,
+        ));
+    }
+    if caps.has(Knob::CpuMax) {
+        plan.push(
+            Action::set(
+                QosLevel::offline_parent(),
+                Knob::CpuMax,
+                KnobValue::Quota {
+                    quota_us: None,
+                    period_us: CFS_PERIOD_US,
+                },
+                reason,
+            )
+            .because(Cause::Shutdown),
+        );
+    }
+    if caps.has(Knob::Freeze) {
+        for l in offline_levels() {
+            if snap.levels_present.contains(&l) {
+                plan.push(
+                    Action::set(
+                        l.group_path(),
+                        Knob::Freeze,
+                        KnobValue::Bool(false),
+                        "agent stopping: offline thawed",
+                    )
+                    .because(Cause::Shutdown),
+                );
+            }
+        }
+    }
+    plan
+}

@@ -1,0 +1,86 @@
+//! What the policy remembers between ticks, typed. Serialisable so `/state` can show it.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tidal_model::{CpuSet, GroupPath};
+
+/// One tightening step of the interference ladder, in the order they are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// Offline's cpuset loses one more CPU (only while confinement is on).
+    ShrinkCpuset,
+    /// `offline-low` is frozen.
+    FreezeOfflineLow,
+    /// `offline` is frozen.
+    FreezeOffline,
+}
+
+impl Step {
+    pub const LADDER: [Step; 3] = [
+        Step::ShrinkCpuset,
+        Step::FreezeOfflineLow,
+        Step::FreezeOffline,
+    ];
+}
+
+/// Where the interference ladder is between steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "kebab-case")]
+pub enum Phase {
+    /// Nothing pending.
+    #[default]
+    Idle,
+    /// A step was taken at `at_ms`; `baseline` is the pressure that called for it, which must fall
+    /// by the next interval or the step is judged useless.
+    Tightened { at_ms: u64, baseline: Option<f64> },
+    /// Every signal calm since `since_ms`: one step is released per calm period.
+    Calming { since_ms: u64 },
+    /// The last step did not lower the pressure and was undone: no step before `until_ms`.
+    BackedOff { until_ms: u64 },
+}
+
+/// The interference ladder: the steps in force (a prefix of [`Step::LADDER`] less the steps that would
+/// have changed nothing when taken) and its phase.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Interference {
+    pub steps: Vec<Step>,
+    pub phase: Phase,
+}
+
+impl Interference {
+    /// How many steps are in force.
+    pub fn level(&self) -> u8 {
+        self.steps.len().min(u8::MAX as usize) as u8
+    }
+    pub fn has(&self, s: Step) -> bool {
+        self.steps.contains(&s)
+    }
+}
+
+/// Which offline levels the agent keeps frozen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frozen {
+    pub offline: bool,
+    pub offline_low: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicyState {
+    /// Offline's current CPUs (None before the first tick: offline has every CPU).
+    pub offline_cpus: Option<CpuSet>,
+    /// How many CPUs online's need leaves offline, after hysteresis and before interference.
+    pub base_offline: Option<u32>,
+    /// Since when online need has been low enough for offline to grow.
+    pub grow_since_ms: Option<u64>,
+    pub interference: Interference,
+    /// Frozen because online needs every CPU and `allow_freeze` is on.
+    pub starved: bool,
+    pub frozen: Frozen,
+    pub last_kill_ms: Option<u64>,
+    pub last_static_ms: Option<u64>,
+    /// Empty workload groups and since when.
+    pub empty_since_ms: BTreeMap<GroupPath, u64>,
+    /// CPUs online needs now (for reports).
+    pub online_need: u32,
+}

@@ -1,0 +1,505 @@
+//! The agent as a value: [`Agent::tick`] measures (through the collector and its workload source),
+//! asks the pure policy for a plan, applies it through the actuator, and updates what `/metrics` and
+//! `/state` show. It reads no clock of its own and sends no signal: the driver in `agent::main` owns
+//! time, signals and the HTTP server, as kube-runtime keeps its driver apart from `reconcile`.
+
+use super::metrics::{ActionLabels, Metrics};
+use super::view::{self, ActionRecord, PlanView, StateView, WorkloadView};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tidal_actuator::{Actuator, Applied, Outcome};
+use tidal_model::{Capabilities, Cause, Knob, KnobValue, QosLevel, Snapshot, Target};
+use tidal_policy::agent::cpus_needed;
+use tidal_policy::{decide, release_plan, settle, Config, PolicyState};
+use tidal_snapshot::Collector;
+use tracing::{error, info, warn};
+
+/// What the HTTP thread reads.
+pub struct Shared {
+    pub metrics: Mutex<Metrics>,
+    pub view: Mutex<StateView>,
+    pub started: Instant,
+    pub last_tick_ms: AtomicU64,
+    /// Set by an HTTP reader: take a full per-workload reading at the next tick.
+    pub wanted: AtomicBool,
+    /// Bumped after each full reading (readers wait for it).
+    pub generation: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(view: StateView) -> Shared {
+        Shared {
+            metrics: Mutex::new(Metrics::new()),
+            view: Mutex::new(view),
+            started: Instant::now(),
+            last_tick_ms: AtomicU64::new(0),
+            wanted: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+        }
+    }
+    pub fn last_tick_age_ms(&self) -> u64 {
+        (self.started.elapsed().as_millis() as u64)
+            .saturating_sub(self.last_tick_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// What one tick did.
+#[derive(Debug)]
+pub struct TickReport {
+    pub applied: Vec<Applied>,
+    /// The workload list was re-read.
+    pub refreshed: bool,
+    /// Every per-workload statistic was read.
+    pub full: bool,
+    pub took: Duration,
+}
+
+pub struct Agent {
+    cfg: Config,
+    caps: Capabilities,
+    act: Actuator,
+    collector: Collector,
+    state: PolicyState,
+    snap: Snapshot,
+    history: BTreeMap<Target, ActionRecord>,
+    ticks: u64,
+    first_static_done: bool,
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Adopts what a previous agent left: offline's current cpuset and freeze states.
+fn adopt(act: &Actuator, caps: &Capabilities) -> PolicyState {
+    let layout = act.layout();
+    let mut st = PolicyState::default();
+    let parent = Target::Tidal(QosLevel::offline_parent());
+    if let Ok(KnobValue::Cpus(c)) = layout.read_knob(&parent, Knob::CpusetCpus) {
+        if !c.is_empty() && c.is_subset(&caps.cpus) {
+            st.base_offline = Some(c.len() as u32);
+            st.offline_cpus = Some(c);
+        }
+    }
+    let frozen = |l: QosLevel| {
+        matches!(
+            layout.read_knob(&Target::Tidal(l.group_path()), Knob::Freeze),
+            Ok(KnobValue::Bool(true))
+        )
+    };
+    st.frozen.offline = frozen(QosLevel::Offline);
+    st.frozen.offline_low = frozen(QosLevel::OfflineLow);
+    st
+}
+
+impl Agent {
+    pub fn new(
+        cfg: Config,
+        caps: Capabilities,
+        mut act: Actuator,
+        collector: Collector,
+        shared: Arc<Shared>,
+    ) -> Agent {
+        act.set_reprobe_interval(Duration::from_millis(cfg.static_interval.0));
+        Agent {
+            state: adopt(&act, &caps),
+            cfg,
+            caps,
+            act,
+            collector,
+            snap: Snapshot::default(),
+            history: BTreeMap::new(),
+            ticks: 0,
+            first_static_done: false,
+            shared,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn state(&self) -> &PolicyState {
+        &self.state
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snap
+    }
+
+    pub fn ticks(&self) -> u64 {
+        self.ticks
+    }
+
+    /// Takes a new config (SIGHUP). The listen address cannot change without a restart: the old
+    /// one stays, and the log says so.
+    pub fn reload(&mut self, mut new: Config) {
+        if new.listen != self.cfg.listen {
+            warn!(
+                "config reloaded, but listen changed ({} -> {}): restart the agent for that; still listening on {}",
+                self.cfg.listen, new.listen, self.cfg.listen
+            );
+            new.listen = self.cfg.listen.clone();
+        } else {
+            info!("config reloaded");
+        }
+        self.act
+            .set_reprobe_interval(Duration::from_millis(new.static_interval.0));
+        self.cfg = new;
+    }
+
+    /// One light sample (two counter reads). True if online now needs more CPUs than offline has left
+    /// it, and confinement can act on that: a tick is due at once.
+    pub fn sample(&mut self) -> bool {
+        let (node, off) = self.collector.sample_short();
+        let (Some(node), Some(off)) = (node, off) else {
+            return false;
+        };
+        let n = self.caps.cpus.len() as u32;
+        let need = cpus_needed(
+            (node - off).max(0.0),
+            self.cfg.cpu.headroom_cpus,
+            self.cfg.cpu.noise_floor_cpus,
+            n,
+        );
+        let can_confine = match self.cfg.cpu.suppression {
+            tidal_policy::Suppression::Cpuset => {
+                n >= self.cfg.cpu.confine_min_cpus && self.caps.has(Knob::CpusetCpus)
+            }
+            tidal_policy::Suppression::Quota => self.caps.has(Knob::CpuMax),
+            tidal_policy::Suppression::None => false,
+        };
+        can_confine && need > self.state.online_need && self.state.offline_cpus.is_some()
+    }
+
+    /// One control step at `now`: measure, decide, apply, report.
+    pub fn tick(&mut self, now: Instant) -> TickReport {
+        // Full per-workload readings only when someone looks (/metrics, /state) or memory is getting
+        // low (kill decisions need fresh sizes): the control loop itself needs only the tree.
+        let mem_low = match (self.snap.mem_total_bytes, self.snap.mem_available_bytes) {
+            (Some(t), Some(a)) => a < self.cfg.low_watermark(t).saturating_mul(3) / 2,
+            _ => false,
+        };
+        let full = self.shared.wanted.swap(false, Ordering::Relaxed) || mem_low || self.ticks == 0;
+        let refreshed = self
+            .collector
+            .update(&mut self.snap, self.cfg.stats_interval.0, full);
+        let d = decide(&self.snap, &self.cfg, &self.caps, &self.state);
+        if refreshed {
+            let targets: Vec<(Target, Knob)> = d
+                .plan
+                .remember
+                .iter()
+                .map(|r| (r.target.clone(), r.knob))
+                .collect();
+            if let Err(e) = self.act.remember(&targets) {
+                warn!("cannot journal the offline groups' originals ahead: {e} (each write journals its own first)");
+            }
+        }
+        let applied = self.act.apply(&d.plan);
+        let ok: Vec<bool> = applied
+            .iter()
+            .map(|a| matches!(a.result, Ok(o) if o != Outcome::Unsupported))
+            .collect();
+        self.state = settle(d.state, &self.state, &d.plan, &ok);
+        self.ticks += 1;
+        self.publish(&applied, refreshed, full);
+        let took = now.elapsed();
+        let m = lock(&self.shared.metrics);
+        m.ticks.inc();
+        m.tick_seconds.observe(took.as_secs_f64());
+        m.tick_worst(took.as_secs_f64());
+        drop(m);
+        TickReport {
+            applied,
+            refreshed,
+            full,
+            took,
+        }
+    }
+
+    /// Metrics and `/state` after a tick.
+    fn publish(&mut self, applied: &[Applied], refreshed: bool, full: bool) {
+        let at = self.snap.now_ms;
+        let mut records = Vec::new();
+        let mut outcomes = Vec::new();
+        let mut m = lock(&self.shared.metrics);
+        for ap in applied {
+            let labels = ActionLabels {
+                kind: ap.action.op.kind().to_string(),
+                reason: ap.action.cause.name().to_string(),
+            };
+            let outcome = match &ap.result {
+                Ok(o) => format!("{o:?}").to_lowercase(),
+                Err(e) => format!("error: {e}"),
+            };
+            outcomes.push(outcome.clone());
+            match &ap.result {
+                Ok(Outcome::Written) | Ok(Outcome::DryRun) => {
+                    m.actions.get_or_create(&labels).inc();
+                    if ap.action.cause == Cause::Static && self.first_static_done {
+                        warn!("drift repaired: {}", ap.action);
+                    }
+                }
+                Err(_) => {
+                    m.action_errors.get_or_create(&labels).inc();
+                }
+                _ => continue,
+            }
+            let r = view::record(&ap.action, at, &outcome);
+            self.history.insert(ap.action.op.target(), r.clone());
+            records.push(r);
+        }
+        if applied.iter().any(|a| a.action.cause == Cause::Static) {
+            self.first_static_done = true;
+        }
+        let offline_n = self.state.offline_cpus.as_ref().map_or(0, |c| c.len());
+        m.node(
+            &self.snap,
+            self.state.online_need,
+            offline_n,
+            self.state.interference.level(),
+        );
+        m.actuator(self.act.stats());
+        m.missing(&self.collector.problems.counts);
+        if full {
+            m.workloads(
+                &self.snap,
+                self.state.offline_cpus.as_ref().map(|c| c.len()),
+            );
+        }
+        drop(m);
+        self.shared.last_tick_ms.store(
+            self.shared.started.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        if refreshed {
+            let live: HashSet<&Target> = self.snap.workloads.iter().map(|w| &w.group).collect();
+            self.history.retain(|g, _| match g {
+                Target::Tidal(p) => p.depth() <= 2 || live.contains(g),
+                Target::Foreign(_) => live.contains(g),
+            });
+        }
+        let mut v = lock(&self.shared.view);
+        v.now_ms = self.snap.now_ms;
+        v.ticks = self.ticks;
+        v.node = Some(view::node_view(&self.snap, &self.state));
+        v.policy = self.state.clone();
+        v.missing_readings = self
+            .collector
+            .problems
+            .counts
+            .iter()
+            .map(|(k, n)| ((*k).to_string(), *n))
+            .collect();
+        if full || !records.is_empty() {
+            v.config = self.cfg.clone();
+            v.workloads = self
+                .snap
+                .workloads
+                .iter()
+                .map(|w| WorkloadView {
+                    snap: w.clone(),
+                    allowed_cpus: if w.level.is_online() {
+                        None
+                    } else {
+                        self.state.offline_cpus.clone()
+                    },
+                    frozen: (w.level == QosLevel::Offline && self.state.frozen.offline)
+                        || (w.level == QosLevel::OfflineLow && self.state.frozen.offline_low),
+                    last_action: view::last_for(&self.history, &w.group),
+                })
+                .collect();
+            if !records.is_empty() {
+                v.last_plan = Some(PlanView {
+                    at_ms: at,
+                    actions: applied.iter().map(|a| a.action.clone()).collect(),
+                    remember: Vec::new(),
+                    outcomes,
+                });
+            }
+        }
+        drop(v);
+        if full {
+            self.shared.generation.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Gives offline work every CPU back and thaws it; the exit code (1 if a write failed).
+    pub fn shutdown(&mut self) -> i32 {
+        info!("stopping: giving offline work its CPUs back");
+        self.collector.update(&mut self.snap, 0, true);
+        let mut failed = 0;
+        for ap in self
+            .act
+            .apply(&release_plan(&self.snap, &self.caps, &self.state))
+        {
+            if let Err(e) = ap.result {
+                failed += 1;
+                error!("{}: {e}", ap.action);
+            }
+        }
+        info!(
+            "stopped after {} ticks; journal at {}",
+            self.ticks,
+            self.act.journal().file().display()
+        );
+        i32::from(failed > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidal_cgroupfs::mountinfo::{parse_mountinfo, parse_proc_cgroup};
+    use tidal_cgroupfs::{Hierarchies, Host, Layout, RootSpec};
+    use tidal_model::{ForeignGroup, GroupPath};
+    use tidal_snapshot::FakeClock;
+    use tidal_source::{Inventory, SourceError, WorkloadRef, WorkloadSource};
+
+    /// A source that reports what the test says: one offline workload under the tidal root and one
+    /// pod-like workload in another manager's tree, which tidal may only set values on.
+    struct TestSource(Inventory);
+
+    impl WorkloadSource for TestSource {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn scan(&mut self) -> Result<Inventory, SourceError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn put(p: &std::path::Path, s: &str) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, s).unwrap();
+    }
+
+    /// A v2 group as the kernel shows it (the files the agent reads and writes).
+    fn group(d: &std::path::Path) {
+        for (f, v) in [
+            ("cgroup.procs", "123\n"),
+            ("cgroup.controllers", "cpuset cpu io memory\n"),
+            ("cgroup.subtree_control", "cpuset cpu io memory\n"),
+            ("cgroup.freeze", "0\n"),
+            ("cpu.weight", "100\n"),
+            ("cpu.idle", "0\n"),
+            ("cpu.max", "max 100000\n"),
+            ("cpu.stat", "usage_usec 0\n"),
+            ("cpuset.cpus", "\n"),
+            ("memory.current", "0\n"),
+            ("memory.stat", "inactive_file 0\n"),
+        ] {
+            put(&d.join(f), v);
+        }
+    }
+
+    #[test]
+    fn fake_fs_a_test_only_source_drives_the_agent_through_a_full_tick() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = tmp.path().join("cg");
+        put(&m.join("cpu.stat"), "usage_usec 0\n");
+        put(&m.join("cgroup.controllers"), "cpuset cpu io memory\n");
+        put(&m.join("cgroup.subtree_control"), "cpuset cpu io memory\n");
+        put(&m.join("cpuset.cpus.effective"), "0-3\n");
+        let root = m.join("tidal");
+        for g in [
+            "",
+            "offline",
+            "offline/offline",
+            "offline/offline/etl",
+            "online",
+        ] {
+            group(&root.join(g));
+        }
+        group(&m.join("kubepods/besteffort/pod1"));
+        let mi = format!("1 1 0:1 / {} rw - cgroup2 cgroup2 rw\n", m.display());
+        let h =
+            Hierarchies::from_parts(&parse_mountinfo(&mi), &parse_proc_cgroup("0::/\n"), |_| {
+                vec!["cpuset".into(), "cpu".into(), "io".into(), "memory".into()]
+            });
+        let layout = Layout::new(h, &RootSpec::default(), Host::default());
+        let caps = tidal_cgroupfs::detect_capabilities(&layout);
+        let inv = Inventory {
+            levels_present: [QosLevel::Offline, QosLevel::Online].into_iter().collect(),
+            workloads: vec![
+                WorkloadRef {
+                    group: Target::Tidal(GroupPath::new("offline/offline/etl").unwrap()),
+                    level: QosLevel::Offline,
+                    name: "etl".into(),
+                    managed: true,
+                },
+                WorkloadRef {
+                    group: Target::Foreign(ForeignGroup::new("kubepods/besteffort/pod1").unwrap()),
+                    level: QosLevel::Offline,
+                    name: "pod1".into(),
+                    managed: false,
+                },
+            ],
+        };
+        let clock = FakeClock::default();
+        let collector = Collector::new(
+            layout.clone(),
+            caps.cpus.clone(),
+            Box::new(TestSource(inv)),
+            Box::new(clock.clone()),
+        );
+        let state = tmp.path().join("state");
+        let act = Actuator::new(layout, &state, false).unwrap();
+        let shared = Arc::new(Shared::new(StateView {
+            now_ms: 0,
+            ticks: 0,
+            dry_run: false,
+            cgroup_mode: "v2".into(),
+            source: "test".into(),
+            capabilities: caps.clone(),
+            config: Config::default(),
+            node: None,
+            workloads: Vec::new(),
+            last_plan: None,
+            policy: PolicyState::default(),
+            missing_readings: Default::default(),
+        }));
+        let mut agent = Agent::new(Config::default(), caps, act, collector, Arc::clone(&shared));
+        clock.advance_ms(100);
+        let rep = agent.tick(Instant::now());
+        assert!(rep.full && rep.refreshed);
+        assert!(
+            rep.applied.iter().all(|a| a.result.is_ok()),
+            "{:?}",
+            rep.applied
+        );
+        // The static settings reached the kernel's files: offline parent in the idle class.
+        assert_eq!(
+            std::fs::read_to_string(root.join("offline/cpu.idle"))
+                .unwrap()
+                .trim(),
+            "1"
+        );
+        // Both workloads are in /state; the foreign one is not tidal's to manage.
+        let v = shared.view.lock().unwrap().clone();
+        assert_eq!(v.workloads.len(), 2);
+        assert!(v.workloads.iter().any(|w| !w.snap.managed));
+        let plan = v.last_plan.expect("a plan");
+        assert!(!plan.actions.is_empty() && plan.outcomes.len() == plan.actions.len());
+        // Nothing the policy did touched the foreign group except by setting values.
+        for a in &plan.actions {
+            if matches!(a.op.target(), Target::Foreign(_)) {
+                assert!(a.setting().is_some(), "{a}");
+            }
+        }
+        // /state round-trips through its own types, and its plan is a plan `apply` takes.
+        let json = serde_json::to_string(&*shared.view.lock().unwrap()).unwrap();
+        let back: StateView = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.workloads.len(), 2);
+        let plan_json = serde_json::to_string(back.last_plan.as_ref().unwrap()).unwrap();
+        let parsed = crate::apply::parse_plan(&plan_json).unwrap();
+        assert_eq!(parsed.actions, plan.actions);
+    }
+}
