@@ -65,7 +65,7 @@ pub struct Actuator {
     stats: ActStats,
     /// Groups this process created, oldest first (for rollback).
     created_now: Vec<PathBuf>,
-    /// (group dir, knob) the kernel refused, and when to try again.
+    /// (group dir, knob) the kernel refused, and when.
     refused: HashMap<(PathBuf, Knob), Instant>,
     reprobe: Duration,
     /// Originals this process journalled: if a record is taken back while it runs, this value (never
@@ -163,22 +163,10 @@ impl Actuator {
         }
     }
 
-    /// Is `dir` a group tidal created (or below one)? Its files have no original worth keeping:
-    /// restore removes the group, or gives a busy one its parent's full set.
+    /// Is `dir` a group tidal created? Its files have no original worth keeping: restore removes
+    /// the group, or gives a busy one its parent's full set.
     fn in_created(&self, dir: &Path) -> bool {
-        self.layout.roots.iter().filter(|r| r.holds(dir)).any(|r| {
-            let mut d = Some(dir);
-            while let Some(x) = d {
-                if self.journal.is_created(x) {
-                    return true;
-                }
-                if x == r.root_dir {
-                    break;
-                }
-                d = x.parent();
-            }
-            false
-        })
+        self.journal.is_created(dir)
     }
 
     /// Journals the original of `path` (unless it has one, or its group is tidal's own).
@@ -268,8 +256,8 @@ impl Actuator {
             .and_then(|p| p.parent())
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        if let Some(until) = self.refused.get(&(dir.clone(), knob)) {
-            if Instant::now() < *until {
+        if let Some(at) = self.refused.get(&(dir.clone(), knob)) {
+            if at.elapsed() < self.reprobe {
                 return Ok(Outcome::Unsupported);
             }
         }
@@ -304,8 +292,7 @@ impl Actuator {
                 Err(e) if e.is_vanished() => return Ok(Outcome::Vanished),
                 Err(e) if e.is_rejected() => {
                     let first = !self.refused.contains_key(&(dir.clone(), knob));
-                    self.refused
-                        .insert((dir.clone(), knob), Instant::now() + self.reprobe);
+                    self.refused.insert((dir.clone(), knob), Instant::now());
                     *self.stats.unsupported.entry(knob).or_default() += 1;
                     if first {
                         warn!(
@@ -331,54 +318,115 @@ impl Actuator {
         let Some(scope) = self.layout.scope.clone() else {
             return self.ensure_group(&GroupPath::root());
         };
-        if self.layout.root_exists() {
-            return self.ensure_group(&GroupPath::root());
-        }
         if self.dry_run {
-            info!("dry-run: would start the systemd scope {}", scope.unit);
+            info!(
+                "dry-run: would start (or join) the systemd scope {}",
+                scope.unit
+            );
             return Ok(Outcome::DryRun);
         }
         let pid = anchor.unwrap_or_else(std::process::id);
-        let conn = systemd::connect()?;
-        let started = systemd::start_scope(
-            &conn,
+        let anchor_group = GroupPath::root()
+            .join(ANCHOR)
+            .map_err(|e| ActError::Root(e.to_string()))?;
+        // Even when the scope exists, the pid joins it through systemd: a scope whose last workload
+        // just ended is stopping, and anything made in it now would go with it.
+        let started = systemd::join_scope(
             &ScopeRequest {
                 unit: scope.unit.clone(),
                 slice: scope.slice.clone(),
                 pids: vec![pid],
                 description: "tidal workloads (delegated cgroup tree)".to_string(),
             },
+            &format!("/{ANCHOR}"),
+            &self
+                .layout
+                .primary()
+                .map(|r| r.root_dir.join(PROCS))
+                .unwrap_or_default(),
         )?;
-        self.wait_scope(pid, started)?;
-        let anchor_group = GroupPath::root()
-            .join(ANCHOR)
-            .map_err(|e| ActError::Root(e.to_string()))?;
-        self.ensure_group(&anchor_group)?;
-        if started == Started::New {
-            self.move_pid(&anchor_group, pid)?;
+        match started {
+            Started::New => {
+                self.wait_scope(Some(pid))?;
+                self.make_anchor(&anchor_group)?;
+                self.move_pid(&anchor_group, pid)?;
+            }
+            Started::Attached => self.wait_in(&anchor_group, pid)?,
+            Started::Exists => {
+                self.wait_scope(None)?;
+                self.make_anchor(&anchor_group)?;
+                self.move_pid(&anchor_group, pid)?;
+            }
+            Started::Placeholder(mut child) => {
+                // systemd-run put a placeholder in the scope: our pid takes its place.
+                let moved = self
+                    .make_anchor(&anchor_group)
+                    .and_then(|_| self.move_pid(&anchor_group, pid));
+                let _ = child.kill();
+                let _ = child.wait();
+                moved?;
+            }
+        }
+        // The anchor leaf was made by systemd or by us: journalled either way, so restore removes
+        // it once empty.
+        if let Some(d) = self.layout.primary().map(|r| r.dir(&anchor_group)) {
+            self.journal.record_created(&d)?;
         }
         Ok(Outcome::Written)
     }
 
-    /// Waits (≤ 5 s) until the scope's cgroup exists and, if this call started it, holds `pid`.
-    fn wait_scope(&self, pid: u32, started: Started) -> Result<(), ActError> {
+    /// Waits (≤ 5 s) until `pid` is in `group`.
+    fn wait_in(&self, group: &GroupPath, pid: u32) -> Result<(), ActError> {
+        let Some(dir) = self.layout.primary().map(|r| r.dir(group)) else {
+            return Err(ActError::Root("no cgroup hierarchy".into()));
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !read_procs(&dir.join(PROCS)).is_ok_and(|p| p.contains(&(pid as i32))) {
+            if Instant::now() > deadline {
+                return Err(ActError::Systemd(format!(
+                    "pid {pid} did not arrive in {} within 5 s",
+                    dir.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// The anchor leaf: made before controllers are passed down (the scope still holds the pid
+    /// that is about to move into it, so its `cgroup.subtree_control` cannot be written yet).
+    fn make_anchor(&mut self, anchor: &GroupPath) -> Result<(), ActError> {
+        for d in self.layout.group_dirs(anchor) {
+            if d.exists() {
+                continue;
+            }
+            self.journal.record_created(&d)?;
+            match kernel::make_dir(&d) {
+                Ok(()) => self.created_now.push(d),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(mkdir_err(&d)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits (≤ 5 s) until the scope's cgroup exists and, if given, holds `pid`.
+    fn wait_scope(&self, pid: Option<u32>) -> Result<(), ActError> {
         let Some(root) = self.layout.primary().map(|r| r.root_dir.clone()) else {
             return Err(ActError::Root("no cgroup hierarchy".into()));
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let ready = match started {
-                Started::Exists => root.is_dir(),
-                Started::New => {
-                    read_procs(&root.join(PROCS)).is_ok_and(|p| p.contains(&(pid as i32)))
-                }
+            let ready = match pid {
+                None => root.is_dir(),
+                Some(pid) => read_procs(&root.join(PROCS)).is_ok_and(|p| p.contains(&(pid as i32))),
             };
             if ready {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(ActError::Systemd(format!(
-                    "the scope's cgroup {} did not appear (or pid {pid} did not move into it) within 5 s",
+                    "the scope's cgroup {} did not appear (or its first process did not move into it) within 5 s",
                     root.display()
                 )));
             }

@@ -699,6 +699,16 @@ mod tests {
     }
 
     #[test]
+    fn temp_files_of_dead_writers_are_removed_on_open() {
+        let d = tempfile::tempdir().unwrap();
+        // A pid that cannot be alive (above pid_max).
+        let stale = d.path().join(format!("{TMP_PREFIX}4999999"));
+        std::fs::write(&stale, "x").unwrap();
+        let _j = Journal::open(d.path()).unwrap();
+        assert!(!stale.exists());
+    }
+
+    #[test]
     fn a_state_dir_others_can_write_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let s = d.path().join("state");

@@ -35,6 +35,9 @@ pub struct RestoreReport {
     pub busy_groups: Vec<(PathBuf, usize)>,
     /// Records restore will not act on (outside this root, or not a knob file), with why.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Values that cannot go back yet (controllers still used by kept groups): kept for the next
+    /// restore, once those workloads end.
+    pub deferred: Vec<(PathBuf, String)>,
     /// Entries that failed, with the reason.
     pub failed: Vec<(PathBuf, String)>,
     /// Journal lines that could not be read: line number, text, parse error.
@@ -144,7 +147,7 @@ pub fn restore(
         }
     }
     let created_set: HashSet<&Path> = created.iter().map(PathBuf::as_path).collect();
-    let in_created = |dir: &Path| dir.ancestors().any(|a| created_set.contains(a));
+    let in_created = |dir: &Path| created_set.contains(dir);
 
     // 1. Originals other than subtree_control; v1 cpusets parents first (they grow back).
     let mut originals: Vec<(PathBuf, String, Place)> = Vec::new();
@@ -276,6 +279,14 @@ fn restore_values(
                     done.push((path.clone(), Forgotten::Original));
                 }
                 Err(e) if pass < 2 && (e.is_busy() || e.is_rejected()) => retry.push(item),
+                Err(e)
+                    if e.is_busy() && path.file_name().is_some_and(|n| n == SUBTREE_CONTROL) =>
+                {
+                    rep.deferred.push((
+                        path.clone(),
+                        "controllers still used by groups that are kept: restored once their workloads end".into(),
+                    ))
+                }
                 Err(e) => rep.failed.push((path.clone(), e.to_string())),
             }
         }
@@ -303,8 +314,8 @@ fn release_kept(layout: &Layout, dir: &Path, rep: &mut RestoreReport) {
                 writes.push((dir.join(FREEZE), "0".into()));
             }
             if exists(cpuset::CPUS) {
-                // Empty: inherit the parent's.
-                writes.push((dir.join(cpuset::CPUS), String::new()));
+                // Empty: inherit the parent's. (A zero-length write never reaches the kernel.)
+                writes.push((dir.join(cpuset::CPUS), "\n".into()));
             }
             if exists(v2::cpu::MAX) {
                 writes.push((dir.join(v2::cpu::MAX), "max".into()));

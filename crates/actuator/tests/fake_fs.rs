@@ -268,3 +268,97 @@ fn fake_fs_dry_run_writes_nothing_and_vanished_groups_are_normal() {
         Outcome::Vanished
     );
 }
+
+/// A journal that names files and directories outside the tidal root, or files that are no knob.
+#[test]
+fn fake_fs_restore_touches_nothing_outside_the_root_whatever_the_journal_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fake_v2(tmp.path());
+    let root = tmp.path().join("cgroup/work.slice/tidal");
+    v2_group(&root.join("offline"));
+    // Outside everything: a plain file and a plain directory.
+    let passwd = tmp.path().join("passwd");
+    fs::write(&passwd, "root:x:0:0\n").unwrap();
+    let plain_dir = tmp.path().join("plain-dir");
+    fs::create_dir(&plain_dir).unwrap();
+    // A sibling group beside the root, and a non-knob file inside the root.
+    let sibling = tmp.path().join("cgroup/work.slice/other");
+    v2_group(&sibling);
+    let state = tmp.path().join("state");
+    fs::create_dir(&state).unwrap();
+    let lines = [
+        serde_json::json!({"kind": "original", "path": passwd, "value": "owned"}),
+        serde_json::json!({"kind": "created", "path": plain_dir}),
+        serde_json::json!({"kind": "original", "path": sibling.join("cpu.weight"), "value": "1"}),
+        serde_json::json!({"kind": "created", "path": sibling}),
+        serde_json::json!({"kind": "original", "path": root.join("offline/cgroup.procs"), "value": "1"}),
+        serde_json::json!({"kind": "original", "path": root.join("offline/cpu.idle"), "value": "0"}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    fs::write(state.join("journal.jsonl"), text).unwrap();
+    fs::write(root.join("offline/cpu.idle"), "1\n").unwrap();
+    for dry in [true, false] {
+        let rep = restore(&layout, &state, dry).unwrap();
+        let restored: Vec<_> = rep.restored.iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(
+            restored,
+            vec![root.join("offline/cpu.idle")],
+            "dry={dry}: {rep:?}"
+        );
+        assert_eq!(rep.skipped.len(), 5, "dry={dry}: {rep:?}");
+        assert!(rep.removed_groups.is_empty(), "dry={dry}: {rep:?}");
+    }
+    assert_eq!(read(&passwd), "root:x:0:0");
+    assert!(plain_dir.is_dir() && sibling.is_dir());
+    assert_eq!(read(&sibling.join("cpu.weight")), "100");
+    assert_eq!(read(&root.join("offline/cpu.idle")), "0");
+}
+
+/// A journal written in the format before version 2 (no header, `original`/`created` only).
+#[test]
+fn fake_fs_a_version_one_journal_still_restores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fake_v2(tmp.path());
+    let base = tmp.path().join("cgroup/work.slice");
+    let root = base.join("tidal");
+    v2_group(&root);
+    v2_group(&root.join("offline"));
+    v2_group(&root.join("offline/offline"));
+    fs::write(root.join("offline/cpu.idle"), "1\n").unwrap();
+    fs::write(
+        base.join("cgroup.subtree_control"),
+        "cpu cpuset memory io\n",
+    )
+    .unwrap();
+    let fixture = format!(
+        "{{\"kind\":\"original\",\"path\":\"{b}/cgroup.subtree_control\",\"value\":\"\"}}\n\
+         {{\"kind\":\"created\",\"path\":\"{r}\"}}\n\
+         {{\"kind\":\"original\",\"path\":\"{r}/offline/cpu.idle\",\"value\":\"0\"}}\n\
+         {{\"kind\":\"created\",\"path\":\"{r}/offline/offline\"}}\n",
+        b = base.display(),
+        r = root.display()
+    );
+    let state = tmp.path().join("state");
+    fs::create_dir(&state).unwrap();
+    fs::write(state.join("journal.jsonl"), fixture).unwrap();
+    // The fake tree's groups hold no task files the kernel would empty: clear them so rmdir of a
+    // created group is possible (a fake directory with files is not removable).
+    for d in [root.join("offline/offline"), root.clone()] {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_file() {
+                fs::remove_file(e.path()).unwrap();
+            }
+        }
+    }
+    let rep = restore(&layout, &state, false).unwrap();
+    assert!(rep.failed.is_empty() && rep.skipped.is_empty(), "{rep:?}");
+    assert_eq!(read(&root.join("offline/cpu.idle")), "0");
+    assert!(!root.join("offline/offline").exists());
+    // The root itself still has the pre-existing "offline" child: kept, reported busy.
+    assert!(root.exists());
+    // The controllers enabled above the root are handed back.
+    assert_eq!(
+        read(&base.join("cgroup.subtree_control")),
+        "-cpu -cpuset -memory -io"
+    );
+}

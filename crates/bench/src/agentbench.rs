@@ -98,8 +98,7 @@ pub fn reaction(g: &BenchGlobal, a: &ReactionArgs, stop: &Arc<AtomicBool>) -> i3
             ],
         )?;
         std::thread::sleep(Duration::from_millis(300));
-        // SAFETY: kill(2) on the load process this bench started.
-        unsafe { libc::kill(load as i32, libc::SIGSTOP) };
+        env.signal_own(load, libc::SIGSTOP)?;
         // The agent learns of new workloads once per stats interval (1 s): let it see these first.
         std::thread::sleep(Duration::from_millis(1500));
         let file = env
@@ -129,8 +128,7 @@ pub fn reaction(g: &BenchGlobal, a: &ReactionArgs, stop: &Arc<AtomicBool>) -> i3
                 return Err(format!("step {i}: offline never got every CPU back"));
             }
             let t0 = Instant::now();
-            // SAFETY: as above.
-            unsafe { libc::kill(load as i32, libc::SIGCONT) };
+            env.signal_own(load, libc::SIGCONT)?;
             if wait_for(stop, 2.0, Duration::from_micros(250), || {
                 cpus().len() < all.len()
             }) {
@@ -139,8 +137,7 @@ pub fn reaction(g: &BenchGlobal, a: &ReactionArgs, stop: &Arc<AtomicBool>) -> i3
                 missed += 1;
             }
             std::thread::sleep(Duration::from_millis(100));
-            // SAFETY: as above.
-            unsafe { libc::kill(load as i32, libc::SIGSTOP) };
+            env.signal_own(load, libc::SIGSTOP)?;
             eprint!("\rstep {}/{}", i + 1, a.steps);
         }
         eprintln!();

@@ -173,9 +173,7 @@ fn spawn_in(env: &mut BenchEnv, group: &GroupPath, argv: &[String]) -> Result<u3
         std::thread::sleep(Duration::from_millis(1));
     }
     env.move_pid(group, pid)?;
-    // A signal to the bench's own child, not a cgroup operation.
-    // SAFETY: kill(2) on a process this bench started.
-    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    env.signal_own(pid, libc::SIGCONT)?;
     Ok(pid)
 }
 
@@ -510,18 +508,33 @@ fn per_s(a: Option<u64>, b: Option<u64>, dt: f64, scale: f64) -> Option<f64> {
     Some(b?.checked_sub(a?)? as f64 / scale / dt)
 }
 
-/// One measured run of scenario `s`.
+const WINDOW_MISSED: &str = "the measurement window was missed";
+
+/// One measured run of scenario `s` (run again once if the bench missed its measurement window).
 pub fn run_once(
     env: &mut BenchEnv,
     s: Scenario,
     o: &Opts,
     round: usize,
 ) -> Result<RunResult, String> {
-    let tag = format!("r{round}-{}", s.name());
-    let st = setup(env, s, o, &tag, true)?;
-    let result = measure(env, s, o, round, &st);
-    teardown(env, st);
-    result
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let tag = format!("r{round}-{}-{tries}", s.name());
+        let st = setup(env, s, o, &tag, true)?;
+        let result = measure(env, s, o, round, &st);
+        teardown(env, st);
+        match result {
+            Err(e) if e.starts_with(WINDOW_MISSED) && tries < 2 => {
+                eprintln!(
+                    "tidal: {} (round {}): {e}; running it again",
+                    s.name(),
+                    round + 1
+                );
+            }
+            r => return r,
+        }
+    }
 }
 
 fn measure(
@@ -603,10 +616,19 @@ fn measure(
         .lock()
         .map(|m| *m)
         .map_err(|_| "marks poisoned".to_string())?;
+    // The window's edges must be as far apart as the window: a bench thread held off the CPU past
+    // both edges would otherwise read the same counters twice and report zeros.
     let dt = match (a.at, b.at) {
-        (Some(x), Some(y)) => y.duration_since(x).as_secs_f64().max(1e-3),
-        _ => o.duration_s,
+        (Some(x), Some(y)) => y.duration_since(x).as_secs_f64(),
+        _ => return Err("the measurement window was not marked".into()),
     };
+    if dt < 0.5 * o.duration_s {
+        return Err(format!(
+            "{WINDOW_MISSED}: its edges were {:.0} ms apart, not {:.0} ms",
+            dt * 1000.0,
+            o.duration_s * 1000.0
+        ));
+    }
     let n = o.n_cpus as f64;
     let Some(latency) = r.windows.first().map(|w| summarize(&w.hist)) else {
         return Err("the load generator returned no measurement window".into());

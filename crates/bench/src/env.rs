@@ -171,6 +171,23 @@ impl BenchEnv {
         Ok(pid)
     }
 
+    /// Sends `sig` to a process this bench started and has not reaped (SIGSTOP/SIGCONT of a load,
+    /// SIGTERM at the end). The only signal the benchmark sends itself: everything it does to
+    /// cgroups and their members goes through the actuator.
+    pub fn signal_own(&self, pid: u32, sig: i32) -> Result<(), String> {
+        if !self.children.iter().any(|c| c.id() == pid) {
+            return Err(format!("pid {pid} is not a process this bench started"));
+        }
+        // SAFETY: kill(2) on a live child of this process (not yet reaped, so the pid is ours).
+        if unsafe { libc::kill(pid as i32, sig) } != 0 {
+            return Err(format!(
+                "cannot signal pid {pid}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+
     /// Has a child this bench started already exited? (Its exit status, if so.)
     pub fn exited(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
         self.children
@@ -208,10 +225,9 @@ impl BenchEnv {
 
     /// Stops every child: SIGTERM first (agents give offline its CPUs back on it), SIGKILL after 3 s.
     pub fn stop_children(&mut self) {
-        for c in &mut self.children {
-            // Signals to the bench's own children are its own business, not the actuator's.
-            // SAFETY: kill(2) on a process this bench started and has not reaped.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let pids: Vec<u32> = self.children.iter().map(Child::id).collect();
+        for pid in pids {
+            let _ = self.signal_own(pid, libc::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         for c in &mut self.children {

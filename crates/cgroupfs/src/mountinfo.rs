@@ -187,4 +187,24 @@ mod tests {
         assert_eq!(m[2].controllers, vec!["cpu", "cpuacct"]);
         assert!(m[3].controllers.is_empty() && m[3].id == 0);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn mountinfo_never_panics(t in "\\PC{0,400}") {
+            let _ = parse_mountinfo(&t);
+        }
+
+        #[test]
+        fn mountinfo_lines_with_escapes_never_panic(
+            fields in proptest::collection::vec("[a-z0-9/\\\\,=:-]{0,12}", 0..12),
+        ) {
+            let line = format!("{} - cgroup cgroup rw,cpu\n", fields.join(" "));
+            let _ = parse_mountinfo(&line);
+        }
+
+        #[test]
+        fn proc_cgroup_never_panics(t in "\\PC{0,300}") {
+            let _ = parse_proc_cgroup(&t);
+        }
+    }
 }

@@ -13,6 +13,9 @@ pub struct CpuSet(BTreeSet<u32>);
 #[error("invalid cpu list '{0}'")]
 pub struct BadCpuList(pub String);
 
+/// Most ids a list may hold (the kernel's NR_CPUS tops out far below).
+const MAX_IDS: usize = 65_536;
+
 impl CpuSet {
     pub fn new() -> Self {
         Self::default()
@@ -78,7 +81,7 @@ impl fmt::Display for CpuSet {
 impl FromStr for CpuSet {
     type Err = BadCpuList;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || BadCpuList(s.to_string());
+        let bad = || BadCpuList(s.chars().take(200).collect());
         let mut set = BTreeSet::new();
         for part in s.trim().split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part.split_once('-') {
@@ -93,6 +96,10 @@ impl FromStr for CpuSet {
                 None => {
                     set.insert(part.parse().map_err(|_| bad())?);
                 }
+            }
+            // No machine has more CPUs than this: a longer list is not a CPU list.
+            if set.len() > MAX_IDS {
+                return Err(bad());
             }
         }
         Ok(CpuSet(set))
@@ -124,10 +131,20 @@ mod tests {
         assert_eq!(c.to_string(), "0-2,5,7-8");
         assert!("".parse::<CpuSet>().unwrap().is_empty());
         assert!("3-1".parse::<CpuSet>().is_err());
+        // A range too wide to be CPUs is refused, not allocated.
+        assert!("0-4294967295".parse::<CpuSet>().is_err());
         assert!("x".parse::<CpuSet>().is_err());
     }
 
     proptest! {
+        #[test]
+        fn any_text_parses_or_names_itself(t in "\\PC{0,60}") {
+            match t.parse::<CpuSet>() {
+                Ok(c) => prop_assert!(c.len() <= MAX_IDS),
+                Err(e) => prop_assert!(e.to_string().contains(&t)),
+            }
+        }
+
         #[test]
         fn display_parse_round_trip(ids in proptest::collection::btree_set(0u32..256, 0..40)) {
             let c = CpuSet(ids);

@@ -369,4 +369,36 @@ mod tests {
             serde_json::from_str(r#"{"group":"x","op":"ensure-group","reason":"r"}"#).unwrap();
         assert_eq!(a.cause, Cause::Static);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn plan_json_never_panics(t in "\\PC{0,300}") {
+            let _ = serde_json::from_str::<Plan>(&t);
+        }
+
+        #[test]
+        fn plans_round_trip(
+            groups in proptest::collection::vec("[a-z]{1,6}(/[a-z0-9-]{1,6}){0,3}", 1..6),
+            shares in proptest::collection::vec(2u64..262_144, 6),
+        ) {
+            let plan = Plan {
+                actions: groups
+                    .iter()
+                    .zip(shares)
+                    .map(|(g, s)| {
+                        Action::set(
+                            GroupPath::new(g).unwrap(),
+                            Knob::CpuWeight,
+                            KnobValue::Shares(s),
+                            "p",
+                        )
+                        .because(Cause::Confine)
+                    })
+                    .collect(),
+                remember: Vec::new(),
+            };
+            let back: Plan = serde_json::from_str(&serde_json::to_string(&plan).unwrap()).unwrap();
+            proptest::prop_assert_eq!(back, plan);
+        }
+    }
 }

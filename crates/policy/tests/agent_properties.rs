@@ -7,7 +7,7 @@ use tidal_model::{
     WorkloadSnapshot,
 };
 use tidal_policy::agent::cpus_needed;
-use tidal_policy::{decide, release_plan, Config, PolicyState};
+use tidal_policy::{decide, release_plan, Config, Millis, PolicyState, PsiLine, Suppression};
 
 fn workload(level: QosLevel, name: &str, procs: usize, mem: u64) -> WorkloadSnapshot {
     WorkloadSnapshot {
@@ -444,4 +444,139 @@ fn small_machines_keep_every_cpu_for_offline_and_say_why() {
     cfg1.cpu.confine_min_cpus = 1;
     let d = decide(&s, &cfg1, &caps, &PolicyState::default());
     assert_eq!(d.state.offline_cpus, Some(CpuSet::from_ids([1])));
+}
+
+prop_compose! {
+    /// Any config validation accepts, every field drawn across (and beyond) its bounds.
+    fn arb_valid_config()(
+        tick in 10u64..=10_000,
+        sample in 5u64..=10_000,
+        stats in 10u64..=60_000,
+        stat in 10u64..=3_600_000,
+        headroom in 0.0f64..=1024.0,
+        floor in 0.0f64..=1.0,
+        min_off in 0u32..=1024,
+        freeze in any::<bool>(),
+        grow_after in 0u64..=600_000,
+        grow_step in 1u32..=1024,
+        confine in 1u32..=4096,
+        supp in prop::sample::select(vec![Suppression::Cpuset, Suppression::Quota, Suppression::None]),
+        psi in 0.001f64..=100.0,
+        line in prop::sample::select(vec![PsiLine::Some, PsiLine::Full]),
+        every in 10u64..=600_000,
+        calm in 1_000u64..=3_600_000,
+        wm_pct in 0.0f64..=50.0,
+        wm_bytes in prop::option::of(0u64..=(1u64 << 40)),
+        kill in 1_000u64..=3_600_000,
+        empty in 1_000u64..=86_400_000,
+    ) -> Config {
+        let mut c = Config {
+            tick: Millis(tick),
+            ..Config::default()
+        };
+        c.sample_interval = Millis(sample.min(tick));
+        c.stats_interval = Millis(stats.max(tick));
+        c.static_interval = Millis(stat.max(tick));
+        c.cpu.headroom_cpus = headroom;
+        c.cpu.noise_floor_cpus = floor;
+        c.cpu.min_offline_cpus = min_off;
+        c.cpu.allow_freeze = freeze || min_off == 0;
+        c.cpu.grow_after = Millis(grow_after);
+        c.cpu.grow_step = grow_step;
+        c.cpu.confine_min_cpus = confine;
+        c.cpu.suppression = supp;
+        c.interference.psi_threshold = psi;
+        c.interference.psi_line = line;
+        c.interference.escalate_every = Millis(every.max(tick));
+        c.interference.calm_period = Millis(calm);
+        c.memory.low_watermark_percent = wm_pct;
+        c.memory.low_watermark_bytes = wm_bytes;
+        c.memory.kill_interval = Millis(kill);
+        c.cleanup.remove_empty_after = Millis(empty);
+        c
+    }
+}
+
+proptest! {
+    /// Whatever valid config and whatever sequence of snapshots (times far apart or not at all,
+    /// readings missing or extreme): decide, settle and release never panic or overflow.
+    #[test]
+    fn arbitrary_valid_configs_never_panic_or_overflow(
+        cfg in arb_valid_config(),
+        snaps in prop::collection::vec(arb_snapshot(), 1..6),
+        gaps in prop::collection::vec(prop::sample::select(vec![0u64, 1, 100, u64::MAX / 4, u64::MAX]), 6),
+        missing in prop::collection::vec(any::<bool>(), 6),
+        failed in any::<bool>(),
+    ) {
+        prop_assert!(cfg.validate().is_ok(), "{:?}", cfg.validate());
+        let mut st = PolicyState::default();
+        let mut now = 0u64;
+        for (i, mut s) in snaps.into_iter().enumerate() {
+            now = now.saturating_add(gaps[i]);
+            s.now_ms = now;
+            if missing[i] {
+                s.node_busy_cpus = None;
+                s.mem_available_bytes = None;
+                s.online_cpu_psi_full_1s = Some(100.0);
+            }
+            let caps = Capabilities::full(s.cpus.len() as u32);
+            let d = decide(&s, &cfg, &caps, &st);
+            let ok = vec![!failed; d.plan.actions.len()];
+            st = tidal_policy::settle(d.state, &st, &d.plan, &ok);
+            let _ = release_plan(&s, &caps, &st);
+        }
+    }
+
+    #[test]
+    fn config_parsing_never_panics_on_any_text(t in "\\PC{0,300}") {
+        let _ = Config::from_yaml(&t);
+    }
+
+    #[test]
+    fn config_parsing_never_panics_on_any_yaml_shape(
+        keys in prop::collection::vec(prop::sample::select(vec![
+            "tick", "cpu", "headroom_cpus", "memory", "interference", "listen", "x",
+        ]), 0..6),
+        vals in prop::collection::vec(prop::sample::select(vec![
+            "1", "-1", "1e400", "nan", "[1, 2]", "{a: 1}", "\"10ms\"", "~", "99999999999999999999999",
+        ]), 6),
+    ) {
+        let doc: String = keys.iter().zip(vals.iter()).map(|(k, v)| format!("{k}: {v}\n")).collect();
+        if let Err(errs) = Config::from_yaml(&doc) {
+            prop_assert!(!errs.is_empty());
+        }
+    }
+}
+
+#[test]
+fn an_emptied_victim_is_not_killed_again() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let mut s = base_snapshot();
+    s.mem_available_bytes = Some(100 << 20);
+    let d = decide(&s, &cfg, &caps, &PolicyState::default());
+    let first: Vec<_> = picked(&d.plan, |a| matches!(a.op, Op::Kill { .. }));
+    assert_eq!(
+        first[0].group().unwrap().as_str(),
+        "offline/offline-low/scan"
+    );
+    // The victim died but its group stays a moment, empty; memory is still short. Next interval:
+    // the empty group is no candidate, the next offline workload is.
+    for w in s.workloads.iter_mut() {
+        if w.name == "scan" {
+            w.procs = Some(0);
+        }
+    }
+    s.now_ms = 11_000;
+    let d = decide(&s, &cfg, &caps, &d.state);
+    let next: Vec<_> = picked(&d.plan, |a| matches!(a.op, Op::Kill { .. }));
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].group().unwrap().as_str(), "offline/offline/batch");
+    // A workload whose size could not be read is no candidate either (no guessing).
+    for w in s.workloads.iter_mut() {
+        w.memory_bytes = None;
+    }
+    s.now_ms = 30_000;
+    let d = decide(&s, &cfg, &caps, &d.state);
+    assert!(picked(&d.plan, |a| matches!(a.op, Op::Kill { .. })).is_empty());
 }

@@ -40,6 +40,7 @@ pub fn main(g: &Global, a: &RestoreArgs) -> i32 {
             "removed_groups": rep.removed_groups,
             "busy_groups": rep.busy_groups.iter().map(|(p, n)| json!({"path": p, "tasks": n})).collect::<Vec<_>>(),
             "skipped": rep.skipped.iter().map(|(p, why)| json!({"path": p, "why": why})).collect::<Vec<_>>(),
+            "deferred": rep.deferred.iter().map(|(p, why)| json!({"path": p, "why": why})).collect::<Vec<_>>(),
             "failed": rep.failed.iter().map(|(p, e)| json!({"path": p, "error": e})).collect::<Vec<_>>(),
             "bad_entries": rep.bad_entries.iter().map(|(l, t, e)| json!({"line": l, "text": t, "error": e})).collect::<Vec<_>>(),
         });
@@ -63,6 +64,9 @@ pub fn main(g: &Global, a: &RestoreArgs) -> i32 {
         }
         for (p, why) in &rep.skipped {
             println!("skipped {}: {why}", p.display());
+        }
+        for (p, why) in &rep.deferred {
+            println!("kept {}: {why}", p.display());
         }
         for (p, e) in &rep.failed {
             println!("FAILED {}: {e}", p.display());

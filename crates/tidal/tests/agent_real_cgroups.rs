@@ -6,7 +6,7 @@ mod common;
 use common::{cgroups_usable, wait_cgroup, TestRoot};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use tidal_model::CpuSet;
+use tidal_model::{CpuSet, Knob, KnobValue};
 
 fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -105,27 +105,16 @@ fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
         return;
     }
     let mut t = TestRoot::new("agent");
-    let all: CpuSet = std::fs::read_to_string("/sys/fs/cgroup/cpuset/cpuset.effective_cpus")
-        .or_else(|_| std::fs::read_to_string("/sys/devices/system/cpu/online"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let all: CpuSet = tidal_cgroupfs::detect_capabilities(&t.layout).cpus;
     let n = all.len();
     // The offline parent exists before tidal, with known values, so restore has originals to return.
-    let pre = t.dir("cpuset", "offline");
-    std::fs::create_dir_all(&pre).unwrap();
-    let mems = std::fs::read_to_string(pre.parent().unwrap().parent().unwrap().join("cpuset.mems"))
-        .unwrap();
-    std::fs::write(t.dir("cpuset", "").join("cpuset.cpus"), all.to_string()).unwrap();
-    std::fs::write(t.dir("cpuset", "").join("cpuset.mems"), mems.trim()).unwrap();
-    std::fs::write(pre.join("cpuset.cpus"), all.to_string()).unwrap();
-    std::fs::write(pre.join("cpuset.mems"), mems.trim()).unwrap();
+    t.make_group("offline");
+    t.write_knob("offline", Knob::CpusetCpus, KnobValue::Cpus(all.clone()));
 
     let cfg = t.state.path().join("tidal.yaml");
     std::fs::write(
         &cfg,
-        "tick: 100ms\nstats_interval: 200ms\ncpu:\n  grow_after: 500ms\n  confine_min_cpus: 1\n",
+        "tick: 100ms\nstats_interval: 200ms\ncpu:\n  grow_after: 500ms\n  confine_min_cpus: 1\n  # Slow hosts (an emulated CPU) run the test harness and a debug agent above the default floor.\n  noise_floor_cpus: 0.5\n# This test is about confinement: no interference step may change the reasons it reads.\ninterference:\n  psi_threshold: 100\n",
     )
     .unwrap();
     let addr = free_addr();
@@ -171,11 +160,8 @@ fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
         confined.len() <= n.saturating_sub(n).max(1),
         "offline kept {confined}"
     );
-    // Every offline workload follows its parent (v1 cpusets are per group).
-    let hog_cpus: CpuSet = t
-        .read("cpuset", "offline/offline/hog", "cpuset.cpus")
-        .parse()
-        .unwrap();
+    // Every offline workload follows its parent (v1 cpusets are per group; v2 ones inherit).
+    let hog_cpus: CpuSet = t.effective_cpus("offline/offline/hog");
     assert!(
         hog_cpus.is_subset(&confined),
         "hog {hog_cpus} not within {confined}"

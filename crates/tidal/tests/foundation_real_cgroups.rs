@@ -6,6 +6,7 @@ mod common;
 use common::{cgroups_usable, wait_cgroup, TestRoot};
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
+use tidal_model::{Knob, KnobValue};
 
 #[test]
 fn offline_run_lands_under_the_idle_parent() {
@@ -18,12 +19,13 @@ fn offline_run_lands_under_the_idle_parent() {
     ]);
     let path = wait_cgroup(pid, "/offline/offline/hog").expect("process moved into its group");
     assert!(path.contains(&t.name), "{path}");
-    assert_eq!(t.read("cpu", "offline", "cpu.idle"), "1");
-    assert_eq!(t.read("cpu", "offline/offline", "cpu.idle"), "0");
+    assert_eq!(t.knob("offline", Knob::CpuIdle), KnobValue::Bool(true));
+    assert_eq!(
+        t.knob("offline/offline", Knob::CpuIdle),
+        KnobValue::Bool(false)
+    );
     // The workload can be scheduled on every CPU (v1 cpusets start empty).
-    assert!(!t
-        .read("cpuset", "offline/offline/hog", "cpuset.cpus")
-        .is_empty());
+    assert!(!t.effective_cpus("offline/offline/hog").is_empty());
     // sleep itself (after exec) is in the group, in every hierarchy tidal uses.
     let procs = t.read("cpu", "offline/offline/hog", "cgroup.procs");
     assert!(
@@ -57,9 +59,9 @@ fn online_levels_get_4_2_1_weights_and_limits() {
     }
     let t = TestRoot::new("online");
     for (level, shares) in [
-        ("online-critical", "4096"),
-        ("online-high", "2048"),
-        ("online", "1024"),
+        ("online-critical", 4096),
+        ("online-high", 2048),
+        ("online", 1024),
     ] {
         let out = t.tidal(&["run", "--qos", level, "--name", "svc", "--", "true"]);
         assert!(
@@ -67,8 +69,16 @@ fn online_levels_get_4_2_1_weights_and_limits() {
             "{level}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(t.read("cpu", level, "cpu.shares"), shares, "{level}");
-        assert_eq!(t.read("cpu", level, "cpu.idle"), "0", "{level}");
+        assert_eq!(
+            t.knob(level, Knob::CpuWeight),
+            t.as_kernel_shows(Knob::CpuWeight, KnobValue::Shares(shares)),
+            "{level}"
+        );
+        assert_eq!(
+            t.knob(level, Knob::CpuIdle),
+            KnobValue::Bool(false),
+            "{level}"
+        );
     }
     let out = t.tidal(&[
         "run", "--qos", "online", "--name", "db", "--cpus", "0.5", "--memory", "64M", "--", "true",
@@ -78,10 +88,16 @@ fn online_levels_get_4_2_1_weights_and_limits() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(t.read("cpu", "online/db", "cpu.cfs_quota_us"), "50000");
     assert_eq!(
-        t.read("memory", "online/db", "memory.limit_in_bytes"),
-        (64u64 << 20).to_string()
+        t.knob("online/db", Knob::CpuMax),
+        KnobValue::Quota {
+            quota_us: Some(50_000),
+            period_us: 100_000
+        }
+    );
+    assert_eq!(
+        t.knob("online/db", Knob::MemoryMax),
+        KnobValue::Bytes(Some(64 << 20))
     );
     let out = t.tidal(&["restore"]);
     assert!(out.status.success());
@@ -116,23 +132,22 @@ fn restore_returns_originals_of_groups_it_did_not_create() {
     }
     let t = TestRoot::new("preexisting");
     // The test makes the offline parent itself, with known values, before tidal sees it.
+    t.make_group("offline");
     let cpu_off = t.dir("cpu", "offline");
-    std::fs::create_dir_all(&cpu_off).unwrap();
-    std::fs::write(cpu_off.join("cpu.cfs_burst_us"), "0").unwrap();
-    assert_eq!(t.read("cpu", "offline", "cpu.idle"), "0");
+    assert_eq!(t.knob("offline", Knob::CpuIdle), KnobValue::Bool(false));
     let out = t.tidal(&["run", "--qos", "offline", "--", "true"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(t.read("cpu", "offline", "cpu.idle"), "1");
+    assert_eq!(t.knob("offline", Knob::CpuIdle), KnobValue::Bool(true));
     let out = t.tidal(&["restore"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("cpu.idle"), "{text}");
     // The value is back, and the group tidal did not create is still there.
-    assert_eq!(t.read("cpu", "offline", "cpu.idle"), "0");
+    assert_eq!(t.knob("offline", Knob::CpuIdle), KnobValue::Bool(false));
     assert!(cpu_off.exists());
     assert!(!t.dir("cpu", "offline/offline").exists());
     // Idempotent: a second restore finds nothing to do.
@@ -149,10 +164,17 @@ fn sigkill_mid_batch_then_restore_returns_every_original() {
     let t = TestRoot::new("crash");
     let n = 30;
     let mut actions = Vec::new();
+    let weight = |t: &TestRoot, i: u64| t.knob(&format!("g{i}"), Knob::CpuWeight);
+    let mut originals = Vec::new();
     for i in 0..n {
-        let d = t.dir("cpu", &format!("g{i}"));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("cpu.shares"), (100 + i).to_string()).unwrap();
+        t.make_group(&format!("g{i}"));
+        // Distinct originals, as the kernel shows them (v2 weights are coarser than v1 shares).
+        t.write_knob(
+            &format!("g{i}"),
+            Knob::CpuWeight,
+            KnobValue::Shares(100 + 40 * i),
+        );
+        originals.push(weight(&t, i));
         actions.push(serde_json::json!({
             "group": format!("g{i}"), "op": "set", "knob": "cpu-weight",
             "value": {"shares": 5000}, "reason": "crash test"
@@ -171,7 +193,9 @@ fn sigkill_mid_batch_then_restore_returns_every_original() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let written = (0..n)
-            .filter(|i| t.read("cpu", &format!("g{i}"), "cpu.shares") == "5000")
+            .filter(|i| {
+                weight(&t, *i) == t.as_kernel_shows(Knob::CpuWeight, KnobValue::Shares(5000))
+            })
             .count();
         if written >= 5 || std::time::Instant::now() > deadline {
             break;
@@ -181,7 +205,7 @@ fn sigkill_mid_batch_then_restore_returns_every_original() {
     child.kill().unwrap();
     let _ = child.wait();
     let written = (0..n)
-        .filter(|i| t.read("cpu", &format!("g{i}"), "cpu.shares") == "5000")
+        .filter(|i| weight(&t, *i) == t.as_kernel_shows(Knob::CpuWeight, KnobValue::Shares(5000)))
         .count();
     assert!(
         written > 0 && written < n as usize,
@@ -194,11 +218,7 @@ fn sigkill_mid_batch_then_restore_returns_every_original() {
         String::from_utf8_lossy(&out.stdout)
     );
     for i in 0..n {
-        assert_eq!(
-            t.read("cpu", &format!("g{i}"), "cpu.shares"),
-            (100 + i).to_string(),
-            "g{i}"
-        );
+        assert_eq!(weight(&t, i), originals[i as usize], "g{i}");
     }
 }
 
@@ -208,11 +228,16 @@ fn corrupt_journal_restore_names_the_entry_and_restores_the_rest() {
         return;
     }
     let t = TestRoot::new("corrupt");
-    let d = t.dir("cpu", "g");
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("cpu.shares"), "3000").unwrap();
-    let good =
-        serde_json::json!({"kind": "original", "path": d.join("cpu.shares"), "value": "1234"});
+    t.make_group("g");
+    t.write_knob("g", Knob::CpuWeight, KnobValue::Shares(3000));
+    let file = t.knob_file("g", Knob::CpuWeight);
+    let original = t.as_kernel_shows(Knob::CpuWeight, KnobValue::Shares(1234));
+    let raw = {
+        let (r, _) = t.layout.knob_target(Knob::CpuWeight).unwrap();
+        tidal_cgroupfs::controller::encode(Knob::CpuWeight, r.version(), &original).unwrap()[0]
+            .clone()
+    };
+    let good = serde_json::json!({"kind": "original", "path": file, "value": raw});
     std::fs::write(
         t.state.path().join("journal.jsonl"),
         format!("{good}\n{{\"kind\":\"original\",\"path\":\n"),
@@ -222,7 +247,7 @@ fn corrupt_journal_restore_names_the_entry_and_restores_the_rest() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("bad journal entry at line 2"), "{text}");
-    assert_eq!(t.read("cpu", "g", "cpu.shares"), "1234");
+    assert_eq!(t.knob("g", Knob::CpuWeight), original);
     // The bad line was set aside, so the next restore is clean.
     let out = t.tidal(&["restore"]);
     assert_eq!(out.status.code(), Some(0));
@@ -316,4 +341,68 @@ fn concurrent_runs_keep_the_journal_whole_so_restore_removes_everything() {
         "left behind: {:?}\n{text}",
         t.leftovers()
     );
+}
+
+/// Input that used to panic, hang, blow up memory or escape: each is a one-line error, exit 2,
+/// before anything is created. Needs no root.
+#[test]
+fn hostile_input_is_refused_up_front() {
+    let state = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let t0 = std::time::Instant::now();
+        let out = std::process::Command::new(common::tidal_bin())
+            .env("TIDAL_STATE_DIR", state.path().join("s"))
+            .env_remove("TIDAL_ROOT")
+            .args(args)
+            .output()
+            .unwrap();
+        (out, t0.elapsed())
+    };
+    for args in [
+        &["bench", "agent-cost", "--seconds=-1"][..],
+        &["bench", "agent-cost", "--seconds", "nan"],
+        &["bench", "agent-cost", "--workloads", "100000"],
+        &["bench", "--warmup=-1"],
+        &["bench", "--duration=-1"],
+        &["bench", "--duration", "inf"],
+        &["bench", "--rounds", "0"],
+        &["bench", "--rate", "0"],
+        &["bench", "--rate", "1e9", "--duration", "1000"],
+        &["bench", "--offline-cmd", "nonexistent-command-xyz"],
+        &["--root", "..", "doctor"],
+        &["--root", "a//b", "run", "--qos", "offline", "--", "true"],
+        &["run", "--qos", "offline", "--memory", "1k", "--", "true"],
+        &[
+            "run",
+            "--qos",
+            "offline",
+            "--memory",
+            "99999999999999999999",
+            "--",
+            "true",
+        ],
+        &["apply", "--plan", "/dev/zero"],
+    ] {
+        let (out, took) = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
+    }
+    // A plan that would reach outside the root is refused before anything is applied.
+    let plan = state.path().join("escape.json");
+    for bad in [
+        r#"{"actions":[{"group":"../esc-sibling","op":"ensure-group","reason":"x"}]}"#,
+        r#"{"actions":[{"group":"..","op":"kill","reason":"x"}]}"#,
+    ] {
+        std::fs::write(&plan, bad).unwrap();
+        let (out, _) = run(&["--dry-run", "apply", "--plan", plan.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("invalid plan"), "{err}");
+    }
+    // `--qos -1` as README writes it.
+    let (out, _) = run(&["--dry-run", "run", "--qos", "-1", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("unexpected argument"), "{err}");
 }

@@ -67,4 +67,11 @@ mod tests {
         assert_eq!(super::working_set("100\n", stat), Ok(0));
         assert!(super::working_set("2000\n", "rss 1\n").is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn working_set_never_panics(u in "\\PC{0,30}", st in "\\PC{0,120}") {
+            let _ = super::working_set(&u, &st);
+        }
+    }
 }

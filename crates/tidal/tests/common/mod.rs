@@ -1,14 +1,19 @@
-//! Shared helpers for tests on real cgroups: a unique tidal root nested under this test process's own
-//! cgroup in every hierarchy, removed afterwards even when the test fails.
+//! Shared helpers for tests on real cgroups: a unique tidal root, removed afterwards even when the test
+//! fails. Files are found through tidal's own hierarchy discovery and knob registry, so the tests hold
+//! on v1, hybrid and pure v2 hosts alike. On v1 and hybrid hosts the root is nested under this test
+//! process's own cgroup; on pure v2 that cgroup holds processes and so cannot pass controllers down
+//! (the no-internal-process rule), and the root is placed where tidal places its own: a top-level
+//! group, or a delegated systemd scope.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-use tidal_cgroupfs::{Layout, RootSpec};
+use tidal_cgroupfs::{controller, cpuset, CgroupMode, Layout, RootSpec, Version};
+use tidal_model::{CpuSet, GroupPath, Knob, KnobValue, Target};
 
-/// Set in CI: a test that cannot use real cgroups fails instead of skipping.
+/// Set in CI: a test that cannot use real cgroups fails instead of skipping. `0` means off.
 pub const REQUIRE_ENV: &str = "TIDAL_TEST_REQUIRE_CGROUPS";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -17,13 +22,27 @@ pub fn tidal_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tidal")
 }
 
-/// True if this process may create cgroups; otherwise skips (or fails under CI).
+fn required() -> bool {
+    std::env::var(REQUIRE_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// True if this process may create cgroups; otherwise skips (or fails when required).
 pub fn cgroups_usable(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let writable = Layout::discover(&RootSpec::Relative("probe".into()))
+    let writable = Layout::discover(&RootSpec::Named("probe".into()))
         .ok()
         .and_then(|l| l.primary().map(|r| r.base_dir()))
+        .map(|d| {
+            let mut d = d;
+            while !d.exists() {
+                match d.parent() {
+                    Some(p) => d = p.to_path_buf(),
+                    None => break,
+                }
+            }
+            d
+        })
         .is_some_and(|d| {
             let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap_or_default();
             // SAFETY: c is a valid NUL-terminated path.
@@ -32,9 +51,13 @@ pub fn cgroups_usable(test: &str) -> bool {
     if root && writable {
         return true;
     }
-    if std::env::var_os(REQUIRE_ENV).is_some() {
+    if required() {
         panic!("{test}: needs root and a writable cgroupfs, and {REQUIRE_ENV} is set");
     }
+    // Printed so that a skipped test shows in the test output.
+    println!(
+        "SKIP {test}: needs root and a writable cgroupfs (set {REQUIRE_ENV}=1 to fail instead)"
+    );
     eprintln!(
         "SKIP {test}: needs root and a writable cgroupfs (set {REQUIRE_ENV}=1 to fail instead)"
     );
@@ -46,6 +69,9 @@ pub struct TestRoot {
     pub state: tempfile::TempDir,
     pub layout: Layout,
     children: Vec<Child>,
+    anchor: Option<Child>,
+    /// The journal of the test's own scope set-up (kept apart from the state dir under test).
+    _setup_state: tempfile::TempDir,
 }
 
 impl TestRoot {
@@ -56,18 +82,51 @@ impl TestRoot {
             COUNTER.fetch_add(1, Ordering::SeqCst),
             tag
         );
-        let layout = Layout::discover(&RootSpec::Relative(name.clone())).expect("discover cgroups");
+        let layout = Layout::discover(&RootSpec::Named(name.clone())).expect("discover cgroups");
+        let state = tempfile::tempdir().expect("tempdir");
+        let setup_state = tempfile::tempdir().expect("tempdir");
+        let mut anchor = None;
+        if layout.scope.is_some() {
+            // Under systemd the root is a delegated scope: start it now with a process to hold it.
+            let child = Command::new("sleep")
+                .arg("100000")
+                .spawn()
+                .expect("spawn the scope's anchor");
+            let mut act = tidal_actuator::Actuator::new(layout.clone(), setup_state.path(), false)
+                .expect("actuator");
+            act.ensure_root(Some(child.id()))
+                .expect("start the test's scope");
+            anchor = Some(child);
+        }
         TestRoot {
             name,
-            state: tempfile::tempdir().expect("tempdir"),
+            state,
             layout,
             children: Vec::new(),
+            anchor,
+            _setup_state: setup_state,
         }
+    }
+
+    /// `TIDAL_ROOT` for the tidal commands of this test.
+    pub fn root_arg(&self) -> String {
+        if self.layout.hierarchies.mode() != CgroupMode::V2 {
+            // Relative: under the cgroup each tidal command starts in, as this test's root is.
+            return self.name.clone();
+        }
+        let r = self.layout.primary().expect("a hierarchy");
+        format!(
+            "/{}",
+            r.root_dir
+                .strip_prefix(&r.hierarchy.mount)
+                .expect("root under its mount")
+                .display()
+        )
     }
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(tidal_bin());
-        c.env("TIDAL_ROOT", &self.name)
+        c.env("TIDAL_ROOT", self.root_arg())
             .env("TIDAL_STATE_DIR", self.state.path())
             .env_remove("TIDAL_LOG");
         c
@@ -118,31 +177,130 @@ impl TestRoot {
             .to_string()
     }
 
-    /// Every directory of the test root that still exists, in any hierarchy.
+    fn target(group: &str) -> Target {
+        Target::Tidal(GroupPath::new(group).expect("valid group"))
+    }
+
+    /// A knob of a group as tidal reads it (`cpu.shares` or `cpu.weight`, whichever this host has).
+    pub fn knob(&self, group: &str, knob: Knob) -> KnobValue {
+        self.layout
+            .read_knob(&Self::target(group), knob)
+            .unwrap_or_else(|e| panic!("{knob} of {group}: {e}"))
+    }
+
+    /// The value `want` as this host's files would show it (shares round through v2's weight).
+    pub fn as_kernel_shows(&self, knob: Knob, want: KnobValue) -> KnobValue {
+        let (r, _) = self.layout.knob_target(knob).expect("knob supported");
+        let v = r.version();
+        let enc = controller::encode(knob, v, &want).expect("encodable");
+        controller::decode(knob, v, &enc).expect("decodable")
+    }
+
+    /// The first file of a knob for a group (what the journal records).
+    pub fn knob_file(&self, group: &str, knob: Knob) -> PathBuf {
+        let (_, paths) = self
+            .layout
+            .knob_paths(&Self::target(group), knob)
+            .expect("knob supported");
+        paths.into_iter().last().expect("a file")
+    }
+
+    /// Writes a knob as an outside party would (the test, not tidal), raw.
+    pub fn write_knob(&self, group: &str, knob: Knob, value: KnobValue) {
+        let (r, _) = self.layout.knob_target(knob).expect("knob supported");
+        let enc = controller::encode(knob, r.version(), &value).expect("encodable");
+        let (_, paths) = self
+            .layout
+            .knob_paths(&Self::target(group), knob)
+            .expect("knob supported");
+        for (p, v) in paths.iter().zip(enc) {
+            std::fs::write(p, v).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        }
+    }
+
+    /// The CPUs a group may really use.
+    pub fn effective_cpus(&self, group: &str) -> CpuSet {
+        let r = self.layout.owner("cpuset").expect("cpuset");
+        let f = match r.version() {
+            Version::V1 => cpuset::V1_EFFECTIVE_CPUS,
+            Version::V2 => cpuset::V2_EFFECTIVE_CPUS,
+        };
+        self.read("cpuset", group, f).parse().expect("a cpu list")
+    }
+
+    /// Makes a group (and its parents) as an outside party would, before tidal sees it: on v2 with
+    /// the controllers passed down to it, on v1 with cpus and mems set.
+    pub fn make_group(&self, group: &str) {
+        let g = GroupPath::new(group).expect("valid group");
+        let mut chain = vec![GroupPath::root()];
+        chain.extend(g.lineage());
+        for r in &self.layout.roots {
+            for c in &chain {
+                let d = r.dir(c);
+                let parent = d.parent().expect("a parent").to_path_buf();
+                if r.version() == Version::V2 {
+                    let offered = std::fs::read_to_string(parent.join("cgroup.controllers"))
+                        .unwrap_or_default();
+                    for ctl in ["cpu", "cpuset", "memory"] {
+                        if offered.split_whitespace().any(|x| x == ctl) {
+                            let _ = std::fs::write(
+                                parent.join("cgroup.subtree_control"),
+                                format!("+{ctl}"),
+                            );
+                        }
+                    }
+                }
+                if !d.exists() {
+                    std::fs::create_dir(&d)
+                        .unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+                }
+                if r.version() == Version::V1 && r.hierarchy.has("cpuset") {
+                    for f in [cpuset::CPUS, cpuset::MEMS] {
+                        let cur = std::fs::read_to_string(d.join(f)).unwrap_or_default();
+                        if cur.trim().is_empty() {
+                            let p = std::fs::read_to_string(parent.join(f)).unwrap_or_default();
+                            std::fs::write(d.join(f), p.trim()).expect("init cpuset");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every directory of the test root that still exists, in any hierarchy (a scope's own
+    /// directory is systemd's and goes when its anchor does).
     pub fn leftovers(&self) -> Vec<PathBuf> {
         self.layout
             .roots
             .iter()
-            .map(|r| r.root_dir.clone())
+            .flat_map(|r| {
+                if self.layout.scope.is_some() {
+                    std::fs::read_dir(&r.root_dir)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .filter(|e| e.file_name() != tidal_actuator::actuator::ANCHOR)
+                        .map(|e| e.path())
+                        .collect::<Vec<_>>()
+                } else {
+                    vec![r.root_dir.clone()]
+                }
+            })
             .filter(|d| d.exists())
             .collect()
     }
 }
 
-/// Waits until `pid`'s cpu cgroup path ends with `suffix`; returns the path.
+/// Waits until `pid`'s cgroup (in the hierarchy that owns cpu) ends with `suffix`; returns the path.
 pub fn wait_cgroup(pid: u32, suffix: &str) -> Option<String> {
+    let layout = Layout::discover(&RootSpec::default()).ok()?;
+    let h = layout.hierarchies.owner("cpu")?.clone();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
-            if let Some(l) = t.lines().find(|l| {
-                l.split(':')
-                    .nth(1)
-                    .is_some_and(|c| c.split(',').any(|x| x == "cpu"))
-            }) {
-                let path = l.splitn(3, ':').nth(2).unwrap_or("").to_string();
-                if path.ends_with(suffix) {
-                    return Some(path);
-                }
+        if let Some(path) = tidal_cgroupfs::proc::cgroup_of(pid as i32, &h) {
+            if path.ends_with(suffix) {
+                return Some(path);
             }
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -158,7 +316,7 @@ fn remove_tree(dir: &Path) {
             }
         }
     }
-    // Thaw first: a frozen group's tasks cannot die.
+    // The test cleans up after itself as an outside party would: thaw, kill what it started, rmdir.
     let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
     let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
     for _ in 0..50 {
@@ -179,9 +337,13 @@ fn remove_tree(dir: &Path) {
 impl Drop for TestRoot {
     fn drop(&mut self) {
         self.kill_children();
-        let _ = self.cmd().arg("restore").output();
+        let _ = self.cmd().args(["restore", "--force"]).output();
         for r in &self.layout.roots {
             remove_tree(&r.root_dir);
+        }
+        if let Some(mut a) = self.anchor.take() {
+            let _ = a.kill();
+            let _ = a.wait();
         }
     }
 }

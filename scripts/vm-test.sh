@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# Real-kernel test on pure cgroup v2: boots Debian's cloud kernel under qemu (TCG: KVM is not needed)
+# from an initramfs holding busybox, tidal's release binary and the real-cgroup test binaries, lays
+# out a systemd-like tree (init.scope; user.slice/user-0.slice/session-1.scope with only memory and
+# pids delegated), and from inside the session scope runs README's commands as a newcomer would
+# (tidal run, the agent, status, restore, a short tidal bench) plus the real-cgroup test suite.
+# Results come back over the serial console; this script fails on any failure, on a timeout, or on
+# a cgroup left behind.
+#
+# Usage: scripts/vm-test.sh    (as root; builds what it needs)
+#   TIDAL_VM_MODES="plain systemd" (default): which boots to run; TIDAL_VM_TIMEOUT: seconds per boot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$(pwd)
+work="$top/target/vm"
+mkdir -p "$work"
+timeout_s=${TIDAL_VM_TIMEOUT:-1200}
+
+log() { echo "vm-test: $*"; }
+
+# 1. Tools: qemu (TCG), busybox, cpio.
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[ -x /bin/busybox ] || need+=(busybox-static)
+command -v cpio >/dev/null || need+=(cpio)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# 2. Debian's cloud kernel, downloaded and extracted (not installed).
+kernel=$(ls "$work"/kernel/boot/vmlinuz-* 2>/dev/null | head -n1 || true)
+if [ -z "$kernel" ]; then
+  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+  [ -n "$pkg" ] || { apt-get update -qq; pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}'); }
+  [ -n "$pkg" ] || { echo "vm-test: cannot find Debian's cloud kernel package" >&2; exit 1; }
+  log "downloading $pkg"
+  rm -rf "$work/dl" && mkdir -p "$work/dl"
+  (cd "$work/dl" && apt-get download -q "$pkg" >/dev/null 2>&1)
+  rm -rf "$work/kernel" && dpkg-deb -x "$work"/dl/*.deb "$work/kernel"
+  kernel=$(ls "$work"/kernel/boot/vmlinuz-* | head -n1)
+fi
+log "kernel $(basename "$kernel")"
+
+# 3. The binaries: release tidal (README's commands) and the real-cgroup test binaries, which run the
+#    debug tidal their build names (CARGO_BIN_EXE_tidal) at the same absolute path.
+log "building"
+cargo build --release --quiet -p tidal
+tests=$(cargo test -p tidal --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"] and m["target"]["name"].endswith("_real_cgroups"):
+        print(m["executable"])
+')
+[ -n "$tests" ] || { echo "vm-test: no real-cgroup test binaries were built" >&2; exit 1; }
+
+# 4. The initramfs.
+root="$work/root"
+rm -rf "$root"
+mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,run,etc,var/lib,usr/bin}
+ln -s /run "$root/var/run"
+cp /bin/busybox "$root/bin/busybox"
+add() { # copies a file to the same path inside, stripped of debug info if it is an ELF
+  local f=$1
+  mkdir -p "$root$(dirname "$f")"
+  if file -b "$f" 2>/dev/null | grep -q ELF; then
+    objcopy --strip-debug "$f" "$root$f" 2>/dev/null || cp "$f" "$root$f"
+  else
+    cp -L "$f" "$root$f"
+  fi
+}
+add_with_libs() {
+  add "$1"
+  local lib
+  for lib in $(ldd "$1" 2>/dev/null | awk '/=>/ {print $3} /^\t\/lib/ {print $1}'); do
+    if [ -e "$lib" ] && [ ! -e "$root$lib" ]; then
+      mkdir -p "$root$(dirname "$lib")"
+      cp -L "$lib" "$root$lib"
+    fi
+  done
+}
+command -v file >/dev/null || apt-get install -y -qq --no-install-recommends file >/dev/null
+add_with_libs "$top/target/release/tidal"
+add_with_libs "$top/target/debug/tidal"
+for t in $tests; do add_with_libs "$t"; done
+# The dynamic loader under both of its names.
+mkdir -p "$root/lib64" && cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/" 2>/dev/null || true
+echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
+echo "nobody:x:65534:65534:nobody:/:/bin/sh" >> "$root/etc/passwd"
+echo "root:x:0:" > "$root/etc/group"
+# systemd (this host's), for the second boot: tidal's D-Bus path against the real thing.
+if [ -x /lib/systemd/systemd ]; then
+  for f in /lib/systemd/systemd /bin/systemctl /usr/bin/systemd-run /usr/bin/busctl /lib/systemd/systemd-shutdown /lib/systemd/systemd-executor /usr/bin/dbus-daemon; do
+    if [ -e "$f" ]; then add_with_libs "$f"; fi
+  done
+  mkdir -p "$root/etc/systemd/system" "$root/usr/share/dbus-1" "$root/etc/dbus-1/system.d"
+  : > "$root/etc/os-release"
+  # The system bus, as Debian runs it (its unit files without the dependencies this image lacks).
+  if [ -d /usr/share/dbus-1/system.d ]; then
+    cp /usr/share/dbus-1/system.conf "$root/usr/share/dbus-1/"
+    cp -r /usr/share/dbus-1/system.d "$root/usr/share/dbus-1/"
+    echo "messagebus:x:100:102::/nonexistent:/bin/false" >> "$root/etc/passwd"
+    echo "messagebus:x:102:" >> "$root/etc/group"
+    printf '[Unit]\nDefaultDependencies=no\n[Socket]\nListenStream=/run/dbus/system_bus_socket\n' > "$root/etc/systemd/system/dbus.socket"
+    printf '[Unit]\nDefaultDependencies=no\nRequires=dbus.socket\n[Service]\nType=notify\nNotifyAccess=main\nExecStart=/usr/bin/dbus-daemon --system --address=systemd: --nofork --nopidfile --systemd-activation --syslog-only\n' > "$root/etc/systemd/system/dbus.service"
+  fi
+  cat > "$root/etc/systemd/system/tidal-test.service" <<'UNIT'
+[Unit]
+Description=tidal tests (as an ssh session's shell would run them: a populated cgroup)
+DefaultDependencies=no
+Wants=dbus.service
+After=dbus.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/busybox sh /tests.sh
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/ttyS0
+UNIT
+fi
+
+cat > "$root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mkdir -p /sys/fs/cgroup /root
+mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
+ip link set lo up
+# A systemd-like tree: PID 1 in init.scope, the session with only memory and pids delegated.
+cd /sys/fs/cgroup
+echo "+memory +pids" > cgroup.subtree_control
+mkdir -p init.scope user.slice/user-0.slice/session-1.scope
+echo "+memory +pids" > user.slice/cgroup.subtree_control
+echo "+memory +pids" > user.slice/user-0.slice/cgroup.subtree_control
+echo $$ > init.scope/cgroup.procs
+cd /
+sh -c 'echo $$ > /sys/fs/cgroup/user.slice/user-0.slice/session-1.scope/cgroup.procs; exec sh /tests.sh' </dev/null
+echo "TIDAL-VM-DONE"
+poweroff -f
+INIT
+chmod +x "$root/init"
+
+release="$top/target/release/tidal"
+{
+  echo '#!/bin/sh'
+  echo "TIDAL=$release"
+  echo "TESTS=\"$(echo $tests | tr '\n' ' ')\""
+  cat <<'TESTS'
+/bin/busybox --install -s /bin 2>/dev/null
+export PATH=/bin:/sbin:/usr/bin HOME=/root
+if [ -d /run/systemd/system ]; then
+  MODE=systemd
+  ROOT=/sys/fs/cgroup/tidal.slice/tidal.scope
+  mount -t tmpfs tmp /tmp 2>/dev/null
+  ip link set lo up
+else
+  MODE=plain
+  ROOT=/sys/fs/cgroup/tidal
+fi
+echo "TIDAL-VM-MODE $MODE"
+fails=0
+step() { # step NAME COMMAND...: runs it, prints PASS or FAIL with its output
+  name=$1; shift
+  out=$("$@" 2>&1); rc=$?
+  if [ $rc -eq 0 ]; then echo "TIDAL-VM-STEP $name PASS"; else echo "$out" | tail -n 40; echo "TIDAL-VM-STEP $name FAIL (exit $rc)"; fails=$((fails+1)); fi
+}
+export TIDAL_STATE_DIR=/var/lib/tidal RUST_BACKTRACE=1
+echo "in cgroup: $(cat /proc/self/cgroup)"
+step doctor sh -c "$TIDAL doctor && $TIDAL doctor --json | grep -q '\"detail\": \"v2\"'"
+if [ $MODE = systemd ]; then
+  step doctor-names-the-unit sh -c "$TIDAL doctor | grep -q 'systemd scope tidal.scope in tidal.slice'"
+fi
+# README: tidal run --qos offline, from the session scope.
+step run-offline sh -c "$TIDAL run --qos offline --name p -- sleep 30 >/dev/null 2>&1 & sleep 3; test \"\$(cat $ROOT/offline/cpu.idle)\" = 1 && grep -q 'offline/offline/p\$' /proc/\$!/cgroup"
+if [ $MODE = systemd ]; then
+  step scope-is-delegated sh -c "systemctl show tidal.scope -p Delegate | grep -q Delegate=yes && systemctl show tidal.scope -p ControlGroup"
+fi
+step run-levels sh -c "$TIDAL run --qos -1 --name q -- true && $TIDAL run --qos online-critical --name db -- true && test \"\$(cat $ROOT/online-critical/cpu.weight)\" = 303"
+# The agent, status, SIGTERM, restore.
+step agent sh -c "$TIDAL agent --listen 127.0.0.1:9477 >/tmp/agent.log 2>&1 & a=\$!; sleep 4; $TIDAL status | grep -q offline/offline/p; rc=\$?; kill -TERM \$a; wait \$a; cat /tmp/agent.log | tail -n 5; exit \$rc"
+step restore-refused-while-agent sh -c "$TIDAL agent --listen 127.0.0.1:9478 >/dev/null 2>&1 & a=\$!; sleep 2; $TIDAL restore; rc=\$?; kill -TERM \$a; wait \$a; test \$rc = 2"
+killall sleep 2>/dev/null; sleep 1
+step restore sh -c "$TIDAL restore && test -z \"\$(find $ROOT -mindepth 1 -type d 2>/dev/null)\""
+if [ $MODE = systemd ]; then
+  # Once nothing runs in it, systemd removes the scope; without a bus daemon tidal uses systemd-run.
+  step scope-goes-when-empty sh -c "sleep 1; ! systemctl is-active -q tidal.scope && test ! -e $ROOT"
+  step scope-via-systemd-run sh -c "TIDAL_SYSTEMD_API=systemd-run $TIDAL run --qos offline --name r -- sleep 3 >/dev/null 2>&1 & sleep 2; systemctl show tidal.scope -p Delegate | grep -q Delegate=yes && test \"\$(cat $ROOT/offline/cpu.idle)\" = 1; rc=\$?; wait; sleep 1; $TIDAL restore >/dev/null; exit \$rc"
+fi
+# A short tidal bench (README's first command, shortened).
+step bench sh -c "$TIDAL bench --rounds 1 --warmup 0.3 --duration 1 --no-step --scenarios tidal-static,tidal"
+# The real-cgroup test suite; a skip is a failure here.
+for t in $TESTS; do
+  step "$(basename "$t" | sed 's/-[0-9a-f]*$//')" env TIDAL_TEST_REQUIRE_CGROUPS=1 "$t" --test-threads=1
+done
+# Nothing left behind: only the tree laid out above (or systemd's own units).
+sleep 1
+left=$(find /sys/fs/cgroup -mindepth 1 -type d | grep -v -e '^/sys/fs/cgroup/init.scope$' -e '^/sys/fs/cgroup/user.slice' -e '^/sys/fs/cgroup/system.slice' -e '^/sys/fs/cgroup/tidal.slice$' || true)
+if [ -n "$left" ]; then echo "left behind: $left"; echo "TIDAL-VM-STEP leftovers FAIL"; fails=$((fails+1)); else echo "TIDAL-VM-STEP leftovers PASS"; fi
+if [ $fails -eq 0 ]; then echo "TIDAL-VM-RESULT $MODE PASS"; else echo "TIDAL-VM-RESULT $MODE FAIL ($fails)"; fi
+[ $MODE = systemd ] && /bin/busybox poweroff -f
+TESTS
+} > "$root/tests.sh"
+
+(cd "$root" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$work/initrd.gz")
+log "initramfs $(du -h "$work/initrd.gz" | cut -f1)"
+
+# 5. Boot (plain, then with systemd as PID 1) and read the verdicts from the serial console.
+boot() { # boot NAME EXTRA_CMDLINE
+  local console="$work/console-$1.log" rc
+  log "booting $1 (timeout ${timeout_s}s)"
+  set +e
+  timeout "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 3072 -smp 2 \
+    -nographic -no-reboot -kernel "$kernel" -initrd "$work/initrd.gz" \
+    -append "console=ttyS0 panic=-1 cgroup_no_v1=all psi=1 quiet mitigations=off $2" >"$console" 2>&1
+  rc=$?
+  set -e
+  grep -a 'TIDAL-VM-STEP' "$console" | sed "s/^/[$1] /" || true
+  if [ $rc -eq 124 ]; then
+    tail -n 60 "$console"
+    echo "vm-test: FAILED: the $1 VM did not finish within ${timeout_s}s" >&2
+    return 1
+  fi
+  if grep -aq "TIDAL-VM-RESULT $1 PASS" "$console"; then
+    log "$1 PASS (console: $console)"
+    return 0
+  fi
+  grep -a -B2 -A40 'FAIL' "$console" | tail -n 120
+  echo "vm-test: $1 FAILED (console: $console)" >&2
+  return 1
+}
+failed=0
+modes=${TIDAL_VM_MODES:-plain systemd}
+if [[ " $modes " == *" plain "* ]]; then
+  boot plain "rdinit=/init" || failed=1
+fi
+if [[ " $modes " != *" systemd "* ]]; then
+  :
+elif [ -x "$root/lib/systemd/systemd" ]; then
+  boot systemd "rdinit=/lib/systemd/systemd systemd.unit=tidal-test.service systemd.unified_cgroup_hierarchy=1" || failed=1
+else
+  log "systemd is not installed here: the systemd boot is skipped"
+fi
+exit $failed
