@@ -29,6 +29,8 @@ const TMP_PREFIX: &str = "journal.jsonl.tmp.";
 pub const FORMAT_VERSION: u32 = 2;
 /// Longest line read back; anything longer is a bad line (a journal is never that wide).
 const MAX_LINE: usize = 16 * 1024;
+/// The longest an append waits for the journal's lock.
+pub const APPEND_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// Compaction starts once this many records are dead and they outnumber the live ones.
 const COMPACT_AFTER: usize = 512;
 
@@ -353,13 +355,30 @@ impl Journal {
 
     /// Appends records durably: one write of whole lines, then fsync. If compaction replaced the
     /// file meanwhile, the records go to the new one too.
+    ///
+    /// Writers take the journal's lock for the append, waiting at most [`APPEND_WAIT`]: concurrent
+    /// `tidal run`s then never record the same thing twice. A holder that does not let go (a process
+    /// frozen mid-update) costs that wait and a possible duplicate record (harmless: the first
+    /// wins), never a stall.
     fn append(&mut self, entries: &[Entry]) -> Result<(), ActError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let _lock = self.lock_within(APPEND_WAIT)?;
+        self.refresh()?;
+        let entries: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| match e {
+                Entry::Original { path, .. } => !self.originals.contains_key(path),
+                Entry::Created { path } => !self.created.contains(path),
+                _ => true,
+            })
+            .collect();
         if entries.is_empty() {
             return Ok(());
         }
         let p = self.file();
         let mut text = String::new();
-        self.refresh()?;
         let fresh = self.read_pos == 0 && self.records == 0;
         let header = [Entry::Header {
             version: FORMAT_VERSION,
@@ -576,7 +595,22 @@ impl Journal {
         Ok(true)
     }
 
-    /// The compaction lock, without waiting.
+    /// The journal's lock, trying for at most `wait`; None if another process keeps it.
+    fn lock_within(&self, wait: std::time::Duration) -> Result<Option<File>, ActError> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Some(f) = self.try_lock()? {
+                return Ok(Some(f));
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::debug!("journal lock busy: appending without it");
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    /// The journal's lock, without waiting.
     fn try_lock(&self) -> Result<Option<File>, ActError> {
         let p = self.dir.join(COMPACT_LOCK);
         let f = OpenOptions::new()

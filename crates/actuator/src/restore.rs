@@ -314,8 +314,11 @@ fn release_kept(layout: &Layout, dir: &Path, rep: &mut RestoreReport) {
                 writes.push((dir.join(FREEZE), "0".into()));
             }
             if exists(cpuset::CPUS) {
-                // Empty: inherit the parent's. (A zero-length write never reaches the kernel.)
-                writes.push((dir.join(cpuset::CPUS), "\n".into()));
+                // The parent's CPUs (an empty list, "inherit", is refused for a group with tasks).
+                match read_file(&parent.join(cpuset::V2_EFFECTIVE_CPUS)) {
+                    Ok(p) => writes.push((dir.join(cpuset::CPUS), p.trim().to_string())),
+                    Err(e) => rep.failed.push((dir.join(cpuset::CPUS), e.to_string())),
+                }
             }
             if exists(v2::cpu::MAX) {
                 writes.push((dir.join(v2::cpu::MAX), "max".into()));

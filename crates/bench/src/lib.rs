@@ -247,3 +247,31 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
     }
     0
 }
+
+/// `tidal worker …`: the built-in workloads the benchmark runs in their own cgroups.
+pub fn run_worker(a: &WorkerArgs) -> i32 {
+    match a.kind {
+        cli::WorkerKind::Server => {
+            match worker::serve(a.port, a.work_us, a.ready_file.as_deref()) {
+                Ok(()) => 0,
+                Err(e) => crate::fail(format!("server on port {}: {e}", a.port)),
+            }
+        }
+        cli::WorkerKind::Loadgen => match client::worker_main(a) {
+            Ok(()) => 0,
+            Err(e) => crate::fail(format!("load generator: {e}")),
+        },
+        cli::WorkerKind::Cpu => {
+            worker::antagonist(a.threads, a.report.clone(), worker::cpu_unit);
+            0
+        }
+        cli::WorkerKind::Stream => {
+            worker::antagonist(a.threads, a.report.clone(), worker::stream_unit);
+            0
+        }
+        cli::WorkerKind::Cache => {
+            worker::antagonist(a.threads, a.report.clone(), worker::cache_unit);
+            0
+        }
+    }
+}

@@ -94,6 +94,13 @@ impl Iterator for Times<'_> {
     }
 }
 
+/// A TCP client connection for the load generator, with Nagle off.
+pub fn connect(port: u16) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
 /// Latencies of requests whose intended time falls in `[from_ns, to_ns)`.
 pub struct Window {
     pub hist: Histogram<u64>,
@@ -118,7 +125,7 @@ pub fn run(
 ) -> std::io::Result<LoadResult> {
     let mut streams = Vec::new();
     for _ in 0..conns.max(1) {
-        streams.push(super::worker::connect(port)?);
+        streams.push(connect(port)?);
     }
     let hists: Arc<Mutex<Vec<Histogram<u64>>>> =
         Arc::new(Mutex::new(windows.iter().map(|_| new_hist()).collect()));

@@ -2,10 +2,9 @@
 //! service and the offline antagonists (CPU spinner, memory-bandwidth streamer, cache thrasher). Each
 //! antagonist reports cumulative work units to a file, so offline throughput is measured, not assumed.
 
-use crate::cli::{WorkerArgs, WorkerKind};
 use std::hint::black_box;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ pub fn spin(iters: u64) -> u64 {
 }
 
 /// Serves 16-byte requests (`id`, intended send time) with `work_us` of CPU work each, echoing them.
-fn serve(port: u16, work_us: u64, ready: Option<&str>) -> std::io::Result<()> {
+pub fn serve(port: u16, work_us: u64, ready: Option<&str>) -> std::io::Result<()> {
     let per_us = calibrate_spin();
     let l = TcpListener::bind(("127.0.0.1", port))?;
     if let Some(f) = ready {
@@ -68,7 +67,7 @@ fn report_loop(path: String, units: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
 }
 
 /// Runs `threads` copies of `body`, each adding its work units to a shared counter.
-fn antagonist(threads: usize, report: Option<String>, body: fn(&AtomicU64)) {
+pub fn antagonist(threads: usize, report: Option<String>, body: fn(&AtomicU64)) {
     let units = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     for _ in 0..threads.max(1) {
@@ -86,13 +85,13 @@ fn antagonist(threads: usize, report: Option<String>, body: fn(&AtomicU64)) {
 }
 
 /// One unit = one million spin iterations.
-fn cpu_unit(u: &AtomicU64) {
+pub fn cpu_unit(u: &AtomicU64) {
     black_box(spin(1_000_000));
     u.fetch_add(1, Ordering::Relaxed);
 }
 
 /// One unit = one 8 MiB buffer copied (memory bandwidth).
-fn stream_unit(u: &AtomicU64) {
+pub fn stream_unit(u: &AtomicU64) {
     thread_local! {
         static BUFS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
             std::cell::RefCell::new((vec![1u8; 8 << 20], vec![0u8; 8 << 20]));
@@ -107,7 +106,7 @@ fn stream_unit(u: &AtomicU64) {
 }
 
 /// One unit = 256 Ki dependent random reads over 64 MiB (thrashes the last-level cache).
-fn cache_unit(u: &AtomicU64) {
+pub fn cache_unit(u: &AtomicU64) {
     thread_local! {
         static TABLE: Vec<u32> = {
             let n = (64 << 20) / 4;
@@ -140,36 +139,4 @@ pub fn read_report(path: &std::path::Path) -> Option<(u64, f64)> {
     };
     let mut it = s.split_whitespace();
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
-/// A TCP client connection for the load generator, with Nagle off.
-pub fn connect(port: u16) -> std::io::Result<TcpStream> {
-    let s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_nodelay(true)?;
-    Ok(s)
-}
-
-pub fn main(a: &WorkerArgs) -> i32 {
-    match a.kind {
-        WorkerKind::Server => match serve(a.port, a.work_us, a.ready_file.as_deref()) {
-            Ok(()) => 0,
-            Err(e) => crate::fail(format!("server on port {}: {e}", a.port)),
-        },
-        WorkerKind::Loadgen => match super::client::worker_main(a) {
-            Ok(()) => 0,
-            Err(e) => crate::fail(format!("load generator: {e}")),
-        },
-        WorkerKind::Cpu => {
-            antagonist(a.threads, a.report.clone(), cpu_unit);
-            0
-        }
-        WorkerKind::Stream => {
-            antagonist(a.threads, a.report.clone(), stream_unit);
-            0
-        }
-        WorkerKind::Cache => {
-            antagonist(a.threads, a.report.clone(), cache_unit);
-            0
-        }
-    }
 }

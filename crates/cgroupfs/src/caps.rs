@@ -3,10 +3,10 @@
 //! it there: a parent that holds processes cannot pass controllers down (the no-internal-process
 //! rule), which is why [`controller_reach`] says why not, for `tidal doctor`.
 
-use crate::controller;
 use crate::cpuset;
 use crate::hierarchy::Version;
 use crate::layout::{read_file, read_procs, HierarchyRoot, Layout, PROCS};
+use crate::spec::Controller;
 use crate::v2::core::{CONTROLLERS, SUBTREE_CONTROL};
 use std::path::{Path, PathBuf};
 use tidal_model::{Capabilities, CpuSet, Knob};
@@ -139,7 +139,7 @@ pub fn knob_supported(layout: &Layout, knob: Knob) -> bool {
 }
 
 /// An existing v2 root whose children will get the controller (tidal enables it in the root).
-fn offered_below_root(r: &HierarchyRoot, c: &dyn controller::Controller) -> bool {
+fn offered_below_root(r: &HierarchyRoot, c: &dyn Controller) -> bool {
     match c.controller() {
         None => true,
         Some(name) => words(&r.root_dir.join(CONTROLLERS))

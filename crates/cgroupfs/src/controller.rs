@@ -1,25 +1,12 @@
-//! The knob registry: one [`Controller`] per controller and cgroup version, each knowing its files in
-//! both directions (the names and write order, how a value is encoded for writing and decoded when
-//! read). The registry is a table per version; [`lookup`] finds the controller serving a knob.
-//! Writing itself is the actuator's: a controller only describes the write.
+//! The knob registry: a table per cgroup version of the [`Controller`]s (one per controller and
+//! version, each knowing its files in both directions); [`lookup`] finds the controller serving a
+//! knob. Writing itself is the actuator's: a controller only describes the write.
 
 use crate::hierarchy::Version;
 use crate::{cpuset, v1, v2};
-use tidal_model::{CpuSet, Knob, KnobValue};
+use tidal_model::{Knob, KnobValue};
 
-/// One controller on one cgroup version.
-pub trait Controller: Sync {
-    /// The controller a hierarchy must carry; `None` for v2 core files (`cgroup.freeze`).
-    fn controller(&self) -> Option<&'static str>;
-    /// The knobs it serves.
-    fn knobs(&self) -> &'static [Knob];
-    /// The file(s) of `knob`, in write order.
-    fn files(&self, knob: Knob) -> &'static [&'static str];
-    /// File contents to write, one per file, in file order.
-    fn encode(&self, knob: Knob, value: &KnobValue) -> Result<Vec<String>, String>;
-    /// Parses the files' contents (in file order) into a value.
-    fn decode(&self, knob: Knob, contents: &[String]) -> Result<KnobValue, String>;
-}
+pub use crate::spec::Controller;
 
 static V1_TABLE: [&dyn Controller; 5] = [
     &v1::cpu::Cpu,
@@ -86,49 +73,10 @@ pub fn is_knob_file(file: &str, version: Version) -> bool {
         .any(|c| c.knobs().iter().any(|k| c.files(*k).contains(&file)))
 }
 
-/// Parses one trimmed integer, naming what was expected.
-pub(crate) fn int<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
-    s.trim()
-        .parse()
-        .map_err(|_| format!("expected {what}, got '{}'", s.trim()))
-}
-
-/// The single content of a one-file knob.
-pub(crate) fn one(contents: &[String]) -> Result<&str, String> {
-    contents
-        .first()
-        .map(|s| s.trim())
-        .ok_or_else(|| "no content".to_string())
-}
-
-/// A `0`/`1` flag file (`cpu.idle`, `cgroup.freeze`).
-pub(crate) fn bool01(contents: &[String]) -> Result<KnobValue, String> {
-    one(contents).and_then(|s| match s {
-        "0" => Ok(KnobValue::Bool(false)),
-        "1" => Ok(KnobValue::Bool(true)),
-        o => Err(format!("expected 0 or 1, got '{o}'")),
-    })
-}
-
-pub(crate) fn cpus_decode(contents: &[String]) -> Result<KnobValue, String> {
-    one(contents).and_then(|s| {
-        s.parse::<CpuSet>()
-            .map(KnobValue::Cpus)
-            .map_err(|e| e.to_string())
-    })
-}
-
-pub(crate) fn bad(knob: Knob, v: &KnobValue) -> String {
-    format!("{knob} cannot take {v}")
-}
-
-pub(crate) fn not_mine(knob: Knob, what: &str) -> String {
-    format!("{knob} is not a {what} knob")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidal_model::CpuSet;
 
     fn round_trip(knob: Knob, version: Version, v: KnobValue) {
         let enc = encode(knob, version, &v).unwrap();

@@ -3,7 +3,7 @@
 //! below a child's set after the child shrank (EBUSY otherwise). On v2 an empty `cpuset.cpus` means
 //! "inherit the parent's".
 
-use crate::controller::{bad, cpus_decode, not_mine, Controller};
+use crate::spec::{bad, cpus_decode, not_mine, Controller};
 use tidal_model::{Knob, KnobValue};
 
 pub const CPUS: &str = "cpuset.cpus";

@@ -13,6 +13,7 @@ pub mod layout;
 pub mod mountinfo;
 pub mod proc;
 pub mod psi;
+pub mod spec;
 pub mod stat;
 pub mod stats;
 pub mod v1;

@@ -29,6 +29,9 @@ impl QosLevel {
         QosLevel::OfflineLow,
     ];
 
+    /// The offline levels, most important first.
+    pub const OFFLINE: [QosLevel; 2] = [QosLevel::Offline, QosLevel::OfflineLow];
+
     pub fn name(self) -> &'static str {
         match self {
             QosLevel::OnlineCritical => "online-critical",

@@ -26,6 +26,6 @@ pub fn run() -> i32 {
         Command::Agent(a) => agent::main(&cli.global, a),
         Command::Status(a) => status::main(&cli.global, a),
         Command::Bench(a) => tidal_bench::main(&cli.global.bench(), a),
-        Command::Worker(a) => tidal_bench::worker::main(a),
+        Command::Worker(a) => tidal_bench::run_worker(a),
     }
 }

@@ -185,7 +185,6 @@ fn kill_leaves_no_task_even_when_the_group_forks() {
     }
     let t = TestRoot::new("kill");
     let mut act = Actuator::new(t.layout.clone(), t.state.path(), false).unwrap();
-    act.ensure_root(None).unwrap();
     let g = GroupPath::new("forker").unwrap();
     act.ensure_group(&g).unwrap();
     // A process that keeps forking short-lived children.

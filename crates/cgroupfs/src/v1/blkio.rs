@@ -1,6 +1,6 @@
 //! v1 `blkio` controller: the BFQ weight (present only when BFQ schedules some device).
 
-use crate::controller::{bad, int, not_mine, one, Controller};
+use crate::spec::{bad, int, not_mine, one, Controller};
 use tidal_model::{Knob, KnobValue};
 
 pub const BFQ_WEIGHT: &str = "blkio.bfq.weight";

@@ -1,7 +1,7 @@
 //! v1 `cpu` controller: `cpu.shares`, `cpu.idle`, CFS quota/period/burst, openEuler `cpu.qos_level`,
 //! and the bandwidth statistics in `cpu.stat` (`throttled_time` in nanoseconds).
 
-use crate::controller::{bad, bool01, int, not_mine, one, Controller};
+use crate::spec::{bad, bool01, int, not_mine, one, Controller};
 use crate::stat::{parse_flat_keyed, Throttling};
 use tidal_model::{Knob, KnobValue};
 

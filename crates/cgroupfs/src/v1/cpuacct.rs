@@ -1,6 +1,6 @@
 //! v1 `cpuacct` controller: cumulative CPU time (`cpuacct.usage`, nanoseconds). It has no knobs.
 
-use crate::controller::int;
+use crate::spec::int;
 
 pub const USAGE: &str = "cpuacct.usage";
 

@@ -1,6 +1,6 @@
 //! v1 `freezer` controller: `freezer.state` (THAWED / FREEZING / FROZEN).
 
-use crate::controller::{bad, not_mine, one, Controller};
+use crate::spec::{bad, not_mine, one, Controller};
 use tidal_model::{Knob, KnobValue};
 
 pub const STATE: &str = "freezer.state";

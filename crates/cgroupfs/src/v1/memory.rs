@@ -1,7 +1,7 @@
 //! v1 `memory` controller: the hard limit (the only limit with a v2 equivalent), and the working set
 //! as the kubelet counts it: `memory.usage_in_bytes` less `total_inactive_file` of `memory.stat`.
 
-use crate::controller::{bad, int, not_mine, one, Controller};
+use crate::spec::{bad, int, not_mine, one, Controller};
 use crate::stat::parse_flat_keyed;
 use tidal_model::{Knob, KnobValue};
 

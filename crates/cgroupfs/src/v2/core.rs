@@ -1,7 +1,7 @@
 //! v2 core files that need no controller: `cgroup.freeze`, `cgroup.kill`, `cgroup.subtree_control`,
 //! `cgroup.controllers`, `cgroup.procs`, `cgroup.events`.
 
-use crate::controller::{bad, bool01, not_mine, Controller};
+use crate::spec::{bad, bool01, not_mine, Controller};
 use tidal_model::{Knob, KnobValue};
 
 pub const FREEZE: &str = "cgroup.freeze";

@@ -1,6 +1,6 @@
 //! v2 `cpu` controller: `cpu.weight` (converted from shares), `cpu.idle`, `cpu.max`, `cpu.max.burst`.
 
-use crate::controller::{bad, bool01, int, not_mine, one, Controller};
+use crate::spec::{bad, bool01, int, not_mine, one, Controller};
 use crate::stat::{parse_flat_keyed, Throttling};
 use tidal_model::{Knob, KnobValue};
 

@@ -1,6 +1,6 @@
 //! v2 `io` controller: `io.weight` ("default N" plus optional per-device lines).
 
-use crate::controller::{bad, int, not_mine, one, Controller};
+use crate::spec::{bad, int, not_mine, one, Controller};
 use tidal_model::{Knob, KnobValue};
 
 pub const WEIGHT: &str = "io.weight";

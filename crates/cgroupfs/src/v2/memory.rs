@@ -1,7 +1,7 @@
 //! v2 `memory` controller: `memory.max`, `memory.high`, `memory.low`, `memory.min` ("max" =
 //! unlimited), and the working set as the kubelet counts it: `memory.current` less `inactive_file`.
 
-use crate::controller::{bad, int, not_mine, one, Controller};
+use crate::spec::{bad, int, not_mine, one, Controller};
 use crate::stat::parse_flat_keyed;
 use tidal_model::{Knob, KnobValue};
 

@@ -1,7 +1,7 @@
 //! Cleanup: groups of workloads tidal manages that have been empty for `remove_empty_after` are
 //! removed (the actuator leaves a group alone if a task appeared meanwhile).
 
-use super::PolicyState;
+use super::state::PolicyState;
 use crate::config::Config;
 use std::collections::BTreeMap;
 use tidal_model::{Action, Cause, Plan, Snapshot, Target};

@@ -3,9 +3,8 @@
 //! back one step after `grow_after` of lower need. Below `confine_min_cpus` (or with suppression
 //! `none`) offline keeps every CPU and the idle class alone protects online.
 
-use super::interference::LadderTick;
-use super::offline_levels;
 use super::state::{PolicyState, Step};
+use super::tick::{CpuDecision, LadderTick};
 use crate::config::{Config, Suppression};
 use crate::levels::CFS_PERIOD_US;
 use tidal_model::{
@@ -21,19 +20,6 @@ pub fn cpus_needed(usage: f64, headroom: f64, floor: f64, n: u32) -> u32 {
     }
     let x = (usage + headroom - 1e-6).clamp(0.0, f64::from(n));
     (x.ceil() as u32).min(n)
-}
-
-/// What online needs and what that leaves offline, before interference.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CpuDecision {
-    pub n: u32,
-    /// Dynamic confinement is in effect on this machine.
-    pub confine: bool,
-    pub min_off: u32,
-    /// CPUs offline gets after hysteresis.
-    pub target: u32,
-    pub why: String,
-    pub cause: Cause,
 }
 
 /// Online's need and offline's share; state keeps the hysteresis. Missing CPU readings hold the last
@@ -121,7 +107,7 @@ pub fn cpuset_actions(
     let mk = |t: Target| Action::set(t, Knob::CpusetCpus, value.clone(), reason).because(cause);
     let mut top_down = vec![mk(Target::Tidal(QosLevel::offline_parent()))];
     if caps.cpuset_v1 {
-        for l in offline_levels() {
+        for l in QosLevel::OFFLINE {
             if snap.levels_present.contains(&l) {
                 top_down.push(mk(Target::Tidal(l.group_path())));
             }
@@ -153,7 +139,7 @@ pub fn apply(
     plan: &mut Plan,
 ) {
     let n = cpu.n;
-    let offline_present = offline_levels()
+    let offline_present = QosLevel::OFFLINE
         .iter()
         .any(|l| snap.levels_present.contains(l));
     st.base_offline = Some(cpu.target);
@@ -230,7 +216,7 @@ pub fn apply(
 /// The knobs whose originals should be journalled ahead of confinement and the ladder: cpusets of
 /// the offline subtree, the offline parent's quota (quota mode) and the offline levels' freezers.
 pub fn remembered(snap: &Snapshot, cfg: &Config) -> Vec<Remember> {
-    if !offline_levels()
+    if !QosLevel::OFFLINE
         .iter()
         .any(|l| snap.levels_present.contains(l))
     {
@@ -247,7 +233,7 @@ pub fn remembered(snap: &Snapshot, cfg: &Config) -> Vec<Remember> {
             knob: Knob::CpuMax,
         });
     }
-    for l in offline_levels() {
+    for l in QosLevel::OFFLINE {
         if snap.levels_present.contains(&l) {
             for knob in [Knob::CpusetCpus, Knob::Freeze] {
                 out.push(Remember {

@@ -9,8 +9,8 @@
 //!   is undone and the ladder backs off for `calm_period`.
 //! - After `calm_period` with every signal calm, one step is released.
 
-use super::confine::CpuDecision;
 use super::state::{Phase, PolicyState, Step};
+use super::tick::{CpuDecision, LadderTick};
 use crate::config::{Config, PsiLine};
 use tidal_model::{Action, Capabilities, Cause, Knob, KnobValue, Plan, QosLevel, Snapshot};
 
@@ -27,15 +27,6 @@ pub enum Verdict {
     Calm,
     /// The signal has nothing to say (no data).
     Silent,
-}
-
-/// What the ladder did this tick, for the actions' reasons.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct LadderTick {
-    /// Why online is judged to suffer (the first tightening verdict), if it is.
-    pub pressure: Option<String>,
-    /// A step was undone because it did not help.
-    pub undone: bool,
 }
 
 /// Online CPU pressure: the configured line over the last second (avg10 as a fallback) above the
@@ -106,7 +97,7 @@ pub fn decide(
     let any_calm = verdicts.contains(&Verdict::Calm);
     let lad = &mut st.interference;
     let mut tick = LadderTick::default();
-    let offline_present = super::offline_levels()
+    let offline_present = QosLevel::OFFLINE
         .iter()
         .any(|l| snap.levels_present.contains(l));
     match tighten {

@@ -2,7 +2,7 @@
 //! (else the largest `offline` one), at most one per `kill_interval`. Only workloads tidal manages,
 //! with tasks and a fresh working-set reading, are candidates; online work never is.
 
-use super::PolicyState;
+use super::state::PolicyState;
 use crate::config::Config;
 use tidal_model::{Action, Cause, Plan, QosLevel, Snapshot, Target};
 

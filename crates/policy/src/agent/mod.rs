@@ -9,6 +9,7 @@ pub mod interference;
 pub mod memory;
 pub mod state;
 pub mod statics;
+pub mod tick;
 
 use crate::config::Config;
 use crate::levels::CFS_PERIOD_US;
@@ -23,10 +24,6 @@ pub use state::{Frozen, Interference, Phase, PolicyState, Step};
 pub struct Decision {
     pub plan: Plan,
     pub state: PolicyState,
-}
-
-pub(crate) fn offline_levels() -> [QosLevel; 2] {
-    [QosLevel::Offline, QosLevel::OfflineLow]
 }
 
 /// One control step. Pure: everything it knows is in its arguments.
@@ -81,7 +78,7 @@ pub fn settle(mut next: PolicyState, prev: &PolicyState, plan: &Plan, ok: &[bool
 /// Gives offline everything back: all CPUs, no quota, thawed. Used on shutdown.
 pub fn release_plan(snap: &Snapshot, caps: &Capabilities, prev: &PolicyState) -> Plan {
     let mut plan = Plan::default();
-    if !offline_levels()
+    if !QosLevel::OFFLINE
         .iter()
         .any(|l| snap.levels_present.contains(l))
     {
@@ -117,7 +114,7 @@ pub fn release_plan(snap: &Snapshot, caps: &Capabilities, prev: &PolicyState) ->
         );
     }
     if caps.has(Knob::Freeze) {
-        for l in offline_levels() {
+        for l in QosLevel::OFFLINE {
             if snap.levels_present.contains(&l) {
                 plan.push(
                     Action::set(

@@ -1,7 +1,7 @@
 //! Static level settings, re-applied every `static_interval` so changes made behind tidal's back
 //! (drift) are repaired.
 
-use super::{offline_levels, PolicyState};
+use super::state::PolicyState;
 use crate::config::Config;
 use crate::levels::{level_plan, offline_parent_plan};
 use tidal_model::{Capabilities, Plan, QosLevel, Snapshot};
@@ -22,7 +22,7 @@ pub fn decide(
         return false;
     }
     st.last_static_ms = Some(now);
-    if offline_levels()
+    if QosLevel::OFFLINE
         .iter()
         .any(|l| snap.levels_present.contains(l))
     {

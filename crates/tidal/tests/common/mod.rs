@@ -325,9 +325,12 @@ fn remove_tree(dir: &Path) {
         }
         // Only tasks this test started live here.
         if let Ok(p) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            let me = std::process::id() as i32;
             for pid in p.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                if pid != me {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -1,0 +1,26 @@
+//! What one control step works out on its way, passed between its concerns: online's CPU need and
+//! offline's share ([`CpuDecision`]), and what the interference ladder did ([`LadderTick`]).
+
+use tidal_model::Cause;
+
+/// What online needs and what that leaves offline, before interference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuDecision {
+    pub n: u32,
+    /// Dynamic confinement is in effect on this machine.
+    pub confine: bool,
+    pub min_off: u32,
+    /// CPUs offline gets after hysteresis.
+    pub target: u32,
+    pub why: String,
+    pub cause: Cause,
+}
+
+/// What the ladder did this tick, for the actions' reasons.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LadderTick {
+    /// Why online is judged to suffer (the first tightening verdict), if it is.
+    pub pressure: Option<String>,
+    /// A step was undone because it did not help.
+    pub undone: bool,
+}
