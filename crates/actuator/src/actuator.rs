@@ -39,6 +39,8 @@ pub enum Outcome {
     Unsupported,
     /// The group is busy (rmdir of a group whose tasks are still exiting): retry later.
     Busy,
+    /// Not a kernel change (an eviction): the workload source carries it out.
+    Elsewhere,
 }
 
 #[derive(Debug)]
@@ -139,6 +141,7 @@ impl Actuator {
                 match &result {
                     Ok(Outcome::Written) => info!("{a}"),
                     Ok(Outcome::DryRun) => info!("dry-run: would {a}"),
+                    Ok(Outcome::Elsewhere) => {}
                     Ok(o) => debug!("{a}: {o:?}"),
                     Err(e) => warn!("{a}: {e}"),
                 }
@@ -160,6 +163,7 @@ impl Actuator {
             } => self.set(target, *knob, value),
             Op::Kill { group } => self.kill(group),
             Op::RemoveGroup { group } => self.remove_group(group),
+            Op::Evict { .. } => Ok(Outcome::Elsewhere),
         }
     }
 

@@ -32,6 +32,8 @@ pub enum ActError {
     Root(String),
     #[error("systemd: {0}")]
     Systemd(String),
+    #[error("workload source: {0}")]
+    Source(String),
 }
 
 impl ActError {

@@ -7,6 +7,7 @@ pub mod knob;
 pub mod level;
 pub mod path;
 pub mod plan;
+pub mod pod;
 pub mod snapshot;
 
 pub use caps::Capabilities;
@@ -15,4 +16,5 @@ pub use knob::{Knob, KnobValue};
 pub use level::{QosLevel, UnknownLevel};
 pub use path::{BadPath, ForeignGroup, GroupPath, Target};
 pub use plan::{Action, Cause, Op, Plan, Remember};
+pub use pod::{CpuManagerPolicy, KubeletFacts, PodInfo, PodRef, QosClass};
 pub use snapshot::{Pressure, Snapshot, WorkloadPressure, WorkloadSnapshot};

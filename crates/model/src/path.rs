@@ -186,8 +186,9 @@ impl fmt::Display for GroupPath {
 
 /// A group that another manager owns (the kubelet's pod and container groups), as a path relative to
 /// the root of a cgroup mount; on v1 the same relative path exists under every controller's mount.
-/// Never empty: the mount root itself is nobody's to tune. tidal only sets values here: it never
-/// creates, removes, joins, freezes or kills such a group.
+/// Never empty: the mount root itself is nobody's to tune. tidal only sets values here (a pod's
+/// freezer state among them, as the ladder does): it never creates, removes, joins or kills such a
+/// group.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ForeignGroup(String);
@@ -211,7 +212,12 @@ impl ForeignGroup {
             .map(|(p, _)| ForeignGroup(p.to_string()))
     }
     /// The child `name` of this group.
+    /// A child group: `name` is one directory name.
     pub fn join(&self, name: &str) -> Result<Self, BadPath> {
+        check_component(name).map_err(|reason| BadPath {
+            path: name.chars().take(300).collect(),
+            reason,
+        })?;
         ForeignGroup::new(&format!("{}/{}", self.0, name))
     }
 }

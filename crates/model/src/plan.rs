@@ -7,6 +7,7 @@
 //! with `"foreign": "kubepods/besteffort/pod…"` instead of `"group"` for a foreign set.
 
 use crate::path::{ForeignGroup, GroupPath, Target};
+use crate::pod::PodRef;
 use crate::{Knob, KnobValue};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -76,6 +77,9 @@ pub enum Op {
     Kill { group: GroupPath },
     /// Remove the (empty) group from every hierarchy.
     RemoveGroup { group: GroupPath },
+    /// Ask the apiserver to evict a pod (the Eviction API, so PodDisruptionBudgets hold). Not a
+    /// kernel change: the workload source carries it out, never the actuator.
+    Evict { pod: PodRef, group: ForeignGroup },
 }
 
 impl Op {
@@ -85,6 +89,7 @@ impl Op {
             Op::EnsureGroup { group } | Op::Kill { group } | Op::RemoveGroup { group } => {
                 Target::Tidal(group.clone())
             }
+            Op::Evict { group, .. } => Target::Foreign(group.clone()),
         }
     }
     /// The tidal group the action addresses (None for a foreign set).
@@ -94,6 +99,7 @@ impl Op {
             Op::EnsureGroup { group } | Op::Kill { group } | Op::RemoveGroup { group } => {
                 Some(group)
             }
+            Op::Evict { .. } => None,
         }
     }
     /// A short name of the operation (metrics label): the knob for a set.
@@ -103,6 +109,7 @@ impl Op {
             Op::Set { knob, .. } => knob.name(),
             Op::Kill { .. } => "kill",
             Op::RemoveGroup { .. } => "remove-group",
+            Op::Evict { .. } => "evict",
         }
     }
 }
@@ -122,6 +129,7 @@ enum RawOp {
     Set,
     Kill,
     RemoveGroup,
+    Evict,
 }
 
 /// The flat wire form of an action.
@@ -137,6 +145,8 @@ struct RawAction {
     knob: Option<Knob>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     value: Option<KnobValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pod: Option<PodRef>,
     reason: String,
     #[serde(default)]
     cause: Cause,
@@ -177,6 +187,13 @@ impl TryFrom<RawAction> for Action {
             RawOp::RemoveGroup => Op::RemoveGroup {
                 group: tidal("remove-group")?,
             },
+            RawOp::Evict => match (&target, r.pod) {
+                (Target::Foreign(group), Some(pod)) => Op::Evict {
+                    pod,
+                    group: group.clone(),
+                },
+                _ => return Err("'evict' needs 'pod' and the pod's 'foreign' group".into()),
+            },
         };
         Ok(Action {
             op,
@@ -188,6 +205,7 @@ impl TryFrom<RawAction> for Action {
 
 impl From<Action> for RawAction {
     fn from(a: Action) -> RawAction {
+        let mut pod = None;
         let (target, op, knob, value) = match a.op {
             Op::EnsureGroup { group } => (Target::Tidal(group), RawOp::EnsureGroup, None, None),
             Op::Set {
@@ -197,6 +215,10 @@ impl From<Action> for RawAction {
             } => (target, RawOp::Set, Some(knob), Some(value)),
             Op::Kill { group } => (Target::Tidal(group), RawOp::Kill, None, None),
             Op::RemoveGroup { group } => (Target::Tidal(group), RawOp::RemoveGroup, None, None),
+            Op::Evict { pod: p, group } => {
+                pod = Some(p);
+                (Target::Foreign(group), RawOp::Evict, None, None)
+            }
         };
         let (group, foreign) = match target {
             Target::Tidal(g) => (Some(g), None),
@@ -208,6 +230,7 @@ impl From<Action> for RawAction {
             op,
             knob,
             value,
+            pod,
             reason: a.reason,
             cause: a.cause,
         }
@@ -251,6 +274,13 @@ impl Action {
     pub fn remove(group: GroupPath, reason: impl Into<String>) -> Self {
         Action::new(Op::RemoveGroup { group }, reason)
     }
+    pub fn evict(pod: PodRef, group: ForeignGroup, reason: impl Into<String>) -> Self {
+        Action::new(Op::Evict { pod, group }, reason)
+    }
+    /// Whether the actuator carries this action out (everything but an eviction).
+    pub fn is_kernel(&self) -> bool {
+        !matches!(self.op, Op::Evict { .. })
+    }
     /// The tidal group the action addresses (None for a foreign set).
     pub fn group(&self) -> Option<&GroupPath> {
         self.op.group()
@@ -277,6 +307,7 @@ impl fmt::Display for Action {
             }
             Op::Kill { group } => write!(f, "kill {group} ({})", self.reason),
             Op::RemoveGroup { group } => write!(f, "remove group {group} ({})", self.reason),
+            Op::Evict { pod, .. } => write!(f, "evict pod {pod} ({})", self.reason),
         }
     }
 }
@@ -342,6 +373,8 @@ mod tests {
             r#"{"group":"a","foreign":"b","op":"set","knob":"cpu-idle","value":{"bool":true},"reason":"x"}"#,
             r#"{"group":"a","op":"set","reason":"x"}"#,
             r#"{"group":"a","op":"kill","reason":"x","extra":1}"#,
+            r#"{"group":"a","op":"evict","pod":{"namespace":"n","name":"p","uid":"u"},"reason":"x"}"#,
+            r#"{"foreign":"kubepods/pod1","op":"evict","reason":"x"}"#,
         ] {
             assert!(
                 serde_json::from_str::<Action>(bad).is_err(),
@@ -354,6 +387,28 @@ mod tests {
         .unwrap();
         assert_eq!(ok.cause, Cause::Confine);
         assert!(ok.group().is_none());
+    }
+
+    #[test]
+    fn an_eviction_round_trips_and_is_not_for_the_actuator() {
+        let a = Action::evict(
+            crate::PodRef {
+                namespace: "batch".into(),
+                name: "etl-1".into(),
+                uid: "u-1".into(),
+            },
+            ForeignGroup::new("kubepods/besteffort/podu-1").unwrap(),
+            "memory",
+        )
+        .because(Cause::Memory);
+        let j = serde_json::to_string(&a).unwrap();
+        assert!(
+            j.contains(r#""op":"evict""#) && j.contains(r#""name":"etl-1""#),
+            "{j}"
+        );
+        assert_eq!(serde_json::from_str::<Action>(&j).unwrap(), a);
+        assert!(!a.is_kernel());
+        assert!(a.group().is_none());
     }
 
     #[test]

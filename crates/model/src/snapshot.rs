@@ -2,7 +2,7 @@
 //! snapshot stage fills it; the pure policy reads it. Time is in it as data (`now_ms`). A reading that
 //! could not be taken is `None`, never 0: the policy then holds its last decision for that input.
 
-use crate::{CpuSet, QosLevel, Target};
+use crate::{CpuSet, KubeletFacts, PodInfo, QosLevel, Target};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -40,6 +40,12 @@ pub struct WorkloadSnapshot {
     pub pressure: WorkloadPressure,
     pub nr_throttled: Option<u64>,
     pub throttled_us: Option<u64>,
+    /// The pod, for a workload that is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodInfo>,
+    /// The group's `cpuset.cpus` as last read (pods only: tidal orders v1 cpuset writes by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuset: Option<CpuSet>,
 }
 
 fn yes() -> bool {
@@ -74,9 +80,28 @@ pub struct Snapshot {
     /// Level groups that exist under the tidal root.
     pub levels_present: BTreeSet<QosLevel>,
     pub workloads: Vec<WorkloadSnapshot>,
+    /// The kubelet's facts, when pods are the workloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet: Option<KubeletFacts>,
 }
 
 impl Snapshot {
+    /// The CPUs offline work may use: every CPU but those the kubelet gave exclusively to
+    /// Guaranteed containers.
+    pub fn offline_pool(&self) -> CpuSet {
+        match &self.kubelet {
+            Some(k) if !k.exclusive_cpus.is_empty() => {
+                let pool = self.cpus.difference(&k.exclusive_cpus);
+                // Never nothing: a state file that claims every CPU leaves offline the last one.
+                if pool.is_empty() {
+                    self.cpus.last_n(1)
+                } else {
+                    pool
+                }
+            }
+            _ => self.cpus.clone(),
+        }
+    }
     /// CPUs used by everything that is not offline (tidal's online levels, and unmanaged processes,
     /// which tidal protects as if online). None when either counter is missing.
     pub fn protected_usage(&self) -> Option<f64> {

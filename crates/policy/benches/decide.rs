@@ -28,6 +28,8 @@ fn snapshot(n: usize) -> Snapshot {
                 pressure: Default::default(),
                 nr_throttled: Some(0),
                 throttled_us: Some(0),
+                pod: None,
+                cpuset: None,
             }
         })
         .collect();
@@ -46,6 +48,7 @@ fn snapshot(n: usize) -> Snapshot {
         mem_available_bytes: Some(32 << 30),
         levels_present: workloads.iter().map(|w| w.level).collect(),
         workloads,
+        kubelet: None,
     }
 }
 

@@ -192,6 +192,8 @@ pub struct Config {
     pub interference: InterferenceConfig,
     pub memory: MemoryConfig,
     pub cleanup: CleanupConfig,
+    /// Pod mode (`tidal agent --source kubernetes`).
+    pub kubernetes: crate::kubernetes::KubernetesConfig,
 }
 
 impl Default for Config {
@@ -206,6 +208,7 @@ impl Default for Config {
             interference: InterferenceConfig::default(),
             memory: MemoryConfig::default(),
             cleanup: CleanupConfig::default(),
+            kubernetes: crate::kubernetes::KubernetesConfig::default(),
         }
     }
 }
@@ -464,6 +467,7 @@ impl Config {
             Millis(1_000),
             Millis(86_400_000),
         );
+        self.kubernetes.validate(&mut e);
         if e.is_empty() {
             Ok(())
         } else {

@@ -21,6 +21,8 @@ fn workload(level: QosLevel, name: &str, procs: usize, mem: u64) -> WorkloadSnap
         pressure: Default::default(),
         nr_throttled: None,
         throttled_us: None,
+        pod: None,
+        cpuset: None,
     }
 }
 
@@ -74,6 +76,7 @@ prop_compose! {
             mem_available_bytes: Some((avail_frac * (16u64 << 30) as f64) as u64),
             levels_present,
             workloads,
+            kubelet: None,
         }
     }
 }
@@ -205,6 +208,7 @@ fn base_snapshot() -> Snapshot {
         mem_available_bytes: Some(8 << 30),
         levels_present: workloads.iter().map(|w| w.level).collect(),
         workloads,
+        kubelet: None,
     }
 }
 
@@ -375,7 +379,7 @@ fn empty_groups_are_removed_after_the_grace_period_and_release_gives_all_back() 
     let rm: Vec<_> = picked(&d.plan, |a| matches!(a.op, Op::RemoveGroup { .. }));
     assert_eq!(rm.len(), 1);
     assert_eq!(rm[0].group().unwrap().as_str(), "offline/offline/batch");
-    let rel = release_plan(&s, &caps, &d.state);
+    let rel = release_plan(&s, &cfg, &caps, &d.state);
     assert!(rel.actions.iter().any(|a| matches!(&a.op,
         Op::Set { knob: Knob::CpusetCpus, value: KnobValue::Cpus(c), .. } if c.len() == 8)));
     assert!(rel.actions.iter().any(|a| matches!(
@@ -523,7 +527,7 @@ proptest! {
             let d = decide(&s, &cfg, &caps, &st);
             let ok = vec![!failed; d.plan.actions.len()];
             st = tidal_policy::settle(d.state, &st, &d.plan, &ok);
-            let _ = release_plan(&s, &caps, &st);
+            let _ = release_plan(&s, &cfg, &caps, &st);
         }
     }
 

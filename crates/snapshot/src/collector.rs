@@ -13,7 +13,8 @@ use tidal_cgroupfs::proc::parse_meminfo;
 use tidal_cgroupfs::stat::Throttling;
 use tidal_cgroupfs::{CgroupError, Layout, Psi, PsiResource, Reader};
 use tidal_model::{
-    CpuSet, Pressure, QosLevel, Snapshot, Target, WorkloadPressure, WorkloadSnapshot,
+    CpuSet, Knob, KnobValue, Pressure, QosLevel, Snapshot, Target, WorkloadPressure,
+    WorkloadSnapshot,
 };
 use tidal_source::{Inventory, WorkloadRef, WorkloadSource};
 use tracing::warn;
@@ -24,6 +25,9 @@ pub struct LightSample {
     pub at_ns: u64,
     pub node_ns: Option<u64>,
     pub offline_ns: Option<u64>,
+    /// Which set of offline groups `offline_ns` sums (pods come and go): two samples over
+    /// different sets give no offline rate.
+    pub offline_set: u64,
 }
 
 /// (node busy, offline busy) CPUs between two light samples.
@@ -40,7 +44,12 @@ fn light_rate(a: &LightSample, b: &LightSample) -> (Option<f64>, Option<f64>) {
             },
         )
     };
-    (r(a.node_ns, b.node_ns), r(a.offline_ns, b.offline_ns))
+    let off = if a.offline_set == b.offline_set {
+        r(a.offline_ns, b.offline_ns)
+    } else {
+        None
+    };
+    (r(a.node_ns, b.node_ns), off)
 }
 
 /// Readings that failed, by kind: counted for `/metrics`, logged once per kind.
@@ -65,8 +74,13 @@ pub struct Collector {
     clock: Box<dyn Clock>,
     node: Option<Reader<u64>>,
     offline: Option<Reader<u64>>,
+    /// Offline pods' CPU time (summed with the offline parent's), and which set that is.
+    offline_pods: Vec<Reader<u64>>,
+    offline_set: u64,
     online_psi: Vec<(QosLevel, Reader<Psi>)>,
-    psi_windows: HashMap<QosLevel, PsiWindow>,
+    /// Online pods' CPU pressure: each pod is a group of online work, like a level group.
+    online_pod_psi: Vec<(Target, Reader<Psi>)>,
+    psi_windows: HashMap<Target, PsiWindow>,
     last_tick: Option<LightSample>,
     last_short: Option<LightSample>,
     short: (Option<f64>, Option<f64>),
@@ -98,7 +112,10 @@ impl Collector {
         Collector {
             node: layout.node_cpu_usage(),
             offline,
+            offline_pods: Vec::new(),
+            offline_set: 0,
             online_psi,
+            online_pod_psi: Vec::new(),
             psi_windows: HashMap::new(),
             source,
             clock,
@@ -123,6 +140,11 @@ impl Collector {
         self.source.name()
     }
 
+    /// The workload source, for what it carries out itself (evictions) and reports.
+    pub fn source_mut(&mut self) -> &mut dyn WorkloadSource {
+        self.source.as_mut()
+    }
+
     /// Two counter reads: node and offline CPU time. A missing offline parent (no offline work yet)
     /// is not a problem; a node counter that cannot be read is.
     pub fn light(&mut self) -> LightSample {
@@ -134,7 +156,7 @@ impl Collector {
             }
             None => None,
         };
-        let offline_ns = match self.offline.as_mut().map(Reader::read) {
+        let mut offline_ns = match self.offline.as_mut().map(Reader::read) {
             Some(Ok(v)) => Some(v),
             // No offline parent: offline uses nothing.
             Some(Err(e)) if e.is_vanished() => Some(0),
@@ -142,12 +164,71 @@ impl Collector {
                 self.problems.note("offline CPU time", &e);
                 None
             }
-            None => None,
+            None if self.offline_pods.is_empty() => None,
+            None => Some(0),
         };
+        for r in &mut self.offline_pods {
+            match r.read() {
+                Ok(v) => offline_ns = offline_ns.map(|s| s.saturating_add(v)),
+                // A pod that ended: its CPU time is gone from the sum, so this window has no rate.
+                Err(e) => {
+                    if !e.is_vanished() {
+                        self.problems.note("offline pod CPU time", &e);
+                    }
+                    offline_ns = None;
+                }
+            }
+        }
         LightSample {
             at_ns: self.clock.now_ns(),
             node_ns,
             offline_ns,
+            offline_set: self.offline_set,
+        }
+    }
+
+    /// Re-opens the per-pod readers the light sample and the pressure reading use, when the set of
+    /// pods changed.
+    fn track_pods(&mut self) {
+        let offline: Vec<&Target> = self
+            .inventory
+            .workloads
+            .iter()
+            .filter(|w| w.pod.is_some() && !w.level.is_online())
+            .map(|w| &w.group)
+            .collect();
+        let online: Vec<&Target> = self
+            .inventory
+            .workloads
+            .iter()
+            .filter(|w| w.pod.is_some() && w.level.is_online())
+            .map(|w| &w.group)
+            .collect();
+        let same_online = online.len() == self.online_pod_psi.len()
+            && online
+                .iter()
+                .zip(&self.online_pod_psi)
+                .all(|(a, (b, _))| *a == b);
+        if !same_online {
+            let layout = &self.layout;
+            self.online_pod_psi = online
+                .iter()
+                .filter_map(|t| layout.psi(t, PsiResource::Cpu).map(|r| ((*t).clone(), r)))
+                .collect();
+            let keep: HashSet<&Target> = online.iter().copied().collect();
+            self.psi_windows
+                .retain(|t, _| matches!(t, Target::Tidal(_)) || keep.contains(t));
+        }
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            offline.hash(&mut h);
+            h.finish()
+        };
+        if key != self.offline_set || (self.offline_pods.is_empty() && !offline.is_empty()) {
+            let layout = &self.layout;
+            self.offline_pods = offline.iter().filter_map(|t| layout.cpu_usage(t)).collect();
+            self.offline_set = key;
         }
     }
 
@@ -177,6 +258,8 @@ impl Collector {
                 self.problems.note("workload source", &e)
             }
         }
+        self.track_pods();
+        let full = full || self.source.wants_usage();
         let now = self.clock.now_ns();
         let mut out = Vec::with_capacity(self.inventory.workloads.len());
         let mut readers = std::mem::take(&mut self.wl);
@@ -185,11 +268,19 @@ impl Collector {
             let mut r = readers
                 .remove(&w.group)
                 .unwrap_or_else(|| WorkloadReaders::new(&self.layout, w));
-            out.push(if full || r.last.is_none() {
+            let mut ws = if full || r.last.is_none() {
                 r.read(w, now, &mut self.problems)
             } else {
                 r.read_tasks(&mut self.problems)
-            });
+            };
+            // A pod's cpuset orders v1 cpuset writes (containers before the pod, or after).
+            if w.pod.is_some() {
+                ws.cpuset = match self.layout.read_knob(&w.group, Knob::CpusetCpus) {
+                    Ok(KnobValue::Cpus(c)) => Some(c),
+                    _ => None,
+                };
+            }
+            out.push(ws);
             kept.insert(w.group.clone(), r);
         }
         // Files of workloads that are gone are closed here (dropped with `readers`).
@@ -219,6 +310,7 @@ impl Collector {
         if due {
             snap.workloads = self.refresh_workloads(full);
             snap.levels_present = self.inventory.levels_present.clone();
+            snap.kubelet = self.inventory.kubelet.clone();
         }
         let s = self.light();
         let (node_busy, offline_busy) = match self.last_tick {
@@ -243,10 +335,13 @@ impl Collector {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        for (l, r) in self.online_psi.iter_mut() {
-            if !snap.levels_present.contains(l) {
-                continue;
-            }
+        let levels = self
+            .online_psi
+            .iter_mut()
+            .filter(|(l, _)| snap.levels_present.contains(l))
+            .map(|(l, r)| (Target::Tidal(l.group_path()), r));
+        let pods = self.online_pod_psi.iter_mut().map(|(t, r)| (t.clone(), r));
+        for (t, r) in levels.chain(pods) {
             let p = match r.read() {
                 Ok(p) => p,
                 Err(e) if e.is_vanished() => continue,
@@ -257,7 +352,7 @@ impl Collector {
             };
             avg_some = max(avg_some, Some(p.some.avg10));
             avg_full = max(avg_full, p.full.map(|f| f.avg10));
-            let (ws, wf) = self.psi_windows.entry(*l).or_default().push(
+            let (ws, wf) = self.psi_windows.entry(t).or_default().push(
                 s.at_ns,
                 p.some.total_us,
                 p.full.map(|f| f.total_us),
@@ -354,6 +449,8 @@ impl WorkloadReaders {
                 pressure: WorkloadPressure::default(),
                 nr_throttled: None,
                 throttled_us: None,
+                pod: None,
+                cpuset: None,
             },
         }
     }
@@ -396,6 +493,8 @@ impl WorkloadReaders {
             pressure,
             nr_throttled: throttle.map(|t| t.nr_throttled),
             throttled_us: throttle.map(|t| t.throttled_us),
+            pod: w.pod.clone(),
+            cpuset: None,
         };
         self.last = Some(snap.clone());
         snap

@@ -44,6 +44,7 @@ impl WorkloadSource for LocalSource {
                     level,
                     name,
                     managed: true,
+                    pod: None,
                 });
             }
         }

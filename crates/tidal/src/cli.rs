@@ -98,6 +98,16 @@ pub struct AgentArgs {
     /// HTTP address for /metrics, /healthz and /state (overrides the config's `listen`).
     #[arg(long)]
     pub listen: Option<String>,
+    /// Where workloads come from: `local` (the tidal tree: `tidal run`), or `kubernetes` (this
+    /// node's pods, in the kubelet's tree, and the tidal tree as well).
+    #[arg(long, value_enum, default_value = "local")]
+    pub source: SourceKind,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    Local,
+    Kubernetes,
 }
 
 #[derive(Args, Debug)]

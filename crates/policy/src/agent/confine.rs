@@ -26,7 +26,8 @@ pub fn cpus_needed(usage: f64, headroom: f64, floor: f64, n: u32) -> u32 {
 /// decision.
 pub fn need(snap: &Snapshot, cfg: &Config, st: &mut PolicyState) -> CpuDecision {
     let now = snap.now_ms;
-    let n = snap.cpus.len().min(u32::MAX as usize) as u32;
+    // Offline's pool: CPUs the kubelet gave exclusively to Guaranteed containers are never offered.
+    let n = snap.offline_pool().len().min(u32::MAX as usize) as u32;
     let headroom = cfg.cpu.headroom_cpus;
     let floor = cfg.cpu.noise_floor_cpus;
     let min_off = cfg.cpu.min_offline_cpus.min(n);
@@ -93,6 +94,27 @@ pub fn need(snap: &Snapshot, cfg: &Config, st: &mut PolicyState) -> CpuDecision 
     d
 }
 
+/// Offline work of either kind exists: tidal's offline levels or offline pods.
+pub fn offline_present(snap: &Snapshot) -> bool {
+    tidal_offline_present(snap) || super::pods::offline(snap).next().is_some()
+}
+
+/// tidal's own offline levels exist (under the tidal root).
+pub fn tidal_offline_present(snap: &Snapshot) -> bool {
+    QosLevel::OFFLINE
+        .iter()
+        .any(|l| snap.levels_present.contains(l))
+}
+
+/// Where confinement left offline this tick, for the offline pods.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confined {
+    pub cpus: CpuSet,
+    pub pool_len: u32,
+    pub reason: String,
+    pub cause: Cause,
+}
+
 /// Cpuset writes that move the offline subtree from `old` to `new`, in an order v1 accepts:
 /// shrinking goes leaves first, growing goes parent first. On v2 children inherit the parent's.
 pub fn cpuset_actions(
@@ -137,11 +159,11 @@ pub fn apply(
     static_due: bool,
     st: &mut PolicyState,
     plan: &mut Plan,
-) {
+) -> Confined {
     let n = cpu.n;
-    let offline_present = QosLevel::OFFLINE
-        .iter()
-        .any(|l| snap.levels_present.contains(l));
+    let offline_present = offline_present(snap);
+    let tidal_present = tidal_offline_present(snap);
+    let pool = snap.offline_pool();
     st.base_offline = Some(cpu.target);
     let mut target = cpu.target;
     let mut why = cpu.why.clone();
@@ -161,15 +183,21 @@ pub fn apply(
         );
     }
     let starved = target == 0;
-    let cpus_target = snap.cpus.last_n(target.max(1) as usize);
-    let old = st.offline_cpus.clone().unwrap_or_else(|| snap.cpus.clone());
-    if offline_present && (cpus_target != old || static_due) {
-        let reason = if why.is_empty() {
-            format!("offline keeps CPUs [{cpus_target}]")
-        } else {
-            why.clone()
-        };
-        let c = if why.is_empty() { Cause::Static } else { cause };
+    let cpus_target = pool.last_n(target.max(1) as usize);
+    let old = st.offline_cpus.clone().unwrap_or_else(|| pool.clone());
+    let reason = if why.is_empty() {
+        format!("offline keeps CPUs [{cpus_target}]")
+    } else {
+        why.clone()
+    };
+    let c = if why.is_empty() { Cause::Static } else { cause };
+    let confined = Confined {
+        cpus: cpus_target.clone(),
+        pool_len: n,
+        reason: reason.clone(),
+        cause: c,
+    };
+    if tidal_present && (cpus_target != old || static_due) {
         match cfg.cpu.suppression {
             Suppression::Cpuset if caps.has(Knob::CpusetCpus) => {
                 plan.actions
@@ -211,22 +239,22 @@ pub fn apply(
         st.starved = false;
         st.grow_since_ms = None;
     }
+    confined
 }
 
 /// The knobs whose originals should be journalled ahead of confinement and the ladder: cpusets of
 /// the offline subtree, the offline parent's quota (quota mode) and the offline levels' freezers.
 pub fn remembered(snap: &Snapshot, cfg: &Config) -> Vec<Remember> {
-    if !QosLevel::OFFLINE
-        .iter()
-        .any(|l| snap.levels_present.contains(l))
-    {
-        return Vec::new();
+    let mut out = Vec::new();
+    super::pods::remembered(snap, &mut out);
+    if !tidal_offline_present(snap) {
+        return out;
     }
     let parent = Target::Tidal(QosLevel::offline_parent());
-    let mut out = vec![Remember {
+    out.push(Remember {
         target: parent.clone(),
         knob: Knob::CpusetCpus,
-    }];
+    });
     if cfg.cpu.suppression == Suppression::Quota {
         out.push(Remember {
             target: parent,
@@ -243,7 +271,11 @@ pub fn remembered(snap: &Snapshot, cfg: &Config) -> Vec<Remember> {
             }
         }
     }
-    for w in snap.workloads.iter().filter(|w| !w.level.is_online()) {
+    for w in snap
+        .workloads
+        .iter()
+        .filter(|w| !w.level.is_online() && w.managed)
+    {
         out.push(Remember {
             target: w.group.clone(),
             knob: Knob::CpusetCpus,

@@ -68,14 +68,17 @@ fn effective(
 ) -> bool {
     match step {
         Step::ShrinkCpuset => cpu.confine && cpu.target > cpu.min_off.max(1),
-        Step::FreezeOfflineLow => {
-            caps.has(Knob::Freeze) && snap.levels_present.contains(&QosLevel::OfflineLow)
-        }
-        Step::FreezeOffline => {
-            let _ = cfg;
-            caps.has(Knob::Freeze) && snap.levels_present.contains(&QosLevel::Offline)
-        }
+        Step::FreezeOfflineLow => freezable(snap, cfg, caps, QosLevel::OfflineLow),
+        Step::FreezeOffline => freezable(snap, cfg, caps, QosLevel::Offline),
     }
+}
+
+/// Whether freezing `level` would stop something: its tidal group, or its pods (frozen, or capped
+/// where they have liveness probes).
+fn freezable(snap: &Snapshot, cfg: &Config, caps: &Capabilities, level: QosLevel) -> bool {
+    let _ = cfg;
+    (caps.has(Knob::Freeze) && snap.levels_present.contains(&level))
+        || ((caps.has(Knob::Freeze) || caps.has(Knob::CpuMax)) && super::pods::present(snap, level))
 }
 
 /// Moves the ladder one tick.
@@ -97,9 +100,7 @@ pub fn decide(
     let any_calm = verdicts.contains(&Verdict::Calm);
     let lad = &mut st.interference;
     let mut tick = LadderTick::default();
-    let offline_present = QosLevel::OFFLINE
-        .iter()
-        .any(|l| snap.levels_present.contains(l));
+    let offline_present = super::confine::offline_present(snap);
     match tighten {
         Some((reason, baseline)) => {
             tick.pressure = Some(reason);
@@ -171,6 +172,15 @@ pub fn decide(
     tick
 }
 
+/// What the freeze steps want this tick, for the offline pods.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Freezing {
+    pub offline_low: bool,
+    pub offline: bool,
+    pub reason: String,
+    pub cause: Cause,
+}
+
 /// Freezes or thaws the offline levels: for the ladder's freeze steps, or when online needs every CPU
 /// and freezing is allowed (starved).
 #[allow(clippy::too_many_arguments)]
@@ -183,10 +193,7 @@ pub fn freeze(
     prev: &PolicyState,
     st: &mut PolicyState,
     plan: &mut Plan,
-) {
-    if !caps.has(Knob::Freeze) {
-        return;
-    }
+) -> Freezing {
     let n = snap.cpus.len();
     let starved = st.starved;
     let want_low = st.interference.has(Step::FreezeOfflineLow) || starved;
@@ -195,7 +202,24 @@ pub fn freeze(
         .pressure
         .clone()
         .unwrap_or_else(|| "online interference".to_string());
+    let freezing = Freezing {
+        offline_low: want_low,
+        offline: want_off,
+        reason: if starved {
+            format!("online needs all {n} CPUs and allow_freeze is on")
+        } else {
+            pressure.clone()
+        },
+        cause: if starved {
+            Cause::Confine
+        } else {
+            Cause::Interference
+        },
+    };
     let _ = cfg;
+    if !caps.has(Knob::Freeze) {
+        return freezing;
+    }
     for (level, want, was) in [
         (QosLevel::OfflineLow, want_low, prev.frozen.offline_low),
         (QosLevel::Offline, want_off, prev.frozen.offline),
@@ -230,4 +254,5 @@ pub fn freeze(
     }
     st.frozen.offline_low = want_low && snap.levels_present.contains(&QosLevel::OfflineLow);
     st.frozen.offline = want_off && snap.levels_present.contains(&QosLevel::Offline);
+    freezing
 }

@@ -1,10 +1,30 @@
-//! Memory: when MemAvailable falls below the watermark, the largest `offline-low` workload is killed
-//! (else the largest `offline` one), at most one per `kill_interval`. Only workloads tidal manages,
-//! with tasks and a fresh working-set reading, are candidates; online work never is.
+//! Memory: when MemAvailable falls below the watermark, the largest `offline-low` workload goes
+//! (else the largest `offline` one). Only workloads with tasks and a fresh working-set reading are
+//! candidates, and online work never is. A workload tidal manages is killed, at most one per
+//! `memory.kill_interval`; a pod is evicted through the apiserver (so PodDisruptionBudgets hold), at
+//! most one per `kubernetes.eviction_interval`, never one already terminating.
 
 use super::state::PolicyState;
 use crate::config::Config;
-use tidal_model::{Action, Cause, Plan, QosLevel, Snapshot, Target};
+use tidal_model::{Action, Cause, Plan, QosLevel, Snapshot, Target, WorkloadSnapshot};
+
+/// The workload to let go: lowest level first, then the largest fresh working set.
+pub fn victim(snap: &Snapshot) -> Option<(&WorkloadSnapshot, u64)> {
+    [QosLevel::OfflineLow, QosLevel::Offline]
+        .iter()
+        .find_map(|l| {
+            snap.workloads
+                .iter()
+                .filter(|w| w.level == *l && w.procs.is_some_and(|p| p > 0))
+                .filter(|w| match (&w.group, &w.pod) {
+                    (Target::Tidal(_), _) => w.managed,
+                    (Target::Foreign(_), Some(p)) => !p.terminating,
+                    (Target::Foreign(_), None) => false,
+                })
+                .filter_map(|w| w.memory_bytes.map(|m| (w, m)))
+                .max_by(|(a, ma), (b, mb)| ma.cmp(mb).then_with(|| a.group.cmp(&b.group)))
+        })
+}
 
 pub fn decide(snap: &Snapshot, cfg: &Config, st: &mut PolicyState, plan: &mut Plan) {
     let now = snap.now_ms;
@@ -15,38 +35,34 @@ pub fn decide(snap: &Snapshot, cfg: &Config, st: &mut PolicyState, plan: &mut Pl
     if total == 0 || avail >= mark {
         return;
     }
-    let may = st
-        .last_kill_ms
-        .is_none_or(|t| now.saturating_sub(t) >= cfg.memory.kill_interval.0);
-    if !may {
+    let Some((v, mem)) = victim(snap) else {
         return;
-    }
-    let victim = [QosLevel::OfflineLow, QosLevel::Offline]
-        .iter()
-        .find_map(|l| {
-            snap.workloads
-                .iter()
-                .filter(|w| w.level == *l && w.managed && w.procs.is_some_and(|p| p > 0))
-                .filter_map(|w| match (&w.group, w.memory_bytes) {
-                    (Target::Tidal(g), Some(m)) => Some((m, g, w)),
-                    _ => None,
-                })
-                .max_by_key(|(m, g, _)| (*m, (*g).clone()))
-        });
-    if let Some((mem, g, v)) = victim {
-        st.last_kill_ms = Some(now);
-        plan.push(
-            Action::kill(
-                g.clone(),
-                format!(
-                    "node MemAvailable {} MiB below watermark {} MiB: largest {} workload ({} MiB)",
-                    avail >> 20,
-                    mark >> 20,
-                    v.level,
-                    mem >> 20
-                ),
-            )
-            .because(Cause::Memory),
-        );
+    };
+    let why = |what: &str| {
+        format!(
+            "node MemAvailable {} MiB below watermark {} MiB: largest {} {what} ({} MiB)",
+            avail >> 20,
+            mark >> 20,
+            v.level,
+            mem >> 20
+        )
+    };
+    let since = |t: Option<u64>, every: u64| t.is_none_or(|t| now.saturating_sub(t) >= every);
+    match (&v.group, &v.pod) {
+        (Target::Tidal(g), _) => {
+            if since(st.last_kill_ms, cfg.memory.kill_interval.0) {
+                st.last_kill_ms = Some(now);
+                plan.push(Action::kill(g.clone(), why("workload")).because(Cause::Memory));
+            }
+        }
+        (Target::Foreign(g), Some(p)) => {
+            if since(st.last_evict_ms, cfg.kubernetes.eviction_interval.0) {
+                st.last_evict_ms = Some(now);
+                plan.push(
+                    Action::evict(p.pod.clone(), g.clone(), why("pod")).because(Cause::Memory),
+                );
+            }
+        }
+        (Target::Foreign(_), None) => {}
     }
 }

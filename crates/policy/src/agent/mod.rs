@@ -7,6 +7,7 @@ pub mod cleanup;
 pub mod confine;
 pub mod interference;
 pub mod memory;
+pub mod pods;
 pub mod state;
 pub mod statics;
 pub mod tick;
@@ -33,11 +34,29 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
     let static_due = statics::decide(snap, cfg, caps, &mut st, &mut plan);
     let cpu = confine::need(snap, cfg, &mut st);
     let verdict = interference::decide(snap, cfg, caps, &cpu, &mut st);
-    confine::apply(
+    let confined = confine::apply(
         snap, cfg, caps, &cpu, &verdict, static_due, &mut st, &mut plan,
     );
-    interference::freeze(
+    let freezing = interference::freeze(
         snap, cfg, caps, &verdict, static_due, prev, &mut st, &mut plan,
+    );
+    pods::apply(
+        snap,
+        cfg,
+        caps,
+        &pods::Want {
+            cpus: &confined.cpus,
+            pool_len: confined.pool_len,
+            freeze_low: freezing.offline_low,
+            freeze_off: freezing.offline,
+            reason: &confined.reason,
+            freeze_reason: &freezing.reason,
+            cause: confined.cause,
+            freeze_cause: freezing.cause,
+            static_due,
+        },
+        &mut st,
+        &mut plan,
     );
     memory::decide(snap, cfg, &mut st, &mut plan);
     cleanup::decide(snap, cfg, prev, &mut st, &mut plan);
@@ -72,16 +91,27 @@ pub fn settle(mut next: PolicyState, prev: &PolicyState, plan: &Plan, ok: &[bool
             };
         }
     }
+    // A pod whose write failed gets every setting again next tick.
+    for (a, ok) in plan.actions.iter().zip(ok) {
+        if let (false, Target::Foreign(g)) = (*ok, a.op.target()) {
+            next.pods
+                .retain(|p, _| *p != g && !g.as_str().starts_with(&format!("{}/", p.as_str())));
+        }
+    }
     next
 }
 
-/// Gives offline everything back: all CPUs, no quota, thawed. Used on shutdown.
-pub fn release_plan(snap: &Snapshot, caps: &Capabilities, prev: &PolicyState) -> Plan {
+/// Gives offline everything back: all CPUs, no quota, thawed; offline pods their own limits.
+/// Used on shutdown.
+pub fn release_plan(
+    snap: &Snapshot,
+    cfg: &Config,
+    caps: &Capabilities,
+    prev: &PolicyState,
+) -> Plan {
     let mut plan = Plan::default();
-    if !QosLevel::OFFLINE
-        .iter()
-        .any(|l| snap.levels_present.contains(l))
-    {
+    pods::release(snap, cfg, caps, &mut plan);
+    if !confine::tidal_offline_present(snap) {
         return plan;
     }
     let reason = "agent stopping: offline gets every CPU back";
@@ -94,7 +124,7 @@ pub fn release_plan(snap: &Snapshot, caps: &Capabilities, prev: &PolicyState) ->
             snap,
             caps,
             &old,
-            &snap.cpus,
+            &snap.offline_pool(),
             reason,
             Cause::Shutdown,
         ));

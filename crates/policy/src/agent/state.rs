@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tidal_model::{CpuSet, GroupPath};
+use tidal_model::{CpuSet, ForeignGroup, GroupPath};
 
 /// One tightening step of the interference ladder, in the order they are taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -83,4 +83,20 @@ pub struct PolicyState {
     pub empty_since_ms: BTreeMap<GroupPath, u64>,
     /// CPUs online needs now (for reports).
     pub online_need: u32,
+    /// What was last decided for each offline pod.
+    #[serde(default)]
+    pub pods: BTreeMap<ForeignGroup, PodApplied>,
+    #[serde(default)]
+    pub last_evict_ms: Option<u64>,
+}
+
+/// The settings last decided for one offline pod (re-sent when they change, and all of them when
+/// the pod is new, a write failed, or the static interval is due).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodApplied {
+    pub idle: bool,
+    pub cpus: Option<CpuSet>,
+    /// The pod's `cpu.max` quota (inner None: unlimited); None: not managed here.
+    pub quota_us: Option<Option<u64>>,
+    pub frozen: bool,
 }

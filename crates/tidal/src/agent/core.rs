@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tidal_actuator::{Actuator, Applied, Outcome};
-use tidal_model::{Capabilities, Cause, Knob, KnobValue, QosLevel, Snapshot, Target};
+use tidal_actuator::{ActError, Actuator, Applied, Outcome};
+use tidal_model::{Capabilities, Cause, Knob, KnobValue, Op, QosLevel, Snapshot, Target};
 use tidal_policy::agent::cpus_needed;
 use tidal_policy::{decide, release_plan, settle, Config, PolicyState};
 use tidal_snapshot::Collector;
+use tidal_source::Eviction;
 use tracing::{error, info, warn};
 
 /// What the HTTP thread reads.
@@ -202,13 +203,19 @@ impl Agent {
                 warn!("cannot journal the offline groups' originals ahead: {e} (each write journals its own first)");
             }
         }
-        let applied = self.act.apply(&d.plan);
+        let mut applied = self.act.apply(&d.plan);
+        self.evictions(&mut applied);
         let ok: Vec<bool> = applied
             .iter()
             .map(|a| matches!(a.result, Ok(o) if o != Outcome::Unsupported))
             .collect();
         self.state = settle(d.state, &self.state, &d.plan, &ok);
         self.ticks += 1;
+        if refreshed {
+            // A consistent snapshot: the source may publish from it (batch resources).
+            let dry = self.act.dry_run();
+            self.collector.source_mut().observe(&self.snap, dry);
+        }
         self.publish(&applied, refreshed, full);
         let took = now.elapsed();
         let m = lock(&self.shared.metrics);
@@ -221,6 +228,32 @@ impl Agent {
             refreshed,
             full,
             took,
+        }
+    }
+
+    /// Hands the plan's evictions to the workload source (the actuator leaves them alone).
+    fn evictions(&mut self, applied: &mut [Applied]) {
+        let dry = self.act.dry_run();
+        for ap in applied.iter_mut() {
+            let (Ok(Outcome::Elsewhere), Op::Evict { pod, .. }) = (&ap.result, &ap.action.op)
+            else {
+                continue;
+            };
+            ap.result = match self
+                .collector
+                .source_mut()
+                .evict(pod, &ap.action.reason, dry)
+            {
+                Ok(Eviction::Requested) => {
+                    info!("{}", ap.action);
+                    Ok(Outcome::Written)
+                }
+                Ok(Eviction::Logged) => Ok(Outcome::DryRun),
+                Err(e) => {
+                    warn!("{}: {e}", ap.action);
+                    Err(ActError::Source(e.to_string()))
+                }
+            };
         }
     }
 
@@ -268,6 +301,10 @@ impl Agent {
         );
         m.actuator(self.act.stats());
         m.missing(&self.collector.problems.counts);
+        let source_health = refreshed.then(|| self.collector.source_mut().health());
+        if let Some(h) = &source_health {
+            m.source(h);
+        }
         if full {
             m.workloads(
                 &self.snap,
@@ -291,6 +328,9 @@ impl Agent {
         v.ticks = self.ticks;
         v.node = Some(view::node_view(&self.snap, &self.state));
         v.policy = self.state.clone();
+        if let Some(h) = source_health {
+            v.source_health = h;
+        }
         v.missing_readings = self
             .collector
             .problems
@@ -336,10 +376,12 @@ impl Agent {
         info!("stopping: giving offline work its CPUs back");
         self.collector.update(&mut self.snap, 0, true);
         let mut failed = 0;
-        for ap in self
-            .act
-            .apply(&release_plan(&self.snap, &self.caps, &self.state))
-        {
+        for ap in self.act.apply(&release_plan(
+            &self.snap,
+            &self.cfg,
+            &self.caps,
+            &self.state,
+        )) {
             if let Err(e) = ap.result {
                 failed += 1;
                 error!("{}: {e}", ap.action);
@@ -434,14 +476,17 @@ mod tests {
                     level: QosLevel::Offline,
                     name: "etl".into(),
                     managed: true,
+                    pod: None,
                 },
                 WorkloadRef {
                     group: Target::Foreign(ForeignGroup::new("kubepods/besteffort/pod1").unwrap()),
                     level: QosLevel::Offline,
                     name: "pod1".into(),
                     managed: false,
+                    pod: None,
                 },
             ],
+            kubelet: None,
         };
         let clock = FakeClock::default();
         let collector = Collector::new(
@@ -465,6 +510,7 @@ mod tests {
             last_plan: None,
             policy: PolicyState::default(),
             missing_readings: Default::default(),
+            source_health: Default::default(),
         }));
         let mut agent = Agent::new(Config::default(), caps, act, collector, Arc::clone(&shared));
         clock.advance_ms(100);

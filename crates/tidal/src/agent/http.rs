@@ -50,10 +50,19 @@ async fn state(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 async fn healthz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     // Healthy while the control loop keeps ticking.
     let age = s.last_tick_age_ms();
+    // A degraded source (apiserver unreachable) is said, not failed: the agent keeps enforcing
+    // the last known workloads, and restarting it would not bring the apiserver back.
+    let source = match s.view.lock() {
+        Ok(v) => v.source_health.detail.clone(),
+        Err(p) => p.into_inner().source_health.detail.clone(),
+    };
     if age < 5_000 {
         (
             axum::http::StatusCode::OK,
-            format!("ok (last tick {age} ms ago)\n"),
+            match source {
+                Some(d) => format!("ok (last tick {age} ms ago); source degraded: {d}\n"),
+                None => format!("ok (last tick {age} ms ago)\n"),
+            },
         )
     } else {
         (

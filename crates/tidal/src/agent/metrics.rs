@@ -67,7 +67,20 @@ pub struct Metrics {
     unsupported: Family<KnobLabel, FGauge>,
     kill_survivors: FGauge,
     missing: Family<WhatLabel, FGauge>,
+    source_events: Family<EventLabel, FGauge>,
+    source_values: Family<NameLabel, FGauge>,
+    source_degraded: FGauge,
     known: HashSet<(String, String)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabel {
+    pub name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -118,6 +131,9 @@ impl Metrics {
             unsupported: Family::default(),
             kill_survivors: FGauge::default(),
             missing: Family::default(),
+            source_events: Family::default(),
+            source_values: Family::default(),
+            source_degraded: FGauge::default(),
             known: HashSet::new(),
             registry: Registry::default(),
         };
@@ -257,6 +273,21 @@ impl Metrics {
             "Readings that failed and were taken as missing (never as zero), by kind",
             m.missing.clone(),
         );
+        r.register(
+            "source_events",
+            "Events of the workload source since start, by kind (evictions, evictions_refused, batch_patch_conflicts, watch_errors, invalid_markings, …)",
+            m.source_events.clone(),
+        );
+        r.register(
+            "source_value",
+            "Values of the workload source: each input of the batch-resource formula and the published batch_cpu_milli / batch_memory_bytes",
+            m.source_values.clone(),
+        );
+        r.register(
+            "source_degraded",
+            "1 while the workload source cannot refresh (apiserver unreachable): the last known workloads stay enforced",
+            m.source_degraded.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -280,6 +311,24 @@ impl Metrics {
                 .set(*n as f64);
         }
         self.kill_survivors.set(s.kill_survivors as f64);
+    }
+
+    /// The workload source's state: its counts (evictions, refusals, patch conflicts, watch
+    /// errors…), its values (each input of the batch formula) and whether it is degraded.
+    pub fn source(&self, h: &tidal_source::SourceHealth) {
+        for (event, n) in &h.counters {
+            self.source_events
+                .get_or_create(&EventLabel {
+                    event: event.clone(),
+                })
+                .set(*n as f64);
+        }
+        for (name, v) in &h.gauges {
+            self.source_values
+                .get_or_create(&NameLabel { name: name.clone() })
+                .set(*v);
+        }
+        self.source_degraded.set(if h.degraded { 1.0 } else { 0.0 });
     }
 
     pub fn missing(&self, counts: &std::collections::BTreeMap<&'static str, u64>) {

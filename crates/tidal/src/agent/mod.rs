@@ -1,4 +1,4 @@
-//! `tidal agent`, local mode: the driver. It wires an [`Agent`] to the clock (a tick every `tick`, a
+//! `tidal agent`: the driver. It wires an [`Agent`] to the clock (a tick every `tick`, a
 //! light sample every `sample_interval` that can bring a tick forward), to signals (SIGTERM/SIGINT
 //! give offline work its CPUs back and exit; SIGHUP reloads the config) and to the HTTP server
 //! (`/metrics`, `/healthz`, `/state`). It holds the root's lock for its whole life, so a second agent
@@ -11,7 +11,7 @@ pub mod view;
 
 pub use self::core::{Agent, Shared, TickReport};
 
-use crate::cli::{AgentArgs, Global};
+use crate::cli::{AgentArgs, Global, SourceKind};
 use crate::exit::{self, fail};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidal_actuator::{Actuator, RootLock};
 use tidal_cgroupfs::detect_capabilities;
+use tidal_kube::{Connect, PodSource};
 use tidal_policy::{Config, PolicyState};
 use tidal_snapshot::{Collector, MonotonicClock};
-use tidal_source::LocalSource;
+use tidal_source::{Combined, LocalSource, WorkloadSource};
 use tracing::{error, info, warn};
 use view::StateView;
 
@@ -140,13 +141,26 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
     }
 
     let mode = layout.hierarchies.mode().to_string();
-    let source = LocalSource::new(layout.clone());
+    let local = Box::new(LocalSource::new(layout.clone()));
+    let source: Box<dyn WorkloadSource> = match a.source {
+        SourceKind::Local => local,
+        SourceKind::Kubernetes => {
+            if let Err(e) = tidal_kube::source::node_name(&cfg.kubernetes) {
+                return print_lines(&e);
+            }
+            match PodSource::start(cfg.kubernetes.clone(), layout.clone(), Connect::Infer) {
+                Ok(p) => Box::new(Combined::new(local, Box::new(p))),
+                Err(e) => return fail(e),
+            }
+        }
+    };
+    let source_name = source.name();
     let shared = Arc::new(Shared::new(StateView {
         now_ms: 0,
         ticks: 0,
         dry_run: g.dry_run,
         cgroup_mode: mode.clone(),
-        source: "local".into(),
+        source: source_name.into(),
         capabilities: caps.clone(),
         config: cfg.clone(),
         node: None,
@@ -154,6 +168,7 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         last_plan: None,
         policy: PolicyState::default(),
         missing_readings: Default::default(),
+        source_health: Default::default(),
     }));
     if let Err(e) = http::spawn(listener, Arc::clone(&shared)) {
         return fail(format!("cannot start http server: {e}"));
@@ -163,7 +178,7 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         .map(|r| r.root_dir.display().to_string())
         .unwrap_or_default();
     info!(
-        "tidal agent: {mode} cgroups, root {root}, {} CPUs, tick {}, listening on {addr}{}",
+        "tidal agent: {mode} cgroups, root {root}, workloads from {source_name}, {} CPUs, tick {}, listening on {addr}{}",
         caps.cpus.len(),
         cfg.tick,
         if g.dry_run { ", dry run" } else { "" }
@@ -182,7 +197,7 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
     let collector = Collector::new(
         layout,
         caps.cpus.clone(),
-        Box::new(source),
+        source,
         Box::new(MonotonicClock::new()),
     );
     let mut agent = Agent::new(cfg, caps, act, collector, Arc::clone(&shared));

@@ -84,6 +84,9 @@ pub struct StateView {
     /// Readings that failed since start, by kind.
     #[serde(default)]
     pub missing_readings: BTreeMap<String, u64>,
+    /// The workload source's state (Kubernetes: the watch, batch resources with their formula).
+    #[serde(default)]
+    pub source_health: tidal_source::SourceHealth,
 }
 
 /// The latest action that touched `group` or one of its ancestors (a confinement of the offline

@@ -1,0 +1,95 @@
+//! The kubelet's CPU manager state (`/var/lib/kubelet/cpu_manager_state`): its policy and the CPUs it
+//! gave exclusively to Guaranteed pods' containers, which never run offline work. Under the `static`
+//! policy the kubelet rewrites container cpusets whenever the shared pool changes, so tidal confines
+//! pods with a CPU-time cap there instead of cpusets.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tidal_model::CpuSet;
+
+/// Largest state file read (it is a few KiB even on big nodes).
+const MAX_STATE: u64 = 4 << 20;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuManager {
+    /// `none` or `static`.
+    pub policy: String,
+    /// CPUs assigned to single containers.
+    pub exclusive: CpuSet,
+}
+
+impl CpuManager {
+    pub fn is_static(&self) -> bool {
+        self.policy == "static"
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    policy_name: String,
+    #[serde(default)]
+    entries: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// Parses the state file's JSON; each entry's CPU list is checked.
+pub fn parse(text: &str) -> Result<CpuManager, String> {
+    let raw: Raw = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let mut exclusive = CpuSet::new();
+    for (pod, containers) in &raw.entries {
+        for (c, cpus) in containers {
+            let set: CpuSet = cpus.parse().map_err(|e| format!("entry {pod}/{c}: {e}"))?;
+            exclusive = CpuSet::from_ids(exclusive.iter().chain(set.iter()));
+        }
+    }
+    Ok(CpuManager {
+        policy: raw.policy_name,
+        exclusive,
+    })
+}
+
+/// Reads the state file; a missing file means no CPU manager state (policy `none`).
+pub fn read(path: &Path) -> Result<CpuManager, String> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CpuManager::default()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Ok(m) if m.len() > MAX_STATE => {
+            return Err(format!(
+                "{}: {} bytes is no CPU manager state",
+                path.display(),
+                m.len()
+            ))
+        }
+        Ok(_) => {}
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_policy_and_its_exclusive_cpus() {
+        let t = r#"{"policyName":"static","defaultCpuSet":"0-1,6-7","entries":{"pod-a":{"app":"2-3"},"pod-b":{"db":"4,5"}},"checksum":1}"#;
+        let m = parse(t).unwrap();
+        assert!(m.is_static());
+        assert_eq!(m.exclusive.to_string(), "2-5");
+        let none = parse(r#"{"policyName":"none","defaultCpuSet":"","checksum":1}"#).unwrap();
+        assert!(!none.is_static() && none.exclusive.is_empty());
+        assert!(parse(r#"{"policyName":"static","entries":{"p":{"c":"x"}}}"#).is_err());
+        assert!(read(Path::new("/nonexistent/cpu_manager_state"))
+            .unwrap()
+            .exclusive
+            .is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(t in "\\PC{0,200}") {
+            let _ = parse(&t);
+        }
+    }
+}

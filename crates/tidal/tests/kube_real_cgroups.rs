@@ -1,0 +1,344 @@
+//! Kubernetes mode on real cgroups: `tidal agent --source kubernetes` against a local server that
+//! speaks the Kubernetes API (recorded JSON), with a kubelet-like tree (tiers, pods, containers)
+//! built under the test root exactly as the kubelet lays it out, for both cgroup drivers. Offline
+//! pods get `cpu.idle=1` at the pod level and the tiers are never written; a static CPU manager's
+//! exclusive CPUs never run offline work; `restore` returns the pods' values. Also the kernel fact
+//! behind "never idle a tier": a group with `cpu.idle=1` rejects `cpu.shares`/`cpu.weight`.
+
+mod common;
+
+use common::{cgroups_usable, TestRoot};
+use serde_json::{json, Value};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+use tidal_kube::mock::MockApi;
+use tidal_model::{CpuSet, ForeignGroup, Knob, KnobValue, Target};
+
+const BE: &str = include_str!("../../kube/tests/data/pod-besteffort.json");
+const BURSTABLE: &str = include_str!("../../kube/tests/data/pod-burstable-probe.json");
+const NODE: &str = include_str!("../../kube/tests/data/node.json");
+
+const UID_A: &str = "8d3f2c9a-1b47-4e0e-a6a2-3c5d9e7f1a20";
+const UID_B: &str = "c41e7b2d-90aa-4c8f-b3d1-6e2f0a9b8c77";
+const CTR_A: &str = "4f1c0a9e8b7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928170615e4d3";
+const CTR_B: &str = "0b1c2d3e4f5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut r = ureq::get(&format!("http://{addr}{path}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .ok()?;
+    let code = r.status().as_u16();
+    Some((code, r.body_mut().read_to_string().ok()?))
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// The kubelet's tree for one driver, relative to the tidal test root: (tier groups, pod A's
+/// group, pod A's container, pod B's group).
+struct Tree {
+    base: String,
+    tiers: Vec<String>,
+    pod_a: String,
+    ctr_a: String,
+    pod_b: String,
+}
+
+fn tree(driver: &str) -> Tree {
+    let base = format!("k8s-{driver}");
+    let u = |s: &str| s.replace('-', "_");
+    match driver {
+        "cgroupfs" => Tree {
+            tiers: vec![
+                format!("{base}/kubepods"),
+                format!("{base}/kubepods/besteffort"),
+                format!("{base}/kubepods/burstable"),
+            ],
+            pod_a: format!("{base}/kubepods/besteffort/pod{UID_A}"),
+            ctr_a: format!("{base}/kubepods/besteffort/pod{UID_A}/{CTR_A}"),
+            pod_b: format!("{base}/kubepods/burstable/pod{UID_B}"),
+            base,
+        },
+        _ => Tree {
+            tiers: vec![
+                format!("{base}/kubepods.slice"),
+                format!("{base}/kubepods.slice/kubepods-besteffort.slice"),
+                format!("{base}/kubepods.slice/kubepods-burstable.slice"),
+            ],
+            pod_a: format!(
+                "{base}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+                u(UID_A)
+            ),
+            ctr_a: format!(
+                "{base}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{CTR_A}.scope",
+                u(UID_A)
+            ),
+            pod_b: format!(
+                "{base}/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+                u(UID_B)
+            ),
+            base,
+        },
+    }
+}
+
+/// The test root's path relative to the mount of the hierarchy that owns `cpu`.
+fn root_rel(t: &TestRoot) -> String {
+    let r = t.layout.primary().expect("a hierarchy");
+    r.root_dir
+        .strip_prefix(&r.hierarchy.mount)
+        .expect("root under its mount")
+        .display()
+        .to_string()
+}
+
+fn foreign(t: &TestRoot, group: &str) -> Target {
+    Target::Foreign(ForeignGroup::new(&format!("{}/{group}", root_rel(t))).unwrap())
+}
+
+fn read(t: &TestRoot, group: &str, knob: Knob) -> Option<KnobValue> {
+    t.layout.read_knob(&foreign(t, group), knob).ok()
+}
+
+fn pods() -> Vec<Value> {
+    let a: Value = serde_json::from_str(BE).unwrap();
+    let mut b: Value = serde_json::from_str(BURSTABLE).unwrap();
+    b["status"]["containerStatuses"][0]["containerID"] = json!(format!("containerd://{CTR_B}"));
+    vec![a, b]
+}
+
+fn start_agent(t: &TestRoot, api: &MockApi, cfg: &str, addr: &str) -> Child {
+    let kc = t.state.path().join("kubeconfig");
+    std::fs::write(&kc, api.kubeconfig()).unwrap();
+    let p = t.state.path().join("agent.yaml");
+    std::fs::write(&p, cfg).unwrap();
+    let log = std::fs::File::create(t.state.path().join("agent.log")).unwrap();
+    let child = t
+        .cmd()
+        .args(["agent", "--source", "kubernetes", "--config"])
+        .arg(&p)
+        .args(["--listen", addr])
+        .env("KUBECONFIG", &kc)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for("agent /healthz", 20, || {
+        get(addr, "/healthz").is_some_and(|(c, _)| c == 200)
+    });
+    child
+}
+
+fn stop(mut c: Child) {
+    // SAFETY: kill(2) on the agent this test started.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let _ = c.wait();
+}
+
+fn agent_log(t: &TestRoot) -> String {
+    std::fs::read_to_string(t.state.path().join("agent.log")).unwrap_or_default()
+}
+
+#[test]
+fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_left_alone() {
+    if !cgroups_usable(
+        "offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_left_alone",
+    ) {
+        return;
+    }
+    let caps = tidal_cgroupfs::detect_capabilities(&TestRoot::new("kprobe").layout);
+    for driver in ["cgroupfs", "systemd"] {
+        let t = TestRoot::new(&format!("kube-{driver}"));
+        let tr = tree(driver);
+        t.make_group(&tr.ctr_a);
+        t.make_group(&format!("{}/{}", tr.pod_a, "sandbox0"));
+        t.make_group(&format!("{}/cri-containerd-{CTR_B}.scope", tr.pod_b));
+        // The kubelet's own settings: BestEffort tier shares 2.
+        if caps.has(Knob::CpuWeight) {
+            t.write_knob(&tr.tiers[1], Knob::CpuWeight, KnobValue::Shares(2));
+        }
+        let api = MockApi::start(serde_json::from_str(NODE).unwrap()).unwrap();
+        api.with(|s| s.pods = pods());
+        let addr = free_addr();
+        let cfg = format!(
+            "tick: 100ms\nstats_interval: 200ms\nkubernetes:\n  node_name: node-1\n  kubelet_cgroup_root: /{}/{}\n  cpu_manager_state: {}\n",
+            root_rel(&t),
+            tr.base,
+            t.state.path().join("cpu_manager_state").display()
+        );
+        let agent = start_agent(&t, &api, &cfg, &addr);
+        if caps.has(Knob::CpuIdle) {
+            wait_for(
+                &format!("{driver}: cpu.idle on the offline pod"),
+                20,
+                || read(&t, &tr.pod_a, Knob::CpuIdle) == Some(KnobValue::Bool(true)),
+            );
+            // Koordinator's BE label, with liveness probes: offline too, idle too.
+            wait_for(&format!("{driver}: cpu.idle on pod B"), 20, || {
+                read(&t, &tr.pod_b, Knob::CpuIdle) == Some(KnobValue::Bool(true))
+            });
+            // Never on a tier: the kubelet can go on writing its shares there.
+            for tier in &tr.tiers {
+                assert_eq!(
+                    read(&t, tier, Knob::CpuIdle),
+                    Some(KnobValue::Bool(false)),
+                    "{driver}: tier {tier} made idle"
+                );
+            }
+            if caps.has(Knob::CpuWeight) {
+                t.write_knob(&tr.tiers[1], Knob::CpuWeight, KnobValue::Shares(2));
+            }
+            // The container itself is not idle: only the pod competes as idle.
+            assert_eq!(
+                read(&t, &tr.ctr_a, Knob::CpuIdle),
+                Some(KnobValue::Bool(false))
+            );
+        }
+        // /state shows both pods with their levels, as the agent sees them.
+        let (_, body) = get(&addr, "/state").expect("/state");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["source"], "kubernetes", "{body}");
+        let levels: Vec<(String, String)> = v["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (
+                    w["name"].as_str().unwrap_or("").to_string(),
+                    w["level"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        assert!(
+            levels.contains(&("batch/etl-28861234-x7k2p".into(), "offline".into())),
+            "{levels:?}"
+        );
+        assert!(
+            levels.contains(&("search/indexer-0".into(), "offline".into())),
+            "{levels:?}"
+        );
+        stop(agent);
+        assert!(agent_log(&t).contains("cgroup driver"), "{}", agent_log(&t));
+        // restore returns the pods' own values.
+        let out = t.tidal(&["restore"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if caps.has(Knob::CpuIdle) {
+            assert_eq!(
+                read(&t, &tr.pod_a, Knob::CpuIdle),
+                Some(KnobValue::Bool(false))
+            );
+        }
+        // Nothing in the kubelet's tree was created or removed by tidal.
+        assert!(t.dir("cpu", &tr.ctr_a).is_dir());
+        assert!(t.dir("cpu", &format!("{}/sandbox0", tr.pod_a)).is_dir());
+    }
+}
+
+#[test]
+fn an_idle_group_rejects_shares_so_tidal_never_idles_a_tier() {
+    if !cgroups_usable("an_idle_group_rejects_shares_so_tidal_never_idles_a_tier") {
+        return;
+    }
+    let t = TestRoot::new("einval");
+    let caps = tidal_cgroupfs::detect_capabilities(&t.layout);
+    if !caps.has(Knob::CpuIdle) || !caps.has(Knob::CpuWeight) {
+        println!("SKIP: this kernel has no cpu.idle");
+        return;
+    }
+    let tier = "k8s/kubepods/besteffort";
+    t.make_group(tier);
+    t.write_knob(tier, Knob::CpuIdle, KnobValue::Bool(true));
+    let (_, paths) = t
+        .layout
+        .knob_paths(&foreign(&t, tier), Knob::CpuWeight)
+        .unwrap();
+    let e = std::fs::write(&paths[0], "2").expect_err("an idle group rejects shares");
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+    t.write_knob(tier, Knob::CpuIdle, KnobValue::Bool(false));
+    std::fs::write(&paths[0], "2").expect("shares accepted once not idle");
+}
+
+#[test]
+fn exclusive_cpus_of_the_static_cpu_manager_never_run_offline_work() {
+    if !cgroups_usable("exclusive_cpus_of_the_static_cpu_manager_never_run_offline_work") {
+        return;
+    }
+    let mut t = TestRoot::new("excl");
+    let caps = tidal_cgroupfs::detect_capabilities(&t.layout);
+    let all = caps.cpus.clone();
+    if all.len() < 2 || !caps.has(Knob::CpusetCpus) {
+        println!("SKIP: needs 2 CPUs and cpusets");
+        return;
+    }
+    let excl = all.last_n(1);
+    let tr = tree("cgroupfs");
+    t.make_group(&tr.ctr_a);
+    let pod_cpus_before = read(&t, &tr.pod_a, Knob::CpusetCpus);
+    let state = t.state.path().join("cpu_manager_state");
+    std::fs::write(
+        &state,
+        json!({"policyName": "static", "defaultCpuSet": all.difference(&excl).to_string(),
+               "entries": {"0a0a0a0a-guaranteed": {"db": excl.to_string()}}, "checksum": 1})
+        .to_string(),
+    )
+    .unwrap();
+    let api = MockApi::start(serde_json::from_str(NODE).unwrap()).unwrap();
+    api.with(|s| s.pods = pods());
+    // Offline work outside Kubernetes on the same node.
+    t.spawn(&[
+        "run", "--qos", "offline", "--name", "w", "--", "sleep", "600",
+    ]);
+    let addr = free_addr();
+    let cfg = format!(
+        "tick: 100ms\nstats_interval: 200ms\nkubernetes:\n  node_name: node-1\n  kubelet_cgroup_root: /{}/{}\n  cpu_manager_state: {}\n",
+        root_rel(&t),
+        tr.base,
+        state.display()
+    );
+    let agent = start_agent(&t, &api, &cfg, &addr);
+    wait_for("offline confined to the shared pool", 20, || {
+        matches!(t.layout.read_knob(&Target::Tidal(tidal_model::QosLevel::offline_parent()), Knob::CpusetCpus),
+            Ok(KnobValue::Cpus(c)) if !c.is_empty() && c.intersection(&excl).is_empty())
+    });
+    let eff: CpuSet = t.effective_cpus("offline/offline/w");
+    assert!(
+        eff.intersection(&excl).is_empty(),
+        "offline work on exclusive CPU {excl}: {eff}"
+    );
+    // The kubelet owns pod cpusets under the static policy: tidal leaves them as they were.
+    assert_eq!(read(&t, &tr.pod_a, Knob::CpusetCpus), pod_cpus_before);
+    wait_for("/state to show the static policy", 10, || {
+        get(&addr, "/state")
+            .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+            .is_some_and(|v| v["source_health"]["report"]["kubelet"]["cpu_manager"] == "static")
+    });
+    stop(agent);
+    t.kill_children();
+    let out = t.tidal(&["restore"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
