@@ -132,6 +132,38 @@ impl RootLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Where the holder says it has released everything (its pid), for `tidal release`.
+    pub fn released_marker(lock: &Path) -> PathBuf {
+        lock.with_extension("released")
+    }
+
+    /// Marks this holder as released (offline work has everything back).
+    pub fn mark_released(&self) -> std::io::Result<()> {
+        std::fs::write(
+            Self::released_marker(&self.path),
+            format!("{}\n", std::process::id()),
+        )
+    }
+
+    /// Sends `sig` to the process holding the root's lock; its pid. Fails if no process holds it.
+    pub fn signal_holder(layout: &Layout, state_dir: &Path, sig: i32) -> Result<i32, ActError> {
+        let path = Self::path_for(layout, state_dir);
+        let pid = match Self::acquire(layout, state_dir) {
+            Ok(_free) => {
+                return Err(ActError::Root(format!(
+                    "no agent holds {} (nothing to release)",
+                    root_of(layout).display()
+                )))
+            }
+            Err(ActError::Locked { .. }) => holder_pid(&path).ok_or_else(|| {
+                ActError::Root(format!("the lock {} names no pid", path.display()))
+            })?,
+            Err(e) => return Err(e),
+        };
+        kernel::signal(pid, sig).map_err(|source| ActError::Signal { pid, source })?;
+        Ok(pid)
+    }
 }
 
 /// The pid written in a lock file by its holder.

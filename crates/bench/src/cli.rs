@@ -59,6 +59,12 @@ pub struct BenchArgs {
     /// Skip the 10% → 60% load-step scenario.
     #[arg(long)]
     pub no_step: bool,
+    /// Where the scenarios put their groups: `local` (tidal's tree: offline parent idle) or
+    /// `kubelet-tree` (the kubelet's tier/pod/container tree, with the kubelet's shares; `tidal` runs
+    /// the agent in pod mode against a stand-in apiserver on loopback, `tidal-static` is pod-level
+    /// idle alone). kubelet-tree runs alone, kubelet, tidal-static and tidal.
+    #[arg(long, value_enum, default_value = "local")]
+    pub layout: BenchLayout,
     /// Agent config for the `tidal` scenario (default: the agent's defaults).
     #[arg(long)]
     pub agent_config: Option<PathBuf>,
@@ -75,6 +81,13 @@ pub struct BenchArgs {
     /// Seed for arrivals and scenario order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchLayout {
+    Local,
+    KubeletTree,
 }
 
 #[derive(Subcommand, Debug)]

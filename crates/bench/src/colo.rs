@@ -28,6 +28,13 @@ pub enum Scenario {
 }
 
 impl Scenario {
+    /// What the kubelet-tree layout runs.
+    pub const KUBELET_TREE: [Scenario; 4] = [
+        Scenario::Alone,
+        Scenario::Kubelet,
+        Scenario::TidalStatic,
+        Scenario::Tidal,
+    ];
     pub const ALL: [Scenario; 6] = [
         Scenario::Alone,
         Scenario::NoIsolation,
@@ -97,6 +104,7 @@ pub struct Opts {
     pub agent_config: Option<PathBuf>,
     pub n_cpus: usize,
     pub seed: u64,
+    pub layout: crate::cli::BenchLayout,
 }
 
 impl Opts {
@@ -119,6 +127,7 @@ impl Opts {
             agent_config: a.agent_config.clone(),
             n_cpus,
             seed: a.seed,
+            layout: a.layout,
         }
     }
 }
@@ -134,6 +143,8 @@ struct Setup {
     groups: Vec<GroupPath>,
     /// The offline processes (an early exit means the antagonist failed).
     offline_pids: Vec<u32>,
+    /// The stand-in apiserver of a kubelet-tree `tidal` run.
+    api: Option<tidal_kube::mock::MockApi>,
 }
 
 fn wait_file(env: &BenchEnv, p: &std::path::Path, secs: u64) -> Result<String, String> {
@@ -246,8 +257,11 @@ fn setup(
         quota: None,
         groups: Vec::new(),
         offline_pids: Vec::new(),
+        api: None,
     };
-    if s.uses_tidal() {
+    if o.layout == crate::cli::BenchLayout::KubeletTree {
+        kubelet_tree(env, s, o, tag, &server, &offline, &mut st)?;
+    } else if s.uses_tidal() {
         st.groups.push(env.tidal_group());
         st.online_group = "tidal/online-critical/server".into();
         env.tidal_run("online-critical", "server", &server)?;
@@ -386,6 +400,153 @@ fn teardown(env: &mut BenchEnv, st: Setup) {
         q.stop();
     }
     env.end_scenario(&st.groups);
+    if let Some(api) = st.api {
+        api.stop();
+    }
+}
+
+const POD_ONLINE: &str = "0b0e0000-0000-4000-8000-00000000000a";
+const POD_OFFLINE: &str = "0b0e0000-0000-4000-8000-00000000000b";
+const CTR_ONLINE: &str = "c0";
+const CTR_OFFLINE: &str = "c1";
+
+/// A pod as the apiserver shows it, enough for tidal's pod source.
+fn pod_json(uid: &str, name: &str, qos: &str, ctr: &str, offline: bool) -> serde_json::Value {
+    let mut annotations = serde_json::Map::new();
+    if offline {
+        annotations.insert("tidal.io/qos-level".into(), "offline".into());
+    }
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "bench", "uid": uid, "annotations": annotations,
+                     "resourceVersion": "1"},
+        "spec": {"nodeName": "bench-node", "containers": [{"name": "main", "image": "bench"}]},
+        "status": {"phase": "Running", "qosClass": qos,
+                   "containerStatuses": [{"name": "main", "containerID": format!("containerd://{ctr}"),
+                                          "image": "bench", "imageID": "", "ready": true, "restartCount": 0}]}
+    })
+}
+
+/// The kubelet's tree (cgroupfs driver) in the scenario's group: the online server in a Burstable
+/// pod with the shares its request gives, offline work in a BestEffort pod under the BestEffort tier
+/// (shares 2). `tidal-static` adds what tidal's static settings give pods (pod-level idle); `tidal`
+/// runs the agent in pod mode against a stand-in apiserver on loopback.
+fn kubelet_tree(
+    env: &mut BenchEnv,
+    s: Scenario,
+    o: &Opts,
+    tag: &str,
+    server: &[String],
+    offline: &[Vec<String>],
+    st: &mut Setup,
+) -> Result<(), String> {
+    let req = ((0.3 * o.n_cpus as f64 * 1024.0) as u64).max(2);
+    let shares = |v: u64| vec![(Knob::CpuWeight, KnobValue::Shares(v))];
+    let base = format!("{tag}/kubepods");
+    st.groups
+        .push(GroupPath::new(tag).map_err(|e| e.to_string())?);
+    env.group(tag, &[])?;
+    env.group(&base, &[])?;
+    env.group(&format!("{base}/burstable"), &shares(req))?;
+    let pod_on = format!("{base}/burstable/pod{POD_ONLINE}");
+    env.group(&pod_on, &shares(req))?;
+    let ctr_on = format!("{pod_on}/{CTR_ONLINE}");
+    let og = env.group(&ctr_on, &shares(req))?;
+    spawn_in(env, &og, server)?;
+    st.online_group = ctr_on;
+    if offline.is_empty() {
+        return Ok(());
+    }
+    env.group(&format!("{base}/besteffort"), &shares(2))?;
+    let pod_off = format!("{base}/besteffort/pod{POD_OFFLINE}");
+    let mut pod_knobs = shares(2);
+    if s == Scenario::TidalStatic {
+        // After the shares: the kernel refuses shares on an idle group.
+        pod_knobs.push((Knob::CpuIdle, KnobValue::Bool(true)));
+    }
+    env.group(&pod_off, &pod_knobs)?;
+    let g = env.group(&format!("{pod_off}/{CTR_OFFLINE}"), &shares(2))?;
+    for argv in offline {
+        let pid = spawn_in(env, &g, argv)?;
+        st.offline_pids.push(pid);
+    }
+    st.offline_group = Some(pod_off);
+    if s == Scenario::Tidal {
+        let api = tidal_kube::mock::MockApi::start(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": "bench-node"},
+            "status": {"capacity": {"cpu": o.n_cpus.to_string(), "memory": "1Gi"},
+                       "allocatable": {"cpu": o.n_cpus.to_string(), "memory": "1Gi"}}
+        }))
+        .map_err(|e| format!("stand-in apiserver: {e}"))?;
+        api.with(|x| {
+            x.pods = vec![
+                pod_json(POD_ONLINE, "online", "Burstable", CTR_ONLINE, false),
+                pod_json(POD_OFFLINE, "offline", "BestEffort", CTR_OFFLINE, true),
+            ]
+        });
+        let dir = env.work_dir().join(tag);
+        let kc = dir.join("kubeconfig");
+        std::fs::write(&kc, api.kubeconfig()).map_err(|e| format!("{}: {e}", kc.display()))?;
+        let root = env
+            .layout
+            .primary()
+            .and_then(|r| {
+                r.root_dir
+                    .strip_prefix(&r.hierarchy.mount)
+                    .ok()
+                    .map(|p| p.display().to_string())
+            })
+            .ok_or("the sandbox has no cpu hierarchy")?;
+        let mut cfg = match &o.agent_config {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            None => String::new(),
+        };
+        if cfg.contains("kubernetes:") {
+            return Err("--agent-config must not set kubernetes: in the kubelet-tree layout (the bench sets it)".into());
+        }
+        cfg.push_str(&format!(
+            "\nkubernetes:\n  node_name: bench-node\n  kubelet_cgroup_root: /{root}/{tag}\n  cgroup_driver: cgroupfs\n  cpu_manager_state: {}\n  events: false\n",
+            dir.join("no-cpu-manager-state").display()
+        ));
+        let cfg_path = dir.join("agent.yaml");
+        std::fs::write(&cfg_path, cfg).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .to_string();
+        let mut c = env.tidal_cmd();
+        c.args([
+            "agent",
+            "--source",
+            "kubernetes",
+            "--listen",
+            &addr,
+            "--config",
+        ])
+        .arg(&cfg_path)
+        .env("KUBECONFIG", &kc)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stderr(std::process::Stdio::null());
+        env.spawn(c)?;
+        st.api = Some(api);
+        super::env::wait_healthz(&addr, &env.stop)?;
+        // Measure only once the agent has the pod in hand (its first settings are written).
+        let pod = Target::Tidal(
+            GroupPath::new(&format!("{base}/besteffort/pod{POD_OFFLINE}"))
+                .map_err(|e| e.to_string())?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !matches!(
+            env.layout.read_knob(&pod, Knob::CpuIdle),
+            Ok(KnobValue::Bool(true))
+        ) {
+            if Instant::now() > deadline || env.interrupted() {
+                return Err("the agent did not take the offline pod within 15 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
 }
 
 /// Fails the run if an offline process ended before the measurement did: the antagonist failed.
@@ -501,6 +662,8 @@ struct Mark {
     online_ns: Option<u64>,
     node_ns: Option<u64>,
     at: Option<Instant>,
+    /// When the window should have opened (first edge only).
+    opened: Option<Instant>,
 }
 
 /// Per-second rate of a counter between two marks (None if either edge is missing or it went back).
@@ -577,6 +740,7 @@ fn measure(
             online_ns: read(&mut on_r),
             node_ns: read(&mut node_r),
             at: Some(Instant::now()),
+            opened: None,
         }
     };
     let mut marker = None;
@@ -598,7 +762,8 @@ fn measure(
                     }
                 };
                 until(w);
-                let a = mark_now();
+                let mut a = mark_now();
+                a.opened = Some(start + Duration::from_secs_f64(w));
                 until(w + d);
                 let b = mark_now();
                 if let Ok(mut m) = m2.lock() {
@@ -623,8 +788,15 @@ fn measure(
         _ => return Err("the measurement window was not marked".into()),
     };
     if dt < 0.5 * o.duration_s {
+        let late = match (a.at, a.opened) {
+            (Some(x), Some(s)) => format!(
+                "; the first edge came {:.0} ms after the window opened",
+                x.saturating_duration_since(s).as_secs_f64() * 1000.0
+            ),
+            _ => String::new(),
+        };
         return Err(format!(
-            "{WINDOW_MISSED}: its edges were {:.0} ms apart, not {:.0} ms",
+            "{WINDOW_MISSED}: its edges were {:.0} ms apart, not {:.0} ms{late}",
             dt * 1000.0,
             o.duration_s * 1000.0
         ));

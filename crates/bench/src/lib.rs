@@ -16,6 +16,7 @@ pub mod worker;
 
 pub use cli::{BenchArgs, BenchCommand, BenchGlobal, WorkerArgs};
 
+use cli::BenchLayout;
 use colo::{Opts, Scenario};
 use env::BenchEnv;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -125,8 +126,21 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
             }
             v
         }
+        None if a.layout == BenchLayout::KubeletTree => Scenario::KUBELET_TREE.to_vec(),
         None => Scenario::ALL.to_vec(),
     };
+    if a.layout == BenchLayout::KubeletTree {
+        if let Some(s) = scenarios
+            .iter()
+            .find(|s| !Scenario::KUBELET_TREE.contains(s))
+        {
+            return fail(format!(
+                "scenario '{}' has no kubelet-tree form; that layout runs: {}",
+                s.name(),
+                Scenario::KUBELET_TREE.map(|s| s.name()).join(", ")
+            ));
+        }
+    }
     let pm_qos = if a.no_pm_qos { None } else { hold_pm_qos() };
     let mut env = match BenchEnv::new("colo", g, Arc::clone(&stop)) {
         Ok(e) => e,
@@ -138,6 +152,7 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
     let steps: Vec<Scenario> = if a.no_step {
         Vec::new()
     } else {
+        // The step runs where the scenario list has them (kubelet-tree has no quota-suppress).
         [Scenario::Kubelet, Scenario::QuotaSuppress, Scenario::Tidal]
             .into_iter()
             .filter(|s| scenarios.contains(s))
@@ -210,6 +225,10 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
     let goals = report::goals(&summaries, &step_results, &runs);
     let rep = report::Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        layout: match a.layout {
+            BenchLayout::Local => "local".into(),
+            BenchLayout::KubeletTree => "kubelet-tree".into(),
+        },
         machine: machine(&env),
         rate_per_s: o.rate,
         work_us: o.work_us,

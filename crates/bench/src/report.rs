@@ -172,6 +172,8 @@ pub struct Machine {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub command: String,
+    /// Where the scenarios' groups were: tidal's tree, or the kubelet's.
+    pub layout: String,
     pub machine: Machine,
     pub rate_per_s: f64,
     pub work_us: u64,
@@ -372,9 +374,21 @@ fn num(v: Option<Interval>, digits: usize) -> String {
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "## tidal bench: {} CPUs, {} ({}), kernel {}, {} cgroups\n\n",
-        r.machine.cpus, r.machine.cpu_model, r.command, r.machine.kernel, r.machine.cgroup_mode
+        "## tidal bench: {} CPUs, {} ({}), kernel {}, {} cgroups, {} layout\n\n",
+        r.machine.cpus,
+        r.machine.cpu_model,
+        r.command,
+        r.machine.kernel,
+        r.machine.cgroup_mode,
+        r.layout
     ));
+    if r.layout == "kubelet-tree" {
+        s.push_str(
+            "Layout kubelet-tree: the kubelet's tiers and pods (online in a Burstable pod with its request's shares, \
+             offline in a BestEffort pod under the shares-2 tier); tidal-static is pod-level idle alone, tidal is the agent \
+             in pod mode.\n\n",
+        );
+    }
     s.push_str(&format!(
         "Online: {:.0} req/s (open loop), ~{} µs of CPU each (measured {:.0} µs), {:.0}% of the machine. \
          Offline: {}. {} interleaved round(s) of {:.1} s (+{:.1} s warm-up) per scenario, order shuffled per round. \
@@ -594,6 +608,7 @@ mod tests {
         }];
         let goals = goals(&scenarios, &step, &runs);
         Report {
+            layout: "local".into(),
             command: "tidal bench".into(),
             machine: Machine {
                 cpus: 2,

@@ -1,4 +1,5 @@
-//! A local HTTP server that speaks enough of the Kubernetes API for tests, from recorded
+//! A local HTTP server that speaks enough of the Kubernetes API for tests (and the benchmark's
+//! kubelet-tree layout, where it stands in for the apiserver on loopback), from recorded
 //! real-format JSON: pod list and watch (ADDED/MODIFIED/DELETED/BOOKMARK events, `410 Gone`, a
 //! dropped connection), the Node, its status patch, the Eviction API (with a PodDisruptionBudget's
 //! 429) and events. The real `kube` client talks to it over plain HTTP on loopback. Every request
@@ -50,6 +51,7 @@ pub struct Script {
 pub struct MockApi {
     pub addr: SocketAddr,
     pub script: Arc<Mutex<Script>>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn lock(s: &Mutex<Script>) -> std::sync::MutexGuard<'_, Script> {
@@ -79,15 +81,31 @@ impl MockApi {
             ..Script::default()
         }));
         let s = Arc::clone(&script);
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = Arc::clone(&stopped);
         std::thread::spawn(move || {
             for c in l.incoming().flatten() {
+                if st.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
                 let s = Arc::clone(&s);
                 std::thread::spawn(move || {
                     let _ = serve(c, &s);
                 });
             }
         });
-        Ok(MockApi { addr, script })
+        Ok(MockApi {
+            addr,
+            script,
+            stopped,
+        })
+    }
+
+    /// Stops accepting connections (the listener closes).
+    pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
     }
 
     pub fn url(&self) -> String {

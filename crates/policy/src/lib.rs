@@ -4,10 +4,9 @@
 
 pub mod agent;
 pub mod config;
-pub mod kubernetes;
 pub mod levels;
 
 pub use agent::{decide, release_plan, settle, Decision, PolicyState};
+pub use config::kubernetes::{self, KubernetesConfig};
 pub use config::{Config, ConfigError, Millis, PsiLine, Suppression};
-pub use kubernetes::KubernetesConfig;
 pub use levels::{level_plan, workload_limits, Limits};

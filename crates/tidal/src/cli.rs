@@ -80,6 +80,9 @@ pub enum Command {
     Agent(AgentArgs),
     /// Show the running agent's view of every workload.
     Status(StatusArgs),
+    /// Ask the running agent to give offline work every CPU back, thaw it and lift its caps, then
+    /// stay paused until it is stopped (a DaemonSet's preStop hook; SIGUSR1 does the same).
+    Release(ReleaseArgs),
     /// Co-location benchmark (and the agent's own benchmarks: `bench reaction`, `bench agent-cost`).
     Bench(Box<tidal_bench::BenchArgs>),
     /// Built-in workloads used by `tidal bench` (online server, offline antagonists).
@@ -118,6 +121,17 @@ pub struct StatusArgs {
     /// The agent's HTTP address.
     #[arg(long, default_value = "127.0.0.1:9477")]
     pub listen: String,
+    /// Only ask `/healthz`: print its answer, exit 0 if the agent is healthy, 1 if not (for exec
+    /// probes: the agent listens on loopback, which the kubelet cannot reach over the pod IP).
+    #[arg(long)]
+    pub healthz: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReleaseArgs {
+    /// How long to wait for the agent to confirm, in seconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub wait: u64,
 }
 
 #[derive(Args, Debug)]
@@ -214,6 +228,9 @@ pub struct DoctorArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// The agent's config, for where the kubelet's tree and CPU manager state are.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -6,7 +6,9 @@ use serde::Serialize;
 use std::path::Path;
 use tidal_cgroupfs::caps::{controller_reach, kernel_release, knob_supported, Reach};
 use tidal_cgroupfs::{detect_capabilities, Layout, Version};
-use tidal_model::Knob;
+use tidal_kube::{cpu_manager, paths, paths::Driver};
+use tidal_model::{Knob, KnobValue, QosClass, Target};
+use tidal_policy::kubernetes::{DriverSetting, KubernetesConfig};
 
 #[derive(Debug, Serialize)]
 pub struct Row {
@@ -71,19 +73,77 @@ fn mounted(fstype: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn kubelet_driver(layout: &Layout) -> Option<&'static str> {
-    let cpu = layout.owner("cpu").map(|r| r.hierarchy.mount.clone())?;
-    // On v1 and hybrid hosts the kubelet's tree is under the cpu mount; on v2 under the one mount.
-    if cpu.join("kubepods.slice").is_dir() {
-        Some("systemd")
-    } else if cpu.join("kubepods").is_dir() {
-        Some("cgroupfs")
-    } else {
-        None
-    }
+/// The kubelet's facts on this node, as pod mode would find them.
+fn kubelet_rows(layout: &Layout, k: &KubernetesConfig, out: &mut Vec<Row>) {
+    let root = k.kubelet_cgroup_root.clone();
+    let driver = match k.cgroup_driver {
+        DriverSetting::Systemd => Some(Driver::Systemd),
+        DriverSetting::Cgroupfs => Some(Driver::Cgroupfs),
+        DriverSetting::Auto => layout
+            .roots
+            .iter()
+            .find_map(|r| paths::detect_driver(&r.hierarchy.mount, &root)),
+    };
+    out.push(row(
+        "kubelet cgroup driver",
+        driver.is_some(),
+        match driver {
+            Some(d) => format!(
+                "{d:?} ({}), under {root}",
+                if k.cgroup_driver == DriverSetting::Auto {
+                    "detected"
+                } else {
+                    "configured"
+                }
+            )
+            .to_lowercase(),
+            None => format!("no kubepods tree under {root}"),
+        },
+        "local mode only (no Kubernetes pods on this node)",
+    ));
+    let Some(d) = driver else {
+        return;
+    };
+    let state = std::path::PathBuf::from(&k.cpu_manager_state);
+    let (ok, detail) = match cpu_manager::read(&state) {
+        Ok(m) if m.is_static() => (
+            true,
+            format!(
+                "static: the kubelet owns container cpusets, so offline pods are confined by a CPU-time cap (cpu.max), not cpusets; exclusive CPUs [{}] never run offline work",
+                m.exclusive
+            ),
+        ),
+        Ok(m) if state.exists() => (true, format!("{}: offline pods are confined by cpusets", m.policy)),
+        Ok(_) => (true, format!("no state file at {} (policy none assumed): cpusets", state.display())),
+        Err(e) => (false, e),
+    };
+    out.push(row(
+        "kubelet CPU manager",
+        ok,
+        detail,
+        "policy none assumed: offline pods confined by cpusets",
+    ));
+    let tier_idle = paths::tier_group(&root, d, QosClass::BestEffort)
+        .ok()
+        .is_some_and(|t| {
+            matches!(
+                layout.read_knob(&Target::Foreign(t), Knob::CpuIdle),
+                Ok(KnobValue::Bool(true))
+            )
+        });
+    out.push(row(
+        "besteffort tier idle (kubelet)",
+        tier_idle,
+        if tier_idle {
+            "the kubelet set cpu.idle=1 on the BestEffort tier: tidal relies on it"
+        } else {
+            "not set: tidal sets cpu.idle=1 on each offline pod group (never on a tier)"
+        },
+        "",
+    ));
 }
 
-pub fn rows(layout: &Layout) -> Vec<Row> {
+pub fn rows(layout: &Layout, k: &KubernetesConfig) -> Vec<Row> {
     let caps = detect_capabilities(layout);
     let mut out = Vec::new();
     out.push(row(
@@ -288,12 +348,7 @@ pub fn rows(layout: &Layout) -> Vec<Row> {
         "/sys/kernel/tracing",
         "mount it: mount -t tracefs nodev /sys/kernel/tracing",
     ));
-    out.push(row(
-        "kubelet cgroup driver",
-        kubelet_driver(layout).is_some(),
-        kubelet_driver(layout).unwrap_or("no kubepods tree"),
-        "local mode only (no Kubernetes pods on this node)",
-    ));
+    kubelet_rows(layout, k, &mut out);
     out.push(row(
         "online CPUs",
         true,
@@ -308,7 +363,16 @@ pub fn main(g: &Global, a: &DoctorArgs) -> i32 {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
-    let rows = rows(&layout);
+    let cfg = match crate::agent::load_config(a.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("tidal: {line}");
+            }
+            return crate::exit::USAGE;
+        }
+    };
+    let rows = rows(&layout, &cfg.kubernetes);
     if a.json {
         match serde_json::to_string_pretty(&rows) {
             Ok(s) => println!("{s}"),

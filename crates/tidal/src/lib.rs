@@ -7,6 +7,7 @@ pub mod apply;
 pub mod cli;
 pub mod doctor;
 pub mod exit;
+pub mod release;
 pub mod restore_cmd;
 pub mod run;
 pub mod status;
@@ -25,6 +26,7 @@ pub fn run() -> i32 {
         Command::Apply(a) => apply::main(&cli.global, a),
         Command::Agent(a) => agent::main(&cli.global, a),
         Command::Status(a) => status::main(&cli.global, a),
+        Command::Release(a) => release::main(&cli.global, a),
         Command::Bench(a) => tidal_bench::main(&cli.global.bench(), a),
         Command::Worker(a) => tidal_bench::run_worker(a),
     }

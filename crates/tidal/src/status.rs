@@ -59,6 +59,43 @@ pub fn render(state: &StateView) -> String {
             .collect();
         out.push_str(&format!("missing readings: {}\n", m.join(", ")));
     }
+    if state.source != "local" {
+        let h = &state.source_health;
+        out.push_str(&format!(
+            "source {}: {}\n",
+            state.source,
+            match (&h.detail, h.degraded) {
+                (Some(d), _) => d.clone(),
+                (None, true) => "degraded".into(),
+                (None, false) => "ok".into(),
+            }
+        ));
+        let r = &h.report;
+        if let Some(k) = r.get("kubelet").filter(|k| !k.is_null()) {
+            let policy = k["cpu_manager"].as_str().unwrap_or("unknown");
+            out.push_str(&format!(
+                "kubelet: cgroup driver {}, CPU manager {policy}{}\n",
+                r["driver"].as_str().unwrap_or("unknown"),
+                if policy == "static" {
+                    " (pods are confined by a CPU-time cap, not cpusets; exclusive CPUs never run offline work)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if let Some(f) = r["batch"]["formula"].as_str().filter(|f| !f.is_empty()) {
+            out.push_str(&format!("batch resources: {f}\n"));
+        }
+        let published = |k: &str| h.gauges.get(k).map(|v| format!("{v:.0}"));
+        if let (Some(c), Some(m)) = (
+            published("batch_cpu_milli"),
+            published("batch_memory_bytes"),
+        ) {
+            out.push_str(&format!(
+                "published: kubernetes.io/batch-cpu={c} kubernetes.io/batch-memory={m}\n"
+            ));
+        }
+    }
     let rows: Vec<[String; 8]> = state
         .workloads
         .iter()
@@ -78,7 +115,11 @@ pub fn render(state: &StateView) -> String {
                     .map_or("all".to_string(), |c| c.to_string())
             };
             [
-                w.snap.group.to_string(),
+                if w.snap.pod.is_some() {
+                    format!("pod {}", w.snap.name)
+                } else {
+                    w.snap.group.to_string()
+                },
                 w.snap.level.to_string(),
                 pct(w.snap.cpu_usage_cpus),
                 mib(w.snap.memory_bytes),
@@ -128,7 +169,39 @@ pub fn render(state: &StateView) -> String {
     out
 }
 
+fn healthz(addr: &str) -> i32 {
+    let url = format!("http://{addr}/healthz");
+    match ureq::get(&url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+    {
+        Ok(mut r) => {
+            let ok = r.status().is_success();
+            let body = r
+                .body_mut()
+                .with_config()
+                .limit(1 << 16)
+                .read_to_string()
+                .unwrap_or_default();
+            print!("{body}");
+            if ok {
+                0
+            } else {
+                crate::exit::FAILURE
+            }
+        }
+        Err(e) => failed(format!(
+            "cannot reach the agent at {url}: {e} (is `tidal agent` running?)"
+        )),
+    }
+}
+
 pub fn main(_g: &Global, a: &StatusArgs) -> i32 {
+    if a.healthz {
+        return healthz(&a.listen);
+    }
     let body = match fetch(&a.listen) {
         Ok(b) => b,
         Err(e) => return failed(e),

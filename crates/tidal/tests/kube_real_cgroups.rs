@@ -317,10 +317,17 @@ fn exclusive_cpus_of_the_static_cpu_manager_never_run_offline_work() {
         state.display()
     );
     let agent = start_agent(&t, &api, &cfg, &addr);
-    wait_for("offline confined to the shared pool", 20, || {
-        matches!(t.layout.read_knob(&Target::Tidal(tidal_model::QosLevel::offline_parent()), Knob::CpusetCpus),
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(t.layout.read_knob(&Target::Tidal(tidal_model::QosLevel::offline_parent()), Knob::CpusetCpus),
             Ok(KnobValue::Cpus(c)) if !c.is_empty() && c.intersection(&excl).is_empty())
-    });
+    {
+        assert!(
+            Instant::now() < deadline,
+            "offline never confined to the shared pool; agent log:\n{}",
+            agent_log(&t)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let eff: CpuSet = t.effective_cpus("offline/offline/w");
     assert!(
         eff.intersection(&excl).is_empty(),

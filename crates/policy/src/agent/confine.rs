@@ -184,7 +184,8 @@ pub fn apply(
     }
     let starved = target == 0;
     let cpus_target = pool.last_n(target.max(1) as usize);
-    let old = st.offline_cpus.clone().unwrap_or_else(|| pool.clone());
+    // A new offline group starts with every CPU (not the pool, which may lack exclusive CPUs).
+    let old = st.offline_cpus.clone().unwrap_or_else(|| snap.cpus.clone());
     let reason = if why.is_empty() {
         format!("offline keeps CPUs [{cpus_target}]")
     } else {

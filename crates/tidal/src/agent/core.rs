@@ -371,6 +371,34 @@ impl Agent {
         }
     }
 
+    /// Gives offline work every CPU back, thawed and uncapped; how many writes failed. The agent
+    /// then only keeps its health fresh ([`Agent::pause`]) until it is stopped.
+    pub fn release(&mut self) -> usize {
+        info!("releasing: offline work gets every CPU back, thawed and uncapped; paused until stopped");
+        self.collector.update(&mut self.snap, 0, true);
+        let mut failed = 0;
+        for ap in self.act.apply(&release_plan(
+            &self.snap,
+            &self.cfg,
+            &self.caps,
+            &self.state,
+        )) {
+            if let Err(e) = ap.result {
+                failed += 1;
+                error!("{}: {e}", ap.action);
+            }
+        }
+        failed
+    }
+
+    /// Keeps `/healthz` fresh while released (nothing is measured or written).
+    pub fn pause(&self) {
+        self.shared.last_tick_ms.store(
+            self.shared.started.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
     /// Gives offline work every CPU back and thaws it; the exit code (1 if a write failed).
     pub fn shutdown(&mut self) -> i32 {
         info!("stopping: giving offline work its CPUs back");

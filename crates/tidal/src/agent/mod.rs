@@ -1,6 +1,7 @@
 //! `tidal agent`: the driver. It wires an [`Agent`] to the clock (a tick every `tick`, a
 //! light sample every `sample_interval` that can bring a tick forward), to signals (SIGTERM/SIGINT
-//! give offline work its CPUs back and exit; SIGHUP reloads the config) and to the HTTP server
+//! give offline work its CPUs back and exit; SIGHUP reloads the config; SIGUSR1, as `tidal release`
+//! sends it, gives everything back and pauses until stopped) and to the HTTP server
 //! (`/metrics`, `/healthz`, `/state`). It holds the root's lock for its whole life, so a second agent
 //! on the same root refuses to start and `restore` waits for it.
 
@@ -108,7 +109,7 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         return print_lines(&lines.join("\n"));
     }
     let state_dir = g.state_dir();
-    let _lock = match RootLock::acquire(&layout, &state_dir) {
+    let lock = match RootLock::acquire(&layout, &state_dir) {
         Ok(l) => l,
         Err(e) => return exit::act(&e),
     };
@@ -130,10 +131,12 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
 
     let term = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
+    let usr1 = Arc::new(AtomicBool::new(false));
     for (sig, flag) in [
         (signal_hook::consts::SIGTERM, &term),
         (signal_hook::consts::SIGINT, &term),
         (signal_hook::consts::SIGHUP, &hup),
+        (signal_hook::consts::SIGUSR1, &usr1),
     ] {
         if let Err(e) = signal_hook::flag::register(sig, Arc::clone(flag)) {
             return fail(format!("cannot handle signal {sig}: {e}"));
@@ -202,7 +205,22 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
     );
     let mut agent = Agent::new(cfg, caps, act, collector, Arc::clone(&shared));
     let mut next_tick = Instant::now();
+    let mut released = false;
     while !term.load(Ordering::Relaxed) {
+        if usr1.swap(false, Ordering::Relaxed) && !released {
+            let failed = agent.release();
+            released = true;
+            if failed > 0 {
+                error!("release: {failed} write(s) failed; not confirming");
+            } else if let Err(e) = lock.mark_released() {
+                error!("release done, but cannot say so: {e}");
+            }
+        }
+        if released {
+            agent.pause();
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
         if hup.swap(false, Ordering::Relaxed) {
             match load_config(a.config.as_deref()) {
                 Ok(new) => agent.reload(new),

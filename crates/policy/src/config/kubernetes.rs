@@ -2,7 +2,7 @@
 //! how batch resources are computed and published, and how pods are evicted. Plain data, validated
 //! here like the rest of the config; the pod source (crate `tidal-kube`) reads it.
 
-use crate::config::{ConfigError, Millis};
+use super::{ConfigError, Millis};
 use serde::{Deserialize, Serialize};
 use tidal_model::{ForeignGroup, QosLevel};
 

@@ -1,6 +1,8 @@
 //! The agent's configuration: YAML with documented defaults, parsed and validated without IO. Every
 //! validation error names the field and the reason; unknown fields are errors (typos must not pass).
 
+pub mod kubernetes;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -193,7 +195,7 @@ pub struct Config {
     pub memory: MemoryConfig,
     pub cleanup: CleanupConfig,
     /// Pod mode (`tidal agent --source kubernetes`).
-    pub kubernetes: crate::kubernetes::KubernetesConfig,
+    pub kubernetes: kubernetes::KubernetesConfig,
 }
 
 impl Default for Config {
@@ -208,7 +210,7 @@ impl Default for Config {
             interference: InterferenceConfig::default(),
             memory: MemoryConfig::default(),
             cleanup: CleanupConfig::default(),
-            kubernetes: crate::kubernetes::KubernetesConfig::default(),
+            kubernetes: kubernetes::KubernetesConfig::default(),
         }
     }
 }
@@ -520,7 +522,7 @@ mod tests {
     #[test]
     fn empty_and_example_files_give_valid_configs() {
         assert_eq!(Config::from_yaml("").unwrap(), Config::default());
-        let ex = include_str!("../../../examples/tidal.yaml");
+        let ex = include_str!("../../../../examples/tidal.yaml");
         let c = Config::from_yaml(ex).unwrap();
         // The example documents the defaults: they must agree.
         assert_eq!(c, Config::default());
