@@ -68,6 +68,13 @@ pub struct BenchArgs {
     /// Agent config for the `tidal` scenario (default: the agent's defaults).
     #[arg(long)]
     pub agent_config: Option<PathBuf>,
+    /// The `tidal` scenario gives the agent a latency objective on the server's own histogram
+    /// (`/metrics`): p99 ≤ the alone p99 measured at the calibrated rate × this factor.
+    #[arg(long, default_value_t = 1.25, allow_negative_numbers = true)]
+    pub slo_factor: f64,
+    /// Give the agent no latency objective (pressure rules only).
+    #[arg(long)]
+    pub no_slo: bool,
     /// Write the full report as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -202,6 +209,12 @@ impl BenchArgs {
         };
         if let Some(r) = self.rounds {
             push(count("--rounds", r, 1, 100));
+        }
+        if !(self.slo_factor.is_finite() && (1.0..=10.0).contains(&self.slo_factor)) {
+            push(Err(format!(
+                "--slo-factor must be between 1 and 10 (got {})",
+                self.slo_factor
+            )));
         }
         if let Some(d) = self.duration {
             push(seconds("--duration", d, false));

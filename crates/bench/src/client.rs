@@ -6,26 +6,8 @@ use super::loadgen::{self, Arrivals, LoadResult, Schedule, Window};
 use crate::cli::WorkerArgs;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, Instant};
 
-/// CLOCK_MONOTONIC in ns: the clock `Instant` uses, comparable across processes.
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The `Instant` of a CLOCK_MONOTONIC reading taken in another process.
-pub fn instant_of(mono: u64) -> Instant {
-    let (now_i, now_m) = (Instant::now(), mono_ns());
-    now_i
-        .checked_sub(Duration::from_nanos(now_m.saturating_sub(mono)))
-        .unwrap_or(now_i)
-}
+pub use crate::mono::{instant_of, mono_ns};
 
 #[derive(Serialize, Deserialize)]
 struct Output {

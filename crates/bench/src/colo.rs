@@ -105,6 +105,10 @@ pub struct Opts {
     pub n_cpus: usize,
     pub seed: u64,
     pub layout: crate::cli::BenchLayout,
+    /// The `tidal` scenario's latency objective: alone p99 × this (None: no objective).
+    pub slo_factor: Option<f64>,
+    /// The objective's target once measured (seconds).
+    pub slo_target_s: Option<f64>,
 }
 
 impl Opts {
@@ -128,6 +132,8 @@ impl Opts {
             n_cpus,
             seed: a.seed,
             layout: a.layout,
+            slo_factor: (!a.no_slo).then_some(a.slo_factor),
+            slo_target_s: None,
         }
     }
 }
@@ -145,6 +151,8 @@ struct Setup {
     offline_pids: Vec<u32>,
     /// The stand-in apiserver of a kubelet-tree `tidal` run.
     api: Option<tidal_kube::mock::MockApi>,
+    /// The server's `/metrics` port.
+    metrics_port: Option<u16>,
 }
 
 fn wait_file(env: &BenchEnv, p: &std::path::Path, secs: u64) -> Result<String, String> {
@@ -258,6 +266,7 @@ fn setup(
         groups: Vec::new(),
         offline_pids: Vec::new(),
         api: None,
+        metrics_port: None,
     };
     if o.layout == crate::cli::BenchLayout::KubeletTree {
         kubelet_tree(env, s, o, tag, &server, &offline, &mut st)?;
@@ -273,15 +282,24 @@ fn setup(
             st.offline_group = Some("tidal/offline".into());
         }
         if s == Scenario::Tidal {
+            read_ports(env, &ready, &mut st)?;
             let addr = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map_err(|e| format!("no free port: {e}"))?
                 .to_string();
-            let mut c = env.tidal_cmd();
-            c.arg("agent").args(["--listen", &addr]);
-            if let Some(cfg) = &o.agent_config {
-                c.arg("--config").arg(cfg);
+            let mut cfg = agent_config(o)?;
+            if let (Some(t), Some(mp)) = (o.slo_target_s, st.metrics_port) {
+                cfg.push_str(&format!(
+                    "\nslo:\n  objectives:\n    - workload: online-critical/server\n      url: http://127.0.0.1:{mp}/metrics\n      metric: {}\n      quantile: 0.99\n      target: {t}\n",
+                    crate::worker::LATENCY_METRIC
+                ));
             }
+            let cfg_path = dir.join("agent.yaml");
+            std::fs::write(&cfg_path, cfg).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+            let mut c = env.tidal_cmd();
+            c.arg("agent")
+                .args(["--listen", &addr, "--config"])
+                .arg(&cfg_path);
             c.stderr(std::process::Stdio::null());
             env.spawn(c)?;
             super::env::wait_healthz(&addr, &env.stop)?;
@@ -316,11 +334,43 @@ fn setup(
             }
         }
     }
-    st.port = wait_file(env, &ready, 15)?
+    if st.port == 0 {
+        read_ports(env, &ready, &mut st)?;
+    }
+    Ok(st)
+}
+
+/// The server's service port and its `/metrics` port, once it listens.
+fn read_ports(env: &BenchEnv, ready: &std::path::Path, st: &mut Setup) -> Result<(), String> {
+    st.port = wait_file(env, ready, 15)?
         .trim()
         .parse()
         .map_err(|_| "bad port from the server".to_string())?;
-    Ok(st)
+    let mut m = ready.as_os_str().to_owned();
+    m.push(".metrics");
+    st.metrics_port = std::fs::read_to_string(std::path::PathBuf::from(m))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    Ok(())
+}
+
+/// The agent's config text for the `tidal` scenario: `--agent-config`'s, which must leave the
+/// sections the bench sets to it.
+fn agent_config(o: &Opts) -> Result<String, String> {
+    let text = match &o.agent_config {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => String::new(),
+    };
+    for section in ["slo:", "kubernetes:"] {
+        if (o.slo_target_s.is_some() || section == "kubernetes:")
+            && text.lines().any(|l| l.starts_with(section))
+        {
+            return Err(format!(
+                "--agent-config sets '{section}', which the bench sets itself (use --no-slo to give the agent no objective)"
+            ));
+        }
+    }
+    Ok(text)
 }
 
 /// Runs the load generator as a process in the scenario's online group (see `client.rs`); `on_start`
@@ -454,6 +504,7 @@ fn kubelet_tree(
     let og = env.group(&ctr_on, &shares(req))?;
     spawn_in(env, &og, server)?;
     st.online_group = ctr_on;
+    read_ports(env, &env.work_dir().join(tag).join("port"), st)?;
     if offline.is_empty() {
         return Ok(());
     }
@@ -478,12 +529,21 @@ fn kubelet_tree(
                        "allocatable": {"cpu": o.n_cpus.to_string(), "memory": "1Gi"}}
         }))
         .map_err(|e| format!("stand-in apiserver: {e}"))?;
-        api.with(|x| {
-            x.pods = vec![
-                pod_json(POD_ONLINE, "online", "Burstable", CTR_ONLINE, false),
-                pod_json(POD_OFFLINE, "offline", "BestEffort", CTR_OFFLINE, true),
-            ]
-        });
+        let mut online = pod_json(POD_ONLINE, "online", "Burstable", CTR_ONLINE, false);
+        if let (Some(t), Some(mp)) = (o.slo_target_s, st.metrics_port) {
+            // The objective as a pod declares it: a port of its own spec, fetched on its IP.
+            online["metadata"]["annotations"] = serde_json::json!({
+                "tidal.io/slo-port": "metrics",
+                "tidal.io/slo-metric": crate::worker::LATENCY_METRIC,
+                "tidal.io/slo-target": format!("{t}"),
+                "tidal.io/slo-quantile": "0.99",
+            });
+            online["spec"]["containers"][0]["ports"] =
+                serde_json::json!([{"name": "metrics", "containerPort": mp, "protocol": "TCP"}]);
+            online["status"]["podIP"] = serde_json::json!("127.0.0.1");
+        }
+        let offline_pod = pod_json(POD_OFFLINE, "offline", "BestEffort", CTR_OFFLINE, true);
+        api.with(|x| x.pods = vec![online, offline_pod]);
         let dir = env.work_dir().join(tag);
         let kc = dir.join("kubeconfig");
         std::fs::write(&kc, api.kubeconfig()).map_err(|e| format!("{}: {e}", kc.display()))?;
@@ -497,13 +557,7 @@ fn kubelet_tree(
                     .map(|p| p.display().to_string())
             })
             .ok_or("the sandbox has no cpu hierarchy")?;
-        let mut cfg = match &o.agent_config {
-            Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
-            None => String::new(),
-        };
-        if cfg.contains("kubernetes:") {
-            return Err("--agent-config must not set kubernetes: in the kubelet-tree layout (the bench sets it)".into());
-        }
+        let mut cfg = agent_config(o)?;
         cfg.push_str(&format!(
             "\nkubernetes:\n  node_name: bench-node\n  kubelet_cgroup_root: /{root}/{tag}\n  cgroup_driver: cgroupfs\n  cpu_manager_state: {}\n  events: false\n",
             dir.join("no-cpu-manager-state").display()
@@ -848,6 +902,31 @@ pub fn calibrate(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
         _ => return Err("calibration: cannot read the server group's CPU time".into()),
     };
     Ok((used as f64 / 1e9) / r.received as f64)
+}
+
+/// The online p99 alone at the calibrated rate (seconds): the base of the `tidal` scenario's
+/// latency objective.
+pub fn alone_p99(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
+    let st = setup(env, Scenario::Alone, o, "slo-target", false)?;
+    let secs = o.warmup_s + o.duration_s.max(3.0);
+    let sched = Schedule::constant_rate(o.arrivals, o.rate, secs);
+    let warm_ns = (o.warmup_s * 1e9) as u64;
+    let r = client_run(
+        env,
+        &st,
+        false,
+        o.connections,
+        &sched,
+        &[(warm_ns, (secs * 1e9) as u64)],
+        |_| {},
+    );
+    teardown(env, st);
+    let r = r.map_err(|e| format!("alone p99: {e}"))?;
+    let h = &r.windows.first().ok_or("alone p99: no window")?.hist;
+    if h.is_empty() {
+        return Err("alone p99: no request answered".into());
+    }
+    Ok(h.value_at_quantile(0.99) as f64 / 1e9)
 }
 
 /// The time of the first change that already shows the final state (the post-step target), and that

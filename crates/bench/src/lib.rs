@@ -11,6 +11,7 @@ pub mod colo;
 pub mod env;
 pub mod hist;
 pub mod loadgen;
+pub mod mono;
 pub mod report;
 pub mod worker;
 
@@ -183,6 +184,17 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
     if o.rate <= 0.0 {
         o.rate = (0.3 * n as f64 / cost).clamp(50.0, 200_000.0);
     }
+    if let (Some(f), true) = (o.slo_factor, scenarios.contains(&Scenario::Tidal)) {
+        pb.set_message("measuring the alone p99 for the agent's latency objective");
+        match colo::alone_p99(&mut env, &o) {
+            Ok(p) => o.slo_target_s = Some(p * f),
+            Err(_) if stop.load(Ordering::Relaxed) => return interrupted(&mut env, &pb),
+            Err(e) => {
+                pb.abandon();
+                return failed(format!("latency objective: {e}"));
+            }
+        }
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut runs = Vec::new();
     let mut step_results = Vec::new();
@@ -225,6 +237,8 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
     let goals = report::goals(&summaries, &step_results, &runs);
     let rep = report::Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        slo_factor: o.slo_factor,
+        slo_target_ms: o.slo_target_s.map(|t| t * 1e3),
         layout: match a.layout {
             BenchLayout::Local => "local".into(),
             BenchLayout::KubeletTree => "kubelet-tree".into(),

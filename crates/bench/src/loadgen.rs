@@ -132,6 +132,8 @@ pub fn run(
     let received = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
+    // Requests carry their intended send time on CLOCK_MONOTONIC, so the server can time them too.
+    let base = crate::mono::mono_ns();
     on_start(start);
     let win: Arc<Vec<(u64, u64)>> = Arc::new(windows.to_vec());
     let outstanding: Arc<Vec<Mutex<std::collections::VecDeque<u64>>>> = Arc::new(
@@ -164,7 +166,8 @@ pub fn run(
                         }
                         got = 0;
                         let now = start.elapsed().as_nanos() as u64;
-                        let intended = u64::from_le_bytes(buf[8..16].try_into().unwrap_or([0; 8]));
+                        let intended = u64::from_le_bytes(buf[8..16].try_into().unwrap_or([0; 8]))
+                            .saturating_sub(base);
                         if let Ok(mut q) = outstanding[i].lock() {
                             q.pop_front();
                         }
@@ -203,7 +206,7 @@ pub fn run(
         let c = id % writers.len();
         let mut msg = [0u8; 16];
         msg[..8].copy_from_slice(&(id as u64).to_le_bytes());
-        msg[8..].copy_from_slice(&t.to_le_bytes());
+        msg[8..].copy_from_slice(&base.saturating_add(t).to_le_bytes());
         if let Ok(mut q) = outstanding[c].lock() {
             q.push_back(t);
         }

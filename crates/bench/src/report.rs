@@ -174,6 +174,9 @@ pub struct Report {
     pub command: String,
     /// Where the scenarios' groups were: tidal's tree, or the kubelet's.
     pub layout: String,
+    /// The `tidal` scenario's latency objective: p99 ≤ alone p99 × factor (None: no objective).
+    pub slo_factor: Option<f64>,
+    pub slo_target_ms: Option<f64>,
     pub machine: Machine,
     pub rate_per_s: f64,
     pub work_us: u64,
@@ -382,6 +385,12 @@ pub fn markdown(r: &Report) -> String {
         r.machine.cgroup_mode,
         r.layout
     ));
+    if let (Some(f), Some(t)) = (r.slo_factor, r.slo_target_ms) {
+        s.push_str(&format!(
+            "The agent (`tidal`) has a latency objective on the server's own histogram: p99 ≤ {t:.2} ms \
+             (the alone p99 at this rate × {f}).\n\n"
+        ));
+    }
     if r.layout == "kubelet-tree" {
         s.push_str(
             "Layout kubelet-tree: the kubelet's tiers and pods (online in a Burstable pod with its request's shares, \
@@ -609,6 +618,8 @@ mod tests {
         let goals = goals(&scenarios, &step, &runs);
         Report {
             layout: "local".into(),
+            slo_factor: None,
+            slo_target_ms: None,
             command: "tidal bench".into(),
             machine: Machine {
                 cpus: 2,

@@ -27,20 +27,109 @@ pub fn spin(iters: u64) -> u64 {
     x
 }
 
-/// Serves 16-byte requests (`id`, intended send time) with `work_us` of CPU work each, echoing them.
+/// Upper bounds of the server's latency histogram, in seconds: 25 µs × 1.25ⁿ up to about 2 s.
+pub fn latency_bounds() -> Vec<f64> {
+    (0..52).map(|i| 25e-6 * 1.25f64.powi(i)).collect()
+}
+
+/// The server's own latency histogram (intended send time → answer), as Prometheus exposes one.
+pub struct LatencyHist {
+    bounds: Vec<f64>,
+    counts: Vec<AtomicU64>,
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+/// The histogram's name on `/metrics`.
+pub const LATENCY_METRIC: &str = "tidal_bench_request_duration_seconds";
+
+impl LatencyHist {
+    pub fn new() -> LatencyHist {
+        let bounds = latency_bounds();
+        LatencyHist {
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            bounds,
+            sum_ns: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record(&self, ns: u64) {
+        let s = ns as f64 / 1e9;
+        if let Some(i) = self.bounds.iter().position(|b| s <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The text exposition format (cumulative buckets, `+Inf`, sum, count).
+    pub fn exposition(&self) -> String {
+        let mut out = format!(
+            "# HELP {LATENCY_METRIC} Time from a request's intended send time to its answer.\n# TYPE {LATENCY_METRIC} histogram\n"
+        );
+        let mut cum = 0u64;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cum += c.load(Ordering::Relaxed);
+            out.push_str(&format!("{LATENCY_METRIC}_bucket{{le=\"{b:.9}\"}} {cum}\n"));
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        out.push_str(&format!("{LATENCY_METRIC}_bucket{{le=\"+Inf\"}} {count}\n"));
+        out.push_str(&format!(
+            "{LATENCY_METRIC}_sum {:.9}\n{LATENCY_METRIC}_count {count}\n",
+            self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+        ));
+        out
+    }
+}
+
+impl Default for LatencyHist {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `GET /metrics` (any path) with the latency histogram, one connection at a time.
+fn serve_metrics(l: TcpListener, h: Arc<LatencyHist>) {
+    for conn in l.incoming() {
+        let Ok(mut c) = conn else { continue };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut req = [0u8; 2048];
+        let _ = c.read(&mut req);
+        let body = h.exposition();
+        let _ = write!(
+            c,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}
+
+/// Serves 16-byte requests (`id`, intended send time on CLOCK_MONOTONIC) with `work_us` of CPU work
+/// each, echoing them, and times each into a histogram served at `/metrics` on a second port
+/// (written to `<ready>.metrics` before `<ready>` gets the service port).
 pub fn serve(port: u16, work_us: u64, ready: Option<&str>) -> std::io::Result<()> {
     let per_us = calibrate_spin();
     let l = TcpListener::bind(("127.0.0.1", port))?;
+    let hist = Arc::new(LatencyHist::new());
+    let ml = TcpListener::bind(("127.0.0.1", 0))?;
+    let mport = ml.local_addr()?.port();
+    let h = Arc::clone(&hist);
+    std::thread::spawn(move || serve_metrics(ml, h));
     if let Some(f) = ready {
+        std::fs::write(format!("{f}.metrics"), mport.to_string())?;
         std::fs::write(f, l.local_addr()?.port().to_string())?;
     }
     for conn in l.incoming() {
         let Ok(mut c) = conn else { continue };
         let _ = c.set_nodelay(true);
+        let h = Arc::clone(&hist);
         std::thread::spawn(move || {
             let mut buf = [0u8; 16];
             while c.read_exact(&mut buf).is_ok() {
                 black_box(spin(work_us * per_us));
+                let intended = u64::from_le_bytes(buf[8..16].try_into().unwrap_or([0; 8]));
+                h.record(crate::mono::mono_ns().saturating_sub(intended));
                 if c.write_all(&buf).is_err() {
                     break;
                 }

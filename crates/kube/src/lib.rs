@@ -11,6 +11,7 @@ pub mod cpu_manager;
 pub mod mock;
 pub mod paths;
 pub mod pods;
+pub mod slo;
 pub mod source;
 
 pub use client::Connect;

@@ -20,6 +20,10 @@ pub struct PodView {
     pub terminating: bool,
     /// Succeeded or Failed: nothing runs.
     pub finished: bool,
+    /// `status.podIP`.
+    pub ip: Option<String>,
+    /// The TCP ports its containers declare: (name, number).
+    pub ports: Vec<(Option<String>, i32)>,
 }
 
 /// Milli-CPUs of a CPU quantity ("500m", "2", "1.5", "100u"). None if it is not one.
@@ -132,6 +136,14 @@ pub fn view(pod: &Pod) -> PodView {
         cpu_limit_milli: pod_cpu_limit(pod),
         terminating: md.deletion_timestamp.is_some(),
         finished: matches!(phase, Some("Succeeded") | Some("Failed")),
+        ip: status.and_then(|s| s.pod_ip.clone()),
+        ports: spec
+            .into_iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+            .map(|p| (p.name.clone(), p.container_port))
+            .collect(),
     }
 }
 

@@ -41,6 +41,8 @@ pub struct PodSource {
     /// Pods whose invalid marking was reported (once each).
     reported: HashSet<String>,
     invalid_markings: u64,
+    reported_slo: HashSet<String>,
+    invalid_slos: u64,
     driver: Option<Driver>,
     logged: BTreeSet<&'static str>,
     batch: BatchCalc,
@@ -86,6 +88,8 @@ impl PodSource {
             levels: HashMap::new(),
             reported: HashSet::new(),
             invalid_markings: 0,
+            reported_slo: HashSet::new(),
+            invalid_slos: 0,
             driver: None,
             logged: BTreeSet::new(),
             batch: BatchCalc::default(),
@@ -224,6 +228,22 @@ impl PodSource {
             name: v.facts.name.clone(),
             uid: v.uid.clone(),
         };
+        let slo = match crate::slo::pod_slo(&v.facts.annotations, &v.ports) {
+            Ok(s) => s,
+            Err(why) => {
+                if self.reported_slo.insert(v.uid.clone()) {
+                    self.invalid_slos += 1;
+                    warn!("pod {pod}: {why}");
+                    self.handle.send(Request::Event {
+                        pod: pod.clone(),
+                        warning: true,
+                        reason: "TidalInvalidSlo".into(),
+                        note: why,
+                    });
+                }
+                None
+            }
+        };
         if let Some(why) = &c.invalid {
             if self.reported.insert(v.uid.clone()) {
                 self.invalid_markings += 1;
@@ -248,6 +268,8 @@ impl PodSource {
                 tier_idle: self.tier_idle(driver, qos),
                 cpu_limit_milli: v.cpu_limit_milli,
                 terminating: v.terminating,
+                ip: v.ip.clone(),
+                slo,
                 pod,
             }),
         })
@@ -310,6 +332,7 @@ impl WorkloadSource for PodSource {
         }
         self.levels.retain(|u, _| live.contains(u));
         self.reported.retain(|u| live.contains(u));
+        self.reported_slo.retain(|u| live.contains(u));
         self.kubelet = out.kubelet.clone();
         Ok(out)
     }
@@ -379,6 +402,7 @@ impl WorkloadSource for PodSource {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
         counters.insert("invalid_markings".into(), self.invalid_markings);
+        counters.insert("invalid_slos".into(), self.invalid_slos);
         let mut gauges = BTreeMap::new();
         let i = &self.batch.view.inputs;
         for (k, v) in [

@@ -8,6 +8,7 @@ pub mod level;
 pub mod path;
 pub mod plan;
 pub mod pod;
+pub mod signal;
 pub mod snapshot;
 
 pub use caps::Capabilities;
@@ -16,5 +17,6 @@ pub use knob::{Knob, KnobValue};
 pub use level::{QosLevel, UnknownLevel};
 pub use path::{BadPath, ForeignGroup, GroupPath, Target};
 pub use plan::{Action, Cause, Op, Plan, Remember};
-pub use pod::{CpuManagerPolicy, KubeletFacts, PodInfo, PodRef, QosClass};
+pub use pod::{CpuManagerPolicy, KubeletFacts, PodInfo, PodRef, PodSlo, QosClass};
+pub use signal::{Signal, SignalKind};
 pub use snapshot::{Pressure, Snapshot, WorkloadPressure, WorkloadSnapshot};

@@ -48,7 +48,7 @@ impl fmt::Display for PodRef {
 }
 
 /// A pod workload: its identity and what decides how tidal may act on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PodInfo {
     #[serde(flatten)]
     pub pod: PodRef,
@@ -65,6 +65,24 @@ pub struct PodInfo {
     pub cpu_limit_milli: Option<u64>,
     /// Being deleted (an eviction or deletion is under way): never chosen again.
     pub terminating: bool,
+    /// The pod's IP (where a declared latency objective is fetched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// A latency objective the pod declares (annotations), checked against its own spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<PodSlo>,
+}
+
+/// A pod's latency objective: a histogram on a port its spec declares, fetched on the pod's own IP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodSlo {
+    pub port: u16,
+    pub path: String,
+    pub metric: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub quantile: f64,
+    /// Seconds.
+    pub target: f64,
 }
 
 /// Which CPU manager policy the kubelet runs (`policyName` in its state file).

@@ -2,7 +2,7 @@
 //! snapshot stage fills it; the pure policy reads it. Time is in it as data (`now_ms`). A reading that
 //! could not be taken is `None`, never 0: the policy then holds its last decision for that input.
 
-use crate::{CpuSet, KubeletFacts, PodInfo, QosLevel, Target};
+use crate::{CpuSet, KubeletFacts, PodInfo, QosLevel, Signal, Target};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -83,6 +83,10 @@ pub struct Snapshot {
     /// The kubelet's facts, when pods are the workloads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubelet: Option<KubeletFacts>,
+    /// Fresh readings of the signals beside PSI (latency objectives, run-queue latency). A stale
+    /// or unreachable source has no reading here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<Signal>,
 }
 
 impl Snapshot {

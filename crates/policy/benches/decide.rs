@@ -49,6 +49,7 @@ fn snapshot(n: usize) -> Snapshot {
         levels_present: workloads.iter().map(|w| w.level).collect(),
         workloads,
         kubelet: None,
+        signals: Vec::new(),
     }
 }
 

@@ -6,7 +6,7 @@ pub mod agent;
 pub mod config;
 pub mod levels;
 
-pub use agent::{decide, release_plan, settle, Decision, PolicyState};
+pub use agent::{decide, release_plan, settle, Decision, Phase, PolicyState, Step};
 pub use config::kubernetes::{self, KubernetesConfig};
-pub use config::{Config, ConfigError, Millis, PsiLine, Suppression};
+pub use config::{CapMode, Config, ConfigError, Millis, PsiLine, Suppression};
 pub use levels::{level_plan, workload_limits, Limits};

@@ -77,6 +77,7 @@ prop_compose! {
             levels_present,
             workloads,
             kubelet: None,
+            signals: Vec::new(),
         }
     }
 }
@@ -209,6 +210,7 @@ fn base_snapshot() -> Snapshot {
         levels_present: workloads.iter().map(|w| w.level).collect(),
         workloads,
         kubelet: None,
+        signals: Vec::new(),
     }
 }
 
@@ -280,12 +282,13 @@ fn pressure_tightens_step_by_step_and_releases_after_calm() {
         }
         st = d.state;
     }
-    assert_eq!(st.interference.level(), 3);
+    // Shrink the cpuset, cap offline CPU time, freeze offline-low, freeze offline.
+    assert_eq!(st.interference.level(), 4);
     assert_eq!(
         frozen,
         vec![
-            (1, "offline/offline-low".to_string()),
-            (2, "offline/offline".to_string())
+            (2, "offline/offline-low".to_string()),
+            (3, "offline/offline".to_string())
         ]
     );
     // Calm: one step back per calm period (10 s).
@@ -294,7 +297,7 @@ fn pressure_tightens_step_by_step_and_releases_after_calm() {
         s.now_ms = t;
         st = decide(&s, &cfg, &caps, &st).state;
     }
-    assert_eq!(st.interference.level(), 2);
+    assert_eq!(st.interference.level(), 3);
     assert!(!st.frozen.offline && st.frozen.offline_low);
 }
 

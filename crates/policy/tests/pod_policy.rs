@@ -42,6 +42,8 @@ fn pod(level: QosLevel, uid: &str, liveness: bool, limit: Option<u64>) -> Worklo
             tier_idle: false,
             cpu_limit_milli: limit,
             terminating: false,
+            ip: None,
+            slo: None,
         }),
         cpuset: Some(CpuSet::first_n(8)),
     }
@@ -67,6 +69,7 @@ fn snapshot(workloads: Vec<WorkloadSnapshot>) -> Snapshot {
             cpu_manager: Some(CpuManagerPolicy::None),
             exclusive_cpus: CpuSet::new(),
         }),
+        signals: Vec::new(),
     }
 }
 

@@ -14,7 +14,7 @@ use tidal_cgroupfs::{CgroupError, Layout};
 use tidal_model::{KubeletFacts, PodInfo, PodRef, QosLevel, Target};
 
 /// One workload as a source knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkloadRef {
     /// Its group: under the tidal root (local workloads), or in another manager's tree (pods).
     pub group: Target,
@@ -36,7 +36,7 @@ impl WorkloadRef {
 }
 
 /// What a source knows at one instant.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inventory {
     /// Level groups that exist under the tidal root.
     pub levels_present: BTreeSet<QosLevel>,

@@ -59,6 +59,22 @@ pub fn render(state: &StateView) -> String {
             .collect();
         out.push_str(&format!("missing readings: {}\n", m.join(", ")));
     }
+    for r in &state.slo {
+        let ms = |s: f64| format!("{:.2}ms", s * 1e3);
+        out.push_str(&format!(
+            "objective {} {} ≤ {}: {}\n",
+            r.workload,
+            r.what,
+            ms(r.target_s),
+            match (r.observed_s, r.slack, r.stale) {
+                (Some(o), Some(s), false) => format!("observed {}, slack {:.0}%", ms(o), s * 100.0),
+                _ => format!(
+                    "stale ({}): pressure rules only",
+                    r.error.as_deref().unwrap_or("no fresh reading")
+                ),
+            }
+        ));
+    }
     if state.source != "local" {
         let h = &state.source_health;
         out.push_str(&format!(

@@ -5,7 +5,7 @@
 
 use super::state::{PolicyState, Step};
 use super::tick::{CpuDecision, LadderTick};
-use crate::config::{Config, Suppression};
+use crate::config::{CapMode, Config, Suppression};
 use crate::levels::CFS_PERIOD_US;
 use tidal_model::{
     Action, Capabilities, Cause, CpuSet, Knob, KnobValue, Plan, QosLevel, Remember, Snapshot,
@@ -23,8 +23,8 @@ pub fn cpus_needed(usage: f64, headroom: f64, floor: f64, n: u32) -> u32 {
 }
 
 /// Online's need and offline's share; state keeps the hysteresis. Missing CPU readings hold the last
-/// decision.
-pub fn need(snap: &Snapshot, cfg: &Config, st: &mut PolicyState) -> CpuDecision {
+/// decision; `no_growth` (a latency objective with little slack) holds offline where it is.
+pub fn need(snap: &Snapshot, cfg: &Config, no_growth: bool, st: &mut PolicyState) -> CpuDecision {
     let now = snap.now_ms;
     // Offline's pool: CPUs the kubelet gave exclusively to Guaranteed containers are never offered.
     let n = snap.offline_pool().len().min(u32::MAX as usize) as u32;
@@ -74,7 +74,9 @@ pub fn need(snap: &Snapshot, cfg: &Config, st: &mut PolicyState) -> CpuDecision 
         );
     } else {
         let room = n.saturating_sub(need_long.unwrap_or(need_now));
-        if room > cur_count {
+        if room > cur_count && no_growth {
+            st.grow_since_ms = None;
+        } else if room > cur_count {
             let since = *st.grow_since_ms.get_or_insert(now);
             if now.saturating_sub(since) >= cfg.cpu.grow_after.0 {
                 d.target = cur_count.saturating_add(cfg.cpu.grow_step).min(room);
@@ -113,6 +115,8 @@ pub struct Confined {
     pub pool_len: u32,
     pub reason: String,
     pub cause: Cause,
+    /// The ladder's CPU-time cap in force (quota mode), in quota µs per period.
+    pub cap_quota: Option<u64>,
 }
 
 /// Cpuset writes that move the offline subtree from `old` to `new`, in an order v1 accepts:
@@ -197,6 +201,7 @@ pub fn apply(
         pool_len: n,
         reason: reason.clone(),
         cause: c,
+        cap_quota: super::cap::cap_quota_now(cfg, st, &cpus_target),
     };
     if tidal_present && (cpus_target != old || static_due) {
         match cfg.cpu.suppression {
@@ -214,6 +219,10 @@ pub fn apply(
                             .max(1000),
                     )
                 };
+                let quota = match super::cap::cap_quota_now(cfg, st, &cpus_target) {
+                    Some(c) => Some(quota.map_or(c, |q| q.min(c))),
+                    None => quota,
+                };
                 plan.push(
                     Action::set(
                         QosLevel::offline_parent(),
@@ -230,6 +239,40 @@ pub fn apply(
             _ => {}
         }
     }
+    // The ladder's CPU-time cap (quota mode), when quota suppression does not already write cpu.max.
+    let cap = super::cap::cap_quota_now(cfg, st, &cpus_target);
+    if tidal_present
+        && caps.has(Knob::CpuMax)
+        && cfg.cpu.suppression != Suppression::Quota
+        && (cap.is_some() != st.capped
+            || (static_due && cap.is_some())
+            || (cap.is_some() && cpus_target != old))
+    {
+        let (reason, cause) = match cap {
+            Some(q) => (
+                format!(
+                    "{}: offline CPU time capped at {:.2} CPUs",
+                    tick.pressure.as_deref().unwrap_or("online interference"),
+                    q as f64 / CFS_PERIOD_US as f64
+                ),
+                Cause::Interference,
+            ),
+            None => ("offline CPU-time cap released".to_string(), Cause::Release),
+        };
+        plan.push(
+            Action::set(
+                QosLevel::offline_parent(),
+                Knob::CpuMax,
+                KnobValue::Quota {
+                    quota_us: cap,
+                    period_us: CFS_PERIOD_US,
+                },
+                reason,
+            )
+            .because(cause),
+        );
+    }
+    st.capped = tidal_present && cap.is_some() && caps.has(Knob::CpuMax);
     // With no offline group there is nothing confined: start from every CPU when one appears.
     if offline_present {
         st.offline_cpus = Some(cpus_target);
@@ -256,7 +299,7 @@ pub fn remembered(snap: &Snapshot, cfg: &Config) -> Vec<Remember> {
         target: parent.clone(),
         knob: Knob::CpusetCpus,
     });
-    if cfg.cpu.suppression == Suppression::Quota {
+    if cfg.cpu.suppression == Suppression::Quota || cfg.interference.cap_mode == CapMode::Quota {
         out.push(Remember {
             target: parent,
             knob: Knob::CpuMax,

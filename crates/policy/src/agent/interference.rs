@@ -1,18 +1,23 @@
-//! The interference ladder. Signals of online suffering (today: the online levels' CPU pressure)
-//! each give a [`Verdict`]; all of them drive one ladder of tightening steps ([`Step::LADDER`]) with
-//! one escalation and release logic. A new signal adds a rule to [`rules`], not a path through
-//! `decide`.
+//! The interference ladder. Signals of online suffering (the online groups' CPU pressure, latency
+//! objectives' slack, and next run-queue latency) each give a [`Verdict`]; all of them drive one
+//! ladder of tightening steps ([`Step::LADDER`]) with one escalation and release logic. A new signal
+//! adds a rule to [`rules`], not a path through `decide`.
 //!
 //! - A step is taken at most once per `escalate_every`, and only if it would change something now
 //!   (shrinking the cpuset needs confinement on and a CPU to spare; freezing a level needs the level).
 //! - A step taken for pressure that has not fallen by a fifth one interval later did not help: it
 //!   is undone and the ladder backs off for `calm_period`.
-//! - After `calm_period` with every signal calm, one step is released.
+//! - A signal that holds (a latency objective with little slack) stops offline growing and any
+//!   release.
+//! - When every signal that speaks is calm, one step is released after the shortest calm time any
+//!   of them asks (`calm_period` for pressure, `cpu.grow_after` for an objective with ample slack).
 
 use super::state::{Phase, PolicyState, Step};
 use super::tick::{CpuDecision, LadderTick};
-use crate::config::{Config, PsiLine};
-use tidal_model::{Action, Capabilities, Cause, Knob, KnobValue, Plan, QosLevel, Snapshot};
+use crate::config::{CapMode, Config, PsiLine};
+use tidal_model::{
+    Action, Capabilities, Cause, Knob, KnobValue, Plan, QosLevel, SignalKind, Snapshot,
+};
 
 /// What one signal says this tick.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,8 +28,10 @@ pub enum Verdict {
         reason: String,
         baseline: Option<f64>,
     },
-    /// Fine.
-    Calm,
+    /// Met, without room to give: no release; with `stop_growth`, offline does not grow either.
+    Hold { reason: String, stop_growth: bool },
+    /// Fine; one step may be released once it has been so for `after_ms`.
+    Calm { after_ms: u64 },
     /// The signal has nothing to say (no data).
     Silent,
 }
@@ -49,13 +56,81 @@ fn psi_rule(snap: &Snapshot, cfg: &Config, caps: &Capabilities) -> Verdict {
             baseline: Some(p),
         }
     } else {
-        Verdict::Calm
+        Verdict::Calm {
+            after_ms: cfg.interference.calm_period.0,
+        }
+    }
+}
+
+fn ms(s: f64) -> String {
+    if s < 1e-3 {
+        format!("{:.0}us", s * 1e6)
+    } else {
+        format!("{:.2}ms", s * 1e3)
+    }
+}
+
+/// Latency objectives: the objective with the least slack speaks (slack = (target − observed) /
+/// target over the last `slo.interval`). Stale or unreachable objectives have no reading, so this
+/// rule is then silent and the pressure rule alone acts.
+fn slo_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
+    let slo = &cfg.slo;
+    let Some(worst) = snap
+        .signals
+        .iter()
+        .filter(|s| s.kind == SignalKind::Slo && s.slack.is_finite())
+        .min_by(|a, b| a.slack.total_cmp(&b.slack))
+    else {
+        return Verdict::Silent;
+    };
+    let quote = format!(
+        "objective {} {} ≤ {}: observed {}, slack {:.0}%",
+        worst.workload,
+        worst.what,
+        ms(worst.target),
+        ms(worst.observed),
+        worst.slack * 100.0
+    );
+    if worst.slack < slo.tighten_below {
+        // No baseline: a missed objective tightens one step per interval until it is met (a
+        // latency quantile need not fall by a fifth within one interval of a step that helps).
+        Verdict::Tighten {
+            reason: quote,
+            baseline: None,
+        }
+    } else if worst.slack < slo.hold_below {
+        Verdict::Hold {
+            reason: quote,
+            stop_growth: true,
+        }
+    } else if worst.slack <= slo.release_above {
+        Verdict::Hold {
+            reason: quote,
+            stop_growth: false,
+        }
+    } else {
+        Verdict::Calm {
+            after_ms: cfg.cpu.grow_after.0,
+        }
     }
 }
 
 /// Every signal's rule, in order of precedence.
 pub fn rules(snap: &Snapshot, cfg: &Config, caps: &Capabilities) -> Vec<Verdict> {
-    vec![psi_rule(snap, cfg, caps)]
+    vec![slo_rule(snap, cfg), psi_rule(snap, cfg, caps)]
+}
+
+/// Whether any signal asks offline not to grow.
+pub fn stops_growth(verdicts: &[Verdict]) -> bool {
+    verdicts.iter().any(|v| {
+        matches!(
+            v,
+            Verdict::Hold {
+                stop_growth: true,
+                ..
+            }
+        )
+    })
 }
 
 /// Would `step` change anything now?
@@ -68,6 +143,13 @@ fn effective(
 ) -> bool {
     match step {
         Step::ShrinkCpuset => cpu.confine && cpu.target > cpu.min_off.max(1),
+        Step::CapCpu => match cfg.interference.cap_mode {
+            CapMode::Quota => {
+                (caps.has(Knob::CpuMax) && super::confine::tidal_offline_present(snap))
+                    || (caps.has(Knob::CpuMax) && super::pods::offline(snap).next().is_some())
+            }
+            CapMode::DutyCycle => caps.has(Knob::Freeze) && super::confine::offline_present(snap),
+        },
         Step::FreezeOfflineLow => freezable(snap, cfg, caps, QosLevel::OfflineLow),
         Step::FreezeOffline => freezable(snap, cfg, caps, QosLevel::Offline),
     }
@@ -81,23 +163,37 @@ fn freezable(snap: &Snapshot, cfg: &Config, caps: &Capabilities, level: QosLevel
         || ((caps.has(Knob::Freeze) || caps.has(Knob::CpuMax)) && super::pods::present(snap, level))
 }
 
-/// Moves the ladder one tick.
+/// Moves the ladder one tick on this tick's verdicts.
 pub fn decide(
     snap: &Snapshot,
     cfg: &Config,
     caps: &Capabilities,
     cpu: &CpuDecision,
+    verdicts: &[Verdict],
     st: &mut PolicyState,
 ) -> LadderTick {
     let now = snap.now_ms;
     let every = cfg.interference.escalate_every.0;
-    let calm = cfg.interference.calm_period.0;
-    let verdicts = rules(snap, cfg, caps);
+    // Back off for the pressure rule's calm period after a useless step.
+    let backoff = cfg.interference.calm_period.0;
     let tighten = verdicts.iter().find_map(|v| match v {
         Verdict::Tighten { reason, baseline } => Some((reason.clone(), *baseline)),
         _ => None,
     });
-    let any_calm = verdicts.contains(&Verdict::Calm);
+    let held = verdicts.iter().find_map(|v| match v {
+        Verdict::Hold { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    // Released after the shortest calm time a calm signal asks, when no signal holds.
+    let calm = verdicts
+        .iter()
+        .filter_map(|v| match v {
+            Verdict::Calm { after_ms } => Some(*after_ms),
+            _ => None,
+        })
+        .min();
+    let any_calm = calm.is_some() && held.is_none();
+    let calm = calm.unwrap_or(backoff);
     let lad = &mut st.interference;
     let mut tick = LadderTick::default();
     let offline_present = super::confine::offline_present(snap);
@@ -113,7 +209,7 @@ pub fn decide(
                             // The step did not lower the pressure: not offline's doing.
                             lad.steps.pop();
                             lad.phase = Phase::BackedOff {
-                                until_ms: now.saturating_add(calm),
+                                until_ms: now.saturating_add(backoff),
                             };
                             tick.undone = true;
                             false
@@ -167,7 +263,13 @@ pub fn decide(
                 }
             }
         }
-        None => {}
+        None => {
+            // A holding signal restarts the calm count: release needs an unbroken calm stretch.
+            if let (Some(r), Phase::Calming { .. }) = (&held, lad.phase) {
+                let _ = r;
+                lad.phase = Phase::Idle;
+            }
+        }
     }
     tick
 }
@@ -196,8 +298,12 @@ pub fn freeze(
 ) -> Freezing {
     let n = snap.cpus.len();
     let starved = st.starved;
-    let want_low = st.interference.has(Step::FreezeOfflineLow) || starved;
-    let want_off = st.interference.has(Step::FreezeOffline) || starved;
+    // The CPU-time cap as a duty cycle: offline frozen for the rest of each period.
+    let duty_frozen = st.interference.has(Step::CapCpu)
+        && cfg.interference.cap_mode == CapMode::DutyCycle
+        && super::cap::duty_off(snap.now_ms, cfg);
+    let want_low = st.interference.has(Step::FreezeOfflineLow) || starved || duty_frozen;
+    let want_off = st.interference.has(Step::FreezeOffline) || starved || duty_frozen;
     let pressure = tick
         .pressure
         .clone()

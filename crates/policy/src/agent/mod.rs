@@ -3,6 +3,7 @@
 //! ([`statics`]), CPU confinement ([`confine`]), the interference ladder ([`interference`]), memory
 //! ([`memory`]) and cleanup ([`cleanup`]). No IO and no clock: time is in the snapshot.
 
+pub mod cap;
 pub mod cleanup;
 pub mod confine;
 pub mod interference;
@@ -32,8 +33,9 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
     let mut st = prev.clone();
     let mut plan = Plan::default();
     let static_due = statics::decide(snap, cfg, caps, &mut st, &mut plan);
-    let cpu = confine::need(snap, cfg, &mut st);
-    let verdict = interference::decide(snap, cfg, caps, &cpu, &mut st);
+    let verdicts = interference::rules(snap, cfg, caps);
+    let cpu = confine::need(snap, cfg, interference::stops_growth(&verdicts), &mut st);
+    let verdict = interference::decide(snap, cfg, caps, &cpu, &verdicts, &mut st);
     let confined = confine::apply(
         snap, cfg, caps, &cpu, &verdict, static_due, &mut st, &mut plan,
     );
@@ -54,6 +56,7 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
             cause: confined.cause,
             freeze_cause: freezing.cause,
             static_due,
+            cap_quota: confined.cap_quota,
         },
         &mut st,
         &mut plan,
@@ -78,6 +81,7 @@ pub fn settle(mut next: PolicyState, prev: &PolicyState, plan: &Plan, ok: &[bool
     }) {
         next.offline_cpus = prev.offline_cpus.clone();
         next.base_offline = prev.base_offline;
+        next.capped = prev.capped;
     }
     for (level, flag) in [
         (QosLevel::Offline, &mut next.frozen.offline),

@@ -75,6 +75,8 @@ pub struct Want<'a> {
     pub cause: Cause,
     pub freeze_cause: Cause,
     pub static_due: bool,
+    /// The ladder's CPU-time cap step (quota µs per period), when in force.
+    pub cap_quota: Option<u64>,
 }
 
 /// Sets for the offline pods, in an order the kernel accepts.
@@ -132,6 +134,11 @@ pub fn apply(
                 target.max(1)
             );
             quota_cause = want.cause;
+        }
+        if let Some(c) = want.cap_quota {
+            quota = min_quota(quota, Some(c));
+            quota_reason = format!("{}: pod {} CPU time capped", want.freeze_reason, p.pod);
+            quota_cause = Cause::Interference;
         }
         if frozen_wanted && freeze_by_cap {
             quota = min_quota(

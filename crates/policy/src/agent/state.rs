@@ -10,6 +10,8 @@ use tidal_model::{CpuSet, ForeignGroup, GroupPath};
 pub enum Step {
     /// Offline's cpuset loses one more CPU (only while confinement is on).
     ShrinkCpuset,
+    /// Offline's CPU time is capped (`interference.cap_mode`: CFS quota, or a freeze duty cycle).
+    CapCpu,
     /// `offline-low` is frozen.
     FreezeOfflineLow,
     /// `offline` is frozen.
@@ -17,8 +19,9 @@ pub enum Step {
 }
 
 impl Step {
-    pub const LADDER: [Step; 3] = [
+    pub const LADDER: [Step; 4] = [
         Step::ShrinkCpuset,
+        Step::CapCpu,
         Step::FreezeOfflineLow,
         Step::FreezeOffline,
     ];
@@ -88,6 +91,9 @@ pub struct PolicyState {
     pub pods: BTreeMap<ForeignGroup, PodApplied>,
     #[serde(default)]
     pub last_evict_ms: Option<u64>,
+    /// The CPU-time cap (quota mode) is written on the offline parent.
+    #[serde(default)]
+    pub capped: bool,
 }
 
 /// The settings last decided for one offline pod (re-sent when they change, and all of them when

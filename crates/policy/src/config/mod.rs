@@ -2,6 +2,7 @@
 //! validation error names the field and the reason; unknown fields are errors (typos must not pass).
 
 pub mod kubernetes;
+pub mod slo;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -115,6 +116,16 @@ pub enum PsiLine {
     Full,
 }
 
+/// How the ladder's CPU-time cap step limits offline work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CapMode {
+    /// CFS quota (`cpu.max` / `cpu.cfs_quota_us`) on the offline parent and offline pods.
+    Quota,
+    /// Offline frozen for part of every period of ten ticks, thawed for the rest.
+    DutyCycle,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InterferenceConfig {
@@ -126,6 +137,9 @@ pub struct InterferenceConfig {
     pub escalate_every: Millis,
     /// Pressure must stay below the threshold this long before one step is released.
     pub calm_period: Millis,
+    /// The ladder's CPU-time cap step: how, and what share of its CPUs offline keeps.
+    pub cap_mode: CapMode,
+    pub cap_fraction: f64,
 }
 
 impl Default for InterferenceConfig {
@@ -135,6 +149,8 @@ impl Default for InterferenceConfig {
             psi_line: PsiLine::Full,
             escalate_every: Millis(1_000),
             calm_period: Millis(10_000),
+            cap_mode: CapMode::Quota,
+            cap_fraction: 0.5,
         }
     }
 }
@@ -194,6 +210,8 @@ pub struct Config {
     pub interference: InterferenceConfig,
     pub memory: MemoryConfig,
     pub cleanup: CleanupConfig,
+    /// Latency objectives of online workloads.
+    pub slo: slo::SloConfig,
     /// Pod mode (`tidal agent --source kubernetes`).
     pub kubernetes: kubernetes::KubernetesConfig,
 }
@@ -210,6 +228,7 @@ impl Default for Config {
             interference: InterferenceConfig::default(),
             memory: MemoryConfig::default(),
             cleanup: CleanupConfig::default(),
+            slo: slo::SloConfig::default(),
             kubernetes: kubernetes::KubernetesConfig::default(),
         }
     }
@@ -443,6 +462,14 @@ impl Config {
             Millis(1_000),
             Millis(3_600_000),
         );
+        range_f(
+            &mut e,
+            "interference.cap_fraction",
+            i.cap_fraction,
+            0.05,
+            0.95,
+            "of offline's CPUs",
+        );
         let m = &self.memory;
         range_f(
             &mut e,
@@ -469,6 +496,7 @@ impl Config {
             Millis(1_000),
             Millis(86_400_000),
         );
+        self.slo.validate(self.tick, &mut e);
         self.kubernetes.validate(&mut e);
         if e.is_empty() {
             Ok(())

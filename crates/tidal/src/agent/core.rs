@@ -59,6 +59,7 @@ pub struct TickReport {
 
 pub struct Agent {
     cfg: Config,
+    slo: super::slo::SloWatch,
     caps: Capabilities,
     act: Actuator,
     collector: Collector,
@@ -109,6 +110,7 @@ impl Agent {
     ) -> Agent {
         act.set_reprobe_interval(Duration::from_millis(cfg.static_interval.0));
         Agent {
+            slo: super::slo::SloWatch::start(&cfg.slo),
             state: adopt(&act, &caps),
             cfg,
             caps,
@@ -152,6 +154,7 @@ impl Agent {
         }
         self.act
             .set_reprobe_interval(Duration::from_millis(new.static_interval.0));
+        self.slo.set_config(&new.slo);
         self.cfg = new;
     }
 
@@ -191,6 +194,14 @@ impl Agent {
         let refreshed = self
             .collector
             .update(&mut self.snap, self.cfg.stats_interval.0, full);
+        if refreshed {
+            self.slo.set_specs(super::slo::specs(
+                &self.cfg.slo.objectives,
+                &self.snap.workloads,
+            ));
+        }
+        let (signals, readings) = self.slo.read();
+        self.snap.signals = signals;
         let d = decide(&self.snap, &self.cfg, &self.caps, &self.state);
         if refreshed {
             let targets: Vec<(Target, Knob)> = d
@@ -216,7 +227,7 @@ impl Agent {
             let dry = self.act.dry_run();
             self.collector.source_mut().observe(&self.snap, dry);
         }
-        self.publish(&applied, refreshed, full);
+        self.publish(&applied, refreshed, full, readings);
         let took = now.elapsed();
         let m = lock(&self.shared.metrics);
         m.ticks.inc();
@@ -258,7 +269,13 @@ impl Agent {
     }
 
     /// Metrics and `/state` after a tick.
-    fn publish(&mut self, applied: &[Applied], refreshed: bool, full: bool) {
+    fn publish(
+        &mut self,
+        applied: &[Applied],
+        refreshed: bool,
+        full: bool,
+        slo: Vec<super::slo::Reading>,
+    ) {
         let at = self.snap.now_ms;
         let mut records = Vec::new();
         let mut outcomes = Vec::new();
@@ -301,6 +318,7 @@ impl Agent {
         );
         m.actuator(self.act.stats());
         m.missing(&self.collector.problems.counts);
+        m.slo(&slo);
         let source_health = refreshed.then(|| self.collector.source_mut().health());
         if let Some(h) = &source_health {
             m.source(h);
@@ -328,6 +346,7 @@ impl Agent {
         v.ticks = self.ticks;
         v.node = Some(view::node_view(&self.snap, &self.state));
         v.policy = self.state.clone();
+        v.slo = slo;
         if let Some(h) = source_health {
             v.source_health = h;
         }
@@ -539,6 +558,7 @@ mod tests {
             policy: PolicyState::default(),
             missing_readings: Default::default(),
             source_health: Default::default(),
+            slo: Vec::new(),
         }));
         let mut agent = Agent::new(Config::default(), caps, act, collector, Arc::clone(&shared));
         clock.advance_ms(100);

@@ -70,7 +70,18 @@ pub struct Metrics {
     source_events: Family<EventLabel, FGauge>,
     source_values: Family<NameLabel, FGauge>,
     source_degraded: FGauge,
+    slo_observed: Family<ObjectiveLabel, FGauge>,
+    slo_target: Family<ObjectiveLabel, FGauge>,
+    slo_slack: Family<ObjectiveLabel, FGauge>,
+    slo_stale: Family<ObjectiveLabel, FGauge>,
+    slo_errors: Family<ObjectiveLabel, FGauge>,
     known: HashSet<(String, String)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectiveLabel {
+    pub workload: String,
+    pub objective: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -134,6 +145,11 @@ impl Metrics {
             source_events: Family::default(),
             source_values: Family::default(),
             source_degraded: FGauge::default(),
+            slo_observed: Family::default(),
+            slo_target: Family::default(),
+            slo_slack: Family::default(),
+            slo_stale: Family::default(),
+            slo_errors: Family::default(),
             known: HashSet::new(),
             registry: Registry::default(),
         };
@@ -288,6 +304,31 @@ impl Metrics {
             "1 while the workload source cannot refresh (apiserver unreachable): the last known workloads stay enforced",
             m.source_degraded.clone(),
         );
+        r.register(
+            "slo_observed_seconds",
+            "A latency objective's quantile over the last slo.interval (absent until read)",
+            m.slo_observed.clone(),
+        );
+        r.register(
+            "slo_target_seconds",
+            "A latency objective's target",
+            m.slo_target.clone(),
+        );
+        r.register(
+            "slo_slack",
+            "(target - observed) / target: below 0 the objective is missed and offline is tightened",
+            m.slo_slack.clone(),
+        );
+        r.register(
+            "slo_stale",
+            "1 while an objective has no fresh reading (unreachable, unreadable or too few requests): pressure rules only",
+            m.slo_stale.clone(),
+        );
+        r.register(
+            "slo_scrape_errors",
+            "Failed scrapes of an objective's metrics since start",
+            m.slo_errors.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -329,6 +370,29 @@ impl Metrics {
                 .set(*v);
         }
         self.source_degraded.set(if h.degraded { 1.0 } else { 0.0 });
+    }
+
+    /// Each latency objective's last reading.
+    pub fn slo(&self, readings: &[super::slo::Reading]) {
+        for r in readings {
+            let l = ObjectiveLabel {
+                workload: r.workload.clone(),
+                objective: r.what.clone(),
+            };
+            if let Some(o) = r.observed_s {
+                self.slo_observed.get_or_create(&l).set(o);
+            }
+            if let Some(s) = r.slack {
+                self.slo_slack.get_or_create(&l).set(s);
+            }
+            self.slo_target.get_or_create(&l).set(r.target_s);
+            self.slo_stale
+                .get_or_create(&l)
+                .set(if r.stale { 1.0 } else { 0.0 });
+            self.slo_errors
+                .get_or_create(&l)
+                .set(r.scrape_errors as f64);
+        }
     }
 
     pub fn missing(&self, counts: &std::collections::BTreeMap<&'static str, u64>) {

@@ -8,6 +8,7 @@
 pub mod core;
 mod http;
 pub mod metrics;
+pub mod slo;
 pub mod view;
 
 pub use self::core::{Agent, Shared, TickReport};
@@ -172,6 +173,7 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         policy: PolicyState::default(),
         missing_readings: Default::default(),
         source_health: Default::default(),
+        slo: Vec::new(),
     }));
     if let Err(e) = http::spawn(listener, Arc::clone(&shared)) {
         return fail(format!("cannot start http server: {e}"));

@@ -87,6 +87,9 @@ pub struct StateView {
     /// The workload source's state (Kubernetes: the watch, batch resources with their formula).
     #[serde(default)]
     pub source_health: tidal_source::SourceHealth,
+    /// Every latency objective's last reading.
+    #[serde(default)]
+    pub slo: Vec<super::slo::Reading>,
 }
 
 /// The latest action that touched `group` or one of its ancestors (a confinement of the offline

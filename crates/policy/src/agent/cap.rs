@@ -1,0 +1,27 @@
+//! The ladder's CPU-time cap step: how much offline keeps, as a CFS quota or as the frozen part of
+//! a duty cycle (`interference.cap_mode`). Pure helpers that confinement, the freeze step and the
+//! pods share.
+
+use super::state::{PolicyState, Step};
+use crate::config::{CapMode, Config};
+use crate::levels::CFS_PERIOD_US;
+use tidal_model::CpuSet;
+
+/// In the duty cycle's frozen part now? Offline runs for `cap_fraction` of each period of ten ticks.
+pub fn duty_off(now_ms: u64, cfg: &Config) -> bool {
+    let period = cfg.tick.0.saturating_mul(10).max(1);
+    let run = (cfg.interference.cap_fraction * period as f64) as u64;
+    now_ms % period >= run
+}
+
+/// The quota the CPU-time cap gives offline: `cap_fraction` of the CPUs it has.
+pub fn cap_quota(cpus: usize, cfg: &Config) -> u64 {
+    let q = cpus.max(1) as f64 * cfg.interference.cap_fraction * CFS_PERIOD_US as f64;
+    (q as u64).max(1000)
+}
+
+/// The quota the ladder's cap step wants on offline now (quota mode, step in force).
+pub fn cap_quota_now(cfg: &Config, st: &PolicyState, cpus: &CpuSet) -> Option<u64> {
+    (st.interference.has(Step::CapCpu) && cfg.interference.cap_mode == CapMode::Quota)
+        .then(|| cap_quota(cpus.len(), cfg))
+}

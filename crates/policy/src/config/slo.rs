@@ -1,0 +1,333 @@
+//! The `slo:` section: latency objectives of online workloads and how their slack drives the
+//! interference ladder (Heracles' shape, every second). Local mode declares objectives here; pods
+//! declare theirs with annotations (docs/kubernetes.md), which the agent reads on the pod's own IP.
+
+use super::{ConfigError, Millis};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A latency, in seconds; YAML takes `5ms`, `500us`, `1.5s` or a plain number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Latency(pub f64);
+
+impl Serialize for Latency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Latency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(f64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Latency(n)),
+            Raw::S(s) => Latency::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Latency {
+    /// `5ms`, `500us`, `1.5s`, `0.002` (seconds).
+    pub fn parse(s: &str) -> Result<Latency, String> {
+        let t = s.trim();
+        if let Ok(n) = t.parse::<f64>() {
+            return Ok(Latency(n));
+        }
+        humantime::parse_duration(t)
+            .map(|d| Latency(d.as_secs_f64()))
+            .or_else(|_| {
+                // humantime takes no fractions: 1.5ms is 1500us.
+                let (num, unit) =
+                    t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
+                let scale = match unit.trim() {
+                    "s" => 1.0,
+                    "ms" => 1e-3,
+                    "us" | "µs" => 1e-6,
+                    _ => return Err(()),
+                };
+                num.trim()
+                    .parse::<f64>()
+                    .map(|v| Latency(v * scale))
+                    .map_err(|_| ())
+            })
+            .map_err(|_| {
+                format!(
+                    "invalid latency '{}': use e.g. 5ms, 500us or 0.005",
+                    s.chars().take(40).collect::<String>()
+                )
+            })
+    }
+}
+
+impl fmt::Display for Latency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        if s >= 1.0 {
+            write!(f, "{s}s")
+        } else if s >= 1e-3 {
+            write!(f, "{}ms", (s * 1e6).round() / 1e3)
+        } else {
+            write!(f, "{}us", (s * 1e9).round() / 1e3)
+        }
+    }
+}
+
+/// One latency objective of an online workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Objective {
+    /// The workload it speaks for (a name under the tidal root, such as `online-critical/web`, or
+    /// any label for reports).
+    pub workload: String,
+    /// Where the histogram is: an `http://` URL of a Prometheus/OpenMetrics endpoint.
+    pub url: String,
+    /// The histogram's name (without `_bucket`).
+    pub metric: String,
+    /// Only series with these labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The quantile, in (0, 1): 0.99 for p99.
+    pub quantile: f64,
+    pub target: Latency,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SloConfig {
+    /// Each objective is scraped this often; the quantile is over the last interval's requests.
+    pub interval: Millis,
+    /// A scrape that takes longer is abandoned (the objective then has no reading).
+    pub timeout: Millis,
+    /// Largest metrics body read.
+    pub max_body_bytes: u64,
+    /// A reading older than this is stale: no SLO action, PSI rules only.
+    pub stale_after: Millis,
+    /// Slack below this tightens offline by one step per `interference.escalate_every`.
+    pub tighten_below: f64,
+    /// Slack below this stops offline growing.
+    pub hold_below: f64,
+    /// Slack above this, for `cpu.grow_after`, releases one step.
+    pub release_above: f64,
+    /// Fewer requests than this in a window give no reading (a quantile of a handful is noise).
+    pub min_requests: u64,
+    pub objectives: Vec<Objective>,
+}
+
+impl Default for SloConfig {
+    fn default() -> Self {
+        SloConfig {
+            interval: Millis(1_000),
+            timeout: Millis(300),
+            max_body_bytes: 4 << 20,
+            stale_after: Millis(3_000),
+            tighten_below: 0.0,
+            hold_below: 0.10,
+            release_above: 0.30,
+            min_requests: 20,
+            objectives: Vec::new(),
+        }
+    }
+}
+
+fn err(e: &mut Vec<ConfigError>, ok: bool, field: &str, reason: String) {
+    if !ok {
+        e.push(ConfigError {
+            field: format!("slo.{field}"),
+            reason,
+        });
+    }
+}
+
+/// Checks an objective's fields (also used for pod-declared ones); each problem with its field.
+pub fn check_objective(o: &Objective) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut bad = |f: &str, why: String| out.push((f.to_string(), why));
+    if !(o.quantile.is_finite() && o.quantile > 0.0 && o.quantile < 1.0) {
+        bad(
+            "quantile",
+            format!("must be in (0, 1), e.g. 0.99 (got {})", o.quantile),
+        );
+    }
+    if !(o.target.0.is_finite() && o.target.0 >= 1e-6 && o.target.0 <= 60.0) {
+        bad(
+            "target",
+            format!("must be between 1us and 60s (got {})", o.target.0),
+        );
+    }
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 200
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+    };
+    if !name_ok(&o.metric) {
+        bad(
+            "metric",
+            format!(
+                "'{}' is not a metric name",
+                o.metric.chars().take(80).collect::<String>()
+            ),
+        );
+    }
+    for k in o.labels.keys() {
+        if !name_ok(k) {
+            bad(
+                "labels",
+                format!(
+                    "'{}' is not a label name",
+                    k.chars().take(80).collect::<String>()
+                ),
+            );
+        }
+    }
+    if !(o.url.starts_with("http://")
+        && o.url.len() <= 2048
+        && !o.url.contains(char::is_whitespace))
+    {
+        bad(
+            "url",
+            format!(
+                "must be an http:// URL (got '{}')",
+                o.url.chars().take(80).collect::<String>()
+            ),
+        );
+    }
+    if o.workload.is_empty() || o.workload.len() > 256 {
+        bad(
+            "workload",
+            "must name the workload (1 to 256 characters)".into(),
+        );
+    }
+    out
+}
+
+impl SloConfig {
+    pub fn validate(&self, tick: Millis, e: &mut Vec<ConfigError>) {
+        let iv = self.interval;
+        // Read every tick whatever the tick: the interval is the scrape's own.
+        let _ = tick;
+        err(
+            e,
+            iv >= Millis(100) && iv <= Millis(60_000),
+            "interval",
+            format!("must be between 100ms and 1m (got {iv})"),
+        );
+        err(
+            e,
+            self.timeout >= Millis(10) && self.timeout <= iv,
+            "timeout",
+            format!(
+                "must be between 10ms and slo.interval {iv} (got {})",
+                self.timeout
+            ),
+        );
+        err(
+            e,
+            (1024..=(64 << 20)).contains(&self.max_body_bytes),
+            "max_body_bytes",
+            format!(
+                "must be between 1024 and 67108864 (got {})",
+                self.max_body_bytes
+            ),
+        );
+        err(
+            e,
+            self.stale_after >= iv && self.stale_after <= Millis(600_000),
+            "stale_after",
+            format!(
+                "must be between slo.interval {iv} and 10m (got {})",
+                self.stale_after
+            ),
+        );
+        for (f, v) in [
+            ("tighten_below", self.tighten_below),
+            ("hold_below", self.hold_below),
+            ("release_above", self.release_above),
+        ] {
+            err(
+                e,
+                v.is_finite() && (-1.0..=1.0).contains(&v),
+                f,
+                format!("must be a slack between -1 and 1 (got {v})"),
+            );
+        }
+        err(
+            e,
+            self.tighten_below <= self.hold_below && self.hold_below <= self.release_above,
+            "hold_below",
+            format!(
+                "needs tighten_below ≤ hold_below ≤ release_above (got {} ≤ {} ≤ {})",
+                self.tighten_below, self.hold_below, self.release_above
+            ),
+        );
+        err(
+            e,
+            self.min_requests <= 1_000_000,
+            "min_requests",
+            format!("must be at most 1000000 (got {})", self.min_requests),
+        );
+        err(
+            e,
+            self.objectives.len() <= 64,
+            "objectives",
+            format!("at most 64 objectives (got {})", self.objectives.len()),
+        );
+        for (i, o) in self.objectives.iter().enumerate() {
+            for (f, why) in check_objective(o) {
+                e.push(ConfigError {
+                    field: format!("slo.objectives[{i}].{f}"),
+                    reason: why,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_take_units() {
+        assert_eq!(Latency::parse("5ms").unwrap().0, 0.005);
+        assert!((Latency::parse("1.5ms").unwrap().0 - 0.0015).abs() < 1e-12);
+        assert!((Latency::parse("500us").unwrap().0 - 0.0005).abs() < 1e-12);
+        assert_eq!(Latency::parse("0.25").unwrap().0, 0.25);
+        assert!(Latency::parse("soon").is_err());
+        assert_eq!(Latency(0.0015).to_string(), "1.5ms");
+        assert_eq!(Latency(0.0005).to_string(), "500us");
+    }
+
+    #[test]
+    fn objectives_are_checked_field_by_field() {
+        let o = Objective {
+            workload: String::new(),
+            url: "file:///etc/passwd".into(),
+            metric: "9bad".into(),
+            labels: [("a-b".to_string(), "x".to_string())].into_iter().collect(),
+            quantile: 1.5,
+            target: Latency(f64::NAN),
+        };
+        let fields: Vec<String> = check_objective(&o).into_iter().map(|(f, _)| f).collect();
+        for f in ["quantile", "target", "metric", "labels", "url", "workload"] {
+            assert!(
+                fields.contains(&f.to_string()),
+                "{f} missing from {fields:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn latency_parsing_never_panics(t in "\\PC{0,30}") {
+            let _ = Latency::parse(&t);
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Latency objectives from a Prometheus/OpenMetrics histogram: one scrape's cumulative buckets for a
+//! metric (summed over the series that match the label matchers), the increase since the previous
+//! scrape (a counter reset takes the new counts as the increase, as PromQL's `increase` does), and a
+//! quantile over that window interpolated like PromQL's `histogram_quantile`. Pure: text in, numbers
+//! out; the agent does the fetching.
+
+use std::collections::BTreeMap;
+
+/// Cumulative bucket counts by upper bound (`le`), ascending, `+Inf` last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buckets(pub Vec<(f64, f64)>);
+
+impl Buckets {
+    /// Requests counted (the `+Inf` bucket).
+    pub fn total(&self) -> f64 {
+        self.0.last().map_or(0.0, |b| b.1)
+    }
+}
+
+/// The buckets of histogram `metric` in exposition text, summed over the series whose labels
+/// include `labels`. An error says what is missing or wrong.
+pub fn parse_histogram(
+    text: &str,
+    metric: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<Buckets, String> {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .map_err(|e| format!("not an exposition: {e}"))?;
+    let mut sum: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    let mut series = 0;
+    for s in &scrape.samples {
+        if s.metric != metric {
+            continue;
+        }
+        let prometheus_parse::Value::Histogram(b) = &s.value else {
+            continue;
+        };
+        if !labels
+            .iter()
+            .all(|(k, v)| s.labels.get(k) == Some(v.as_str()))
+        {
+            continue;
+        }
+        series += 1;
+        for h in b {
+            if h.less_than.is_nan() || !h.count.is_finite() || h.count < 0.0 {
+                return Err(format!(
+                    "{metric}: bucket le={} has count {}",
+                    h.less_than, h.count
+                ));
+            }
+            // Keyed by the bound's bits so +Inf sorts last and equal bounds merge.
+            let key = if h.less_than.is_infinite() {
+                u64::MAX
+            } else {
+                h.less_than.to_bits()
+            };
+            let e = sum.entry(key).or_insert((h.less_than, 0.0));
+            e.1 += h.count;
+        }
+    }
+    if series == 0 {
+        return Err(format!(
+            "no histogram '{metric}'{} in the metrics",
+            if labels.is_empty() {
+                String::new()
+            } else {
+                format!(" with labels {labels:?}")
+            }
+        ));
+    }
+    let mut v: Vec<(f64, f64)> = sum.into_values().collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if v.last().is_none_or(|b| !b.0.is_infinite()) {
+        return Err(format!("{metric}: no +Inf bucket"));
+    }
+    Ok(Buckets(v))
+}
+
+/// The increase from `prev` to `cur`: bucket by bucket, or all of `cur` after a counter reset (the
+/// total went down, or the bounds changed).
+pub fn increase(prev: Option<&Buckets>, cur: &Buckets) -> Buckets {
+    match prev {
+        Some(p)
+            if p.0.len() == cur.0.len()
+                && p.0
+                    .iter()
+                    .zip(&cur.0)
+                    .all(|(a, b)| a.0 == b.0 && b.1 >= a.1) =>
+        {
+            Buckets(
+                p.0.iter()
+                    .zip(&cur.0)
+                    .map(|(a, b)| (b.0, b.1 - a.1))
+                    .collect(),
+            )
+        }
+        _ => cur.clone(),
+    }
+}
+
+/// The `q` quantile of a window's buckets, as PromQL's `histogram_quantile` computes it: linear
+/// interpolation inside the bucket that holds the rank; a rank in the `+Inf` bucket gives the
+/// largest finite bound. None for an empty window or a `q` outside (0, 1).
+pub fn quantile(q: f64, b: &Buckets) -> Option<f64> {
+    if !(q > 0.0 && q < 1.0) {
+        return None;
+    }
+    let total = b.total();
+    if total <= 0.0 || !total.is_finite() {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = 0.0f64;
+    let mut below = 0.0f64;
+    for (i, &(le, count)) in b.0.iter().enumerate() {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(if i == 0 { 0.0 } else { lower });
+            }
+            // PromQL: the first bucket's lower bound is 0 (when its upper bound is positive).
+            let start = if i == 0 && le <= 0.0 { le } else { lower };
+            let in_bucket = count - below;
+            if in_bucket <= 0.0 {
+                return Some(le);
+            }
+            return Some(start + (le - start) * (rank - below) / in_bucket);
+        }
+        lower = le;
+        below = count;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "\
+# HELP http_request_duration_seconds Request latency.
+# TYPE http_request_duration_seconds histogram
+http_request_duration_seconds_bucket{handler=\"/api\",le=\"0.005\"} 10
+http_request_duration_seconds_bucket{handler=\"/api\",le=\"0.01\"} 50
+http_request_duration_seconds_bucket{handler=\"/api\",le=\"0.1\"} 90
+http_request_duration_seconds_bucket{handler=\"/api\",le=\"+Inf\"} 100
+http_request_duration_seconds_sum{handler=\"/api\"} 3.2
+http_request_duration_seconds_count{handler=\"/api\"} 100
+http_request_duration_seconds_bucket{handler=\"/x\",le=\"0.005\"} 1000
+http_request_duration_seconds_bucket{handler=\"/x\",le=\"0.01\"} 1000
+http_request_duration_seconds_bucket{handler=\"/x\",le=\"0.1\"} 1000
+http_request_duration_seconds_bucket{handler=\"/x\",le=\"+Inf\"} 1000
+http_request_duration_seconds_sum{handler=\"/x\"} 1
+http_request_duration_seconds_count{handler=\"/x\"} 1000
+";
+
+    fn api() -> BTreeMap<String, String> {
+        [("handler".to_string(), "/api".to_string())]
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn quantiles_from_buckets_as_promql_computes_them() {
+        let b = parse_histogram(TEXT, "http_request_duration_seconds", &api()).unwrap();
+        assert_eq!(b.total(), 100.0);
+        // p50: rank 50 is the top of the (0.005, 0.01] bucket.
+        assert!((quantile(0.5, &b).unwrap() - 0.01).abs() < 1e-12);
+        // p30: rank 30 is halfway through that bucket's 40.
+        assert!((quantile(0.3, &b).unwrap() - 0.0075).abs() < 1e-12);
+        // p5: inside the first bucket, from 0.
+        assert!((quantile(0.05, &b).unwrap() - 0.0025).abs() < 1e-12);
+        // p95: in +Inf, so the largest finite bound.
+        assert_eq!(quantile(0.95, &b), Some(0.1));
+        // Both series summed.
+        let all = parse_histogram(TEXT, "http_request_duration_seconds", &BTreeMap::new()).unwrap();
+        assert_eq!(all.total(), 1100.0);
+        assert!(parse_histogram(TEXT, "nope", &BTreeMap::new())
+            .unwrap_err()
+            .contains("nope"));
+    }
+
+    #[test]
+    fn windows_counter_resets_and_empty_windows() {
+        let prev = Buckets(vec![(0.01, 10.0), (0.1, 20.0), (f64::INFINITY, 20.0)]);
+        let cur = Buckets(vec![(0.01, 10.0), (0.1, 120.0), (f64::INFINITY, 120.0)]);
+        let w = increase(Some(&prev), &cur);
+        assert_eq!(w.total(), 100.0);
+        // Every request of the window was in (0.01, 0.1]: p99 near its top.
+        assert!((quantile(0.99, &w).unwrap() - 0.0991).abs() < 1e-9);
+        // A reset (the process restarted): the new counts are the window.
+        let reset = Buckets(vec![(0.01, 5.0), (0.1, 5.0), (f64::INFINITY, 5.0)]);
+        assert_eq!(increase(Some(&cur), &reset), reset);
+        // Nothing new: no quantile.
+        assert_eq!(quantile(0.99, &increase(Some(&cur), &cur)), None);
+        assert_eq!(quantile(0.99, &Buckets(vec![])), None);
+        assert_eq!(quantile(1.0, &cur), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_and_quantiles_never_panic(t in "\\PC{0,400}", q in -1.0f64..2.0) {
+            if let Ok(b) = parse_histogram(&t, "m", &BTreeMap::new()) {
+                let _ = quantile(q, &b);
+            }
+        }
+
+        #[test]
+        fn quantiles_stay_inside_the_finite_bounds(
+            counts in proptest::collection::vec(0u32..1000, 1..12),
+            q in 0.01f64..0.99,
+        ) {
+            let mut cum = 0.0;
+            let mut v = Vec::new();
+            for (i, c) in counts.iter().enumerate() {
+                cum += f64::from(*c);
+                v.push((0.001 * (i + 1) as f64, cum));
+            }
+            v.push((f64::INFINITY, cum));
+            let b = Buckets(v);
+            if let Some(x) = quantile(q, &b) {
+                proptest::prop_assert!(x >= 0.0 && x <= 0.001 * counts.len() as f64 + 1e-12, "{x}");
+                // Monotone in q.
+                if let Some(y) = quantile((q + 0.005).min(0.999), &b) {
+                    proptest::prop_assert!(y + 1e-12 >= x);
+                }
+            } else {
+                proptest::prop_assert_eq!(cum, 0.0);
+            }
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The latency-objective watcher: a thread that scrapes each objective's histogram every
+//! `slo.interval` and keeps its windowed quantile, so the control loop never waits on the network.
+//! Objectives come from the config (local mode) and from pods' annotations (on the pod's own IP and
+//! a port its spec declares). Every fetch has a timeout and a body cap and follows no redirect. A
+//! reading older than `slo.stale_after`, or a fetch that failed, gives no signal: the policy then
+//! acts on pressure alone. Failures are logged once per objective and counted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tidal_model::{Signal, SignalKind, WorkloadSnapshot};
+use tidal_policy::config::slo::{Objective, SloConfig};
+use tidal_snapshot::slo::{increase, parse_histogram, quantile, Buckets};
+use tracing::{info, warn};
+
+/// One objective as the watcher scrapes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    /// The workload it speaks for (a tidal group, or a pod's `namespace/name`).
+    pub workload: String,
+    pub url: String,
+    pub metric: String,
+    pub labels: BTreeMap<String, String>,
+    pub quantile: f64,
+    pub target: f64,
+}
+
+impl Spec {
+    fn key(&self) -> String {
+        format!("{} {} {}", self.workload, self.url, self.metric)
+    }
+    fn what(&self) -> String {
+        format!("p{} of {}", fmt_q(self.quantile), self.metric)
+    }
+}
+
+fn fmt_q(q: f64) -> String {
+    let s = format!("{}", (q * 1000.0).round() / 10.0);
+    s.trim_end_matches(".0").to_string()
+}
+
+/// The objectives of the config, then those the pods declare (online pods with an IP only).
+pub fn specs(cfg: &[Objective], workloads: &[WorkloadSnapshot]) -> Vec<Spec> {
+    let mut out: Vec<Spec> = cfg
+        .iter()
+        .map(|o| Spec {
+            workload: o.workload.clone(),
+            url: o.url.clone(),
+            metric: o.metric.clone(),
+            labels: o.labels.clone(),
+            quantile: o.quantile,
+            target: o.target.0,
+        })
+        .collect();
+    for w in workloads.iter().filter(|w| w.level.is_online()) {
+        let Some(p) = &w.pod else { continue };
+        let (Some(s), Some(ip)) = (&p.slo, &p.ip) else {
+            continue;
+        };
+        let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+            continue;
+        };
+        let host = match ip {
+            std::net::IpAddr::V4(a) => a.to_string(),
+            std::net::IpAddr::V6(a) => format!("[{a}]"),
+        };
+        out.push(Spec {
+            workload: w.name.clone(),
+            url: format!("http://{host}:{}{}", s.port, s.path),
+            metric: s.metric.clone(),
+            labels: s.labels.clone(),
+            quantile: s.quantile,
+            target: s.target,
+        });
+    }
+    out
+}
+
+/// The last reading of one objective.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reading {
+    pub workload: String,
+    pub what: String,
+    pub target_s: f64,
+    /// The quantile over the last window; None if the window had too few requests or the fetch
+    /// failed.
+    pub observed_s: Option<f64>,
+    pub slack: Option<f64>,
+    pub requests: Option<f64>,
+    /// Seconds since the last good reading (None: never).
+    pub age_s: Option<f64>,
+    pub stale: bool,
+    pub error: Option<String>,
+    pub scrape_errors: u64,
+}
+
+struct State {
+    spec: Spec,
+    last_ok: Option<Instant>,
+    observed: Option<f64>,
+    requests: Option<f64>,
+    error: Option<String>,
+    errors: u64,
+    prev: Option<Buckets>,
+}
+
+struct Inner {
+    cfg: Mutex<SloConfig>,
+    specs: Mutex<Vec<Spec>>,
+    states: Mutex<BTreeMap<String, State>>,
+    stop: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+pub struct SloWatch {
+    inner: Arc<Inner>,
+}
+
+impl Drop for SloWatch {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl SloWatch {
+    pub fn start(cfg: &SloConfig) -> SloWatch {
+        let inner = Arc::new(Inner {
+            cfg: Mutex::new(cfg.clone()),
+            specs: Mutex::new(Vec::new()),
+            states: Mutex::new(BTreeMap::new()),
+            stop: AtomicBool::new(false),
+        });
+        let i = Arc::clone(&inner);
+        if let Err(e) = std::thread::Builder::new()
+            .name("tidal-slo".into())
+            .spawn(move || run(&i))
+        {
+            warn!("cannot start the latency-objective watcher: {e}; objectives are not read");
+        }
+        SloWatch { inner }
+    }
+
+    pub fn set_config(&self, cfg: &SloConfig) {
+        *lock(&self.inner.cfg) = cfg.clone();
+    }
+
+    pub fn set_specs(&self, specs: Vec<Spec>) {
+        let mut cur = lock(&self.inner.specs);
+        if *cur != specs {
+            *cur = specs;
+        }
+    }
+
+    /// Fresh signals for the policy, and every objective's reading for reports.
+    pub fn read(&self) -> (Vec<Signal>, Vec<Reading>) {
+        let stale_after = Duration::from_millis(lock(&self.inner.cfg).stale_after.0);
+        let states = lock(&self.inner.states);
+        let mut sig = Vec::new();
+        let mut out = Vec::new();
+        for st in states.values() {
+            let age = st.last_ok.map(|t| t.elapsed());
+            let stale = age.is_none_or(|a| a > stale_after);
+            let slack = st.observed.map(|o| Signal::slack_of(o, st.spec.target));
+            if let (false, Some(o), Some(sl)) = (stale, st.observed, slack) {
+                sig.push(Signal {
+                    kind: SignalKind::Slo,
+                    workload: st.spec.workload.clone(),
+                    what: st.spec.what(),
+                    observed: o,
+                    target: st.spec.target,
+                    slack: sl,
+                });
+            }
+            out.push(Reading {
+                workload: st.spec.workload.clone(),
+                what: st.spec.what(),
+                target_s: st.spec.target,
+                observed_s: st.observed,
+                slack,
+                requests: st.requests,
+                age_s: age.map(|a| a.as_secs_f64()),
+                stale,
+                error: st.error.clone(),
+                scrape_errors: st.errors,
+            });
+        }
+        (sig, out)
+    }
+}
+
+fn fetch(agent: &ureq::Agent, url: &str, cap: u64) -> Result<String, String> {
+    let mut r = agent.get(url).call().map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    if status != 200 {
+        return Err(format!("HTTP {status}"));
+    }
+    r.body_mut()
+        .with_config()
+        .limit(cap)
+        .read_to_string()
+        .map_err(|e| format!("body: {e}"))
+}
+
+fn run(inner: &Inner) {
+    let mut logged: HashSet<String> = HashSet::new();
+    let mut next = Instant::now();
+    while !inner.stop.load(Ordering::Relaxed) {
+        let cfg = lock(&inner.cfg).clone();
+        let interval = Duration::from_millis(cfg.interval.0.max(100));
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep((next - now).min(Duration::from_millis(100)));
+            continue;
+        }
+        next = now + interval;
+        let specs = lock(&inner.specs).clone();
+        if specs.is_empty() {
+            lock(&inner.states).clear();
+            continue;
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(cfg.timeout.0)))
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let keys: HashSet<String> = specs.iter().map(Spec::key).collect();
+        let mut prevs: HashMap<String, (Option<Buckets>, Option<Instant>, u64)> = {
+            let mut st = lock(&inner.states);
+            st.retain(|k, _| keys.contains(k));
+            st.iter()
+                .map(|(k, s)| (k.clone(), (s.prev.clone(), s.last_ok, s.errors)))
+                .collect()
+        };
+        for spec in specs {
+            let key = spec.key();
+            let (prev, last_ok, mut errors) = prevs.remove(&key).unwrap_or((None, None, 0));
+            let got = fetch(&agent, &spec.url, cfg.max_body_bytes)
+                .and_then(|text| parse_histogram(&text, &spec.metric, &spec.labels));
+            let (observed, requests, error, cur, ok_at) = match got {
+                Ok(cur) => {
+                    if logged.remove(&key) {
+                        info!(
+                            "latency objective of {}: {} readable again",
+                            spec.workload, spec.url
+                        );
+                    }
+                    let window = prev.as_ref().map(|p| increase(Some(p), &cur));
+                    let n = window.as_ref().map(Buckets::total);
+                    let q = match (&window, n) {
+                        (Some(w), Some(n)) if n >= cfg.min_requests as f64 => {
+                            quantile(spec.quantile, w)
+                        }
+                        _ => None,
+                    };
+                    let err = match (prev.is_some(), n) {
+                        (false, _) => Some("first scrape: no window yet".to_string()),
+                        (true, Some(n)) if n < cfg.min_requests as f64 => Some(format!(
+                            "{n:.0} requests in the window (fewer than slo.min_requests {})",
+                            cfg.min_requests
+                        )),
+                        _ => None,
+                    };
+                    // A window with too few requests says nothing; it is not a failure.
+                    let ok_at = if q.is_some() {
+                        Some(Instant::now())
+                    } else {
+                        last_ok
+                    };
+                    (q, n, err, Some(cur), ok_at)
+                }
+                Err(e) => {
+                    errors += 1;
+                    if logged.insert(key.clone()) {
+                        warn!(
+                            "latency objective of {}: cannot read {} ({e}); pressure rules only until it can (logged once)",
+                            spec.workload, spec.url
+                        );
+                    }
+                    (None, None, Some(e), prev.clone(), last_ok)
+                }
+            };
+            lock(&inner.states).insert(
+                key,
+                State {
+                    spec,
+                    last_ok: ok_at,
+                    observed,
+                    requests,
+                    error,
+                    errors,
+                    prev: cur,
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_names() {
+        assert_eq!(fmt_q(0.99), "99");
+        assert_eq!(fmt_q(0.999), "99.9");
+        assert_eq!(fmt_q(0.5), "50");
+    }
+}

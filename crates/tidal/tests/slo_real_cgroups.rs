@@ -1,0 +1,242 @@
+//! A latency objective on real cgroups: an online workload whose objective is missed (a metrics
+//! endpoint in this test serving a histogram of slow requests) gets offline tightened, with the
+//! objective quoted in the reason; when it recovers, offline is released again. Pressure rules are
+//! switched off here, so only the objective can move the ladder.
+
+mod common;
+
+use common::{cgroups_usable, TestRoot};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut r = ureq::get(&format!("http://{addr}{path}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .ok()?;
+    let code = r.status().as_u16();
+    Some((code, r.body_mut().read_to_string().ok()?))
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// A metrics endpoint: every scrape adds 200 requests, all fast (1 ms) or all slow (40 ms).
+struct Metrics {
+    addr: String,
+    slow: Arc<AtomicBool>,
+    scrapes: Arc<AtomicU64>,
+}
+
+fn metrics() -> Metrics {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let slow = Arc::new(AtomicBool::new(false));
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let (s, n) = (Arc::clone(&slow), Arc::clone(&scrapes));
+    std::thread::spawn(move || {
+        let (mut fast, mut slow_n) = (0u64, 0u64);
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            if s.load(Ordering::Relaxed) {
+                slow_n += 200;
+            } else {
+                fast += 200;
+            }
+            n.fetch_add(1, Ordering::Relaxed);
+            let m = "app_request_duration_seconds";
+            let body = format!(
+                "# TYPE {m} histogram\n{m}_bucket{{handler=\"/api\",le=\"0.002\"}} {fast}\n{m}_bucket{{handler=\"/api\",le=\"0.01\"}} {fast}\n{m}_bucket{{handler=\"/api\",le=\"0.05\"}} {t}\n{m}_bucket{{handler=\"/api\",le=\"+Inf\"}} {t}\n{m}_sum{{handler=\"/api\"}} 1\n{m}_count{{handler=\"/api\"}} {t}\n",
+                t = fast + slow_n
+            );
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Metrics {
+        addr,
+        slow,
+        scrapes,
+    }
+}
+
+fn start_agent(t: &TestRoot, cfg: &str, addr: &str) -> Child {
+    let p = t.state.path().join("agent.yaml");
+    std::fs::write(&p, cfg).unwrap();
+    let log = std::fs::File::create(t.state.path().join("agent.log")).unwrap();
+    let child = t
+        .cmd()
+        .args(["agent", "--config"])
+        .arg(&p)
+        .args(["--listen", addr])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for("agent /healthz", 10, || {
+        get(addr, "/healthz").is_some_and(|(c, _)| c == 200)
+    });
+    child
+}
+
+fn state(addr: &str) -> Value {
+    get(addr, "/state")
+        .and_then(|(_, b)| serde_json::from_str(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn steps(v: &Value) -> usize {
+    v["policy"]["interference"]["steps"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[test]
+fn a_missed_objective_tightens_offline_and_its_recovery_releases_it() {
+    if !cgroups_usable("a_missed_objective_tightens_offline_and_its_recovery_releases_it") {
+        return;
+    }
+    let mut t = TestRoot::new("slo");
+    let m = metrics();
+    t.spawn(&[
+        "run",
+        "--qos",
+        "online-critical",
+        "--name",
+        "web",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    t.spawn(&[
+        "run",
+        "--qos",
+        "offline",
+        "--name",
+        "etl",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    let addr = free_addr();
+    let cfg = format!(
+        "tick: 100ms\nstats_interval: 200ms\ncpu:\n  confine_min_cpus: 1\n  grow_after: 500ms\n\
+         interference:\n  psi_threshold: 100\n  escalate_every: 300ms\n\
+         slo:\n  interval: 300ms\n  stale_after: 2s\n  min_requests: 10\n  objectives:\n\
+         \x20   - workload: online-critical/web\n      url: http://{}/metrics\n      metric: app_request_duration_seconds\n\
+         \x20     labels: {{handler: /api}}\n      quantile: 0.99\n      target: 5ms\n",
+        m.addr
+    );
+    let mut agent = start_agent(&t, &cfg, &addr);
+    // Met with ample slack: nothing tightened, and /state shows the objective.
+    wait_for("a first reading of the objective", 10, || {
+        state(&addr)["slo"][0]["slack"]
+            .as_f64()
+            .is_some_and(|s| s > 0.3)
+    });
+    assert_eq!(steps(&state(&addr)), 0);
+    // Slow requests: p99 near 50 ms against 5 ms.
+    m.slow.store(true, Ordering::Relaxed);
+    wait_for("offline tightened for the missed objective", 10, || {
+        steps(&state(&addr)) >= 1
+    });
+    let v = state(&addr);
+    let reasons: Vec<String> = v["last_plan"]["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["reason"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("objective online-critical/web") && r.contains("slack")),
+        "{reasons:?}"
+    );
+    let (_, metrics_text) = get(&addr, "/metrics").unwrap();
+    assert!(metrics_text.contains("tidal_slo_slack"), "{metrics_text}");
+    // It keeps tightening while missed.
+    wait_for("a second step", 10, || steps(&state(&addr)) >= 2);
+    // Recovered: released step by step, down to nothing.
+    m.slow.store(false, Ordering::Relaxed);
+    wait_for("offline released after recovery", 20, || {
+        steps(&state(&addr)) == 0
+    });
+    assert!(m.scrapes.load(Ordering::Relaxed) > 5);
+    // SAFETY: kill(2) on the agent this test started.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = agent.wait();
+    t.kill_children();
+    let out = t.tidal(&["restore"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_unreachable_objective_is_stale_and_changes_nothing() {
+    if !cgroups_usable("an_unreachable_objective_is_stale_and_changes_nothing") {
+        return;
+    }
+    let mut t = TestRoot::new("slo-stale");
+    t.spawn(&[
+        "run", "--qos", "offline", "--name", "etl", "--", "sleep", "600",
+    ]);
+    // A port nobody listens on.
+    let dead = free_addr();
+    let addr = free_addr();
+    let cfg = format!(
+        "tick: 100ms\ninterference:\n  psi_threshold: 100\nslo:\n  interval: 200ms\n  timeout: 100ms\n  objectives:\n\
+         \x20   - workload: w\n      url: http://{dead}/metrics\n      metric: m\n      quantile: 0.99\n      target: 1ms\n"
+    );
+    let mut agent = start_agent(&t, &cfg, &addr);
+    wait_for("the objective marked stale with its error", 10, || {
+        let v = state(&addr);
+        v["slo"][0]["stale"] == Value::Bool(true)
+            && v["slo"][0]["scrape_errors"].as_u64().unwrap_or(0) >= 2
+    });
+    assert_eq!(steps(&state(&addr)), 0);
+    let log = std::fs::read_to_string(t.state.path().join("agent.log")).unwrap_or_default();
+    assert_eq!(
+        log.matches("cannot read http://").count(),
+        1,
+        "logged once: {log}"
+    );
+    // SAFETY: kill(2) on the agent this test started.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = agent.wait();
+    t.kill_children();
+    let out = t.tidal(&["restore"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
