@@ -70,6 +70,8 @@ pub struct Actuator {
     /// (group dir, knob) the kernel refused, and when.
     refused: HashMap<(PathBuf, Knob), Instant>,
     reprobe: Duration,
+    /// Lowering `oom_score_adj` was refused (no CAP_SYS_RESOURCE): said once.
+    oom_refused: bool,
     /// Originals this process journalled: if a record is taken back while it runs, this value (never
     /// one tidal wrote) is journalled again before the next write.
     first_seen: HashMap<PathBuf, String>,
@@ -102,6 +104,7 @@ impl Actuator {
             stats: ActStats::default(),
             created_now: Vec::new(),
             refused: HashMap::new(),
+            oom_refused: false,
             reprobe: Duration::from_secs(10),
             first_seen: HashMap::new(),
         })
@@ -164,6 +167,7 @@ impl Actuator {
             Op::Kill { group } => self.kill(group),
             Op::RemoveGroup { group } => self.remove_group(group),
             Op::Evict { .. } => Ok(Outcome::Elsewhere),
+            Op::OomScoreAdj { target, value } => self.oom_score_adj(target, *value),
         }
     }
 
@@ -760,6 +764,113 @@ impl Actuator {
     }
 
     /// Moves a task back to the cgroups this process started in (after a failed move).
+    /// Sets `oom_score_adj` on every task of `target` whose value differs. Not journalled: the value
+    /// dies with the task, and `restore` never touches `/proc`. Tasks that exit meanwhile are
+    /// skipped; a group whose tasks this process cannot see (another PID namespace) has none.
+    pub fn oom_score_adj(&mut self, target: &Target, value: i32) -> Result<Outcome, ActError> {
+        let Some(procs) = self
+            .layout
+            .target_dirs(target)
+            .into_iter()
+            .map(|d| d.join(PROCS))
+            .find(|p| p.exists())
+        else {
+            return Ok(Outcome::Vanished);
+        };
+        let pids = match read_procs(&procs) {
+            Ok(p) => p,
+            Err(e) if e.is_vanished() => return Ok(Outcome::Vanished),
+            Err(e) => return Err(e.into()),
+        };
+        let want = value.to_string();
+        let mut wrote = false;
+        for pid in pids.into_iter().filter(|p| *p > 0) {
+            let f = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
+            match read_file(&f) {
+                Ok(cur) if cur.trim() == want => continue,
+                Ok(_) => {}
+                Err(_) => continue,
+            }
+            if self.dry_run {
+                info!("dry-run: would write {want} to {}", f.display());
+                continue;
+            }
+            match kernel::write_file(&f, &want) {
+                Ok(()) => wrote = true,
+                Err(e) if e.is_vanished() || e.errno() == Some(libc::ESRCH) => {}
+                // Lowering it needs CAP_SYS_RESOURCE: without it, say so once and go on.
+                Err(e) if matches!(e.errno(), Some(libc::EACCES) | Some(libc::EPERM)) => {
+                    if !self.oom_refused {
+                        self.oom_refused = true;
+                        warn!("cannot set oom_score_adj {value} ({e}): lowering it needs CAP_SYS_RESOURCE; online tasks keep the kernel's value (logged once)");
+                    }
+                    return Ok(Outcome::Unsupported);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(match (self.dry_run, wrote) {
+            (true, _) => Outcome::DryRun,
+            (false, true) => Outcome::Written,
+            (false, false) => Outcome::Unchanged,
+        })
+    }
+
+    /// Records a workload's declared memory request on its group (`trusted.tidal.memory_request`),
+    /// where the agent reads it to size the workload's protection and its ancestors'. It goes with
+    /// the group.
+    pub fn set_memory_request(
+        &mut self,
+        group: &GroupPath,
+        bytes: u64,
+    ) -> Result<Outcome, ActError> {
+        if self.dry_run {
+            info!("dry-run: would record a memory request of {bytes} bytes on {group}");
+            return Ok(Outcome::DryRun);
+        }
+        let t = Target::Tidal(group.clone());
+        let mut done = false;
+        let mut last = None;
+        for dir in self.layout.target_dirs(&t) {
+            match kernel::set_xattr(
+                &dir,
+                tidal_cgroupfs::stats::MEMORY_REQUEST_XATTR,
+                bytes.to_string().as_bytes(),
+            ) {
+                Ok(()) => done = true,
+                Err(e) => last = Some((dir, e)),
+            }
+        }
+        match (done, last) {
+            (true, _) | (false, None) => Ok(Outcome::Written),
+            (false, Some((dir, source))) => Err(CgroupError::Write {
+                path: dir,
+                value: format!(
+                    "xattr {}={bytes}",
+                    tidal_cgroupfs::stats::MEMORY_REQUEST_XATTR
+                ),
+                source,
+            }
+            .into()),
+        }
+    }
+
+    /// Sets this process's own `oom_score_adj` (before `tidal run` execs its command, so the
+    /// command and its children inherit it).
+    /// Lowering needs CAP_SYS_RESOURCE; without it the value stays and `Unsupported` says so.
+    pub fn oom_score_adj_self(&mut self, value: i32) -> Result<Outcome, ActError> {
+        if self.dry_run {
+            return Ok(Outcome::DryRun);
+        }
+        match kernel::write_file(Path::new("/proc/self/oom_score_adj"), &value.to_string()) {
+            Ok(()) => Ok(Outcome::Written),
+            Err(e) if matches!(e.errno(), Some(libc::EACCES) | Some(libc::EPERM)) => {
+                Ok(Outcome::Unsupported)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub fn move_pid_home(&mut self, pid: u32) {
         for dir in self.layout.self_dirs() {
             let p = dir.join(PROCS);

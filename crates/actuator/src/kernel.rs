@@ -1,5 +1,5 @@
-//! The primitives that change the kernel: write a cgroup file, make and remove a group directory,
-//! signal a task. Private to this crate, so every change goes through [`crate::Actuator`] (or
+//! The primitives that change the kernel: write a cgroup file (or a task's `/proc` setting), make and
+//! remove a group directory, tag one with an extended attribute, signal a task. Private to this crate, so every change goes through [`crate::Actuator`] (or
 //! `restore`, which the actuator crate owns): nothing else in tidal can reach these.
 
 use std::io::Write;
@@ -20,6 +20,30 @@ pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
         .open(path)
         .map_err(err)?;
     f.write_all(value.as_bytes()).map_err(err)
+}
+
+/// Sets an extended attribute on a group directory (cgroupfs keeps `trusted.*` ones).
+pub(crate) fn set_xattr(dir: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let n = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both strings are NUL-terminated and live across the call; value is a valid slice.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 pub(crate) fn make_dir(dir: &Path) -> std::io::Result<()> {

@@ -242,6 +242,55 @@ fn fake_fs_openeuler_offline_parent_gets_qos_level() {
 }
 
 #[test]
+fn fake_fs_openeuler_offline_memory_gets_qos_level_and_a_zero_soft_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = tmp.path().join("memory");
+    let v1_memory = |d: &Path| {
+        write(
+            d,
+            &[
+                ("cgroup.procs", ""),
+                ("memory.limit_in_bytes", "9223372036854771712"),
+                ("memory.soft_limit_in_bytes", "9223372036854771712"),
+                ("memory.usage_in_bytes", "4096"),
+                ("memory.qos_level", "0"),
+                (
+                    "memory.stat",
+                    "cache 0\nrss 4096\ntotal_inactive_file 0\ntotal_pgmajfault 0",
+                ),
+            ],
+        )
+    };
+    v1_memory(&mem);
+    for g in ["tidal", "tidal/offline", "tidal/offline/offline"] {
+        v1_memory(&mem.join(g));
+    }
+    let mi = format!(
+        "33 31 0:30 / {} rw - cgroup cgroup rw,memory\n",
+        mem.display()
+    );
+    let h = Hierarchies::from_parts(
+        &parse_mountinfo(&mi),
+        &parse_proc_cgroup("1:memory:/\n"),
+        |_| vec![],
+    );
+    let layout = Layout::new(h, &RootSpec::Relative("tidal".into()), Host::default());
+    let caps = detect_capabilities(&layout);
+    assert!(caps.has(Knob::MemoryQosLevel) && caps.has(Knob::MemorySoftLimit));
+    let state = tmp.path().join("state");
+    let mut act = Actuator::new(layout.clone(), &state, false).unwrap();
+    let res = act.apply(&level_plan(QosLevel::Offline, &caps));
+    assert!(res.iter().all(|a| a.result.is_ok()), "{res:?}");
+    assert_eq!(read(&mem.join("tidal/offline/memory.qos_level")), "-1");
+    assert_eq!(
+        read(&mem.join("tidal/offline/memory.soft_limit_in_bytes")),
+        "0"
+    );
+    restore(&layout, &state, false).unwrap();
+    assert_eq!(read(&mem.join("tidal/offline/memory.qos_level")), "0");
+}
+
+#[test]
 fn fake_fs_dry_run_writes_nothing_and_vanished_groups_are_normal() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = fake_v2(tmp.path());

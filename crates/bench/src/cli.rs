@@ -43,9 +43,18 @@ pub struct BenchArgs {
     /// Constant arrivals instead of Poisson.
     #[arg(long)]
     pub constant: bool,
-    /// Built-in offline antagonist: cpu, stream (memory bandwidth), cache (LLC thrasher), mix.
+    /// Built-in offline antagonist: cpu, stream (memory bandwidth), cache (LLC thrasher), mix,
+    /// memory (anonymous memory growing past what is free, stopping at a safe margin), pagecache
+    /// (streaming reads of a file larger than RAM).
     #[arg(long, default_value = "cpu")]
     pub offline: String,
+    /// `--offline memory`: grow towards this many bytes (default: 110% of MemAvailable at start).
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory_bytes: Option<u64>,
+    /// The online service's file-backed working set, touched by every request (pages a page-cache
+    /// antagonist can evict).
+    #[arg(long, value_parser = parse_bytes)]
+    pub working_set: Option<u64>,
     /// Antagonist threads (default: 2 per CPU).
     #[arg(long)]
     pub offline_threads: Option<usize>,
@@ -97,6 +106,31 @@ pub enum BenchLayout {
     KubeletTree,
 }
 
+/// `512M`, `2G`, `1048576`: bytes, at most 16 TiB.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let m: u64 = match &t[i..] {
+                "K" | "k" | "KiB" => 1 << 10,
+                "M" | "m" | "MiB" => 1 << 20,
+                "G" | "g" | "GiB" => 1 << 30,
+                "T" | "t" | "TiB" => 1 << 40,
+                u => return Err(format!("'{s}': unknown unit '{u}' (use K, M, G or T)")),
+            };
+            (&t[..i], m)
+        }
+        None => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 512M, 2G)"))?;
+    n.checked_mul(mult)
+        .filter(|b| *b > 0 && *b <= 16 << 40)
+        .ok_or_else(|| format!("'{s}': a size between 1 byte and 16T"))
+}
+
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Time from an online load step to offline being out of online's CPUs (agent running).
@@ -132,6 +166,8 @@ pub enum WorkerKind {
     Cpu,
     Stream,
     Cache,
+    Memory,
+    Pagecache,
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +205,18 @@ pub struct WorkerArgs {
     /// Load generator: where to write the result (JSON).
     #[arg(long)]
     pub out: Option<String>,
+    /// Server: a file-backed working set of this many bytes, touched by every request.
+    #[arg(long)]
+    pub working_set: Option<u64>,
+    /// Memory antagonist: grow towards this many bytes; page-cache antagonist: file size.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub bytes: u64,
+    /// Memory antagonist: stop growing while MemAvailable is under this many bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub margin: u64,
+    /// Page-cache antagonist: the file to stream.
+    #[arg(long)]
+    pub file: Option<String>,
 }
 
 /// Most requests one run may schedule: bounds the load generator's memory whatever rate and
@@ -242,9 +290,11 @@ impl BenchArgs {
         if let Some(t) = self.offline_threads {
             push(count("--offline-threads", t, 1, 1024));
         }
-        if !["cpu", "stream", "cache", "mix"].contains(&self.offline.as_str()) {
+        if !["cpu", "stream", "cache", "mix", "memory", "pagecache"]
+            .contains(&self.offline.as_str())
+        {
             push(Err(format!(
-                "--offline '{}': valid are cpu, stream, cache, mix",
+                "--offline '{}': valid are cpu, stream, cache, mix, memory, pagecache",
                 self.offline
             )));
         }

@@ -77,6 +77,16 @@ pub struct RunResult {
     pub online_cpus: Option<f64>,
     /// Machine CPU utilisation, 0..1.
     pub utilisation: Option<f64>,
+    #[serde(default)]
+    pub memory: MemoryResult,
+}
+
+/// Memory over a run: the online server's major faults, and tasks OOM-killed on each side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct MemoryResult {
+    pub online_major_faults: Option<u64>,
+    pub oom_kills_online: Option<u64>,
+    pub oom_kills_offline: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,6 +115,9 @@ pub struct Opts {
     pub n_cpus: usize,
     pub seed: u64,
     pub layout: crate::cli::BenchLayout,
+    /// `--offline memory`'s target, and the server's file-backed working set.
+    pub memory_bytes: Option<u64>,
+    pub working_set: Option<u64>,
     /// The `tidal` scenario's latency objective: alone p99 × this (None: no objective).
     pub slo_factor: Option<f64>,
     /// The objective's target once measured (seconds).
@@ -132,6 +145,8 @@ impl Opts {
             n_cpus,
             seed: a.seed,
             layout: a.layout,
+            memory_bytes: a.memory_bytes,
+            working_set: a.working_set,
             slo_factor: (!a.no_slo).then_some(a.slo_factor),
             slo_target_s: None,
         }
@@ -172,10 +187,29 @@ fn wait_file(env: &BenchEnv, p: &std::path::Path, secs: u64) -> Result<String, S
 }
 
 /// Starts `argv` stopped, moves it into `group`, then lets it run: nothing it forks escapes the group.
+/// The bench's own processes are kept from the OOM killer; an offline workload gives that up
+/// (back to the kernel's neutral 0, as any process outside tidal would have).
 fn spawn_in(env: &mut BenchEnv, group: &GroupPath, argv: &[String]) -> Result<u32, String> {
+    spawn_in_as(env, group, argv, false)
+}
+
+fn spawn_offline_in(env: &mut BenchEnv, group: &GroupPath, argv: &[String]) -> Result<u32, String> {
+    spawn_in_as(env, group, argv, true)
+}
+
+fn spawn_in_as(
+    env: &mut BenchEnv,
+    group: &GroupPath,
+    argv: &[String],
+    offline: bool,
+) -> Result<u32, String> {
     let mut c = Command::new("sh");
     c.arg("-c")
-        .arg("kill -STOP $$; exec \"$@\"")
+        .arg(if offline {
+            "echo 0 > /proc/self/oom_score_adj; kill -STOP $$; exec \"$@\""
+        } else {
+            "kill -STOP $$; exec \"$@\""
+        })
         .arg("sh")
         .args(argv)
         .stdin(std::process::Stdio::null())
@@ -200,6 +234,45 @@ fn offline_argv(env: &BenchEnv, o: &Opts, report: &std::path::Path) -> Vec<Vec<S
     let exe = env.exe.display().to_string();
     if let Some(cmd) = &o.offline_cmd {
         return vec![vec!["sh".into(), "-c".into(), cmd.clone()]];
+    }
+    if o.offline_kind == "memory" || o.offline_kind == "pagecache" {
+        let total = tidal_cgroupfs::proc::parse_meminfo(
+            &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
+        )
+        .map(|m| m.total)
+        .unwrap_or(1 << 30);
+        // Stop short of the kernel's OOM killer: keep 5% of RAM (at least 512 MiB) available.
+        let margin = (total / 20).max(512 << 20);
+        return vec![if o.offline_kind == "memory" {
+            let target = o
+                .memory_bytes
+                .unwrap_or_else(|| crate::worker::mem_available().map_or(total, |a| a / 10 * 11));
+            vec![
+                exe,
+                "worker".into(),
+                "memory".into(),
+                "--bytes".into(),
+                target.to_string(),
+                "--margin".into(),
+                margin.to_string(),
+                "--report".into(),
+                format!("{}.0", report.display()),
+            ]
+        } else {
+            vec![
+                exe,
+                "worker".into(),
+                "pagecache".into(),
+                "--file".into(),
+                env.work_dir().join("pagecache.dat").display().to_string(),
+                "--bytes".into(),
+                total.saturating_add(1 << 30).to_string(),
+                "--threads".into(),
+                "2".into(),
+                "--report".into(),
+                format!("{}.0", report.display()),
+            ]
+        }];
     }
     let kinds: Vec<&str> = if o.offline_kind == "mix" {
         vec!["cpu", "stream", "cache"]
@@ -245,6 +318,14 @@ fn setup(
         "--ready-file".into(),
         ready.display().to_string(),
     ];
+    let server = match o.working_set {
+        Some(b) => {
+            let mut v = server;
+            v.extend(["--working-set".into(), b.to_string()]);
+            v
+        }
+        None => server,
+    };
     let offline = if with_offline && s != Scenario::Alone {
         offline_argv(env, o, &report)
     } else {
@@ -325,7 +406,7 @@ fn setup(
             let name = format!("{tag}/offline");
             let g = env.group(&name, &off_knobs)?;
             for argv in &offline {
-                let pid = spawn_in(env, &g, argv)?;
+                let pid = spawn_offline_in(env, &g, argv)?;
                 st.offline_pids.push(pid);
             }
             st.offline_group = Some(name.clone());
@@ -518,7 +599,7 @@ fn kubelet_tree(
     env.group(&pod_off, &pod_knobs)?;
     let g = env.group(&format!("{pod_off}/{CTR_OFFLINE}"), &shares(2))?;
     for argv in offline {
-        let pid = spawn_in(env, &g, argv)?;
+        let pid = spawn_offline_in(env, &g, argv)?;
         st.offline_pids.push(pid);
     }
     st.offline_group = Some(pod_off);
@@ -780,6 +861,17 @@ fn measure(
     let mut off_r = reader(st.offline_group.as_deref());
     let mut on_r = reader(Some(&st.online_group));
     let mut node_r = env.layout.node_cpu_usage();
+    // OOM kills and major faults over the whole run (warm-up included).
+    let events = |g: Option<&str>| {
+        g.and_then(|g| GroupPath::new(g).ok())
+            .and_then(|g| env.layout.memory_events(&Target::Tidal(g)))
+    };
+    let mut ev_on = events(Some(&st.online_group));
+    let mut ev_off = events(st.offline_group.as_deref());
+    let read_ev = |r: &mut Option<tidal_cgroupfs::Reader<tidal_cgroupfs::stats::MemEvents>>| {
+        r.as_mut().and_then(|r| r.read().ok())
+    };
+    let ev0 = (read_ev(&mut ev_on), read_ev(&mut ev_off));
     let mut mark_now = move || {
         let read =
             |r: &mut Option<tidal_cgroupfs::Reader<u64>>| r.as_mut().and_then(|r| r.read().ok());
@@ -830,7 +922,21 @@ fn measure(
     if let Some(h) = marker {
         let _ = h.join();
     }
-    check_offline_alive(env, st)?;
+    let ev1 = (read_ev(&mut ev_on), read_ev(&mut ev_off));
+    let delta = |a: Option<tidal_cgroupfs::stats::MemEvents>,
+                 b: Option<tidal_cgroupfs::stats::MemEvents>,
+                 f: fn(&tidal_cgroupfs::stats::MemEvents) -> u64| {
+        Some(f(&b?).saturating_sub(f(&a?)))
+    };
+    let memory = MemoryResult {
+        online_major_faults: delta(ev0.0, ev1.0, |e| e.major_faults),
+        oom_kills_online: delta(ev0.0, ev1.0, |e| e.oom_kills),
+        oom_kills_offline: delta(ev0.1, ev1.1, |e| e.oom_kills),
+    };
+    // A memory antagonist the OOM killer took is a result, not a failed run.
+    if memory.oom_kills_offline.unwrap_or(0) == 0 {
+        check_offline_alive(env, st)?;
+    }
     let (a, b) = marks
         .lock()
         .map(|m| *m)
@@ -873,6 +979,7 @@ fn measure(
         },
         online_cpus: per_s(a.online_ns, b.online_ns, dt, 1e9),
         utilisation: per_s(a.node_ns, b.node_ns, dt, 1e9).map(|c| (c / n).min(1.0)),
+        memory,
     })
 }
 

@@ -108,6 +108,14 @@ impl BenchEnv {
         } else {
             act.ensure_root(None).map_err(|e| describe(&e))?;
         }
+        // The bench and the processes it runs for online keep out of the OOM killer's way: a memory
+        // antagonist must not take the measurement down with it.
+        if let Err(e) = act.oom_score_adj_self(-999) {
+            eprintln!(
+                "tidal: cannot protect the bench from the OOM killer: {}",
+                describe(&e)
+            );
+        }
         let caps = detect_capabilities(&layout);
         let child_root = layout
             .nested("tidal")

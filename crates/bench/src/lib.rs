@@ -285,7 +285,7 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
 pub fn run_worker(a: &WorkerArgs) -> i32 {
     match a.kind {
         cli::WorkerKind::Server => {
-            match worker::serve(a.port, a.work_us, a.ready_file.as_deref()) {
+            match worker::serve(a.port, a.work_us, a.ready_file.as_deref(), a.working_set) {
                 Ok(()) => 0,
                 Err(e) => crate::fail(format!("server on port {}: {e}", a.port)),
             }
@@ -305,6 +305,19 @@ pub fn run_worker(a: &WorkerArgs) -> i32 {
         cli::WorkerKind::Cache => {
             worker::antagonist(a.threads, a.report.clone(), worker::cache_unit);
             0
+        }
+        cli::WorkerKind::Memory => {
+            worker::memory_hog(a.bytes, a.margin, a.report.clone());
+            0
+        }
+        cli::WorkerKind::Pagecache => {
+            let Some(f) = &a.file else {
+                return crate::fail("the page-cache antagonist needs --file");
+            };
+            match worker::pagecache(f, a.bytes, a.threads, a.report.clone()) {
+                Ok(()) => 0,
+                Err(e) => crate::fail(format!("page-cache antagonist on {f}: {e}")),
+            }
         }
     }
 }

@@ -159,6 +159,10 @@ pub struct ScenarioSummary {
     pub work_units_per_s: Option<Interval>,
     pub utilisation: Option<Interval>,
     pub lost_requests: u64,
+    /// The online server's major faults per run (medians), and tasks OOM-killed over all rounds.
+    pub online_major_faults: Option<Interval>,
+    pub oom_kills_online: u64,
+    pub oom_kills_offline: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -248,6 +252,9 @@ pub fn summarize(runs: &[RunResult], order: &[Scenario]) -> Vec<ScenarioSummary>
                 work_units_per_s: col(&|r| r.offline_units_per_s),
                 utilisation: col(&|r| r.utilisation),
                 lost_requests: rs.iter().map(|r| r.lost).sum(),
+                online_major_faults: col(&|r| r.memory.online_major_faults.map(|v| v as f64)),
+                oom_kills_online: rs.iter().filter_map(|r| r.memory.oom_kills_online).sum(),
+                oom_kills_offline: rs.iter().filter_map(|r| r.memory.oom_kills_offline).sum(),
             })
         })
         .collect()
@@ -432,6 +439,26 @@ pub fn markdown(r: &Report) -> String {
                 .map_or("-".into(), |u| format!("{:.0}%", u.median * 100.0)),
         ));
     }
+    let memory_seen = r.scenarios.iter().any(|x| {
+        x.oom_kills_online + x.oom_kills_offline > 0
+            || x.online_major_faults.is_some_and(|m| m.hi > 0.0)
+    });
+    if memory_seen {
+        s.push_str("\n**Memory** (per run, warm-up included: the online server's major faults, median [95% interval]; tasks the OOM killer took over all rounds)\n\n");
+        s.push_str("| scenario | online major faults | OOM kills online | OOM kills offline |\n|---|---|---|---|\n");
+        for x in &r.scenarios {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                x.scenario.name(),
+                x.online_major_faults.map_or("-".into(), |m| format!(
+                    "{:.0} [{:.0}–{:.0}]",
+                    m.median, m.lo, m.hi
+                )),
+                x.oom_kills_online,
+                x.oom_kills_offline
+            ));
+        }
+    }
     if !r.step.is_empty() {
         s.push_str("\n**Step: online rate 10% → 60% of the machine** (one run each)\n\n");
         s.push_str("| scenario | reaction | p99 ms before | p99 ms in the 1st s after | p99.9 ms after | note |\n|---|---|---|---|---|---|\n");
@@ -589,6 +616,7 @@ mod tests {
             offline_cpus: Some(cpus),
             online_cpus: Some(0.6),
             utilisation: Some(0.9),
+            memory: Default::default(),
         }
     }
 

@@ -105,11 +105,86 @@ fn serve_metrics(l: TcpListener, h: Arc<LatencyHist>) {
     }
 }
 
+/// A file-backed working set the service touches on every request (pages the page-cache antagonist
+/// can evict: an anonymous one never major-faults without swap).
+pub struct WorkingSet {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and lives as long as the process; readers only load bytes.
+unsafe impl Send for WorkingSet {}
+// SAFETY: as above: shared read-only memory.
+unsafe impl Sync for WorkingSet {}
+
+impl WorkingSet {
+    /// Writes `bytes` of data to `path` (real blocks, so an evicted page is read back from disk)
+    /// and maps it.
+    pub fn create(path: &str, bytes: u64) -> std::io::Result<WorkingSet> {
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut f = std::fs::File::create(path)?;
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        f.sync_all()?;
+        let f = std::fs::File::open(path)?;
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: mapping a regular file read-only and shared; the descriptor is valid here, and
+        // the mapping outlives it by design (the kernel keeps the file).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(WorkingSet {
+            ptr: p as *const u8,
+            len: bytes as usize,
+        })
+    }
+
+    /// Touches `pages` pseudo-random pages, seeded by `seed`.
+    pub fn touch(&self, seed: u64, pages: usize) -> u64 {
+        let n = (self.len / 4096).max(1);
+        let mut x = seed | 1;
+        let mut acc = 0u64;
+        for _ in 0..pages {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let off = ((x as usize) % n) * 4096;
+            // SAFETY: off < len: inside the mapping.
+            acc = acc.wrapping_add(u64::from(unsafe { *self.ptr.add(off) }));
+        }
+        acc
+    }
+}
+
 /// Serves 16-byte requests (`id`, intended send time on CLOCK_MONOTONIC) with `work_us` of CPU work
 /// each, echoing them, and times each into a histogram served at `/metrics` on a second port
-/// (written to `<ready>.metrics` before `<ready>` gets the service port).
-pub fn serve(port: u16, work_us: u64, ready: Option<&str>) -> std::io::Result<()> {
+/// (written to `<ready>.metrics` before `<ready>` gets the service port). With a working set, each
+/// request also touches 16 of its pages.
+pub fn serve(
+    port: u16,
+    work_us: u64,
+    ready: Option<&str>,
+    working_set: Option<u64>,
+) -> std::io::Result<()> {
     let per_us = calibrate_spin();
+    let ws = match (working_set, ready) {
+        (Some(b), Some(r)) if b > 0 => Some(Arc::new(WorkingSet::create(&format!("{r}.ws"), b)?)),
+        _ => None,
+    };
     let l = TcpListener::bind(("127.0.0.1", port))?;
     let hist = Arc::new(LatencyHist::new());
     let ml = TcpListener::bind(("127.0.0.1", 0))?;
@@ -124,10 +199,17 @@ pub fn serve(port: u16, work_us: u64, ready: Option<&str>) -> std::io::Result<()
         let Ok(mut c) = conn else { continue };
         let _ = c.set_nodelay(true);
         let h = Arc::clone(&hist);
+        let ws = ws.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 16];
             while c.read_exact(&mut buf).is_ok() {
                 black_box(spin(work_us * per_us));
+                if let Some(w) = &ws {
+                    black_box(w.touch(
+                        u64::from_le_bytes(buf[..8].try_into().unwrap_or([0; 8])),
+                        16,
+                    ));
+                }
                 let intended = u64::from_le_bytes(buf[8..16].try_into().unwrap_or([0; 8]));
                 h.record(crate::mono::mono_ns().saturating_sub(intended));
                 if c.write_all(&buf).is_err() {
@@ -171,6 +253,113 @@ pub fn antagonist(threads: usize, report: Option<String>, body: fn(&AtomicU64)) 
             std::thread::sleep(Duration::from_secs(3600));
         },
     }
+}
+
+/// MemAvailable in bytes, from `/proc/meminfo`.
+pub fn mem_available() -> Option<u64> {
+    let t = std::fs::read_to_string("/proc/meminfo").ok()?;
+    t.lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb * 1024)
+}
+
+/// Anonymous memory growing towards `target` bytes in 64 MiB chunks, every page touched, then
+/// touched again and again (one unit = one MiB touched). It stops growing while MemAvailable is
+/// under `margin`, so it never drives the node into the kernel's OOM killer by itself; a cgroup
+/// limit or eviction may still stop it, which is what the benchmark measures.
+pub fn memory_hog(target: u64, margin: u64, report: Option<String>) {
+    let units = Arc::new(AtomicU64::new(0));
+    let u = Arc::clone(&units);
+    std::thread::spawn(move || {
+        const CHUNK: usize = 64 << 20;
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        let mut held = 0u64;
+        loop {
+            let room = mem_available().is_some_and(|a| a > margin.saturating_add(CHUNK as u64));
+            if held < target && room {
+                let mut c = vec![0u8; CHUNK];
+                for i in (0..CHUNK).step_by(4096) {
+                    c[i] = 1;
+                }
+                chunks.push(c);
+                held += CHUNK as u64;
+                u.fetch_add(64, Ordering::Relaxed);
+                continue;
+            }
+            for c in chunks.iter_mut() {
+                for i in (0..CHUNK).step_by(4096) {
+                    c[i] = c[i].wrapping_add(1);
+                }
+                u.fetch_add(64, Ordering::Relaxed);
+            }
+            if chunks.is_empty() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    match report {
+        Some(p) => report_loop(p, units, Arc::new(AtomicBool::new(false))),
+        None => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+    }
+}
+
+/// Streams reads of a large file through the page cache (one unit = one MiB read). The file is
+/// created sparse, so filling the cache costs no disk writes.
+pub fn pagecache(
+    path: &str,
+    bytes: u64,
+    threads: usize,
+    report: Option<String>,
+) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    if f.metadata()?.len() < bytes {
+        f.set_len(bytes)?;
+    }
+    drop(f);
+    let units = Arc::new(AtomicU64::new(0));
+    for t in 0..threads.max(1) {
+        let u = Arc::clone(&units);
+        let path = path.to_string();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            let Ok(mut f) = std::fs::File::open(&path) else {
+                return;
+            };
+            use std::io::Seek;
+            // Threads start at different offsets so they do not share pages.
+            let _ = f.seek(std::io::SeekFrom::Start(
+                (t as u64 * bytes / threads.max(1) as u64) & !0xfffff,
+            ));
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => {
+                        let _ = f.seek(std::io::SeekFrom::Start(0));
+                    }
+                    Ok(_) => {
+                        u.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+    }
+    match report {
+        Some(p) => report_loop(p, units, Arc::new(AtomicBool::new(false))),
+        None => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+    }
+    Ok(())
 }
 
 /// One unit = one million spin iterations.

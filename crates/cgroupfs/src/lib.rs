@@ -3,6 +3,7 @@
 //! and version, in a table: [`controller`]), value conversions, readers of statistics and PSI, and
 //! capability detection. It only reads: every write, mkdir, rmdir and kill is the actuator's.
 
+pub mod blockdev;
 pub mod caps;
 pub mod controller;
 pub mod cpuset;

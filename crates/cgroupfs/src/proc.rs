@@ -89,6 +89,18 @@ pub fn parse_meminfo(text: &str) -> std::result::Result<MemInfo, String> {
     }
 }
 
+/// Open file descriptors of these tasks (entries of `/proc/<pid>/fd`); None if none could be read.
+pub fn open_files(pids: &[i32]) -> Option<u64> {
+    let mut total = None;
+    for pid in pids.iter().filter(|p| **p > 0) {
+        if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            let n = rd.count() as u64;
+            total = Some(total.unwrap_or(0u64).saturating_add(n));
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,6 +72,32 @@ fn ws_v1(c: &[String]) -> std::result::Result<u64, String> {
 fn ws_v2(c: &[String]) -> std::result::Result<u64, String> {
     v2::memory::working_set(first(c), c.get(1).map_or("", String::as_str))
 }
+/// A group's memory events: tasks killed by any OOM killer, and major page faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct MemEvents {
+    pub oom_kills: u64,
+    pub major_faults: u64,
+}
+
+fn key(text: &str, k: &str) -> Option<u64> {
+    crate::stat::parse_flat_keyed(text).get(k).copied()
+}
+
+fn events_v1(c: &[String]) -> std::result::Result<MemEvents, String> {
+    Ok(MemEvents {
+        // memory.oom_control's oom_kill (4.13+); an older kernel has none: 0 kills seen.
+        oom_kills: key(first(c), "oom_kill").unwrap_or(0),
+        major_faults: key(c.get(1).map_or("", String::as_str), "total_pgmajfault")
+            .ok_or("memory.stat has no total_pgmajfault")?,
+    })
+}
+fn events_v2(c: &[String]) -> std::result::Result<MemEvents, String> {
+    Ok(MemEvents {
+        oom_kills: key(first(c), "oom_kill").ok_or("memory.events has no oom_kill")?,
+        major_faults: key(c.get(1).map_or("", String::as_str), "pgmajfault")
+            .ok_or("memory.stat has no pgmajfault")?,
+    })
+}
 fn throttle_v1(c: &[String]) -> std::result::Result<Option<Throttling>, String> {
     Ok(v1::cpu::parse_throttling(first(c)))
 }
@@ -123,6 +149,16 @@ impl Layout {
         })
     }
 
+    /// OOM kills and major faults of the group and its descendants.
+    pub fn memory_events(&self, target: &Target) -> Option<Reader<MemEvents>> {
+        let r = self.owner("memory")?;
+        let dir = r.target_dir(target);
+        Some(match r.version() {
+            Version::V1 => Reader::new(&dir, &["memory.oom_control", v1::memory::STAT], events_v1),
+            Version::V2 => Reader::new(&dir, &["memory.events", v2::memory::STAT], events_v2),
+        })
+    }
+
     /// CFS bandwidth statistics (None inside when the cpu controller is not enabled there).
     pub fn throttling(&self, target: &Target) -> Option<Reader<Option<Throttling>>> {
         let r = self.owner("cpu")?;
@@ -144,6 +180,39 @@ impl Layout {
         let r = self.primary()?;
         Some(Reader::new(&r.target_dir(target), &[PROCS], tasks))
     }
+}
+
+/// The extended attribute `tidal run --memory-request` leaves on a workload's group.
+pub const MEMORY_REQUEST_XATTR: &str = "trusted.tidal.memory_request";
+
+/// A workload's declared memory request, from its group's extended attribute in any hierarchy.
+pub fn memory_request(dirs: &[std::path::PathBuf]) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(MEMORY_REQUEST_XATTR).ok()?;
+    for d in dirs {
+        let Ok(p) = std::ffi::CString::new(d.as_os_str().as_bytes()) else {
+            continue;
+        };
+        let mut buf = [0u8; 32];
+        // SAFETY: both strings are NUL-terminated; buf is writable for its length.
+        let n = unsafe {
+            libc::getxattr(
+                p.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n > 0 {
+            if let Some(v) = std::str::from_utf8(&buf[..n as usize])
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return Some(v);
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

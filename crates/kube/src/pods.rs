@@ -22,6 +22,8 @@ pub struct PodView {
     pub finished: bool,
     /// `status.podIP`.
     pub ip: Option<String>,
+    /// The sum of the containers' memory requests (None: none declares one).
+    pub memory_request: Option<u64>,
     /// The TCP ports its containers declare: (name, number).
     pub ports: Vec<(Option<String>, i32)>,
 }
@@ -137,6 +139,15 @@ pub fn view(pod: &Pod) -> PodView {
         terminating: md.deletion_timestamp.is_some(),
         finished: matches!(phase, Some("Succeeded") | Some("Failed")),
         ip: status.and_then(|s| s.pod_ip.clone()),
+        memory_request: spec.and_then(|s| {
+            let reqs: Vec<u64> = s
+                .containers
+                .iter()
+                .filter_map(|c| c.resources.as_ref()?.requests.as_ref()?.get("memory"))
+                .filter_map(|q| bytes(&q.0))
+                .collect();
+            (!reqs.is_empty()).then(|| reqs.iter().fold(0u64, |a, b| a.saturating_add(*b)))
+        }),
         ports: spec
             .into_iter()
             .flat_map(|s| s.containers.iter())

@@ -268,6 +268,7 @@ impl PodSource {
                 tier_idle: self.tier_idle(driver, qos),
                 cpu_limit_milli: v.cpu_limit_milli,
                 terminating: v.terminating,
+                memory_request: v.memory_request,
                 ip: v.ip.clone(),
                 slo,
                 pod,
@@ -294,10 +295,14 @@ impl WorkloadSource for PodSource {
     fn scan(&mut self) -> Result<Inventory, SourceError> {
         let h = self.handle.shared.health();
         if !h.synced {
-            return Err(err(match h.error {
-                Some(e) => format!("no pod list yet from the apiserver: {e}"),
-                None => "waiting for the first pod list from the apiserver".into(),
-            }));
+            // No pods known yet (health says why), but the kubelet's own files are: its exclusive
+            // CPUs stay out of offline work from the first tick.
+            let kubelet = Some(self.read_kubelet());
+            self.kubelet = kubelet.clone();
+            return Ok(Inventory {
+                kubelet,
+                ..Inventory::default()
+            });
         }
         let Some(driver) = self.driver() else {
             let where_ = self

@@ -286,6 +286,8 @@ fn fake_fs_pods_are_watched_classified_evicted_and_batch_resources_published() {
         throttled_us: None,
         pod: wb.pod.clone(),
         cpuset: None,
+        memory_request: None,
+        open_files: None,
     };
     let mut snap = Snapshot {
         now_ms: 1_000,

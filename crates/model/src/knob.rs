@@ -28,10 +28,14 @@ pub enum Knob {
     CpuQosLevel,
     /// Freeze every task of the group.
     Freeze,
+    /// v1 `memory.soft_limit_in_bytes`: under contention, groups over it are reclaimed first.
+    MemorySoftLimit,
+    /// openEuler `memory.qos_level` (v1): offline memory is reclaimed and killed first.
+    MemoryQosLevel,
 }
 
 impl Knob {
-    pub const ALL: [Knob; 13] = [
+    pub const ALL: [Knob; 15] = [
         Knob::CpuWeight,
         Knob::CpuIdle,
         Knob::CpuMax,
@@ -45,6 +49,8 @@ impl Knob {
         Knob::IoWeight,
         Knob::CpuQosLevel,
         Knob::Freeze,
+        Knob::MemorySoftLimit,
+        Knob::MemoryQosLevel,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +68,8 @@ impl Knob {
             Knob::IoWeight => "io-weight",
             Knob::CpuQosLevel => "cpu-qos-level",
             Knob::Freeze => "freeze",
+            Knob::MemorySoftLimit => "memory-soft-limit",
+            Knob::MemoryQosLevel => "memory-qos-level",
         }
     }
 }

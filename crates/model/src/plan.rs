@@ -80,6 +80,8 @@ pub enum Op {
     /// Ask the apiserver to evict a pod (the Eviction API, so PodDisruptionBudgets hold). Not a
     /// kernel change: the workload source carries it out, never the actuator.
     Evict { pod: PodRef, group: ForeignGroup },
+    /// Set `oom_score_adj` on every task of the group (not journalled: it dies with the task).
+    OomScoreAdj { target: Target, value: i32 },
 }
 
 impl Op {
@@ -90,6 +92,7 @@ impl Op {
                 Target::Tidal(group.clone())
             }
             Op::Evict { group, .. } => Target::Foreign(group.clone()),
+            Op::OomScoreAdj { target, .. } => target.clone(),
         }
     }
     /// The tidal group the action addresses (None for a foreign set).
@@ -100,6 +103,7 @@ impl Op {
                 Some(group)
             }
             Op::Evict { .. } => None,
+            Op::OomScoreAdj { target, .. } => target.tidal(),
         }
     }
     /// A short name of the operation (metrics label): the knob for a set.
@@ -110,6 +114,7 @@ impl Op {
             Op::Kill { .. } => "kill",
             Op::RemoveGroup { .. } => "remove-group",
             Op::Evict { .. } => "evict",
+            Op::OomScoreAdj { .. } => "oom-score-adj",
         }
     }
 }
@@ -130,6 +135,7 @@ enum RawOp {
     Kill,
     RemoveGroup,
     Evict,
+    OomScoreAdj,
 }
 
 /// The flat wire form of an action.
@@ -187,6 +193,17 @@ impl TryFrom<RawAction> for Action {
             RawOp::RemoveGroup => Op::RemoveGroup {
                 group: tidal("remove-group")?,
             },
+            RawOp::OomScoreAdj => match r.value {
+                Some(KnobValue::Level(v)) if (-1000..=1000).contains(&v) => Op::OomScoreAdj {
+                    target,
+                    value: v as i32,
+                },
+                _ => {
+                    return Err(
+                        "'oom-score-adj' needs a value {\"level\": N} in [-1000, 1000]".into(),
+                    )
+                }
+            },
             RawOp::Evict => match (&target, r.pod) {
                 (Target::Foreign(group), Some(pod)) => Op::Evict {
                     pod,
@@ -219,6 +236,12 @@ impl From<Action> for RawAction {
                 pod = Some(p);
                 (Target::Foreign(group), RawOp::Evict, None, None)
             }
+            Op::OomScoreAdj { target, value } => (
+                target,
+                RawOp::OomScoreAdj,
+                None,
+                Some(KnobValue::Level(i64::from(value))),
+            ),
         };
         let (group, foreign) = match target {
             Target::Tidal(g) => (Some(g), None),
@@ -277,6 +300,15 @@ impl Action {
     pub fn evict(pod: PodRef, group: ForeignGroup, reason: impl Into<String>) -> Self {
         Action::new(Op::Evict { pod, group }, reason)
     }
+    pub fn oom_score_adj(target: impl Into<Target>, value: i32, reason: impl Into<String>) -> Self {
+        Action::new(
+            Op::OomScoreAdj {
+                target: target.into(),
+                value,
+            },
+            reason,
+        )
+    }
     /// Whether the actuator carries this action out (everything but an eviction).
     pub fn is_kernel(&self) -> bool {
         !matches!(self.op, Op::Evict { .. })
@@ -308,6 +340,13 @@ impl fmt::Display for Action {
             Op::Kill { group } => write!(f, "kill {group} ({})", self.reason),
             Op::RemoveGroup { group } => write!(f, "remove group {group} ({})", self.reason),
             Op::Evict { pod, .. } => write!(f, "evict pod {pod} ({})", self.reason),
+            Op::OomScoreAdj { target, value } => {
+                write!(
+                    f,
+                    "set oom_score_adj={value} on the tasks of {target} ({})",
+                    self.reason
+                )
+            }
         }
     }
 }

@@ -65,6 +65,9 @@ pub struct PodInfo {
     pub cpu_limit_milli: Option<u64>,
     /// Being deleted (an eviction or deletion is under way): never chosen again.
     pub terminating: bool,
+    /// The sum of its containers' memory requests (what protection is sized from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_request: Option<u64>,
     /// The pod's IP (where a declared latency objective is fetched).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,

@@ -46,6 +46,12 @@ pub struct WorkloadSnapshot {
     /// The group's `cpuset.cpus` as last read (pods only: tidal orders v1 cpuset writes by it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpuset: Option<CpuSet>,
+    /// The declared memory request (`tidal run --memory-request`, a pod's requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_request: Option<u64>,
+    /// Open file descriptors of all its tasks (full readings only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -83,6 +89,12 @@ pub struct Snapshot {
     /// The kubelet's facts, when pods are the workloads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubelet: Option<KubeletFacts>,
+    /// The offline parent's working set (its memory ceiling is judged against it).
+    #[serde(default)]
+    pub offline_memory_bytes: Option<u64>,
+    /// Highest `memory.pressure` some avg10 among online groups (levels and pods).
+    #[serde(default)]
+    pub online_mem_psi: Option<f64>,
     /// Fresh readings of the signals beside PSI (latency objectives, run-queue latency). A stale
     /// or unreachable source has no reading here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

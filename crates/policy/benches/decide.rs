@@ -30,6 +30,8 @@ fn snapshot(n: usize) -> Snapshot {
                 throttled_us: Some(0),
                 pod: None,
                 cpuset: None,
+                memory_request: None,
+                open_files: None,
             }
         })
         .collect();
@@ -50,6 +52,8 @@ fn snapshot(n: usize) -> Snapshot {
         workloads,
         kubelet: None,
         signals: Vec::new(),
+        online_mem_psi: None,
+        offline_memory_bytes: None,
     }
 }
 

@@ -10,6 +10,17 @@ pub const BASE_SHARES: u64 = 1024;
 pub const OFFLINE_LOW_SHARES: u64 = 2;
 /// IO weight of the offline parent where an IO weight file exists (v2 scale).
 pub const OFFLINE_IO_WEIGHT: u64 = 10;
+
+/// IO weight of each level's group (v2 scale; 100 is the kernel's default). Inside the offline
+/// parent, `offline-low` yields to `offline`.
+pub fn level_io_weight(level: QosLevel) -> u64 {
+    match level {
+        QosLevel::OnlineCritical => 400,
+        QosLevel::OnlineHigh => 200,
+        QosLevel::Online | QosLevel::Offline => 100,
+        QosLevel::OfflineLow => 10,
+    }
+}
 pub const CFS_PERIOD_US: u64 = 100_000;
 
 pub fn level_shares(level: QosLevel) -> u64 {
@@ -53,10 +64,26 @@ pub fn offline_parent_plan(caps: &Capabilities) -> Plan {
     }
     if caps.has(Knob::IoWeight) {
         p.push(Action::set(
-            g,
+            g.clone(),
             Knob::IoWeight,
             KnobValue::Weight(OFFLINE_IO_WEIGHT),
             "offline IO yields to online IO",
+        ));
+    }
+    if caps.has(Knob::MemorySoftLimit) {
+        p.push(Action::set(
+            g.clone(),
+            Knob::MemorySoftLimit,
+            KnobValue::Bytes(Some(0)),
+            "v1: offline memory is over its soft limit from the first page, so reclaim takes it first",
+        ));
+    }
+    if caps.has(Knob::MemoryQosLevel) {
+        p.push(Action::set(
+            g,
+            Knob::MemoryQosLevel,
+            KnobValue::Level(-1),
+            "openEuler kernel: offline memory is reclaimed and killed first (memory.qos_level=-1)",
         ));
     }
     p
@@ -83,10 +110,19 @@ pub fn level_plan(level: QosLevel, caps: &Capabilities) -> Plan {
             }
         };
         p.push(Action::set(
-            g,
+            g.clone(),
             Knob::CpuWeight,
             KnobValue::Shares(shares),
             why,
+        ));
+    }
+    if caps.has(Knob::IoWeight) {
+        let w = level_io_weight(level);
+        p.push(Action::set(
+            g,
+            Knob::IoWeight,
+            KnobValue::Weight(w),
+            format!("{level}: IO weight {w} (acts under BFQ or blk-iocost)"),
         ));
     }
     p

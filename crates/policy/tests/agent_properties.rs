@@ -23,6 +23,8 @@ fn workload(level: QosLevel, name: &str, procs: usize, mem: u64) -> WorkloadSnap
         throttled_us: None,
         pod: None,
         cpuset: None,
+        memory_request: None,
+        open_files: None,
     }
 }
 
@@ -78,6 +80,8 @@ prop_compose! {
             workloads,
             kubelet: None,
             signals: Vec::new(),
+            online_mem_psi: None,
+            offline_memory_bytes: None,
         }
     }
 }
@@ -211,6 +215,8 @@ fn base_snapshot() -> Snapshot {
         workloads,
         kubelet: None,
         signals: Vec::new(),
+        online_mem_psi: None,
+        offline_memory_bytes: None,
     }
 }
 

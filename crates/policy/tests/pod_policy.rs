@@ -42,10 +42,13 @@ fn pod(level: QosLevel, uid: &str, liveness: bool, limit: Option<u64>) -> Worklo
             tier_idle: false,
             cpu_limit_milli: limit,
             terminating: false,
+            memory_request: None,
             ip: None,
             slo: None,
         }),
         cpuset: Some(CpuSet::first_n(8)),
+        memory_request: None,
+        open_files: None,
     }
 }
 
@@ -70,6 +73,8 @@ fn snapshot(workloads: Vec<WorkloadSnapshot>) -> Snapshot {
             exclusive_cpus: CpuSet::new(),
         }),
         signals: Vec::new(),
+        online_mem_psi: None,
+        offline_memory_bytes: None,
     }
 }
 
@@ -109,7 +114,11 @@ fn offline_pods_are_idle_at_the_pod_level_and_tiers_are_never_written() {
         let t = a.op.target();
         if let Target::Foreign(g) = &t {
             assert!(!TIERS.contains(&g.as_str()), "{a}");
-            assert!(!g.as_str().contains("podb"), "online pod touched: {a}");
+            // An online pod only gets what protects it: a lower oom_score_adj.
+            assert!(
+                !g.as_str().contains("podb") || matches!(a.op, Op::OomScoreAdj { .. }),
+                "online pod tightened: {a}"
+            );
         }
     }
     // The kubelet set the tier idle itself: tidal relies on it and writes nothing of the kind.
@@ -359,7 +368,16 @@ proptest! {
                     g == *pg || g.as_str().starts_with(&format!("{}/", pg.as_str()))
                 });
                 let w = owner.expect("a pod's own group");
-                prop_assert!(!w.level.is_online(), "online pod touched: {}", a);
+                // Online pods only get what protects them (OOM order, memory protection).
+                let protective = matches!(
+                    &a.op,
+                    Op::OomScoreAdj { .. } | Op::Set { knob: Knob::MemoryLow | Knob::MemoryMin, .. }
+                );
+                prop_assert!(!w.level.is_online() || protective, "online pod tightened: {}", a);
+                if let Op::OomScoreAdj { value, .. } = &a.op {
+                    prop_assert!(w.level.is_online() == (*value < 999), "{}", a);
+                    continue;
+                }
                 let p = w.pod.as_ref().unwrap();
                 match &a.op {
                     Op::Set { knob: Knob::Freeze, value: KnobValue::Bool(true), .. } => {
@@ -369,7 +387,7 @@ proptest! {
                         prop_assert!(c.intersection(&exclusive).is_empty() || exclusive.len() == 8, "{}", a);
                         prop_assert!(!s.kubelet.as_ref().unwrap().owns_cpusets(), "static policy pinned: {}", a);
                     }
-                    Op::Set { .. } | Op::Evict { .. } => {}
+                    Op::Set { .. } | Op::Evict { .. } | Op::OomScoreAdj { .. } => {}
                     _ => prop_assert!(false, "not a set on a foreign group: {}", a),
                 }
             }

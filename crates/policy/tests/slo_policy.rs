@@ -21,6 +21,8 @@ fn workload(level: QosLevel, name: &str) -> WorkloadSnapshot {
         throttled_us: None,
         pod: None,
         cpuset: None,
+        memory_request: None,
+        open_files: None,
     }
 }
 
@@ -59,6 +61,8 @@ fn snapshot(slack: Option<f64>) -> Snapshot {
                 }]
             })
             .unwrap_or_default(),
+        online_mem_psi: None,
+        offline_memory_bytes: None,
     }
 }
 

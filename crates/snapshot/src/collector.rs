@@ -74,12 +74,15 @@ pub struct Collector {
     clock: Box<dyn Clock>,
     node: Option<Reader<u64>>,
     offline: Option<Reader<u64>>,
+    offline_mem: Option<Reader<u64>>,
     /// Offline pods' CPU time (summed with the offline parent's), and which set that is.
     offline_pods: Vec<Reader<u64>>,
     offline_set: u64,
     online_psi: Vec<(QosLevel, Reader<Psi>)>,
     /// Online pods' CPU pressure: each pod is a group of online work, like a level group.
     online_pod_psi: Vec<(Target, Reader<Psi>)>,
+    /// Online levels' and pods' memory pressure.
+    online_mem_psi: Vec<(Target, Reader<Psi>)>,
     psi_windows: HashMap<Target, PsiWindow>,
     last_tick: Option<LightSample>,
     last_short: Option<LightSample>,
@@ -111,11 +114,13 @@ impl Collector {
             .collect();
         Collector {
             node: layout.node_cpu_usage(),
+            offline_mem: layout.memory_working_set(&Target::Tidal(QosLevel::offline_parent())),
             offline,
             offline_pods: Vec::new(),
             offline_set: 0,
             online_psi,
             online_pod_psi: Vec::new(),
+            online_mem_psi: Vec::new(),
             psi_windows: HashMap::new(),
             source,
             clock,
@@ -209,11 +214,21 @@ impl Collector {
                 .iter()
                 .zip(&self.online_pod_psi)
                 .all(|(a, (b, _))| *a == b);
-        if !same_online {
+        if !same_online || self.online_mem_psi.is_empty() {
             let layout = &self.layout;
             self.online_pod_psi = online
                 .iter()
                 .filter_map(|t| layout.psi(t, PsiResource::Cpu).map(|r| ((*t).clone(), r)))
+                .collect();
+            let levels: Vec<Target> = QosLevel::ALL
+                .into_iter()
+                .filter(|l| l.is_online())
+                .map(|l| Target::Tidal(l.group_path()))
+                .collect();
+            self.online_mem_psi = levels
+                .iter()
+                .chain(online.iter().copied())
+                .filter_map(|t| layout.psi(t, PsiResource::Memory).map(|r| (t.clone(), r)))
                 .collect();
             let keep: HashSet<&Target> = online.iter().copied().collect();
             self.psi_windows
@@ -272,6 +287,11 @@ impl Collector {
                 r.read(w, now, &mut self.problems)
             } else {
                 r.read_tasks(&mut self.problems)
+            };
+            ws.memory_request = match &w.pod {
+                Some(p) => p.memory_request,
+                None if w.managed => tidal_cgroupfs::stats::memory_request(&r.dirs),
+                None => None,
             };
             // A pod's cpuset orders v1 cpuset writes (containers before the pod, or after).
             if w.pod.is_some() {
@@ -385,6 +405,24 @@ impl Collector {
         snap.online_cpu_psi_full = avg_full;
         snap.online_cpu_psi_1s = win_some;
         snap.online_cpu_psi_full_1s = win_full;
+        let mut mem_psi: Option<f64> = None;
+        for (_, r) in self.online_mem_psi.iter_mut() {
+            match r.read() {
+                Ok(p) => mem_psi = Some(mem_psi.map_or(p.some.avg10, |m| m.max(p.some.avg10))),
+                Err(e) if e.is_vanished() => {}
+                Err(e) => self.problems.note("online memory pressure", &e),
+            }
+        }
+        snap.online_mem_psi = mem_psi;
+        snap.offline_memory_bytes = match self.offline_mem.as_mut().map(Reader::read) {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) if e.is_vanished() => None,
+            Some(Err(e)) => {
+                self.problems.note("offline memory", &e);
+                None
+            }
+            None => None,
+        };
         snap.mem_total_bytes = mem.map(|m| m.total);
         snap.mem_available_bytes = mem.map(|m| m.available);
         due
@@ -393,6 +431,8 @@ impl Collector {
 
 /// A workload's readers, kept open between refreshes.
 struct WorkloadReaders {
+    /// Its directories (for the task list behind the open-files count).
+    dirs: Vec<PathBuf>,
     usage: Option<Reader<u64>>,
     throttle: Option<Reader<Option<Throttling>>>,
     memory: Option<Reader<u64>>,
@@ -419,6 +459,7 @@ impl WorkloadReaders {
     fn new(layout: &Layout, w: &WorkloadRef) -> WorkloadReaders {
         let t = &w.group;
         WorkloadReaders {
+            dirs: layout.target_dirs(t),
             usage: layout.cpu_usage(t),
             throttle: layout.throttling(t),
             memory: layout.memory_working_set(t),
@@ -451,6 +492,8 @@ impl WorkloadReaders {
                 throttled_us: None,
                 pod: None,
                 cpuset: None,
+                memory_request: None,
+                open_files: None,
             },
         }
     }
@@ -495,6 +538,12 @@ impl WorkloadReaders {
             throttled_us: throttle.map(|t| t.throttled_us),
             pod: w.pod.clone(),
             cpuset: None,
+            memory_request: None,
+            open_files: self.dirs.iter().find_map(|d| {
+                tidal_cgroupfs::layout::read_procs(&d.join(tidal_cgroupfs::layout::PROCS))
+                    .ok()
+                    .and_then(|p| tidal_cgroupfs::proc::open_files(&p))
+            }),
         };
         self.last = Some(snap.clone());
         snap

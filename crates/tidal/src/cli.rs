@@ -218,6 +218,10 @@ pub struct RunArgs {
     /// Memory limit in bytes (K/M/G suffixes allowed, at least 16M).
     #[arg(long, value_parser = parse_memory)]
     pub memory: Option<u64>,
+    /// Memory the workload needs (online levels): the agent protects it (v2 `memory.low`, and the
+    /// ancestors' sums) and `tidal run` sets the workload's own `memory.low` at once.
+    #[arg(long, value_parser = parse_memory)]
+    pub memory_request: Option<u64>,
     /// The command, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,

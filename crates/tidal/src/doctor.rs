@@ -73,6 +73,118 @@ fn mounted(fstype: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Memory: protection up the chain, the offline ceiling, OOM ordering.
+fn memory_rows(layout: &Layout, caps: &tidal_model::Capabilities, out: &mut Vec<Row>) {
+    let v2 = caps.has(Knob::MemoryLow);
+    // Protection holds only as far as every ancestor is protected: the first ancestor of the root
+    // with neither memory.min nor memory.low stops it.
+    let gap = layout.owner("memory").filter(|_| v2).and_then(|r| {
+        let mut d = r.root_dir.parent().map(Path::to_path_buf);
+        while let Some(dir) = d {
+            if dir == r.hierarchy.mount || !dir.starts_with(&r.hierarchy.mount) {
+                return None;
+            }
+            let val = |f: &str| {
+                std::fs::read_to_string(dir.join(f))
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            };
+            if val("memory.low").as_deref() == Some("0")
+                && val("memory.min").as_deref() == Some("0")
+            {
+                return Some(dir);
+            }
+            d = dir.parent().map(Path::to_path_buf);
+        }
+        None
+    });
+    out.push(row(
+        "memory protection (online)",
+        v2 && gap.is_none(),
+        match (&gap, v2) {
+            (_, false) => "no memory.low/memory.min (cgroup v1): offline gets a soft limit of 0 and a ceiling instead".to_string(),
+            (Some(g), true) => format!(
+                "memory.low/min set up to the tidal root, but {} has none, so the protection does not hold beyond it (on systemd: MemoryLow= on that unit)",
+                g.display()
+            ),
+            (None, true) => "memory.min/memory.low from declared requests, summed up the chain to the tidal root".to_string(),
+        },
+        "online memory is not protected from reclaim; the offline ceiling and eviction still act",
+    ));
+    out.push(row(
+        "offline memory ceiling",
+        caps.has(Knob::MemoryHigh) || caps.has(Knob::MemoryMax),
+        if caps.has(Knob::MemoryHigh) {
+            "memory.high on the offline parent (throttles and reclaims, never kills)"
+        } else {
+            "memory.limit_in_bytes on the offline parent (v1: reclaims, then OOM-kills inside offline only)"
+        },
+        "no ceiling: eviction alone holds offline back",
+    ));
+    // Lowering oom_score_adj needs CAP_SYS_RESOURCE (bit 24 of the effective set).
+    let sys_resource = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 24) != 0);
+    out.push(row(
+        "OOM ordering",
+        sys_resource,
+        "oom_score_adj: offline-low 1000, offline 999, online levels lower (pods need the host PID namespace)",
+        "no CAP_SYS_RESOURCE: offline still gets 999/1000, but online levels keep the value they inherit",
+    ));
+}
+
+/// IO: which devices are real, their schedulers, blk-iocost, writeback isolation.
+fn io_rows(layout: &Layout, caps: &tidal_model::Capabilities, out: &mut Vec<Row>) {
+    let devs = tidal_cgroupfs::blockdev::real_devices(Path::new("/sys/block"));
+    let bfq: Vec<String> = devs
+        .iter()
+        .filter(|d| d.scheduler.as_deref() == Some("bfq"))
+        .map(|d| d.name.clone())
+        .collect();
+    let iocost = layout
+        .hierarchies
+        .unified()
+        .and_then(|h| std::fs::read_to_string(h.mount.join("io.cost.qos")).ok())
+        .is_some_and(|t| t.lines().any(|l| l.contains("enable=1")));
+    let list = devs
+        .iter()
+        .map(|d| {
+            format!(
+                "{} ({}, {})",
+                d.name,
+                d.dev,
+                d.scheduler.as_deref().unwrap_or("?")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    out.push(row(
+        "IO weight in force",
+        caps.has(Knob::IoWeight) && (!bfq.is_empty() || iocost),
+        format!(
+            "devices: {}; {}",
+            if list.is_empty() { "none found".into() } else { list },
+            match (bfq.is_empty(), iocost) {
+                (_, true) => "blk-iocost enabled (io.cost.qos)".to_string(),
+                (false, false) => format!("BFQ on {}", bfq.join(", ")),
+                (true, false) => "no device uses BFQ and blk-iocost is off".to_string(),
+            }
+        ),
+        "level IO weights are written but do nothing: use the BFQ scheduler, or enable blk-iocost (node-wide; tidal does neither by itself)",
+    ));
+    out.push(row(
+        "buffered-write isolation",
+        layout.hierarchies.mode() == tidal_cgroupfs::CgroupMode::V2,
+        "cgroup v2 writeback: dirty pages are charged to the writer's group",
+        "cgroup v1 and hybrid: buffered writes are flushed by the kernel's writeback threads, outside any group, so IO weights and limits miss them",
+    ));
+}
+
 /// The kubelet's facts on this node, as pod mode would find them.
 fn kubelet_rows(layout: &Layout, k: &KubernetesConfig, out: &mut Vec<Row>) {
     let root = k.kubelet_cgroup_root.clone();
@@ -123,6 +235,26 @@ fn kubelet_rows(layout: &Layout, k: &KubernetesConfig, out: &mut Vec<Row>) {
         detail,
         "policy none assumed: offline pods confined by cpusets",
     ));
+    // Pod memory protection only holds if the kubelet's tiers are protected too (its MemoryQoS
+    // feature gate sets memory.min on them); tidal does not write them.
+    if let Ok(top) = paths::tier_group(&root, d, QosClass::Guaranteed) {
+        let t = Target::Foreign(top);
+        let low = layout.read_knob(&t, Knob::MemoryLow);
+        let min = layout.read_knob(&t, Knob::MemoryMin);
+        if let (Ok(KnobValue::Bytes(l)), Ok(KnobValue::Bytes(m))) = (low, min) {
+            let protected = l.unwrap_or(u64::MAX) > 0 || m.unwrap_or(u64::MAX) > 0;
+            out.push(row(
+                "pod memory protection",
+                protected,
+                if protected {
+                    "the kubelet's tiers carry memory.min/low (MemoryQoS): protection on online pods holds"
+                } else {
+                    "the kubelet's tiers carry no memory.min/low"
+                },
+                "tidal's memory.low on online pods does not hold beyond the pod: enable the kubelet's MemoryQoS feature gate",
+            ));
+        }
+    }
     let tier_idle = paths::tier_group(&root, d, QosClass::BestEffort)
         .ok()
         .is_some_and(|t| {
@@ -348,6 +480,8 @@ pub fn rows(layout: &Layout, k: &KubernetesConfig) -> Vec<Row> {
         "/sys/kernel/tracing",
         "mount it: mount -t tracefs nodev /sys/kernel/tracing",
     ));
+    memory_rows(layout, &caps, &mut out);
+    io_rows(layout, &caps, &mut out);
     kubelet_rows(layout, k, &mut out);
     out.push(row(
         "online CPUs",

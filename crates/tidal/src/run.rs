@@ -129,6 +129,33 @@ fn setup(
         memory: a.memory,
     };
     apply_all(act, &workload_limits(&group, limits, caps)).map_err(|e| (Some(group.clone()), e))?;
+    if let Some(r) = a.memory_request {
+        act.set_memory_request(&group, r)
+            .map_err(|e| (Some(group.clone()), e))?;
+        if a.qos.is_online() && caps.has(tidal_model::Knob::MemoryLow) {
+            let p = Plan {
+                actions: vec![tidal_model::Action::set(
+                    group.clone(),
+                    tidal_model::Knob::MemoryLow,
+                    tidal_model::KnobValue::Bytes(Some(r)),
+                    format!("--memory-request {r}: protected (the agent also protects the level and the root)"),
+                )],
+                remember: Vec::new(),
+            };
+            apply_all(act, &p).map_err(|e| (Some(group.clone()), e))?;
+        }
+    }
+    // The OOM killer takes offline first: the command and its children inherit this.
+    let adj = tidal_policy::config::OomScores::default().of(a.qos);
+    if act
+        .oom_score_adj_self(adj)
+        .map_err(|e| (Some(group.clone()), e))?
+        == tidal_actuator::Outcome::Unsupported
+    {
+        tracing::info!(
+            "oom_score_adj {adj} not set: lowering it needs CAP_SYS_RESOURCE (the command keeps the value it inherits)"
+        );
+    }
     Ok(group)
 }
 

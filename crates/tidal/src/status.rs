@@ -59,6 +59,23 @@ pub fn render(state: &StateView) -> String {
             .collect();
         out.push_str(&format!("missing readings: {}\n", m.join(", ")));
     }
+    if let Some(c) = state.policy.ceiling {
+        out.push_str(&format!(
+            "offline memory ceiling: {} MiB{}\n",
+            c >> 20,
+            state
+                .node
+                .as_ref()
+                .and_then(|n| n.mem_available_bytes)
+                .map_or(String::new(), |a| format!(
+                    " (MemAvailable {} MiB)",
+                    a >> 20
+                ))
+        ));
+    }
+    for (name, n) in &state.policy.files_over {
+        out.push_str(&format!("over its open-files ceiling: {name} ({n} open)\n"));
+    }
     for r in &state.slo {
         let ms = |s: f64| format!("{:.2}ms", s * 1e3);
         out.push_str(&format!(

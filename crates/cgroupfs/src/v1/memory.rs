@@ -1,11 +1,16 @@
-//! v1 `memory` controller: the hard limit (the only limit with a v2 equivalent), and the working set
-//! as the kubelet counts it: `memory.usage_in_bytes` less `total_inactive_file` of `memory.stat`.
+//! v1 `memory` controller: the hard limit, the soft limit (reclaim order under contention),
+//! `memory.high` where a vendor kernel backports it (upstream v1 has no such file), openEuler's
+//! `memory.qos_level`, and the working set as the kubelet counts it: `memory.usage_in_bytes` less
+//! `total_inactive_file` of `memory.stat`.
 
 use crate::spec::{bad, int, not_mine, one, Controller};
 use crate::stat::parse_flat_keyed;
 use tidal_model::{Knob, KnobValue};
 
 pub const LIMIT: &str = "memory.limit_in_bytes";
+pub const SOFT_LIMIT: &str = "memory.soft_limit_in_bytes";
+pub const HIGH: &str = "memory.high";
+pub const QOS_LEVEL: &str = "memory.qos_level";
 pub const USAGE: &str = "memory.usage_in_bytes";
 pub const STAT: &str = "memory.stat";
 
@@ -19,23 +24,47 @@ impl Controller for Memory {
         Some("memory")
     }
     fn knobs(&self) -> &'static [Knob] {
-        &[Knob::MemoryMax]
+        &[
+            Knob::MemoryMax,
+            Knob::MemorySoftLimit,
+            Knob::MemoryHigh,
+            Knob::MemoryQosLevel,
+        ]
     }
     fn files(&self, knob: Knob) -> &'static [&'static str] {
         match knob {
             Knob::MemoryMax => &[LIMIT],
+            Knob::MemorySoftLimit => &[SOFT_LIMIT],
+            Knob::MemoryHigh => &[HIGH],
+            Knob::MemoryQosLevel => &[QOS_LEVEL],
             _ => &[],
         }
     }
     fn encode(&self, knob: Knob, v: &KnobValue) -> Result<Vec<String>, String> {
         match (knob, v) {
-            (Knob::MemoryMax, KnobValue::Bytes(Some(b))) => Ok(vec![b.to_string()]),
-            (Knob::MemoryMax, KnobValue::Bytes(None)) => Ok(vec!["-1".to_string()]),
+            (Knob::MemoryQosLevel, KnobValue::Level(l)) => Ok(vec![l.to_string()]),
+            (
+                Knob::MemoryMax | Knob::MemorySoftLimit | Knob::MemoryHigh,
+                KnobValue::Bytes(Some(b)),
+            ) => Ok(vec![b.to_string()]),
+            (Knob::MemoryMax | Knob::MemorySoftLimit, KnobValue::Bytes(None)) => {
+                Ok(vec!["-1".to_string()])
+            }
+            (Knob::MemoryHigh, KnobValue::Bytes(None)) => Ok(vec!["max".to_string()]),
             _ => Err(bad(knob, v)),
         }
     }
     fn decode(&self, knob: Knob, c: &[String]) -> Result<KnobValue, String> {
-        if knob != Knob::MemoryMax {
+        if knob == Knob::MemoryQosLevel {
+            return one(c).and_then(|s| int(s, "level")).map(KnobValue::Level);
+        }
+        if knob == Knob::MemoryHigh && one(c) == Ok("max") {
+            return Ok(KnobValue::Bytes(None));
+        }
+        if !matches!(
+            knob,
+            Knob::MemoryMax | Knob::MemorySoftLimit | Knob::MemoryHigh
+        ) {
             return Err(not_mine(knob, "v1 memory"));
         }
         one(c).and_then(|s| {

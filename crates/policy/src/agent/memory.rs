@@ -1,5 +1,6 @@
-//! Memory: when MemAvailable falls below the watermark, the largest `offline-low` workload goes
-//! (else the largest `offline` one). Only workloads with tasks and a fresh working-set reading are
+//! Memory: when MemAvailable falls below the watermark, or offline holds more than its memory
+//! ceiling (a v1 limit cannot be lowered below what it holds), the largest `offline-low` workload
+//! goes (else the largest `offline` one). Only workloads with tasks and a fresh working-set reading are
 //! candidates, and online work never is. A workload tidal manages is killed, at most one per
 //! `memory.kill_interval`; a pod is evicted through the apiserver (so PodDisruptionBudgets hold), at
 //! most one per `kubernetes.eviction_interval`, never one already terminating.
@@ -32,20 +33,33 @@ pub fn decide(snap: &Snapshot, cfg: &Config, st: &mut PolicyState, plan: &mut Pl
         return;
     };
     let mark = cfg.low_watermark(total);
-    if total == 0 || avail >= mark {
+    // Offline holding more than its ceiling (a v1 limit cannot be set below what it holds) is
+    // evicted down to it, as a short node is.
+    let over_ceiling = match (st.ceiling, snap.offline_memory_bytes) {
+        (Some(c), Some(u)) if u > c.saturating_add(c / 10) => Some((u, c)),
+        _ => None,
+    };
+    if total == 0 || (avail >= mark && over_ceiling.is_none()) {
         return;
     }
     let Some((v, mem)) = victim(snap) else {
         return;
     };
-    let why = |what: &str| {
-        format!(
+    let why = |what: &str| match over_ceiling {
+        Some((u, c)) if avail >= mark => format!(
+            "offline holds {} MiB over its {} MiB memory ceiling: largest {} {what} ({} MiB)",
+            u >> 20,
+            c >> 20,
+            v.level,
+            mem >> 20
+        ),
+        _ => format!(
             "node MemAvailable {} MiB below watermark {} MiB: largest {} {what} ({} MiB)",
             avail >> 20,
             mark >> 20,
             v.level,
             mem >> 20
-        )
+        ),
     };
     let since = |t: Option<u64>, every: u64| t.is_none_or(|t| now.saturating_sub(t) >= every);
     match (&v.group, &v.pod) {

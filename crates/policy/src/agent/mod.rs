@@ -6,8 +6,11 @@
 pub mod cap;
 pub mod cleanup;
 pub mod confine;
+pub mod files;
 pub mod interference;
 pub mod memory;
+pub mod memqos;
+pub mod oom;
 pub mod pods;
 pub mod state;
 pub mod statics;
@@ -62,6 +65,10 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
         &mut plan,
     );
     memory::decide(snap, cfg, &mut st, &mut plan);
+    memqos::protection(snap, cfg, caps, static_due, &mut st, &mut plan);
+    memqos::ceiling(snap, cfg, caps, static_due, &mut st, &mut plan);
+    oom::decide(snap, cfg, static_due, &mut st, &mut plan);
+    files::decide(snap, cfg, caps, &mut st, &mut plan);
     cleanup::decide(snap, cfg, prev, &mut st, &mut plan);
     // Ask the actuator to journal, ahead of time, the originals of what confinement and the ladder
     // write, so those urgent writes need no fsync.
@@ -95,6 +102,27 @@ pub fn settle(mut next: PolicyState, prev: &PolicyState, plan: &Plan, ok: &[bool
             };
         }
     }
+    // What did not take effect is tried again next tick.
+    for (a, ok) in plan.actions.iter().zip(ok) {
+        if *ok {
+            continue;
+        }
+        match &a.op {
+            Op::OomScoreAdj { target, .. } => {
+                next.oom_set.remove(target);
+            }
+            Op::Set {
+                target,
+                knob: Knob::MemoryLow | Knob::MemoryMin,
+                ..
+            } => {
+                next.mem_protect.remove(target);
+            }
+            // A refused ceiling (v1 EBUSY) stays recorded: it is written again after its
+            // interval while offline is over it, or at the static interval, never every tick.
+            _ => {}
+        }
+    }
     // A pod whose write failed gets every setting again next tick.
     for (a, ok) in plan.actions.iter().zip(ok) {
         if let (false, Target::Foreign(g)) = (*ok, a.op.target()) {
@@ -115,6 +143,7 @@ pub fn release_plan(
 ) -> Plan {
     let mut plan = Plan::default();
     pods::release(snap, cfg, caps, &mut plan);
+    memqos::release(snap, caps, &mut plan);
     if !confine::tidal_offline_present(snap) {
         return plan;
     }

@@ -94,6 +94,22 @@ pub struct PolicyState {
     /// The CPU-time cap (quota mode) is written on the offline parent.
     #[serde(default)]
     pub capped: bool,
+    /// Workloads whose tasks got their level's `oom_score_adj` (new ones get it at once).
+    #[serde(default)]
+    pub oom_set: std::collections::BTreeSet<tidal_model::Target>,
+    /// The (memory.min, memory.low) last set per group.
+    #[serde(default)]
+    pub mem_protect: BTreeMap<tidal_model::Target, (u64, u64)>,
+    /// The offline memory ceiling in force (bytes), when and why it last moved.
+    #[serde(default)]
+    pub ceiling: Option<u64>,
+    #[serde(default)]
+    pub ceiling_cut_ms: Option<u64>,
+    #[serde(default)]
+    pub ceiling_calm_since_ms: Option<u64>,
+    /// Offline workloads over their open-files ceiling, with their count.
+    #[serde(default)]
+    pub files_over: BTreeMap<String, u64>,
 }
 
 /// The settings last decided for one offline pod (re-sent when they change, and all of them when

@@ -158,12 +158,22 @@ impl Default for InterferenceConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
-    /// Kill offline work when MemAvailable falls below this percentage of MemTotal…
+    /// Evict offline work when MemAvailable falls below this percentage of MemTotal…
     pub low_watermark_percent: f64,
     /// …or below this many bytes, if set (the larger of the two applies).
     pub low_watermark_bytes: Option<u64>,
     /// At most one kill per this interval.
     pub kill_interval: Millis,
+    /// `oom_score_adj` of each level's tasks: the kernel's OOM killer takes offline first.
+    pub oom_score_adj: OomScores,
+    /// Online levels may go below -997 (what the kubelet gives Guaranteed pods) only with this.
+    pub allow_below_guaranteed: bool,
+    /// v2: an online workload's `memory.min` and `memory.low` are these shares of its declared
+    /// request (`tidal run --memory-request`, a pod's memory request).
+    pub min_ratio: f64,
+    pub low_ratio: f64,
+    /// The offline parent's dynamic memory ceiling.
+    pub ceiling: CeilingConfig,
 }
 
 impl Default for MemoryConfig {
@@ -172,8 +182,98 @@ impl Default for MemoryConfig {
             low_watermark_percent: 5.0,
             low_watermark_bytes: None,
             kill_interval: Millis(10_000),
+            oom_score_adj: OomScores::default(),
+            allow_below_guaranteed: false,
+            min_ratio: 0.0,
+            low_ratio: 1.0,
+            ceiling: CeilingConfig::default(),
         }
     }
+}
+
+/// `oom_score_adj` per level, in [-1000, 1000].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OomScores {
+    pub online_critical: i32,
+    pub online_high: i32,
+    pub online: i32,
+    pub offline: i32,
+    pub offline_low: i32,
+}
+
+impl Default for OomScores {
+    fn default() -> Self {
+        OomScores {
+            online_critical: -900,
+            online_high: -500,
+            online: 0,
+            offline: 999,
+            offline_low: 1000,
+        }
+    }
+}
+
+impl OomScores {
+    pub fn of(&self, level: tidal_model::QosLevel) -> i32 {
+        use tidal_model::QosLevel as L;
+        match level {
+            L::OnlineCritical => self.online_critical,
+            L::OnlineHigh => self.online_high,
+            L::Online => self.online,
+            L::Offline => self.offline,
+            L::OfflineLow => self.offline_low,
+        }
+    }
+}
+
+/// The offline parent's memory ceiling (v2 `memory.high`, v1 `memory.limit_in_bytes`), kept between
+/// two shares of RAM: cut a step when node memory runs short or online memory pressure rises, raised
+/// half a step after a calm period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CeilingConfig {
+    pub enabled: bool,
+    /// Shares of MemTotal the ceiling stays between.
+    pub min_fraction: f64,
+    pub max_fraction: f64,
+    /// Cut when MemAvailable is under this percentage of MemTotal…
+    pub reserve_percent: f64,
+    /// …or online `memory.pressure` some avg10 is over this percentage.
+    pub online_psi_threshold: f64,
+    /// A cut takes this share of MemTotal; a raise half of it.
+    pub step_fraction: f64,
+    /// At most one cut per this interval.
+    pub interval: Millis,
+    /// A raise needs this long without a reason to cut.
+    pub calm_period: Millis,
+}
+
+impl Default for CeilingConfig {
+    fn default() -> Self {
+        CeilingConfig {
+            enabled: true,
+            min_fraction: 0.1,
+            max_fraction: 0.9,
+            reserve_percent: 10.0,
+            online_psi_threshold: 10.0,
+            step_fraction: 0.05,
+            interval: Millis(1_000),
+            calm_period: Millis(10_000),
+        }
+    }
+}
+
+/// Open file descriptors per workload: a ceiling per offline level (upstream kernels have no files
+/// cgroup to enforce one).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Open files an `offline` / `offline-low` workload may hold before tidal says so.
+    pub offline_max: Option<u64>,
+    pub offline_low_max: Option<u64>,
+    /// Also freeze a workload over its ceiling (tidal's own workloads; pods are only reported).
+    pub stop: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -210,6 +310,8 @@ pub struct Config {
     pub interference: InterferenceConfig,
     pub memory: MemoryConfig,
     pub cleanup: CleanupConfig,
+    /// Open files per workload.
+    pub files: FilesConfig,
     /// Latency objectives of online workloads.
     pub slo: slo::SloConfig,
     /// Pod mode (`tidal agent --source kubernetes`).
@@ -228,6 +330,7 @@ impl Default for Config {
             interference: InterferenceConfig::default(),
             memory: MemoryConfig::default(),
             cleanup: CleanupConfig::default(),
+            files: FilesConfig::default(),
             slo: slo::SloConfig::default(),
             kubernetes: kubernetes::KubernetesConfig::default(),
         }
@@ -271,6 +374,15 @@ fn range_f(errs: &mut Vec<ConfigError>, field: &str, v: f64, lo: f64, hi: f64, u
         v.is_finite() && (lo..=hi).contains(&v),
         field,
         format!("must be between {lo} and {hi} {unit} (got {v})"),
+    );
+}
+
+fn range_i(errs: &mut Vec<ConfigError>, field: &str, v: i32, lo: i32, hi: i32) {
+    check(
+        errs,
+        (lo..=hi).contains(&v),
+        field,
+        format!("must be between {lo} and {hi} (got {v})"),
     );
 }
 
@@ -482,6 +594,109 @@ impl Config {
         if let Some(b) = m.low_watermark_bytes {
             range_u(&mut e, "memory.low_watermark_bytes", b, 0, 1 << 40);
         }
+        for (f, v) in [
+            ("online-critical", m.oom_score_adj.online_critical),
+            ("online-high", m.oom_score_adj.online_high),
+            ("online", m.oom_score_adj.online),
+            ("offline", m.oom_score_adj.offline),
+            ("offline-low", m.oom_score_adj.offline_low),
+        ] {
+            range_i(&mut e, &format!("memory.oom_score_adj.{f}"), v, -1000, 1000);
+            if !f.starts_with("offline") && v < -997 && !m.allow_below_guaranteed {
+                check(
+                    &mut e,
+                    false,
+                    &format!("memory.oom_score_adj.{f}"),
+                    format!("{v} is below -997, what the kubelet gives Guaranteed pods; set memory.allow_below_guaranteed: true to allow it"),
+                );
+            }
+        }
+        let o = &m.oom_score_adj;
+        check(
+            &mut e,
+            o.offline_low >= o.offline && o.offline >= o.online,
+            "memory.oom_score_adj",
+            format!(
+                "offline-low ({}) ≥ offline ({}) ≥ online ({}): the OOM killer must take offline first",
+                o.offline_low, o.offline, o.online
+            ),
+        );
+        for (f, v) in [
+            ("memory.min_ratio", m.min_ratio),
+            ("memory.low_ratio", m.low_ratio),
+        ] {
+            range_f(&mut e, f, v, 0.0, 1.0, "of the request");
+        }
+        check(
+            &mut e,
+            m.min_ratio <= m.low_ratio,
+            "memory.min_ratio",
+            format!(
+                "must not exceed memory.low_ratio ({} > {})",
+                m.min_ratio, m.low_ratio
+            ),
+        );
+        let c = &m.ceiling;
+        for (f, v) in [
+            ("memory.ceiling.min_fraction", c.min_fraction),
+            ("memory.ceiling.max_fraction", c.max_fraction),
+            ("memory.ceiling.step_fraction", c.step_fraction),
+        ] {
+            range_f(&mut e, f, v, 0.0, 1.0, "of MemTotal");
+        }
+        check(
+            &mut e,
+            c.min_fraction <= c.max_fraction,
+            "memory.ceiling.min_fraction",
+            format!(
+                "the floor {} is above the ceiling's top {}",
+                c.min_fraction, c.max_fraction
+            ),
+        );
+        check(
+            &mut e,
+            c.step_fraction > 0.0,
+            "memory.ceiling.step_fraction",
+            "must be above 0".into(),
+        );
+        range_f(
+            &mut e,
+            "memory.ceiling.reserve_percent",
+            c.reserve_percent,
+            0.0,
+            90.0,
+            "percent",
+        );
+        range_f(
+            &mut e,
+            "memory.ceiling.online_psi_threshold",
+            c.online_psi_threshold,
+            0.0,
+            100.0,
+            "percent",
+        );
+        between(
+            &mut e,
+            "memory.ceiling.interval",
+            c.interval,
+            Millis(100),
+            Millis(600_000),
+        );
+        between(
+            &mut e,
+            "memory.ceiling.calm_period",
+            c.calm_period,
+            Millis(1_000),
+            Millis(3_600_000),
+        );
+        for (f, v) in [
+            ("files.offline_max", self.files.offline_max),
+            ("files.offline_low_max", self.files.offline_low_max),
+        ] {
+            if let Some(v) = v {
+                range_u(&mut e, f, v, 1, 1 << 30);
+            }
+        }
         between(
             &mut e,
             "memory.kill_interval",
@@ -667,6 +882,47 @@ mod tests {
                 "cleanup.remove_empty_after",
                 "between 1s",
             ),
+            (
+                "memory:\n  low_ratio: 1.5",
+                "memory.low_ratio",
+                "between 0 and 1",
+            ),
+            (
+                "memory:\n  min_ratio: -0.1",
+                "memory.min_ratio",
+                "between 0 and 1",
+            ),
+            (
+                "memory:\n  min_ratio: 0.9\n  low_ratio: 0.5",
+                "memory.min_ratio",
+                "must not exceed",
+            ),
+            (
+                "memory:\n  ceiling:\n    min_fraction: 0.8\n    max_fraction: 0.5",
+                "memory.ceiling.min_fraction",
+                "floor",
+            ),
+            (
+                "memory:\n  ceiling:\n    max_fraction: 2",
+                "memory.ceiling.max_fraction",
+                "between 0 and 1",
+            ),
+            (
+                "memory:\n  low_watermark_bytes: -5",
+                "memory.low_watermark_bytes",
+                "invalid value",
+            ),
+            (
+                "memory:\n  oom_score_adj:\n    online-critical: -999",
+                "memory.oom_score_adj.online-critical",
+                "-997",
+            ),
+            (
+                "memory:\n  oom_score_adj:\n    offline: -5",
+                "memory.oom_score_adj",
+                "OOM killer must take offline first",
+            ),
+            ("files:\n  offline_max: 0", "files.offline_max", "between 1"),
             ("tickk: 100ms", "tickk", "unknown field"),
             ("cpu:\n  headroom: 1", "headroom", "unknown field"),
             ("cpu: [1, 2]", "cpu", "invalid type"),

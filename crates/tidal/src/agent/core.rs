@@ -190,7 +190,15 @@ impl Agent {
             (Some(t), Some(a)) => a < self.cfg.low_watermark(t).saturating_mul(3) / 2,
             _ => false,
         };
-        let full = self.shared.wanted.swap(false, Ordering::Relaxed) || mem_low || self.ticks == 0;
+        // Offline over its memory ceiling: an eviction may be due, and it needs fresh sizes too.
+        let over_ceiling = matches!(
+            (self.state.ceiling, self.snap.offline_memory_bytes),
+            (Some(c), Some(u)) if u > c
+        );
+        let full = self.shared.wanted.swap(false, Ordering::Relaxed)
+            || mem_low
+            || over_ceiling
+            || self.ticks == 0;
         let refreshed = self
             .collector
             .update(&mut self.snap, self.cfg.stats_interval.0, full);
@@ -220,6 +228,14 @@ impl Agent {
             .iter()
             .map(|a| matches!(a.result, Ok(o) if o != Outcome::Unsupported))
             .collect();
+        for (name, n) in &d.state.files_over {
+            if !self.state.files_over.contains_key(name) {
+                warn!(
+                    "{name} holds {n} open files, over its level's ceiling (files.offline_max / offline_low_max){}",
+                    if self.cfg.files.stop { ": stopped" } else { "" }
+                );
+            }
+        }
         self.state = settle(d.state, &self.state, &d.plan, &ok);
         self.ticks += 1;
         if refreshed {
@@ -319,6 +335,7 @@ impl Agent {
         m.actuator(self.act.stats());
         m.missing(&self.collector.problems.counts);
         m.slo(&slo);
+        m.memory_qos(self.state.ceiling, self.state.files_over.len());
         let source_health = refreshed.then(|| self.collector.source_mut().health());
         if let Some(h) = &source_health {
             m.source(h);

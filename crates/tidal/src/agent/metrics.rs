@@ -45,6 +45,11 @@ pub struct Metrics {
     wl_cpuset: Family<Wl, FGauge>,
     wl_throttled: Family<Wl, FGauge>,
     wl_throttled_periods: Family<Wl, FGauge>,
+    wl_files: Family<Wl, FGauge>,
+    wl_mem_request: Family<Wl, FGauge>,
+    mem_ceiling: FGauge,
+    online_mem_psi: FGauge,
+    files_over: FGauge,
     wl_psi: Family<WlRes, FGauge>,
     level_cpu: Family<Lvl, FGauge>,
     level_workloads: Family<Lvl, FGauge>,
@@ -120,6 +125,11 @@ impl Metrics {
             wl_cpuset: Family::default(),
             wl_throttled: Family::default(),
             wl_throttled_periods: Family::default(),
+            wl_files: Family::default(),
+            wl_mem_request: Family::default(),
+            mem_ceiling: FGauge::default(),
+            online_mem_psi: FGauge::default(),
+            files_over: FGauge::default(),
             wl_psi: Family::default(),
             level_cpu: Family::default(),
             level_workloads: Family::default(),
@@ -290,6 +300,31 @@ impl Metrics {
             m.missing.clone(),
         );
         r.register(
+            "workload_open_files",
+            "Open file descriptors of the workload's tasks",
+            m.wl_files.clone(),
+        );
+        r.register(
+            "workload_memory_request_bytes",
+            "The workload's declared memory request (what its protection is sized from)",
+            m.wl_mem_request.clone(),
+        );
+        r.register(
+            "offline_memory_ceiling_bytes",
+            "The offline parent's memory ceiling in force (v2 memory.high, v1 limit)",
+            m.mem_ceiling.clone(),
+        );
+        r.register(
+            "online_memory_pressure",
+            "Highest memory.pressure some avg10 (percent) among online groups",
+            m.online_mem_psi.clone(),
+        );
+        r.register(
+            "workloads_over_open_files",
+            "Offline workloads holding more open files than their level's ceiling",
+            m.files_over.clone(),
+        );
+        r.register(
             "source_events",
             "Events of the workload source since start, by kind (evictions, evictions_refused, batch_patch_conflicts, watch_errors, invalid_markings, …)",
             m.source_events.clone(),
@@ -422,6 +457,15 @@ impl Metrics {
             &self.mem_available,
             snap.mem_available_bytes.map(|b| b as f64),
         );
+        set(&self.online_mem_psi, snap.online_mem_psi);
+    }
+
+    /// The memory ceiling and the open-files ceiling's state.
+    pub fn memory_qos(&self, ceiling: Option<u64>, files_over: usize) {
+        if let Some(c) = ceiling {
+            self.mem_ceiling.set(c as f64);
+        }
+        self.files_over.set(files_over as f64);
     }
 
     /// Per-workload and per-level gauges; label sets of workloads that are gone are dropped.
@@ -468,6 +512,17 @@ impl Metrics {
                 _ => snap.cpus.len(),
             };
             self.wl_cpuset.get_or_create(&l).set(allowed as f64);
+            match w.open_files {
+                Some(v) => {
+                    self.wl_files.get_or_create(&l).set(v as f64);
+                }
+                None => {
+                    self.wl_files.remove(&l);
+                }
+            }
+            if let Some(r) = w.memory_request {
+                self.wl_mem_request.get_or_create(&l).set(r as f64);
+            }
             if let Some(t) = w.throttled_us {
                 self.wl_throttled.get_or_create(&l).set(t as f64 / 1e6);
             }
@@ -505,6 +560,8 @@ impl Metrics {
             self.wl_cpuset.remove(&l);
             self.wl_throttled.remove(&l);
             self.wl_throttled_periods.remove(&l);
+            self.wl_files.remove(&l);
+            self.wl_mem_request.remove(&l);
             for res in ["cpu", "memory", "io"] {
                 for kind in ["some", "full"] {
                     self.wl_psi.remove(&WlRes {

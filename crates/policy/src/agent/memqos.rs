@@ -1,0 +1,279 @@
+//! Memory QoS: online workloads' protection and offline work's ceiling.
+//!
+//! - Protection (cgroup v2): an online workload with a declared request (`tidal run
+//!   --memory-request`, a pod's memory requests) gets `memory.min`/`memory.low` as configured shares
+//!   of it. Protection only holds as far as every ancestor is protected too, so the online level
+//!   group and the tidal root get the sums of their online workloads'. A pod's ancestors are the
+//!   kubelet's tiers: not tidal's to write (`tidal doctor` says when they lack protection).
+//! - Ceiling: the offline parent's `memory.high` (v2; the hard limit on v1) stays between
+//!   `min_fraction` and `max_fraction` of RAM. It is cut a step at once when node memory runs short
+//!   or online memory pressure rises, and raised half a step after a calm period. Offline pods get
+//!   the same `memory.high` each (v2).
+
+use super::state::PolicyState;
+use crate::config::Config;
+use std::collections::BTreeMap;
+use tidal_model::{
+    Action, Capabilities, Cause, GroupPath, Knob, KnobValue, Plan, QosLevel, Snapshot, Target,
+};
+
+fn set(t: Target, knob: Knob, v: Option<u64>, why: String, cause: Cause) -> Action {
+    Action::set(t, knob, KnobValue::Bytes(v), why).because(cause)
+}
+
+/// `memory.min`/`memory.low` for online workloads with a request, and their ancestors' sums.
+pub fn protection(
+    snap: &Snapshot,
+    cfg: &Config,
+    caps: &Capabilities,
+    static_due: bool,
+    st: &mut PolicyState,
+    plan: &mut Plan,
+) {
+    if !(caps.has(Knob::MemoryLow) && caps.has(Knob::MemoryMin)) {
+        return;
+    }
+    let (rmin, rlow) = (cfg.memory.min_ratio, cfg.memory.low_ratio);
+    let share = |r: u64, f: f64| (r as f64 * f) as u64;
+    let mut want: BTreeMap<Target, (u64, u64, String)> = BTreeMap::new();
+    let mut levels: BTreeMap<QosLevel, (u64, u64)> = BTreeMap::new();
+    for w in snap.workloads.iter().filter(|w| w.level.is_online()) {
+        let Some(r) = w.memory_request else { continue };
+        let (mn, lo) = (share(r, rmin), share(r, rlow));
+        want.insert(
+            w.group.clone(),
+            (
+                mn,
+                lo,
+                format!("{} declares {} MiB: protected", w.name, r >> 20),
+            ),
+        );
+        if w.managed {
+            let e = levels.entry(w.level).or_default();
+            *e = (e.0.saturating_add(mn), e.1.saturating_add(lo));
+        }
+    }
+    let mut root = (0u64, 0u64);
+    for (l, (mn, lo)) in &levels {
+        root = (root.0.saturating_add(*mn), root.1.saturating_add(*lo));
+        want.insert(
+            Target::Tidal(l.group_path()),
+            (
+                *mn,
+                *lo,
+                format!("level {l}: the sum of its workloads' protection"),
+            ),
+        );
+    }
+    // Levels that no longer have protected workloads lose theirs.
+    for l in QosLevel::ALL.into_iter().filter(|l| l.is_online()) {
+        let t = Target::Tidal(l.group_path());
+        if st.mem_protect.contains_key(&t)
+            && !want.contains_key(&t)
+            && snap.levels_present.contains(&l)
+        {
+            want.insert(t, (0, 0, format!("level {l}: no protected workload left")));
+        }
+    }
+    if root != (0, 0)
+        || st
+            .mem_protect
+            .contains_key(&Target::Tidal(GroupPath::root()))
+    {
+        want.insert(
+            Target::Tidal(GroupPath::root()),
+            (
+                root.0,
+                root.1,
+                "tidal root: the sum of every online workload's protection".into(),
+            ),
+        );
+    }
+    let mut next = BTreeMap::new();
+    for (t, (mn, lo, why)) in want {
+        let prev = st.mem_protect.get(&t).copied();
+        if static_due || prev != Some((mn, lo)) {
+            // Parents are listed before children (paths sort so), and low before min: the kernel
+            // takes any order, and a reader of the plan sees the chain top-down.
+            plan.push(set(
+                t.clone(),
+                Knob::MemoryLow,
+                Some(lo),
+                why.clone(),
+                Cause::Static,
+            ));
+            plan.push(set(
+                t.clone(),
+                Knob::MemoryMin,
+                Some(mn),
+                why,
+                Cause::Static,
+            ));
+        }
+        if (mn, lo) != (0, 0) {
+            next.insert(t, (mn, lo));
+        }
+    }
+    st.mem_protect = next;
+}
+
+/// Keeps the offline memory ceiling between its bounds, moved by memory shortage and online memory
+/// pressure.
+pub fn ceiling(
+    snap: &Snapshot,
+    cfg: &Config,
+    caps: &Capabilities,
+    static_due: bool,
+    st: &mut PolicyState,
+    plan: &mut Plan,
+) {
+    let c = &cfg.memory.ceiling;
+    let knob = if caps.has(Knob::MemoryHigh) {
+        Knob::MemoryHigh
+    } else if caps.has(Knob::MemoryMax) {
+        Knob::MemoryMax
+    } else {
+        return;
+    };
+    let tidal_offline = super::confine::tidal_offline_present(snap);
+    let pods: Vec<Target> = super::pods::offline(snap)
+        .map(|(_, g, _)| Target::Foreign(g.clone()))
+        .collect();
+    if !c.enabled || (!tidal_offline && pods.is_empty()) {
+        st.ceiling = None;
+        return;
+    }
+    let (Some(total), Some(avail)) = (snap.mem_total_bytes, snap.mem_available_bytes) else {
+        return;
+    };
+    let now = snap.now_ms;
+    let frac = |f: f64| (total as f64 * f) as u64;
+    let (lo, hi, step) = (
+        frac(c.min_fraction),
+        frac(c.max_fraction),
+        frac(c.step_fraction).max(1),
+    );
+    let cur = st.ceiling.unwrap_or(hi).clamp(lo, hi);
+    let short = avail < frac(c.reserve_percent / 100.0);
+    let pressed = snap
+        .online_mem_psi
+        .is_some_and(|p| p > c.online_psi_threshold);
+    let mut next = cur;
+    let mut why = String::new();
+    let mut cause = Cause::Static;
+    if short || pressed {
+        st.ceiling_calm_since_ms = None;
+        let may = st
+            .ceiling_cut_ms
+            .is_none_or(|t| now.saturating_sub(t) >= c.interval.0);
+        if may && cur > lo {
+            next = cur.saturating_sub(step).max(lo);
+            st.ceiling_cut_ms = Some(now);
+            cause = Cause::Memory;
+            why = if short {
+                format!(
+                    "MemAvailable {} MiB under the {}% reserve: offline memory ceiling cut to {} MiB",
+                    avail >> 20,
+                    c.reserve_percent,
+                    next >> 20
+                )
+            } else {
+                format!(
+                    "online memory pressure {:.1}% over {}%: offline memory ceiling cut to {} MiB",
+                    snap.online_mem_psi.unwrap_or(0.0),
+                    c.online_psi_threshold,
+                    next >> 20
+                )
+            };
+        }
+    } else {
+        let since = *st.ceiling_calm_since_ms.get_or_insert(now);
+        if cur < hi && now.saturating_sub(since) >= c.calm_period.0 {
+            next = cur.saturating_add(step / 2).min(hi);
+            st.ceiling_calm_since_ms = Some(now);
+            cause = Cause::Release;
+            why = format!(
+                "memory calm for {}: offline memory ceiling raised to {} MiB",
+                c.calm_period,
+                next >> 20
+            );
+        }
+    }
+    // Offline held above its ceiling (v1: the limit could not go below what it held): a write is due
+    // every interval until it is under again.
+    let over = snap
+        .offline_memory_bytes
+        .is_some_and(|u| u > next && knob == Knob::MemoryMax);
+    let retry = over
+        && st
+            .ceiling_cut_ms
+            .is_none_or(|t| now.saturating_sub(t) >= c.interval.0);
+    if over && retry {
+        st.ceiling_cut_ms = Some(now);
+    }
+    if st.ceiling != Some(next) || static_due || retry {
+        if why.is_empty() {
+            why = format!("offline memory ceiling {} MiB", next >> 20);
+        }
+        if tidal_offline {
+            // A v1 limit below what offline holds is refused (EBUSY: anonymous memory cannot be
+            // reclaimed without swap): stop it growing where it is; eviction takes it down.
+            let value = match (knob, snap.offline_memory_bytes) {
+                (Knob::MemoryMax, Some(u)) if u > next => u.saturating_add(4 << 20),
+                _ => next,
+            };
+            plan.push(set(
+                Target::Tidal(QosLevel::offline_parent()),
+                knob,
+                Some(value),
+                why.clone(),
+                cause,
+            ));
+        }
+        // Pods: memory.high only (a hard limit would OOM-kill inside the pod).
+        if knob == Knob::MemoryHigh {
+            for p in &pods {
+                plan.push(set(
+                    p.clone(),
+                    Knob::MemoryHigh,
+                    Some(next),
+                    why.clone(),
+                    cause,
+                ));
+            }
+        }
+    }
+    st.ceiling = Some(next);
+}
+
+/// Lifts the ceiling (agent stopping).
+pub fn release(snap: &Snapshot, caps: &Capabilities, plan: &mut Plan) {
+    let reason = "agent stopping: offline memory ceiling lifted";
+    if super::confine::tidal_offline_present(snap) {
+        let knob = if caps.has(Knob::MemoryHigh) {
+            Knob::MemoryHigh
+        } else {
+            Knob::MemoryMax
+        };
+        if caps.has(knob) {
+            plan.push(set(
+                Target::Tidal(QosLevel::offline_parent()),
+                knob,
+                None,
+                reason.into(),
+                Cause::Shutdown,
+            ));
+        }
+    }
+    if caps.has(Knob::MemoryHigh) {
+        for (_, g, _) in super::pods::offline(snap) {
+            plan.push(set(
+                Target::Foreign(g.clone()),
+                Knob::MemoryHigh,
+                None,
+                reason.into(),
+                Cause::Shutdown,
+            ));
+        }
+    }
+}

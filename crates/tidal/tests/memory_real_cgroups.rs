@@ -1,0 +1,283 @@
+//! Memory on real cgroups (v1 here; pure v2 in the VM harness): OOM ordering on a workload's tasks,
+//! and an offline memory hog held under the agent's ceiling while an online workload keeps its
+//! memory. Groups are made only under the test root, which sits under this process's own cgroup in
+//! every hierarchy (its memory cgroup included).
+
+mod common;
+
+use common::{cgroups_usable, TestRoot};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+use tidal_model::{GroupPath, Knob, KnobValue, QosLevel, Target};
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn healthy(addr: &str) -> bool {
+    ureq::get(&format!("http://{addr}/healthz")).call().is_ok()
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+fn start_agent(t: &TestRoot, cfg: &str, addr: &str) -> Child {
+    let p = t.state.path().join("agent.yaml");
+    std::fs::write(&p, cfg).unwrap();
+    let log = std::fs::File::create(t.state.path().join("agent.log")).unwrap();
+    let child = t
+        .cmd()
+        .args(["agent", "--config"])
+        .arg(&p)
+        .args(["--listen", addr])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for("agent /healthz", 10, || healthy(addr));
+    child
+}
+
+fn stop(mut c: Child) {
+    // SAFETY: kill(2) on the agent this test started.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let _ = c.wait();
+}
+
+fn tasks(t: &TestRoot, group: &str) -> Vec<i32> {
+    let dir = t.dir("cpu", group);
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn can_lower() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|c| c & (1 << 24) != 0)
+}
+
+fn oom_adj(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn oom_score_adj_is_set_on_every_task_of_a_workload() {
+    if !cgroups_usable("oom_score_adj_is_set_on_every_task_of_a_workload") {
+        return;
+    }
+    let mut t = TestRoot::new("oom");
+    t.spawn(&[
+        "run",
+        "--qos",
+        "offline-low",
+        "--name",
+        "low",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    t.spawn(&[
+        "run",
+        "--qos",
+        "online-critical",
+        "--name",
+        "db",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    // A task that gave up its level's value after `tidal run` set it.
+    t.spawn(&[
+        "run",
+        "--qos",
+        "offline",
+        "--name",
+        "reset",
+        "--",
+        "sh",
+        "-c",
+        "echo 0 > /proc/self/oom_score_adj; exec sleep 600",
+    ]);
+    wait_for("the workloads' tasks", 10, || {
+        [
+            "offline/offline-low/low",
+            "online-critical/db",
+            "offline/offline/reset",
+        ]
+        .iter()
+        .all(|g| !tasks(&t, g).is_empty())
+    });
+    // `tidal run` gives the command its level's value; its children inherit it.
+    for p in tasks(&t, "offline/offline-low/low") {
+        assert_eq!(oom_adj(p), Some(1000));
+    }
+    // Lowering it needs CAP_SYS_RESOURCE; without it the task keeps what it inherited.
+    let inherited = oom_adj(std::process::id() as i32);
+    for p in tasks(&t, "online-critical/db") {
+        let want = if can_lower() { Some(-900) } else { inherited };
+        assert_eq!(oom_adj(p), want);
+    }
+    wait_for("the reset task at 0", 10, || {
+        tasks(&t, "offline/offline/reset")
+            .iter()
+            .all(|p| oom_adj(*p) == Some(0))
+    });
+    // The agent puts every task of a workload back to its level's value.
+    let addr = free_addr();
+    let agent = start_agent(&t, "tick: 100ms\nstats_interval: 200ms\n", &addr);
+    wait_for("oom_score_adj 999 on the reset task", 10, || {
+        tasks(&t, "offline/offline/reset")
+            .iter()
+            .all(|p| oom_adj(*p) == Some(999))
+    });
+    stop(agent);
+    t.kill_children();
+    let out = t.tidal(&["restore"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_offline_memory_hog_is_held_under_its_ceiling_while_online_keeps_its_memory() {
+    if !cgroups_usable(
+        "an_offline_memory_hog_is_held_under_its_ceiling_while_online_keeps_its_memory",
+    ) {
+        return;
+    }
+    let mut t = TestRoot::new("memhog");
+    let total =
+        tidal_cgroupfs::proc::parse_meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap())
+            .unwrap()
+            .total;
+    // A ceiling of about 256 MiB for offline, whatever the machine's RAM.
+    let max_fraction = (256u64 << 20) as f64 / total as f64;
+    let cfg = format!(
+        "tick: 100ms\nstats_interval: 200ms\nmemory:\n  kill_interval: 1s\n  ceiling:\n    min_fraction: {:.6}\n    max_fraction: {max_fraction:.6}\n",
+        max_fraction / 2.0
+    );
+    let addr = free_addr();
+    let agent = start_agent(&t, &cfg, &addr);
+    let exe = common::tidal_bin();
+    // Online holds 128 MiB; offline tries for 1 GiB.
+    t.spawn(&[
+        "run",
+        "--qos",
+        "online",
+        "--name",
+        "cache",
+        "--",
+        exe,
+        "worker",
+        "memory",
+        "--bytes",
+        "134217728",
+        "--margin",
+        "0",
+    ]);
+    t.spawn(&[
+        "run",
+        "--qos",
+        "offline",
+        "--name",
+        "hog",
+        "--",
+        exe,
+        "worker",
+        "memory",
+        "--bytes",
+        "1073741824",
+        "--margin",
+        "0",
+    ]);
+    let offline = Target::Tidal(QosLevel::offline_parent());
+    wait_ceiling(&t, &offline);
+    let ceiling = 256u64 << 20;
+    let usage = |g: &str| {
+        t.layout
+            .memory_working_set(&Target::Tidal(GroupPath::new(g).unwrap()))
+            .and_then(|mut r| r.read().ok())
+    };
+    // Held, or evicted down to it: v2's memory.high throttles the hog at the ceiling; on v1 a
+    // limit cannot go below what the hog already holds, so growth stops there and the largest
+    // offline workload is evicted until offline is under its ceiling.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let u = usage("offline").unwrap_or(0);
+        if u <= ceiling + ceiling / 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "offline still holds {u} against a ceiling of {ceiling}; agent log:\n{}",
+            std::fs::read_to_string(t.state.path().join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // It stays there.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let u = usage("offline").unwrap_or(0);
+        assert!(
+            u <= ceiling + ceiling / 10 + (16 << 20),
+            "offline back up at {u}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Online kept what it holds, and was not killed.
+    let online = usage("online/cache").unwrap_or(0);
+    assert!(online >= 120 << 20, "online holds {online}");
+    assert!(
+        !tasks(&t, "online/cache").is_empty(),
+        "online workload killed"
+    );
+    stop(agent);
+    t.kill_children();
+    let out = t.tidal(&["restore"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The offline parent's ceiling once the agent has set it (v2 `memory.high`, v1 limit).
+fn wait_ceiling(t: &TestRoot, offline: &Target) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        for knob in [Knob::MemoryHigh, Knob::MemoryMax] {
+            if let Ok(KnobValue::Bytes(Some(b))) = t.layout.read_knob(offline, knob) {
+                return b;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no offline memory ceiling; agent log:\n{}",
+            std::fs::read_to_string(t.state.path().join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
