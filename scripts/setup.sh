@@ -3,7 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(build-essential pkg-config ca-certificates curl procps)
+# clang and libelf-dev build the BPF run-queue latency program (without clang tidal builds
+# without it and says so); zlib1g-dev is what libbpf links against.
+pkgs=(build-essential pkg-config ca-certificates curl procps clang libelf-dev zlib1g-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -168,6 +168,8 @@ pub enum WorkerKind {
     Cache,
     Memory,
     Pagecache,
+    /// Sleeps 1 ms in a loop: a task that wakes often and runs briefly (run-queue latency probe).
+    Prober,
 }
 
 #[derive(Args, Debug)]
@@ -217,6 +219,9 @@ pub struct WorkerArgs {
     /// Page-cache antagonist: the file to stream.
     #[arg(long)]
     pub file: Option<String>,
+    /// Run on this CPU only.
+    #[arg(long)]
+    pub pin: Option<usize>,
 }
 
 /// Most requests one run may schedule: bounds the load generator's memory whatever rate and

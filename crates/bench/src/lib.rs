@@ -283,7 +283,16 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
 
 /// `tidal worker …`: the built-in workloads the benchmark runs in their own cgroups.
 pub fn run_worker(a: &WorkerArgs) -> i32 {
+    if let Some(cpu) = a.pin {
+        if let Err(e) = worker::pin(cpu) {
+            return crate::fail(format!("cannot pin to CPU {cpu}: {e}"));
+        }
+    }
     match a.kind {
+        cli::WorkerKind::Prober => {
+            worker::prober(a.work_us);
+            0
+        }
         cli::WorkerKind::Server => {
             match worker::serve(a.port, a.work_us, a.ready_file.as_deref(), a.working_set) {
                 Ok(()) => 0,

@@ -362,6 +362,32 @@ pub fn pagecache(
     Ok(())
 }
 
+/// Restricts this process (and the threads it starts) to one CPU.
+pub fn pin(cpu: usize) -> std::io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it (cpu < CPU_SETSIZE).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Wakes every millisecond, works `work_us` µs, and sleeps again: each wake-up is one run-queue
+/// wait, and the work makes it compete for its share like a real service.
+pub fn prober(work_us: u64) {
+    let per_us = calibrate_spin();
+    loop {
+        std::thread::sleep(Duration::from_millis(1));
+        black_box(spin(work_us.saturating_mul(per_us)));
+    }
+}
+
 /// One unit = one million spin iterations.
 pub fn cpu_unit(u: &AtomicU64) {
     black_box(spin(1_000_000));

@@ -105,6 +105,9 @@ pub struct AgentArgs {
     /// node's pods, in the kubelet's tree, and the tidal tree as well).
     #[arg(long, value_enum, default_value = "local")]
     pub source: SourceKind,
+    /// Do not load the BPF run-queue latency program (the agent runs on its other signals).
+    #[arg(long)]
+    pub no_bpf: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -468,6 +468,17 @@ pub fn rows(layout: &Layout, k: &KubernetesConfig) -> Vec<Row> {
         },
         "no run-queue latency probe; PSI and usage only",
     ));
+    let runq = tidal_bpf::Collector::start();
+    out.push(row(
+        "run-queue latency (eBPF)",
+        runq.is_ok(),
+        match &runq {
+            Ok(c) => format!("the program loads and attaches ({})", c.attach),
+            Err(e) => e.clone(),
+        },
+        "no run-queue latency signal: pressure and latency objectives only (`tidal agent --no-bpf` says the same)",
+    ));
+    drop(runq);
     out.push(row(
         "BTF",
         Path::new("/sys/kernel/btf/vmlinux").exists(),

@@ -76,6 +76,18 @@ pub fn render(state: &StateView) -> String {
     for (name, n) in &state.policy.files_over {
         out.push_str(&format!("over its open-files ceiling: {name} ({n} open)\n"));
     }
+    match &state.runq {
+        Some(why) => out.push_str(&format!("run-queue latency: not measured ({why})\n")),
+        None if !state.runq_p99_us.is_empty() => {
+            let v: Vec<String> = state
+                .runq_p99_us
+                .iter()
+                .map(|(w, us)| format!("{w} {us:.0}us"))
+                .collect();
+            out.push_str(&format!("run-queue p99 (eBPF): {}\n", v.join(", ")));
+        }
+        None => {}
+    }
     for r in &state.slo {
         let ms = |s: f64| format!("{:.2}ms", s * 1e3);
         out.push_str(&format!(

@@ -115,9 +115,41 @@ fn slo_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
     }
 }
 
+/// Run-queue latency (eBPF): an online workload whose tasks waited longer than the threshold at
+/// p99 over the last tick has interference, seen as it happens.
+fn runq_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
+    let Some(worst) = snap
+        .signals
+        .iter()
+        .filter(|s| s.kind == SignalKind::RunqLatency && s.slack.is_finite())
+        .min_by(|a, b| a.slack.total_cmp(&b.slack))
+    else {
+        return Verdict::Silent;
+    };
+    if worst.slack < 0.0 {
+        Verdict::Tighten {
+            reason: format!(
+                "run-queue p99 of {} {} over {}",
+                worst.workload,
+                ms(worst.observed),
+                ms(worst.target)
+            ),
+            baseline: None,
+        }
+    } else {
+        Verdict::Calm {
+            after_ms: cfg.interference.calm_period.0,
+        }
+    }
+}
+
 /// Every signal's rule, in order of precedence.
 pub fn rules(snap: &Snapshot, cfg: &Config, caps: &Capabilities) -> Vec<Verdict> {
-    vec![slo_rule(snap, cfg), psi_rule(snap, cfg, caps)]
+    vec![
+        slo_rule(snap, cfg),
+        runq_rule(snap, cfg),
+        psi_rule(snap, cfg, caps),
+    ]
 }
 
 /// Whether any signal asks offline not to grow.

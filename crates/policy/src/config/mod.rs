@@ -264,6 +264,29 @@ impl Default for CeilingConfig {
     }
 }
 
+/// Run-queue latency from eBPF.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BpfConfig {
+    /// Load the BPF program (`--no-bpf` turns it off too).
+    pub enabled: bool,
+    /// An online workload whose run-queue p99 over the last tick is above this has interference:
+    /// offline is tightened in the same tick.
+    pub runq_p99_threshold: slo::Latency,
+    /// Fewer waits than this in a tick give no reading.
+    pub min_samples: u64,
+}
+
+impl Default for BpfConfig {
+    fn default() -> Self {
+        BpfConfig {
+            enabled: true,
+            runq_p99_threshold: slo::Latency(0.004),
+            min_samples: 20,
+        }
+    }
+}
+
 /// Open file descriptors per workload: a ceiling per offline level (upstream kernels have no files
 /// cgroup to enforce one).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -312,6 +335,8 @@ pub struct Config {
     pub cleanup: CleanupConfig,
     /// Open files per workload.
     pub files: FilesConfig,
+    /// Run-queue latency (eBPF).
+    pub bpf: BpfConfig,
     /// Latency objectives of online workloads.
     pub slo: slo::SloConfig,
     /// Pod mode (`tidal agent --source kubernetes`).
@@ -331,6 +356,7 @@ impl Default for Config {
             memory: MemoryConfig::default(),
             cleanup: CleanupConfig::default(),
             files: FilesConfig::default(),
+            bpf: BpfConfig::default(),
             slo: slo::SloConfig::default(),
             kubernetes: kubernetes::KubernetesConfig::default(),
         }

@@ -60,6 +60,7 @@ pub struct TickReport {
 pub struct Agent {
     cfg: Config,
     slo: super::slo::SloWatch,
+    runq: super::runq::Runq,
     caps: Capabilities,
     act: Actuator,
     collector: Collector,
@@ -111,6 +112,7 @@ impl Agent {
         act.set_reprobe_interval(Duration::from_millis(cfg.static_interval.0));
         Agent {
             slo: super::slo::SloWatch::start(&cfg.slo),
+            runq: super::runq::Runq::start(false),
             state: adopt(&act, &caps),
             cfg,
             caps,
@@ -122,6 +124,13 @@ impl Agent {
             first_static_done: false,
             shared,
         }
+    }
+
+    /// Takes the run-queue latency collector (started by the driver: it loads BPF).
+    pub fn set_runq(&mut self, r: super::runq::Runq) {
+        self.runq = r;
+        let layout = self.act.layout().clone();
+        self.runq.map(&layout, &self.snap.workloads);
     }
 
     pub fn config(&self) -> &Config {
@@ -207,9 +216,24 @@ impl Agent {
                 &self.cfg.slo.objectives,
                 &self.snap.workloads,
             ));
+            let layout = self.act.layout().clone();
+            self.runq.map(&layout, &self.snap.workloads);
         }
-        let (signals, readings) = self.slo.read();
+        let (mut signals, readings) = self.slo.read();
+        let (runq_signals, waits) = self
+            .runq
+            .read(self.cfg.bpf.runq_p99_threshold.0, self.cfg.bpf.min_samples);
+        signals.extend(runq_signals);
         self.snap.signals = signals;
+        if !waits.is_empty() {
+            lock(&self.shared.metrics).runq(&waits);
+            let mut v = lock(&self.shared.view);
+            for w in &waits {
+                if let Some(p) = w.hist.quantile_ns(0.99) {
+                    v.runq_p99_us.insert(w.workload.clone(), p / 1e3);
+                }
+            }
+        }
         let d = decide(&self.snap, &self.cfg, &self.caps, &self.state);
         if refreshed {
             let targets: Vec<(Target, Knob)> = d
@@ -576,6 +600,8 @@ mod tests {
             missing_readings: Default::default(),
             source_health: Default::default(),
             slo: Vec::new(),
+            runq_p99_us: Default::default(),
+            runq: None,
         }));
         let mut agent = Agent::new(Config::default(), caps, act, collector, Arc::clone(&shared));
         clock.advance_ms(100);
@@ -599,10 +625,14 @@ mod tests {
         assert!(v.workloads.iter().any(|w| !w.snap.managed));
         let plan = v.last_plan.expect("a plan");
         assert!(!plan.actions.is_empty() && plan.outcomes.len() == plan.actions.len());
-        // Nothing the policy did touched the foreign group except by setting values.
+        // Nothing the policy did touched the foreign group except by setting values (a group's
+        // knobs, or its tasks' oom_score_adj).
         for a in &plan.actions {
             if matches!(a.op.target(), Target::Foreign(_)) {
-                assert!(a.setting().is_some(), "{a}");
+                assert!(
+                    a.setting().is_some() || matches!(a.op, Op::OomScoreAdj { .. }),
+                    "{a}"
+                );
             }
         }
         // /state round-trips through its own types, and its plan is a plan `apply` takes.

@@ -80,7 +80,55 @@ pub struct Metrics {
     slo_slack: Family<ObjectiveLabel, FGauge>,
     slo_stale: Family<ObjectiveLabel, FGauge>,
     slo_errors: Family<ObjectiveLabel, FGauge>,
+    runq_workload: Family<Wl, RunqHist>,
+    runq_level: Family<Lvl, RunqHist>,
     known: HashSet<(String, String)>,
+}
+
+/// A run-queue latency histogram fed with the BPF program's log2 slots.
+#[derive(Clone, Debug, Default)]
+pub struct RunqHist(std::sync::Arc<std::sync::Mutex<tidal_bpf::Hist>>);
+
+impl RunqHist {
+    fn add(&self, h: &tidal_bpf::Hist) {
+        if let Ok(mut g) = self.0.lock() {
+            g.merge(h);
+        }
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for RunqHist {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for RunqHist {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let h = match self.0.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        // Slot i holds waits in [2^i, 2^(i+1)) ns: its upper bound in seconds.
+        let mut buckets: Vec<(f64, u64)> = h
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ((1u64 << (i + 1)) as f64 / 1e9, *c))
+            .collect();
+        buckets.push((f64::INFINITY, 0));
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            h.sum_ns as f64 / 1e9,
+            h.count,
+            &buckets,
+            None,
+        )
+    }
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,6 +208,8 @@ impl Metrics {
             slo_slack: Family::default(),
             slo_stale: Family::default(),
             slo_errors: Family::default(),
+            runq_workload: Family::default(),
+            runq_level: Family::default(),
             known: HashSet::new(),
             registry: Registry::default(),
         };
@@ -340,6 +390,16 @@ impl Metrics {
             m.source_degraded.clone(),
         );
         r.register(
+            "runq_latency_seconds",
+            "Run-queue wait of online workloads' tasks (eBPF): from becoming runnable to running",
+            m.runq_workload.clone(),
+        );
+        r.register(
+            "level_runq_latency_seconds",
+            "Run-queue wait of each online level's tasks (eBPF)",
+            m.runq_level.clone(),
+        );
+        r.register(
             "slo_observed_seconds",
             "A latency objective's quantile over the last slo.interval (absent until read)",
             m.slo_observed.clone(),
@@ -405,6 +465,23 @@ impl Metrics {
                 .set(*v);
         }
         self.source_degraded.set(if h.degraded { 1.0 } else { 0.0 });
+    }
+
+    /// Adds a tick's run-queue waits per online workload and level.
+    pub fn runq(&self, waits: &[super::runq::Waits]) {
+        for w in waits {
+            self.runq_workload
+                .get_or_create(&Wl {
+                    workload: w.workload.clone(),
+                    level: w.level.to_string(),
+                })
+                .add(&w.hist);
+            self.runq_level
+                .get_or_create(&Lvl {
+                    level: w.level.to_string(),
+                })
+                .add(&w.hist);
+        }
     }
 
     /// Each latency objective's last reading.

@@ -8,6 +8,7 @@
 pub mod core;
 mod http;
 pub mod metrics;
+pub mod runq;
 pub mod slo;
 pub mod view;
 
@@ -174,6 +175,8 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         missing_readings: Default::default(),
         source_health: Default::default(),
         slo: Vec::new(),
+        runq_p99_us: Default::default(),
+        runq: None,
     }));
     if let Err(e) = http::spawn(listener, Arc::clone(&shared)) {
         return fail(format!("cannot start http server: {e}"));
@@ -205,7 +208,12 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         source,
         Box::new(MonotonicClock::new()),
     );
+    let runq = runq::Runq::start(cfg.bpf.enabled && !a.no_bpf);
+    if let Ok(mut v) = shared.view.lock() {
+        v.runq = runq.unavailable.clone();
+    }
     let mut agent = Agent::new(cfg, caps, act, collector, Arc::clone(&shared));
+    agent.set_runq(runq);
     let mut next_tick = Instant::now();
     let mut released = false;
     while !term.load(Ordering::Relaxed) {

@@ -90,24 +90,34 @@ pub struct StateView {
     /// Every latency objective's last reading.
     #[serde(default)]
     pub slo: Vec<super::slo::Reading>,
+    /// Online workloads' run-queue p99 over the last tick that had waits, in µs (eBPF).
+    #[serde(default)]
+    pub runq_p99_us: BTreeMap<String, f64>,
+    /// Why run-queue latency is not measured (None: it is).
+    #[serde(default)]
+    pub runq: Option<String>,
 }
 
 /// The latest action that touched `group` or one of its ancestors (a confinement of the offline
-/// parent applies to every offline workload).
+/// parent applies to every offline workload). An action with a reason beyond the static settings
+/// (confinement, interference, memory) is preferred over a later static re-application: it says
+/// why the workload is where it is.
 pub fn last_for(history: &BTreeMap<Target, ActionRecord>, group: &Target) -> Option<ActionRecord> {
-    let mut best: Option<&ActionRecord> = history.get(group);
+    let mut seen: Vec<&ActionRecord> = history.get(group).into_iter().collect();
     if let Target::Tidal(g) = group {
         let mut cur = g.parent();
         while let Some(p) = cur {
             if let Some(r) = history.get(&Target::Tidal(p.clone())) {
-                if best.is_none_or(|b| r.at_ms > b.at_ms) {
-                    best = Some(r);
-                }
+                seen.push(r);
             }
             cur = p.parent();
         }
     }
-    best.cloned()
+    seen.iter()
+        .filter(|r| r.action.cause != tidal_model::Cause::Static)
+        .max_by_key(|r| r.at_ms)
+        .or_else(|| seen.iter().max_by_key(|r| r.at_ms))
+        .map(|r| (*r).clone())
 }
 
 pub fn record(a: &Action, at_ms: u64, outcome: &str) -> ActionRecord {

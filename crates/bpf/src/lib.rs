@@ -1,0 +1,315 @@
+//! Run-queue latency per cgroup with eBPF. The BPF program (`src/bpf/runq.bpf.c`, CO-RE, built with
+//! clang into a libbpf-rs skeleton) stamps each task when it becomes runnable and, when it runs,
+//! adds its wait to a per-CPU log2 histogram keyed by its cgroup (v2 id, and v1 cpu-controller id).
+//! [`Collector`] loads it (tp_btf, else raw_tp), and each read returns every cgroup's histogram
+//! delta since the previous read. A cgroup id is the inode number of the cgroup's directory in its
+//! own hierarchy. The histogram math ([`Hist`]) is pure.
+//!
+//! Without BPF (the `bpf` feature off, no clang at build time, not root, no BTF, BPF refused)
+//! [`Collector::start`] says why, and tidal runs on its other signals.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// log2 slots: slot i counts waits in [2^i, 2^(i+1)) ns.
+pub const SLOTS: usize = 32;
+
+/// Which hierarchy a cgroup id belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum IdKind {
+    V2,
+    V1Cpu,
+}
+
+/// A cgroup as the BPF program keys it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CgroupKey {
+    pub id: u64,
+    pub kind: IdKind,
+}
+
+/// One cgroup's run-queue waits (or a delta of them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hist {
+    pub slots: [u64; SLOTS],
+    pub count: u64,
+    pub sum_ns: u64,
+    pub max_ns: u64,
+}
+
+impl Default for Hist {
+    fn default() -> Self {
+        Hist {
+            slots: [0; SLOTS],
+            count: 0,
+            sum_ns: 0,
+            max_ns: 0,
+        }
+    }
+}
+
+impl Hist {
+    /// Adds another CPU's (or cgroup's) counts.
+    pub fn merge(&mut self, o: &Hist) {
+        for (a, b) in self.slots.iter_mut().zip(o.slots.iter()) {
+            *a = a.saturating_add(*b);
+        }
+        self.count = self.count.saturating_add(o.count);
+        self.sum_ns = self.sum_ns.saturating_add(o.sum_ns);
+        self.max_ns = self.max_ns.max(o.max_ns);
+    }
+
+    /// What was added since `prev` (cumulative counters; a reset gives the new counts). The max
+    /// is the all-time max, so a delta keeps the new one only if it grew.
+    pub fn since(&self, prev: &Hist) -> Hist {
+        if self.count < prev.count {
+            return self.clone();
+        }
+        let mut d = Hist::default();
+        for i in 0..SLOTS {
+            d.slots[i] = self.slots[i].saturating_sub(prev.slots[i]);
+        }
+        d.count = self.count - prev.count;
+        d.sum_ns = self.sum_ns.saturating_sub(prev.sum_ns);
+        d.max_ns = if self.max_ns > prev.max_ns {
+            self.max_ns
+        } else {
+            0
+        };
+        d
+    }
+
+    /// The `q` quantile in ns, interpolated inside its log2 slot; None for an empty histogram.
+    pub fn quantile_ns(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.slots.iter().sum();
+        if total == 0 || !(q > 0.0 && q <= 1.0) {
+            return None;
+        }
+        let rank = q * total as f64;
+        let mut below = 0.0;
+        for (i, &c) in self.slots.iter().enumerate() {
+            let c = c as f64;
+            if c > 0.0 && below + c >= rank {
+                let lo = if i == 0 { 0.0 } else { (1u64 << i) as f64 };
+                let hi = (1u64 << (i + 1).min(63)) as f64;
+                return Some(lo + (hi - lo) * ((rank - below) / c).clamp(0.0, 1.0));
+            }
+            below += c;
+        }
+        None
+    }
+}
+
+/// Every cgroup's waits since the previous read.
+pub type Deltas = HashMap<CgroupKey, Hist>;
+
+/// Keeps the last cumulative histograms, to hand out deltas.
+#[derive(Debug, Default)]
+pub struct DeltaTracker {
+    prev: HashMap<CgroupKey, Hist>,
+}
+
+impl DeltaTracker {
+    /// Turns a full cumulative reading into deltas since the previous one; cgroups that are gone
+    /// are forgotten.
+    pub fn step(&mut self, now: HashMap<CgroupKey, Hist>) -> Deltas {
+        let mut out = HashMap::with_capacity(now.len());
+        for (k, h) in &now {
+            let d = match self.prev.get(k) {
+                Some(p) => h.since(p),
+                None => h.clone(),
+            };
+            if d.count > 0 {
+                out.insert(*k, d);
+            }
+        }
+        self.prev = now;
+        out
+    }
+}
+
+/// The inode of a cgroup directory: the id the BPF program keys it by.
+pub fn cgroup_id(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| m.ino())
+}
+
+#[cfg(tidal_bpf)]
+mod loaded {
+    use super::{CgroupKey, DeltaTracker, Deltas, Hist, IdKind, SLOTS};
+    use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+    use libbpf_rs::MapCore;
+    use std::collections::HashMap;
+    use std::mem::MaybeUninit;
+
+    mod skel {
+        include!(concat!(env!("OUT_DIR"), "/runq.skel.rs"));
+    }
+
+    pub struct Collector {
+        skel: skel::RunqSkel<'static>,
+        tracker: DeltaTracker,
+        /// "tp_btf" or "raw_tp".
+        pub attach: &'static str,
+    }
+
+    fn load(btf: bool) -> Result<skel::RunqSkel<'static>, String> {
+        // The skeleton borrows its object for as long as it lives: the agent's lifetime.
+        let obj: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = skel::RunqSkelBuilder::default()
+            .open(obj)
+            .map_err(|e| format!("cannot open the BPF object: {e}"))?;
+        let p = &mut open.progs;
+        p.wakeup_btf.set_autoload(btf);
+        p.wakeup_new_btf.set_autoload(btf);
+        p.switch_btf.set_autoload(btf);
+        p.wakeup_raw.set_autoload(!btf);
+        p.wakeup_new_raw.set_autoload(!btf);
+        p.switch_raw.set_autoload(!btf);
+        let mut s = open
+            .load()
+            .map_err(|e| format!("the kernel refused the BPF program: {e}"))?;
+        s.attach()
+            .map_err(|e| format!("cannot attach to the scheduler tracepoints: {e}"))?;
+        Ok(s)
+    }
+
+    impl Collector {
+        pub fn start() -> Result<Collector, String> {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                return Err("not root: BPF programs need CAP_BPF and CAP_PERFMON".into());
+            }
+            if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+                return Err(
+                    "no kernel BTF (/sys/kernel/btf/vmlinux): CO-RE programs cannot load".into(),
+                );
+            }
+            let (skel, attach) = match load(true) {
+                Ok(s) => (s, "tp_btf"),
+                Err(e_btf) => match load(false) {
+                    Ok(s) => (s, "raw_tp"),
+                    Err(e_raw) => return Err(format!("tp_btf: {e_btf}; raw_tp: {e_raw}")),
+                },
+            };
+            Ok(Collector {
+                skel,
+                tracker: DeltaTracker::default(),
+                attach,
+            })
+        }
+
+        /// Every cgroup's waits since the previous read.
+        pub fn read(&mut self) -> Result<Deltas, String> {
+            let map = &self.skel.maps.hists;
+            let mut now: HashMap<CgroupKey, Hist> = HashMap::new();
+            for k in map.keys() {
+                if k.len() < 12 {
+                    continue;
+                }
+                let id = u64::from_ne_bytes(k[..8].try_into().unwrap_or([0; 8]));
+                let kind = match u32::from_ne_bytes(k[8..12].try_into().unwrap_or([0; 4])) {
+                    1 => IdKind::V2,
+                    2 => IdKind::V1Cpu,
+                    _ => continue,
+                };
+                let Ok(Some(per_cpu)) = map.lookup_percpu(&k, libbpf_rs::MapFlags::ANY) else {
+                    continue;
+                };
+                let mut h = Hist::default();
+                for v in per_cpu {
+                    h.merge(&decode(&v));
+                }
+                now.insert(CgroupKey { id, kind }, h);
+            }
+            Ok(self.tracker.step(now))
+        }
+    }
+
+    /// A `struct hist` as the BPF program lays it out (native endian u64s).
+    fn decode(b: &[u8]) -> Hist {
+        let at = |i: usize| {
+            b.get(i * 8..i * 8 + 8)
+                .and_then(|s| s.try_into().ok())
+                .map_or(0, u64::from_ne_bytes)
+        };
+        let mut h = Hist::default();
+        for i in 0..SLOTS {
+            h.slots[i] = at(i);
+        }
+        h.count = at(SLOTS);
+        h.sum_ns = at(SLOTS + 1);
+        h.max_ns = at(SLOTS + 2);
+        h
+    }
+}
+
+#[cfg(tidal_bpf)]
+pub use loaded::Collector;
+
+/// Built without the BPF program: every start says why.
+#[cfg(not(tidal_bpf))]
+pub struct Collector {
+    pub attach: &'static str,
+}
+
+#[cfg(not(tidal_bpf))]
+impl Collector {
+    pub fn start() -> Result<Collector, String> {
+        Err("tidal was built without its BPF program (no clang at build time, or without the `bpf` feature): apt-get install clang libelf-dev and rebuild".into())
+    }
+    pub fn read(&mut self) -> Result<Deltas, String> {
+        Ok(Deltas::new())
+    }
+}
+
+/// Whether this build carries the BPF program.
+pub const BUILT_WITH_BPF: bool = cfg!(tidal_bpf);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hist(slots: &[(usize, u64)]) -> Hist {
+        let mut h = Hist::default();
+        for (i, c) in slots {
+            h.slots[*i] = *c;
+            h.count += c;
+        }
+        h
+    }
+
+    #[test]
+    fn quantiles_from_log2_slots() {
+        // 99 waits in [1024, 2048) ns, one in [2^20, 2^21).
+        let h = hist(&[(10, 99), (20, 1)]);
+        let p50 = h.quantile_ns(0.5).unwrap();
+        assert!((1024.0..2048.0).contains(&p50), "{p50}");
+        let p99 = h.quantile_ns(0.99).unwrap();
+        assert!(p99 <= 2048.0, "{p99}");
+        let p999 = h.quantile_ns(0.999).unwrap();
+        assert!(p999 >= (1u64 << 20) as f64, "{p999}");
+        assert_eq!(Hist::default().quantile_ns(0.99), None);
+    }
+
+    #[test]
+    fn deltas_and_resets() {
+        let k = CgroupKey {
+            id: 7,
+            kind: IdKind::V2,
+        };
+        let mut t = DeltaTracker::default();
+        let d = t.step([(k, hist(&[(10, 5)]))].into_iter().collect());
+        assert_eq!(d[&k].count, 5);
+        let d = t.step([(k, hist(&[(10, 5), (12, 3)]))].into_iter().collect());
+        assert_eq!(d[&k].count, 3);
+        assert_eq!(d[&k].slots[12], 3);
+        // Nothing new: no entry.
+        let d = t.step([(k, hist(&[(10, 5), (12, 3)]))].into_iter().collect());
+        assert!(!d.contains_key(&k));
+        // The map was recreated (counts went down): the new counts are the delta.
+        let d = t.step([(k, hist(&[(11, 2)]))].into_iter().collect());
+        assert_eq!(d[&k].count, 2);
+    }
+}

@@ -1,0 +1,133 @@
+//! Run-queue latency as a signal: each tick the BPF program's per-cgroup histograms give every
+//! online workload's waits since the last tick (its ids: the inode of its group's directory in the
+//! v2 hierarchy and in the v1 cpu hierarchy). A workload with enough samples gives a
+//! `SignalKind::RunqLatency` reading of its p99 against `bpf.runq_p99_threshold`. Without BPF the
+//! agent says once why and runs on its other signals.
+
+use std::collections::HashMap;
+use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind};
+use tidal_cgroupfs::{Layout, Version};
+use tidal_model::{QosLevel, Signal, SignalKind, WorkloadSnapshot};
+use tracing::{info, warn};
+
+/// One online workload's waits over the last tick.
+#[derive(Debug, Clone)]
+pub struct Waits {
+    pub workload: String,
+    pub level: QosLevel,
+    pub hist: Hist,
+}
+
+pub struct Runq {
+    collector: Option<Collector>,
+    /// Why there is no collector (for `/state` and doctor-like reports).
+    pub unavailable: Option<String>,
+    ids: HashMap<CgroupKey, (String, QosLevel)>,
+}
+
+impl Runq {
+    /// Loads the program unless `enabled` is false; says once why it is not there.
+    pub fn start(enabled: bool) -> Runq {
+        let (collector, unavailable) = if !enabled {
+            (
+                None,
+                Some("turned off (--no-bpf or bpf.enabled: false)".to_string()),
+            )
+        } else {
+            match Collector::start() {
+                Ok(c) => {
+                    info!("run-queue latency from BPF ({})", c.attach);
+                    (Some(c), None)
+                }
+                Err(e) => {
+                    warn!("no run-queue latency: {e}; the agent runs on its other signals");
+                    (None, Some(e))
+                }
+            }
+        };
+        Runq {
+            collector,
+            unavailable,
+            ids: HashMap::new(),
+        }
+    }
+
+    pub fn active(&self) -> bool {
+        self.collector.is_some()
+    }
+
+    /// Learns the ids of the online workloads' groups (when the workload list changes).
+    pub fn map(&mut self, layout: &Layout, workloads: &[WorkloadSnapshot]) {
+        if self.collector.is_none() {
+            return;
+        }
+        self.ids.clear();
+        for w in workloads.iter().filter(|w| w.level.is_online()) {
+            for r in &layout.roots {
+                let kind = match r.version() {
+                    Version::V2 => IdKind::V2,
+                    Version::V1 if r.hierarchy.has("cpu") => IdKind::V1Cpu,
+                    Version::V1 => continue,
+                };
+                if let Some(id) = cgroup_id(&r.target_dir(&w.group)) {
+                    self.ids
+                        .insert(CgroupKey { id, kind }, (w.group.to_string(), w.level));
+                }
+            }
+        }
+    }
+
+    /// The last tick's waits per online workload, and the signals they give.
+    pub fn read(&mut self, threshold_s: f64, min_samples: u64) -> (Vec<Signal>, Vec<Waits>) {
+        let Some(c) = self.collector.as_mut() else {
+            return (Vec::new(), Vec::new());
+        };
+        let deltas = match c.read() {
+            Ok(d) => d,
+            Err(e) => {
+                warn!("run-queue latency: {e}; off from now on");
+                self.unavailable = Some(e);
+                self.collector = None;
+                return (Vec::new(), Vec::new());
+            }
+        };
+        // A workload seen under both its v1 and v2 ids counts the same waits twice: keep one kind,
+        // v1's where there is one (hybrid hosts put pods only there).
+        let mut per: HashMap<String, (QosLevel, IdKind, Hist)> = HashMap::new();
+        for (k, h) in deltas {
+            let Some((name, level)) = self.ids.get(&k) else {
+                continue;
+            };
+            match per.get_mut(name) {
+                Some((_, kind, _)) if *kind == IdKind::V1Cpu && k.kind == IdKind::V2 => {}
+                Some(e) if e.1 == k.kind => e.2.merge(&h),
+                _ => {
+                    per.insert(name.clone(), (*level, k.kind, h));
+                }
+            }
+        }
+        let mut signals = Vec::new();
+        let mut waits = Vec::new();
+        for (name, (level, _, hist)) in per {
+            if hist.count >= min_samples {
+                if let Some(p99) = hist.quantile_ns(0.99) {
+                    let observed = p99 / 1e9;
+                    signals.push(Signal {
+                        kind: SignalKind::RunqLatency,
+                        workload: name.clone(),
+                        what: "run-queue p99".into(),
+                        observed,
+                        target: threshold_s,
+                        slack: Signal::slack_of(observed, threshold_s),
+                    });
+                }
+            }
+            waits.push(Waits {
+                workload: name,
+                level,
+                hist,
+            });
+        }
+        (signals, waits)
+    }
+}

@@ -1,0 +1,292 @@
+//! Run-queue latency with the real BPF program: a sleeping prober and a spinning hog pinned to one
+//! CPU in two groups (the hog at a normal weight, not idle). The prober's group gets samples; with
+//! the hog its p99 wait is at least 1 ms and at least 10× its p99 without; a group with no tasks
+//! gets none; and the ids the program reports map to the right groups in v1 and v2.
+
+mod common;
+
+use common::{cgroups_usable, TestRoot};
+use std::time::{Duration, Instant};
+use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind};
+
+/// The tests here measure scheduling on shared CPUs: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The ids a group has: its v2 directory's inode, and its v1 cpu directory's inode.
+fn keys(t: &TestRoot, group: &str) -> Vec<CgroupKey> {
+    let mut out = Vec::new();
+    for r in &t.layout.roots {
+        let dir = r.root_dir.join(group);
+        let kind = match r.version() {
+            tidal_cgroupfs::Version::V2 => IdKind::V2,
+            tidal_cgroupfs::Version::V1 if r.hierarchy.has("cpu") => IdKind::V1Cpu,
+            _ => continue,
+        };
+        if let Some(id) = cgroup_id(&dir) {
+            out.push(CgroupKey { id, kind });
+        }
+    }
+    out
+}
+
+/// Collects for `secs` and returns the waits of each of `groups` (merged over its ids).
+fn collect(c: &mut Collector, t: &TestRoot, groups: &[&str], secs: u64) -> Vec<Hist> {
+    let _ = c.read();
+    let mut acc: Vec<Hist> = groups.iter().map(|_| Hist::default()).collect();
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+        let d = c.read().expect("read the histograms");
+        for (g, a) in groups.iter().zip(acc.iter_mut()) {
+            // Both ids of a v1+v2 host see the same waits: count one kind.
+            let ks = keys(t, g);
+            let k = ks
+                .iter()
+                .find(|k| k.kind == IdKind::V1Cpu)
+                .or(ks.first())
+                .copied();
+            if let Some(h) = k.and_then(|k| d.get(&k)) {
+                a.merge(h);
+            }
+        }
+    }
+    acc
+}
+
+#[test]
+fn a_prober_behind_a_hog_on_its_cpu_waits_and_an_empty_group_gets_nothing() {
+    if !cgroups_usable("a_prober_behind_a_hog_on_its_cpu_waits_and_an_empty_group_gets_nothing") {
+        return;
+    }
+    let _one = serial();
+    let mut c = match Collector::start() {
+        Ok(c) => c,
+        Err(e) => panic!("BPF must load here (root, BTF): {e}"),
+    };
+    let mut t = TestRoot::new("bpf");
+    let exe = common::tidal_bin();
+    // Wakes every ms and works 500 us: more than its share beside four hog threads.
+    t.spawn(&[
+        "run",
+        "--qos",
+        "online",
+        "--name",
+        "probe",
+        "--",
+        exe,
+        "worker",
+        "prober",
+        "--work-us",
+        "500",
+        "--pin",
+        "0",
+    ]);
+    t.make_group("online/empty");
+    std::thread::sleep(Duration::from_millis(500));
+    let quiet = collect(&mut c, &t, &["online/probe", "online/empty"], 3);
+    assert!(
+        quiet[0].count > 100,
+        "the prober's group got {} samples",
+        quiet[0].count
+    );
+    assert_eq!(quiet[1].count, 0, "a group with no tasks got samples");
+    let p99_quiet = quiet[0].quantile_ns(0.99).unwrap();
+    // A hog on the same CPU, in a sibling group at the same (normal) weight.
+    t.spawn(&[
+        "run",
+        "--qos",
+        "online",
+        "--name",
+        "hog",
+        "--",
+        exe,
+        "worker",
+        "cpu",
+        "--threads",
+        "4",
+        "--pin",
+        "0",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = collect(&mut c, &t, &["online/probe"], 3);
+    let p99_busy = busy[0].quantile_ns(0.99).unwrap_or(0.0);
+    println!("p99 wait: {p99_quiet:.0} ns alone, {p99_busy:.0} ns beside the hog");
+    assert!(
+        p99_busy >= 1e6 && p99_busy >= 10.0 * p99_quiet,
+        "p99 wait with the hog {p99_busy:.0} ns, without {p99_quiet:.0} ns ({} attach)",
+        c.attach
+    );
+    t.kill_children();
+}
+
+#[test]
+fn cgroup_ids_are_the_directories_inodes_in_each_hierarchy() {
+    if !cgroups_usable("cgroup_ids_are_the_directories_inodes_in_each_hierarchy") {
+        return;
+    }
+    let _one = serial();
+    let mut c = Collector::start().expect("BPF loads");
+    let mut t = TestRoot::new("bpfid");
+    let exe = common::tidal_bin();
+    t.spawn(&[
+        "run", "--qos", "online", "--name", "a", "--", exe, "worker", "prober",
+    ]);
+    t.spawn(&[
+        "run",
+        "--qos",
+        "online-high",
+        "--name",
+        "b",
+        "--",
+        exe,
+        "worker",
+        "prober",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = c.read();
+    std::thread::sleep(Duration::from_secs(1));
+    let d = c.read().unwrap();
+    for g in ["online/a", "online-high/b"] {
+        let ks = keys(&t, g);
+        assert!(!ks.is_empty());
+        for k in ks {
+            assert!(
+                d.get(&k).is_some_and(|h| h.count > 50),
+                "{g}: no samples under {k:?}"
+            );
+        }
+    }
+    // The two groups' ids differ, so their waits are not mixed.
+    let (a, b) = (keys(&t, "online/a"), keys(&t, "online-high/b"));
+    assert!(a.iter().all(|k| !b.contains(k)));
+    t.kill_children();
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn state(addr: &str) -> serde_json::Value {
+    ureq::get(&format!("http://{addr}/state"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .and_then(|b| serde_json::from_str(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn start_agent(t: &TestRoot, cfg: &str, extra: &[&str], addr: &str) -> std::process::Child {
+    let p = t.state.path().join("agent.yaml");
+    std::fs::write(&p, cfg).unwrap();
+    let child = t
+        .cmd()
+        .args(["agent", "--config"])
+        .arg(&p)
+        .args(["--listen", addr])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ureq::get(&format!("http://{addr}/healthz")).call().is_err() {
+        assert!(Instant::now() < deadline, "agent did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn stop(mut c: std::process::Child) {
+    // SAFETY: kill(2) on the agent this test started.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let _ = c.wait();
+}
+
+#[test]
+fn run_queue_waits_over_the_threshold_tighten_offline_and_without_bpf_the_agent_runs_on() {
+    if !cgroups_usable(
+        "run_queue_waits_over_the_threshold_tighten_offline_and_without_bpf_the_agent_runs_on",
+    ) {
+        return;
+    }
+    let _one = serial();
+    let mut t = TestRoot::new("runq");
+    let exe = common::tidal_bin();
+    t.spawn(&[
+        "run", "--qos", "online", "--name", "probe", "--", exe, "worker", "prober",
+    ]);
+    t.spawn(&[
+        "run",
+        "--qos",
+        "offline",
+        "--name",
+        "hog",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    // Any wait is over a 1 us threshold; pressure alone would never tighten here.
+    let cfg = "tick: 100ms\nstats_interval: 200ms\ninterference:\n  psi_threshold: 100\nbpf:\n  runq_p99_threshold: 1us\n  min_samples: 5\n";
+    let addr = free_addr();
+    let agent = start_agent(&t, cfg, &[], &addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = state(&addr);
+        let steps = v["policy"]["interference"]["steps"]
+            .as_array()
+            .map_or(0, Vec::len);
+        let why: Vec<String> = v["last_plan"]["actions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["reason"].as_str().map(str::to_string))
+            .collect();
+        if steps >= 1
+            && why
+                .iter()
+                .any(|r| r.contains("run-queue p99 of online/probe"))
+        {
+            assert!(v["runq_p99_us"]["online/probe"].as_f64().is_some(), "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not tightened by run-queue latency: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(agent);
+    // Without BPF: the agent says why and runs on its other signals.
+    let addr = free_addr();
+    let agent = start_agent(&t, cfg, &["--no-bpf"], &addr);
+    std::thread::sleep(Duration::from_millis(500));
+    let v = state(&addr);
+    assert!(
+        v["runq"].as_str().is_some_and(|s| s.contains("turned off")),
+        "{}",
+        v["runq"]
+    );
+    assert!(v["ticks"].as_u64().unwrap_or(0) > 0);
+    let (_, m) = (
+        (),
+        ureq::get(&format!("http://{addr}/healthz"))
+            .call()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0),
+    );
+    assert_eq!(m, 200);
+    stop(agent);
+    t.kill_children();
+    let out = t.tidal(&["restore"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
