@@ -880,9 +880,20 @@ impl Actuator {
         }
     }
 
-    /// Moves a task into the group in every hierarchy tidal uses.
+    /// Moves a task into the group in every hierarchy tidal uses. The hierarchy carrying `cpu`
+    /// comes last: once there, an offline task runs at idle priority and may wait seconds on a
+    /// busy machine for the remaining moves (each takes an RCU grace period on v1).
     pub fn move_pid(&mut self, group: &GroupPath, pid: u32) -> Result<(), ActError> {
-        for dir in self.layout.group_dirs(group) {
+        let cpu_root = self.layout.owner("cpu").map(|r| r.root_dir.clone());
+        let mut dirs: Vec<(bool, PathBuf)> = self
+            .layout
+            .roots
+            .iter()
+            .map(|r| (Some(&r.root_dir) == cpu_root.as_ref(), r.dir(group)))
+            .collect();
+        // Stable: keeps the layout's order otherwise.
+        dirs.sort_by_key(|(is_cpu, _)| *is_cpu);
+        for (_, dir) in dirs {
             let p = dir.join(PROCS);
             if self.dry_run {
                 info!("dry-run: would move pid {pid} to {}", p.display());

@@ -79,6 +79,8 @@ pub struct RunResult {
     pub utilisation: Option<f64>,
     #[serde(default)]
     pub memory: MemoryResult,
+    /// The online server's run-queue p99 over the run, in µs (eBPF; None without it).
+    pub online_runq_p99_us: Option<f64>,
 }
 
 /// Memory over a run: the online server's major faults, and tasks OOM-killed on each side.
@@ -854,6 +856,8 @@ fn measure(
     let marks: Arc<Mutex<(Mark, Mark)>> = Arc::new(Mutex::new((Mark::default(), Mark::default())));
     let m2 = Arc::clone(&marks);
     let reports = st.reports.clone();
+    // Start the run-queue window (the bench's own BPF reader, when it loads).
+    let _ = env.runq_since_last(&st.online_group);
     let reader = |g: Option<&str>| {
         g.and_then(|g| GroupPath::new(g).ok())
             .and_then(|g| env.layout.cpu_usage(&Target::Tidal(g)))
@@ -872,6 +876,7 @@ fn measure(
         r.as_mut().and_then(|r| r.read().ok())
     };
     let ev0 = (read_ev(&mut ev_on), read_ev(&mut ev_off));
+    let runq_group = st.online_group.clone();
     let mut mark_now = move || {
         let read =
             |r: &mut Option<tidal_cgroupfs::Reader<u64>>| r.as_mut().and_then(|r| r.read().ok());
@@ -923,6 +928,7 @@ fn measure(
         let _ = h.join();
     }
     let ev1 = (read_ev(&mut ev_on), read_ev(&mut ev_off));
+    let online_runq = env.runq_since_last(&runq_group);
     let delta = |a: Option<tidal_cgroupfs::stats::MemEvents>,
                  b: Option<tidal_cgroupfs::stats::MemEvents>,
                  f: fn(&tidal_cgroupfs::stats::MemEvents) -> u64| {
@@ -980,6 +986,10 @@ fn measure(
         online_cpus: per_s(a.online_ns, b.online_ns, dt, 1e9),
         utilisation: per_s(a.node_ns, b.node_ns, dt, 1e9).map(|c| (c / n).min(1.0)),
         memory,
+        online_runq_p99_us: online_runq
+            .as_ref()
+            .and_then(|h| h.quantile_ns(0.99))
+            .map(|ns| ns / 1e3),
     })
 }
 

@@ -46,6 +46,8 @@ pub struct BenchEnv {
     child_root: String,
     pub stop: Arc<AtomicBool>,
     cleaned: bool,
+    /// Run-queue latency of the online side (eBPF), when it loads.
+    pub runq: Option<tidal_bpf::Collector>,
 }
 
 fn describe(e: &tidal_actuator::ActError) -> String {
@@ -134,6 +136,7 @@ impl BenchEnv {
             child_root,
             stop,
             cleaned: false,
+            runq: tidal_bpf::Collector::start().ok(),
         })
     }
 
@@ -291,6 +294,34 @@ impl BenchEnv {
 
     pub fn state_dir(&self) -> &Path {
         self.state.path()
+    }
+
+    /// Online run-queue waits since the previous call, for `group` under the sandbox (its v2 and
+    /// v1 cpu ids; one kind counted).
+    pub fn runq_since_last(&mut self, group: &str) -> Option<tidal_bpf::Hist> {
+        let c = self.runq.as_mut()?;
+        let d = c.read().ok()?;
+        let g = GroupPath::new(group).ok()?;
+        let mut best: Option<(tidal_bpf::IdKind, tidal_bpf::Hist)> = None;
+        for r in &self.layout.roots {
+            let kind = match r.version() {
+                tidal_cgroupfs::Version::V2 => tidal_bpf::IdKind::V2,
+                tidal_cgroupfs::Version::V1 if r.hierarchy.has("cpu") => tidal_bpf::IdKind::V1Cpu,
+                _ => continue,
+            };
+            let Some(id) = tidal_bpf::cgroup_id(&r.dir(&g)) else {
+                continue;
+            };
+            if let Some(h) = d.get(&tidal_bpf::CgroupKey { id, kind }) {
+                if best
+                    .as_ref()
+                    .is_none_or(|(k, _)| *k == tidal_bpf::IdKind::V2)
+                {
+                    best = Some((kind, h.clone()));
+                }
+            }
+        }
+        best.map(|(_, h)| h)
     }
 
     pub fn work_dir(&self) -> &Path {

@@ -163,6 +163,8 @@ pub struct ScenarioSummary {
     pub online_major_faults: Option<Interval>,
     pub oom_kills_online: u64,
     pub oom_kills_offline: u64,
+    /// The online server's run-queue p99 per run (eBPF), µs.
+    pub online_runq_p99_us: Option<Interval>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -255,6 +257,7 @@ pub fn summarize(runs: &[RunResult], order: &[Scenario]) -> Vec<ScenarioSummary>
                 online_major_faults: col(&|r| r.memory.online_major_faults.map(|v| v as f64)),
                 oom_kills_online: rs.iter().filter_map(|r| r.memory.oom_kills_online).sum(),
                 oom_kills_offline: rs.iter().filter_map(|r| r.memory.oom_kills_offline).sum(),
+                online_runq_p99_us: col(&|r| r.online_runq_p99_us),
             })
         })
         .collect()
@@ -439,6 +442,19 @@ pub fn markdown(r: &Report) -> String {
                 .map_or("-".into(), |u| format!("{:.0}%", u.median * 100.0)),
         ));
     }
+    if r.scenarios.iter().any(|x| x.online_runq_p99_us.is_some()) {
+        s.push_str("\n**Run-queue latency** (eBPF: how long the online server's threads waited to run after waking, p99 per run, median [95% interval]; it shows *why* the tail moved)\n\n| scenario | online run-queue p99 |\n|---|---|\n");
+        for x in &r.scenarios {
+            s.push_str(&format!(
+                "| {} | {} |\n",
+                x.scenario.name(),
+                x.online_runq_p99_us.map_or("-".into(), |m| format!(
+                    "{:.0} µs [{:.0}–{:.0}]",
+                    m.median, m.lo, m.hi
+                ))
+            ));
+        }
+    }
     let memory_seen = r.scenarios.iter().any(|x| {
         x.oom_kills_online + x.oom_kills_offline > 0
             || x.online_major_faults.is_some_and(|m| m.hi > 0.0)
@@ -617,6 +633,7 @@ mod tests {
             online_cpus: Some(0.6),
             utilisation: Some(0.9),
             memory: Default::default(),
+            online_runq_p99_us: None,
         }
     }
 

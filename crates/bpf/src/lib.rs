@@ -176,6 +176,46 @@ mod loaded {
     }
 
     impl Collector {
+        /// Each loaded program's run count and total run time (counted while BPF statistics are
+        /// on: see [`enable_stats`]).
+        pub fn stats(&self) -> Vec<super::ProgStats> {
+            use std::os::fd::{AsFd, AsRawFd};
+            let p = &self.skel.progs;
+            let progs = if self.attach == "tp_btf" {
+                [
+                    ("sched_wakeup", p.wakeup_btf.as_fd()),
+                    ("sched_wakeup_new", p.wakeup_new_btf.as_fd()),
+                    ("sched_switch", p.switch_btf.as_fd()),
+                ]
+            } else {
+                [
+                    ("sched_wakeup", p.wakeup_raw.as_fd()),
+                    ("sched_wakeup_new", p.wakeup_new_raw.as_fd()),
+                    ("sched_switch", p.switch_raw.as_fd()),
+                ]
+            };
+            progs
+                .into_iter()
+                .filter_map(|(name, fd)| {
+                    let mut info = libbpf_sys::bpf_prog_info::default();
+                    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+                    // SAFETY: info is a valid bpf_prog_info of `len` bytes for the kernel to fill.
+                    let r = unsafe {
+                        libbpf_sys::bpf_obj_get_info_by_fd(
+                            fd.as_raw_fd(),
+                            (&mut info as *mut libbpf_sys::bpf_prog_info).cast(),
+                            &mut len,
+                        )
+                    };
+                    (r == 0).then_some(super::ProgStats {
+                        tracepoint: name,
+                        run_cnt: info.run_cnt,
+                        run_time_ns: info.run_time_ns,
+                    })
+                })
+                .collect()
+        }
+
         pub fn start() -> Result<Collector, String> {
             // SAFETY: geteuid has no preconditions.
             if unsafe { libc::geteuid() } != 0 {
@@ -248,6 +288,35 @@ mod loaded {
 #[cfg(tidal_bpf)]
 pub use loaded::Collector;
 
+/// Turns the kernel's BPF run-time statistics on for as long as the returned descriptor is open.
+#[cfg(tidal_bpf)]
+pub fn enable_stats() -> Result<std::os::fd::OwnedFd, String> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain syscall wrapper; a non-negative result is a new descriptor we own.
+    let fd = unsafe { libbpf_sys::bpf_enable_stats(libbpf_sys::BPF_STATS_RUN_TIME) };
+    if fd < 0 {
+        return Err(format!(
+            "cannot turn BPF statistics on: {}",
+            std::io::Error::from_raw_os_error(-fd)
+        ));
+    }
+    // SAFETY: fd was just returned by the kernel and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(not(tidal_bpf))]
+pub fn enable_stats() -> Result<std::os::fd::OwnedFd, String> {
+    Err("tidal was built without its BPF program".into())
+}
+
+/// One program's cost counters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgStats {
+    pub tracepoint: &'static str,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+}
+
 /// Built without the BPF program: every start says why.
 #[cfg(not(tidal_bpf))]
 pub struct Collector {
@@ -261,6 +330,9 @@ impl Collector {
     }
     pub fn read(&mut self) -> Result<Deltas, String> {
         Ok(Deltas::new())
+    }
+    pub fn stats(&self) -> Vec<ProgStats> {
+        Vec::new()
     }
 }
 
