@@ -70,6 +70,15 @@ enum { false = 0, true = 1 };
 enum bpf_map_type {
 \tBPF_MAP_TYPE_HASH = 1,
 \tBPF_MAP_TYPE_PERCPU_HASH = 5,
+\tBPF_MAP_TYPE_TASK_STORAGE = 29,
+};
+
+enum {
+\tBPF_F_NO_PREALLOC = 1,
+};
+
+enum {
+\tBPF_LOCAL_STORAGE_GET_F_CREATE = 1,
 };
 
 enum {

@@ -8,7 +8,8 @@
 # a cgroup left behind.
 #
 # Usage: scripts/vm-test.sh    (as root; builds what it needs)
-#   TIDAL_VM_MODES="plain systemd" (default): which boots to run; TIDAL_VM_TIMEOUT: seconds per boot.
+#   TIDAL_VM_MODES="plain systemd" (default): which boots to run; TIDAL_VM_TIMEOUT: seconds per boot;
+#   TIDAL_VM_TESTS=REGEX: only the real-cgroup test binaries whose names match (default: all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -58,7 +59,10 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"] and m["target"]["name"].endswith("_real_cgroups"):
         print(m["executable"])
 ')
-[ -n "$tests" ] || { echo "vm-test: no real-cgroup test binaries were built" >&2; exit 1; }
+if [ -n "${TIDAL_VM_TESTS:-}" ]; then
+  tests=$(echo "$tests" | grep -E "$TIDAL_VM_TESTS" || true)
+fi
+[ -n "$tests" ] || { echo "vm-test: no real-cgroup test binaries were built (or none match TIDAL_VM_TESTS)" >&2; exit 1; }
 
 # 4. The initramfs.
 root="$work/root"

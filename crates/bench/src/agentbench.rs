@@ -18,7 +18,7 @@ fn free_addr() -> Result<String, String> {
         .map_err(|e| format!("no free port: {e}"))
 }
 
-fn start_agent(env: &mut BenchEnv, config: &str) -> Result<(u32, String), String> {
+pub(crate) fn start_agent(env: &mut BenchEnv, config: &str) -> Result<(u32, String), String> {
     let addr = free_addr()?;
     let cfg = env.state_dir().join("agent.yaml");
     std::fs::write(&cfg, config).map_err(|e| format!("{}: {e}", cfg.display()))?;
@@ -37,7 +37,12 @@ fn start_agent(env: &mut BenchEnv, config: &str) -> Result<(u32, String), String
 
 /// Polls `f` every `every` until it holds or `secs` pass (or the bench is interrupted). Polling costs
 /// CPU the agent counts as online usage, so waits that are not measured poll slowly.
-fn wait_for(stop: &AtomicBool, secs: f64, every: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_for(
+    stop: &AtomicBool,
+    secs: f64,
+    every: Duration,
+    mut f: impl FnMut() -> bool,
+) -> bool {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         if f() {
@@ -199,7 +204,7 @@ struct CostRow {
     ticks: Option<f64>,
 }
 
-fn proc_cpu_s(pid: u32) -> Option<f64> {
+pub(crate) fn proc_cpu_s(pid: u32) -> Option<f64> {
     tidal_cgroupfs::proc::task_stat(pid as i32)
         .ok()
         .map(|s| s.cpu_seconds)

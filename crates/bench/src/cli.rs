@@ -137,6 +137,27 @@ pub enum BenchCommand {
     Reaction(ReactionArgs),
     /// The agent's CPU and memory at a 100 ms tick with many workloads.
     AgentCost(AgentCostArgs),
+    /// What the run-queue latency program costs: BPF run time per event (kernel BPF statistics) and
+    /// the agent's extra CPU, under a context-switch-heavy load.
+    BpfCost(BpfCostArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BpfCostArgs {
+    /// Context switches per second the ping-pong worker aims at.
+    #[arg(long, default_value_t = 50_000.0)]
+    pub rate: f64,
+    /// Measured seconds per phase (agent with BPF, agent without).
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
+    pub seconds: f64,
+    /// Rounds; each has one phase with BPF and one without, in alternating order.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Record 1 in N wakeups (a power of two up to 1024): the agent's `bpf.sample`.
+    #[arg(long, default_value_t = 1)]
+    pub sample: u32,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -170,6 +191,9 @@ pub enum WorkerKind {
     Pagecache,
     /// Sleeps 1 ms in a loop: a task that wakes often and runs briefly (run-queue latency probe).
     Prober,
+    /// Two threads bounce a byte over pipes at `--rate` context switches per second (pin it to one
+    /// CPU so that each hop is one switch).
+    Pingpong,
 }
 
 #[derive(Args, Debug)]
@@ -222,6 +246,9 @@ pub struct WorkerArgs {
     /// Run on this CPU only.
     #[arg(long)]
     pub pin: Option<usize>,
+    /// Ping-pong: context switches per second.
+    #[arg(long, default_value_t = 50_000.0)]
+    pub rate: f64,
 }
 
 /// Most requests one run may schedule: bounds the load generator's memory whatever rate and
@@ -240,6 +267,24 @@ fn seconds(name: &str, v: f64, allow_zero: bool) -> Result<(), String> {
             "{name} {v}: must be {} and at most {MAX_SECONDS} seconds",
             if allow_zero { "≥ 0" } else { "> 0" }
         ))
+    }
+}
+
+fn rate(name: &str, v: f64) -> Result<(), String> {
+    if v.is_finite() && v > 0.0 && v <= MAX_RATE {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} {v}: must be > 0 and at most {MAX_RATE} per second"
+        ))
+    }
+}
+
+fn sample(name: &str, v: u32) -> Result<(), String> {
+    if v.is_power_of_two() && v <= 1024 {
+        Ok(())
+    } else {
+        Err(format!("{name} {v}: must be a power of two from 1 to 1024"))
     }
 }
 
@@ -314,6 +359,12 @@ impl BenchArgs {
         }
         match &self.command {
             Some(BenchCommand::Reaction(r)) => push(count("--steps", r.steps, 1, 10_000)),
+            Some(BenchCommand::BpfCost(c)) => {
+                push(seconds("--seconds", c.seconds, false));
+                push(count("--rounds", c.rounds, 1, 100));
+                push(rate("--rate", c.rate));
+                push(sample("--sample", c.sample));
+            }
             Some(BenchCommand::AgentCost(c)) => {
                 push(seconds("--seconds", c.seconds, false));
                 match parse_counts(&c.workloads) {

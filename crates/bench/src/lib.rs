@@ -5,6 +5,7 @@
 //! and removed at the end, also on Ctrl-C.
 
 pub mod agentbench;
+pub mod bpfcost;
 pub mod cli;
 pub mod client;
 pub mod colo;
@@ -105,6 +106,7 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
     match &a.command {
         Some(BenchCommand::Reaction(r)) => return agentbench::reaction(g, r, &stop),
         Some(BenchCommand::AgentCost(c)) => return agentbench::cost(g, c, &stop),
+        Some(BenchCommand::BpfCost(c)) => return bpfcost::bpf_cost(g, c, &stop),
         None => {}
     }
     let scenarios: Vec<Scenario> = match &a.scenarios {
@@ -289,6 +291,10 @@ pub fn run_worker(a: &WorkerArgs) -> i32 {
         }
     }
     match a.kind {
+        cli::WorkerKind::Pingpong => match worker::pingpong(a.rate) {
+            Ok(()) => 0,
+            Err(e) => crate::fail(format!("ping-pong worker: {e}")),
+        },
         cli::WorkerKind::Prober => {
             worker::prober(a.work_us);
             0

@@ -388,6 +388,48 @@ pub fn prober(work_us: u64) {
     }
 }
 
+/// Two threads bounce a byte over two pipes, paced in 1 ms slots to `rate` switches per second
+/// (one round trip is two switches when both threads share a CPU).
+pub fn pingpong(rate: f64) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    if !(rate.is_finite() && rate > 0.0 && rate <= 1e6) {
+        return Err(std::io::Error::other(format!(
+            "--rate {rate}: must be > 0 and at most 1000000"
+        )));
+    }
+    let (mut ping_r, mut ping_w) = std::io::pipe()?;
+    let (mut pong_r, mut pong_w) = std::io::pipe()?;
+    std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        while ping_r.read_exact(&mut b).is_ok() {
+            if pong_w.write_all(&b).is_err() {
+                break;
+            }
+        }
+    });
+    let per_slot = rate / 2.0 / 1000.0;
+    let slot = Duration::from_millis(1);
+    let mut owed = 0.0;
+    let mut next = std::time::Instant::now();
+    let mut b = [1u8; 1];
+    loop {
+        owed += per_slot;
+        while owed >= 1.0 {
+            ping_w.write_all(&b)?;
+            pong_r.read_exact(&mut b)?;
+            owed -= 1.0;
+        }
+        next += slot;
+        let now = std::time::Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            // Behind (the CPU was busy): do not try to catch up in a burst.
+            next = now;
+        }
+    }
+}
+
 /// One unit = one million spin iterations.
 pub fn cpu_unit(u: &AtomicU64) {
     black_box(spin(1_000_000));

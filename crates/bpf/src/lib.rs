@@ -153,13 +153,23 @@ mod loaded {
         pub attach: &'static str,
     }
 
-    fn load(btf: bool) -> Result<skel::RunqSkel<'static>, String> {
+    fn load(btf: bool, sample: u32) -> Result<skel::RunqSkel<'static>, String> {
         // The skeleton borrows its object for as long as it lives: the agent's lifetime.
         let obj: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = skel::RunqSkelBuilder::default()
             .open(obj)
             .map_err(|e| format!("cannot open the BPF object: {e}"))?;
+        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+            ro.sample_mask = sample.saturating_sub(1);
+        }
+        if btf {
+            // The tp_btf programs keep stamps in task storage: the pid-keyed hash goes unused.
+            open.maps
+                .start
+                .set_max_entries(1)
+                .map_err(|e| format!("cannot size the BPF stamp map: {e}"))?;
+        }
         let p = &mut open.progs;
         p.wakeup_btf.set_autoload(btf);
         p.wakeup_new_btf.set_autoload(btf);
@@ -176,47 +186,23 @@ mod loaded {
     }
 
     impl Collector {
-        /// Each loaded program's run count and total run time (counted while BPF statistics are
-        /// on: see [`enable_stats`]).
-        pub fn stats(&self) -> Vec<super::ProgStats> {
-            use std::os::fd::{AsFd, AsRawFd};
-            let p = &self.skel.progs;
-            let progs = if self.attach == "tp_btf" {
-                [
-                    ("sched_wakeup", p.wakeup_btf.as_fd()),
-                    ("sched_wakeup_new", p.wakeup_new_btf.as_fd()),
-                    ("sched_switch", p.switch_btf.as_fd()),
-                ]
-            } else {
-                [
-                    ("sched_wakeup", p.wakeup_raw.as_fd()),
-                    ("sched_wakeup_new", p.wakeup_new_raw.as_fd()),
-                    ("sched_switch", p.switch_raw.as_fd()),
-                ]
-            };
-            progs
-                .into_iter()
-                .filter_map(|(name, fd)| {
-                    let mut info = libbpf_sys::bpf_prog_info::default();
-                    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-                    // SAFETY: info is a valid bpf_prog_info of `len` bytes for the kernel to fill.
-                    let r = unsafe {
-                        libbpf_sys::bpf_obj_get_info_by_fd(
-                            fd.as_raw_fd(),
-                            (&mut info as *mut libbpf_sys::bpf_prog_info).cast(),
-                            &mut len,
-                        )
-                    };
-                    (r == 0).then_some(super::ProgStats {
-                        tracepoint: name,
-                        run_cnt: info.run_cnt,
-                        run_time_ns: info.run_time_ns,
-                    })
-                })
-                .collect()
+        pub fn start() -> Result<Collector, String> {
+            Self::start_sampled(1)
         }
 
-        pub fn start() -> Result<Collector, String> {
+        /// The raw_tp fallback alone (what kernels without tp_btf get), for tests and comparisons.
+        pub fn start_raw_tp(sample: u32) -> Result<Collector, String> {
+            super::check_sample(sample)?;
+            Ok(Collector {
+                skel: load(false, sample)?,
+                tracker: DeltaTracker::default(),
+                attach: "raw_tp",
+            })
+        }
+
+        /// Records 1 in `sample` wakeups (a power of two up to 1024; anything else is refused).
+        pub fn start_sampled(sample: u32) -> Result<Collector, String> {
+            super::check_sample(sample)?;
             // SAFETY: geteuid has no preconditions.
             if unsafe { libc::geteuid() } != 0 {
                 return Err("not root: BPF programs need CAP_BPF and CAP_PERFMON".into());
@@ -226,9 +212,9 @@ mod loaded {
                     "no kernel BTF (/sys/kernel/btf/vmlinux): CO-RE programs cannot load".into(),
                 );
             }
-            let (skel, attach) = match load(true) {
+            let (skel, attach) = match load(true, sample) {
                 Ok(s) => (s, "tp_btf"),
-                Err(e_btf) => match load(false) {
+                Err(e_btf) => match load(false, sample) {
                     Ok(s) => (s, "raw_tp"),
                     Err(e_raw) => return Err(format!("tp_btf: {e_btf}; raw_tp: {e_raw}")),
                 },
@@ -309,6 +295,83 @@ pub fn enable_stats() -> Result<std::os::fd::OwnedFd, String> {
     Err("tidal was built without its BPF program".into())
 }
 
+/// `sample` must be a power of two from 1 to 1024.
+pub fn check_sample(sample: u32) -> Result<(), String> {
+    if sample.is_power_of_two() && sample <= 1024 {
+        Ok(())
+    } else {
+        Err(format!(
+            "sample {sample}: must be a power of two from 1 to 1024"
+        ))
+    }
+}
+
+/// The tracepoint each of the program's functions is attached to, by program name.
+const PROGRAMS: [(&str, &str); 6] = [
+    ("wakeup_btf", "sched_wakeup"),
+    ("wakeup_new_btf", "sched_wakeup_new"),
+    ("switch_btf", "sched_switch"),
+    ("wakeup_raw", "sched_wakeup"),
+    ("wakeup_new_raw", "sched_wakeup_new"),
+    ("switch_raw", "sched_switch"),
+];
+
+/// Run counts and run times of every loaded program named like one of tidal's, whoever loaded it
+/// (the bench reads the agent's this way). Counted only while BPF statistics are on.
+#[cfg(tidal_bpf)]
+pub fn loaded_stats() -> Vec<ProgStats> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut out = Vec::new();
+    let mut id = 0u32;
+    loop {
+        let mut next = 0u32;
+        // SAFETY: `next` is a valid u32 for the kernel to fill.
+        if unsafe { libbpf_sys::bpf_prog_get_next_id(id, &mut next) } != 0 {
+            break;
+        }
+        id = next;
+        // SAFETY: a plain syscall wrapper; a non-negative result is a new descriptor we own.
+        let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: fd was just returned by the kernel and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut info = libbpf_sys::bpf_prog_info::default();
+        let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+        // SAFETY: info is a valid bpf_prog_info of `len` bytes for the kernel to fill.
+        let r = unsafe {
+            libbpf_sys::bpf_obj_get_info_by_fd(
+                fd.as_raw_fd(),
+                (&mut info as *mut libbpf_sys::bpf_prog_info).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            continue;
+        }
+        let name: Vec<u8> = info
+            .name
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
+        if let Some((_, tp)) = PROGRAMS.iter().find(|(n, _)| n.as_bytes() == name) {
+            out.push(ProgStats {
+                tracepoint: tp,
+                run_cnt: info.run_cnt,
+                run_time_ns: info.run_time_ns,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(not(tidal_bpf))]
+pub fn loaded_stats() -> Vec<ProgStats> {
+    Vec::new()
+}
+
 /// One program's cost counters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProgStats {
@@ -325,14 +388,18 @@ pub struct Collector {
 
 #[cfg(not(tidal_bpf))]
 impl Collector {
+    pub fn start_sampled(sample: u32) -> Result<Collector, String> {
+        check_sample(sample)?;
+        Self::start()
+    }
+    pub fn start_raw_tp(sample: u32) -> Result<Collector, String> {
+        Self::start_sampled(sample)
+    }
     pub fn start() -> Result<Collector, String> {
         Err("tidal was built without its BPF program (no clang at build time, or without the `bpf` feature): apt-get install clang libelf-dev and rebuild".into())
     }
     pub fn read(&mut self) -> Result<Deltas, String> {
         Ok(Deltas::new())
-    }
-    pub fn stats(&self) -> Vec<ProgStats> {
-        Vec::new()
     }
 }
 

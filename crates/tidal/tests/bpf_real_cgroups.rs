@@ -95,11 +95,13 @@ fn a_prober_behind_a_hog_on_its_cpu_waits_and_an_empty_group_gets_nothing() {
     );
     assert_eq!(quiet[1].count, 0, "a group with no tasks got samples");
     let p99_quiet = quiet[0].quantile_ns(0.99).unwrap();
-    // A hog on the same CPU, in a sibling group at the same (normal) weight.
+    // A hog on the same CPU in a normal (not idle) group that weighs more: the prober then wants
+    // more than its share, so it waits under CFS (6.1) as under EEVDF (6.6+), which lets a sleeper
+    // within its share run at once.
     t.spawn(&[
         "run",
         "--qos",
-        "online",
+        "online-critical",
         "--name",
         "hog",
         "--",
@@ -111,7 +113,22 @@ fn a_prober_behind_a_hog_on_its_cpu_waits_and_an_empty_group_gets_nothing() {
         "--pin",
         "0",
     ]);
-    std::thread::sleep(Duration::from_millis(500));
+    // Slow machines (a TCG guest) take a while to start it: measure once it has run 300 ms.
+    let hog =
+        tidal_model::Target::Tidal(tidal_model::GroupPath::new("online-critical/hog").unwrap());
+    let usage = |t: &TestRoot| t.layout.cpu_usage(&hog).and_then(|mut u| u.read().ok());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(u) = usage(&t) {
+            break u;
+        }
+        assert!(Instant::now() < deadline, "the hog's group never appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    while usage(&t).unwrap_or(first) < first + 300_000_000 {
+        assert!(Instant::now() < deadline, "the hog never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let busy = collect(&mut c, &t, &["online/probe"], 3);
     let p99_busy = busy[0].quantile_ns(0.99).unwrap_or(0.0);
     println!("p99 wait: {p99_quiet:.0} ns alone, {p99_busy:.0} ns beside the hog");
@@ -129,7 +146,11 @@ fn cgroup_ids_are_the_directories_inodes_in_each_hierarchy() {
         return;
     }
     let _one = serial();
-    let mut c = Collector::start().expect("BPF loads");
+    // Both attach kinds: tp_btf (task storage, direct reads) and the raw_tp fallback.
+    let mut cs = [
+        Collector::start().expect("BPF loads"),
+        Collector::start_raw_tp(1).expect("the raw_tp fallback loads"),
+    ];
     let mut t = TestRoot::new("bpfid");
     let exe = common::tidal_bin();
     t.spawn(&[
@@ -147,17 +168,22 @@ fn cgroup_ids_are_the_directories_inodes_in_each_hierarchy() {
         "prober",
     ]);
     std::thread::sleep(Duration::from_millis(300));
-    let _ = c.read();
+    for c in cs.iter_mut() {
+        let _ = c.read();
+    }
     std::thread::sleep(Duration::from_secs(1));
-    let d = c.read().unwrap();
-    for g in ["online/a", "online-high/b"] {
-        let ks = keys(&t, g);
-        assert!(!ks.is_empty());
-        for k in ks {
-            assert!(
-                d.get(&k).is_some_and(|h| h.count > 50),
-                "{g}: no samples under {k:?}"
-            );
+    for c in cs.iter_mut() {
+        let d = c.read().unwrap();
+        for g in ["online/a", "online-high/b"] {
+            let ks = keys(&t, g);
+            assert!(!ks.is_empty());
+            for k in ks {
+                assert!(
+                    d.get(&k).is_some_and(|h| h.count > 50),
+                    "{g}: no samples under {k:?} ({})",
+                    c.attach
+                );
+            }
         }
     }
     // The two groups' ids differ, so their waits are not mixed.

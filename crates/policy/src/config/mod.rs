@@ -273,8 +273,11 @@ pub struct BpfConfig {
     /// An online workload whose run-queue p99 over the last tick is above this has interference:
     /// offline is tightened in the same tick.
     pub runq_p99_threshold: slo::Latency,
-    /// Fewer waits than this in a tick give no reading.
+    /// Fewer waits than this in a tick give no reading (counted after sampling).
     pub min_samples: u64,
+    /// Record 1 in N wakeups, chosen at random (a power of two up to 1024): the in-kernel cost
+    /// falls about N-fold; the histogram's quantiles stay unbiased, from fewer waits.
+    pub sample: u32,
 }
 
 impl Default for BpfConfig {
@@ -283,6 +286,7 @@ impl Default for BpfConfig {
             enabled: true,
             runq_p99_threshold: slo::Latency(0.004),
             min_samples: 20,
+            sample: 1,
         }
     }
 }
@@ -739,6 +743,27 @@ impl Config {
         );
         self.slo.validate(self.tick, &mut e);
         self.kubernetes.validate(&mut e);
+        check(
+            &mut e,
+            self.bpf.sample.is_power_of_two() && self.bpf.sample <= 1024,
+            "bpf.sample",
+            format!("{}: must be a power of two from 1 to 1024", self.bpf.sample),
+        );
+        check(
+            &mut e,
+            (1..=1_000_000).contains(&self.bpf.min_samples),
+            "bpf.min_samples",
+            format!("{}: must be between 1 and 1000000", self.bpf.min_samples),
+        );
+        check(
+            &mut e,
+            (1e-6..=10.0).contains(&self.bpf.runq_p99_threshold.0),
+            "bpf.runq_p99_threshold",
+            format!(
+                "{}s: must be between 1us and 10s",
+                self.bpf.runq_p99_threshold.0
+            ),
+        );
         if e.is_empty() {
             Ok(())
         } else {
@@ -828,6 +853,14 @@ mod tests {
                 "between 100ms and 1h",
             ),
             ("listen: localhost", "listen", "IP:PORT"),
+            ("bpf:\n  sample: 3", "bpf.sample", "power of two"),
+            ("bpf:\n  sample: 2048", "bpf.sample", "power of two"),
+            ("bpf:\n  min_samples: 0", "bpf.min_samples", "between 1 and"),
+            (
+                "bpf:\n  runq_p99_threshold: 0s",
+                "bpf.runq_p99_threshold",
+                "between 1us and 10s",
+            ),
             (
                 "cpu:\n  headroom_cpus: -1",
                 "cpu.headroom_cpus",

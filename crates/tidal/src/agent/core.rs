@@ -112,7 +112,7 @@ impl Agent {
         act.set_reprobe_interval(Duration::from_millis(cfg.static_interval.0));
         Agent {
             slo: super::slo::SloWatch::start(&cfg.slo),
-            runq: super::runq::Runq::start(false),
+            runq: super::runq::Runq::start(false, 1),
             state: adopt(&act, &caps),
             cfg,
             caps,

@@ -208,7 +208,7 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         source,
         Box::new(MonotonicClock::new()),
     );
-    let runq = runq::Runq::start(cfg.bpf.enabled && !a.no_bpf);
+    let runq = runq::Runq::start(cfg.bpf.enabled && !a.no_bpf, cfg.bpf.sample);
     if let Ok(mut v) = shared.view.lock() {
         v.runq = runq.unavailable.clone();
     }

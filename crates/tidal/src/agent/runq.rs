@@ -26,17 +26,26 @@ pub struct Runq {
 }
 
 impl Runq {
-    /// Loads the program unless `enabled` is false; says once why it is not there.
-    pub fn start(enabled: bool) -> Runq {
+    /// Loads the program unless `enabled` is false, recording 1 in `sample` wakeups; says once
+    /// why it is not there.
+    pub fn start(enabled: bool, sample: u32) -> Runq {
         let (collector, unavailable) = if !enabled {
             (
                 None,
                 Some("turned off (--no-bpf or bpf.enabled: false)".to_string()),
             )
         } else {
-            match Collector::start() {
+            match Collector::start_sampled(sample) {
                 Ok(c) => {
-                    info!("run-queue latency from BPF ({})", c.attach);
+                    info!(
+                        "run-queue latency from BPF ({}{})",
+                        c.attach,
+                        if sample > 1 {
+                            format!(", 1 in {sample} wakeups")
+                        } else {
+                            String::new()
+                        }
+                    );
                     (Some(c), None)
                 }
                 Err(e) => {
