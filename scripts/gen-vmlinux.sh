@@ -4,8 +4,14 @@
 # CO-RE relocates every field at load time, so the header does not tie tidal to this kernel.
 #   scripts/gen-vmlinux.sh            write the header
 #   scripts/gen-vmlinux.sh --check    exit 1 if the committed header differs from what BTF gives
-# To read a new field: add it to FIELDS below, rerun, and commit the header.
+# To read a new field: add it to FIELDS below, rerun, and commit the header. Needs bpftool and
+# python3, and a kernel with BTF that has task_struct.__state (5.14+). Array sizes are pinned
+# (ARRAYS below), so the header does not depend on which kernel generated it.
 set -euo pipefail
+case "${1:-}" in
+  ""|--check) ;;
+  *) echo "usage: scripts/gen-vmlinux.sh [--check]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 out=crates/bpf/src/bpf/vmlinux.h
 btf=${BTF:-/sys/kernel/btf/vmlinux}
@@ -27,6 +33,9 @@ FIELDS = {
     "task_struct": ["__state", "pid", "tgid", "cgroups"],
 }
 ENUMS = {"cgroup_subsys_id": ["cpu_cgrp_id"]}
+# Arrays whose length varies with the kernel config: a fixed length here (CO-RE relocates the
+# field's offset; the program bounds its index by this length).
+ARRAYS = {("css_set", "subsys"): 16}
 text = open(sys.argv[1]).read()
 
 def block(kind, name):
@@ -105,6 +114,9 @@ for name, fields in FIELDS.items():
     print("struct %s {" % name)
     for line in body.splitlines():
         if line in kept.values():
+            f = declared(line)
+            if (name, f) in ARRAYS:
+                line = re.sub(r"\[\d+\];", "[%d];" % ARRAYS[(name, f)], line)
             print(line)
     print("};\n")
 print("""/* Before 5.14 the state field was `long state`. */

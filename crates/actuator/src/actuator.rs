@@ -871,13 +871,22 @@ impl Actuator {
         }
     }
 
-    pub fn move_pid_home(&mut self, pid: u32) {
+    /// Moves a task back to the cgroups this process started in, in every hierarchy tidal uses;
+    /// tries each and returns the first failure.
+    pub fn move_pid_home(&mut self, pid: u32) -> Result<(), ActError> {
+        let mut first = None;
         for dir in self.layout.self_dirs() {
             let p = dir.join(PROCS);
+            if self.dry_run {
+                info!("dry-run: would move pid {pid} to {}", p.display());
+                continue;
+            }
             if let Err(e) = kernel::write_file(&p, &pid.to_string()) {
                 warn!("cannot move pid {pid} back to {}: {e}", p.display());
+                first.get_or_insert(e);
             }
         }
+        first.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Moves a task into the group in every hierarchy tidal uses. The hierarchy carrying `cpu`

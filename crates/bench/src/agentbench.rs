@@ -30,8 +30,9 @@ pub(crate) fn start_agent(env: &mut BenchEnv, config: &str) -> Result<(u32, Stri
     let log = env.state_dir().join("agent.log");
     let f = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     c.stderr(f).env("TIDAL_LOG", "info");
-    let pid = env.spawn(c)?;
+    let pid = env.spawn_home(c)?;
     super::env::wait_healthz(&addr, &env.stop)?;
+    env.adopt(pid)?;
     Ok((pid, addr))
 }
 

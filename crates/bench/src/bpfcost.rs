@@ -25,9 +25,13 @@ struct Phase {
     round: usize,
     bpf: bool,
     seconds: f64,
+    /// "tp_btf" or "raw_tp": which of the program's paths the agent attached.
+    attach: Option<String>,
     /// Context switches per second on the whole machine (/proc/stat `ctxt`).
     switches_per_s: Option<f64>,
     agent_cpu_percent: Option<f64>,
+    /// The ping-pong group's CPU, % of one core: the scheduler's work on its switches, BPF included.
+    load_cpu_percent: Option<f64>,
     /// Per tracepoint: (events, run time ns) over the phase; empty without BPF.
     programs: BTreeMap<String, (u64, u64)>,
 }
@@ -42,7 +46,27 @@ struct BpfCostReport {
     events_per_s: Option<Interval>,
     kernel_percent_of_one_core: Option<Interval>,
     agent_extra_percent_of_one_core: Option<Interval>,
+    /// The ping-pong load's CPU with BPF minus without, per round: the whole in-kernel cost
+    /// (programs and tracepoint dispatch), charged to the tasks that switch.
+    load_extra_percent_of_one_core: Option<Interval>,
     switches_per_s: Option<Interval>,
+}
+
+/// The first CPU this process may run on (the ping-pong worker is pinned there).
+fn first_allowed_cpu() -> Result<usize, String> {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it for this process.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return Err(format!(
+            "cannot read this process's CPU affinity: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: CPU_ISSET reads the set filled above; the index is below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize)
+        .find(|c| unsafe { libc::CPU_ISSET(*c, &set) })
+        .ok_or_else(|| "this process may run on no CPU".to_string())
 }
 
 fn ctxt() -> Option<u64> {
@@ -52,10 +76,13 @@ fn ctxt() -> Option<u64> {
         .find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok())
 }
 
-fn totals(stats: &[tidal_bpf::ProgStats]) -> BTreeMap<String, (u64, u64)> {
-    let mut m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+/// Run counts and run times by (tracepoint, attach kind).
+fn totals(stats: &[tidal_bpf::ProgStats]) -> BTreeMap<(String, String), (u64, u64)> {
+    let mut m: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     for s in stats {
-        let e = m.entry(s.tracepoint.to_string()).or_default();
+        let e = m
+            .entry((s.tracepoint.to_string(), s.attach.to_string()))
+            .or_default();
         e.0 = e.0.saturating_add(s.run_cnt);
         e.1 = e.1.saturating_add(s.run_time_ns);
     }
@@ -75,7 +102,8 @@ fn phase(
     env.runq = None;
     let res = (|| -> Result<Phase, String> {
         let exe = env.exe.display().to_string();
-        env.tidal_run(
+        let cpu = first_allowed_cpu()?;
+        let load = env.tidal_run(
             "online",
             "pingpong",
             &[
@@ -85,7 +113,7 @@ fn phase(
                 "--rate".into(),
                 a.rate.to_string(),
                 "--pin".into(),
-                "0".into(),
+                cpu.to_string(),
             ],
         )?;
         let cfg = format!(
@@ -94,30 +122,68 @@ fn phase(
         );
         let (pid, _) = start_agent(&mut env, &cfg)?;
         wait_for(stop, 2.0, Duration::from_millis(100), || false);
-        let p0 = totals(&tidal_bpf::loaded_stats());
-        let (c0, x0, t0) = (proc_cpu_s(pid), ctxt(), Instant::now());
+        // The agent's own programs only: another tidal on this machine loads the same names.
+        let ids = tidal_bpf::prog_ids_of(pid)?;
+        if bpf && ids.is_empty() {
+            return Err(
+                "the agent loaded no BPF program (is BPF available? see `tidal doctor`)".into(),
+            );
+        }
+        if !bpf && !ids.is_empty() {
+            return Err(format!(
+                "the agent holds BPF programs {ids:?} with bpf.enabled: false"
+            ));
+        }
+        let stats = || tidal_bpf::loaded_stats(Some(&ids)).map(|s| totals(&s));
+        let p0 = stats()?;
+        let load_ns = |env: &BenchEnv| env.usage_ns("tidal/online/pingpong");
+        let (c0, x0, l0, t0) = (proc_cpu_s(pid), ctxt(), load_ns(&env), Instant::now());
         wait_for(stop, a.seconds, Duration::from_millis(100), || false);
         if env.interrupted() {
             return Err("interrupted".into());
         }
-        let (c1, x1, dt) = (proc_cpu_s(pid), ctxt(), t0.elapsed().as_secs_f64());
-        let p1 = totals(&tidal_bpf::loaded_stats());
+        let (c1, x1, l1, dt) = (
+            proc_cpu_s(pid),
+            ctxt(),
+            load_ns(&env),
+            t0.elapsed().as_secs_f64(),
+        );
+        let p1 = stats()?;
+        for (who, p) in [("the ping-pong worker", load), ("the agent", pid)] {
+            if let Some(st) = env.exited(p) {
+                return Err(format!("{who} (pid {p}) exited during the phase: {st}"));
+            }
+        }
         let mut programs = BTreeMap::new();
-        for (tp, (n1, ns1)) in &p1 {
-            let (n0, ns0) = p0.get(tp).copied().unwrap_or_default();
-            programs.insert(tp.clone(), (n1.saturating_sub(n0), ns1.saturating_sub(ns0)));
+        for (k, (n1, ns1)) in &p1 {
+            let (n0, ns0) = p0.get(k).copied().unwrap_or_default();
+            programs.insert(
+                k.0.clone(),
+                (n1.saturating_sub(n0), ns1.saturating_sub(ns0)),
+            );
         }
         if bpf && programs.is_empty() {
-            return Err(
-                "the agent loaded no run-queue program (see its log; is BPF available?)".into(),
-            );
+            return Err(format!(
+                "none of the agent's BPF programs {ids:?} is tidal's run-queue program"
+            ));
+        }
+        let switches_per_s = x0.zip(x1).map(|(a, b)| b.saturating_sub(a) as f64 / dt);
+        if let Some(s) = switches_per_s.filter(|s| *s < 0.5 * a.rate) {
+            return Err(format!(
+                "the machine switched {s:.0} times a second, under half the {:.0} asked: the ping-pong load did not run as set",
+                a.rate
+            ));
         }
         Ok(Phase {
             round,
             bpf,
             seconds: dt,
-            switches_per_s: x0.zip(x1).map(|(a, b)| b.saturating_sub(a) as f64 / dt),
+            attach: p1.keys().next().map(|(_, at)| at.to_string()),
+            switches_per_s,
             agent_cpu_percent: c0.zip(c1).map(|(a, b)| (b - a) / dt * 100.0),
+            load_cpu_percent: l0
+                .zip(l1)
+                .map(|(a, b)| b.saturating_sub(a) as f64 / 1e9 / dt * 100.0),
             programs,
         })
     })();
@@ -165,14 +231,19 @@ fn summarize(rate: f64, sample: u32, phases: Vec<Phase>) -> BpfCostReport {
             .collect::<Vec<_>>(),
     );
     // Per round: with minus without.
-    let mut extra = Vec::new();
-    for w in &with {
-        if let Some(n) = phases.iter().find(|p| !p.bpf && p.round == w.round) {
-            if let (Some(a), Some(b)) = (w.agent_cpu_percent, n.agent_cpu_percent) {
-                extra.push(a - b);
+    let paired = |f: fn(&Phase) -> Option<f64>| {
+        let mut out = Vec::new();
+        for w in &with {
+            if let Some(n) = phases.iter().find(|p| !p.bpf && p.round == w.round) {
+                if let (Some(a), Some(b)) = (f(w), f(n)) {
+                    out.push(a - b);
+                }
             }
         }
-    }
+        out
+    };
+    let extra = paired(|p| p.agent_cpu_percent);
+    let load_extra = interval(&paired(|p| p.load_cpu_percent));
     let switches = interval(
         &phases
             .iter()
@@ -188,6 +259,7 @@ fn summarize(rate: f64, sample: u32, phases: Vec<Phase>) -> BpfCostReport {
         events_per_s,
         kernel_percent_of_one_core: kernel,
         agent_extra_percent_of_one_core: interval(&extra),
+        load_extra_percent_of_one_core: load_extra,
         switches_per_s: switches,
     }
 }
@@ -199,11 +271,17 @@ fn iv(v: Option<&Interval>, d: usize) -> String {
 }
 
 fn print(r: &BpfCostReport) {
+    let attach: std::collections::BTreeSet<&str> = r
+        .phases
+        .iter()
+        .filter_map(|p| p.attach.as_deref())
+        .collect();
     println!(
-        "Run-queue latency program cost: ping-pong at {:.0} switches/s asked, {} round(s), agent tick 100 ms, sampling 1 in {}. Medians over rounds, [95% bootstrap interval].\n",
+        "Run-queue latency program cost: ping-pong at {:.0} switches/s asked, {} round(s), agent tick 100 ms, sampling 1 in {}, attached as {}. Medians over rounds, [95% bootstrap interval].\n",
         r.rate,
         r.phases.iter().filter(|p| p.bpf).count(),
-        r.sample
+        r.sample,
+        if attach.is_empty() { "n/a".to_string() } else { attach.into_iter().collect::<Vec<_>>().join(", ") }
     );
     println!("| measure | value |");
     println!("|---|---|");
@@ -223,8 +301,12 @@ fn print(r: &BpfCostReport) {
         println!("| — {tp}, ns | {} |", iv(Some(v), 0));
     }
     println!(
-        "| in-kernel total, % of one core | {} |",
+        "| BPF program run time, % of one core (the programs alone, not the tracepoint dispatch) | {} |",
         iv(r.kernel_percent_of_one_core.as_ref(), 2)
+    );
+    println!(
+        "| ping-pong load's CPU with BPF minus without, % of one core (programs and dispatch) | {} |",
+        iv(r.load_extra_percent_of_one_core.as_ref(), 2)
     );
     println!(
         "| agent user-space extra, % of one core | {} |",
@@ -301,8 +383,10 @@ mod tests {
             round,
             bpf,
             seconds: 10.0,
+            attach: None,
             switches_per_s: Some(50_000.0),
             agent_cpu_percent: Some(cpu),
+            load_cpu_percent: Some(if bpf { 31.0 } else { 30.0 }),
             programs: progs
                 .iter()
                 .map(|(t, n, ns)| (t.to_string(), (*n, *ns)))
@@ -343,6 +427,7 @@ mod tests {
             (extra.lo - 0.4).abs() < 1e-9 && (extra.hi - 0.5).abs() < 1e-9,
             "{extra:?}"
         );
+        assert!((r.load_extra_percent_of_one_core.unwrap().median - 1.0).abs() < 1e-9);
         // 400 µs of run time in 10 s = 0.004% of one core.
         assert!((r.kernel_percent_of_one_core.unwrap().median - 0.004).abs() < 1e-9);
     }

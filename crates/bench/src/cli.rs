@@ -361,7 +361,7 @@ impl BenchArgs {
             Some(BenchCommand::Reaction(r)) => push(count("--steps", r.steps, 1, 10_000)),
             Some(BenchCommand::BpfCost(c)) => {
                 push(seconds("--seconds", c.seconds, false));
-                push(count("--rounds", c.rounds, 1, 100));
+                push(count("--rounds", c.rounds, 3, 100));
                 push(rate("--rate", c.rate));
                 push(sample("--sample", c.sample));
             }

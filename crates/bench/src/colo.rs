@@ -217,16 +217,7 @@ fn spawn_in_as(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
     let pid = env.spawn(c)?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if tidal_cgroupfs::proc::task_stat(pid as i32).is_ok_and(|s| s.state == 'T') {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("process {pid} did not stop for placement"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    env.wait_stopped(pid)?;
     env.move_pid(group, pid)?;
     env.signal_own(pid, libc::SIGCONT)?;
     Ok(pid)
@@ -384,8 +375,9 @@ fn setup(
                 .args(["--listen", &addr, "--config"])
                 .arg(&cfg_path);
             c.stderr(std::process::Stdio::null());
-            env.spawn(c)?;
+            let pid = env.spawn_home(c)?;
             super::env::wait_healthz(&addr, &env.stop)?;
+            env.adopt(pid)?;
         }
     } else {
         // What the kubelet gives a Burstable online pod (shares by its request: the CPUs it uses at
@@ -664,9 +656,10 @@ fn kubelet_tree(
         .env("KUBECONFIG", &kc)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .stderr(std::process::Stdio::null());
-        env.spawn(c)?;
+        let pid = env.spawn_home(c)?;
         st.api = Some(api);
         super::env::wait_healthz(&addr, &env.stop)?;
+        env.adopt(pid)?;
         // Measure only once the agent has the pod in hand (its first settings are written).
         let pod = Target::Tidal(
             GroupPath::new(&format!("{base}/besteffort/pod{POD_OFFLINE}"))

@@ -64,6 +64,9 @@ fn own_group(c: &mut Command) -> &mut Command {
     c.process_group(0)
 }
 
+/// The sandbox group the bench process itself runs in.
+pub const BENCH_GROUP: &str = "bench";
+
 impl BenchEnv {
     pub fn new(tag: &str, g: &BenchGlobal, stop: Arc<AtomicBool>) -> Result<BenchEnv, String> {
         let exe =
@@ -124,7 +127,7 @@ impl BenchEnv {
             .as_arg()
             .map(str::to_string)
             .ok_or("the sandbox has no root path for its tidal processes")?;
-        Ok(BenchEnv {
+        let mut env = BenchEnv {
             exe,
             layout,
             caps,
@@ -137,7 +140,23 @@ impl BenchEnv {
             stop,
             cleaned: false,
             runq: tidal_bpf::Collector::start().ok(),
-        })
+        };
+        // The bench's own threads (window marks, the quota controller) and the agent it starts run
+        // in a group of their own at the highest CPU weight, as a deployment should run the agent:
+        // in the root cgroup they waited seconds at a time for a CPU beside the scenarios' groups
+        // on these VMs, and the measurement windows went unmarked.
+        let me = std::process::id();
+        let placed = env
+            .group(
+                BENCH_GROUP,
+                &[(Knob::CpuWeight, KnobValue::Shares(262_144))],
+            )
+            .and_then(|g| env.move_pid(&g, me));
+        if let Err(e) = placed {
+            env.cleanup();
+            return Err(format!("cannot place the bench in its own group: {e}"));
+        }
+        Ok(env)
     }
 
     /// The tidal root of the tidal processes inside the sandbox, relative to the sandbox's root.
@@ -149,8 +168,14 @@ impl BenchEnv {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// A tidal command for [`BenchEnv::spawn_home`]: it stops itself before exec, so the bench can
+    /// move it back to the cgroups the bench started in, where its relative root resolves.
     pub fn tidal_cmd(&self) -> Command {
-        let mut c = Command::new(&self.exe);
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("kill -STOP $$; exec \"$@\"")
+            .arg("sh")
+            .arg(&self.exe);
         c.env("TIDAL_ROOT", &self.child_root)
             .env("TIDAL_STATE_DIR", self.state.path())
             .env("TIDAL_LOG", "warn")
@@ -169,7 +194,38 @@ impl BenchEnv {
         let mut c = self.tidal_cmd();
         c.args(["run", "--qos", level, "--name", name, "--"])
             .args(argv);
-        self.spawn(c)
+        self.spawn_home(c)
+    }
+
+    /// Spawns a [`BenchEnv::tidal_cmd`], moves it to the cgroups the bench started in (the bench
+    /// itself runs in [`BENCH_GROUP`]) while it is stopped, and lets it run.
+    pub fn spawn_home(&mut self, cmd: Command) -> Result<u32, String> {
+        let pid = self.spawn(cmd)?;
+        self.wait_stopped(pid)?;
+        self.act.move_pid_home(pid).map_err(|e| describe(&e))?;
+        self.signal_own(pid, libc::SIGCONT)?;
+        Ok(pid)
+    }
+
+    /// Moves a running child (an agent, once it has resolved its root) into [`BENCH_GROUP`], so it
+    /// gets a CPU as promptly as the bench does.
+    pub fn adopt(&mut self, pid: u32) -> Result<(), String> {
+        let g = GroupPath::new(BENCH_GROUP).map_err(|e| e.to_string())?;
+        self.move_pid(&g, pid)
+    }
+
+    /// Waits until a child that stops itself before exec has stopped (5 s at most).
+    pub fn wait_stopped(&self, pid: u32) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if tidal_cgroupfs::proc::task_stat(pid as i32).is_ok_and(|s| s.state == 'T') {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("process {pid} did not stop for placement"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Spawns a process this bench owns (stopped and reaped by [`BenchEnv::stop_children`]).
@@ -272,6 +328,10 @@ impl BenchEnv {
         }
         self.cleaned = true;
         self.stop_children();
+        // Out of the sandbox before it is purged (the purge kills whatever is left in it).
+        if let Err(e) = self.act.move_pid_home(std::process::id()) {
+            eprintln!("tidal: {}", describe(&e));
+        }
         match self.act.purge(&GroupPath::root()) {
             Ok(left) if !left.is_empty() => {
                 eprintln!(

@@ -160,16 +160,20 @@ mod loaded {
         let mut open = skel::RunqSkelBuilder::default()
             .open(obj)
             .map_err(|e| format!("cannot open the BPF object: {e}"))?;
-        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-            ro.sample_mask = sample.saturating_sub(1);
+        match open.maps.rodata_data.as_deref_mut() {
+            Some(ro) => ro.sample_mask = sample.saturating_sub(1),
+            None if sample > 1 => {
+                return Err("the BPF object has no read-only data for its sampling rate".into())
+            }
+            None => {}
         }
-        if btf {
-            // The tp_btf programs keep stamps in task storage: the pid-keyed hash goes unused.
-            open.maps
-                .start
-                .set_max_entries(1)
-                .map_err(|e| format!("cannot size the BPF stamp map: {e}"))?;
-        }
+        // Each path creates only its own stamp map: kernels before task storage in tracing
+        // programs (5.12) can still load the raw_tp path.
+        open.maps
+            .tstart
+            .set_autocreate(btf)
+            .and_then(|_| open.maps.start.set_autocreate(!btf))
+            .map_err(|e| format!("cannot choose the BPF stamp map: {e}"))?;
         let p = &mut open.progs;
         p.wakeup_btf.set_autoload(btf);
         p.wakeup_new_btf.set_autoload(btf);
@@ -306,34 +310,64 @@ pub fn check_sample(sample: u32) -> Result<(), String> {
     }
 }
 
-/// The tracepoint each of the program's functions is attached to, by program name.
-const PROGRAMS: [(&str, &str); 6] = [
-    ("wakeup_btf", "sched_wakeup"),
-    ("wakeup_new_btf", "sched_wakeup_new"),
-    ("switch_btf", "sched_switch"),
-    ("wakeup_raw", "sched_wakeup"),
-    ("wakeup_new_raw", "sched_wakeup_new"),
-    ("switch_raw", "sched_switch"),
+/// The tracepoint and attach kind of each of the program's functions, by program name.
+const PROGRAMS: [(&str, &str, &str); 6] = [
+    ("wakeup_btf", "sched_wakeup", "tp_btf"),
+    ("wakeup_new_btf", "sched_wakeup_new", "tp_btf"),
+    ("switch_btf", "sched_switch", "tp_btf"),
+    ("wakeup_raw", "sched_wakeup", "raw_tp"),
+    ("wakeup_new_raw", "sched_wakeup_new", "raw_tp"),
+    ("switch_raw", "sched_switch", "raw_tp"),
 ];
 
-/// Run counts and run times of every loaded program named like one of tidal's, whoever loaded it
-/// (the bench reads the agent's this way). Counted only while BPF statistics are on.
+/// The ids of the BPF programs process `pid` holds (the `prog_id:` lines of its
+/// `/proc/<pid>/fdinfo`), so a reader can tell its programs from another process's.
+pub fn prog_ids_of(pid: u32) -> Result<Vec<u32>, String> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let rd = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
+    let mut ids: Vec<u32> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Run counts and run times of the loaded programs named like tidal's (only those in `ids` when
+/// given). Counted only while BPF statistics are on.
 #[cfg(tidal_bpf)]
-pub fn loaded_stats() -> Vec<ProgStats> {
+pub fn loaded_stats(ids: Option<&[u32]>) -> Result<Vec<ProgStats>, String> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let errno = || std::io::Error::last_os_error();
     let mut out = Vec::new();
     let mut id = 0u32;
     loop {
         let mut next = 0u32;
         // SAFETY: `next` is a valid u32 for the kernel to fill.
         if unsafe { libbpf_sys::bpf_prog_get_next_id(id, &mut next) } != 0 {
-            break;
+            let e = errno();
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                break;
+            }
+            return Err(format!("listing BPF programs (after id {id}): {e}"));
         }
         id = next;
+        if ids.is_some_and(|only| !only.contains(&id)) {
+            continue;
+        }
         // SAFETY: a plain syscall wrapper; a non-negative result is a new descriptor we own.
         let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
         if fd < 0 {
-            continue;
+            let e = errno();
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                continue; // unloaded meanwhile
+            }
+            return Err(format!("opening BPF program {id}: {e}"));
         }
         // SAFETY: fd was just returned by the kernel and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -348,7 +382,7 @@ pub fn loaded_stats() -> Vec<ProgStats> {
             )
         };
         if r != 0 {
-            continue;
+            return Err(format!("reading BPF program {id}'s info: {}", errno()));
         }
         let name: Vec<u8> = info
             .name
@@ -356,26 +390,29 @@ pub fn loaded_stats() -> Vec<ProgStats> {
             .take_while(|c| **c != 0)
             .map(|c| *c as u8)
             .collect();
-        if let Some((_, tp)) = PROGRAMS.iter().find(|(n, _)| n.as_bytes() == name) {
+        if let Some((_, tp, attach)) = PROGRAMS.iter().find(|(n, _, _)| n.as_bytes() == name) {
             out.push(ProgStats {
                 tracepoint: tp,
+                attach,
                 run_cnt: info.run_cnt,
                 run_time_ns: info.run_time_ns,
             });
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(not(tidal_bpf))]
-pub fn loaded_stats() -> Vec<ProgStats> {
-    Vec::new()
+pub fn loaded_stats(_ids: Option<&[u32]>) -> Result<Vec<ProgStats>, String> {
+    Ok(Vec::new())
 }
 
 /// One program's cost counters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProgStats {
     pub tracepoint: &'static str,
+    /// "tp_btf" or "raw_tp".
+    pub attach: &'static str,
     pub run_cnt: u64,
     pub run_time_ns: u64,
 }

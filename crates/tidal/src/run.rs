@@ -92,14 +92,14 @@ pub fn main(g: &Global, a: &RunArgs) -> i32 {
     }
     let me = std::process::id();
     if let Err(e) = act.move_pid(&group, me) {
-        act.move_pid_home(me);
+        let _ = act.move_pid_home(me);
         act.rollback_created(&group);
         return exit::act(&e);
     }
     tracing::info!("running {:?} in {} at level {}", a.cmd, group, a.qos);
     let err = std::process::Command::new(cmd).args(&a.cmd[1..]).exec();
     // exec failed: leave no empty group behind.
-    act.move_pid_home(me);
+    let _ = act.move_pid_home(me);
     act.rollback_created(&group);
     eprintln!("tidal: cannot run {cmd}: {err}");
     if err.kind() == std::io::ErrorKind::NotFound {

@@ -281,3 +281,109 @@ fn wait_ceiling(t: &TestRoot, offline: &Target) -> u64 {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Ceiling bounds as fractions of this machine's RAM: a ceiling of `bytes`.
+fn ceiling_cfg(total: u64, bytes: u64, stats: &str) -> String {
+    let max_fraction = bytes as f64 / total as f64;
+    format!(
+        "tick: 100ms\nstats_interval: {stats}\nmemory:\n  kill_interval: 2s\n  ceiling:\n    min_fraction: {:.6}\n    max_fraction: {max_fraction:.6}\n",
+        max_fraction / 2.0
+    )
+}
+
+#[test]
+fn eviction_takes_offline_low_first_then_the_largest_offline_by_a_fresh_size() {
+    if !cgroups_usable("eviction_takes_offline_low_first_then_the_largest_offline_by_a_fresh_size")
+    {
+        return;
+    }
+    let mut t = TestRoot::new("memvictim");
+    let total =
+        tidal_cgroupfs::proc::parse_meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap())
+            .unwrap()
+            .total;
+    let exe = common::tidal_bin();
+    let mem = |t: &mut TestRoot, level: &str, name: &str, bytes: &str, delay: &str| {
+        let cmd = format!("sleep {delay}; exec {exe} worker memory --bytes {bytes} --margin 0");
+        t.spawn(&[
+            "run", "--qos", level, "--name", name, "--", "sh", "-c", &cmd,
+        ]);
+    };
+    // Online holds the most and must never be chosen; offline-low holds the least.
+    mem(&mut t, "online", "db", "268435456", "0");
+    mem(&mut t, "offline-low", "tiny", "8388608", "0");
+    mem(&mut t, "offline", "steady", "134217728", "0");
+    // Small when the agent first measures it, the largest offline workload later.
+    mem(&mut t, "offline", "grower", "314572800", "4");
+    let usage = |t: &TestRoot, g: &str| {
+        t.layout
+            .memory_working_set(&Target::Tidal(GroupPath::new(g).unwrap()))
+            .and_then(|mut r| r.read().ok())
+            .unwrap_or(0)
+    };
+    wait_for("the first workloads to fill", 20, || {
+        usage(&t, "online/db") >= 250 << 20 && usage(&t, "offline/offline/steady") >= 120 << 20
+    });
+    // A slow stats pass (30 s): sizes the policy sees from it would be stale by then.
+    let addr = free_addr();
+    let agent = start_agent(&t, &ceiling_cfg(total, 2 << 30, "30s"), &addr);
+    // Fully grown and holding: a v1 limit clamped at usage would make a still-growing workload
+    // meet the kernel's OOM killer before the agent acts.
+    wait_for("the grower to grow and hold", 30, || {
+        let a = usage(&t, "offline/offline/grower");
+        std::thread::sleep(Duration::from_millis(500));
+        let b = usage(&t, "offline/offline/grower");
+        a >= 295 << 20 && b.abs_diff(a) < 1 << 20
+    });
+    // Offline now holds ~440 MiB: a 256 MiB ceiling puts it over.
+    std::fs::write(
+        t.state.path().join("agent.yaml"),
+        ceiling_cfg(total, 256 << 20, "30s"),
+    )
+    .unwrap();
+    // SAFETY: kill(2) on the agent this test started.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGHUP) };
+    let gone = |t: &TestRoot, g: &str| tasks(t, g).is_empty();
+    let log = |t: &TestRoot| {
+        std::fs::read_to_string(t.state.path().join("agent.log")).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gone(&t, "offline/offline-low/tiny") {
+        assert!(
+            Instant::now() < deadline,
+            "offline-low never evicted:\n{}",
+            log(&t)
+        );
+        assert!(
+            !gone(&t, "offline/offline/grower") && !gone(&t, "offline/offline/steady"),
+            "an offline workload went before offline-low:\n{}",
+            log(&t)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while !gone(&t, "offline/offline/grower") {
+        assert!(
+            Instant::now() < deadline,
+            "the grower never evicted:\n{}",
+            log(&t)
+        );
+        assert!(
+            !gone(&t, "offline/offline/steady"),
+            "the smaller offline workload went first:\n{}",
+            log(&t)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Offline is under its ceiling now: the rest stays, and online was never touched.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!gone(&t, "offline/offline/steady"), "{}", log(&t));
+    assert!(!gone(&t, "online/db"), "online evicted:\n{}", log(&t));
+    stop(agent);
+    t.kill_children();
+    let out = t.tidal(&["restore"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -5,9 +5,10 @@
  * cgroup, once by its v2 cgroup id and once by its v1 cpu-controller cgroup id (hybrid hosts put
  * pods only in v1); a preempted task that is still runnable is stamped again. A cgroup id is the
  * inode number of the cgroup's directory in its own hierarchy. tp_btf programs are preferred: they
- * keep the stamp in task-local storage and read task fields directly, which costs less than a hash
- * map and probe reads; the raw_tp twins (a pid-keyed hash, CO-RE probe reads) are the fallback on
- * kernels where tp_btf does not attach. */
+ * keep the stamp in task-local storage and read task fields directly, about a third of the cost of
+ * a hash map and probe reads (`tidal bench bpf-cost`); the raw_tp twins (a pid-keyed hash, CO-RE
+ * probe reads) are the fallback where tp_btf or task storage in tracing programs (5.12+) is not
+ * there. With sampling (`sample_mask`) 1 in N runnable transitions is stamped. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -70,11 +71,14 @@ static __always_inline u32 log2_slot(u64 v)
 /* Set before load: stamp 1 in (sample_mask + 1) wakeups, chosen at random (0: every one). */
 const volatile u32 sample_mask = 0;
 
+static __always_inline bool sampled(void)
+{
+	return !sample_mask || !(bpf_get_prandom_u32() & sample_mask);
+}
+
 static __always_inline void stamp(u32 pid)
 {
 	if (pid == 0)
-		return;
-	if (sample_mask && (bpf_get_prandom_u32() & sample_mask))
 		return;
 	u64 now = bpf_ktime_get_ns();
 	bpf_map_update_elem(&start, &pid, &now, BPF_ANY);
@@ -121,16 +125,26 @@ static __always_inline void record(u64 delta, u64 id2, u64 id1)
 	}
 }
 
+/* -1 on a kernel without the cpu controller: only v2 ids are recorded then. */
 static __always_inline int cpu_subsys(void)
 {
+	if (!bpf_core_enum_value_exists(enum cgroup_subsys_id, cpu_cgrp_id))
+		return -1;
 	return bpf_core_enum_value(enum cgroup_subsys_id, cpu_cgrp_id);
 }
 
-/* raw_tp: pid-keyed stamps, every field through CO-RE probe reads. */
-static __always_inline void on_switch(struct task_struct *prev, struct task_struct *next)
+/* raw_tp: pid-keyed stamps, every field through CO-RE probe reads. A task switched out still
+ * runnable (preempted) waits from now; any other has its stamp dropped, so a stamp consumed at
+ * switch-in is always newer than the task's last switch-out (a wakeup of a task still on its CPU
+ * would otherwise leave one behind, and sampling would let it survive). */
+static __always_inline void on_switch(bool preempt, struct task_struct *prev,
+				      struct task_struct *next)
 {
-	if (task_state(prev) == TASK_RUNNING)
-		stamp(BPF_CORE_READ(prev, pid));
+	u32 prev_pid = BPF_CORE_READ(prev, pid);
+	if ((preempt || task_state(prev) == TASK_RUNNING) && sampled())
+		stamp(prev_pid);
+	else if (prev_pid)
+		bpf_map_delete_elem(&start, &prev_pid);
 	u32 pid = BPF_CORE_READ(next, pid);
 	if (pid == 0)
 		return;
@@ -156,8 +170,6 @@ static __always_inline void stamp_task(struct task_struct *p)
 {
 	if (p->pid == 0)
 		return;
-	if (sample_mask && (bpf_get_prandom_u32() & sample_mask))
-		return;
 	u64 *ts = bpf_task_storage_get(&tstart, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (ts)
 		*ts = bpf_ktime_get_ns();
@@ -170,10 +182,16 @@ static __always_inline long task_state_btf(struct task_struct *t)
 	return ((struct task_struct___old *)t)->state;
 }
 
-static __always_inline void on_switch_btf(struct task_struct *prev, struct task_struct *next)
+static __always_inline void on_switch_btf(bool preempt, struct task_struct *prev,
+					  struct task_struct *next)
 {
-	if (task_state_btf(prev) == TASK_RUNNING)
+	if ((preempt || task_state_btf(prev) == TASK_RUNNING) && sampled()) {
 		stamp_task(prev);
+	} else {
+		u64 *old = bpf_task_storage_get(&tstart, prev, 0, 0);
+		if (old)
+			*old = 0;
+	}
 	if (next->pid == 0)
 		return;
 	u64 *ts = bpf_task_storage_get(&tstart, next, 0, 0);
@@ -198,42 +216,46 @@ static __always_inline void on_switch_btf(struct task_struct *prev, struct task_
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(wakeup_btf, struct task_struct *p)
 {
-	stamp_task(p);
+	if (sampled())
+		stamp_task(p);
 	return 0;
 }
 
 SEC("tp_btf/sched_wakeup_new")
 int BPF_PROG(wakeup_new_btf, struct task_struct *p)
 {
-	stamp_task(p);
+	if (sampled())
+		stamp_task(p);
 	return 0;
 }
 
 SEC("tp_btf/sched_switch")
 int BPF_PROG(switch_btf, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	on_switch_btf(prev, next);
+	on_switch_btf(preempt, prev, next);
 	return 0;
 }
 
 SEC("raw_tp/sched_wakeup")
 int BPF_PROG(wakeup_raw, struct task_struct *p)
 {
-	stamp(BPF_CORE_READ(p, pid));
+	if (sampled())
+		stamp(BPF_CORE_READ(p, pid));
 	return 0;
 }
 
 SEC("raw_tp/sched_wakeup_new")
 int BPF_PROG(wakeup_new_raw, struct task_struct *p)
 {
-	stamp(BPF_CORE_READ(p, pid));
+	if (sampled())
+		stamp(BPF_CORE_READ(p, pid));
 	return 0;
 }
 
 SEC("raw_tp/sched_switch")
 int BPF_PROG(switch_raw, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	on_switch(prev, next);
+	on_switch(preempt, prev, next);
 	return 0;
 }
 
