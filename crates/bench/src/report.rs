@@ -120,6 +120,12 @@ fn line(goal: &str, value: Option<Interval>, want: Want, bound: f64) -> GoalLine
     let verdict = judge(value.as_ref(), want, bound);
     let gap = match (verdict, value) {
         (Verdict::NotMet | Verdict::Unclear, Some(v)) => Some(match want {
+            Want::AtMost if v.median <= bound => {
+                format!("median meets it; the interval reaches {:.2}", v.hi)
+            }
+            Want::AtLeast if v.median >= bound => {
+                format!("median meets it; the interval reaches {:.2}", v.lo)
+            }
             Want::AtMost => format!("median {:.0}% over", (v.median / bound - 1.0) * 100.0),
             Want::AtLeast => format!("median {:.0}% under", (1.0 - v.median / bound) * 100.0),
         }),

@@ -230,6 +230,54 @@ mod loaded {
             })
         }
 
+        /// The waits of these cgroups since the previous read of them: one lookup per key, so a
+        /// tick costs what the online workloads need, not what the map holds.
+        pub fn read_keys(&mut self, keys: &[CgroupKey]) -> Result<Deltas, String> {
+            let map = &self.skel.maps.hists;
+            let mut now: HashMap<CgroupKey, Hist> = HashMap::with_capacity(keys.len());
+            for k in keys {
+                let kind: u32 = match k.kind {
+                    IdKind::V2 => 1,
+                    IdKind::V1Cpu => 2,
+                };
+                let mut raw = [0u8; 16];
+                raw[..8].copy_from_slice(&k.id.to_ne_bytes());
+                raw[8..12].copy_from_slice(&kind.to_ne_bytes());
+                match map.lookup_percpu(&raw, libbpf_rs::MapFlags::ANY) {
+                    Ok(Some(per_cpu)) => {
+                        let mut h = Hist::default();
+                        for v in per_cpu {
+                            h.merge(&decode(&v));
+                        }
+                        now.insert(*k, h);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("reading the run-queue histograms: {e}")),
+                }
+            }
+            Ok(self.tracker.step(now))
+        }
+
+        /// Deletes every histogram whose cgroup is not in `keep` (the program makes one for every
+        /// cgroup that waits, and the map is bounded). Returns how many went.
+        pub fn prune(&mut self, keep: &std::collections::HashSet<CgroupKey>) -> usize {
+            let map = &self.skel.maps.hists;
+            let gone: Vec<Vec<u8>> = map
+                .keys()
+                .filter(|k| {
+                    k.len() >= 12
+                        && !keep.contains(&CgroupKey {
+                            id: u64::from_ne_bytes(k[..8].try_into().unwrap_or([0; 8])),
+                            kind: match u32::from_ne_bytes(k[8..12].try_into().unwrap_or([0; 4])) {
+                                1 => IdKind::V2,
+                                _ => IdKind::V1Cpu,
+                            },
+                        })
+                })
+                .collect();
+            gone.iter().filter(|k| map.delete(k).is_ok()).count()
+        }
+
         /// Every cgroup's waits since the previous read.
         pub fn read(&mut self) -> Result<Deltas, String> {
             let map = &self.skel.maps.hists;
@@ -437,6 +485,12 @@ impl Collector {
     }
     pub fn read(&mut self) -> Result<Deltas, String> {
         Ok(Deltas::new())
+    }
+    pub fn read_keys(&mut self, _keys: &[CgroupKey]) -> Result<Deltas, String> {
+        Ok(Deltas::new())
+    }
+    pub fn prune(&mut self, _keep: &std::collections::HashSet<CgroupKey>) -> usize {
+        0
     }
 }
 

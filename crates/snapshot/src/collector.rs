@@ -283,16 +283,20 @@ impl Collector {
             let mut r = readers
                 .remove(&w.group)
                 .unwrap_or_else(|| WorkloadReaders::new(&self.layout, w));
-            let mut ws = if full || r.last.is_none() {
+            let first = r.last.is_none();
+            let mut ws = if full || first {
                 r.read(w, now, &mut self.problems)
             } else {
                 r.read_tasks(&mut self.problems)
             };
-            ws.memory_request = match &w.pod {
-                Some(p) => p.memory_request,
-                None if w.managed => tidal_cgroupfs::stats::memory_request(&r.dirs),
-                None => None,
-            };
+            if full || first {
+                r.memory_request = match &w.pod {
+                    Some(p) => p.memory_request,
+                    None if w.managed => tidal_cgroupfs::stats::memory_request(&r.dirs),
+                    None => None,
+                };
+            }
+            ws.memory_request = r.memory_request;
             // A pod's cpuset orders v1 cpuset writes (containers before the pod, or after).
             if w.pod.is_some() {
                 ws.cpuset = match self.layout.read_knob(&w.group, Knob::CpusetCpus) {
@@ -441,6 +445,8 @@ struct WorkloadReaders {
     prev_usage: Option<Sample>,
     /// The last full reading.
     last: Option<WorkloadSnapshot>,
+    /// The declared memory request, read on full readings only (an xattr per hierarchy).
+    memory_request: Option<u64>,
 }
 
 /// A reading: missing if its group is gone (normal: workloads end), noted as a problem otherwise.
@@ -467,6 +473,7 @@ impl WorkloadReaders {
             psi: PsiResource::ALL.map(|res| layout.psi(t, res)),
             prev_usage: None,
             last: None,
+            memory_request: None,
         }
     }
 

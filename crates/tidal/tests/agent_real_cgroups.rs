@@ -114,7 +114,7 @@ fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
     let cfg = t.state.path().join("tidal.yaml");
     std::fs::write(
         &cfg,
-        "tick: 100ms\nstats_interval: 200ms\ncpu:\n  grow_after: 500ms\n  confine_min_cpus: 1\n  # Slow hosts (an emulated CPU) run the test harness and a debug agent above the default floor.\n  noise_floor_cpus: 0.5\n# This test is about confinement: no interference step may change the reasons it reads.\ninterference:\n  psi_threshold: 100\n",
+        "tick: 100ms\nstats_interval: 200ms\ncpu:\n  grow_after: 500ms\n  confine_min_cpus: 1\n  # Slow hosts (an emulated CPU) run the test harness and a debug agent above the default floor.\n  noise_floor_cpus: 0.5\n# This test is about confinement: no interference step may change the reasons it reads.\ninterference:\n  psi_threshold: 100\nbpf:\n  runq_p99_threshold: 10s\n",
     )
     .unwrap();
     let addr = free_addr();

@@ -39,7 +39,7 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 }
 
 /// An agent that confines on any machine size and reacts fast, with no interference steps.
-const CONFINING: &str = "tick: 100ms\nstats_interval: 200ms\ncpu:\n  grow_after: 500ms\n  confine_min_cpus: 1\n  noise_floor_cpus: 0.5\ninterference:\n  psi_threshold: 100\n";
+const CONFINING: &str = "tick: 100ms\nstats_interval: 200ms\ncpu:\n  grow_after: 500ms\n  confine_min_cpus: 1\n  noise_floor_cpus: 0.5\ninterference:\n  psi_threshold: 100\nbpf:\n  runq_p99_threshold: 10s\n";
 
 fn start_agent(t: &TestRoot, cfg: &str, addr: &str) -> Child {
     let p = t.state.path().join("agent.yaml");

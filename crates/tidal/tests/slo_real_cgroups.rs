@@ -146,7 +146,7 @@ fn a_missed_objective_tightens_offline_and_its_recovery_releases_it() {
     let addr = free_addr();
     let cfg = format!(
         "tick: 100ms\nstats_interval: 200ms\ncpu:\n  confine_min_cpus: 1\n  grow_after: 500ms\n\
-         interference:\n  psi_threshold: 100\n  escalate_every: 300ms\n\
+         interference:\n  psi_threshold: 100\n  escalate_every: 300ms\nbpf:\n  runq_p99_threshold: 10s\n\
          slo:\n  interval: 300ms\n  stale_after: 2s\n  min_requests: 10\n  objectives:\n\
          \x20   - workload: online-critical/web\n      url: http://{}/metrics\n      metric: app_request_duration_seconds\n\
          \x20     labels: {{handler: /api}}\n      quantile: 0.99\n      target: 5ms\n",
@@ -213,7 +213,7 @@ fn an_unreachable_objective_is_stale_and_changes_nothing() {
     let dead = free_addr();
     let addr = free_addr();
     let cfg = format!(
-        "tick: 100ms\ninterference:\n  psi_threshold: 100\nslo:\n  interval: 200ms\n  timeout: 100ms\n  objectives:\n\
+        "tick: 100ms\ninterference:\n  psi_threshold: 100\nbpf:\n  runq_p99_threshold: 10s\nslo:\n  interval: 200ms\n  timeout: 100ms\n  objectives:\n\
          \x20   - workload: w\n      url: http://{dead}/metrics\n      metric: m\n      quantile: 0.99\n      target: 1ms\n"
     );
     let mut agent = start_agent(&t, &cfg, &addr);

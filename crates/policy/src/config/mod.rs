@@ -271,7 +271,8 @@ pub struct BpfConfig {
     /// Load the BPF program (`--no-bpf` turns it off too).
     pub enabled: bool,
     /// An online workload whose run-queue p99 over the last tick is above this has interference:
-    /// offline is tightened in the same tick.
+    /// offline is tightened in the same tick. Default 1 ms, from the bench (docs/RESULTS.md): well
+    /// above the waits isolation leaves, well below those of real CPU contention.
     pub runq_p99_threshold: slo::Latency,
     /// Fewer waits than this in a tick give no reading (counted after sampling).
     pub min_samples: u64,
@@ -284,7 +285,7 @@ impl Default for BpfConfig {
     fn default() -> Self {
         BpfConfig {
             enabled: true,
-            runq_p99_threshold: slo::Latency(0.004),
+            runq_p99_threshold: slo::Latency(0.001),
             min_samples: 20,
             sample: 1,
         }

@@ -23,7 +23,12 @@ pub struct Runq {
     /// Why there is no collector (for `/state` and doctor-like reports).
     pub unavailable: Option<String>,
     ids: HashMap<CgroupKey, (String, QosLevel)>,
+    reads: u64,
 }
+
+/// Every this many reads, histograms of cgroups that are not online workloads are deleted: the
+/// program makes one for every cgroup that waits, and its map is bounded (8192).
+const PRUNE_EVERY: u64 = 100;
 
 impl Runq {
     /// Loads the program unless `enabled` is false, recording 1 in `sample` wakeups; says once
@@ -58,6 +63,7 @@ impl Runq {
             collector,
             unavailable,
             ids: HashMap::new(),
+            reads: 0,
         }
     }
 
@@ -91,7 +97,13 @@ impl Runq {
         let Some(c) = self.collector.as_mut() else {
             return (Vec::new(), Vec::new());
         };
-        let deltas = match c.read() {
+        let keys: Vec<CgroupKey> = self.ids.keys().copied().collect();
+        self.reads += 1;
+        if self.reads.is_multiple_of(PRUNE_EVERY) {
+            let keep = keys.iter().copied().collect();
+            c.prune(&keep);
+        }
+        let deltas = match c.read_keys(&keys) {
             Ok(d) => d,
             Err(e) => {
                 warn!("run-queue latency: {e}; off from now on");
