@@ -359,6 +359,7 @@ pub fn check_sample(sample: u32) -> Result<(), String> {
 }
 
 /// The tracepoint and attach kind of each of the program's functions, by program name.
+#[cfg(tidal_bpf)]
 const PROGRAMS: [(&str, &str, &str); 6] = [
     ("wakeup_btf", "sched_wakeup", "tp_btf"),
     ("wakeup_new_btf", "sched_wakeup_new", "tp_btf"),
