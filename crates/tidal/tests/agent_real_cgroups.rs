@@ -3,57 +3,13 @@
 
 mod common;
 
-use common::{cgroups_usable, wait_cgroup, TestRoot};
-use std::process::{Child, Stdio};
+use common::{cgroups_usable, free_addr, get, wait_cgroup, wait_for, TestRoot};
+use std::process::Child;
 use std::time::{Duration, Instant};
 use tidal_model::{CpuSet, Knob, KnobValue};
 
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut r = ureq::get(&format!("http://{addr}{path}"))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-        .ok()?;
-    let code = r.status().as_u16();
-    Some((code, r.body_mut().read_to_string().ok()?))
-}
-
 fn offline_cpus(t: &TestRoot) -> CpuSet {
     t.read("cpuset", "offline", "cpuset.cpus").parse().unwrap()
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
-fn start_agent(t: &TestRoot, cfg: &std::path::Path, addr: &str) -> Child {
-    let log = std::fs::File::create(t.state.path().join("agent.log")).unwrap();
-    let child = t
-        .cmd()
-        .args(["agent", "--config"])
-        .arg(cfg)
-        .args(["--listen", addr])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_for("agent /healthz", 10, || {
-        get(addr, "/healthz").is_some_and(|(c, _)| c == 200)
-    });
-    child
 }
 
 /// Journal entries as (kind, path), and whether any appears twice.
@@ -118,7 +74,7 @@ fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
     )
     .unwrap();
     let addr = free_addr();
-    let mut agent = start_agent(&t, &cfg, &addr);
+    let mut agent = t.spawn_agent(t.agent_cmd(&cfg, &addr), &addr);
 
     let hog = t.spawn(&[
         "run",
@@ -211,7 +167,7 @@ fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
     let (before, _) = journal_entries(&t);
     agent.kill().unwrap();
     let _ = agent.wait();
-    let mut agent = start_agent(&t, &cfg, &addr);
+    let mut agent = t.spawn_agent(t.agent_cmd(&cfg, &addr), &addr);
     std::thread::sleep(Duration::from_millis(500));
     let (after, dup) = journal_entries(&t);
     assert!(
@@ -252,7 +208,7 @@ fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
 
     // Confined again, then the agent dies: restore alone must bring back the original cpuset of the
     // pre-existing group and remove every group tidal created.
-    let mut agent = start_agent(&t, &cfg, &addr);
+    let mut agent = t.spawn_agent(t.agent_cmd(&cfg, &addr), &addr);
     for i in 0..n {
         t.spawn(&[
             "run",
@@ -315,7 +271,7 @@ fn agent_reloads_its_config_on_sighup_and_keeps_the_last_good_one() {
     let cfg = t.state.path().join("tidal.yaml");
     std::fs::write(&cfg, "cpu:\n  headroom_cpus: 0.5\n").unwrap();
     let addr = free_addr();
-    let mut agent = start_agent(&t, &cfg, &addr);
+    let mut agent = t.spawn_agent(t.agent_cmd(&cfg, &addr), &addr);
     let headroom = || -> f64 {
         let (_, s) = get(&addr, "/state").unwrap();
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{cgroups_usable, TestRoot};
+use common::{cgroups_usable, free_addr, start_agent, state, stop, TestRoot};
 use std::time::{Duration, Instant};
 use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind};
 
@@ -192,47 +192,6 @@ fn cgroup_ids_are_the_directories_inodes_in_each_hierarchy() {
     t.kill_children();
 }
 
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-fn state(addr: &str) -> serde_json::Value {
-    ureq::get(&format!("http://{addr}/state"))
-        .call()
-        .ok()
-        .and_then(|mut r| r.body_mut().read_to_string().ok())
-        .and_then(|b| serde_json::from_str(&b).ok())
-        .unwrap_or(serde_json::Value::Null)
-}
-
-fn start_agent(t: &TestRoot, cfg: &str, extra: &[&str], addr: &str) -> std::process::Child {
-    let p = t.state.path().join("agent.yaml");
-    std::fs::write(&p, cfg).unwrap();
-    let child = t
-        .cmd()
-        .args(["agent", "--config"])
-        .arg(&p)
-        .args(["--listen", addr])
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ureq::get(&format!("http://{addr}/healthz")).call().is_err() {
-        assert!(Instant::now() < deadline, "agent did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
-fn stop(mut c: std::process::Child) {
-    // SAFETY: kill(2) on the agent this test started.
-    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-    let _ = c.wait();
-}
-
 #[test]
 fn run_queue_waits_over_the_threshold_tighten_offline_and_without_bpf_the_agent_runs_on() {
     if !cgroups_usable(
@@ -260,7 +219,7 @@ fn run_queue_waits_over_the_threshold_tighten_offline_and_without_bpf_the_agent_
     // Any wait is over a 1 us threshold; pressure alone would never tighten here.
     let cfg = "tick: 100ms\nstats_interval: 200ms\ninterference:\n  psi_threshold: 100\nbpf:\n  runq_p99_threshold: 1us\n  min_samples: 5\n";
     let addr = free_addr();
-    let agent = start_agent(&t, cfg, &[], &addr);
+    let agent = start_agent(&t, cfg, &addr);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let v = state(&addr);
@@ -290,7 +249,11 @@ fn run_queue_waits_over_the_threshold_tighten_offline_and_without_bpf_the_agent_
     stop(agent);
     // Without BPF: the agent says why and runs on its other signals.
     let addr = free_addr();
-    let agent = start_agent(&t, cfg, &["--no-bpf"], &addr);
+    let agent = {
+        let mut c = t.agent_cmd(&t.write_config(cfg), &addr);
+        c.arg("--no-bpf");
+        t.spawn_agent(c, &addr)
+    };
     std::thread::sleep(Duration::from_millis(500));
     let v = state(&addr);
     assert!(

@@ -4,61 +4,15 @@
 
 mod common;
 
-use common::{cgroups_usable, wait_cgroup, TestRoot};
+use common::{cgroups_usable, free_addr, get, start_agent, wait_cgroup, wait_for, TestRoot};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tidal_actuator::{Actuator, Outcome};
 use tidal_model::{CpuSet, GroupPath, Knob, KnobValue, Target};
 
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut r = ureq::get(&format!("http://{addr}{path}"))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-        .ok()?;
-    let code = r.status().as_u16();
-    Some((code, r.body_mut().read_to_string().ok()?))
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
 /// An agent that confines on any machine size and reacts fast, with no interference steps.
 const CONFINING: &str = "tick: 100ms\nstats_interval: 200ms\ncpu:\n  grow_after: 500ms\n  confine_min_cpus: 1\n  noise_floor_cpus: 0.5\ninterference:\n  psi_threshold: 100\nbpf:\n  runq_p99_threshold: 10s\n";
-
-fn start_agent(t: &TestRoot, cfg: &str, addr: &str) -> Child {
-    let p = t.state.path().join("agent.yaml");
-    std::fs::write(&p, cfg).unwrap();
-    let log = std::fs::File::create(t.state.path().join("agent.log")).unwrap();
-    let child = t
-        .cmd()
-        .args(["agent", "--config"])
-        .arg(&p)
-        .args(["--listen", addr])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_for("agent /healthz", 15, || {
-        get(addr, "/healthz").is_some_and(|(c, _)| c == 200)
-    });
-    child
-}
 
 fn spin(t: &mut TestRoot, level: &str, name: &str) -> u32 {
     t.spawn(&[

@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::{cgroups_usable, TestRoot};
+use common::{cgroups_usable, free_addr, get, stop, wait_for, TestRoot};
 use serde_json::{json, Value};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 use tidal_kube::mock::MockApi;
 use tidal_model::{CpuSet, ForeignGroup, Knob, KnobValue, Target};
@@ -22,33 +22,6 @@ const UID_A: &str = "8d3f2c9a-1b47-4e0e-a6a2-3c5d9e7f1a20";
 const UID_B: &str = "c41e7b2d-90aa-4c8f-b3d1-6e2f0a9b8c77";
 const CTR_A: &str = "4f1c0a9e8b7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928170615e4d3";
 const CTR_B: &str = "0b1c2d3e4f5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut r = ureq::get(&format!("http://{addr}{path}"))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-        .ok()?;
-    let code = r.status().as_u16();
-    Some((code, r.body_mut().read_to_string().ok()?))
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
 
 /// The kubelet's tree for one driver, relative to the tidal test root: (tier groups, pod A's
 /// group, pod A's container, pod B's group).
@@ -123,37 +96,15 @@ fn pods() -> Vec<Value> {
     vec![a, b]
 }
 
+/// The agent in pod mode against the stand-in apiserver.
 fn start_agent(t: &TestRoot, api: &MockApi, cfg: &str, addr: &str) -> Child {
     let kc = t.state.path().join("kubeconfig");
     std::fs::write(&kc, api.kubeconfig()).unwrap();
-    let p = t.state.path().join("agent.yaml");
-    std::fs::write(&p, cfg).unwrap();
-    let log = std::fs::File::create(t.state.path().join("agent.log")).unwrap();
-    let child = t
-        .cmd()
-        .args(["agent", "--source", "kubernetes", "--config"])
-        .arg(&p)
-        .args(["--listen", addr])
+    let mut c = t.agent_cmd(&t.write_config(cfg), addr);
+    c.args(["--source", "kubernetes"])
         .env("KUBECONFIG", &kc)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_for("agent /healthz", 20, || {
-        get(addr, "/healthz").is_some_and(|(c, _)| c == 200)
-    });
-    child
-}
-
-fn stop(mut c: Child) {
-    // SAFETY: kill(2) on the agent this test started.
-    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-    let _ = c.wait();
-}
-
-fn agent_log(t: &TestRoot) -> String {
-    std::fs::read_to_string(t.state.path().join("agent.log")).unwrap_or_default()
+        .env_remove("KUBERNETES_SERVICE_HOST");
+    t.spawn_agent(c, addr)
 }
 
 #[test]
@@ -235,7 +186,7 @@ fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_le
             "{levels:?}"
         );
         stop(agent);
-        assert!(agent_log(&t).contains("cgroup driver"), "{}", agent_log(&t));
+        assert!(t.agent_log().contains("cgroup driver"), "{}", t.agent_log());
         // restore returns the pods' own values.
         let out = t.tidal(&["restore"]);
         assert!(
@@ -324,7 +275,7 @@ fn exclusive_cpus_of_the_static_cpu_manager_never_run_offline_work() {
         assert!(
             Instant::now() < deadline,
             "offline never confined to the shared pool; agent log:\n{}",
-            agent_log(&t)
+            t.agent_log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

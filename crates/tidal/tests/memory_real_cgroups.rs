@@ -5,53 +5,9 @@
 
 mod common;
 
-use common::{cgroups_usable, TestRoot};
-use std::process::{Child, Stdio};
+use common::{cgroups_usable, free_addr, start_agent, stop, wait_for, TestRoot};
 use std::time::{Duration, Instant};
 use tidal_model::{GroupPath, Knob, KnobValue, QosLevel, Target};
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-fn healthy(addr: &str) -> bool {
-    ureq::get(&format!("http://{addr}/healthz")).call().is_ok()
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
-fn start_agent(t: &TestRoot, cfg: &str, addr: &str) -> Child {
-    let p = t.state.path().join("agent.yaml");
-    std::fs::write(&p, cfg).unwrap();
-    let log = std::fs::File::create(t.state.path().join("agent.log")).unwrap();
-    let child = t
-        .cmd()
-        .args(["agent", "--config"])
-        .arg(&p)
-        .args(["--listen", addr])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_for("agent /healthz", 10, || healthy(addr));
-    child
-}
-
-fn stop(mut c: Child) {
-    // SAFETY: kill(2) on the agent this test started.
-    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-    let _ = c.wait();
-}
 
 fn tasks(t: &TestRoot, group: &str) -> Vec<i32> {
     let dir = t.dir("cpu", group);

@@ -5,40 +5,11 @@
 
 mod common;
 
-use common::{cgroups_usable, TestRoot};
+use common::{cgroups_usable, free_addr, get, start_agent, state, wait_for, TestRoot};
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut r = ureq::get(&format!("http://{addr}{path}"))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-        .ok()?;
-    let code = r.status().as_u16();
-    Some((code, r.body_mut().read_to_string().ok()?))
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
 
 /// A metrics endpoint: every scrape adds 200 requests, all fast (1 ms) or all slow (40 ms).
 struct Metrics {
@@ -82,31 +53,6 @@ fn metrics() -> Metrics {
         slow,
         scrapes,
     }
-}
-
-fn start_agent(t: &TestRoot, cfg: &str, addr: &str) -> Child {
-    let p = t.state.path().join("agent.yaml");
-    std::fs::write(&p, cfg).unwrap();
-    let log = std::fs::File::create(t.state.path().join("agent.log")).unwrap();
-    let child = t
-        .cmd()
-        .args(["agent", "--config"])
-        .arg(&p)
-        .args(["--listen", addr])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_for("agent /healthz", 10, || {
-        get(addr, "/healthz").is_some_and(|(c, _)| c == 200)
-    });
-    child
-}
-
-fn state(addr: &str) -> Value {
-    get(addr, "/state")
-        .and_then(|(_, b)| serde_json::from_str(&b).ok())
-        .unwrap_or(Value::Null)
 }
 
 fn steps(v: &Value) -> usize {

@@ -350,3 +350,86 @@ impl Drop for TestRoot {
         }
     }
 }
+
+/// A free loopback address for an agent to listen on.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// `GET http://ADDR/PATH`: its status and body; None when nothing answered.
+pub fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut r = ureq::get(&format!("http://{addr}{path}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .ok()?;
+    let code = r.status().as_u16();
+    Some((code, r.body_mut().read_to_string().ok()?))
+}
+
+/// The agent's `/state` as JSON (Null when it does not answer).
+pub fn state(addr: &str) -> serde_json::Value {
+    get(addr, "/state")
+        .and_then(|(_, b)| serde_json::from_str(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Polls `f` every 20 ms until it holds; panics naming `what` after `secs`.
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// `tidal agent` with config `cfg`, written to the state dir, on this test's root.
+pub fn start_agent(t: &TestRoot, cfg: &str, addr: &str) -> Child {
+    t.spawn_agent(t.agent_cmd(&t.write_config(cfg), addr), addr)
+}
+
+/// SIGTERM to an agent this test started, then waits for it.
+pub fn stop(mut c: Child) {
+    // SAFETY: kill(2) on a process this test started.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let _ = c.wait();
+}
+
+impl TestRoot {
+    /// Writes an agent config to `agent.yaml` in the state dir; returns its path.
+    pub fn write_config(&self, cfg: &str) -> PathBuf {
+        let p = self.state.path().join("agent.yaml");
+        std::fs::write(&p, cfg).unwrap();
+        p
+    }
+
+    /// `tidal agent --config CFG --listen ADDR` on this root, its log in the state dir's `agent.log`.
+    pub fn agent_cmd(&self, cfg: &Path, addr: &str) -> Command {
+        let log = std::fs::File::create(self.state.path().join("agent.log")).unwrap();
+        let mut c = self.cmd();
+        c.args(["agent", "--config"])
+            .arg(cfg)
+            .args(["--listen", addr])
+            .stdout(Stdio::null())
+            .stderr(log);
+        c
+    }
+
+    /// Spawns an agent command and waits until it answers `/healthz` (20 s at most).
+    pub fn spawn_agent(&self, mut cmd: Command, addr: &str) -> Child {
+        let child = cmd.spawn().unwrap();
+        wait_for("agent /healthz", 20, || {
+            get(addr, "/healthz").is_some_and(|(c, _)| c == 200)
+        });
+        child
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("agent.log")).unwrap_or_default()
+    }
+}
