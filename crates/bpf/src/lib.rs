@@ -233,26 +233,12 @@ mod loaded {
         /// The waits of these cgroups since the previous read of them: one lookup per key, so a
         /// tick costs what the online workloads need, not what the map holds.
         pub fn read_keys(&mut self, keys: &[CgroupKey]) -> Result<Deltas, String> {
-            let map = &self.skel.maps.hists;
             let mut now: HashMap<CgroupKey, Hist> = HashMap::with_capacity(keys.len());
             for k in keys {
-                let kind: u32 = match k.kind {
-                    IdKind::V2 => 1,
-                    IdKind::V1Cpu => 2,
-                };
-                let mut raw = [0u8; 16];
-                raw[..8].copy_from_slice(&k.id.to_ne_bytes());
-                raw[8..12].copy_from_slice(&kind.to_ne_bytes());
-                match map.lookup_percpu(&raw, libbpf_rs::MapFlags::ANY) {
-                    Ok(Some(per_cpu)) => {
-                        let mut h = Hist::default();
-                        for v in per_cpu {
-                            h.merge(&decode(&v));
-                        }
-                        now.insert(*k, h);
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(format!("reading the run-queue histograms: {e}")),
+                if let Some(h) = lookup(&self.skel.maps.hists, &key_bytes(k))
+                    .map_err(|e| format!("reading the run-queue histograms: {e}"))?
+                {
+                    now.insert(*k, h);
                 }
             }
             Ok(self.tracker.step(now))
@@ -264,16 +250,7 @@ mod loaded {
             let map = &self.skel.maps.hists;
             let gone: Vec<Vec<u8>> = map
                 .keys()
-                .filter(|k| {
-                    k.len() >= 12
-                        && !keep.contains(&CgroupKey {
-                            id: u64::from_ne_bytes(k[..8].try_into().unwrap_or([0; 8])),
-                            kind: match u32::from_ne_bytes(k[8..12].try_into().unwrap_or([0; 4])) {
-                                1 => IdKind::V2,
-                                _ => IdKind::V1Cpu,
-                            },
-                        })
-                })
+                .filter(|k| key_of(k).is_none_or(|c| !keep.contains(&c)))
                 .collect();
             gone.iter().filter(|k| map.delete(k).is_ok()).count()
         }
@@ -282,27 +259,48 @@ mod loaded {
         pub fn read(&mut self) -> Result<Deltas, String> {
             let map = &self.skel.maps.hists;
             let mut now: HashMap<CgroupKey, Hist> = HashMap::new();
-            for k in map.keys() {
-                if k.len() < 12 {
-                    continue;
+            for raw in map.keys() {
+                if let (Some(k), Ok(Some(h))) = (key_of(&raw), lookup(map, &raw)) {
+                    now.insert(k, h);
                 }
-                let id = u64::from_ne_bytes(k[..8].try_into().unwrap_or([0; 8]));
-                let kind = match u32::from_ne_bytes(k[8..12].try_into().unwrap_or([0; 4])) {
-                    1 => IdKind::V2,
-                    2 => IdKind::V1Cpu,
-                    _ => continue,
-                };
-                let Ok(Some(per_cpu)) = map.lookup_percpu(&k, libbpf_rs::MapFlags::ANY) else {
-                    continue;
-                };
+            }
+            Ok(self.tracker.step(now))
+        }
+    }
+
+    /// A `struct key` as the BPF program lays it out: u64 id, u32 kind (1 v2, 2 v1 cpu), u32 pad.
+    fn key_bytes(k: &CgroupKey) -> [u8; 16] {
+        let kind: u32 = match k.kind {
+            IdKind::V2 => 1,
+            IdKind::V1Cpu => 2,
+        };
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&k.id.to_ne_bytes());
+        raw[8..12].copy_from_slice(&kind.to_ne_bytes());
+        raw
+    }
+
+    fn key_of(raw: &[u8]) -> Option<CgroupKey> {
+        let id = u64::from_ne_bytes(raw.get(..8)?.try_into().ok()?);
+        let kind = match u32::from_ne_bytes(raw.get(8..12)?.try_into().ok()?) {
+            1 => IdKind::V2,
+            2 => IdKind::V1Cpu,
+            _ => return None,
+        };
+        Some(CgroupKey { id, kind })
+    }
+
+    /// One cgroup's histogram, its per-CPU copies merged.
+    fn lookup(map: &impl MapCore, raw: &[u8]) -> libbpf_rs::Result<Option<Hist>> {
+        Ok(map
+            .lookup_percpu(raw, libbpf_rs::MapFlags::ANY)?
+            .map(|per_cpu| {
                 let mut h = Hist::default();
                 for v in per_cpu {
                     h.merge(&decode(&v));
                 }
-                now.insert(CgroupKey { id, kind }, h);
-            }
-            Ok(self.tracker.step(now))
-        }
+                h
+            }))
     }
 
     /// A `struct hist` as the BPF program lays it out (native endian u64s).

@@ -750,11 +750,12 @@ impl Config {
             "bpf.sample",
             format!("{}: must be a power of two from 1 to 1024", self.bpf.sample),
         );
-        check(
+        range_u(
             &mut e,
-            (1..=1_000_000).contains(&self.bpf.min_samples),
             "bpf.min_samples",
-            format!("{}: must be between 1 and 1000000", self.bpf.min_samples),
+            self.bpf.min_samples,
+            1,
+            1_000_000,
         );
         check(
             &mut e,
