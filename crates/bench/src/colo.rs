@@ -208,19 +208,18 @@ fn spawn_in_as(
     let mut c = Command::new("sh");
     c.arg("-c")
         .arg(if offline {
-            "echo 0 > /proc/self/oom_score_adj; kill -STOP $$; exec \"$@\""
+            format!(
+                "echo 0 > /proc/self/oom_score_adj; {}",
+                super::env::STOP_THEN_EXEC
+            )
         } else {
-            "kill -STOP $$; exec \"$@\""
+            super::env::STOP_THEN_EXEC.to_string()
         })
         .arg("sh")
         .args(argv)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
-    let pid = env.spawn(c)?;
-    env.wait_stopped(pid)?;
-    env.move_pid(group, pid)?;
-    env.signal_own(pid, libc::SIGCONT)?;
-    Ok(pid)
+    env.spawn_placed(c, Some(group))
 }
 
 fn offline_argv(env: &BenchEnv, o: &Opts, report: &std::path::Path) -> Vec<Vec<String>> {

@@ -64,6 +64,9 @@ fn own_group(c: &mut Command) -> &mut Command {
     c.process_group(0)
 }
 
+/// `sh -c` script of a child that stops itself before exec, so the bench can place it first.
+pub const STOP_THEN_EXEC: &str = "kill -STOP $$; exec \"$@\"";
+
 /// The sandbox group the bench process itself runs in.
 pub const BENCH_GROUP: &str = "bench";
 
@@ -172,10 +175,7 @@ impl BenchEnv {
     /// move it back to the cgroups the bench started in, where its relative root resolves.
     pub fn tidal_cmd(&self) -> Command {
         let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg("kill -STOP $$; exec \"$@\"")
-            .arg("sh")
-            .arg(&self.exe);
+        c.arg("-c").arg(STOP_THEN_EXEC).arg("sh").arg(&self.exe);
         c.env("TIDAL_ROOT", &self.child_root)
             .env("TIDAL_STATE_DIR", self.state.path())
             .env("TIDAL_LOG", "warn")
@@ -200,9 +200,18 @@ impl BenchEnv {
     /// Spawns a [`BenchEnv::tidal_cmd`], moves it to the cgroups the bench started in (the bench
     /// itself runs in [`BENCH_GROUP`]) while it is stopped, and lets it run.
     pub fn spawn_home(&mut self, cmd: Command) -> Result<u32, String> {
+        self.spawn_placed(cmd, None)
+    }
+
+    /// Spawns a command that runs [`STOP_THEN_EXEC`], moves it while it is stopped into `group`
+    /// (None: the cgroups the bench started in), and lets it run: nothing it forks escapes.
+    pub fn spawn_placed(&mut self, cmd: Command, group: Option<&GroupPath>) -> Result<u32, String> {
         let pid = self.spawn(cmd)?;
         self.wait_stopped(pid)?;
-        self.act.move_pid_home(pid).map_err(|e| describe(&e))?;
+        match group {
+            Some(g) => self.move_pid(g, pid)?,
+            None => self.act.move_pid_home(pid).map_err(|e| describe(&e))?,
+        }
         self.signal_own(pid, libc::SIGCONT)?;
         Ok(pid)
     }
@@ -215,7 +224,7 @@ impl BenchEnv {
     }
 
     /// Waits until a child that stops itself before exec has stopped (5 s at most).
-    pub fn wait_stopped(&self, pid: u32) -> Result<(), String> {
+    fn wait_stopped(&self, pid: u32) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if tidal_cgroupfs::proc::task_stat(pid as i32).is_ok_and(|s| s.state == 'T') {
