@@ -3,7 +3,9 @@
 # from an initramfs holding busybox, tidal's release binary and the real-cgroup test binaries, lays
 # out a systemd-like tree (init.scope; user.slice/user-0.slice/session-1.scope with only memory and
 # pids delegated), and from inside the session scope runs README's commands as a newcomer would
-# (tidal run, the agent, status, restore, a short tidal bench) plus the real-cgroup test suite.
+# (tidal run, the agent, status, restore, a short tidal bench) plus the real-cgroup test suite, with
+# a virtio disk for the IO tests (the machine is the tests' own: TIDAL_TEST_NODE_WIDE=1 lets them
+# switch blk-iocost on and back).
 # Results come back over the serial console; this script fails on any failure, on a timeout, or on
 # a cgroup left behind.
 #
@@ -95,6 +97,13 @@ add_with_libs "$top/target/debug/tidal"
 for t in $tests; do add_with_libs "$t"; done
 # The dynamic loader under both of its names.
 mkdir -p "$root/lib64" && cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/" 2>/dev/null || true
+# A virtio disk (the IO tests' real block device): the cloud kernel has its drivers as modules.
+mods=$(ls -d "$work"/kernel/lib/modules/*/kernel/drivers | head -n1)
+mkdir -p "$root/vm-modules"
+for m in virtio/virtio virtio/virtio_ring virtio/virtio_pci_legacy_dev virtio/virtio_pci_modern_dev virtio/virtio_pci block/virtio_blk; do
+  cp "$mods/$m.ko" "$root/vm-modules/"
+done
+rm -f "$work/disk.img" && truncate -s 256M "$work/disk.img"
 echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
 echo "nobody:x:65534:65534:nobody:/:/bin/sh" >> "$root/etc/passwd"
 echo "root:x:0:" > "$root/etc/group"
@@ -174,6 +183,12 @@ else
   ROOT=/sys/fs/cgroup/tidal
 fi
 echo "TIDAL-VM-MODE $MODE"
+for m in virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+  insmod /vm-modules/$m.ko 2>/dev/null
+done
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/block/vda ] && break; sleep 0.5; done
+[ -e /dev/vda ] || mdev -s 2>/dev/null
+echo "block devices: $(ls /sys/block)"
 fails=0
 step() { # step NAME COMMAND...: runs it, prints PASS or FAIL with its output
   name=$1; shift
@@ -206,7 +221,7 @@ fi
 step bench sh -c "$TIDAL bench --rounds 1 --warmup 0.3 --duration 1 --no-step --scenarios tidal-static,tidal"
 # The real-cgroup test suite; a skip is a failure here.
 for t in $TESTS; do
-  step "$(basename "$t" | sed 's/-[0-9a-f]*$//')" env TIDAL_TEST_REQUIRE_CGROUPS=1 "$t" --test-threads=1
+  step "$(basename "$t" | sed 's/-[0-9a-f]*$//')" env TIDAL_TEST_REQUIRE_CGROUPS=1 TIDAL_TEST_NODE_WIDE=1 "$t" --test-threads=1
 done
 # Nothing left behind: only the tree laid out above (or systemd's own units).
 sleep 1
@@ -227,6 +242,7 @@ boot() { # boot NAME EXTRA_CMDLINE
   set +e
   timeout "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 3072 -smp 2 \
     -nographic -no-reboot -kernel "$kernel" -initrd "$work/initrd.gz" \
+    -drive file="$work/disk.img",if=virtio,format=raw \
     -append "console=ttyS0 panic=-1 cgroup_no_v1=all psi=1 quiet mitigations=off $2" >"$console" 2>&1
   rc=$?
   set -e

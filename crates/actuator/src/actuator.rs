@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use tidal_cgroupfs::controller;
 use tidal_cgroupfs::layout::{read_file, read_procs, PROCS};
 use tidal_cgroupfs::v2::core::{subtree_delta, CONTROLLERS, KILL, SUBTREE_CONTROL};
-use tidal_cgroupfs::{cpuset, CgroupError, Layout, Version};
-use tidal_model::{Action, GroupPath, Knob, KnobValue, Op, Plan, Target};
+use tidal_cgroupfs::{cpuset, iolimit, CgroupError, Layout, Version};
+use tidal_model::{Action, DevNum, GroupPath, Knob, KnobValue, Op, Plan, Target};
 use tracing::{debug, info, warn};
 
 /// v2 controllers tidal enables for its subtree when the parent offers them.
@@ -814,6 +814,39 @@ impl Actuator {
             (false, true) => Outcome::Written,
             (false, false) => Outcome::Unchanged,
         })
+    }
+
+    /// Enables blk-iocost on `devices` (`MAJ:MIN enable=1` in the v2 root's `io.cost.qos`), so IO
+    /// weights act without BFQ. A node-wide change made only when the config asks for it; the
+    /// original is journalled like any other and `restore` switches back what tidal switched on.
+    /// `Unsupported` where the host has no `io.cost.qos` (cgroup v1 or hybrid without io on v2, or a
+    /// kernel without blk-iocost).
+    pub fn enable_iocost(&mut self, devices: &[DevNum]) -> Result<Outcome, ActError> {
+        let Some(path) = self
+            .layout
+            .hierarchies
+            .unified()
+            .map(|h| h.mount.join(iolimit::IOCOST_QOS))
+            .filter(|p| p.exists())
+        else {
+            return Ok(Outcome::Unsupported);
+        };
+        let on = iolimit::enabled(&read_file(&path)?);
+        let want: Vec<String> = devices
+            .iter()
+            .filter(|d| !on.contains(d))
+            .map(|d| format!("{d} enable=1"))
+            .collect();
+        if want.is_empty() {
+            return Ok(Outcome::Unchanged);
+        }
+        match self.write_journalled(&path, &want.join("\n"), true) {
+            Err(e) if e.is_rejected() => {
+                warn!("blk-iocost cannot be enabled on {} ({e})", want.join(", "));
+                Ok(Outcome::Unsupported)
+            }
+            r => r,
+        }
     }
 
     /// Records a workload's declared memory request on its group (`trusted.tidal.memory_request`),

@@ -6,7 +6,8 @@ use std::io::Write;
 use std::path::Path;
 use tidal_cgroupfs::CgroupError;
 
-/// One `write(2)` of the whole value, as cgroupfs expects.
+/// One `write(2)` of the whole value, as cgroupfs expects; files that take one device per write
+/// (`io.max`, `blkio.throttle.*`, `io.cost.qos`) get one write(2) per line.
 pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
     let err = |source| CgroupError::Write {
         path: path.to_path_buf(),
@@ -19,7 +20,22 @@ pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
         .truncate(true)
         .open(path)
         .map_err(err)?;
-    f.write_all(value.as_bytes()).map_err(err)
+    let per_line = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(tidal_cgroupfs::iolimit::line_per_write);
+    if !per_line {
+        return f.write_all(value.as_bytes()).map_err(err);
+    }
+    for line in value.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        f.write_all(format!("{line}\n").as_bytes())
+            .map_err(|source| CgroupError::Write {
+                path: path.to_path_buf(),
+                value: line.to_string(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// Sets an extended attribute on a group directory (cgroupfs keeps `trusted.*` ones).

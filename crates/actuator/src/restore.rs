@@ -5,7 +5,7 @@
 //!   and `cgroup.subtree_control` of the root's ancestors (tidal enabled controllers there to make the
 //!   root usable);
 //! - writes knob files in groups another manager owns, for records typed foreign: validated group
-//!   paths under a cgroup mount, never the mount itself;
+//!   paths under a cgroup mount, never the mount itself except blk-iocost's switch (`io.cost.qos`);
 //! - removes directories at or below the tidal root.
 //!
 //! Records outside these are reported and kept. Groups tidal created that still have tasks are kept,
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use tidal_cgroupfs::controller;
 use tidal_cgroupfs::layout::{list_children, read_file, read_procs, PROCS};
 use tidal_cgroupfs::v2::core::{subtree_delta, FREEZE, SUBTREE_CONTROL};
-use tidal_cgroupfs::{cpuset, v1, v2, Layout, Version};
+use tidal_cgroupfs::{cpuset, iolimit, v1, v2, Layout, Version};
 use tidal_model::ForeignGroup;
 
 #[derive(Debug, Default)]
@@ -74,6 +74,10 @@ fn classify(layout: &Layout, path: &Path, foreign: bool) -> Result<Place, String
                 continue;
             };
             let rel = rel.to_str().unwrap_or("");
+            if rel.is_empty() && h.version == Version::V2 && file == iolimit::IOCOST_QOS {
+                // blk-iocost's switch, which only the v2 root has (`io.iocost` in the config).
+                return Ok(Place::Foreign);
+            }
             if ForeignGroup::new(rel).is_err() {
                 return Err(format!(
                     "'{rel}' is not a valid group under {}",
@@ -253,8 +257,11 @@ fn restore_values(
                     continue;
                 }
             };
-            let write = if path.file_name().is_some_and(|n| n == SUBTREE_CONTROL) {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let write = if name == SUBTREE_CONTROL {
                 subtree_delta(&current, value)
+            } else if iolimit::line_per_write(name) {
+                iolimit::restore_text(name, &current, value)
             } else if current.trim() == value.trim() {
                 None
             } else {

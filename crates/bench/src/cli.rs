@@ -90,6 +90,9 @@ pub struct BenchArgs {
     /// Write a chart of online p99 against offline throughput.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Keep each agent's log (what it did and why, per scenario run) in this directory.
+    #[arg(long)]
+    pub agent_logs: Option<PathBuf>,
     /// Do not hold /dev/cpu_dma_latency at 0 during the run. By default the bench keeps CPUs out of
     /// deep idle states, so `alone` is not slowed by wake-ups from idle that co-located runs never pay.
     #[arg(long)]

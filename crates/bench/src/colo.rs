@@ -124,6 +124,8 @@ pub struct Opts {
     pub slo_factor: Option<f64>,
     /// The objective's target once measured (seconds).
     pub slo_target_s: Option<f64>,
+    /// Where each agent's log goes (`--agent-logs`).
+    pub agent_logs: Option<PathBuf>,
 }
 
 impl Opts {
@@ -151,6 +153,7 @@ impl Opts {
             working_set: a.working_set,
             slo_factor: (!a.no_slo).then_some(a.slo_factor),
             slo_target_s: None,
+            agent_logs: a.agent_logs.clone(),
         }
     }
 }
@@ -220,6 +223,18 @@ fn spawn_in_as(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
     env.spawn_placed(c, Some(group))
+}
+
+/// Where a scenario run's agent logs: a file in `--agent-logs`, else nowhere.
+fn agent_log(o: &Opts, tag: &str) -> Result<std::process::Stdio, String> {
+    let Some(dir) = &o.agent_logs else {
+        return Ok(std::process::Stdio::null());
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("--agent-logs {}: {e}", dir.display()))?;
+    let f = dir.join(format!("{}.log", tag.replace('/', "-")));
+    std::fs::File::create(&f)
+        .map(std::process::Stdio::from)
+        .map_err(|e| format!("--agent-logs {}: {e}", f.display()))
 }
 
 fn offline_argv(env: &BenchEnv, o: &Opts, report: &std::path::Path) -> Vec<Vec<String>> {
@@ -373,7 +388,10 @@ fn setup(
             c.arg("agent")
                 .args(["--listen", &addr, "--config"])
                 .arg(&cfg_path);
-            c.stderr(std::process::Stdio::null());
+            c.stderr(agent_log(o, tag)?);
+            if o.agent_logs.is_some() {
+                c.env("TIDAL_LOG", "info");
+            }
             let pid = env.spawn_home(c)?;
             super::env::wait_healthz(&addr, &env.stop)?;
             env.adopt(pid)?;
@@ -654,7 +672,10 @@ fn kubelet_tree(
         .arg(&cfg_path)
         .env("KUBECONFIG", &kc)
         .env_remove("KUBERNETES_SERVICE_HOST")
-        .stderr(std::process::Stdio::null());
+        .stderr(agent_log(o, tag)?);
+        if o.agent_logs.is_some() {
+            c.env("TIDAL_LOG", "info");
+        }
         let pid = env.spawn_home(c)?;
         st.api = Some(api);
         super::env::wait_healthz(&addr, &env.stop)?;

@@ -3,12 +3,13 @@
 //! and active IO scheduler (an IO weight only acts under BFQ, or with blk-iocost enabled).
 
 use std::path::Path;
+use tidal_model::DevNum;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BlockDev {
     pub name: String,
     /// `MAJ:MIN`, as `io.max` and `blkio.throttle.*` name a device.
-    pub dev: String,
+    pub dev: DevNum,
     /// The bracketed entry of `queue/scheduler` (`none`, `mq-deadline`, `bfq`, …).
     pub scheduler: Option<String>,
 }
@@ -47,10 +48,7 @@ pub fn real_devices(sys_block: &Path) -> Vec<BlockDev> {
             if size == 0 {
                 return None;
             }
-            let dev = std::fs::read_to_string(d.join("dev"))
-                .ok()?
-                .trim()
-                .to_string();
+            let dev = std::fs::read_to_string(d.join("dev")).ok()?.parse().ok()?;
             let scheduler = std::fs::read_to_string(d.join("queue/scheduler"))
                 .ok()
                 .and_then(|l| active_scheduler(&l));
@@ -89,7 +87,7 @@ mod tests {
         let names: Vec<&str> = v.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["nvme0n1", "vda"]);
         assert_eq!(v[0].scheduler.as_deref(), Some("bfq"));
-        assert_eq!(v[1].dev, "254:0");
+        assert_eq!(v[1].dev.to_string(), "254:0");
         assert_eq!(active_scheduler("none"), None);
     }
 }

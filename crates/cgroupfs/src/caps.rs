@@ -191,6 +191,9 @@ pub fn detect_capabilities(layout: &Layout) -> Capabilities {
         psi,
         group_kill,
         cpuset_v1: owner.is_some_and(|r| r.version() == Version::V1),
+        io_flat: layout
+            .knob_target(Knob::IoMax)
+            .is_some_and(|(r, _)| r.version() == Version::V1),
         cpus,
         mems,
     }

@@ -129,6 +129,14 @@ mod tests {
             (Knob::MemoryLow, KnobValue::Bytes(Some(4096))),
             (Knob::MemoryMin, KnobValue::Bytes(None)),
             (Knob::IoWeight, KnobValue::Weight(500)),
+            (
+                Knob::IoMax,
+                KnobValue::IoMax(vec![tidal_model::IoLimit {
+                    rbps: Some(1 << 20),
+                    ..tidal_model::IoLimit::none("254:0".parse().unwrap())
+                }]),
+            ),
+            (Knob::IoMax, KnobValue::IoMax(vec![])),
             (Knob::CpuQosLevel, KnobValue::Level(-1)),
             (Knob::MemorySoftLimit, KnobValue::Bytes(Some(0))),
             (Knob::MemorySoftLimit, KnobValue::Bytes(None)),

@@ -10,6 +10,7 @@ pub mod cpuset;
 pub mod error;
 pub mod hierarchy;
 pub mod hot;
+pub mod iolimit;
 pub mod layout;
 pub mod mountinfo;
 pub mod proc;

@@ -89,6 +89,23 @@ pub fn parse_meminfo(text: &str) -> std::result::Result<MemInfo, String> {
     }
 }
 
+/// Pages the kernel has scanned for reclaim since boot, by kswapd and by allocating tasks
+/// (`pgscan_kswapd` + `pgscan_direct` of `/proc/vmstat`); None without either line.
+pub fn parse_vmstat_scanned(text: &str) -> Option<u64> {
+    let mut total: Option<u64> = None;
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(key), Some(v)) = (it.next(), it.next()) else {
+            continue;
+        };
+        if key == "pgscan_kswapd" || key == "pgscan_direct" {
+            let n: u64 = v.parse().ok()?;
+            total = Some(total.unwrap_or(0).saturating_add(n));
+        }
+    }
+    total
+}
+
 /// Open file descriptors of these tasks (entries of `/proc/<pid>/fd`); None if none could be read.
 pub fn open_files(pids: &[i32]) -> Option<u64> {
     let mut total = None;
@@ -123,10 +140,22 @@ mod tests {
         assert!(task_stat(i32::MAX).is_err());
     }
 
+    #[test]
+    fn vmstat_reclaim_scans_add_kswapd_and_direct() {
+        let t = "pgfault 10\npgscan_kswapd 1200\npgscan_direct 34\npgscan_khugepaged 9\n";
+        assert_eq!(parse_vmstat_scanned(t), Some(1234));
+        assert_eq!(parse_vmstat_scanned("pgfault 10\n"), None);
+        assert_eq!(parse_vmstat_scanned("pgscan_kswapd x\n"), None);
+        // This machine's own file has them.
+        let own = std::fs::read_to_string("/proc/vmstat").unwrap();
+        assert!(parse_vmstat_scanned(&own).is_some());
+    }
+
     proptest! {
         #[test]
         fn meminfo_never_panics(t in "\\PC{0,200}") {
             let _ = parse_meminfo(&t);
+            let _ = parse_vmstat_scanned(&t);
         }
     }
 }

@@ -14,6 +14,10 @@ pub struct Capabilities {
     pub group_kill: bool,
     /// v1 cpuset semantics: every group needs its own cpus/mems, parents shrink after children.
     pub cpuset_v1: bool,
+    /// v1 `blkio` throttling: a group's limit holds for its own tasks only, not its children's (the
+    /// kernel's flat v1 behaviour), so limits go on each workload's group.
+    #[serde(default)]
+    pub io_flat: bool,
     /// CPUs and memory nodes available to tidal's root.
     pub cpus: CpuSet,
     pub mems: CpuSet,
@@ -30,6 +34,7 @@ impl Capabilities {
             psi: true,
             group_kill: true,
             cpuset_v1: true,
+            io_flat: false,
             cpus: CpuSet::first_n(n_cpus),
             mems: CpuSet::first_n(1),
         }

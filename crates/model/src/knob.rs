@@ -32,10 +32,12 @@ pub enum Knob {
     MemorySoftLimit,
     /// openEuler `memory.qos_level` (v1): offline memory is reclaimed and killed first.
     MemoryQosLevel,
+    /// Per-device IO limits (v2 `io.max`, v1 `blkio.throttle.*`).
+    IoMax,
 }
 
 impl Knob {
-    pub const ALL: [Knob; 15] = [
+    pub const ALL: [Knob; 16] = [
         Knob::CpuWeight,
         Knob::CpuIdle,
         Knob::CpuMax,
@@ -51,6 +53,7 @@ impl Knob {
         Knob::Freeze,
         Knob::MemorySoftLimit,
         Knob::MemoryQosLevel,
+        Knob::IoMax,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +73,7 @@ impl Knob {
             Knob::Freeze => "freeze",
             Knob::MemorySoftLimit => "memory-soft-limit",
             Knob::MemoryQosLevel => "memory-qos-level",
+            Knob::IoMax => "io-max",
         }
     }
 }
@@ -99,6 +103,9 @@ pub enum KnobValue {
     /// v2 io weight, [1, 10000].
     Weight(u64),
     Level(i64),
+    /// Per-device IO limits, sorted by device, at most one entry per device. An entry with no limit
+    /// lifts the device's limits; reading never yields one.
+    IoMax(Vec<IoLimit>),
 }
 
 impl fmt::Display for KnobValue {
@@ -120,6 +127,148 @@ impl fmt::Display for KnobValue {
             KnobValue::Bytes(None) => f.write_str("max"),
             KnobValue::Weight(w) => write!(f, "weight={w}"),
             KnobValue::Level(l) => write!(f, "{l}"),
+            KnobValue::IoMax(v) if v.is_empty() => f.write_str("no io limits"),
+            KnobValue::IoMax(v) => {
+                for (i, l) in v.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{l}")?;
+                }
+                Ok(())
+            }
         }
+    }
+}
+
+/// A block device number (`MAJ:MIN`), as `io.max` and `blkio.throttle.*` name a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DevNum {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl std::str::FromStr for DevNum {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "'{}' is not a block device number (MAJ:MIN)",
+                s.chars().take(40).collect::<String>()
+            )
+        };
+        let (a, b) = s.trim().split_once(':').ok_or_else(bad)?;
+        let num = |x: &str| {
+            if x.is_empty() || !x.bytes().all(|c| c.is_ascii_digit()) {
+                return Err(bad());
+            }
+            x.parse::<u32>().map_err(|_| bad())
+        };
+        Ok(DevNum {
+            major: num(a)?,
+            minor: num(b)?,
+        })
+    }
+}
+
+impl TryFrom<String> for DevNum {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DevNum> for String {
+    fn from(d: DevNum) -> String {
+        d.to_string()
+    }
+}
+
+impl fmt::Display for DevNum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+/// One device's IO limits; `None` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IoLimit {
+    pub dev: DevNum,
+    pub rbps: Option<u64>,
+    pub wbps: Option<u64>,
+    pub riops: Option<u64>,
+    pub wiops: Option<u64>,
+}
+
+impl IoLimit {
+    /// No limit on `dev`.
+    pub fn none(dev: DevNum) -> IoLimit {
+        IoLimit {
+            dev,
+            rbps: None,
+            wbps: None,
+            riops: None,
+            wiops: None,
+        }
+    }
+    pub fn is_unlimited(&self) -> bool {
+        self.rbps.is_none() && self.wbps.is_none() && self.riops.is_none() && self.wiops.is_none()
+    }
+}
+
+impl fmt::Display for IoLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = |x: Option<u64>| x.map_or_else(|| "max".to_string(), |n| n.to_string());
+        write!(
+            f,
+            "{} rbps={} wbps={} riops={} wiops={}",
+            self.dev,
+            v(self.rbps),
+            v(self.wbps),
+            v(self.riops),
+            v(self.wiops)
+        )
+    }
+}
+
+/// The canonical form of a set of limits: one entry per device (the last wins), sorted, without
+/// the unlimited ones (what reading the files gives back).
+pub fn canonical_io_limits(v: &[IoLimit]) -> Vec<IoLimit> {
+    let mut m = std::collections::BTreeMap::new();
+    for l in v {
+        m.insert(l.dev, *l);
+    }
+    m.into_values().filter(|l| !l.is_unlimited()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_numbers_parse_strictly() {
+        assert_eq!(
+            "254:16".parse::<DevNum>(),
+            Ok(DevNum {
+                major: 254,
+                minor: 16
+            })
+        );
+        for bad in [
+            "",
+            "8",
+            "8:",
+            ":0",
+            "8:0:1",
+            "-1:0",
+            "8:x",
+            "99999999999:0",
+            " 8 :0",
+        ] {
+            assert!(bad.parse::<DevNum>().is_err(), "{bad}");
+        }
+        let d: DevNum = serde_json::from_str("\"8:0\"").unwrap();
+        assert_eq!(serde_json::to_string(&d).unwrap(), "\"8:0\"");
     }
 }

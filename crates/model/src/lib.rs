@@ -13,7 +13,7 @@ pub mod snapshot;
 
 pub use caps::Capabilities;
 pub use cpuset::CpuSet;
-pub use knob::{Knob, KnobValue};
+pub use knob::{canonical_io_limits, DevNum, IoLimit, Knob, KnobValue};
 pub use level::{QosLevel, UnknownLevel};
 pub use path::{BadPath, ForeignGroup, GroupPath, Target};
 pub use plan::{Action, Cause, Op, Plan, Remember};

@@ -2,7 +2,7 @@
 //! snapshot stage fills it; the pure policy reads it. Time is in it as data (`now_ms`). A reading that
 //! could not be taken is `None`, never 0: the policy then holds its last decision for that input.
 
-use crate::{CpuSet, KubeletFacts, PodInfo, QosLevel, Signal, Target};
+use crate::{CpuSet, DevNum, KubeletFacts, PodInfo, QosLevel, Signal, Target};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -99,6 +99,13 @@ pub struct Snapshot {
     /// or unreachable source has no reading here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signals: Vec<Signal>,
+    /// Pages the kernel scanned for reclaim per second (kswapd and direct), over about the last
+    /// stats interval: the node is short of free memory and taking pages from whoever has them.
+    #[serde(default)]
+    pub reclaim_scan_per_s: Option<f64>,
+    /// The node's real block devices (what IO limits apply to unless the config names devices).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block_devices: Vec<DevNum>,
 }
 
 impl Snapshot {

@@ -54,6 +54,8 @@ fn snapshot(n: usize) -> Snapshot {
         signals: Vec::new(),
         online_mem_psi: None,
         offline_memory_bytes: None,
+        block_devices: vec![],
+        reclaim_scan_per_s: None,
     }
 }
 

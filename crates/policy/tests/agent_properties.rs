@@ -82,6 +82,8 @@ prop_compose! {
             signals: Vec::new(),
             online_mem_psi: None,
             offline_memory_bytes: None,
+            block_devices: vec![],
+            reclaim_scan_per_s: None,
         }
     }
 }
@@ -217,6 +219,8 @@ fn base_snapshot() -> Snapshot {
         signals: Vec::new(),
         online_mem_psi: None,
         offline_memory_bytes: None,
+        block_devices: vec![],
+        reclaim_scan_per_s: None,
     }
 }
 

@@ -75,6 +75,8 @@ fn snapshot(workloads: Vec<WorkloadSnapshot>) -> Snapshot {
         signals: Vec::new(),
         online_mem_psi: None,
         offline_memory_bytes: None,
+        block_devices: vec![],
+        reclaim_scan_per_s: None,
     }
 }
 

@@ -63,6 +63,8 @@ fn snapshot(slack: Option<f64>) -> Snapshot {
             .unwrap_or_default(),
         online_mem_psi: None,
         offline_memory_bytes: None,
+        block_devices: vec![],
+        reclaim_scan_per_s: None,
     }
 }
 

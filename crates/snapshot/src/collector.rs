@@ -7,13 +7,14 @@
 use crate::clock::Clock;
 use crate::math::{cpu_rate, PsiWindow, Sample};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use tidal_cgroupfs::blockdev::real_devices;
 use tidal_cgroupfs::hot::HotFile;
-use tidal_cgroupfs::proc::parse_meminfo;
+use tidal_cgroupfs::proc::{parse_meminfo, parse_vmstat_scanned};
 use tidal_cgroupfs::stat::Throttling;
 use tidal_cgroupfs::{CgroupError, Layout, Psi, PsiResource, Reader};
 use tidal_model::{
-    CpuSet, Knob, KnobValue, Pressure, QosLevel, Snapshot, Target, WorkloadPressure,
+    CpuSet, DevNum, Knob, KnobValue, Pressure, QosLevel, Snapshot, Target, WorkloadPressure,
     WorkloadSnapshot,
 };
 use tidal_source::{Inventory, WorkloadRef, WorkloadSource};
@@ -91,9 +92,17 @@ pub struct Collector {
     wl: HashMap<Target, WorkloadReaders>,
     inventory: Inventory,
     meminfo: HotFile,
+    vmstat: HotFile,
+    /// Reclaim scans since boot at the last stats refresh, and when.
+    scanned: Option<(u64, u64)>,
     cpus: CpuSet,
+    /// The real block devices, and when they were listed (devices come and go rarely).
+    devices: (Vec<DevNum>, Option<u64>),
     pub problems: Problems,
 }
+
+/// How often the block devices are listed again.
+const DEVICES_EVERY_NS: u64 = 30_000_000_000;
 
 impl Collector {
     pub fn new(
@@ -132,7 +141,10 @@ impl Collector {
             wl: HashMap::new(),
             inventory: Inventory::default(),
             meminfo: HotFile::new(PathBuf::from("/proc/meminfo")),
+            vmstat: HotFile::new(PathBuf::from("/proc/vmstat")),
+            scanned: None,
             cpus,
+            devices: (Vec::new(), None),
             problems: Problems::default(),
         }
     }
@@ -313,6 +325,21 @@ impl Collector {
         out
     }
 
+    /// Reclaim scans per second since the last call (None on the first, or without /proc/vmstat).
+    fn reclaim_rate(&mut self, now: u64) -> Option<f64> {
+        let n = match self.vmstat.read() {
+            Ok(t) => parse_vmstat_scanned(t),
+            Err(e) => {
+                self.problems.note("/proc/vmstat", &e);
+                None
+            }
+        }?;
+        let prev = self.scanned.replace((n, now));
+        let (p, at) = prev?;
+        let dt = now.saturating_sub(at) as f64 / 1e9;
+        (dt > 0.0).then(|| n.saturating_sub(p) as f64 / dt)
+    }
+
     /// A full snapshot (see [`Collector::update`]).
     pub fn snapshot(&mut self, stats_every_ms: u64, force: bool) -> Snapshot {
         let mut snap = Snapshot::default();
@@ -335,6 +362,21 @@ impl Collector {
             snap.workloads = self.refresh_workloads(full);
             snap.levels_present = self.inventory.levels_present.clone();
             snap.kubelet = self.inventory.kubelet.clone();
+            if self
+                .devices
+                .1
+                .is_none_or(|t| now.saturating_sub(t) >= DEVICES_EVERY_NS)
+            {
+                self.devices = (
+                    real_devices(Path::new("/sys/block"))
+                        .into_iter()
+                        .map(|d| d.dev)
+                        .collect(),
+                    Some(now),
+                );
+            }
+            snap.block_devices.clone_from(&self.devices.0);
+            snap.reclaim_scan_per_s = self.reclaim_rate(now);
         }
         let s = self.light();
         let (node_busy, offline_busy) = match self.last_tick {

@@ -175,7 +175,7 @@ fn io_rows(layout: &Layout, caps: &tidal_model::Capabilities, out: &mut Vec<Row>
                 (true, false) => "no device uses BFQ and blk-iocost is off".to_string(),
             }
         ),
-        "level IO weights are written but do nothing: use the BFQ scheduler, or enable blk-iocost (node-wide; tidal does neither by itself)",
+        "level IO weights are written but do nothing: use the BFQ scheduler, or enable blk-iocost (node-wide: `io.iocost: true` in the config has tidal do it on cgroup v2)",
     ));
     out.push(row(
         "buffered-write isolation",
@@ -419,6 +419,11 @@ pub fn rows(layout: &Layout, k: &KubernetesConfig) -> Vec<Row> {
         Knob::IoWeight,
         "io weight",
         "offline IO is not deprioritised",
+    ));
+    out.push(knob_row(
+        Knob::IoMax,
+        "io limits (io.max / blkio.throttle)",
+        "io.offline_max / offline_low_max cannot be applied",
     ));
     out.push(knob_row(
         Knob::Freeze,

@@ -7,12 +7,13 @@
 
 mod common;
 
-use common::{cgroups_usable, free_addr, get, stop, wait_for, TestRoot};
+use common::{cgroups_usable, free_addr, get, required, stop, wait_for, TestRoot};
 use serde_json::{json, Value};
 use std::process::Child;
 use std::time::{Duration, Instant};
+use tidal_cgroupfs::blockdev::real_devices;
 use tidal_kube::mock::MockApi;
-use tidal_model::{CpuSet, ForeignGroup, Knob, KnobValue, Target};
+use tidal_model::{CpuSet, DevNum, ForeignGroup, IoLimit, Knob, KnobValue, Target};
 
 const BE: &str = include_str!("../../kube/tests/data/pod-besteffort.json");
 const BURSTABLE: &str = include_str!("../../kube/tests/data/pod-burstable-probe.json");
@@ -125,11 +126,37 @@ fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_le
         if caps.has(Knob::CpuWeight) {
             t.write_knob(&tr.tiers[1], Knob::CpuWeight, KnobValue::Shares(2));
         }
+        // IO limits: pod A had a write limit of its own (the original restore must give back).
+        let devs: Vec<DevNum> = real_devices(std::path::Path::new("/sys/block"))
+            .into_iter()
+            .map(|d| d.dev)
+            .collect();
+        let io = caps.has(Knob::IoMax) && !devs.is_empty();
+        if !io {
+            assert!(
+                !required(),
+                "io limits: this host has no io.max/blkio.throttle files or no real block device ({devs:?})"
+            );
+            eprintln!(
+                "io limits not tested: no io.max/blkio.throttle files or no real block device"
+            );
+        }
+        let own = IoLimit {
+            wbps: Some(5 << 20),
+            ..IoLimit::none(
+                devs.first()
+                    .copied()
+                    .unwrap_or(DevNum { major: 0, minor: 0 }),
+            )
+        };
+        if io {
+            t.write_knob(&tr.pod_a, Knob::IoMax, KnobValue::IoMax(vec![own]));
+        }
         let api = MockApi::start(serde_json::from_str(NODE).unwrap()).unwrap();
         api.with(|s| s.pods = pods());
         let addr = free_addr();
         let cfg = format!(
-            "tick: 100ms\nstats_interval: 200ms\nkubernetes:\n  node_name: node-1\n  kubelet_cgroup_root: /{}/{}\n  cpu_manager_state: {}\n",
+            "tick: 100ms\nstats_interval: 200ms\nio:\n  offline_max:\n    read_bps: 1048576\n    write_iops: 200\nkubernetes:\n  node_name: node-1\n  kubelet_cgroup_root: /{}/{}\n  cpu_manager_state: {}\n",
             root_rel(&t),
             tr.base,
             t.state.path().join("cpu_manager_state").display()
@@ -161,6 +188,44 @@ fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_le
                 read(&t, &tr.ctr_a, Knob::CpuIdle),
                 Some(KnobValue::Bool(false))
             );
+        }
+        if io {
+            // Every real device of each offline pod limited; the tiers untouched.
+            let want = KnobValue::IoMax(
+                devs.iter()
+                    .map(|d| IoLimit {
+                        rbps: Some(1 << 20),
+                        wiops: Some(200),
+                        ..IoLimit::none(*d)
+                    })
+                    .collect(),
+            );
+            wait_for(
+                &format!("{driver}: io limits on the offline pods"),
+                20,
+                || {
+                    read(&t, &tr.pod_a, Knob::IoMax) == Some(want.clone())
+                        && read(&t, &tr.pod_b, Knob::IoMax) == Some(want.clone())
+                },
+            );
+            // v1 throttling is flat: the containers, where the tasks are, have their own.
+            let ctr = read(&t, &tr.ctr_a, Knob::IoMax);
+            if caps.io_flat {
+                assert_eq!(ctr, Some(want.clone()), "{driver}: container limits");
+            } else {
+                assert_eq!(
+                    ctr,
+                    Some(KnobValue::IoMax(vec![])),
+                    "{driver}: container limits"
+                );
+            }
+            for tier in &tr.tiers {
+                assert_eq!(
+                    read(&t, tier, Knob::IoMax),
+                    Some(KnobValue::IoMax(vec![])),
+                    "{tier}"
+                );
+            }
         }
         // /state shows both pods with their levels, as the agent sees them.
         let (_, body) = get(&addr, "/state").expect("/state");
@@ -199,6 +264,20 @@ fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_le
                 read(&t, &tr.pod_a, Knob::CpuIdle),
                 Some(KnobValue::Bool(false))
             );
+        }
+        if io {
+            // Pod A's own limit is back, the limits tidal added are lifted.
+            assert_eq!(
+                read(&t, &tr.pod_a, Knob::IoMax),
+                Some(KnobValue::IoMax(vec![own]))
+            );
+            for g in [&tr.pod_b, &tr.ctr_a] {
+                assert_eq!(
+                    read(&t, g, Knob::IoMax),
+                    Some(KnobValue::IoMax(vec![])),
+                    "{g}"
+                );
+            }
         }
         // Nothing in the kubelet's tree was created or removed by tidal.
         assert!(t.dir("cpu", &tr.ctr_a).is_dir());

@@ -1,5 +1,7 @@
-//! v2 `io` controller: `io.weight` ("default N" plus optional per-device lines).
+//! v2 `io` controller: `io.weight` ("default N" plus optional per-device lines) and `io.max`
+//! (per-device limits, see [`crate::iolimit`]).
 
+use crate::iolimit;
 use crate::spec::{bad, int, not_mine, one, Controller};
 use tidal_model::{Knob, KnobValue};
 
@@ -12,11 +14,12 @@ impl Controller for Io {
         Some("io")
     }
     fn knobs(&self) -> &'static [Knob] {
-        &[Knob::IoWeight]
+        &[Knob::IoWeight, Knob::IoMax]
     }
     fn files(&self, knob: Knob) -> &'static [&'static str] {
         match knob {
             Knob::IoWeight => &[WEIGHT],
+            Knob::IoMax => &[iolimit::V2_MAX],
             _ => &[],
         }
     }
@@ -25,10 +28,14 @@ impl Controller for Io {
             (Knob::IoWeight, KnobValue::Weight(w)) => {
                 Ok(vec![format!("default {}", (*w).clamp(1, 10_000))])
             }
+            (Knob::IoMax, KnobValue::IoMax(l)) => Ok(vec![iolimit::encode_v2(l)]),
             _ => Err(bad(knob, v)),
         }
     }
     fn decode(&self, knob: Knob, c: &[String]) -> Result<KnobValue, String> {
+        if knob == Knob::IoMax {
+            return iolimit::decode_v2(c.first().map_or("", |s| s.as_str())).map(KnobValue::IoMax);
+        }
         if knob != Knob::IoWeight {
             return Err(not_mine(knob, "v2 io"));
         }

@@ -6,8 +6,9 @@
 //!   group and the tidal root get the sums of their online workloads'. A pod's ancestors are the
 //!   kubelet's tiers: not tidal's to write (`tidal doctor` says when they lack protection).
 //! - Ceiling: the offline parent's `memory.high` (v2; the hard limit on v1) stays between
-//!   `min_fraction` and `max_fraction` of RAM. It is cut a step at once when node memory runs short
-//!   or online memory pressure rises, and raised half a step after a calm period. Offline pods get
+//!   `min_fraction` and `max_fraction` of RAM. It is cut at once to a step under what offline holds
+//!   when node memory runs short, online memory pressure rises or the kernel starts reclaiming
+//!   (offline's page cache pushing out everyone's), and raised half a step after a calm period. Offline pods get
 //!   the same `memory.high` each (v2).
 
 use super::state::PolicyState;
@@ -158,19 +159,32 @@ pub fn ceiling(
     let pressed = snap
         .online_mem_psi
         .is_some_and(|p| p > c.online_psi_threshold);
+    let reclaiming = c.reclaim_scan_threshold > 0.0
+        && snap
+            .reclaim_scan_per_s
+            .is_some_and(|r| r > c.reclaim_scan_threshold);
     let mut next = cur;
     let mut why = String::new();
     let mut cause = Cause::Static;
-    if short || pressed {
+    if short || pressed || reclaiming {
         st.ceiling_calm_since_ms = None;
         let may = st
             .ceiling_cut_ms
             .is_none_or(|t| now.saturating_sub(t) >= c.interval.0);
+        // A cut must bite: a step under what offline holds now, not under a ceiling far above it.
+        let base = snap.offline_memory_bytes.map_or(cur, |u| cur.min(u));
         if may && cur > lo {
-            next = cur.saturating_sub(step).max(lo);
+            next = base.saturating_sub(step).max(lo);
             st.ceiling_cut_ms = Some(now);
             cause = Cause::Memory;
-            why = if short {
+            why = if reclaiming && !short && !pressed {
+                format!(
+                    "the kernel reclaims {:.0} pages/s (over {:.0}): offline memory ceiling cut to {} MiB",
+                    snap.reclaim_scan_per_s.unwrap_or(0.0),
+                    c.reclaim_scan_threshold,
+                    next >> 20
+                )
+            } else if short {
                 format!(
                     "MemAvailable {} MiB under the {}% reserve: offline memory ceiling cut to {} MiB",
                     avail >> 20,
@@ -275,5 +289,82 @@ pub fn release(snap: &Snapshot, caps: &Capabilities, plan: &mut Plan) {
                 Cause::Shutdown,
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidal_model::Op;
+
+    const GIB: u64 = 1 << 30;
+
+    fn snap(now_ms: u64, offline_bytes: u64, reclaim: Option<f64>) -> Snapshot {
+        Snapshot {
+            now_ms,
+            mem_total_bytes: Some(20 * GIB),
+            mem_available_bytes: Some(15 * GIB),
+            levels_present: [QosLevel::Offline].into_iter().collect(),
+            offline_memory_bytes: Some(offline_bytes),
+            reclaim_scan_per_s: reclaim,
+            ..Default::default()
+        }
+    }
+
+    fn ceiling_set(p: &Plan) -> Option<u64> {
+        p.actions.iter().find_map(|a| match &a.op {
+            Op::Set {
+                knob: Knob::MemoryHigh,
+                value: KnobValue::Bytes(b),
+                ..
+            } => *b,
+            _ => None,
+        })
+    }
+
+    fn step(s: &Snapshot, cfg: &Config, st: &mut PolicyState) -> (Option<u64>, Plan) {
+        let mut p = Plan::default();
+        ceiling(s, cfg, &Capabilities::full(2), false, st, &mut p);
+        (st.ceiling, p)
+    }
+
+    #[test]
+    fn kernel_reclaim_cuts_the_ceiling_under_what_offline_holds_then_calm_raises_it() {
+        let cfg = Config::default();
+        let mut st = PolicyState::default();
+        // Quiet: the ceiling sits at max_fraction (18 GiB of 20).
+        let (c, _) = step(&snap(0, 6 * GIB, Some(0.0)), &cfg, &mut st);
+        assert_eq!(c, Some(18 * GIB));
+        // The kernel reclaims: cut to a step (1 GiB) under the 6 GiB offline holds, at once.
+        let (c, p) = step(&snap(1_000, 6 * GIB, Some(50_000.0)), &cfg, &mut st);
+        assert_eq!(c, Some(5 * GIB));
+        assert_eq!(ceiling_set(&p), Some(5 * GIB));
+        assert!(
+            p.actions[0].reason.contains("reclaims 50000 pages/s"),
+            "{}",
+            p.actions[0].reason
+        );
+        // Not again within the interval; again after it, from what offline holds then.
+        let (c, _) = step(&snap(1_500, 5 * GIB, Some(50_000.0)), &cfg, &mut st);
+        assert_eq!(c, Some(5 * GIB));
+        let (c, _) = step(&snap(2_100, 3 * GIB, Some(50_000.0)), &cfg, &mut st);
+        assert_eq!(c, Some(2 * GIB));
+        // Never under min_fraction.
+        let (c, _) = step(&snap(3_200, GIB, Some(50_000.0)), &cfg, &mut st);
+        assert_eq!(c, Some(2 * GIB));
+        // Calm (below the threshold) for calm_period: half a step up.
+        step(&snap(4_000, GIB, Some(100.0)), &cfg, &mut st);
+        let (c, _) = step(&snap(14_100, GIB, Some(100.0)), &cfg, &mut st);
+        assert_eq!(c, Some(2 * GIB + GIB / 2));
+    }
+
+    #[test]
+    fn a_zero_reclaim_threshold_turns_the_trigger_off() {
+        let mut cfg = Config::default();
+        cfg.memory.ceiling.reclaim_scan_threshold = 0.0;
+        let mut st = PolicyState::default();
+        step(&snap(0, 6 * GIB, Some(0.0)), &cfg, &mut st);
+        let (c, _) = step(&snap(1_000, 6 * GIB, Some(1e9)), &cfg, &mut st);
+        assert_eq!(c, Some(18 * GIB));
     }
 }

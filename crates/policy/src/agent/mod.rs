@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod confine;
 pub mod files;
 pub mod interference;
+pub mod io;
 pub mod memory;
 pub mod memqos;
 pub mod oom;
@@ -36,6 +37,7 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
     let mut st = prev.clone();
     let mut plan = Plan::default();
     let static_due = statics::decide(snap, cfg, caps, &mut st, &mut plan);
+    io::decide(snap, cfg, caps, static_due, &mut st, &mut plan);
     let verdicts = interference::rules(snap, cfg, caps);
     let cpu = confine::need(snap, cfg, interference::stops_growth(&verdicts), &mut st);
     let verdict = interference::decide(snap, cfg, caps, &cpu, &verdicts, &mut st);

@@ -120,6 +120,17 @@ pub fn apply(
                 ));
             }
         }
+        if all && caps.has(Knob::IoMax) {
+            // v1 throttling is flat: the containers, where the tasks are, need their own.
+            let name = p.pod.to_string();
+            let mut targets = vec![t.clone()];
+            if caps.io_flat {
+                targets.extend(p.containers.iter().map(|c| Target::Foreign(c.clone())));
+            }
+            for target in targets {
+                plan.push(super::io::pod(snap, cfg, w.level, target, &name).because(Cause::Static));
+            }
+        }
         // Freeze, or the cap that stands in for it.
         let freeze_by_cap = p.liveness_probe || !caps.has(Knob::Freeze);
         let mut quota = limit_quota(p);

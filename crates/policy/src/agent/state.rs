@@ -1,8 +1,8 @@
 //! What the policy remembers between ticks, typed. Serialisable so `/state` can show it.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use tidal_model::{CpuSet, ForeignGroup, GroupPath};
+use std::collections::{BTreeMap, BTreeSet};
+use tidal_model::{CpuSet, ForeignGroup, GroupPath, QosLevel};
 
 /// One tightening step of the interference ladder, in the order they are taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -82,6 +82,13 @@ pub struct PolicyState {
     pub frozen: Frozen,
     pub last_kill_ms: Option<u64>,
     pub last_static_ms: Option<u64>,
+    /// The levels present when the static settings were last applied: a new level gets its
+    /// settings at once, not at the next interval.
+    #[serde(default)]
+    pub static_levels: BTreeSet<QosLevel>,
+    /// Offline workloads whose IO limits are set (v1, where each workload gets its own).
+    #[serde(default)]
+    pub io_limited: BTreeSet<GroupPath>,
     /// Empty workload groups and since when.
     pub empty_since_ms: BTreeMap<GroupPath, u64>,
     /// CPUs online needs now (for reports).

@@ -1,6 +1,7 @@
 //! The agent's configuration: YAML with documented defaults, parsed and validated without IO. Every
 //! validation error names the field and the reason; unknown fields are errors (typos must not pass).
 
+pub mod io;
 pub mod kubernetes;
 pub mod slo;
 
@@ -239,8 +240,12 @@ pub struct CeilingConfig {
     pub max_fraction: f64,
     /// Cut when MemAvailable is under this percentage of MemTotal…
     pub reserve_percent: f64,
-    /// …or online `memory.pressure` some avg10 is over this percentage.
+    /// …or online `memory.pressure` some avg10 is over this percentage…
     pub online_psi_threshold: f64,
+    /// …or the kernel scans more than this many pages per second for reclaim (kswapd and direct):
+    /// free memory ran out and pages are taken from whoever has them, online's working set and
+    /// page cache included. 0 turns this trigger off.
+    pub reclaim_scan_threshold: f64,
     /// A cut takes this share of MemTotal; a raise half of it.
     pub step_fraction: f64,
     /// At most one cut per this interval.
@@ -257,6 +262,7 @@ impl Default for CeilingConfig {
             max_fraction: 0.9,
             reserve_percent: 10.0,
             online_psi_threshold: 10.0,
+            reclaim_scan_threshold: 2560.0,
             step_fraction: 0.05,
             interval: Millis(1_000),
             calm_period: Millis(10_000),
@@ -340,6 +346,8 @@ pub struct Config {
     pub cleanup: CleanupConfig,
     /// Open files per workload.
     pub files: FilesConfig,
+    /// IO limits for offline work, blk-iocost.
+    pub io: io::IoConfig,
     /// Run-queue latency (eBPF).
     pub bpf: BpfConfig,
     /// Latency objectives of online workloads.
@@ -361,6 +369,7 @@ impl Default for Config {
             memory: MemoryConfig::default(),
             cleanup: CleanupConfig::default(),
             files: FilesConfig::default(),
+            io: io::IoConfig::default(),
             bpf: BpfConfig::default(),
             slo: slo::SloConfig::default(),
             kubernetes: kubernetes::KubernetesConfig::default(),
@@ -706,6 +715,14 @@ impl Config {
             100.0,
             "percent",
         );
+        range_f(
+            &mut e,
+            "memory.ceiling.reclaim_scan_threshold",
+            c.reclaim_scan_threshold,
+            0.0,
+            1e12,
+            "pages per second",
+        );
         between(
             &mut e,
             "memory.ceiling.interval",
@@ -744,6 +761,7 @@ impl Config {
         );
         self.slo.validate(self.tick, &mut e);
         self.kubernetes.validate(&mut e);
+        self.io.validate(&mut e);
         check(
             &mut e,
             self.bpf.sample.is_power_of_two() && self.bpf.sample <= 1024,

@@ -69,6 +69,8 @@ pub struct Agent {
     history: BTreeMap<Target, ActionRecord>,
     ticks: u64,
     first_static_done: bool,
+    /// What enabling blk-iocost last came to (said once per change).
+    iocost: Option<Outcome>,
     shared: Arc<Shared>,
 }
 
@@ -122,6 +124,7 @@ impl Agent {
             history: BTreeMap::new(),
             ticks: 0,
             first_static_done: false,
+            iocost: None,
             shared,
         }
     }
@@ -248,6 +251,9 @@ impl Agent {
         }
         let mut applied = self.act.apply(&d.plan);
         self.evictions(&mut applied);
+        if self.cfg.io.iocost && d.state.last_static_ms != self.state.last_static_ms {
+            self.iocost();
+        }
         let ok: Vec<bool> = applied
             .iter()
             .map(|a| matches!(a.result, Ok(o) if o != Outcome::Unsupported))
@@ -280,6 +286,26 @@ impl Agent {
             full,
             took,
         }
+    }
+
+    /// Enables blk-iocost where the config asks for it (with the static settings, so it is repaired
+    /// like them); says what came of it whenever that changes.
+    fn iocost(&mut self) {
+        let devs = tidal_policy::agent::io::devices(&self.snap, &self.cfg).to_vec();
+        let r = self.act.enable_iocost(&devs);
+        let now = r.as_ref().ok().copied();
+        let list = devs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        match &r {
+            Ok(Outcome::Written) => info!("io.iocost: blk-iocost enabled on [{list}] (node-wide; tidal restore switches it back)"),
+            Ok(Outcome::Unsupported) if self.iocost != now => warn!("io.iocost: this host has no blk-iocost switch (io.cost.qos in a cgroup v2 root with the io controller): IO weights act only under BFQ"),
+            Err(e) => warn!("io.iocost: cannot enable blk-iocost on [{list}]: {e}"),
+            _ => {}
+        }
+        self.iocost = now;
     }
 
     /// Hands the plan's evictions to the workload source (the actuator leaves them alone).

@@ -22,7 +22,7 @@ pub fn tidal_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tidal")
 }
 
-fn required() -> bool {
+pub fn required() -> bool {
     std::env::var(REQUIRE_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
@@ -214,7 +214,19 @@ impl TestRoot {
             .knob_paths(&Self::target(group), knob)
             .expect("knob supported");
         for (p, v) in paths.iter().zip(enc) {
-            std::fs::write(p, v).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+            // Per-device files take one device per write.
+            let per_line = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(tidal_cgroupfs::iolimit::line_per_write);
+            let writes: Vec<&str> = if per_line {
+                v.lines().filter(|l| !l.trim().is_empty()).collect()
+            } else {
+                vec![v.as_str()]
+            };
+            for w in writes {
+                std::fs::write(p, w).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+            }
         }
     }
 
@@ -241,7 +253,7 @@ impl TestRoot {
                 if r.version() == Version::V2 {
                     let offered = std::fs::read_to_string(parent.join("cgroup.controllers"))
                         .unwrap_or_default();
-                    for ctl in ["cpu", "cpuset", "memory"] {
+                    for ctl in ["cpu", "cpuset", "memory", "io"] {
                         if offered.split_whitespace().any(|x| x == ctl) {
                             let _ = std::fs::write(
                                 parent.join("cgroup.subtree_control"),

@@ -1,0 +1,275 @@
+//! IO limits for offline work (`io.offline_max`, `io.offline_low_max`), per device. On cgroup v2 on
+//! the offline parent (all offline work together) and on `offline-low`; v1 throttling is flat (a
+//! group's limit binds its own tasks only), so there each offline workload gets them. Offline pods
+//! get them on the pod group (v1: on each container). Re-set with the level settings, so a limit
+//! taken out of the config is lifted at the next static interval.
+
+use super::state::PolicyState;
+use crate::config::io::IoLimits;
+use crate::config::Config;
+use std::collections::BTreeSet;
+use tidal_model::{
+    Action, Capabilities, DevNum, Knob, KnobValue, Plan, QosLevel, Snapshot, Target,
+};
+
+/// The devices limits apply to: the config's, else the node's real block devices.
+pub fn devices<'a>(snap: &'a Snapshot, cfg: &'a Config) -> &'a [DevNum] {
+    if cfg.io.devices.is_empty() {
+        &snap.block_devices
+    } else {
+        &cfg.io.devices
+    }
+}
+
+/// `limits` on every device, as one value (unset limits lift the device's).
+pub fn value(limits: &IoLimits, devs: &[DevNum]) -> KnobValue {
+    KnobValue::IoMax(devs.iter().map(|d| limits.on(*d)).collect())
+}
+
+fn reason(field: &str, who: &str, limits: &IoLimits, devs: &[DevNum]) -> String {
+    if !limits.is_set() {
+        return format!("{who}: no IO limit (io.{field} unset)");
+    }
+    let list = devs
+        .iter()
+        .map(DevNum::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let v = |x: Option<u64>| x.map_or_else(|| "max".to_string(), |n| n.to_string());
+    format!(
+        "io.{field}: {who} limited to read {} B/s, write {} B/s, {} read IO/s, {} write IO/s on [{list}]",
+        v(limits.read_bps),
+        v(limits.write_bps),
+        v(limits.read_iops),
+        v(limits.write_iops),
+    )
+}
+
+/// The limits of an offline level: `offline-low` takes `offline_low_max` where it is set.
+fn of_level(cfg: &Config, level: QosLevel) -> (&'static str, &IoLimits) {
+    if level == QosLevel::OfflineLow && cfg.io.offline_low_max.is_set() {
+        ("offline_low_max", &cfg.io.offline_low_max)
+    } else {
+        ("offline_max", &cfg.io.offline_max)
+    }
+}
+
+/// tidal's offline groups' limits. v2: on the offline parent and `offline-low`, with the static
+/// settings. v1 throttling is flat (a limit does not reach child groups): on each offline
+/// workload's group, at once for a new one.
+pub fn decide(
+    snap: &Snapshot,
+    cfg: &Config,
+    caps: &Capabilities,
+    static_due: bool,
+    st: &mut PolicyState,
+    plan: &mut Plan,
+) {
+    if !caps.has(Knob::IoMax) {
+        return;
+    }
+    let devs = devices(snap, cfg);
+    if !caps.io_flat {
+        if !static_due {
+            return;
+        }
+        if QosLevel::OFFLINE
+            .iter()
+            .any(|l| snap.levels_present.contains(l))
+        {
+            plan.push(Action::set(
+                Target::Tidal(QosLevel::offline_parent()),
+                Knob::IoMax,
+                value(&cfg.io.offline_max, devs),
+                reason("offline_max", "offline work", &cfg.io.offline_max, devs),
+            ));
+        }
+        if snap.levels_present.contains(&QosLevel::OfflineLow) {
+            plan.push(Action::set(
+                Target::Tidal(QosLevel::OfflineLow.group_path()),
+                Knob::IoMax,
+                value(&cfg.io.offline_low_max, devs),
+                reason(
+                    "offline_low_max",
+                    "offline-low",
+                    &cfg.io.offline_low_max,
+                    devs,
+                ),
+            ));
+        }
+        return;
+    }
+    let mut seen = BTreeSet::new();
+    for w in &snap.workloads {
+        let (Target::Tidal(g), None) = (&w.group, &w.pod) else {
+            continue;
+        };
+        if w.level.is_online() {
+            continue;
+        }
+        seen.insert(g.clone());
+        if static_due || !st.io_limited.contains(g) {
+            let (field, l) = of_level(cfg, w.level);
+            plan.push(Action::set(
+                w.group.clone(),
+                Knob::IoMax,
+                value(l, devs),
+                reason(field, &format!("{} (v1: per workload)", w.name), l, devs),
+            ));
+        }
+    }
+    st.io_limited = seen;
+}
+
+/// One offline pod's (or, on v1, container's) limits.
+pub fn pod(snap: &Snapshot, cfg: &Config, level: QosLevel, target: Target, name: &str) -> Action {
+    let devs = devices(snap, cfg);
+    let (field, l) = of_level(cfg, level);
+    Action::set(
+        target,
+        Knob::IoMax,
+        value(l, devs),
+        reason(field, &format!("offline pod {name}"), l, devs),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidal_model::{IoLimit, Op};
+
+    fn snap_with(levels: &[QosLevel]) -> Snapshot {
+        Snapshot {
+            levels_present: levels.iter().copied().collect(),
+            block_devices: vec!["254:0".parse().unwrap(), "8:0".parse().unwrap()],
+            ..Default::default()
+        }
+    }
+
+    fn io_sets(p: &Plan) -> Vec<(String, Vec<IoLimit>)> {
+        p.actions
+            .iter()
+            .filter_map(|a| match &a.op {
+                Op::Set {
+                    target,
+                    knob: Knob::IoMax,
+                    value: KnobValue::IoMax(v),
+                } => Some((target.to_string(), v.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn run(
+        snap: &Snapshot,
+        cfg: &Config,
+        caps: &Capabilities,
+        due: bool,
+        st: &mut PolicyState,
+    ) -> Plan {
+        let mut p = Plan::default();
+        decide(snap, cfg, caps, due, st, &mut p);
+        p
+    }
+
+    #[test]
+    fn configured_limits_go_on_every_real_device_of_the_offline_groups() {
+        let mut cfg = Config::default();
+        cfg.io.offline_max.write_bps = Some(10 << 20);
+        let caps = Capabilities::full(2);
+        let mut st = PolicyState::default();
+        let p = run(
+            &snap_with(&[QosLevel::Offline, QosLevel::OfflineLow]),
+            &cfg,
+            &caps,
+            true,
+            &mut st,
+        );
+        let sets = io_sets(&p);
+        assert_eq!(sets.len(), 2, "{sets:?}");
+        assert_eq!(sets[0].0, "offline");
+        assert_eq!(sets[0].1.len(), 2);
+        assert!(sets[0]
+            .1
+            .iter()
+            .all(|l| l.wbps == Some(10 << 20) && l.rbps.is_none()));
+        // offline-low has no limit of its own: its devices are lifted (nothing written if none set).
+        assert!(sets[1].1.iter().all(IoLimit::is_unlimited));
+        // Only with the static settings.
+        assert!(run(
+            &snap_with(&[QosLevel::Offline]),
+            &cfg,
+            &caps,
+            false,
+            &mut st
+        )
+        .actions
+        .is_empty());
+        // The config's devices replace the detected ones.
+        cfg.io.devices = vec!["9:1".parse().unwrap()];
+        let p = run(&snap_with(&[QosLevel::Offline]), &cfg, &caps, true, &mut st);
+        assert_eq!(
+            io_sets(&p)[0]
+                .1
+                .iter()
+                .map(|l| l.dev.to_string())
+                .collect::<Vec<_>>(),
+            ["9:1"]
+        );
+        // No offline level, or no io.max here: nothing.
+        assert!(
+            run(&snap_with(&[QosLevel::Online]), &cfg, &caps, true, &mut st)
+                .actions
+                .is_empty()
+        );
+        let mut caps = caps;
+        caps.knobs.remove(&Knob::IoMax);
+        assert!(
+            run(&snap_with(&[QosLevel::Offline]), &cfg, &caps, true, &mut st)
+                .actions
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn v1_flat_throttling_limits_each_offline_workload_at_once_when_new() {
+        let mut cfg = Config::default();
+        cfg.io.offline_max.read_bps = Some(1 << 20);
+        cfg.io.offline_low_max.read_iops = Some(50);
+        let mut caps = Capabilities::full(2);
+        caps.io_flat = true;
+        let wl = |level: QosLevel, name: &str| tidal_model::WorkloadSnapshot {
+            name: format!("{}/{name}", level.group()),
+            level,
+            group: Target::Tidal(level.group_path().join(name).unwrap()),
+            managed: true,
+            procs: Some(1),
+            cpu_usage_cpus: None,
+            memory_bytes: None,
+            pressure: Default::default(),
+            nr_throttled: None,
+            throttled_us: None,
+            pod: None,
+            cpuset: None,
+            memory_request: None,
+            open_files: None,
+        };
+        let mut snap = snap_with(&[QosLevel::Offline, QosLevel::OfflineLow, QosLevel::Online]);
+        snap.workloads = vec![wl(QosLevel::Offline, "a"), wl(QosLevel::Online, "web")];
+        let mut st = PolicyState::default();
+        let sets = io_sets(&run(&snap, &cfg, &caps, false, &mut st));
+        assert_eq!(sets.len(), 1, "{sets:?}");
+        assert_eq!(sets[0].0, "offline/offline/a");
+        assert!(sets[0].1.iter().all(|l| l.rbps == Some(1 << 20)));
+        // Known now: not again until the static settings; a new one at once, with its level's.
+        assert!(run(&snap, &cfg, &caps, false, &mut st).actions.is_empty());
+        snap.workloads.push(wl(QosLevel::OfflineLow, "b"));
+        let sets = io_sets(&run(&snap, &cfg, &caps, false, &mut st));
+        assert_eq!(sets.len(), 1, "{sets:?}");
+        assert!(sets[0]
+            .1
+            .iter()
+            .all(|l| l.riops == Some(50) && l.rbps.is_none()));
+        assert_eq!(io_sets(&run(&snap, &cfg, &caps, true, &mut st)).len(), 2);
+    }
+}

@@ -1,0 +1,186 @@
+//! IO on real cgroups (v1 `blkio.throttle.*` here; v2 `io.max` and blk-iocost in the VM harness):
+//! the agent limits offline reads on every real block device to `io.offline_max`, and `restore`
+//! lifts what it set. blk-iocost is a node-wide switch: it is tested only where
+//! `TIDAL_TEST_NODE_WIDE=1` says the machine is the test's own (the VM harness sets it).
+
+mod common;
+
+use common::{cgroups_usable, free_addr, required, start_agent, stop, wait_for, TestRoot};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tidal_cgroupfs::blockdev::{real_devices, BlockDev};
+use tidal_cgroupfs::iolimit;
+use tidal_model::{DevNum, GroupPath, IoLimit, Knob, KnobValue, QosLevel, Target};
+
+fn node_wide() -> bool {
+    std::env::var("TIDAL_TEST_NODE_WIDE").is_ok_and(|v| v == "1")
+}
+
+/// Bytes a task has read through read(2) (`rchar` of /proc/PID/io).
+fn rchar(pid: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// What the reader reads: a real device's node where it may be opened, else a 64 MiB file written
+/// (not sparse) on a filesystem that lives on a real device.
+fn source(t: &TestRoot, devs: &[BlockDev]) -> PathBuf {
+    for d in devs {
+        let node = PathBuf::from(format!("/dev/{}", d.name));
+        if std::fs::File::open(&node).is_ok() {
+            return node;
+        }
+    }
+    let f = t.state.path().join("io-source");
+    let dev = std::fs::metadata(t.state.path())
+        .map(|m| m.dev())
+        .unwrap_or(0);
+    let on = DevNum {
+        major: libc::major(dev),
+        minor: libc::minor(dev),
+    };
+    assert!(
+        devs.iter().any(|d| d.dev == on),
+        "no real device can be opened here and {} is on {on}, not a real device ({devs:?})",
+        t.state.path().display()
+    );
+    let mut w = std::fs::File::create(&f).expect("create the read source");
+    let chunk = vec![0x5au8; 1 << 20];
+    for _ in 0..64 {
+        w.write_all(&chunk).expect("write the read source");
+    }
+    w.sync_all().expect("sync the read source");
+    f
+}
+
+#[test]
+fn offline_reads_are_held_under_the_configured_io_limit_and_restore_lifts_it() {
+    if !cgroups_usable("offline_reads_are_held_under_the_configured_io_limit_and_restore_lifts_it")
+    {
+        return;
+    }
+    let mut t = TestRoot::new("io");
+    let caps = tidal_cgroupfs::detect_capabilities(&t.layout);
+    let devs = real_devices(std::path::Path::new("/sys/block"));
+    if !caps.has(Knob::IoMax) || devs.is_empty() {
+        assert!(
+            !required(),
+            "no io.max/blkio.throttle files or no real block device ({devs:?})"
+        );
+        eprintln!("SKIP: no io.max/blkio.throttle files or no real block device");
+        return;
+    }
+    // blk-iocost only where the root has its switch and the machine is the test's.
+    let qos = t
+        .layout
+        .hierarchies
+        .unified()
+        .map(|h| h.mount.join(iolimit::IOCOST_QOS))
+        .filter(|p| p.exists());
+    let iocost = node_wide() && qos.is_some();
+    let before = qos
+        .as_ref()
+        .map(|p| iolimit::enabled(&std::fs::read_to_string(p).unwrap_or_default()))
+        .unwrap_or_default();
+    let addr = free_addr();
+    let cfg = format!(
+        "tick: 100ms\nstats_interval: 200ms\nio:\n  iocost: {iocost}\n  offline_max:\n    read_bps: 1048576\n"
+    );
+    let agent = start_agent(&t, &cfg, &addr);
+    // An offline workload first, so the limits are in place before the reader starts.
+    t.spawn(&[
+        "run", "--qos", "offline", "--name", "hold", "--", "sleep", "60",
+    ]);
+    // v2: the offline parent holds all offline work to the limit; v1 throttling is flat, so each
+    // offline workload gets it.
+    let offline = if caps.io_flat {
+        Target::Tidal(GroupPath::new("offline/offline/hold").unwrap())
+    } else {
+        Target::Tidal(QosLevel::offline_parent())
+    };
+    let want = KnobValue::IoMax(
+        devs.iter()
+            .map(|d| IoLimit {
+                rbps: Some(1 << 20),
+                ..IoLimit::none(d.dev)
+            })
+            .collect(),
+    );
+    wait_for(&format!("io limits on {offline}"), 20, || {
+        t.layout.read_knob(&offline, Knob::IoMax).ok() == Some(want.clone())
+    });
+    if iocost {
+        let p = qos.clone().unwrap_or_default();
+        wait_for("blk-iocost enabled", 10, || {
+            let on = iolimit::enabled(&std::fs::read_to_string(&p).unwrap_or_default());
+            devs.iter().all(|d| on.contains(&d.dev))
+        });
+    }
+    // 64 MiB of direct reads (no page cache) from a real device: at 1 MiB/s that is a minute,
+    // unlimited it is well under a second.
+    let src = source(&t, &devs);
+    // The reader starts reading once the test has seen its limit in place (v1: a new workload's
+    // own group gets it from the agent's next look at the tree).
+    let go = t.state.path().join("go");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.1; done; exec dd if={} of=/dev/null bs=64k count=1024 iflag=direct",
+        go.display(),
+        src.display()
+    );
+    t.spawn(&[
+        "run", "--qos", "offline", "--name", "reader", "--", "sh", "-c", &script,
+    ]);
+    if caps.io_flat {
+        let g = Target::Tidal(GroupPath::new("offline/offline/reader").unwrap());
+        wait_for("io limits on the reader", 20, || {
+            t.layout.read_knob(&g, Knob::IoMax).ok() == Some(want.clone())
+        });
+    }
+    let reader = t.dir("cpu", "offline/offline/reader");
+    let mut pid = None;
+    wait_for("the reader in its group", 10, || {
+        pid = std::fs::read_to_string(reader.join("cgroup.procs"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+        pid.is_some()
+    });
+    std::fs::write(&go, "").expect("start the reader");
+    // The shell execs dd: same task.
+    wait_for("dd started", 10, || {
+        std::fs::read_to_string(format!("/proc/{}/comm", pid.unwrap_or_default()))
+            .is_ok_and(|c| c.trim() == "dd")
+    });
+    let pid = pid.unwrap_or_default();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let read = rchar(pid);
+    let secs = start.elapsed().as_secs_f64();
+    // Whatever the reader got through: at most the limit over the time it ran, plus the slice the
+    // throttle lets through at once (generously 4 MiB); the unlimited read would have finished.
+    let read = read.unwrap_or_else(|| panic!("the reader ended within {secs:.1}s: not held"));
+    let bound = (secs + 1.0) * f64::from(1u32 << 20) + f64::from(4u32 << 20);
+    assert!(
+        (read as f64) < bound,
+        "the reader read {read} bytes in {secs:.1}s against a 1 MiB/s limit"
+    );
+    stop(agent);
+    t.kill_children();
+    let out = t.tidal(&["restore"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Some(p) = qos {
+        // What was off before is off again.
+        let on = iolimit::enabled(&std::fs::read_to_string(&p).unwrap_or_default());
+        assert_eq!(on, before, "io.cost.qos after restore");
+    }
+}
