@@ -15,7 +15,7 @@ use tidal_cgroupfs::controller;
 use tidal_cgroupfs::layout::{read_file, read_procs, PROCS};
 use tidal_cgroupfs::v2::core::{subtree_delta, CONTROLLERS, KILL, SUBTREE_CONTROL};
 use tidal_cgroupfs::{cpuset, iolimit, CgroupError, Layout, Version};
-use tidal_model::{Action, DevNum, GroupPath, Knob, KnobValue, Op, Plan, Target};
+use tidal_model::{Action, DevNum, GroupPath, IoLimit, Knob, KnobValue, Op, Plan, Target};
 use tracing::{debug, info, warn};
 
 /// v2 controllers tidal enables for its subtree when the parent offers them.
@@ -75,6 +75,8 @@ pub struct Actuator {
     /// Originals this process journalled: if a record is taken back while it runs, this value (never
     /// one tidal wrote) is journalled again before the next write.
     first_seen: HashMap<PathBuf, String>,
+    /// Devices on which blk-iocost was last refused (said once per set).
+    iocost_refused: Vec<String>,
 }
 
 fn mkdir_err(path: &Path) -> impl FnOnce(std::io::Error) -> ActError + '_ {
@@ -107,6 +109,7 @@ impl Actuator {
             oom_refused: false,
             reprobe: Duration::from_secs(10),
             first_seen: HashMap::new(),
+            iocost_refused: Vec::new(),
         })
     }
 
@@ -269,6 +272,14 @@ impl Actuator {
                 return Ok(Outcome::Unsupported);
             }
         }
+        let lifted;
+        let value = match value {
+            KnobValue::IoMax(v) => {
+                lifted = KnobValue::IoMax(self.with_lifted(&paths, version, v));
+                &lifted
+            }
+            v => v,
+        };
         let wanted = controller::encode(knob, version, value)
             .map_err(|reason| ActError::Encode { knob, reason })?;
         // Compare through the decoder so lossy conversions (shares → weight) still count as equal.
@@ -316,6 +327,22 @@ impl Actuator {
         }
         self.refused.remove(&(dir, knob));
         Ok(outcome)
+    }
+
+    /// IO limits as wanted, plus a lifting entry for each device the files limit now and the
+    /// wanted value does not name (a device dropped from the config, or gone from the node), so
+    /// the files end up holding exactly what is wanted.
+    fn with_lifted(&self, paths: &[PathBuf], version: Version, wanted: &[IoLimit]) -> Vec<IoLimit> {
+        let current: Vec<String> = paths.iter().filter_map(|p| read_file(p).ok()).collect();
+        let mut out = wanted.to_vec();
+        if let Ok(KnobValue::IoMax(cur)) = controller::decode(Knob::IoMax, version, &current) {
+            for l in cur {
+                if !wanted.iter().any(|w| w.dev == l.dev) {
+                    out.push(IoLimit::none(l.dev));
+                }
+            }
+        }
+        out
     }
 
     /// Makes sure the tidal root exists. On a systemd host whose root is a delegated scope that does
@@ -832,21 +859,30 @@ impl Actuator {
             return Ok(Outcome::Unsupported);
         };
         let on = iolimit::enabled(&read_file(&path)?);
-        let want: Vec<String> = devices
-            .iter()
-            .filter(|d| !on.contains(d))
-            .map(|d| format!("{d} enable=1"))
-            .collect();
-        if want.is_empty() {
-            return Ok(Outcome::Unchanged);
-        }
-        match self.write_journalled(&path, &want.join("\n"), true) {
-            Err(e) if e.is_rejected() => {
-                warn!("blk-iocost cannot be enabled on {} ({e})", want.join(", "));
-                Ok(Outcome::Unsupported)
+        let mut outcome = Outcome::Unchanged;
+        let mut refused = Vec::new();
+        // Device by device: one the kernel refuses (a bio-based device such as dm-*, a partition)
+        // must not keep the others off.
+        for d in devices.iter().filter(|d| !on.contains(d)) {
+            match self.write_journalled(&path, &format!("{d} enable=1"), true) {
+                Ok(o) => outcome = o,
+                Err(e) if e.is_rejected() || e.errno() == Some(libc::ENODEV) => {
+                    refused.push(format!("{d} ({e})"));
+                }
+                Err(e) => return Err(e),
             }
-            r => r,
         }
+        if !refused.is_empty() && self.iocost_refused != refused {
+            warn!(
+                "blk-iocost refused on {} (logged once per set of devices)",
+                refused.join(", ")
+            );
+            self.iocost_refused = refused.clone();
+        }
+        if outcome == Outcome::Unchanged && !refused.is_empty() && refused.len() == devices.len() {
+            return Ok(Outcome::Unsupported);
+        }
+        Ok(outcome)
     }
 
     /// Records a workload's declared memory request on its group (`trusted.tidal.memory_request`),

@@ -59,4 +59,10 @@ impl ActError {
     pub fn is_rejected(&self) -> bool {
         matches!(self, ActError::Cgroup(e) if e.is_rejected())
     }
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            ActError::Cgroup(e) => e.errno(),
+            _ => None,
+        }
+    }
 }

@@ -27,15 +27,19 @@ pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
     if !per_line {
         return f.write_all(value.as_bytes()).map_err(err);
     }
+    // Every line is tried: one device the kernel refuses must not keep the others unset. The first
+    // failure is returned.
+    let mut first = None;
     for line in value.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        f.write_all(format!("{line}\n").as_bytes())
-            .map_err(|source| CgroupError::Write {
+        if let Err(source) = f.write_all(format!("{line}\n").as_bytes()) {
+            first.get_or_insert(CgroupError::Write {
                 path: path.to_path_buf(),
                 value: line.to_string(),
                 source,
-            })?;
+            });
+        }
     }
-    Ok(())
+    first.map_or(Ok(()), Err)
 }
 
 /// Sets an extended attribute on a group directory (cgroupfs keeps `trusted.*` ones).

@@ -95,6 +95,7 @@ pub struct Collector {
     vmstat: HotFile,
     /// Reclaim scans since boot at the last stats refresh, and when.
     scanned: Option<(u64, u64)>,
+    scan_rate: Option<f64>,
     cpus: CpuSet,
     /// The real block devices, and when they were listed (devices come and go rarely).
     devices: (Vec<DevNum>, Option<u64>),
@@ -143,6 +144,7 @@ impl Collector {
             meminfo: HotFile::new(PathBuf::from("/proc/meminfo")),
             vmstat: HotFile::new(PathBuf::from("/proc/vmstat")),
             scanned: None,
+            scan_rate: None,
             cpus,
             devices: (Vec::new(), None),
             problems: Problems::default(),
@@ -334,10 +336,18 @@ impl Collector {
                 None
             }
         }?;
-        let prev = self.scanned.replace((n, now));
-        let (p, at) = prev?;
+        let Some((p, at)) = self.scanned else {
+            self.scanned = Some((n, now));
+            return None;
+        };
+        // Over at least a second: forced refreshes (a /metrics scrape) come much closer together.
         let dt = now.saturating_sub(at) as f64 / 1e9;
-        (dt > 0.0).then(|| n.saturating_sub(p) as f64 / dt)
+        if dt < 1.0 {
+            return self.scan_rate;
+        }
+        self.scanned = Some((n, now));
+        self.scan_rate = Some(n.saturating_sub(p) as f64 / dt);
+        self.scan_rate
     }
 
     /// A full snapshot (see [`Collector::update`]).

@@ -6,9 +6,10 @@
 //!   group and the tidal root get the sums of their online workloads'. A pod's ancestors are the
 //!   kubelet's tiers: not tidal's to write (`tidal doctor` says when they lack protection).
 //! - Ceiling: the offline parent's `memory.high` (v2; the hard limit on v1) stays between
-//!   `min_fraction` and `max_fraction` of RAM. It is cut at once to a step under what offline holds
-//!   when node memory runs short, online memory pressure rises or the kernel starts reclaiming
-//!   (offline's page cache pushing out everyone's), and raised half a step after a calm period. Offline pods get
+//!   `min_fraction` and `max_fraction` of RAM. When node memory runs short or online memory
+//!   pressure rises it is cut at once to a step over offline's working set (or a step, if lower);
+//!   when the kernel starts reclaiming (offline's page cache pushing out everyone's) it is trimmed
+//!   to a step over that working set, no lower. Raised half a step after a calm period. Offline pods get
 //!   the same `memory.high` each (v2).
 
 use super::state::PolicyState;
@@ -171,10 +172,21 @@ pub fn ceiling(
         let may = st
             .ceiling_cut_ms
             .is_none_or(|t| now.saturating_sub(t) >= c.interval.0);
-        // A cut must bite: a step under what offline holds now, not under a ceiling far above it.
-        let base = snap.offline_memory_bytes.map_or(cur, |u| cur.min(u));
-        if may && cur > lo {
-            next = base.saturating_sub(step).max(lo);
+        // A cut must bite: from a ceiling far above what offline holds, straight down to a step
+        // over its working set (its page cache is then reclaimed in its own group, not across the
+        // node). Kernel reclaim alone goes no lower: anonymous memory has nowhere to go without
+        // swap, so a ceiling under it would only make an eviction due. Pods: a step at a time.
+        let over_ws = snap
+            .offline_memory_bytes
+            .filter(|_| tidal_offline)
+            .map(|u| u.saturating_add(step));
+        let target = match over_ws {
+            Some(w) if !short && !pressed => w,
+            Some(w) => w.min(cur.saturating_sub(step)),
+            None => cur.saturating_sub(step),
+        };
+        if may && cur > lo && target < cur {
+            next = target.max(lo);
             st.ceiling_cut_ms = Some(now);
             cause = Cause::Memory;
             why = if reclaiming && !short && !pressed {
@@ -329,32 +341,40 @@ mod tests {
     }
 
     #[test]
-    fn kernel_reclaim_cuts_the_ceiling_under_what_offline_holds_then_calm_raises_it() {
+    fn kernel_reclaim_trims_the_ceiling_to_a_step_over_offline_s_working_set() {
         let cfg = Config::default();
         let mut st = PolicyState::default();
         // Quiet: the ceiling sits at max_fraction (18 GiB of 20).
         let (c, _) = step(&snap(0, 6 * GIB, Some(0.0)), &cfg, &mut st);
         assert_eq!(c, Some(18 * GIB));
-        // The kernel reclaims: cut to a step (1 GiB) under the 6 GiB offline holds, at once.
+        // The kernel reclaims: cut at once to a step (1 GiB) over the 6 GiB offline's working set
+        // holds, never under it (that would only make an eviction due).
         let (c, p) = step(&snap(1_000, 6 * GIB, Some(50_000.0)), &cfg, &mut st);
-        assert_eq!(c, Some(5 * GIB));
-        assert_eq!(ceiling_set(&p), Some(5 * GIB));
-        assert!(
-            p.actions[0].reason.contains("reclaims 50000 pages/s"),
-            "{}",
-            p.actions[0].reason
-        );
-        // Not again within the interval; again after it, from what offline holds then.
-        let (c, _) = step(&snap(1_500, 5 * GIB, Some(50_000.0)), &cfg, &mut st);
-        assert_eq!(c, Some(5 * GIB));
-        let (c, _) = step(&snap(2_100, 3 * GIB, Some(50_000.0)), &cfg, &mut st);
-        assert_eq!(c, Some(2 * GIB));
+        assert_eq!(c, Some(7 * GIB));
+        assert_eq!(ceiling_set(&p), Some(7 * GIB));
+        let why = &p.actions[0].reason;
+        assert!(why.contains("reclaims 50000 pages/s"), "{why}");
+        // Not again within the interval; after it, only if offline's working set shrank.
+        let (c, _) = step(&snap(1_500, 3 * GIB, Some(50_000.0)), &cfg, &mut st);
+        assert_eq!(c, Some(7 * GIB));
+        let (c, _) = step(&snap(2_100, 6 * GIB, Some(50_000.0)), &cfg, &mut st);
+        assert_eq!(c, Some(7 * GIB));
+        let (c, _) = step(&snap(3_200, 3 * GIB, Some(50_000.0)), &cfg, &mut st);
+        assert_eq!(c, Some(4 * GIB));
+        // Memory short: a step under the ceiling each interval (eviction's business below).
+        let mut short = snap(4_300, 4 * GIB, None);
+        short.mem_available_bytes = Some(GIB);
+        let (c, _) = step(&short, &cfg, &mut st);
+        assert_eq!(c, Some(3 * GIB));
         // Never under min_fraction.
-        let (c, _) = step(&snap(3_200, GIB, Some(50_000.0)), &cfg, &mut st);
+        short.now_ms = 5_400;
+        step(&short, &cfg, &mut st);
+        short.now_ms = 6_500;
+        let (c, _) = step(&short, &cfg, &mut st);
         assert_eq!(c, Some(2 * GIB));
         // Calm (below the threshold) for calm_period: half a step up.
-        step(&snap(4_000, GIB, Some(100.0)), &cfg, &mut st);
-        let (c, _) = step(&snap(14_100, GIB, Some(100.0)), &cfg, &mut st);
+        step(&snap(7_000, GIB, Some(100.0)), &cfg, &mut st);
+        let (c, _) = step(&snap(17_100, GIB, Some(100.0)), &cfg, &mut st);
         assert_eq!(c, Some(2 * GIB + GIB / 2));
     }
 

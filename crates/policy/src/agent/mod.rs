@@ -120,13 +120,31 @@ pub fn settle(mut next: PolicyState, prev: &PolicyState, plan: &Plan, ok: &[bool
             } => {
                 next.mem_protect.remove(target);
             }
+            // IO limits that did not take: tried again next tick (the actuator itself holds back
+            // a knob the kernel refused until its re-probe).
+            Op::Set {
+                target,
+                knob: Knob::IoMax,
+                ..
+            } => match target {
+                Target::Tidal(g) => {
+                    next.io_limited.remove(g);
+                }
+                Target::Foreign(g) => {
+                    next.io_limited_foreign.remove(g);
+                }
+            },
             // A refused ceiling (v1 EBUSY) stays recorded: it is written again after its
             // interval while offline is over it, or at the static interval, never every tick.
             _ => {}
         }
     }
-    // A pod whose write failed gets every setting again next tick.
+    // A pod whose write failed gets every setting again next tick (IO limits are retried on
+    // their own, above: a pod group without io.max must not replan the pod every tick).
     for (a, ok) in plan.actions.iter().zip(ok) {
+        if a.setting().is_some_and(|(k, _)| k == Knob::IoMax) {
+            continue;
+        }
         if let (false, Target::Foreign(g)) = (*ok, a.op.target()) {
             next.pods
                 .retain(|p, _| *p != g && !g.as_str().starts_with(&format!("{}/", p.as_str())));

@@ -91,6 +91,7 @@ pub fn apply(
     let by_cap = capped_not_pinned(snap, cfg);
     let target = want.cpus.len().min(u32::MAX as usize) as u32;
     let mut seen = Vec::new();
+    let mut io_seen = std::collections::BTreeSet::new();
     for (w, g, p) in offline(snap) {
         seen.push(g.clone());
         let prev = st.pods.get(g).cloned();
@@ -120,15 +121,22 @@ pub fn apply(
                 ));
             }
         }
-        if all && caps.has(Knob::IoMax) {
-            // v1 throttling is flat: the containers, where the tasks are, need their own.
+        if caps.has(Knob::IoMax) {
+            // v1 throttling is flat: the containers, where the tasks are, need their own (a new
+            // container at once).
             let name = p.pod.to_string();
-            let mut targets = vec![t.clone()];
+            let mut groups = vec![g.clone()];
             if caps.io_flat {
-                targets.extend(p.containers.iter().map(|c| Target::Foreign(c.clone())));
+                groups.extend(p.containers.iter().cloned());
             }
-            for target in targets {
-                plan.push(super::io::pod(snap, cfg, w.level, target, &name).because(Cause::Static));
+            for c in groups {
+                if all || !st.io_limited_foreign.contains(&c) {
+                    plan.push(
+                        super::io::pod(snap, cfg, w.level, Target::Foreign(c.clone()), &name)
+                            .because(Cause::Static),
+                    );
+                }
+                io_seen.insert(c);
             }
         }
         // Freeze, or the cap that stands in for it.
@@ -245,6 +253,7 @@ pub fn apply(
         st.pods.insert(g.clone(), next);
     }
     st.pods.retain(|g, _| seen.contains(g));
+    st.io_limited_foreign = io_seen;
 }
 
 /// The pods' knobs whose originals the actuator should journal ahead of urgent writes.

@@ -89,6 +89,9 @@ pub struct PolicyState {
     /// Offline workloads whose IO limits are set (v1, where each workload gets its own).
     #[serde(default)]
     pub io_limited: BTreeSet<GroupPath>,
+    /// Offline pods and (v1) their containers whose IO limits are set.
+    #[serde(default)]
+    pub io_limited_foreign: BTreeSet<ForeignGroup>,
     /// Empty workload groups and since when.
     pub empty_since_ms: BTreeMap<GroupPath, u64>,
     /// CPUs online needs now (for reports).

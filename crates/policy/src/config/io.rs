@@ -51,9 +51,11 @@ pub struct IoConfig {
     pub iocost: bool,
 }
 
-/// Highest limit accepted: 1 PiB/s, or 2^40 IO/s (the kernel stores them in 64 bits).
+/// Limits accepted: from 2 (older kernels refuse 1 in `io.max`) to 1 PiB/s, and to one under
+/// 2^32 IO/s (the kernel keeps IO/s in 32 bits and shows its top value as `max`).
+const MIN_LIMIT: u64 = 2;
 const MAX_BPS: u64 = 1 << 50;
-const MAX_IOPS: u64 = 1 << 40;
+const MAX_IOPS: u64 = u32::MAX as u64 - 1;
 
 impl IoConfig {
     pub fn validate(&self, e: &mut Vec<ConfigError>) {
@@ -70,9 +72,11 @@ impl IoConfig {
                 if let Some(v) = v {
                     check(
                         e,
-                        (1..=hi).contains(&v),
+                        (MIN_LIMIT..=hi).contains(&v),
                         &format!("io.{name}.{f}"),
-                        format!("must be between 1 and {hi} (got {v}); leave it out for no limit"),
+                        format!(
+                            "must be between {MIN_LIMIT} and {hi} (got {v}); leave it out for no limit"
+                        ),
                     );
                 }
             }

@@ -244,7 +244,8 @@ pub struct CeilingConfig {
     pub online_psi_threshold: f64,
     /// …or the kernel scans more than this many pages per second for reclaim (kswapd and direct):
     /// free memory ran out and pages are taken from whoever has them, online's working set and
-    /// page cache included. 0 turns this trigger off.
+    /// page cache included. This trigger only trims offline to a step over its working set (its
+    /// page cache); 0 turns it off.
     pub reclaim_scan_threshold: f64,
     /// A cut takes this share of MemTotal; a raise half of it.
     pub step_fraction: f64,
@@ -262,7 +263,7 @@ impl Default for CeilingConfig {
             max_fraction: 0.9,
             reserve_percent: 10.0,
             online_psi_threshold: 10.0,
-            reclaim_scan_threshold: 2560.0,
+            reclaim_scan_threshold: 25600.0,
             step_fraction: 0.05,
             interval: Millis(1_000),
             calm_period: Millis(10_000),
@@ -1002,6 +1003,27 @@ mod tests {
                 "OOM killer must take offline first",
             ),
             ("files:\n  offline_max: 0", "files.offline_max", "between 1"),
+            (
+                "io:\n  offline_max:\n    read_iops: 1",
+                "io.offline_max.read_iops",
+                "between 2",
+            ),
+            (
+                "io:\n  offline_low_max:\n    write_iops: 4294967295",
+                "io.offline_low_max.write_iops",
+                "between 2",
+            ),
+            (
+                "io:\n  offline_max:\n    read_bps: -5",
+                "read_bps",
+                "invalid",
+            ),
+            ("io:\n  devices: [sda]", "devices", "MAJ:MIN"),
+            (
+                "memory:\n  ceiling:\n    reclaim_scan_threshold: -1",
+                "reclaim_scan_threshold",
+                "between",
+            ),
             ("tickk: 100ms", "tickk", "unknown field"),
             ("cpu:\n  headroom: 1", "headroom", "unknown field"),
             ("cpu: [1, 2]", "cpu", "invalid type"),
