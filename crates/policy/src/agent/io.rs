@@ -55,7 +55,7 @@ fn of_level(cfg: &Config, level: QosLevel) -> (&'static str, &IoLimits) {
 }
 
 /// tidal's offline groups' limits. v2: on the offline parent and `offline-low`, with the static
-/// settings. v1 throttling is flat (a limit does not reach child groups): on each offline
+/// settings and at once for a new offline level. v1 throttling is flat (a limit does not reach child groups): on each offline
 /// workload's group, at once for a new one.
 pub fn decide(
     snap: &Snapshot,
@@ -70,13 +70,16 @@ pub fn decide(
     }
     let devs = devices(snap, cfg);
     if !caps.io_flat {
-        if !static_due {
+        let present: BTreeSet<QosLevel> = QosLevel::OFFLINE
+            .into_iter()
+            .filter(|l| snap.levels_present.contains(l))
+            .collect();
+        let new_level = !present.is_subset(&st.io_levels);
+        st.io_levels = present;
+        if !static_due && !new_level {
             return;
         }
-        if QosLevel::OFFLINE
-            .iter()
-            .any(|l| snap.levels_present.contains(l))
-        {
+        if !st.io_levels.is_empty() {
             plan.push(Action::set(
                 Target::Tidal(QosLevel::offline_parent()),
                 Knob::IoMax,

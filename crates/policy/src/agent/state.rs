@@ -82,10 +82,9 @@ pub struct PolicyState {
     pub frozen: Frozen,
     pub last_kill_ms: Option<u64>,
     pub last_static_ms: Option<u64>,
-    /// The levels present when the static settings were last applied: a new level gets its
-    /// settings at once, not at the next interval.
+    /// Offline level groups whose IO limits are set (v2): a new one gets them at once.
     #[serde(default)]
-    pub static_levels: BTreeSet<QosLevel>,
+    pub io_levels: BTreeSet<QosLevel>,
     /// Offline workloads whose IO limits are set (v1, where each workload gets its own).
     #[serde(default)]
     pub io_limited: BTreeSet<GroupPath>,

@@ -1,5 +1,5 @@
 //! Static level settings, re-applied every `static_interval` so changes made behind tidal's back
-//! (drift) are repaired, and at once for a level that appeared.
+//! (drift) are repaired.
 
 use super::state::PolicyState;
 use crate::config::Config;
@@ -17,13 +17,11 @@ pub fn decide(
     let now = snap.now_ms;
     let due = st
         .last_static_ms
-        .is_none_or(|t| now.saturating_sub(t) >= cfg.static_interval.0)
-        || !snap.levels_present.is_subset(&st.static_levels);
+        .is_none_or(|t| now.saturating_sub(t) >= cfg.static_interval.0);
     if !due {
         return false;
     }
     st.last_static_ms = Some(now);
-    st.static_levels.clone_from(&snap.levels_present);
     if QosLevel::OFFLINE
         .iter()
         .any(|l| snap.levels_present.contains(l))

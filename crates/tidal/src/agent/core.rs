@@ -66,7 +66,9 @@ pub struct Agent {
     collector: Collector,
     state: PolicyState,
     snap: Snapshot,
-    history: BTreeMap<Target, ActionRecord>,
+    /// The last action per target, and apart from it the last one that was not a routine static
+    /// write (a drift repair must not hide why offline was confined).
+    history: BTreeMap<(Target, bool), ActionRecord>,
     ticks: u64,
     first_static_done: bool,
     /// What enabling blk-iocost last came to (said once per change).
@@ -369,7 +371,9 @@ impl Agent {
                 _ => continue,
             }
             let r = view::record(&ap.action, at, &outcome);
-            self.history.insert(ap.action.op.target(), r.clone());
+            let routine = ap.action.cause == Cause::Static;
+            self.history
+                .insert((ap.action.op.target(), routine), r.clone());
             records.push(r);
         }
         if applied.iter().any(|a| a.action.cause == Cause::Static) {
@@ -403,7 +407,7 @@ impl Agent {
         );
         if refreshed {
             let live: HashSet<&Target> = self.snap.workloads.iter().map(|w| &w.group).collect();
-            self.history.retain(|g, _| match g {
+            self.history.retain(|(g, _), _| match g {
                 Target::Tidal(p) => p.depth() <= 2 || live.contains(g),
                 Target::Foreign(_) => live.contains(g),
             });

@@ -102,17 +102,23 @@ pub struct StateView {
 /// parent applies to every offline workload). An action with a reason beyond the static settings
 /// (confinement, interference, memory) is preferred over a later static re-application: it says
 /// why the workload is where it is.
-pub fn last_for(history: &BTreeMap<Target, ActionRecord>, group: &Target) -> Option<ActionRecord> {
-    let mut seen: Vec<&ActionRecord> = history.get(group).into_iter().collect();
+pub fn last_for(
+    history: &BTreeMap<(Target, bool), ActionRecord>,
+    group: &Target,
+) -> Option<ActionRecord> {
+    let mut targets = vec![group.clone()];
     if let Target::Tidal(g) = group {
         let mut cur = g.parent();
         while let Some(p) = cur {
-            if let Some(r) = history.get(&Target::Tidal(p.clone())) {
-                seen.push(r);
-            }
+            targets.push(Target::Tidal(p.clone()));
             cur = p.parent();
         }
     }
+    let seen: Vec<&ActionRecord> = targets
+        .into_iter()
+        .flat_map(|t| [history.get(&(t.clone(), false)), history.get(&(t, true))])
+        .flatten()
+        .collect();
     seen.iter()
         .filter(|r| r.action.cause != tidal_model::Cause::Static)
         .max_by_key(|r| r.at_ms)
