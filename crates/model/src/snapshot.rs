@@ -58,6 +58,28 @@ fn yes() -> bool {
     true
 }
 
+impl WorkloadSnapshot {
+    /// A workload with nothing read yet: every reading missing, not managed.
+    pub fn unread(group: Target, level: QosLevel, name: impl Into<String>) -> WorkloadSnapshot {
+        WorkloadSnapshot {
+            group,
+            level,
+            name: name.into(),
+            managed: false,
+            procs: None,
+            cpu_usage_cpus: None,
+            memory_bytes: None,
+            pressure: WorkloadPressure::default(),
+            nr_throttled: None,
+            throttled_us: None,
+            pod: None,
+            cpuset: None,
+            memory_request: None,
+            open_files: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Monotonic milliseconds.

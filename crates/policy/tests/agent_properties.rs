@@ -11,20 +11,15 @@ use tidal_policy::{decide, release_plan, Config, Millis, PolicyState, PsiLine, S
 
 fn workload(level: QosLevel, name: &str, procs: usize, mem: u64) -> WorkloadSnapshot {
     WorkloadSnapshot {
-        group: Target::Tidal(level.group_path().join(name).unwrap()),
-        level,
-        name: name.to_string(),
         managed: true,
         procs: Some(procs),
         cpu_usage_cpus: Some(0.1),
         memory_bytes: Some(mem),
-        pressure: Default::default(),
-        nr_throttled: None,
-        throttled_us: None,
-        pod: None,
-        cpuset: None,
-        memory_request: None,
-        open_files: None,
+        ..WorkloadSnapshot::unread(
+            Target::Tidal(level.group_path().join(name).unwrap()),
+            level,
+            name,
+        )
     }
 }
 

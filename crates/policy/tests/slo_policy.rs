@@ -9,20 +9,15 @@ use tidal_policy::{decide, Config, Millis, Phase, PolicyState, Step};
 
 fn workload(level: QosLevel, name: &str) -> WorkloadSnapshot {
     WorkloadSnapshot {
-        group: Target::Tidal(level.group_path().join(name).unwrap()),
-        level,
-        name: name.into(),
         managed: true,
         procs: Some(1),
         cpu_usage_cpus: Some(0.5),
         memory_bytes: Some(100 << 20),
-        pressure: Default::default(),
-        nr_throttled: None,
-        throttled_us: None,
-        pod: None,
-        cpuset: None,
-        memory_request: None,
-        open_files: None,
+        ..WorkloadSnapshot::unread(
+            Target::Tidal(level.group_path().join(name).unwrap()),
+            level,
+            name,
+        )
     }
 }
 

@@ -539,20 +539,12 @@ impl WorkloadReaders {
             }
             // The caller reads fully first; this is never reached in practice.
             None => WorkloadSnapshot {
-                group: Target::Tidal(tidal_model::GroupPath::root()),
-                level: QosLevel::Online,
-                name: String::new(),
-                managed: false,
                 procs: tasks,
-                cpu_usage_cpus: None,
-                memory_bytes: None,
-                pressure: WorkloadPressure::default(),
-                nr_throttled: None,
-                throttled_us: None,
-                pod: None,
-                cpuset: None,
-                memory_request: None,
-                open_files: None,
+                ..WorkloadSnapshot::unread(
+                    Target::Tidal(tidal_model::GroupPath::root()),
+                    QosLevel::Online,
+                    "",
+                )
             },
         }
     }

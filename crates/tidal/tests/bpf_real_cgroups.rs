@@ -272,10 +272,5 @@ fn run_queue_waits_over_the_threshold_tighten_offline_and_without_bpf_the_agent_
     assert_eq!(m, 200);
     stop(agent);
     t.kill_children();
-    let out = t.tidal(&["restore"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.restore_ok();
 }

@@ -43,12 +43,7 @@ fn offline_run_lands_under_the_idle_parent() {
         assert!(v2.lines().any(|l| l.trim() == pid.to_string()), "{v2}");
     }
     t.kill_children();
-    let out = t.tidal(&["restore"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.restore_ok();
     assert!(t.leftovers().is_empty(), "left behind: {:?}", t.leftovers());
 }
 

@@ -172,12 +172,7 @@ fn offline_reads_are_held_under_the_configured_io_limit_and_restore_lifts_it() {
     );
     stop(agent);
     t.kill_children();
-    let out = t.tidal(&["restore"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.restore_ok();
     if let Some(p) = qos {
         // What was off before is off again.
         let on = iolimit::enabled(&std::fs::read_to_string(&p).unwrap_or_default());

@@ -253,12 +253,7 @@ fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_le
         stop(agent);
         assert!(t.agent_log().contains("cgroup driver"), "{}", t.agent_log());
         // restore returns the pods' own values.
-        let out = t.tidal(&["restore"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        t.restore_ok();
         if caps.has(Knob::CpuIdle) {
             assert_eq!(
                 read(&t, &tr.pod_a, Knob::CpuIdle),
@@ -372,10 +367,5 @@ fn exclusive_cpus_of_the_static_cpu_manager_never_run_offline_work() {
     });
     stop(agent);
     t.kill_children();
-    let out = t.tidal(&["restore"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.restore_ok();
 }

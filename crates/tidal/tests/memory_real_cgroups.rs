@@ -109,12 +109,7 @@ fn oom_score_adj_is_set_on_every_task_of_a_workload() {
     });
     stop(agent);
     t.kill_children();
-    let out = t.tidal(&["restore"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.restore_ok();
 }
 
 #[test]
@@ -212,12 +207,7 @@ fn an_offline_memory_hog_is_held_under_its_ceiling_while_online_keeps_its_memory
     );
     stop(agent);
     t.kill_children();
-    let out = t.tidal(&["restore"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.restore_ok();
 }
 
 /// The offline parent's ceiling once the agent has set it (v2 `memory.high`, v1 limit).
@@ -336,10 +326,5 @@ fn eviction_takes_offline_low_first_then_the_largest_offline_by_a_fresh_size() {
     assert!(!gone(&t, "online/db"), "online evicted:\n{}", log(&t));
     stop(agent);
     t.kill_children();
-    let out = t.tidal(&["restore"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.restore_ok();
 }

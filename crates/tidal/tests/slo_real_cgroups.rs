@@ -138,12 +138,7 @@ fn a_missed_objective_tightens_offline_and_its_recovery_releases_it() {
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let _ = agent.wait();
     t.kill_children();
-    let out = t.tidal(&["restore"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.restore_ok();
 }
 
 #[test]
@@ -179,10 +174,5 @@ fn an_unreachable_objective_is_stale_and_changes_nothing() {
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let _ = agent.wait();
     t.kill_children();
-    let out = t.tidal(&["restore"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.restore_ok();
 }

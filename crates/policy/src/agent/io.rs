@@ -242,20 +242,13 @@ mod tests {
         let mut caps = Capabilities::full(2);
         caps.io_flat = true;
         let wl = |level: QosLevel, name: &str| tidal_model::WorkloadSnapshot {
-            name: format!("{}/{name}", level.group()),
-            level,
-            group: Target::Tidal(level.group_path().join(name).unwrap()),
             managed: true,
             procs: Some(1),
-            cpu_usage_cpus: None,
-            memory_bytes: None,
-            pressure: Default::default(),
-            nr_throttled: None,
-            throttled_us: None,
-            pod: None,
-            cpuset: None,
-            memory_request: None,
-            open_files: None,
+            ..tidal_model::WorkloadSnapshot::unread(
+                Target::Tidal(level.group_path().join(name).unwrap()),
+                level,
+                format!("{}/{name}", level.group()),
+            )
         };
         let mut snap = snap_with(&[QosLevel::Offline, QosLevel::OfflineLow, QosLevel::Online]);
         snap.workloads = vec![wl(QosLevel::Offline, "a"), wl(QosLevel::Online, "web")];

@@ -136,6 +136,17 @@ impl TestRoot {
         self.cmd().args(args).output().expect("run tidal")
     }
 
+    /// `tidal restore`, which must succeed; its output.
+    pub fn restore_ok(&self) -> Output {
+        let out = self.tidal(&["restore"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     /// Starts `tidal <args>` in the background; it is killed when the test root is dropped.
     pub fn spawn(&mut self, args: &[&str]) -> u32 {
         let child = self
