@@ -272,18 +272,6 @@ impl Actuator {
                 return Ok(Outcome::Unsupported);
             }
         }
-        let lifted;
-        let value = match value {
-            KnobValue::IoMax(v) => {
-                lifted = KnobValue::IoMax(self.with_lifted(&paths, version, v));
-                &lifted
-            }
-            v => v,
-        };
-        let wanted = controller::encode(knob, version, value)
-            .map_err(|reason| ActError::Encode { knob, reason })?;
-        // Compare through the decoder so lossy conversions (shares → weight) still count as equal.
-        let canonical = controller::decode(knob, version, &wanted).ok();
         let mut current = Vec::with_capacity(paths.len());
         for p in &paths {
             match read_file(p) {
@@ -297,6 +285,18 @@ impl Actuator {
                 Err(e) => return Err(e.into()),
             }
         }
+        let lifted;
+        let value = match value {
+            KnobValue::IoMax(v) => {
+                lifted = KnobValue::IoMax(with_lifted(version, &current, v));
+                &lifted
+            }
+            v => v,
+        };
+        let wanted = controller::encode(knob, version, value)
+            .map_err(|reason| ActError::Encode { knob, reason })?;
+        // Compare through the decoder so lossy conversions (shares → weight) still count as equal.
+        let canonical = controller::decode(knob, version, &wanted).ok();
         if canonical.is_some() && controller::decode(knob, version, &current).ok() == canonical {
             self.refused.remove(&(dir, knob));
             return Ok(Outcome::Unchanged);
@@ -327,22 +327,6 @@ impl Actuator {
         }
         self.refused.remove(&(dir, knob));
         Ok(outcome)
-    }
-
-    /// IO limits as wanted, plus a lifting entry for each device the files limit now and the
-    /// wanted value does not name (a device dropped from the config, or gone from the node), so
-    /// the files end up holding exactly what is wanted.
-    fn with_lifted(&self, paths: &[PathBuf], version: Version, wanted: &[IoLimit]) -> Vec<IoLimit> {
-        let current: Vec<String> = paths.iter().filter_map(|p| read_file(p).ok()).collect();
-        let mut out = wanted.to_vec();
-        if let Ok(KnobValue::IoMax(cur)) = controller::decode(Knob::IoMax, version, &current) {
-            for l in cur {
-                if !wanted.iter().any(|w| w.dev == l.dev) {
-                    out.push(IoLimit::none(l.dev));
-                }
-            }
-        }
-        out
     }
 
     /// Makes sure the tidal root exists. On a systemd host whose root is a delegated scope that does
@@ -1067,5 +1051,51 @@ impl Actuator {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+/// IO limits as wanted, plus a lifting entry for each device the files (`current`) limit and the
+/// wanted value does not name (a device dropped from the config, or gone from the node), so the
+/// files end up holding exactly what is wanted.
+fn with_lifted(version: Version, current: &[String], wanted: &[IoLimit]) -> Vec<IoLimit> {
+    let mut out = wanted.to_vec();
+    if let Ok(KnobValue::IoMax(cur)) = controller::decode(Knob::IoMax, version, current) {
+        for l in cur {
+            if !wanted.iter().any(|w| w.dev == l.dev) {
+                out.push(IoLimit::none(l.dev));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_limits_lift_the_devices_no_longer_wanted() {
+        let dev = |s: &str| s.parse::<DevNum>().unwrap();
+        let want = [IoLimit {
+            rbps: Some(1 << 20),
+            ..IoLimit::none(dev("254:0"))
+        }];
+        let current = [
+            "8:0 rbps=5 wbps=max riops=max wiops=max\n254:0 rbps=7 wbps=max riops=max wiops=max\n"
+                .to_string(),
+        ];
+        assert_eq!(
+            with_lifted(Version::V2, &current, &want),
+            vec![want[0], IoLimit::none(dev("8:0"))]
+        );
+        // Nothing else limited (or unreadable text): the wanted value as it is.
+        assert_eq!(
+            with_lifted(Version::V2, &[String::new()], &want),
+            want.to_vec()
+        );
+        assert_eq!(
+            with_lifted(Version::V2, &["junk".to_string()], &want),
+            want.to_vec()
+        );
     }
 }
