@@ -97,14 +97,23 @@ add_with_libs "$top/target/debug/tidal"
 for t in $tests; do add_with_libs "$t"; done
 # The dynamic loader under both of its names.
 mkdir -p "$root/lib64" && cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/" 2>/dev/null || true
-# A virtio disk (the IO tests' real block device): the cloud kernel has its drivers as modules.
-mods=$(ls -d "$work"/kernel/lib/modules/*/kernel/drivers | head -n1)
+# A virtio disk (the IO tests' real block device): the cloud kernel has its drivers as modules. They
+# are loaded in dependency order (each module's own depends= field, as the kernel release has it).
+moddir=$(ls -d "$work"/kernel/lib/modules/* | head -n1)
 mkdir -p "$root/vm-modules"
-for m in virtio/virtio virtio/virtio_ring virtio/virtio_pci_legacy_dev virtio/virtio_pci_modern_dev virtio/virtio_pci block/virtio_blk; do
+: > "$root/vm-modules/order"
+add_module() { # add_module NAME: its dependencies first, then the module itself
+  local name=${1//-/_} ko dep
+  grep -qx "$name" "$root/vm-modules/order" && return 0
+  ko=$(find "$moddir/kernel" \( -name "$name.ko" -o -name "${name//_/-}.ko" \) | head -n1)
   # Built in, or compressed (busybox insmod reads plain .ko only): the disk may then be missing,
   # and the IO tests say so.
-  cp "$mods/$m.ko" "$root/vm-modules/" 2>/dev/null || log "no plain module $m.ko"
-done
+  [ -n "$ko" ] || { log "no plain module $name.ko"; return 0; }
+  for dep in $(strings "$ko" | sed -n 's/^depends=//p' | tr ',' ' '); do add_module "$dep"; done
+  cp "$ko" "$root/vm-modules/$name.ko"
+  echo "$name" >> "$root/vm-modules/order"
+}
+for m in virtio_pci virtio_blk; do add_module "$m"; done
 rm -f "$work/disk.img" && truncate -s 256M "$work/disk.img"
 echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
 echo "nobody:x:65534:65534:nobody:/:/bin/sh" >> "$root/etc/passwd"
@@ -185,8 +194,8 @@ else
   ROOT=/sys/fs/cgroup/tidal
 fi
 echo "TIDAL-VM-MODE $MODE"
-for m in virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
-  insmod /vm-modules/$m.ko 2>/dev/null
+for m in $(cat /vm-modules/order); do
+  insmod /vm-modules/$m.ko || echo "insmod $m failed"
 done
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/block/vda ] && break; sleep 0.5; done
 [ -e /dev/vda ] || mdev -s 2>/dev/null
