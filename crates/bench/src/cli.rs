@@ -97,6 +97,11 @@ pub struct BenchArgs {
     /// deep idle states, so `alone` is not slowed by wake-ups from idle that co-located runs never pay.
     #[arg(long)]
     pub no_pm_qos: bool,
+    /// After a run that gave back 1 GiB or more of memory, wait up to this many seconds for the
+    /// online service alone to be back within 2× of its alone p99 before the next run (0: never
+    /// wait). On a virtual machine, freeing that much can slow the guest for a minute.
+    #[arg(long, default_value_t = 120.0, allow_negative_numbers = true)]
+    pub settle_max: f64,
     /// Seed for arrivals and scenario order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -317,6 +322,12 @@ impl BenchArgs {
                 self.slo_factor
             )));
         }
+        if !(self.settle_max.is_finite() && (0.0..=3600.0).contains(&self.settle_max)) {
+            push(Err(format!(
+                "--settle-max {}: must be between 0 and 3600 seconds",
+                self.settle_max
+            )));
+        }
         if let Some(d) = self.duration {
             push(seconds("--duration", d, false));
         }
@@ -441,6 +452,8 @@ mod tests {
             (&["--duration=-1"], "--duration"),
             (&["--duration", "inf"], "--duration"),
             (&["--rounds", "0"], "--rounds"),
+            (&["--settle-max=-1"], "--settle-max"),
+            (&["--settle-max", "nan"], "--settle-max"),
             (&["--rate", "0"], "--rate"),
             (&["--rate", "1e9", "--duration", "1000"], "--rate"),
             (

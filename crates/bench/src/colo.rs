@@ -81,6 +81,10 @@ pub struct RunResult {
     pub memory: MemoryResult,
     /// The online server's run-queue p99 over the run, in µs (eBPF; None without it).
     pub online_runq_p99_us: Option<f64>,
+    /// Memory the run gave back when its processes ended (MemAvailable after teardown less just
+    /// before; None when unreadable): what decides whether the next run waits to settle.
+    #[serde(default)]
+    pub released_bytes: Option<u64>,
 }
 
 /// Memory over a run: the online server's major faults, and tasks OOM-killed on each side.
@@ -314,6 +318,15 @@ fn setup(
     let dir = env.work_dir().join(tag);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let ready = dir.join("port");
+    // A tag used again (the settling probes) must not read the last server's port.
+    for stale in [ready.clone(), dir.join("port.metrics")] {
+        match std::fs::remove_file(&stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("{}: {e}", stale.display()));
+            }
+            _ => {}
+        }
+    }
     let report = dir.join("offline");
     let exe = env.exe.display().to_string();
     let server = vec![
@@ -811,6 +824,8 @@ struct Mark {
     offline_ns: Option<u64>,
     online_ns: Option<u64>,
     node_ns: Option<u64>,
+    /// The online server's major faults so far.
+    online_faults: Option<u64>,
     at: Option<Instant>,
     /// When the window should have opened (first edge only).
     opened: Option<Instant>,
@@ -836,7 +851,15 @@ pub fn run_once(
         let tag = format!("r{round}-{}-{tries}", s.name());
         let st = setup(env, s, o, &tag, true)?;
         let result = measure(env, s, o, round, &st);
+        let held = crate::worker::mem_available();
         teardown(env, st);
+        let released = held
+            .zip(crate::worker::mem_available())
+            .map(|(h, a)| a.saturating_sub(h));
+        let result = result.map(|mut r| {
+            r.released_bytes = released;
+            r
+        });
         match result {
             Err(e) if e.starts_with(WINDOW_MISSED) && tries < 2 => {
                 eprintln!(
@@ -878,13 +901,16 @@ fn measure(
     let mut off_r = reader(st.offline_group.as_deref());
     let mut on_r = reader(Some(&st.online_group));
     let mut node_r = env.layout.node_cpu_usage();
-    // OOM kills and major faults over the whole run (warm-up included).
+    // OOM kills over the whole run (warm-up included: a kill then counts too); major faults over
+    // the measured window only, as CPU time is, so the server's start-up and what an earlier
+    // scenario left evicted do not count.
     let events = |g: Option<&str>| {
         g.and_then(|g| GroupPath::new(g).ok())
             .and_then(|g| env.layout.memory_events(&Target::Tidal(g)))
     };
     let mut ev_on = events(Some(&st.online_group));
     let mut ev_off = events(st.offline_group.as_deref());
+    let mut faults_r = events(Some(&st.online_group));
     let read_ev = |r: &mut Option<tidal_cgroupfs::Reader<tidal_cgroupfs::stats::MemEvents>>| {
         r.as_mut().and_then(|r| r.read().ok())
     };
@@ -893,6 +919,7 @@ fn measure(
     let mut mark_now = move || {
         let read =
             |r: &mut Option<tidal_cgroupfs::Reader<u64>>| r.as_mut().and_then(|r| r.read().ok());
+        let online_faults = read_ev(&mut faults_r).map(|e| e.major_faults);
         let units: Option<u64> = if reports.is_empty() {
             None
         } else {
@@ -903,6 +930,7 @@ fn measure(
             offline_ns: read(&mut off_r),
             online_ns: read(&mut on_r),
             node_ns: read(&mut node_r),
+            online_faults,
             at: Some(Instant::now()),
             opened: None,
         }
@@ -947,8 +975,15 @@ fn measure(
                  f: fn(&tidal_cgroupfs::stats::MemEvents) -> u64| {
         Some(f(&b?).saturating_sub(f(&a?)))
     };
+    let (a, b) = marks
+        .lock()
+        .map(|m| *m)
+        .map_err(|_| "marks poisoned".to_string())?;
     let memory = MemoryResult {
-        online_major_faults: delta(ev0.0, ev1.0, |e| e.major_faults),
+        online_major_faults: b
+            .online_faults
+            .zip(a.online_faults)
+            .and_then(|(b, a)| b.checked_sub(a)),
         oom_kills_online: delta(ev0.0, ev1.0, |e| e.oom_kills),
         oom_kills_offline: delta(ev0.1, ev1.1, |e| e.oom_kills),
     };
@@ -956,10 +991,6 @@ fn measure(
     if memory.oom_kills_offline.unwrap_or(0) == 0 {
         check_offline_alive(env, st)?;
     }
-    let (a, b) = marks
-        .lock()
-        .map(|m| *m)
-        .map_err(|_| "marks poisoned".to_string())?;
     // The window's edges must be as far apart as the window: a bench thread held off the CPU past
     // both edges would otherwise read the same counters twice and report zeros.
     let dt = match (a.at, b.at) {
@@ -1003,6 +1034,7 @@ fn measure(
             .as_ref()
             .and_then(|h| h.quantile_ns(0.99))
             .map(|ns| ns / 1e3),
+        released_bytes: None,
     })
 }
 
@@ -1037,10 +1069,21 @@ pub fn calibrate(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
 /// The online p99 alone at the calibrated rate (seconds): the base of the `tidal` scenario's
 /// latency objective.
 pub fn alone_p99(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
-    let st = setup(env, Scenario::Alone, o, "slo-target", false)?;
-    let secs = o.warmup_s + o.duration_s.max(3.0);
+    probe_p99(env, o, "slo-target", o.warmup_s, o.duration_s.max(3.0))
+}
+
+/// The online p99 alone over `secs` after `warmup_s` (seconds).
+fn probe_p99(
+    env: &mut BenchEnv,
+    o: &Opts,
+    tag: &str,
+    warmup_s: f64,
+    secs: f64,
+) -> Result<f64, String> {
+    let st = setup(env, Scenario::Alone, o, tag, false)?;
+    let secs = warmup_s + secs;
     let sched = Schedule::constant_rate(o.arrivals, o.rate, secs);
-    let warm_ns = (o.warmup_s * 1e9) as u64;
+    let warm_ns = (warmup_s * 1e9) as u64;
     let r = client_run(
         env,
         &st,
@@ -1057,6 +1100,49 @@ pub fn alone_p99(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
         return Err("alone p99: no request answered".into());
     }
     Ok(h.value_at_quantile(0.99) as f64 / 1e9)
+}
+
+/// A run that gave back at least this much memory is followed by a settling wait.
+pub const SETTLE_AFTER_BYTES: u64 = 1 << 30;
+
+/// How a settling wait ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settle {
+    /// The run it followed.
+    pub after: Scenario,
+    pub round: usize,
+    pub released_bytes: u64,
+    pub waited_s: f64,
+    /// The last probe's p99, ms.
+    pub last_p99_ms: Option<f64>,
+    /// False when the machine was still disturbed at `--settle-max`.
+    pub settled: bool,
+}
+
+/// Waits until the online service alone is back to `base_p99_s` (its p99 within 2× of it) after a
+/// run that released a lot of memory, probing with 2-s alone runs for at most `max_s` seconds.
+/// On a virtual machine the hypervisor's handling of freed memory (free page reporting) can slow
+/// the guest for a minute after a large release, while nothing inside the guest shows it; the next
+/// run would otherwise inherit it.
+pub fn settle(
+    env: &mut BenchEnv,
+    o: &Opts,
+    base_p99_s: f64,
+    max_s: f64,
+) -> Result<(f64, Option<f64>, bool), String> {
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        let p = probe_p99(env, o, "settle", 0.5, 1.5)?;
+        last = Some(p * 1e3).or(last);
+        let waited = start.elapsed().as_secs_f64();
+        if p <= 2.0 * base_p99_s {
+            return Ok((waited, last, true));
+        }
+        if waited >= max_s {
+            return Ok((waited, last, false));
+        }
+    }
 }
 
 /// The time of the first change that already shows the final state (the post-step target), and that

@@ -186,17 +186,26 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
     if o.rate <= 0.0 {
         o.rate = (0.3 * n as f64 / cost).clamp(50.0, 200_000.0);
     }
-    if let (Some(f), true) = (o.slo_factor, scenarios.contains(&Scenario::Tidal)) {
-        pb.set_message("measuring the alone p99 for the agent's latency objective");
+    // The alone p99: the base of the agent's objective, and what a settling wait waits for (an
+    // antagonist that can give back much memory: the memory one, or any command).
+    let slo = o
+        .slo_factor
+        .filter(|_| scenarios.contains(&Scenario::Tidal));
+    let may_settle = a.settle_max > 0.0 && (o.offline_kind == "memory" || o.offline_cmd.is_some());
+    let mut alone_p99 = None;
+    if slo.is_some() || may_settle {
+        pb.set_message("measuring the alone p99 (the agent's objective, settling)");
         match colo::alone_p99(&mut env, &o) {
-            Ok(p) => o.slo_target_s = Some(p * f),
+            Ok(p) => alone_p99 = Some(p),
             Err(_) if stop.load(Ordering::Relaxed) => return interrupted(&mut env, &pb),
             Err(e) => {
                 pb.abandon();
-                return failed(format!("latency objective: {e}"));
+                return failed(format!("alone p99: {e}"));
             }
         }
     }
+    o.slo_target_s = slo.zip(alone_p99).map(|(f, p)| p * f);
+    let mut settles = Vec::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut runs = Vec::new();
     let mut step_results = Vec::new();
@@ -209,7 +218,38 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
             }
             pb.set_message(format!("round {}/{rounds}: {}", round + 1, s.name()));
             match colo::run_once(&mut env, s, &o, round) {
-                Ok(r) => runs.push(r),
+                Ok(r) => {
+                    let released = r.released_bytes.unwrap_or(0);
+                    runs.push(r);
+                    if let (true, Some(base)) = (
+                        a.settle_max > 0.0 && released >= colo::SETTLE_AFTER_BYTES,
+                        alone_p99,
+                    ) {
+                        pb.set_message(format!(
+                            "round {}/{rounds}: settling after {} gave back {} MiB",
+                            round + 1,
+                            s.name(),
+                            released >> 20
+                        ));
+                        match colo::settle(&mut env, &o, base, a.settle_max) {
+                            Ok((waited_s, last_p99_ms, settled)) => settles.push(colo::Settle {
+                                after: s,
+                                round,
+                                released_bytes: released,
+                                waited_s,
+                                last_p99_ms,
+                                settled,
+                            }),
+                            Err(_) if stop.load(Ordering::Relaxed) => {
+                                return interrupted(&mut env, &pb);
+                            }
+                            Err(e) => {
+                                pb.abandon();
+                                return failed(format!("settling after {}: {e}", s.name()));
+                            }
+                        }
+                    }
+                }
                 Err(_) if stop.load(Ordering::Relaxed) => return interrupted(&mut env, &pb),
                 Err(e) => {
                     pb.abandon();
@@ -236,7 +276,9 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
     }
     pb.finish_and_clear();
     let summaries = report::summarize(&runs, &scenarios);
-    let goals = report::goals(&summaries, &step_results, &runs);
+    let memory_goals =
+        o.working_set.is_some() || o.offline_kind == "memory" || o.offline_kind == "pagecache";
+    let goals = report::goals(&summaries, &step_results, &runs, memory_goals);
     let rep = report::Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         slo_factor: o.slo_factor,
@@ -262,6 +304,8 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
         step: step_results,
         goals,
         runs,
+        alone_p99_ms: alone_p99.map(|p| p * 1e3),
+        settles,
     };
     env.cleanup();
     drop(pm_qos);

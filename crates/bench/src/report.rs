@@ -120,6 +120,10 @@ fn line(goal: &str, value: Option<Interval>, want: Want, bound: f64) -> GoalLine
     let verdict = judge(value.as_ref(), want, bound);
     let gap = match (verdict, value) {
         (Verdict::NotMet | Verdict::Unclear, Some(v)) => Some(match want {
+            // A bound of 0 (a count or a difference): say by how much, not by what share.
+            Want::AtMost if v.median > bound && bound == 0.0 => {
+                format!("median {:.1} over", v.median)
+            }
             Want::AtMost if v.median <= bound => {
                 format!("median meets it; the interval reaches {:.2}", v.hi)
             }
@@ -205,6 +209,10 @@ pub struct Report {
     pub step: Vec<StepResult>,
     pub goals: Vec<GoalLine>,
     pub runs: Vec<RunResult>,
+    /// The alone p99 measured before the rounds (ms), which settling waits for.
+    pub alone_p99_ms: Option<f64>,
+    /// Settling waits after runs that gave back much memory.
+    pub settles: Vec<crate::colo::Settle>,
 }
 
 /// Per-round `f(run) / f(reference run of the same round)` for scenario `s`.
@@ -272,7 +280,14 @@ pub fn summarize(runs: &[RunResult], order: &[Scenario]) -> Vec<ScenarioSummary>
 /// The goals this run can judge. The CPU antagonist's: tidal p99 ≤ 1.05× and p99.9 ≤ 1.2× alone,
 /// at or below kubelet and tidal-static at both, offline CPU-seconds ≥ 95% of kubelet's, and in the
 /// step, the first second's p99 no worse than kubelet's. A goal whose scenarios did not run is n/a.
-pub fn goals(sum: &[ScenarioSummary], step: &[StepResult], runs: &[RunResult]) -> Vec<GoalLine> {
+/// The goal lines; `memory` adds the memory goals (a memory or page-cache antagonist, or an online
+/// working set).
+pub fn goals(
+    sum: &[ScenarioSummary],
+    step: &[StepResult],
+    runs: &[RunResult],
+    memory: bool,
+) -> Vec<GoalLine> {
     let get = |s| sum.iter().find(|x| x.scenario == s);
     let t = get(Scenario::Tidal);
     let tidal_vs_static = |f: &dyn Fn(&RunResult) -> Option<f64>| {
@@ -307,7 +322,7 @@ pub fn goals(sum: &[ScenarioSummary], step: &[StepResult], runs: &[RunResult]) -
             hi: r,
             n: 1,
         });
-    vec![
+    let mut lines = vec![
         line(
             "tidal p99 ≤ 1.05× alone",
             t.and_then(|t| t.p99_vs_alone),
@@ -362,6 +377,58 @@ pub fn goals(sum: &[ScenarioSummary], step: &[StepResult], runs: &[RunResult]) -
             Want::AtMost,
             100.0,
         ),
+    ];
+    if memory {
+        lines.extend(memory_goals(runs, t.and_then(|t| t.p99_vs_alone)));
+    }
+    lines
+}
+
+/// Online tasks OOM-killed under tidal (all rounds together), and per round the online server's
+/// major faults under tidal less 1.2× alone's (a difference: alone often has none, so a ratio
+/// would be undefined).
+fn memory_goals(runs: &[RunResult], p99_vs_alone: Option<Interval>) -> [GoalLine; 3] {
+    let tidal = || runs.iter().filter(|r| r.scenario == Scenario::Tidal);
+    let kills: Option<u64> = tidal().map(|r| r.memory.oom_kills_online).sum();
+    let kills = kills
+        .filter(|_| tidal().next().is_some())
+        .map(|k| Interval {
+            median: k as f64,
+            lo: k as f64,
+            hi: k as f64,
+            n: tidal().count(),
+        });
+    let faults: Vec<f64> = tidal()
+        .filter_map(|r| {
+            let alone = runs
+                .iter()
+                .find(|x| x.round == r.round && x.scenario == Scenario::Alone)?;
+            let (t, a) = (
+                r.memory.online_major_faults?,
+                alone.memory.online_major_faults?,
+            );
+            Some(t as f64 - 1.2 * a as f64)
+        })
+        .collect();
+    [
+        line(
+            "memory: tidal p99 ≤ 1.2× alone",
+            p99_vs_alone,
+            Want::AtMost,
+            1.2,
+        ),
+        line(
+            "tidal: online tasks OOM-killed (all rounds) = 0",
+            kills,
+            Want::AtMost,
+            0.0,
+        ),
+        line(
+            "tidal online major faults − 1.2× alone's ≤ 0 (per round)",
+            interval(&faults),
+            Want::AtMost,
+            0.0,
+        ),
     ]
 }
 
@@ -388,6 +455,32 @@ fn pct(v: Option<Interval>) -> String {
 
 fn num(v: Option<Interval>, digits: usize) -> String {
     v.map_or("-".into(), |i| format!("{:.digits$}", i.median))
+}
+
+/// The settling paragraph: how long the bench waited after runs that gave back much memory.
+fn settling(r: &Report) -> String {
+    if r.settles.is_empty() {
+        return String::new();
+    }
+    let mut waits: Vec<f64> = r.settles.iter().map(|x| x.waited_s).collect();
+    waits.sort_by(|a, b| a.total_cmp(b));
+    let unsettled = r.settles.iter().filter(|x| !x.settled).count();
+    let mut s = format!(
+        "Settling: {} run(s) gave back {} MiB of memory or more; before the next run the bench waited until \
+         the online service alone was back within 2× of its alone p99 ({}): waits median {:.0} s, longest {:.0} s",
+        r.settles.len(),
+        crate::colo::SETTLE_AFTER_BYTES >> 20,
+        r.alone_p99_ms.map_or("-".into(), |p| format!("{p:.2} ms")),
+        median(&waits).unwrap_or(0.0),
+        waits.last().copied().unwrap_or(0.0),
+    );
+    if unsettled > 0 {
+        s.push_str(&format!(
+            "; {unsettled} did not settle in time and the next run started disturbed"
+        ));
+    }
+    s.push_str(".\n\n");
+    s
 }
 
 pub fn markdown(r: &Report) -> String {
@@ -428,6 +521,7 @@ pub fn markdown(r: &Report) -> String {
         r.warmup_s,
         if r.pm_qos { "held at 0 µs wake-up latency (PM QoS)" } else { "left to the kernel" }
     ));
+    s.push_str(&settling(r));
     s.push_str("Every number is the median over rounds of per-round values; [lo–hi] is its 95% bootstrap interval. Ratios are taken per round against the reference run of the same round.\n\n");
     s.push_str("| scenario | p50 ms | p99 ms | p99.9 ms | max ms | p99 vs alone | p99.9 vs alone | offline CPUs | offline vs no-isolation (CPU-s) | offline work units/s | machine util |\n");
     s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
@@ -466,7 +560,7 @@ pub fn markdown(r: &Report) -> String {
             || x.online_major_faults.is_some_and(|m| m.hi > 0.0)
     });
     if memory_seen {
-        s.push_str("\n**Memory** (per run, warm-up included: the online server's major faults, median [95% interval]; tasks the OOM killer took over all rounds)\n\n");
+        s.push_str("\n**Memory** (the online server's major faults in the measured window, median of runs [95% interval]; tasks the OOM killer took over all rounds, warm-up included)\n\n");
         s.push_str("| scenario | online major faults | OOM kills online | OOM kills offline |\n|---|---|---|---|\n");
         for x in &r.scenarios {
             s.push_str(&format!(
@@ -640,6 +734,7 @@ mod tests {
             utilisation: Some(0.9),
             memory: Default::default(),
             online_runq_p99_us: None,
+            released_bytes: None,
         }
     }
 
@@ -666,7 +761,7 @@ mod tests {
             before: Latency::default(),
             after_first_second: Latency::default(),
         }];
-        let goals = goals(&scenarios, &step, &runs);
+        let goals = goals(&scenarios, &step, &runs, false);
         Report {
             layout: "local".into(),
             slo_factor: None,
@@ -691,6 +786,8 @@ mod tests {
             step,
             goals,
             runs,
+            alone_p99_ms: Some(0.4),
+            settles: Vec::new(),
         }
     }
 
@@ -750,7 +847,7 @@ mod tests {
     fn a_scenario_with_no_change_reports_n_a_never_met() {
         let mut r = report(&[(400.0, 410.0, 1.3, 1.3)]);
         r.step[0].reaction_ms = None;
-        r.goals = goals(&r.scenarios, &r.step, &r.runs);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, false);
         let g = goal(&r, "step: tidal reaction");
         assert_eq!(g.verdict, Verdict::NotApplicable);
         assert!(markdown(&r).contains("| step: tidal reaction ≤ 100 ms | not measured | n/a |"));
@@ -799,5 +896,75 @@ mod tests {
         assert!(interval(&[f64::NAN]).is_none());
         let i = interval(&[1.0]).unwrap();
         assert_eq!((i.lo, i.median, i.hi), (1.0, 1.0, 1.0));
+    }
+
+    #[test]
+    fn memory_goals_compare_faults_per_round_and_count_online_oom_kills() {
+        let mut r = report(&[(400.0, 410.0, 1.2, 1.3), (400.0, 410.0, 1.2, 1.3)]);
+        let set = |r: &mut Report, s: Scenario, faults: u64, kills: u64| {
+            for x in r.runs.iter_mut().filter(|x| x.scenario == s) {
+                x.memory.online_major_faults = Some(faults);
+                x.memory.oom_kills_online = Some(kills);
+            }
+        };
+        set(&mut r, Scenario::Alone, 10, 0);
+        set(&mut r, Scenario::Tidal, 12, 0);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, true);
+        assert_eq!(goal(&r, "tidal online major faults").verdict, Verdict::Met);
+        assert_eq!(
+            goal(&r, "tidal: online tasks OOM-killed").verdict,
+            Verdict::Met
+        );
+        assert_eq!(goal(&r, "memory: tidal p99").verdict, Verdict::Met);
+        // 13 faults against 10 alone is over 1.2×; one online kill fails the other goal.
+        set(&mut r, Scenario::Tidal, 13, 1);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, true);
+        let f = goal(&r, "tidal online major faults");
+        assert_eq!(f.verdict, Verdict::NotMet);
+        assert_eq!(f.gap.as_deref(), Some("median 1.0 over"));
+        assert_eq!(
+            goal(&r, "tidal: online tasks OOM-killed").verdict,
+            Verdict::NotMet
+        );
+        // Faults not measured, or no tidal runs: n/a, never met.
+        for x in r.runs.iter_mut() {
+            x.memory.online_major_faults = None;
+        }
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, true);
+        assert_eq!(
+            goal(&r, "tidal online major faults").verdict,
+            Verdict::NotApplicable
+        );
+        r.runs.retain(|x| x.scenario != Scenario::Tidal);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, true);
+        assert_eq!(
+            goal(&r, "tidal: online tasks OOM-killed").verdict,
+            Verdict::NotApplicable
+        );
+        // Without a memory antagonist the lines are left out.
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, false);
+        assert!(!r.goals.iter().any(|g| g.goal.contains("OOM")));
+    }
+
+    #[test]
+    fn settling_waits_are_reported_and_an_unsettled_one_is_named() {
+        let mut r = report(&[(400.0, 410.0, 1.2, 1.3)]);
+        assert!(!markdown(&r).contains("Settling"));
+        let wait = |w: f64, settled: bool| crate::colo::Settle {
+            after: Scenario::Kubelet,
+            round: 0,
+            released_bytes: 4 << 30,
+            waited_s: w,
+            last_p99_ms: Some(0.5),
+            settled,
+        };
+        r.settles = vec![wait(10.0, true), wait(30.0, true), wait(120.0, false)];
+        let md = markdown(&r);
+        assert!(md.contains("Settling: 3 run(s)"), "{md}");
+        assert!(
+            md.contains("(0.40 ms): waits median 30 s, longest 120 s"),
+            "{md}"
+        );
+        assert!(md.contains("1 did not settle in time"), "{md}");
     }
 }
