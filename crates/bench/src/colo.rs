@@ -266,6 +266,8 @@ fn offline_argv(env: &BenchEnv, o: &Opts, report: &std::path::Path) -> Vec<Vec<S
                 target.to_string(),
                 "--margin".into(),
                 margin.to_string(),
+                "--threads".into(),
+                o.offline_threads.to_string(),
                 "--report".into(),
                 format!("{}.0", report.display()),
             ]

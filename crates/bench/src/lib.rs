@@ -366,7 +366,7 @@ pub fn run_worker(a: &WorkerArgs) -> i32 {
             0
         }
         cli::WorkerKind::Memory => {
-            worker::memory_hog(a.bytes, a.margin, a.report.clone());
+            worker::memory_hog(a.bytes, a.margin, a.threads, a.report.clone());
             0
         }
         cli::WorkerKind::Pagecache => {

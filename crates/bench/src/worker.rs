@@ -268,44 +268,52 @@ pub fn mem_available() -> Option<u64> {
 }
 
 /// Anonymous memory growing towards `target` bytes in 64 MiB chunks, every page touched, then
-/// touched again and again (one unit = one MiB touched). It stops growing while MemAvailable is
-/// under `margin`, so it never drives the node into the kernel's OOM killer by itself; a cgroup
-/// limit or eviction may still stop it, which is what the benchmark measures.
-pub fn memory_hog(target: u64, margin: u64, report: Option<String>) {
+/// touched again and again (one unit = one MiB touched). `threads` grow it in parallel, each
+/// towards its share: page faults bound one thread's pace (under 0.5 GiB/s in a VM whose freed
+/// memory the host takes back). It stops growing while MemAvailable is under `margin`, so it never
+/// drives the node into the kernel's OOM killer by itself; a cgroup limit or eviction may still
+/// stop it, which is what the benchmark measures.
+pub fn memory_hog(target: u64, margin: u64, threads: usize, report: Option<String>) {
     let units = Arc::new(AtomicU64::new(0));
-    let u = Arc::clone(&units);
-    std::thread::spawn(move || {
-        const CHUNK: usize = 64 << 20;
-        let mut chunks: Vec<Vec<u8>> = Vec::new();
-        let mut held = 0u64;
-        loop {
-            let room = mem_available().is_some_and(|a| a > margin.saturating_add(CHUNK as u64));
-            if held < target && room {
-                let mut c = vec![0u8; CHUNK];
-                for i in (0..CHUNK).step_by(4096) {
-                    c[i] = 1;
-                }
-                chunks.push(c);
-                held += CHUNK as u64;
-                u.fetch_add(64, Ordering::Relaxed);
-                continue;
-            }
-            for c in chunks.iter_mut() {
-                for i in (0..CHUNK).step_by(4096) {
-                    c[i] = c[i].wrapping_add(1);
-                }
-                u.fetch_add(64, Ordering::Relaxed);
-            }
-            if chunks.is_empty() {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    });
+    let threads = threads.max(1);
+    for _ in 0..threads {
+        let u = Arc::clone(&units);
+        let share = target / threads as u64;
+        std::thread::spawn(move || grow(share, margin, &u));
+    }
     match report {
         Some(p) => report_loop(p, units, Arc::new(AtomicBool::new(false))),
         None => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
+    }
+}
+
+fn grow(target: u64, margin: u64, u: &AtomicU64) {
+    const CHUNK: usize = 64 << 20;
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let mut held = 0u64;
+    loop {
+        let room = mem_available().is_some_and(|a| a > margin.saturating_add(CHUNK as u64));
+        if held < target && room {
+            let mut c = vec![0u8; CHUNK];
+            for i in (0..CHUNK).step_by(4096) {
+                c[i] = 1;
+            }
+            chunks.push(c);
+            held += CHUNK as u64;
+            u.fetch_add(64, Ordering::Relaxed);
+            continue;
+        }
+        for c in chunks.iter_mut() {
+            for i in (0..CHUNK).step_by(4096) {
+                c[i] = c[i].wrapping_add(1);
+            }
+            u.fetch_add(64, Ordering::Relaxed);
+        }
+        if chunks.is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

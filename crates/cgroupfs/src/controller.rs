@@ -205,4 +205,22 @@ mod tests {
         assert!(!is_knob_file("passwd", Version::V1));
         assert!(!is_knob_file("cpu.shares", Version::V2));
     }
+
+    #[test]
+    fn memory_limits_are_written_in_whole_pages_so_they_read_back_the_same() {
+        for v in [Version::V1, Version::V2] {
+            let w = encode(Knob::MemoryMax, v, &KnobValue::Bytes(Some(22_748_859_187))).unwrap();
+            let b: u64 = w[0].parse().unwrap();
+            assert!(
+                b <= 22_748_859_187 && 22_748_859_187 - b < 65536,
+                "{v:?}: {b}"
+            );
+            assert_eq!(b % 4096, 0, "{v:?}: {b}");
+            // What the kernel reads back decodes to what was written.
+            assert_eq!(
+                decode(Knob::MemoryMax, v, &w).unwrap(),
+                KnobValue::Bytes(Some(b))
+            );
+        }
+    }
 }

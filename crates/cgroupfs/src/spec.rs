@@ -57,3 +57,18 @@ pub(crate) fn bad(knob: Knob, v: &KnobValue) -> String {
 pub(crate) fn not_mine(knob: Knob, what: &str) -> String {
     format!("{knob} is not a {what} knob")
 }
+
+/// `bytes` rounded down to the page size: the kernel keeps memory limits in pages (and reads them
+/// back so), so writing an unaligned value would read back different and look like drift.
+pub(crate) fn page_floor(bytes: u64) -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let page = *PAGE.get_or_init(|| {
+        // SAFETY: sysconf reads a constant of the running system.
+        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(p)
+            .ok()
+            .filter(|p| p.is_power_of_two())
+            .unwrap_or(4096)
+    });
+    bytes / page * page
+}

@@ -3,7 +3,7 @@
 //! `memory.qos_level`, and the working set as the kubelet counts it: `memory.usage_in_bytes` less
 //! `total_inactive_file` of `memory.stat`.
 
-use crate::spec::{bad, int, not_mine, one, Controller};
+use crate::spec::{bad, int, not_mine, one, page_floor, Controller};
 use crate::stat::parse_flat_keyed;
 use tidal_model::{Knob, KnobValue};
 
@@ -46,7 +46,7 @@ impl Controller for Memory {
             (
                 Knob::MemoryMax | Knob::MemorySoftLimit | Knob::MemoryHigh,
                 KnobValue::Bytes(Some(b)),
-            ) => Ok(vec![b.to_string()]),
+            ) => Ok(vec![page_floor(*b).to_string()]),
             (Knob::MemoryMax | Knob::MemorySoftLimit, KnobValue::Bytes(None)) => {
                 Ok(vec!["-1".to_string()])
             }

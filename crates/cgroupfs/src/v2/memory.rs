@@ -1,7 +1,7 @@
 //! v2 `memory` controller: `memory.max`, `memory.high`, `memory.low`, `memory.min` ("max" =
 //! unlimited), and the working set as the kubelet counts it: `memory.current` less `inactive_file`.
 
-use crate::spec::{bad, int, not_mine, one, Controller};
+use crate::spec::{bad, int, not_mine, one, page_floor, Controller};
 use crate::stat::parse_flat_keyed;
 use tidal_model::{Knob, KnobValue};
 
@@ -40,7 +40,7 @@ impl Controller for Memory {
             return Err(not_mine(knob, "v2 memory"));
         }
         match v {
-            KnobValue::Bytes(Some(b)) => Ok(vec![b.to_string()]),
+            KnobValue::Bytes(Some(b)) => Ok(vec![page_floor(*b).to_string()]),
             KnobValue::Bytes(None) => Ok(vec!["max".to_string()]),
             _ => Err(bad(knob, v)),
         }
