@@ -114,6 +114,21 @@ pub struct GoalLine {
     pub verdict: Verdict,
     /// How far off, when not met.
     pub gap: Option<String>,
+    /// What the value is: how the report prints it.
+    pub unit: Unit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unit {
+    /// A ratio (×).
+    Ratio,
+    /// A share (%).
+    Share,
+    /// Milliseconds.
+    Ms,
+    /// A count or a difference of counts.
+    Count,
 }
 
 fn line(goal: &str, value: Option<Interval>, want: Want, bound: f64) -> GoalLine {
@@ -142,6 +157,18 @@ fn line(goal: &str, value: Option<Interval>, want: Want, bound: f64) -> GoalLine
         bound,
         verdict,
         gap,
+        unit: match want {
+            _ if bound >= 10.0 => Unit::Ms,
+            Want::AtLeast => Unit::Share,
+            Want::AtMost => Unit::Ratio,
+        },
+    }
+}
+
+fn count_line(goal: &str, value: Option<Interval>, bound: f64) -> GoalLine {
+    GoalLine {
+        unit: Unit::Count,
+        ..line(goal, value, Want::AtMost, bound)
     }
 }
 
@@ -417,16 +444,14 @@ fn memory_goals(runs: &[RunResult], p99_vs_alone: Option<Interval>) -> [GoalLine
             Want::AtMost,
             1.2,
         ),
-        line(
+        count_line(
             "tidal: online tasks OOM-killed (all rounds) = 0",
             kills,
-            Want::AtMost,
             0.0,
         ),
-        line(
+        count_line(
             "tidal online major faults − 1.2× alone's ≤ 0 (per round)",
             interval(&faults),
-            Want::AtMost,
             0.0,
         ),
     ]
@@ -601,16 +626,18 @@ pub fn markdown(r: &Report) -> String {
             }
         ));
         for g in &r.goals {
-            let value = match (g.value, g.want) {
+            let value = match (g.value, g.unit) {
                 (None, _) => "not measured".to_string(),
-                (Some(v), _) if g.bound >= 10.0 => format!("{:.0}", v.median),
-                (Some(v), Want::AtLeast) => format!(
+                (Some(v), Unit::Ms) => format!("{:.0}", v.median),
+                (Some(v), Unit::Share) => format!(
                     "{:.0}% [{:.0}–{:.0}]",
                     v.median * 100.0,
                     v.lo * 100.0,
                     v.hi * 100.0
                 ),
-                (Some(v), Want::AtMost) => format!("{:.2}× [{:.2}–{:.2}]", v.median, v.lo, v.hi),
+                (Some(v), Unit::Ratio) => format!("{:.2}× [{:.2}–{:.2}]", v.median, v.lo, v.hi),
+                (Some(v), Unit::Count) if v.lo == v.hi => format!("{:.1}", v.median),
+                (Some(v), Unit::Count) => format!("{:.1} [{:.1}–{:.1}]", v.median, v.lo, v.hi),
             };
             s.push_str(&format!(
                 "| {} | {} | {}{} |\n",
@@ -926,6 +953,12 @@ mod tests {
             goal(&r, "tidal: online tasks OOM-killed").verdict,
             Verdict::NotMet
         );
+        // Counts print as counts, not as ratios.
+        let md = markdown(&r);
+        assert!(
+            md.contains("| tidal: online tasks OOM-killed (all rounds) = 0 | 2.0 | NOT met (median 2.0 over) |"),
+            "{md}"
+        );
         // Faults not measured, or no tidal runs: n/a, never met.
         for x in r.runs.iter_mut() {
             x.memory.online_major_faults = None;
@@ -940,6 +973,13 @@ mod tests {
         assert_eq!(
             goal(&r, "tidal: online tasks OOM-killed").verdict,
             Verdict::NotApplicable
+        );
+        let md = markdown(&r);
+        assert!(
+            md.contains(
+                "| tidal online major faults − 1.2× alone's ≤ 0 (per round) | not measured | n/a |"
+            ),
+            "{md}"
         );
         // Without a memory antagonist the lines are left out.
         r.goals = goals(&r.scenarios, &r.step, &r.runs, false);
