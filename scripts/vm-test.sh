@@ -26,6 +26,7 @@ need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
+command -v strings >/dev/null || need+=(binutils)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -104,7 +105,7 @@ mkdir -p "$root/vm-modules"
 : > "$root/vm-modules/order"
 add_module() { # add_module NAME: its dependencies first, then the module itself
   local name=${1//-/_} ko dep
-  grep -qx "$name" "$root/vm-modules/order" && return 0
+  grep -qxF "$name" "$root/vm-modules/order" && return 0
   ko=$(find "$moddir/kernel" \( -name "$name.ko" -o -name "${name//_/-}.ko" \) | head -n1)
   # Built in, or compressed (busybox insmod reads plain .ko only): the disk may then be missing,
   # and the IO tests say so.

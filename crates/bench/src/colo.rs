@@ -83,7 +83,6 @@ pub struct RunResult {
     pub online_runq_p99_us: Option<f64>,
     /// Memory the run gave back when its processes ended (MemAvailable after teardown less just
     /// before; None when unreadable): what decides whether the next run waits to settle.
-    #[serde(default)]
     pub released_bytes: Option<u64>,
 }
 
@@ -1135,10 +1134,15 @@ pub fn settle(
     let start = Instant::now();
     let mut last = None;
     loop {
-        let p = probe_p99(env, o, "settle", 0.5, 1.5)?;
-        last = Some(p * 1e3).or(last);
+        // A probe that fails (no answer in time) is one more sign of a disturbed machine.
+        let p = match probe_p99(env, o, "settle", 0.5, 1.5) {
+            Ok(p) => Some(p),
+            Err(e) if env.interrupted() => return Err(e),
+            Err(_) => None,
+        };
+        last = p.map(|p| p * 1e3).or(last);
         let waited = start.elapsed().as_secs_f64();
-        if p <= 2.0 * base_p99_s {
+        if p.is_some_and(|p| p <= 2.0 * base_p99_s) {
             return Ok((waited, last, true));
         }
         if waited >= max_s {

@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Spin iterations that take about one microsecond on this CPU.
@@ -267,19 +267,22 @@ pub fn mem_available() -> Option<u64> {
         .map(|kb| kb * 1024)
 }
 
-/// Anonymous memory growing towards `target` bytes in 64 MiB chunks, every page touched, then
-/// touched again and again (one unit = one MiB touched). `threads` grow it in parallel, each
-/// towards its share: page faults bound one thread's pace (under 0.5 GiB/s in a VM whose freed
-/// memory the host takes back). It stops growing while MemAvailable is under `margin`, so it never
-/// drives the node into the kernel's OOM killer by itself; a cgroup limit or eviction may still
-/// stop it, which is what the benchmark measures.
+/// Anonymous memory growing towards `target` bytes in chunks of up to 64 MiB, every page touched,
+/// then touched again and again (one unit = one MiB touched). `threads` grow it in parallel: page
+/// faults bound one thread's pace (under 0.5 GiB/s in a VM whose freed memory the host takes back).
+/// It stops growing while MemAvailable is under `margin` (counting chunks other threads have taken
+/// but not touched yet), so it never drives the node into the kernel's OOM killer by itself; a
+/// cgroup limit or eviction may still stop it, which is what the benchmark measures.
 pub fn memory_hog(target: u64, margin: u64, threads: usize, report: Option<String>) {
     let units = Arc::new(AtomicU64::new(0));
-    let threads = threads.max(1);
-    for _ in 0..threads {
-        let u = Arc::clone(&units);
-        let share = target / threads as u64;
-        std::thread::spawn(move || grow(share, margin, &u));
+    let growth = Arc::new(Growth {
+        target,
+        margin,
+        taken: Mutex::new((0, 0)),
+    });
+    for _ in 0..threads.max(1) {
+        let (u, g) = (Arc::clone(&units), Arc::clone(&growth));
+        std::thread::spawn(move || grow(&g, &u));
     }
     match report {
         Some(p) => report_loop(p, units, Arc::new(AtomicBool::new(false))),
@@ -289,27 +292,55 @@ pub fn memory_hog(target: u64, margin: u64, threads: usize, report: Option<Strin
     }
 }
 
-fn grow(target: u64, margin: u64, u: &AtomicU64) {
-    const CHUNK: usize = 64 << 20;
+/// What the hog's threads share: bytes taken in all, and of those, bytes not yet touched.
+struct Growth {
+    target: u64,
+    margin: u64,
+    taken: Mutex<(u64, u64)>,
+}
+
+impl Growth {
+    const CHUNK: u64 = 64 << 20;
+
+    /// The next chunk's size, when the target and the margin leave room for it.
+    fn take(&self) -> Option<u64> {
+        let mut t = self.taken.lock().ok()?;
+        let (held, pending) = *t;
+        let n = self.target.saturating_sub(held).min(Self::CHUNK);
+        let room = mem_available()
+            .is_some_and(|a| a > self.margin.saturating_add(pending).saturating_add(n));
+        if n == 0 || !room {
+            return None;
+        }
+        *t = (held + n, pending + n);
+        Some(n)
+    }
+
+    fn touched(&self, n: u64) {
+        if let Ok(mut t) = self.taken.lock() {
+            t.1 = t.1.saturating_sub(n);
+        }
+    }
+}
+
+fn grow(g: &Growth, u: &AtomicU64) {
     let mut chunks: Vec<Vec<u8>> = Vec::new();
-    let mut held = 0u64;
     loop {
-        let room = mem_available().is_some_and(|a| a > margin.saturating_add(CHUNK as u64));
-        if held < target && room {
-            let mut c = vec![0u8; CHUNK];
-            for i in (0..CHUNK).step_by(4096) {
+        if let Some(n) = g.take() {
+            let mut c = vec![0u8; n as usize];
+            for i in (0..c.len()).step_by(4096) {
                 c[i] = 1;
             }
+            g.touched(n);
             chunks.push(c);
-            held += CHUNK as u64;
-            u.fetch_add(64, Ordering::Relaxed);
+            u.fetch_add(n >> 20, Ordering::Relaxed);
             continue;
         }
         for c in chunks.iter_mut() {
-            for i in (0..CHUNK).step_by(4096) {
+            for i in (0..c.len()).step_by(4096) {
                 c[i] = c[i].wrapping_add(1);
             }
-            u.fetch_add(64, Ordering::Relaxed);
+            u.fetch_add(c.len() as u64 >> 20, Ordering::Relaxed);
         }
         if chunks.is_empty() {
             std::thread::sleep(Duration::from_millis(100));
