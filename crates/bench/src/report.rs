@@ -17,6 +17,18 @@ pub struct Interval {
     pub n: usize,
 }
 
+impl Interval {
+    /// One value with no spread (a single run, or a total over `n` rounds).
+    pub fn point(v: f64, n: usize) -> Interval {
+        Interval {
+            median: v,
+            lo: v,
+            hi: v,
+            n,
+        }
+    }
+}
+
 /// Resamples drawn for a bootstrap interval.
 const RESAMPLES: usize = 2000;
 
@@ -332,23 +344,13 @@ pub fn goals(
         (Some(a), Some(b)) if a.after_first_second.count > 0 && b.after_first_second.count > 0 => {
             let r = a.after_first_second.p99_us / b.after_first_second.p99_us;
             // One step run each: a point, not an interval.
-            Some(Interval {
-                median: r,
-                lo: r,
-                hi: r,
-                n: 1,
-            })
+            Some(Interval::point(r, 1))
         }
         _ => None,
     };
     let reaction = step_of(Scenario::Tidal)
         .and_then(|s| s.reaction_ms)
-        .map(|r| Interval {
-            median: r,
-            lo: r,
-            hi: r,
-            n: 1,
-        });
+        .map(|r| Interval::point(r, 1));
     let mut lines = vec![
         line(
             "tidal p99 ≤ 1.05× alone",
@@ -419,12 +421,7 @@ fn memory_goals(runs: &[RunResult], p99_vs_alone: Option<Interval>) -> [GoalLine
     let kills: Option<u64> = tidal().map(|r| r.memory.oom_kills_online).sum();
     let kills = kills
         .filter(|_| tidal().next().is_some())
-        .map(|k| Interval {
-            median: k as f64,
-            lo: k as f64,
-            hi: k as f64,
-            n: tidal().count(),
-        });
+        .map(|k| Interval::point(k as f64, tidal().count()));
     let faults: Vec<f64> = tidal()
         .filter_map(|r| {
             let alone = runs
