@@ -11,7 +11,8 @@
 #
 # Usage: scripts/vm-test.sh    (as root; builds what it needs)
 #   TIDAL_VM_MODES="plain systemd" (default): which boots to run; TIDAL_VM_TIMEOUT: seconds per boot;
-#   TIDAL_VM_TESTS=REGEX: only the real-cgroup test binaries whose names match (default: all).
+#   TIDAL_VM_TESTS=REGEX: only the real-cgroup test binaries whose names match (default: all);
+#   TIDAL_VM_CMDLINE: more kernel parameters (e.g. "loglevel=5" to see a lockup's stack).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -35,10 +36,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # 2. Debian's cloud kernel, downloaded and extracted (not installed). Pinned to a release these
-#    tests have run on many times (TIDAL_VM_KERNEL_PKG overrides it): under TCG, 6.1.0-56 wedged
-#    the systemd boot in 4 of 5 runs here (soft lockups, "rcu_preempt kthread timer wakeup didn't
-#    happen"); 6.1.0-48 wedged too, less often. The newest cloud kernel is the fallback when the
-#    pinned one is gone from the archive.
+#    tests have run on many times (TIDAL_VM_KERNEL_PKG overrides it); the newest cloud kernel is
+#    the fallback when the pinned one is gone from the archive. (Boots that wedged with soft
+#    lockups in a tidal task, 4 of 5 on 6.1.0-56, were the agent's BPF program creating task
+#    storage under the run-queue lock, which 6.1 allocates with kmalloc; it no longer does there.)
 want=${TIDAL_VM_KERNEL_PKG:-linux-image-6.1.0-48-cloud-amd64}
 kernel=$(ls "$work"/kernel/boot/vmlinuz-"${want#linux-image-}" 2>/dev/null | head -n1 || true)
 if [ -z "$kernel" ]; then
@@ -285,7 +286,7 @@ boot() { # boot NAME EXTRA_CMDLINE
   timeout "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 3072 -smp 2 \
     -nographic -no-reboot -kernel "$kernel" -initrd "$work/initrd.gz" \
     -drive file="$work/disk.img",if=virtio,format=raw \
-    -append "console=ttyS0 panic=-1 cgroup_no_v1=all psi=1 quiet mitigations=off $2" >"$console" 2>&1 &
+    -append "console=ttyS0 panic=-1 cgroup_no_v1=all psi=1 quiet mitigations=off $2 ${TIDAL_VM_CMDLINE:-}" >"$console" 2>&1 &
   local q=$!
   # A guest whose timers stopped (seen under TCG: soft lockups, "rcu_preempt kthread timer wakeup
   # didn't happen") prints nothing more, not even the 480-s step watchdog: stop it after 600 s of

@@ -1,9 +1,10 @@
 //! Run-queue latency per cgroup with eBPF. The BPF program (`src/bpf/runq.bpf.c`, CO-RE, built with
 //! clang into a libbpf-rs skeleton) stamps each task when it becomes runnable and, when it runs,
 //! adds its wait to a per-CPU log2 histogram keyed by its cgroup (v2 id, and v1 cpu-controller id).
-//! [`Collector`] loads it (tp_btf, else raw_tp), and each read returns every cgroup's histogram
-//! delta since the previous read. A cgroup id is the inode number of the cgroup's directory in its
-//! own hierarchy. The histogram math ([`Hist`]) is pure.
+//! [`Collector`] loads it (tp_btf where task storage is safe to create there, else raw_tp), and
+//! each read returns every cgroup's histogram delta since the previous read. A cgroup id is the
+//! inode number of the cgroup's directory in its own hierarchy. The histogram math ([`Hist`]) is
+//! pure.
 //!
 //! Without BPF (the `bpf` feature off, no clang at build time, not root, no BTF, BPF refused)
 //! [`Collector::start`] says why, and tidal runs on its other signals.
@@ -151,6 +152,38 @@ mod loaded {
         tracker: DeltaTracker,
         /// "tp_btf" or "raw_tp".
         pub attach: &'static str,
+        /// Why the raw_tp fallback was chosen over tp_btf, when it was.
+        pub fallback: Option<String>,
+    }
+
+    /// Members of `struct bpf_local_storage_map` that come with an allocator safe in any context
+    /// (BPF's own from 6.4, kmalloc_nolock later).
+    const SAFE_STORAGE_ALLOC: [&str; 3] = ["bpf_ma", "selem_ma", "use_kmalloc_nolock"];
+
+    /// Whether creating task-local storage from the scheduler tracepoints is safe here. Before
+    /// 6.4 the kernel allocates it with a GFP_ATOMIC kmalloc while the run-queue lock is held; an
+    /// allocation that wakes kswapd (or a memcg event's worker) then takes a run-queue lock again
+    /// and can deadlock the CPU. Read from the kernel's BTF; anything unreadable counts as unsafe.
+    fn task_storage_alloc_safe() -> Result<(), String> {
+        use libbpf_rs::btf::{types::Struct, Btf};
+        let btf = Btf::from_vmlinux().map_err(|e| format!("cannot read the kernel's BTF: {e}"))?;
+        let smap: Struct = btf
+            .type_by_name("bpf_local_storage_map")
+            .ok_or("the kernel's BTF has no struct bpf_local_storage_map")?;
+        let safe = smap.iter().any(|m| {
+            m.name
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| SAFE_STORAGE_ALLOC.contains(&n))
+        });
+        if safe {
+            Ok(())
+        } else {
+            Err(
+                "this kernel (before 6.4) allocates task-local storage under the run-queue lock, \
+                 which can deadlock from the scheduler tracepoints"
+                    .into(),
+            )
+        }
     }
 
     fn load(btf: bool, sample: u32) -> Result<skel::RunqSkel<'static>, String> {
@@ -201,6 +234,7 @@ mod loaded {
                 skel: load(false, sample)?,
                 tracker: DeltaTracker::default(),
                 attach: "raw_tp",
+                fallback: Some("asked for".into()),
             })
         }
 
@@ -216,10 +250,11 @@ mod loaded {
                     "no kernel BTF (/sys/kernel/btf/vmlinux): CO-RE programs cannot load".into(),
                 );
             }
-            let (skel, attach) = match load(true, sample) {
-                Ok(s) => (s, "tp_btf"),
+            let btf = task_storage_alloc_safe().and_then(|()| load(true, sample));
+            let (skel, attach, fallback) = match btf {
+                Ok(s) => (s, "tp_btf", None),
                 Err(e_btf) => match load(false, sample) {
-                    Ok(s) => (s, "raw_tp"),
+                    Ok(s) => (s, "raw_tp", Some(e_btf)),
                     Err(e_raw) => return Err(format!("tp_btf: {e_btf}; raw_tp: {e_raw}")),
                 },
             };
@@ -227,6 +262,7 @@ mod loaded {
                 skel,
                 tracker: DeltaTracker::default(),
                 attach,
+                fallback,
             })
         }
 
@@ -468,6 +504,7 @@ pub struct ProgStats {
 #[cfg(not(tidal_bpf))]
 pub struct Collector {
     pub attach: &'static str,
+    pub fallback: Option<String>,
 }
 
 #[cfg(not(tidal_bpf))]

@@ -478,7 +478,13 @@ pub fn rows(layout: &Layout, k: &KubernetesConfig) -> Vec<Row> {
         "run-queue latency (eBPF)",
         runq.is_ok(),
         match &runq {
-            Ok(c) => format!("the program loads and attaches ({})", c.attach),
+            Ok(c) => match &c.fallback {
+                None => format!("the program loads and attaches ({})", c.attach),
+                Some(why) => format!(
+                    "the program loads and attaches ({}; not tp_btf: {why})",
+                    c.attach
+                ),
+            },
             Err(e) => e.clone(),
         },
         "no run-queue latency signal: pressure and latency objectives only (`tidal agent --no-bpf` says the same)",

@@ -140,6 +140,35 @@ fn a_prober_behind_a_hog_on_its_cpu_waits_and_an_empty_group_gets_nothing() {
     t.kill_children();
 }
 
+/// Kernels before 6.4 allocate task-local storage with kmalloc under the run-queue lock: there the
+/// program must not create it from the scheduler tracepoints (tp_btf), and says why it took raw_tp.
+#[test]
+fn task_storage_is_created_at_the_scheduler_only_where_the_kernel_allocates_it_safely() {
+    if !cgroups_usable(
+        "task_storage_is_created_at_the_scheduler_only_where_the_kernel_allocates_it_safely",
+    ) {
+        return;
+    }
+    let _one = serial();
+    let c = Collector::start().expect("BPF loads");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
+    let mut parts = release.trim().split(|ch: char| !ch.is_ascii_digit());
+    let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok());
+    let version = (next().expect("major"), next().expect("minor"));
+    if version >= (6, 4) {
+        assert_eq!(c.attach, "tp_btf", "{release}: {:?}", c.fallback);
+    } else {
+        assert_eq!(c.attach, "raw_tp", "{release}");
+        assert!(
+            c.fallback
+                .as_deref()
+                .is_some_and(|f| f.contains("run-queue lock")),
+            "{release}: {:?}",
+            c.fallback
+        );
+    }
+}
+
 #[test]
 fn cgroup_ids_are_the_directories_inodes_in_each_hierarchy() {
     if !cgroups_usable("cgroup_ids_are_the_directories_inodes_in_each_hierarchy") {

@@ -43,13 +43,17 @@ impl Runq {
             match Collector::start_sampled(sample) {
                 Ok(c) => {
                     info!(
-                        "run-queue latency from BPF ({}{})",
+                        "run-queue latency from BPF ({}{}{})",
                         c.attach,
                         if sample > 1 {
                             format!(", 1 in {sample} wakeups")
                         } else {
                             String::new()
-                        }
+                        },
+                        c.fallback
+                            .as_ref()
+                            .map(|f| format!("; not tp_btf: {f}"))
+                            .unwrap_or_default()
                     );
                     (Some(c), None)
                 }
