@@ -6,7 +6,9 @@ pub mod agent;
 pub mod config;
 pub mod levels;
 
-pub use agent::{decide, release_plan, settle, Decision, Phase, PolicyState, Step};
+pub use agent::{
+    decide, release_plan, settle, Decision, Phase, PolicyState, Step, PROBE_BACKOFF_MAX,
+};
 pub use config::kubernetes::{self, KubernetesConfig};
 pub use config::{CapMode, Config, ConfigError, Millis, PsiLine, Suppression};
 pub use levels::{level_plan, workload_limits, Limits};

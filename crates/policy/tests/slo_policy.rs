@@ -187,8 +187,13 @@ fn arb_state() -> impl Strategy<Value = PolicyState> {
         0u64..20_000,
         prop::option::of(0.0f64..0.05),
         any::<bool>(),
+        (
+            prop::option::of(0u64..20_000),
+            prop::option::of(0u64..20_000),
+            prop_oneof![Just(0u64), 30_000u64..240_000],
+        ),
     )
-        .prop_map(|(steps, at, base, calming)| {
+        .prop_map(|(steps, at, base, calming, (hold, probe, wait))| {
             let mut st = PolicyState::default();
             st.interference.steps = steps;
             st.interference.phase = if calming {
@@ -199,8 +204,83 @@ fn arb_state() -> impl Strategy<Value = PolicyState> {
                     baseline: base,
                 }
             };
+            st.interference.hold_since_ms = hold;
+            st.interference.probe_at_ms = probe;
+            st.interference.probe_wait_ms = wait;
             st
         })
+}
+
+/// Slack with room but not ample: between `hold_below` and `release_above` (defaults).
+const ROOMY: f64 = 0.2;
+
+#[test]
+fn an_objective_met_with_some_room_probes_a_release_and_backs_off_when_it_fails() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let probe = cfg.slo.probe_after.0;
+    // Tightened to the top, then met with 20% slack: the quiet latency, under a target too tight
+    // for ample slack ever.
+    let mut st = PolicyState::default();
+    st.interference.steps = Step::LADDER.to_vec();
+    let mut s = snapshot(Some(ROOMY));
+    let start = 10_000;
+    let mut released_at = None;
+    for t in (0..=probe / 1_000 + 1).map(|i| start + i * 1_000) {
+        s.now_ms = t;
+        let d = decide(&s, &cfg, &caps, &st);
+        if d.state.interference.level() < 4 && released_at.is_none() {
+            released_at = Some(t);
+            let thawed: Vec<&str> = d
+                .plan
+                .actions
+                .iter()
+                .filter(|a| a.cause == tidal_model::Cause::Release)
+                .map(|a| a.reason.as_str())
+                .collect();
+            assert!(
+                thawed.iter().any(|r| r.contains("to probe")
+                    && r.contains("slack 20%")
+                    && r.contains("offline thawed")),
+                "{thawed:?}"
+            );
+        }
+        st = d.state;
+    }
+    assert_eq!(
+        released_at,
+        Some(start + probe),
+        "one step after probe_after"
+    );
+    assert_eq!(st.interference.level(), 3);
+    // The objective is missed right after: tightened again, and the next probe waits twice as long.
+    s = snapshot(Some(-0.2));
+    s.now_ms = start + probe + 2_000;
+    st = decide(&s, &cfg, &caps, &st).state;
+    assert_eq!(st.interference.level(), 4);
+    assert_eq!(st.interference.probe_wait_ms, 2 * probe);
+    s = snapshot(Some(ROOMY));
+    let back = start + probe + 3_000;
+    for t in (0..=2 * probe / 1_000).map(|i| back + i * 1_000) {
+        s.now_ms = t;
+        st = decide(&s, &cfg, &caps, &st).state;
+        let want = if t < back + 2 * probe { 4 } else { 3 };
+        assert_eq!(st.interference.level(), want, "t={t}");
+    }
+    // This probe lasts: the wait goes back to probe_after.
+    s.now_ms = back + 3 * probe;
+    st = decide(&s, &cfg, &caps, &st).state;
+    assert_eq!(st.interference.probe_wait_ms, 0);
+    // probe_after 0: never.
+    let mut cfg0 = Config::default();
+    cfg0.slo.probe_after = Millis(0);
+    let mut st = PolicyState::default();
+    st.interference.steps = Step::LADDER.to_vec();
+    for t in (0..600).map(|i| i * 1_000) {
+        s.now_ms = t;
+        st = decide(&s, &cfg0, &caps, &st).state;
+    }
+    assert_eq!(st.interference.level(), 4);
 }
 
 proptest! {
@@ -245,19 +325,64 @@ proptest! {
     }
 
     #[test]
-    fn nothing_is_released_before_grow_after_of_ample_slack(st in arb_state(), slack in 0.31f64..1.0, dt in 0u64..1_999) {
+    fn nothing_is_released_before_grow_after_of_slack_with_room(st in arb_state(), slack in 0.1f64..1.0, dt in 0u64..1_999, probe in prop_oneof![Just(0u64), 1_000u64..60_000]) {
         let mut cfg = Config::default();
         cfg.cpu.grow_after = Millis(2_000);
+        cfg.slo.probe_after = Millis(probe);
         let caps = Capabilities::full(8);
         let mut s = snapshot(Some(slack));
         s.now_ms = 50_000;
-        // The first calm reading starts the count (a phase already calming keeps its own start).
+        // The first reading with room starts the count (a phase already calming keeps its own
+        // start, and so does a hold with room already under way).
         let mut st = st;
         st.interference.phase = Phase::Idle;
+        st.interference.hold_since_ms = None;
         let level = st.interference.level();
         let st1 = decide(&s, &cfg, &caps, &st).state;
         s.now_ms += dt;
         let st2 = decide(&s, &cfg, &caps, &st1).state;
         prop_assert_eq!(st2.interference.level(), level);
+    }
+
+    #[test]
+    fn a_probe_comes_only_after_the_wait_and_releases_one_step(st in arb_state(), hold in 0u64..300_000, probe in 1_000u64..60_000) {
+        let mut cfg = Config::default();
+        cfg.slo.probe_after = Millis(probe);
+        let caps = Capabilities::full(8);
+        let mut st = st;
+        st.interference.phase = Phase::Idle;
+        st.interference.probe_at_ms = None;
+        let now = 400_000;
+        st.interference.hold_since_ms = Some(now - hold);
+        let level = st.interference.level();
+        let mut s = snapshot(Some(ROOMY));
+        s.now_ms = now;
+        let d = decide(&s, &cfg, &caps, &st);
+        let wait = st.interference.probe_wait_ms.max(probe).max(cfg.cpu.grow_after.0);
+        let want = if hold >= wait && level > 0 { level - 1 } else { level };
+        prop_assert_eq!(d.state.interference.level(), want);
+    }
+
+    #[test]
+    fn a_failed_probe_backs_off_within_bounds(st in arb_state(), dt in 0u64..120_000, probe in 1_000u64..60_000) {
+        let mut cfg = Config::default();
+        cfg.slo.probe_after = Millis(probe);
+        let caps = Capabilities::full(8);
+        let mut st = st;
+        let at = 100_000;
+        st.interference.probe_at_ms = Some(at);
+        let before = st.interference.probe_wait_ms;
+        let mut s = snapshot(Some(-0.3));
+        s.now_ms = at + dt;
+        let d = decide(&s, &cfg, &caps, &st);
+        let w = d.state.interference.probe_wait_ms;
+        let max = tidal_policy::PROBE_BACKOFF_MAX * probe;
+        prop_assert!(w <= max, "wait {} over the bound", w);
+        if dt < probe {
+            prop_assert_eq!(w, (before.max(probe) * 2).min(max), "doubled from {}", before);
+        } else {
+            prop_assert_eq!(w, 0, "a probe that lasted resets the wait");
+        }
+        prop_assert_eq!(d.state.interference.probe_at_ms, None);
     }
 }

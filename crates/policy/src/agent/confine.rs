@@ -257,7 +257,13 @@ pub fn apply(
                 ),
                 Cause::Interference,
             ),
-            None => ("offline CPU-time cap released".to_string(), Cause::Release),
+            None => (
+                match &tick.probe {
+                    Some(p) => format!("{p}: offline CPU-time cap released"),
+                    None => "offline CPU-time cap released".to_string(),
+                },
+                Cause::Release,
+            ),
         };
         plan.push(
             Action::set(

@@ -8,7 +8,10 @@
 //! - A step taken for pressure that has not fallen by a fifth one interval later did not help: it
 //!   is undone and the ladder backs off for `calm_period`.
 //! - A signal that holds (a latency objective with little slack) stops offline growing and any
-//!   release.
+//!   release. One that holds with room (slack between `slo.hold_below` and `slo.release_above`)
+//!   for `slo.probe_after` releases one step to probe: an objective whose target is too close to
+//!   the quiet latency for ample slack would otherwise keep offline tightened for good. Tightening
+//!   soon after a probe doubles the wait before the next.
 //! - When every signal that speaks is calm, one step is released after the shortest calm time any
 //!   of them asks (`calm_period` for pressure, `cpu.grow_after` for an objective with ample slack).
 
@@ -216,6 +219,8 @@ pub fn decide(
         Verdict::Hold { reason, .. } => Some(reason.clone()),
         _ => None,
     });
+    // Every hold leaves room (none stops growth): a stretch of these may probe a release.
+    let roomy = held.is_some() && !stops_growth(verdicts);
     // Released after the shortest calm time a calm signal asks, when no signal holds.
     let calm = verdicts
         .iter()
@@ -229,6 +234,27 @@ pub fn decide(
     let lad = &mut st.interference;
     let mut tick = LadderTick::default();
     let offline_present = super::confine::offline_present(snap);
+    let probe_after = cfg.slo.probe_after.0;
+    // A probe is judged by what follows it within `probe_after`: tightening doubles the wait
+    // before the next one, a quiet stretch resets it.
+    if let Some(at) = lad.probe_at_ms {
+        if now.saturating_sub(at) >= probe_after {
+            lad.probe_wait_ms = 0;
+            lad.probe_at_ms = None;
+        } else if tighten.is_some() {
+            lad.probe_wait_ms = lad
+                .probe_wait_ms
+                .max(probe_after)
+                .saturating_mul(2)
+                .min(probe_after.saturating_mul(super::state::PROBE_BACKOFF_MAX));
+            lad.probe_at_ms = None;
+        }
+    }
+    // A roomy hold that turns calm keeps its start: more slack never releases later.
+    let hold_since = lad.hold_since_ms;
+    if !(roomy && tighten.is_none()) || lad.steps.is_empty() {
+        lad.hold_since_ms = None;
+    }
     match tighten {
         Some((reason, baseline)) => {
             tick.pressure = Some(reason);
@@ -280,7 +306,7 @@ pub fn decide(
             } else {
                 let since = match lad.phase {
                     Phase::Calming { since_ms } => since_ms,
-                    _ => now,
+                    _ => hold_since.unwrap_or(now),
                 };
                 if now.saturating_sub(since) >= calm {
                     // Released: the baseline of the step goes with it.
@@ -297,9 +323,25 @@ pub fn decide(
         }
         None => {
             // A holding signal restarts the calm count: release needs an unbroken calm stretch.
-            if let (Some(r), Phase::Calming { .. }) = (&held, lad.phase) {
-                let _ = r;
+            if let Phase::Calming { .. } = lad.phase {
                 lad.phase = Phase::Idle;
+            }
+            if roomy && probe_after > 0 && !lad.steps.is_empty() {
+                let since = *lad.hold_since_ms.get_or_insert(now);
+                // Never sooner than an ample-slack release would come.
+                let wait = lad.probe_wait_ms.max(probe_after).max(cfg.cpu.grow_after.0);
+                if now.saturating_sub(since) >= wait {
+                    lad.steps.pop();
+                    // The popped step's baseline goes with it.
+                    lad.phase = Phase::Idle;
+                    lad.probe_at_ms = Some(now);
+                    lad.hold_since_ms = None;
+                    tick.probe = Some(format!(
+                        "{}, held {:.0}s: one step released to probe",
+                        held.as_deref().unwrap_or("objective met"),
+                        wait as f64 / 1000.0
+                    ));
+                }
             }
         }
     }
@@ -372,6 +414,13 @@ pub fn freeze(
                     Cause::Confine,
                 ),
                 (true, false) => (format!("{pressure}: {level} frozen"), Cause::Interference),
+                (false, _) if was && tick.probe.is_some() => (
+                    format!(
+                        "{}: {level} thawed",
+                        tick.probe.as_deref().unwrap_or_default()
+                    ),
+                    Cause::Release,
+                ),
                 (false, _) if was && tick.undone => (
                     format!("tightening did not lower online pressure: {level} thawed"),
                     Cause::Release,

@@ -24,7 +24,7 @@ use tidal_model::{
 };
 
 pub use confine::cpus_needed;
-pub use state::{Frozen, Interference, Phase, PolicyState, Step};
+pub use state::{Frozen, Interference, Phase, PolicyState, Step, PROBE_BACKOFF_MAX};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {

@@ -49,7 +49,21 @@ pub enum Phase {
 pub struct Interference {
     pub steps: Vec<Step>,
     pub phase: Phase,
+    /// Since when a latency objective has held with room (slack between `slo.hold_below` and
+    /// `slo.release_above`) while steps are in force: after `slo.probe_after` one is released.
+    #[serde(default)]
+    pub hold_since_ms: Option<u64>,
+    /// When the last probing release was made, until it has lasted `slo.probe_after`.
+    #[serde(default)]
+    pub probe_at_ms: Option<u64>,
+    /// The hold before the next probe (0: `slo.probe_after`); doubled by each probe that was
+    /// followed by tightening within `slo.probe_after`, up to [`PROBE_BACKOFF_MAX`] times.
+    #[serde(default)]
+    pub probe_wait_ms: u64,
 }
+
+/// A failed probe doubles the wait before the next one, up to this many times `slo.probe_after`.
+pub const PROBE_BACKOFF_MAX: u64 = 8;
 
 impl Interference {
     /// How many steps are in force.

@@ -23,4 +23,6 @@ pub struct LadderTick {
     pub pressure: Option<String>,
     /// A step was undone because it did not help.
     pub undone: bool,
+    /// A step was released to probe whether offline can have it back (the objective that held).
+    pub probe: Option<String>,
 }

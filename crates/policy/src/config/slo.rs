@@ -116,6 +116,11 @@ pub struct SloConfig {
     pub release_above: f64,
     /// Fewer requests than this in a window give no reading (a quantile of a handful is noise).
     pub min_requests: u64,
+    /// An objective met with slack between `hold_below` and `release_above` this long, with steps
+    /// in force, releases one step to probe (0: never). A probe followed by tightening within this
+    /// time doubles the wait before the next (up to 8×). Without it, a target under
+    /// 1 / (1 − `release_above`) × the service's quiet quantile keeps offline tightened for good.
+    pub probe_after: Millis,
     pub objectives: Vec<Objective>,
 }
 
@@ -130,6 +135,7 @@ impl Default for SloConfig {
             hold_below: 0.10,
             release_above: 0.30,
             min_requests: 20,
+            probe_after: Millis(30_000),
             objectives: Vec::new(),
         }
     }
@@ -266,6 +272,13 @@ impl SloConfig {
                 "needs tighten_below ≤ hold_below ≤ release_above (got {} ≤ {} ≤ {})",
                 self.tighten_below, self.hold_below, self.release_above
             ),
+        );
+        let pa = self.probe_after;
+        err(
+            e,
+            pa == Millis(0) || (pa >= Millis(1_000) && pa <= Millis(600_000)),
+            "probe_after",
+            format!("must be 0 (never probe) or between 1s and 10m (got {pa})"),
         );
         err(
             e,
