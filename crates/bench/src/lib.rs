@@ -55,6 +55,7 @@ fn machine(env: &BenchEnv) -> report::Machine {
     report::Machine {
         cpus: env.caps.cpus.len(),
         kernel: tidal_cgroupfs::caps::kernel_release().unwrap_or_default(),
+        preemption: tidal_cgroupfs::caps::preemption().0,
         cpu_model: model,
         cgroup_mode: env.layout.hierarchies.mode().to_string(),
     }

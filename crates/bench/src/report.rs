@@ -220,6 +220,8 @@ pub struct ScenarioSummary {
 pub struct Machine {
     pub cpus: usize,
     pub kernel: String,
+    /// The kernel's preemption model ("none", "voluntary", "full", "lazy"), where it could be read.
+    pub preemption: Option<String>,
     pub cpu_model: String,
     pub cgroup_mode: String,
 }
@@ -508,11 +510,16 @@ fn settling(r: &Report) -> String {
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "## tidal bench: {} CPUs, {} ({}), kernel {}, {} cgroups, {} layout\n\n",
+        "## tidal bench: {} CPUs, {} ({}), kernel {}{}, {} cgroups, {} layout\n\n",
         r.machine.cpus,
         r.machine.cpu_model,
         r.command,
         r.machine.kernel,
+        r.machine
+            .preemption
+            .as_deref()
+            .map(|m| format!(" (preempt={m})"))
+            .unwrap_or_default(),
         r.machine.cgroup_mode,
         r.layout
     ));
@@ -794,6 +801,7 @@ mod tests {
             machine: Machine {
                 cpus: 2,
                 kernel: "6.18".into(),
+                preemption: Some("none".into()),
                 cpu_model: "test".into(),
                 cgroup_mode: "hybrid".into(),
             },

@@ -1,4 +1,5 @@
-//! Capability detection: which knobs tidal's root can use here, PSI, group kill, cpuset semantics, CPUs.
+//! Capability detection: which knobs tidal's root can use here, PSI, group kill, cpuset semantics, CPUs,
+//! and the kernel's preemption model.
 //! On v2 a controller is usable in the root only if the root's parent offers it and tidal may enable
 //! it there: a parent that holds processes cannot pass controllers down (the no-internal-process
 //! rule), which is why [`controller_reach`] says why not, for `tidal doctor`.
@@ -24,6 +25,84 @@ pub fn kernel_release() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .ok()
         .map(|s| s.trim().to_string())
+}
+
+/// The mode in `/sys/kernel/debug/sched/preempt`: the word in parentheses ("none (voluntary) full").
+fn preempt_from_debugfs(text: &str) -> Option<String> {
+    let open = text.find('(')?;
+    let close = open + text[open..].find(')')?;
+    let m = text[open + 1..close].trim();
+    (!m.is_empty()).then(|| m.to_string())
+}
+
+/// The last "Dynamic Preempt: MODE" line of the kernel log (printed at boot on dynamic kernels).
+fn preempt_from_log(text: &str) -> Option<String> {
+    text.lines()
+        .rev()
+        .filter_map(|l| l.split("Dynamic Preempt:").nth(1))
+        .find_map(|m| m.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// The model built in, from `uname -v`'s flags; None where it is chosen at boot (PREEMPT_DYNAMIC).
+fn preempt_from_build(version: &str) -> Option<String> {
+    let flags: Vec<&str> = version.split_whitespace().collect();
+    if flags.contains(&"PREEMPT_RT") {
+        Some("full (rt)".into())
+    } else if flags.contains(&"PREEMPT_DYNAMIC") {
+        None
+    } else if flags.contains(&"PREEMPT") {
+        Some("full".into())
+    } else {
+        Some("none or voluntary".into())
+    }
+}
+
+/// What the kernel log holds now (/dev/kmsg read without waiting), at most 4 MiB of it.
+fn kernel_log() -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+        .ok()?;
+    let mut out = String::new();
+    // One record per read; a record longer than the buffer is skipped with EINVAL.
+    let mut buf = vec![0u8; 8192];
+    while out.len() < 4 << 20 {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => continue,
+            // EAGAIN: the end of the log; EPIPE: records overwritten while reading.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(_) => break,
+        }
+    }
+    Some(out)
+}
+
+/// The kernel's preemption model and where it was read. Under `none` or `voluntary`, offline work
+/// running inside the kernel keeps its CPU until it yields, whatever its scheduling class.
+pub fn preemption() -> (Option<String>, &'static str) {
+    if let Some(m) = std::fs::read_to_string("/sys/kernel/debug/sched/preempt")
+        .ok()
+        .and_then(|t| preempt_from_debugfs(&t))
+    {
+        return (Some(m), "debugfs");
+    }
+    let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
+    if let Some(m) = preempt_from_build(&version) {
+        return (Some(m), "build");
+    }
+    match kernel_log().and_then(|t| preempt_from_log(&t)) {
+        Some(m) => (Some(m), "boot log"),
+        None => (
+            None,
+            "PREEMPT_DYNAMIC; neither debugfs nor the kernel log says which",
+        ),
+    }
 }
 
 /// The first kernel with each v2 file that exists only on newer kernels.
@@ -202,6 +281,36 @@ pub fn detect_capabilities(layout: &Layout) -> Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_preemption_model_is_read_from_each_source() {
+        assert_eq!(
+            preempt_from_debugfs("none (voluntary) full lazy\n").as_deref(),
+            Some("voluntary")
+        );
+        assert_eq!(preempt_from_debugfs("full lazy\n"), None);
+        let log =
+            "6,1,0,-;Linux version 6.18\n6,2,243469,-;Dynamic Preempt: none\n6,3,1,-;rcu: x\n";
+        assert_eq!(preempt_from_log(log).as_deref(), Some("none"));
+        assert_eq!(
+            preempt_from_log("[    0.2] Dynamic Preempt: lazy").as_deref(),
+            Some("lazy")
+        );
+        assert_eq!(preempt_from_log("nothing here"), None);
+        assert_eq!(preempt_from_build("#1 SMP PREEMPT_DYNAMIC @0"), None);
+        assert_eq!(
+            preempt_from_build("#1 SMP PREEMPT_RT Debian").as_deref(),
+            Some("full (rt)")
+        );
+        assert_eq!(
+            preempt_from_build("#1 SMP PREEMPT Thu").as_deref(),
+            Some("full")
+        );
+        assert_eq!(
+            preempt_from_build("#1 SMP Debian 6.1.0").as_deref(),
+            Some("none or voluntary")
+        );
+    }
     use crate::hierarchy::Hierarchies;
     use crate::layout::{Host, RootSpec};
     use crate::mountinfo::{parse_mountinfo, parse_proc_cgroup};

@@ -4,7 +4,7 @@ use crate::cli::{DoctorArgs, Global};
 use crate::exit::fail;
 use serde::Serialize;
 use std::path::Path;
-use tidal_cgroupfs::caps::{controller_reach, kernel_release, knob_supported, Reach};
+use tidal_cgroupfs::caps::{controller_reach, kernel_release, knob_supported, preemption, Reach};
 use tidal_cgroupfs::{detect_capabilities, Layout, Version};
 use tidal_kube::{cpu_manager, paths, paths::Driver};
 use tidal_model::{Knob, KnobValue, QosClass, Target};
@@ -289,6 +289,20 @@ pub fn rows(layout: &Layout, k: &KubernetesConfig) -> Vec<Row> {
         true,
         layout.hierarchies.mode().to_string(),
         "",
+    ));
+    let (model, source) = preemption();
+    out.push(row(
+        "kernel preemption",
+        model
+            .as_deref()
+            .is_some_and(|m| m.starts_with("full") || m == "lazy"),
+        match &model {
+            Some(m) => format!("{m} ({source})"),
+            None => format!("unknown ({source})"),
+        },
+        "offline work running inside the kernel (page-cache reads, reclaim, large copies) keeps its CPU \
+         until it yields, whatever its priority, and woken online tasks wait behind it: boot with \
+         preempt=full (or preempt=lazy, 6.13+) where the kernel is PREEMPT_DYNAMIC",
     ));
     for h in &layout.hierarchies.list {
         let ver = match h.version {
