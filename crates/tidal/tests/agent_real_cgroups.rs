@@ -303,3 +303,68 @@ fn agent_reloads_its_config_on_sighup_and_keeps_the_last_good_one() {
         "{log}"
     );
 }
+
+/// A first setting is not drift; the same setting changed behind the agent's back and written again
+/// is, and the log says so.
+#[test]
+fn only_a_setting_changed_behind_the_agents_back_is_reported_as_drift() {
+    if !cgroups_usable("only_a_setting_changed_behind_the_agents_back_is_reported_as_drift") {
+        return;
+    }
+    let mut t = TestRoot::new("drift");
+    let caps = tidal_cgroupfs::detect_capabilities(&t.layout);
+    // The offline parent's CPU setting, where this root has the cpu controller (a systemd scope
+    // with only memory and pids delegated has none: then only the first half holds).
+    let cpu_knob = if caps.has(Knob::CpuIdle) {
+        Some((Knob::CpuIdle, KnobValue::Bool(true), KnobValue::Bool(false)))
+    } else if caps.has(Knob::CpuWeight) {
+        Some((
+            Knob::CpuWeight,
+            t.as_kernel_shows(Knob::CpuWeight, KnobValue::Shares(2)),
+            KnobValue::Shares(1024),
+        ))
+    } else {
+        None
+    };
+    let addr = free_addr();
+    // Online work first, so the agent's first static pass comes before offline work appears.
+    let pid = t.spawn(&["run", "--qos", "online", "--name", "s", "--", "sleep", "60"]);
+    wait_cgroup(pid, "/online/s").expect("the online workload in its group");
+    let agent = common::start_agent(
+        &t,
+        "tick: 100ms\nstatic_interval: 300ms\ninterference:\n  psi_threshold: 100\nbpf:\n  runq_p99_threshold: 10s\n",
+        &addr,
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = t.spawn(&[
+        "run", "--qos", "offline", "--name", "w", "--", "sleep", "60",
+    ]);
+    wait_cgroup(pid, "/offline/offline/w").expect("the workload in its group");
+    if let Some((knob, want, _)) = &cpu_knob {
+        wait_for("the offline parent's setting", 10, || {
+            t.knob("offline", *knob) == *want
+        });
+    }
+    // Several static intervals over groups that got their first settings, and a workload that
+    // comes after the first of them: nothing to repair.
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = t.spawn(&[
+        "run", "--qos", "offline", "--name", "w2", "--", "sleep", "60",
+    ]);
+    wait_cgroup(pid, "/offline/offline/w2").expect("the second workload in its group");
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = t.agent_log();
+    assert!(!log.contains("drift repaired"), "{log}");
+    match cpu_knob {
+        Some((knob, want, other)) => {
+            t.write_knob("offline", knob, other);
+            wait_for("the setting written back, as drift", 10, || {
+                t.knob("offline", knob) == want && t.agent_log().contains("drift repaired")
+            });
+        }
+        None => println!("no cpu controller in this root: drift itself not exercised"),
+    }
+    common::stop(agent);
+    t.kill_children();
+    t.restore_ok();
+}

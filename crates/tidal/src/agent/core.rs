@@ -70,7 +70,9 @@ pub struct Agent {
     /// write (a drift repair must not hide why offline was confined).
     history: BTreeMap<(Target, bool), ActionRecord>,
     ticks: u64,
-    first_static_done: bool,
+    /// Each routine (static) setting last found or written in place: writing the same value again
+    /// means something else changed it (drift); a first or a new value is not drift.
+    static_in_place: BTreeMap<(Target, Knob), KnobValue>,
     /// What enabling blk-iocost last came to (said once per change).
     iocost: Option<Outcome>,
     shared: Arc<Shared>,
@@ -125,7 +127,7 @@ impl Agent {
             snap: Snapshot::default(),
             history: BTreeMap::new(),
             ticks: 0,
-            first_static_done: false,
+            static_in_place: BTreeMap::new(),
             iocost: None,
             shared,
         }
@@ -358,12 +360,33 @@ impl Agent {
                 Err(e) => format!("error: {e}"),
             };
             outcomes.push(outcome.clone());
+            if let (
+                Op::Set {
+                    target,
+                    knob,
+                    value,
+                },
+                Ok(o),
+            ) = (&ap.action.op, &ap.result)
+            {
+                let key = (target.clone(), *knob);
+                match (ap.action.cause, o) {
+                    (Cause::Static, Outcome::Written | Outcome::Unchanged) => {
+                        let before = self.static_in_place.insert(key, value.clone());
+                        if *o == Outcome::Written && before.as_ref() == Some(value) {
+                            warn!("drift repaired: {}", ap.action);
+                        }
+                    }
+                    // Tidal itself moved it for another reason: not drift when put back.
+                    (_, Outcome::Written) => {
+                        self.static_in_place.remove(&key);
+                    }
+                    _ => {}
+                }
+            }
             match &ap.result {
                 Ok(Outcome::Written) | Ok(Outcome::DryRun) => {
                     m.actions.get_or_create(&labels).inc();
-                    if ap.action.cause == Cause::Static && self.first_static_done {
-                        warn!("drift repaired: {}", ap.action);
-                    }
                 }
                 Err(_) => {
                     m.action_errors.get_or_create(&labels).inc();
@@ -375,9 +398,6 @@ impl Agent {
             self.history
                 .insert((ap.action.op.target(), routine), r.clone());
             records.push(r);
-        }
-        if applied.iter().any(|a| a.action.cause == Cause::Static) {
-            self.first_static_done = true;
         }
         let offline_n = self.state.offline_cpus.as_ref().map_or(0, |c| c.len());
         m.node(
@@ -407,10 +427,12 @@ impl Agent {
         );
         if refreshed {
             let live: HashSet<&Target> = self.snap.workloads.iter().map(|w| &w.group).collect();
-            self.history.retain(|(g, _), _| match g {
+            let keep = |g: &Target| match g {
                 Target::Tidal(p) => p.depth() <= 2 || live.contains(g),
                 Target::Foreign(_) => live.contains(g),
-            });
+            };
+            self.history.retain(|(g, _), _| keep(g));
+            self.static_in_place.retain(|(g, _), _| keep(g));
         }
         let mut v = lock(&self.shared.view);
         v.now_ms = self.snap.now_ms;
