@@ -239,6 +239,7 @@ step() { # step NAME COMMAND...: runs it, prints PASS or FAIL with its output
 }
 export TIDAL_STATE_DIR=/var/lib/tidal RUST_BACKTRACE=1
 echo "in cgroup: $(cat /proc/self/cgroup)"
+$TIDAL doctor 2>/dev/null | grep -e 'run-queue latency' -e 'kernel preemption' | cut -c1-200
 step doctor sh -c "$TIDAL doctor && $TIDAL doctor --json | grep -q '\"detail\": \"v2\"'"
 if [ $MODE = systemd ]; then
   step doctor-names-the-unit sh -c "$TIDAL doctor | grep -q 'systemd scope tidal.scope in tidal.slice'"
