@@ -213,6 +213,10 @@ done
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/block/vda ] && break; sleep 0.5; done
 [ -e /dev/vda ] || mdev -s 2>/dev/null
 echo "block devices: $(ls /sys/block)"
+# Kernel text symbols at 200 MiB into the disk (the IO tests read its first 64 MiB), for the host to
+# name a wedged CPU's addresses: Debian ships no real System.map.
+echo 0 > /proc/sys/kernel/kptr_restrict 2>/dev/null
+[ -e /dev/vda ] && grep ' [tT] ' /proc/kallsyms | dd of=/dev/vda bs=1M seek=200 conv=fsync 2>/dev/null
 fails=0
 hung() { # hung PID: after 480 s, shows where every process waits, then kills the step
   i=0
@@ -286,7 +290,7 @@ boot() { # boot NAME EXTRA_CMDLINE
   set +e
   timeout "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 3072 -smp 2 \
     -nographic -no-reboot -kernel "$kernel" -initrd "$work/initrd.gz" \
-    -drive file="$work/disk.img",if=virtio,format=raw \
+    -drive file="$work/disk.img",if=virtio,format=raw -monitor unix:"$work/monitor-$1.sock",server,nowait \
     -append "console=ttyS0 panic=-1 cgroup_no_v1=all psi=1 quiet mitigations=off $2 ${TIDAL_VM_CMDLINE:-}" >"$console" 2>&1 &
   local q=$!
   # A guest whose timers stopped (seen under TCG: soft lockups, "rcu_preempt kthread timer wakeup
@@ -295,7 +299,8 @@ boot() { # boot NAME EXTRA_CMDLINE
   while kill -0 $q 2>/dev/null; do
     sleep 10
     if [ $(( $(date +%s) - $(stat -c %Y "$console") )) -gt 600 ]; then
-      echo "vm-test: the $1 VM printed nothing for 600 s: wedged" >&2
+      echo "vm-test: the $1 VM printed nothing for 600 s: wedged; where its CPUs are:" >&2
+      python3 "$top/scripts/vm-guest-state.py" "$work/monitor-$1.sock" "$work/disk.img" $((200 << 20)) >&2 || true
       pkill -f "qemu-system-x86_64.*$work/initrd.gz" || true
     fi
   done

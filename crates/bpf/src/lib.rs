@@ -164,11 +164,13 @@ mod loaded {
     /// 6.4 the kernel allocates it with a GFP_ATOMIC kmalloc while the run-queue lock is held; an
     /// allocation that wakes kswapd (or a memcg event's worker) then takes a run-queue lock again
     /// and can deadlock the CPU. Read from the kernel's BTF; anything unreadable counts as unsafe.
-    fn task_storage_alloc_safe() -> Result<(), String> {
+    pub fn task_storage_alloc_safe() -> Result<(), String> {
         use libbpf_rs::btf::{types::Struct, Btf};
         let btf = Btf::from_vmlinux().map_err(|e| format!("cannot read the kernel's BTF: {e}"))?;
+        // By kind: a forward declaration of the same name may come first.
         let smap: Struct = btf
-            .type_by_name("bpf_local_storage_map")
+            .type_by_kind::<Struct>()
+            .find(|t| t.name().is_some_and(|n| n == "bpf_local_storage_map"))
             .ok_or("the kernel's BTF has no struct bpf_local_storage_map")?;
         let safe = smap.iter().any(|m| {
             m.name
@@ -358,7 +360,7 @@ mod loaded {
 }
 
 #[cfg(tidal_bpf)]
-pub use loaded::Collector;
+pub use loaded::{task_storage_alloc_safe, Collector};
 
 /// Turns the kernel's BPF run-time statistics on for as long as the returned descriptor is open.
 #[cfg(tidal_bpf)]

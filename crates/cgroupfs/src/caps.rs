@@ -46,6 +46,9 @@ fn preempt_from_log(text: &str) -> Option<String> {
 
 /// The model built in, from `uname -v`'s flags; None where it is chosen at boot (PREEMPT_DYNAMIC).
 fn preempt_from_build(version: &str) -> Option<String> {
+    if !version.starts_with('#') {
+        return None;
+    }
     let flags: Vec<&str> = version.split_whitespace().collect();
     if flags.contains(&"PREEMPT_RT") {
         Some("full (rt)".into())
@@ -58,7 +61,8 @@ fn preempt_from_build(version: &str) -> Option<String> {
     }
 }
 
-/// What the kernel log holds now (/dev/kmsg read without waiting), at most 4 MiB of it.
+/// The kernel's own records (facility 0) that the log holds now: /dev/kmsg read without waiting,
+/// at most 4 MiB and 100000 records of it.
 fn kernel_log() -> Option<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
@@ -70,10 +74,20 @@ fn kernel_log() -> Option<String> {
     let mut out = String::new();
     // One record per read; a record longer than the buffer is skipped with EINVAL.
     let mut buf = vec![0u8; 8192];
-    while out.len() < 4 << 20 {
+    for _ in 0..100_000 {
+        if out.len() >= 4 << 20 {
+            break;
+        }
         match f.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => out.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Ok(n) => {
+                let rec = String::from_utf8_lossy(&buf[..n]);
+                // "PRI,SEQ,TS,FLAGS;MESSAGE": PRI = facility × 8 + level; users write facility 1.
+                let pri = rec.split(',').next().and_then(|p| p.parse::<u32>().ok());
+                if pri.is_some_and(|p| p < 8) {
+                    out.push_str(&rec);
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => continue,
             // EAGAIN: the end of the log; EPIPE: records overwritten while reading.
             Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
@@ -92,15 +106,17 @@ pub fn preemption() -> (Option<String>, &'static str) {
     {
         return (Some(m), "debugfs");
     }
-    let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
-    if let Some(m) = preempt_from_build(&version) {
-        return (Some(m), "build");
+    // Dynamic kernels say at boot which model they took; before 5.18 their version string does
+    // not say that they are dynamic, so the log comes before the build flags.
+    if let Some(m) = kernel_log().and_then(|t| preempt_from_log(&t)) {
+        return (Some(m), "boot log");
     }
-    match kernel_log().and_then(|t| preempt_from_log(&t)) {
-        Some(m) => (Some(m), "boot log"),
+    let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
+    match preempt_from_build(&version) {
+        Some(m) => (Some(m), "build"),
         None => (
             None,
-            "PREEMPT_DYNAMIC; neither debugfs nor the kernel log says which",
+            "neither debugfs, the kernel log nor the version string says which",
         ),
     }
 }
@@ -310,6 +326,7 @@ mod tests {
             preempt_from_build("#1 SMP Debian 6.1.0").as_deref(),
             Some("none or voluntary")
         );
+        assert_eq!(preempt_from_build(""), None);
     }
     use crate::hierarchy::Hierarchies;
     use crate::layout::{Host, RootSpec};

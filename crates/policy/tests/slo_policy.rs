@@ -271,6 +271,15 @@ fn an_objective_met_with_some_room_probes_a_release_and_backs_off_when_it_fails(
     s.now_ms = back + 3 * probe;
     st = decide(&s, &cfg, &caps, &st).state;
     assert_eq!(st.interference.probe_wait_ms, 0);
+    // Room for 3 s, then one calm reading: neither grow_after of calm nor probe_after of room.
+    let mut st = PolicyState::default();
+    st.interference.steps = Step::LADDER.to_vec();
+    for (i, slack) in [ROOMY, ROOMY, ROOMY, 0.5].into_iter().enumerate() {
+        let mut s = snapshot(Some(slack));
+        s.now_ms = 500_000 + i as u64 * 1_000;
+        st = decide(&s, &cfg, &caps, &st).state;
+    }
+    assert_eq!(st.interference.level(), 4);
     // probe_after 0: never.
     let mut cfg0 = Config::default();
     cfg0.slo.probe_after = Millis(0);
@@ -384,5 +393,22 @@ proptest! {
             prop_assert_eq!(w, 0, "a probe that lasted resets the wait");
         }
         prop_assert_eq!(d.state.interference.probe_at_ms, None);
+    }
+
+    #[test]
+    fn room_mixed_with_short_calm_releases_nothing_before_probe_after(calm in proptest::collection::vec(any::<bool>(), 1..29)) {
+        // 1-s readings, never three calm in a row (2 s of calm is cpu.grow_after), fewer than
+        // probe_after (30 s) of them.
+        prop_assume!(!calm.windows(3).any(|w| w.iter().all(|c| *c)));
+        let cfg = Config::default();
+        let caps = Capabilities::full(8);
+        let mut st = PolicyState::default();
+        st.interference.steps = Step::LADDER.to_vec();
+        for (i, c) in calm.iter().enumerate() {
+            let mut s = snapshot(Some(if *c { 0.5 } else { ROOMY }));
+            s.now_ms = 100_000 + i as u64 * 1_000;
+            st = decide(&s, &cfg, &caps, &st).state;
+        }
+        prop_assert_eq!(st.interference.level(), 4);
     }
 }

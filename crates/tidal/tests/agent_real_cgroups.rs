@@ -315,7 +315,10 @@ fn only_a_setting_changed_behind_the_agents_back_is_reported_as_drift() {
     let caps = tidal_cgroupfs::detect_capabilities(&t.layout);
     // The offline parent's CPU setting, where this root has the cpu controller (a systemd scope
     // with only memory and pids delegated has none: then only the first half holds).
-    let cpu_knob = if caps.has(Knob::CpuIdle) {
+    // In the order the offline parent's plan picks them.
+    let cpu_knob = if caps.has(Knob::CpuQosLevel) {
+        Some((Knob::CpuQosLevel, KnobValue::Level(-1), KnobValue::Level(0)))
+    } else if caps.has(Knob::CpuIdle) {
         Some((Knob::CpuIdle, KnobValue::Bool(true), KnobValue::Bool(false)))
     } else if caps.has(Knob::CpuWeight) {
         Some((

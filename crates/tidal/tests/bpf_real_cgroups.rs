@@ -155,17 +155,27 @@ fn task_storage_is_created_at_the_scheduler_only_where_the_kernel_allocates_it_s
     let mut parts = release.trim().split(|ch: char| !ch.is_ascii_digit());
     let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok());
     let version = (next().expect("major"), next().expect("minor"));
-    if version >= (6, 4) {
-        assert_eq!(c.attach, "tp_btf", "{release}: {:?}", c.fallback);
-    } else {
-        assert_eq!(c.attach, "raw_tp", "{release}");
-        assert!(
-            c.fallback
-                .as_deref()
-                .is_some_and(|f| f.contains("run-queue lock")),
-            "{release}: {:?}",
-            c.fallback
-        );
+    let safe = tidal_bpf::task_storage_alloc_safe();
+    // Every upstream kernel from 6.4 has an allocator safe there: a BTF that no longer shows it
+    // would send new kernels to the slower path without a word.
+    assert!(version < (6, 4) || safe.is_ok(), "{release}: {:?}", safe);
+    // Cross-check against the BTF's string table: the member names are there on a kernel that
+    // has them (6.1 has none of them).
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF");
+    let named = ["bpf_ma", "selem_ma", "use_kmalloc_nolock"]
+        .iter()
+        .any(|n| {
+            let want = [b"\0", n.as_bytes(), b"\0"].concat();
+            btf.windows(want.len()).any(|w| w == want.as_slice())
+        });
+    assert_eq!(safe.is_ok(), named, "{release}: {:?}", safe);
+    match safe {
+        Ok(()) => assert_eq!(c.attach, "tp_btf", "{release}: {:?}", c.fallback),
+        Err(why) => {
+            assert_eq!(c.attach, "raw_tp", "{release}");
+            assert!(why.contains("run-queue lock"), "{why}");
+            assert_eq!(c.fallback.as_deref(), Some(why.as_str()));
+        }
     }
 }
 

@@ -8,10 +8,10 @@
 //! - A step taken for pressure that has not fallen by a fifth one interval later did not help: it
 //!   is undone and the ladder backs off for `calm_period`.
 //! - A signal that holds (a latency objective with little slack) stops offline growing and any
-//!   release. One that holds with room (slack between `slo.hold_below` and `slo.release_above`)
-//!   for `slo.probe_after` releases one step to probe: an objective whose target is too close to
-//!   the quiet latency for ample slack would otherwise keep offline tightened for good. Tightening
-//!   soon after a probe doubles the wait before the next.
+//!   release. A stretch of `slo.probe_after` with room (every hold with slack of `slo.hold_below`
+//!   or more, or every signal calm) releases one step to probe: an objective whose target is too
+//!   close to the quiet latency for ample slack would otherwise keep offline tightened for good.
+//!   Tightening within `slo.probe_after` of a probe doubles the wait before the next.
 //! - When every signal that speaks is calm, one step is released after the shortest calm time any
 //!   of them asks (`calm_period` for pressure, `cpu.grow_after` for an objective with ample slack).
 
@@ -250,11 +250,26 @@ pub fn decide(
             lad.probe_at_ms = None;
         }
     }
-    // A roomy hold that turns calm keeps its start: more slack never releases later.
-    let hold_since = lad.hold_since_ms;
-    if !(roomy && tighten.is_none()) || lad.steps.is_empty() {
+    // The stretch with room (every signal calm, or holding with room) counts towards a probe,
+    // whichever of the two each tick was: more slack never releases later.
+    let tightening = tighten.is_some();
+    let room = !tightening && (roomy || any_calm);
+    let probe_wait = lad.probe_wait_ms.max(probe_after).max(cfg.cpu.grow_after.0);
+    let hold_since = if room && !lad.steps.is_empty() {
+        Some(*lad.hold_since_ms.get_or_insert(now))
+    } else {
         lad.hold_since_ms = None;
-    }
+        None
+    };
+    let probe_due = probe_after > 0
+        && offline_present
+        && hold_since.is_some_and(|t| now.saturating_sub(t) >= probe_wait);
+    let probe_note = |why: &str, since: u64| {
+        format!(
+            "{why}, with room for {:.0}s: one step released to probe",
+            now.saturating_sub(since) as f64 / 1000.0
+        )
+    };
     match tighten {
         Some((reason, baseline)) => {
             tick.pressure = Some(reason);
@@ -306,11 +321,18 @@ pub fn decide(
             } else {
                 let since = match lad.phase {
                     Phase::Calming { since_ms } => since_ms,
-                    _ => hold_since.unwrap_or(now),
+                    _ => now,
                 };
-                if now.saturating_sub(since) >= calm {
+                let released = now.saturating_sub(since) >= calm;
+                if released || probe_due {
+                    if !released {
+                        tick.probe =
+                            Some(probe_note("every signal calm", hold_since.unwrap_or(now)));
+                        lad.probe_at_ms = Some(now);
+                    }
                     // Released: the baseline of the step goes with it.
                     lad.steps.pop();
+                    lad.hold_since_ms = None;
                     lad.phase = if lad.steps.is_empty() {
                         Phase::Idle
                     } else {
@@ -326,24 +348,22 @@ pub fn decide(
             if let Phase::Calming { .. } = lad.phase {
                 lad.phase = Phase::Idle;
             }
-            if roomy && probe_after > 0 && !lad.steps.is_empty() {
-                let since = *lad.hold_since_ms.get_or_insert(now);
-                // Never sooner than an ample-slack release would come.
-                let wait = lad.probe_wait_ms.max(probe_after).max(cfg.cpu.grow_after.0);
-                if now.saturating_sub(since) >= wait {
-                    lad.steps.pop();
-                    // The popped step's baseline goes with it.
-                    lad.phase = Phase::Idle;
-                    lad.probe_at_ms = Some(now);
-                    lad.hold_since_ms = None;
-                    tick.probe = Some(format!(
-                        "{}, held {:.0}s: one step released to probe",
-                        held.as_deref().unwrap_or("objective met"),
-                        wait as f64 / 1000.0
-                    ));
-                }
+            if roomy && probe_due {
+                lad.steps.pop();
+                // The popped step's baseline goes with it.
+                lad.phase = Phase::Idle;
+                lad.probe_at_ms = Some(now);
+                lad.hold_since_ms = None;
+                tick.probe = Some(probe_note(
+                    held.as_deref().unwrap_or("objective met"),
+                    hold_since.unwrap_or(now),
+                ));
             }
         }
+    }
+    // A ladder emptied with no probe pending starts its next episode from the plain wait.
+    if lad.steps.is_empty() && lad.probe_at_ms.is_none() && !tightening {
+        lad.probe_wait_ms = 0;
     }
     tick
 }

@@ -49,8 +49,8 @@ pub enum Phase {
 pub struct Interference {
     pub steps: Vec<Step>,
     pub phase: Phase,
-    /// Since when a latency objective has held with room (slack between `slo.hold_below` and
-    /// `slo.release_above`) while steps are in force: after `slo.probe_after` one is released.
+    /// Since when every signal has left room (holding with slack of `slo.hold_below` or more, or
+    /// calm) while steps are in force: after `slo.probe_after` one is released to probe.
     #[serde(default)]
     pub hold_since_ms: Option<u64>,
     /// When the last probing release was made, until it has lasted `slo.probe_after`.

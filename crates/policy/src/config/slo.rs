@@ -116,8 +116,8 @@ pub struct SloConfig {
     pub release_above: f64,
     /// Fewer requests than this in a window give no reading (a quantile of a handful is noise).
     pub min_requests: u64,
-    /// An objective met with slack between `hold_below` and `release_above` this long, with steps
-    /// in force, releases one step to probe (0: never). A probe followed by tightening within this
+    /// Objectives met with slack of `hold_below` or more this long (ample or not), with steps in
+    /// force, release one step to probe (0: never; else at least two `interval`s). A probe followed by tightening within this
     /// time doubles the wait before the next (up to 8×). Without it, a target under
     /// 1 / (1 − `release_above`) × the service's quiet quantile keeps offline tightened for good.
     pub probe_after: Millis,
@@ -274,11 +274,15 @@ impl SloConfig {
             ),
         );
         let pa = self.probe_after;
+        // A probe is judged by the readings that follow it: at least two intervals of them.
+        let least = Millis(iv.0.saturating_mul(2).max(1_000));
         err(
             e,
-            pa == Millis(0) || (pa >= Millis(1_000) && pa <= Millis(600_000)),
+            pa == Millis(0) || (pa >= least && pa <= Millis(600_000)),
             "probe_after",
-            format!("must be 0 (never probe) or between 1s and 10m (got {pa})"),
+            format!(
+                "must be 0 (never probe) or between {least} (1s, and two slo.interval) and 10m (got {pa})"
+            ),
         );
         err(
             e,

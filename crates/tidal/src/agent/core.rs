@@ -350,6 +350,20 @@ impl Agent {
         let mut records = Vec::new();
         let mut outcomes = Vec::new();
         let mut m = lock(&self.shared.metrics);
+        // A static pass re-sends every routine setting: what it did not address is gone.
+        if self.state.last_static_ms == Some(at) {
+            let sent: HashSet<(&Target, Knob)> = applied
+                .iter()
+                .filter_map(|ap| match &ap.action.op {
+                    Op::Set { target, knob, .. } if ap.action.cause == Cause::Static => {
+                        Some((target, *knob))
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.static_in_place
+                .retain(|(t, k), _| sent.contains(&(t, *k)));
+        }
         for ap in applied {
             let labels = ActionLabels {
                 kind: ap.action.op.kind().to_string(),
@@ -432,7 +446,6 @@ impl Agent {
                 Target::Foreign(_) => live.contains(g),
             };
             self.history.retain(|(g, _), _| keep(g));
-            self.static_in_place.retain(|(g, _), _| keep(g));
         }
         let mut v = lock(&self.shared.view);
         v.now_ms = self.snap.now_ms;
