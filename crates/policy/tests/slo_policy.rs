@@ -136,6 +136,36 @@ fn little_slack_holds_growth_and_release_ample_slack_releases_after_grow_after()
 }
 
 #[test]
+fn a_released_cpuset_step_says_why_offline_gets_its_cpu_back() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let mut s = snapshot(Some(-0.4));
+    let mut st = decide(&s, &cfg, &caps, &PolicyState::default()).state;
+    assert_eq!(st.interference.steps, vec![Step::ShrinkCpuset]);
+    let mut reasons = Vec::new();
+    for t in 1..=5u64 {
+        s = snapshot(Some(0.5));
+        s.now_ms = t * 1_000;
+        let d = decide(&s, &cfg, &caps, &st);
+        reasons.extend(
+            d.plan
+                .actions
+                .iter()
+                .filter(|a| a.cause == tidal_model::Cause::Release)
+                .map(|a| a.reason.clone()),
+        );
+        st = d.state;
+    }
+    assert_eq!(st.interference.level(), 0);
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("interference calm: offline gets its CPU back")),
+        "{reasons:?}"
+    );
+}
+
+#[test]
 fn a_stale_objective_leaves_pressure_alone_in_charge() {
     let cfg = Config::default();
     let caps = Capabilities::full(8);

@@ -185,6 +185,12 @@ pub fn apply(
             "{}, and it did not fall after tightening: not offline's doing, step undone",
             tick.pressure.as_deref().unwrap_or("online pressure")
         );
+    } else if tick.released == Some(Step::ShrinkCpuset) && why.is_empty() {
+        cause = Cause::Release;
+        why = match &tick.probe {
+            Some(p) => format!("{p}: offline gets its CPU back"),
+            None => "interference calm: offline gets its CPU back".to_string(),
+        };
     }
     let starved = target == 0;
     let cpus_target = pool.last_n(target.max(1) as usize);

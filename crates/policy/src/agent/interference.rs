@@ -331,7 +331,7 @@ pub fn decide(
                         lad.probe_at_ms = Some(now);
                     }
                     // Released: the baseline of the step goes with it.
-                    lad.steps.pop();
+                    tick.released = lad.steps.pop();
                     lad.hold_since_ms = None;
                     lad.phase = if lad.steps.is_empty() {
                         Phase::Idle
@@ -349,7 +349,7 @@ pub fn decide(
                 lad.phase = Phase::Idle;
             }
             if roomy && probe_due {
-                lad.steps.pop();
+                tick.released = lad.steps.pop();
                 // The popped step's baseline goes with it.
                 lad.phase = Phase::Idle;
                 lad.probe_at_ms = Some(now);
@@ -445,7 +445,7 @@ pub fn freeze(
                     format!("tightening did not lower online pressure: {level} thawed"),
                     Cause::Release,
                 ),
-                (false, _) if was => (format!("pressure calm: {level} thawed"), Cause::Release),
+                (false, _) if was => (format!("interference calm: {level} thawed"), Cause::Release),
                 (false, _) => (format!("{level} runs"), Cause::Static),
             };
             plan.push(

@@ -25,4 +25,6 @@ pub struct LadderTick {
     pub undone: bool,
     /// A step was released to probe whether offline can have it back (the objective that held).
     pub probe: Option<String>,
+    /// The step released this tick (calm, or a probe).
+    pub released: Option<super::state::Step>,
 }
