@@ -16,6 +16,18 @@ pub fn parse_flat_keyed(text: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// One key of a flat-keyed file, as [`parse_flat_keyed`] would give it, without building the map
+/// (read per workload every tick).
+pub fn flat_key(text: &str, key: &str) -> Option<u64> {
+    text.lines().rev().find_map(|l| {
+        let mut it = l.split_whitespace();
+        if it.next()? != key {
+            return None;
+        }
+        it.next()?.parse().ok()
+    })
+}
+
 /// CFS bandwidth statistics, normalised to microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Throttling {
@@ -40,6 +52,15 @@ mod tests {
         #[test]
         fn never_panics_on_any_text(t in "\\PC{0,200}") {
             let _ = parse_flat_keyed(&t);
+        }
+
+        #[test]
+        fn one_key_reads_as_the_map_has_it(
+            lines in proptest::collection::vec(("[abc]{1,2}", "[0-9x]{0,3}", " ?[a-z0-9]{0,2}"), 0..12),
+            k in "[abc]{1,2}",
+        ) {
+            let t: String = lines.iter().map(|(a, b, c)| format!("{a} {b}{c}\n")).collect();
+            prop_assert_eq!(flat_key(&t, &k), parse_flat_keyed(&t).get(&k).copied());
         }
     }
 }

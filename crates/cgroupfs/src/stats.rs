@@ -80,7 +80,7 @@ pub struct MemEvents {
 }
 
 fn key(text: &str, k: &str) -> Option<u64> {
-    crate::stat::parse_flat_keyed(text).get(k).copied()
+    crate::stat::flat_key(text, k)
 }
 
 fn events_v1(c: &[String]) -> std::result::Result<MemEvents, String> {

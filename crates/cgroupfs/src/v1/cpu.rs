@@ -2,7 +2,7 @@
 //! and the bandwidth statistics in `cpu.stat` (`throttled_time` in nanoseconds).
 
 use crate::spec::{bad, bool01, int, not_mine, one, Controller};
-use crate::stat::{parse_flat_keyed, Throttling};
+use crate::stat::{flat_key, Throttling};
 use tidal_model::{Knob, KnobValue};
 
 pub const SHARES: &str = "cpu.shares";
@@ -87,11 +87,10 @@ impl Controller for Cpu {
 
 /// v1 `cpu.stat` → throttling (its `throttled_time` is in nanoseconds).
 pub fn parse_throttling(text: &str) -> Option<Throttling> {
-    let m = parse_flat_keyed(text);
     Some(Throttling {
-        nr_periods: *m.get("nr_periods")?,
-        nr_throttled: *m.get("nr_throttled")?,
-        throttled_us: m.get("throttled_time")? / 1000,
+        nr_periods: flat_key(text, "nr_periods")?,
+        nr_throttled: flat_key(text, "nr_throttled")?,
+        throttled_us: flat_key(text, "throttled_time")? / 1000,
     })
 }
 

@@ -4,7 +4,7 @@
 //! `total_inactive_file` of `memory.stat`.
 
 use crate::spec::{bad, int, not_mine, one, page_floor, Controller};
-use crate::stat::parse_flat_keyed;
+use crate::stat::flat_key;
 use tidal_model::{Knob, KnobValue};
 
 pub const LIMIT: &str = "memory.limit_in_bytes";
@@ -80,10 +80,8 @@ impl Controller for Memory {
 /// Working set from `memory.usage_in_bytes` and `memory.stat` contents.
 pub fn working_set(usage: &str, stat: &str) -> Result<u64, String> {
     let usage: u64 = int(usage, "bytes")?;
-    let inactive = parse_flat_keyed(stat)
-        .get("total_inactive_file")
-        .copied()
-        .ok_or("memory.stat has no total_inactive_file")?;
+    let inactive =
+        flat_key(stat, "total_inactive_file").ok_or("memory.stat has no total_inactive_file")?;
     Ok(usage.saturating_sub(inactive))
 }
 

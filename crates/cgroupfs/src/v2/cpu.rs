@@ -1,7 +1,7 @@
 //! v2 `cpu` controller: `cpu.weight` (converted from shares), `cpu.idle`, `cpu.max`, `cpu.max.burst`.
 
 use crate::spec::{bad, bool01, int, not_mine, one, Controller};
-use crate::stat::{parse_flat_keyed, Throttling};
+use crate::stat::{flat_key, Throttling};
 use tidal_model::{Knob, KnobValue};
 
 /// v1 shares [2, 262144] → v2 weight [1, 10000]: a quadratic in log2 space that maps 2→1, 1024→100 and
@@ -106,19 +106,17 @@ impl Controller for Cpu {
 
 /// `cpu.stat` → cumulative CPU time in nanoseconds (from `usage_usec`).
 pub fn parse_usage_ns(text: &str) -> Result<u64, String> {
-    parse_flat_keyed(text)
-        .get("usage_usec")
+    flat_key(text, "usage_usec")
         .map(|us| us.saturating_mul(1000))
         .ok_or_else(|| "no usage_usec".to_string())
 }
 
 /// `cpu.stat` → throttling, if the cpu controller is enabled (else the lines are absent).
 pub fn parse_throttling(text: &str) -> Option<Throttling> {
-    let m = parse_flat_keyed(text);
     Some(Throttling {
-        nr_periods: *m.get("nr_periods")?,
-        nr_throttled: *m.get("nr_throttled")?,
-        throttled_us: *m.get("throttled_usec")?,
+        nr_periods: flat_key(text, "nr_periods")?,
+        nr_throttled: flat_key(text, "nr_throttled")?,
+        throttled_us: flat_key(text, "throttled_usec")?,
     })
 }
 

@@ -2,7 +2,7 @@
 //! unlimited), and the working set as the kubelet counts it: `memory.current` less `inactive_file`.
 
 use crate::spec::{bad, int, not_mine, one, page_floor, Controller};
-use crate::stat::parse_flat_keyed;
+use crate::stat::flat_key;
 use tidal_model::{Knob, KnobValue};
 
 pub const MAX: &str = "memory.max";
@@ -62,10 +62,7 @@ impl Controller for Memory {
 /// Working set from `memory.current` and `memory.stat` contents.
 pub fn working_set(current: &str, stat: &str) -> Result<u64, String> {
     let current: u64 = int(current, "bytes")?;
-    let inactive = parse_flat_keyed(stat)
-        .get("inactive_file")
-        .copied()
-        .ok_or("memory.stat has no inactive_file")?;
+    let inactive = flat_key(stat, "inactive_file").ok_or("memory.stat has no inactive_file")?;
     Ok(current.saturating_sub(inactive))
 }
 
