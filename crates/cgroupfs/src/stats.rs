@@ -8,7 +8,7 @@ use crate::hierarchy::Version;
 use crate::hot::HotFile;
 use crate::layout::{Layout, PROCS};
 use crate::psi::{parse_psi, Psi, PsiResource};
-use crate::stat::Throttling;
+use crate::stat::{flat_key, Throttling};
 use crate::{v1, v2};
 use std::path::Path;
 use tidal_model::Target;
@@ -79,22 +79,18 @@ pub struct MemEvents {
     pub major_faults: u64,
 }
 
-fn key(text: &str, k: &str) -> Option<u64> {
-    crate::stat::flat_key(text, k)
-}
-
 fn events_v1(c: &[String]) -> std::result::Result<MemEvents, String> {
     Ok(MemEvents {
         // memory.oom_control's oom_kill (4.13+); an older kernel has none: 0 kills seen.
-        oom_kills: key(first(c), "oom_kill").unwrap_or(0),
-        major_faults: key(c.get(1).map_or("", String::as_str), "total_pgmajfault")
+        oom_kills: flat_key(first(c), "oom_kill").unwrap_or(0),
+        major_faults: flat_key(c.get(1).map_or("", String::as_str), "total_pgmajfault")
             .ok_or("memory.stat has no total_pgmajfault")?,
     })
 }
 fn events_v2(c: &[String]) -> std::result::Result<MemEvents, String> {
     Ok(MemEvents {
-        oom_kills: key(first(c), "oom_kill").ok_or("memory.events has no oom_kill")?,
-        major_faults: key(c.get(1).map_or("", String::as_str), "pgmajfault")
+        oom_kills: flat_key(first(c), "oom_kill").ok_or("memory.events has no oom_kill")?,
+        major_faults: flat_key(c.get(1).map_or("", String::as_str), "pgmajfault")
             .ok_or("memory.stat has no pgmajfault")?,
     })
 }

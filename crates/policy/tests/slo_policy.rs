@@ -63,6 +63,15 @@ fn snapshot(slack: Option<f64>) -> Snapshot {
     }
 }
 
+/// The reasons of a plan's actions with this cause.
+fn reasons(plan: &tidal_model::Plan, cause: tidal_model::Cause) -> Vec<&str> {
+    plan.actions
+        .iter()
+        .filter(|a| a.cause == cause)
+        .map(|a| a.reason.as_str())
+        .collect()
+}
+
 fn level_of_target(t: &Target) -> Option<QosLevel> {
     let Target::Tidal(g) = t else { return None };
     let mut cur = Some(g.clone());
@@ -86,13 +95,7 @@ fn a_missed_objective_tightens_at_once_and_says_why() {
         1,
         "first step on the first reading"
     );
-    let why: Vec<&str> = d
-        .plan
-        .actions
-        .iter()
-        .filter(|a| a.cause == tidal_model::Cause::Interference)
-        .map(|a| a.reason.as_str())
-        .collect();
+    let why = reasons(&d.plan, tidal_model::Cause::Interference);
     assert!(!why.is_empty());
     for r in why {
         assert!(
@@ -142,26 +145,24 @@ fn a_released_cpuset_step_says_why_offline_gets_its_cpu_back() {
     let mut s = snapshot(Some(-0.4));
     let mut st = decide(&s, &cfg, &caps, &PolicyState::default()).state;
     assert_eq!(st.interference.steps, vec![Step::ShrinkCpuset]);
-    let mut reasons = Vec::new();
+    let mut released = Vec::new();
     for t in 1..=5u64 {
         s = snapshot(Some(0.5));
         s.now_ms = t * 1_000;
         let d = decide(&s, &cfg, &caps, &st);
-        reasons.extend(
-            d.plan
-                .actions
-                .iter()
-                .filter(|a| a.cause == tidal_model::Cause::Release)
-                .map(|a| a.reason.clone()),
+        released.extend(
+            reasons(&d.plan, tidal_model::Cause::Release)
+                .into_iter()
+                .map(String::from),
         );
         st = d.state;
     }
     assert_eq!(st.interference.level(), 0);
     assert!(
-        reasons
+        released
             .iter()
             .any(|r| r.contains("interference calm: offline gets its CPU back")),
-        "{reasons:?}"
+        "{released:?}"
     );
 }
 
@@ -261,13 +262,7 @@ fn an_objective_met_with_some_room_probes_a_release_and_backs_off_when_it_fails(
         let d = decide(&s, &cfg, &caps, &st);
         if d.state.interference.level() < 4 && released_at.is_none() {
             released_at = Some(t);
-            let thawed: Vec<&str> = d
-                .plan
-                .actions
-                .iter()
-                .filter(|a| a.cause == tidal_model::Cause::Release)
-                .map(|a| a.reason.as_str())
-                .collect();
+            let thawed = reasons(&d.plan, tidal_model::Cause::Release);
             assert!(
                 thawed.iter().any(|r| r.contains("to probe")
                     && r.contains("slack 20%")

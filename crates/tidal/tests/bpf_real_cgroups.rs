@@ -151,10 +151,8 @@ fn task_storage_is_created_at_the_scheduler_only_where_the_kernel_allocates_it_s
     }
     let _one = serial();
     let c = Collector::start().expect("BPF loads");
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
-    let mut parts = release.trim().split(|ch: char| !ch.is_ascii_digit());
-    let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok());
-    let version = (next().expect("major"), next().expect("minor"));
+    let release = tidal_cgroupfs::caps::kernel_release().expect("kernel release");
+    let version = tidal_cgroupfs::caps::kernel_version().expect("kernel version");
     let safe = tidal_bpf::task_storage_alloc_safe();
     // Every upstream kernel from 6.4 has an allocator safe there: a BTF that no longer shows it
     // would send new kernels to the slower path without a word.

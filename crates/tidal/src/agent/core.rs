@@ -277,6 +277,7 @@ impl Agent {
             let dry = self.act.dry_run();
             self.collector.source_mut().observe(&self.snap, dry);
         }
+        self.note_drift(&applied);
         self.publish(&applied, refreshed, full, readings);
         let took = now.elapsed();
         let m = lock(&self.shared.metrics);
@@ -338,20 +339,11 @@ impl Agent {
         }
     }
 
-    /// Metrics and `/state` after a tick.
-    fn publish(
-        &mut self,
-        applied: &[Applied],
-        refreshed: bool,
-        full: bool,
-        slo: Vec<super::slo::Reading>,
-    ) {
-        let at = self.snap.now_ms;
-        let mut records = Vec::new();
-        let mut outcomes = Vec::new();
-        let mut m = lock(&self.shared.metrics);
+    /// Says when a routine setting had to be written again at the value last found or written in
+    /// place (something else changed it); a first or a new value is not drift.
+    fn note_drift(&mut self, applied: &[Applied]) {
         // A static pass re-sends every routine setting: what it did not address is gone.
-        if self.state.last_static_ms == Some(at) {
+        if self.state.last_static_ms == Some(self.snap.now_ms) {
             let sent: HashSet<(&Target, Knob)> = applied
                 .iter()
                 .filter_map(|ap| match &ap.action.op {
@@ -365,6 +357,47 @@ impl Agent {
                 .retain(|(t, k), _| sent.contains(&(t, *k)));
         }
         for ap in applied {
+            let (
+                Op::Set {
+                    target,
+                    knob,
+                    value,
+                },
+                Ok(o),
+            ) = (&ap.action.op, &ap.result)
+            else {
+                continue;
+            };
+            let key = (target.clone(), *knob);
+            match (ap.action.cause, o) {
+                (Cause::Static, Outcome::Written | Outcome::Unchanged) => {
+                    let before = self.static_in_place.insert(key, value.clone());
+                    if *o == Outcome::Written && before.as_ref() == Some(value) {
+                        warn!("drift repaired: {}", ap.action);
+                    }
+                }
+                // Tidal itself moved it for another reason: not drift when put back.
+                (_, Outcome::Written) => {
+                    self.static_in_place.remove(&key);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Metrics and `/state` after a tick.
+    fn publish(
+        &mut self,
+        applied: &[Applied],
+        refreshed: bool,
+        full: bool,
+        slo: Vec<super::slo::Reading>,
+    ) {
+        let at = self.snap.now_ms;
+        let mut records = Vec::new();
+        let mut outcomes = Vec::new();
+        let mut m = lock(&self.shared.metrics);
+        for ap in applied {
             let labels = ActionLabels {
                 kind: ap.action.op.kind().to_string(),
                 reason: ap.action.cause.name().to_string(),
@@ -374,30 +407,6 @@ impl Agent {
                 Err(e) => format!("error: {e}"),
             };
             outcomes.push(outcome.clone());
-            if let (
-                Op::Set {
-                    target,
-                    knob,
-                    value,
-                },
-                Ok(o),
-            ) = (&ap.action.op, &ap.result)
-            {
-                let key = (target.clone(), *knob);
-                match (ap.action.cause, o) {
-                    (Cause::Static, Outcome::Written | Outcome::Unchanged) => {
-                        let before = self.static_in_place.insert(key, value.clone());
-                        if *o == Outcome::Written && before.as_ref() == Some(value) {
-                            warn!("drift repaired: {}", ap.action);
-                        }
-                    }
-                    // Tidal itself moved it for another reason: not drift when put back.
-                    (_, Outcome::Written) => {
-                        self.static_in_place.remove(&key);
-                    }
-                    _ => {}
-                }
-            }
             match &ap.result {
                 Ok(Outcome::Written) | Ok(Outcome::DryRun) => {
                     m.actions.get_or_create(&labels).inc();
@@ -441,11 +450,10 @@ impl Agent {
         );
         if refreshed {
             let live: HashSet<&Target> = self.snap.workloads.iter().map(|w| &w.group).collect();
-            let keep = |g: &Target| match g {
+            self.history.retain(|(g, _), _| match g {
                 Target::Tidal(p) => p.depth() <= 2 || live.contains(g),
                 Target::Foreign(_) => live.contains(g),
-            };
-            self.history.retain(|(g, _), _| keep(g));
+            });
         }
         let mut v = lock(&self.shared.view);
         v.now_ms = self.snap.now_ms;
