@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidal_actuator::Actuator;
 use tidal_model::Target;
-use tidal_model::{GroupPath, Knob, KnobValue};
+use tidal_model::{CpuSet, GroupPath, Knob, KnobValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -1151,14 +1151,71 @@ pub fn settle(
     }
 }
 
-/// The time of the first change that already shows the final state (the post-step target), and that
-/// state; None when nothing changed.
-pub fn first_to_final(changes: &[(f64, String)]) -> Option<(f64, String)> {
+/// What the step watcher saw of offline at one moment: its cpuset and whether it was frozen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfflineState {
+    pub cpus: Option<CpuSet>,
+    pub frozen: bool,
+}
+
+impl OfflineState {
+    /// From the watched files' contents: the cpuset first, then freeze files (v2 `1`, v1 `FROZEN`).
+    pub fn parse(cpuset: Option<&str>, freeze: &[String]) -> OfflineState {
+        OfflineState {
+            cpus: cpuset.and_then(|c| c.trim().parse().ok()),
+            frozen: freeze
+                .iter()
+                .any(|f| matches!(f.trim(), "1" | "FROZEN" | "FREEZING")),
+        }
+    }
+
+    /// Offline is out of the CPUs online needs: frozen, or on at most `max_cpus` CPUs.
+    fn out_of_the_way(&self, max_cpus: usize) -> bool {
+        self.frozen || self.cpus.as_ref().is_some_and(|c| c.len() <= max_cpus)
+    }
+
+    fn show(&self) -> String {
+        let cpus = self
+            .cpus
+            .as_ref()
+            .map_or("?".to_string(), |c| c.to_string());
+        if self.frozen {
+            format!("[{cpus}] frozen")
+        } else {
+            format!("[{cpus}]")
+        }
+    }
+}
+
+/// The step's reaction: the time of the first change after which offline was out of the CPUs the
+/// post-step load needs (on at most `max_cpus` CPUs, or frozen). `Err` with the last state when
+/// offline changed but never got there; None when nothing changed (nothing to time).
+pub fn step_reaction(
+    changes: &[(f64, OfflineState)],
+    max_cpus: usize,
+) -> Option<Result<f64, OfflineState>> {
     let (_, last) = changes.last()?;
-    changes
+    Some(
+        changes
+            .iter()
+            .find(|(_, s)| s.out_of_the_way(max_cpus))
+            .map(|(t, _)| *t)
+            .ok_or_else(|| last.clone()),
+    )
+}
+
+/// The changes as a short timeline for the report ("48 ms [6-15], 1210 ms [9-15] frozen").
+fn timeline(changes: &[(f64, OfflineState)]) -> String {
+    const SHOWN: usize = 6;
+    let mut parts: Vec<String> = changes
         .iter()
-        .find(|(_, s)| s == last)
-        .map(|(t, s)| (*t, s.clone()))
+        .take(SHOWN)
+        .map(|(t, s)| format!("{t:.0} ms {}", s.show()))
+        .collect();
+    if changes.len() > SHOWN {
+        parts.push(format!("… {} more", changes.len() - SHOWN));
+    }
+    parts.join(", ")
 }
 
 /// Milliseconds from the step until the quota in force first met the target computed after the step;
@@ -1204,14 +1261,17 @@ pub fn run_step(
     let cpuset = env
         .dir("cpuset", "tidal/offline")
         .map(|d| d.join("cpuset.cpus"));
-    let freeze = env
-        .dir("freezer", "tidal/offline/offline")
-        .map(|d| d.join("cgroup.freeze"));
+    // v1's freezer.state, or cgroup.freeze where the freezer is v2's; whichever is missing reads as nothing.
+    let freeze_dir = env.dir("freezer", "tidal/offline/offline");
+    let freeze = freeze_dir
+        .as_ref()
+        .map(|d| d.join(tidal_cgroupfs::v1::freezer::STATE));
+    let freeze_v2 = freeze_dir.map(|d| d.join(tidal_cgroupfs::v2::core::FREEZE));
     let unified_freeze = env.layout.unified().map(|u| {
         u.dir(&GroupPath::new("tidal/offline/offline").unwrap_or_default())
             .join(tidal_cgroupfs::v2::core::FREEZE)
     });
-    let changes: Arc<Mutex<Vec<(f64, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let changes: Arc<Mutex<Vec<(f64, OfflineState)>>> = Arc::new(Mutex::new(Vec::new()));
     let c2 = Arc::clone(&changes);
     let watch_tidal = s == Scenario::Tidal;
     let mut watcher = None;
@@ -1226,20 +1286,23 @@ pub fn run_step(
         |start| {
             step_instant = Some(start + Duration::from_secs_f64(step_at));
             if watch_tidal {
-                let files: Vec<PathBuf> = [cpuset, freeze, unified_freeze]
+                let freezes: Vec<PathBuf> = [freeze, freeze_v2, unified_freeze]
                     .into_iter()
                     .flatten()
                     .collect();
                 watcher = Some(std::thread::spawn(move || {
                     let read = || {
-                        files
+                        let cpus = cpuset
+                            .as_ref()
+                            .and_then(|f| std::fs::read_to_string(f).ok());
+                        let frozen: Vec<String> = freezes
                             .iter()
-                            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
-                            .collect::<Vec<_>>()
-                            .join("|")
+                            .filter_map(|f| std::fs::read_to_string(f).ok())
+                            .collect();
+                        OfflineState::parse(cpus.as_deref(), &frozen)
                     };
                     let step = start + Duration::from_secs_f64(step_at);
-                    let mut last = String::new();
+                    let mut last = read();
                     while Instant::now() < step {
                         last = read();
                         std::thread::sleep(Duration::from_micros(500));
@@ -1250,7 +1313,7 @@ pub fn run_step(
                         if now != last {
                             let t = Instant::now().duration_since(step).as_secs_f64() * 1000.0;
                             if let Ok(mut c) = c2.lock() {
-                                c.push((t, now.replace('\n', "")));
+                                c.push((t, now.clone()));
                             }
                             last = now;
                         }
@@ -1272,12 +1335,24 @@ pub fn run_step(
     let (reaction_ms, note) = match s {
         Scenario::Tidal => {
             let c = changes.lock().map(|c| c.clone()).unwrap_or_default();
-            match first_to_final(&c) {
-                Some((ms, state)) => (
+            // Offline is out of online's way once it holds no more than the CPUs the 60% load leaves.
+            let max_cpus = o.n_cpus.saturating_sub((0.6 * n).ceil() as usize);
+            match step_reaction(&c, max_cpus) {
+                Some(Ok(ms)) => (
                     Some(ms),
                     format!(
-                        "confinement reached its post-step state {state} (after {} change(s))",
-                        c.len()
+                        "offline on at most {max_cpus} CPUs or frozen after {ms:.0} ms; changes: {}",
+                        timeline(&c)
+                    ),
+                ),
+                // Never out of the way within the window: the window is a lower bound, not n/a.
+                Some(Err(last)) => (
+                    Some(post * 1000.0),
+                    format!(
+                        "offline never got down to {max_cpus} CPUs or frozen within {:.0} ms (counted as that; last {}); changes: {}",
+                        post * 1000.0,
+                        last.show(),
+                        timeline(&c)
                     ),
                 ),
                 None => (
@@ -1320,16 +1395,43 @@ pub fn run_step(
 mod tests {
     use super::*;
 
+    fn state(cpus: &str, frozen: bool) -> OfflineState {
+        OfflineState {
+            cpus: cpus.parse().ok(),
+            frozen,
+        }
+    }
+
     #[test]
-    fn reaction_is_timed_to_the_first_change_that_reaches_the_final_state() {
+    fn step_reaction_is_timed_to_offline_leaving_the_cpus_the_load_needs() {
+        // 16 CPUs, 60% load: offline must get down to 6 CPUs. A first shrink to 8 is not enough,
+        // and a later ladder step (one CPU less) is not the reaction either.
         let c = vec![
-            (12.0, "1".to_string()),
-            (30.0, "0-1".to_string()),
-            (45.0, "1".to_string()),
+            (40.0, state("8-15", false)),
+            (130.0, state("10-15", false)),
+            (2090.0, state("11-15", false)),
         ];
-        assert_eq!(first_to_final(&c), Some((12.0, "1".to_string())));
+        assert_eq!(step_reaction(&c, 6), Some(Ok(130.0)));
+        // Freezing gets offline out of the way whatever its cpuset.
+        let c = vec![(12.0, state("0-15", true)), (900.0, state("10-15", false))];
+        assert_eq!(step_reaction(&c, 6), Some(Ok(12.0)));
+        // Changes that never get there: the last state, not a time.
+        let c = vec![(50.0, state("4-15", false))];
+        assert_eq!(step_reaction(&c, 6), Some(Err(state("4-15", false))));
         // Nothing changed: nothing to time, not "0 ms".
-        assert_eq!(first_to_final(&[]), None);
+        assert_eq!(step_reaction(&[], 6), None);
+    }
+
+    #[test]
+    fn offline_state_reads_v1_and_v2_freeze_files() {
+        let s = OfflineState::parse(Some("2-3\n"), &["THAWED\n".into(), "1\n".into()]);
+        assert_eq!(s, state("2-3", true));
+        let s = OfflineState::parse(Some("garbage"), &["FROZEN\n".into()]);
+        assert_eq!(s, state("x", true));
+        assert_eq!(OfflineState::parse(None, &["0".into()]), state("x", false));
+        assert_eq!(state("10-15", true).show(), "[10-15] frozen");
+        let many: Vec<_> = (0..8).map(|i| (f64::from(i), state("1", false))).collect();
+        assert!(timeline(&many).ends_with("… 2 more"), "{}", timeline(&many));
     }
 
     #[test]

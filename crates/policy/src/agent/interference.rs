@@ -416,7 +416,6 @@ pub fn freeze(
             Cause::Interference
         },
     };
-    let _ = cfg;
     if !caps.has(Knob::Freeze) {
         return freezing;
     }
@@ -428,25 +427,24 @@ pub fn freeze(
             continue;
         }
         if want != was || static_due {
-            let (reason, cause) = match (want, starved) {
-                (true, true) => (
+            let (reason, cause) = if want && starved {
+                (
                     format!("online needs all {n} CPUs and allow_freeze is on: {level} frozen"),
                     Cause::Confine,
-                ),
-                (true, false) => (format!("{pressure}: {level} frozen"), Cause::Interference),
-                (false, _) if was && tick.probe.is_some() => (
-                    format!(
-                        "{}: {level} thawed",
-                        tick.probe.as_deref().unwrap_or_default()
-                    ),
-                    Cause::Release,
-                ),
-                (false, _) if was && tick.undone => (
+                )
+            } else if want {
+                (format!("{pressure}: {level} frozen"), Cause::Interference)
+            } else if !was {
+                (format!("{level} runs"), Cause::Static)
+            } else if let Some(probe) = &tick.probe {
+                (format!("{probe}: {level} thawed"), Cause::Release)
+            } else if tick.undone {
+                (
                     format!("tightening did not lower online pressure: {level} thawed"),
                     Cause::Release,
-                ),
-                (false, _) if was => (format!("interference calm: {level} thawed"), Cause::Release),
-                (false, _) => (format!("{level} runs"), Cause::Static),
+                )
+            } else {
+                (format!("interference calm: {level} thawed"), Cause::Release)
             };
             plan.push(
                 Action::set(
