@@ -171,8 +171,11 @@ fn a_stale_objective_leaves_pressure_alone_in_charge() {
     let cfg = Config::default();
     let caps = Capabilities::full(8);
     let mut s = snapshot(None);
+    // Confinement settles first (pressure read while it shrinks offline waits a tick).
+    let st = decide(&s, &cfg, &caps, &PolicyState::default()).state;
     s.online_cpu_psi_full_1s = Some(30.0);
-    let d = decide(&s, &cfg, &caps, &PolicyState::default());
+    s.now_ms = 100;
+    let d = decide(&s, &cfg, &caps, &st);
     assert_eq!(d.state.interference.level(), 1);
     assert!(d
         .plan
@@ -318,6 +321,26 @@ fn an_objective_met_with_some_room_probes_a_release_and_backs_off_when_it_fails(
 }
 
 proptest! {
+    #[test]
+    fn pressure_read_while_confinement_shrinks_offline_takes_no_step(
+        st in arb_state(), from in 6u32..=8, p in 5.5f64..100.0, now in 0u64..60_000
+    ) {
+        let cfg = Config::default();
+        let caps = Capabilities::full(8);
+        let mut st = st;
+        // Offline had `from` CPUs; online now needs 3 (2 used + headroom), so confinement shrinks it to 5.
+        st.base_offline = Some(from);
+        let mut s = snapshot(None);
+        s.online_cpu_psi_full_1s = Some(p);
+        s.now_ms = now;
+        let d = decide(&s, &cfg, &caps, &st);
+        prop_assert_eq!(d.state.offline_cpus.as_ref().map(|c| c.len()), Some(5 - usize::from(d.state.interference.has(Step::ShrinkCpuset))));
+        prop_assert!(
+            d.state.interference.level() <= st.interference.level(),
+            "{:?} → {:?}", st.interference.steps, d.state.interference.steps
+        );
+    }
+
     #[test]
     fn less_slack_never_means_fewer_steps(st in arb_state(), a in -1.0f64..1.0, b in -1.0f64..1.0, now in 20_000u64..40_000) {
         let cfg = Config::default();

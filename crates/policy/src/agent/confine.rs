@@ -174,11 +174,21 @@ pub fn apply(
     let mut cause = cpu.cause;
     if cpu.confine && st.interference.has(Step::ShrinkCpuset) && target > cpu.min_off.max(1) {
         target -= 1;
-        cause = Cause::Interference;
-        why = format!(
-            "{}: offline gets one CPU less",
-            tick.pressure.as_deref().unwrap_or("online interference")
-        );
+        // When confinement moved too, both are said.
+        match (&tick.pressure, why.is_empty()) {
+            (p, true) => {
+                cause = Cause::Interference;
+                why = format!(
+                    "{}: offline gets one CPU less",
+                    p.as_deref().unwrap_or("online interference")
+                );
+            }
+            (Some(p), false) => {
+                cause = Cause::Interference;
+                why = format!("{why}; {p}: one CPU less");
+            }
+            (None, false) => why = format!("{why}; one CPU less while the interference step lasts"),
+        }
     } else if tick.undone {
         cause = Cause::Release;
         why = format!(

@@ -5,6 +5,8 @@
 //!
 //! - A step is taken at most once per `escalate_every`, and only if it would change something now
 //!   (shrinking the cpuset needs confinement on and a CPU to spare; freezing a level needs the level).
+//!   None is taken for a per-tick signal (run-queue latency, pressure) in a tick in which confinement
+//!   shrinks offline: the next tick's reading shows what the shrink did.
 //! - A step taken for pressure that has not fallen by a fifth one interval later did not help: it
 //!   is undone and the ladder backs off for `calm_period`.
 //! - A signal that holds (a latency objective with little slack) stops offline growing and any
@@ -26,10 +28,12 @@ use tidal_model::{
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     /// Online suffers: tighten. `reason` quotes the signal; `baseline` is a value that must fall after
-    /// the step, or the step is undone.
+    /// the step, or the step is undone. `per_tick`: the reading is of the last tick, so the next one
+    /// shows what a confinement change in this tick did.
     Tighten {
         reason: String,
         baseline: Option<f64>,
+        per_tick: bool,
     },
     /// Met, without room to give: no release; with `stop_growth`, offline does not grow either.
     Hold { reason: String, stop_growth: bool },
@@ -57,6 +61,7 @@ fn psi_rule(snap: &Snapshot, cfg: &Config, caps: &Capabilities) -> Verdict {
         Verdict::Tighten {
             reason: format!("online cpu pressure {p:.1}% over {thr}%"),
             baseline: Some(p),
+            per_tick: true,
         }
     } else {
         Verdict::Calm {
@@ -100,6 +105,7 @@ fn slo_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
         Verdict::Tighten {
             reason: quote,
             baseline: None,
+            per_tick: false,
         }
     } else if worst.slack < slo.hold_below {
         Verdict::Hold {
@@ -138,6 +144,7 @@ fn runq_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
                 ms(worst.target)
             ),
             baseline: None,
+            per_tick: true,
         }
     } else {
         Verdict::Calm {
@@ -212,9 +219,20 @@ pub fn decide(
     // Back off for the pressure rule's calm period after a useless step.
     let backoff = cfg.interference.calm_period.0;
     let tighten = verdicts.iter().find_map(|v| match v {
-        Verdict::Tighten { reason, baseline } => Some((reason.clone(), *baseline)),
+        Verdict::Tighten {
+            reason, baseline, ..
+        } => Some((reason.clone(), *baseline)),
         _ => None,
     });
+    // Confinement shrinking offline this tick is already the answer to online needing more: when
+    // every tightening signal reads the last tick only, wait a tick to see what the shrink did
+    // rather than take a CPU on top of it. (A latency objective's window spans many ticks.)
+    let confining = cpu.confine && cpu.target < st.base_offline.unwrap_or(cpu.n).min(cpu.n);
+    let wait_a_tick = confining
+        && verdicts.iter().all(|v| match v {
+            Verdict::Tighten { per_tick, .. } => *per_tick,
+            _ => true,
+        });
     let held = verdicts.iter().find_map(|v| match v {
         Verdict::Hold { reason, .. } => Some(reason.clone()),
         _ => None,
@@ -296,7 +314,7 @@ pub fn decide(
                 Phase::BackedOff { until_ms } => now >= until_ms,
                 Phase::Idle | Phase::Calming { .. } => true,
             };
-            if may_step && offline_present {
+            if may_step && offline_present && !wait_a_tick {
                 let next = Step::LADDER
                     .into_iter()
                     .filter(|s| !lad.steps.contains(s))
