@@ -1160,9 +1160,13 @@ pub struct OfflineState {
 
 impl OfflineState {
     /// From the watched files' contents: the cpuset first, then freeze files (v2 `1`, v1 `FROZEN`).
+    /// An empty cpuset is none written (v2: every CPU), not zero CPUs.
     pub fn parse(cpuset: Option<&str>, freeze: &[String]) -> OfflineState {
         OfflineState {
-            cpus: cpuset.and_then(|c| c.trim().parse().ok()),
+            cpus: cpuset
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .and_then(|c| c.parse().ok()),
             frozen: freeze
                 .iter()
                 .any(|f| matches!(f.trim(), "1" | "FROZEN" | "FREEZING")),
@@ -1187,19 +1191,31 @@ impl OfflineState {
     }
 }
 
+/// How long offline must stay out of the way for a change to count as the reaction (a duty cycle's
+/// brief freeze is not one).
+pub const STEP_HOLD_MS: f64 = 100.0;
+
 /// The step's reaction: the time of the first change after which offline was out of the CPUs the
-/// post-step load needs (on at most `max_cpus` CPUs, or frozen). `Err` with the last state when
-/// offline changed but never got there; None when nothing changed (nothing to time).
+/// post-step load needs (on at most `max_cpus` CPUs, or frozen) and stayed so for [`STEP_HOLD_MS`]
+/// or to the end of the window (`end_ms`). `Err` with the last state when offline changed but never
+/// got there; None when nothing changed (nothing to time).
 pub fn step_reaction(
     changes: &[(f64, OfflineState)],
     max_cpus: usize,
+    end_ms: f64,
 ) -> Option<Result<f64, OfflineState>> {
     let (_, last) = changes.last()?;
-    Some(
-        changes
+    let held_from = |i: usize| {
+        let until = changes[i..]
             .iter()
-            .find(|(_, s)| s.out_of_the_way(max_cpus))
-            .map(|(t, _)| *t)
+            .find(|(_, s)| !s.out_of_the_way(max_cpus))
+            .map_or(end_ms, |(t, _)| *t);
+        until - changes[i].0 >= STEP_HOLD_MS.min(end_ms - changes[i].0)
+    };
+    Some(
+        (0..changes.len())
+            .find(|&i| changes[i].1.out_of_the_way(max_cpus) && held_from(i))
+            .map(|i| changes[i].0)
             .ok_or_else(|| last.clone()),
     )
 }
@@ -1335,9 +1351,11 @@ pub fn run_step(
     let (reaction_ms, note) = match s {
         Scenario::Tidal => {
             let c = changes.lock().map(|c| c.clone()).unwrap_or_default();
-            // Offline is out of online's way once it holds no more than the CPUs the 60% load leaves.
-            let max_cpus = o.n_cpus.saturating_sub((0.6 * n).ceil() as usize);
-            match step_reaction(&c, max_cpus) {
+            // Offline is out of online's way once it holds no more than the CPUs the 60% load leaves
+            // (at least one: confinement never takes offline's last CPU, only a freeze does). A
+            // CPU-time cap (cpu.max) is not watched.
+            let max_cpus = o.n_cpus.saturating_sub((0.6 * n).ceil() as usize).max(1);
+            match step_reaction(&c, max_cpus, post * 1000.0) {
                 Some(Ok(ms)) => (
                     Some(ms),
                     format!(
@@ -1411,15 +1429,30 @@ mod tests {
             (130.0, state("10-15", false)),
             (2090.0, state("11-15", false)),
         ];
-        assert_eq!(step_reaction(&c, 6), Some(Ok(130.0)));
+        assert_eq!(step_reaction(&c, 6, 2500.0), Some(Ok(130.0)));
         // Freezing gets offline out of the way whatever its cpuset.
         let c = vec![(12.0, state("0-15", true)), (900.0, state("10-15", false))];
-        assert_eq!(step_reaction(&c, 6), Some(Ok(12.0)));
+        assert_eq!(step_reaction(&c, 6, 2500.0), Some(Ok(12.0)));
+        // A brief freeze (a duty cycle's) is not the reaction; the lasting one after it is.
+        let c = vec![
+            (10.0, state("0-15", true)),
+            (60.0, state("0-15", false)),
+            (300.0, state("0-15", true)),
+        ];
+        assert_eq!(step_reaction(&c, 6, 2500.0), Some(Ok(300.0)));
+        // A change in the window's last 100 ms counts if it lasts to the end.
+        assert_eq!(
+            step_reaction(&[(2450.0, state("12-15", false))], 6, 2500.0),
+            Some(Ok(2450.0))
+        );
         // Changes that never get there: the last state, not a time.
         let c = vec![(50.0, state("4-15", false))];
-        assert_eq!(step_reaction(&c, 6), Some(Err(state("4-15", false))));
+        assert_eq!(
+            step_reaction(&c, 6, 2500.0),
+            Some(Err(state("4-15", false)))
+        );
         // Nothing changed: nothing to time, not "0 ms".
-        assert_eq!(step_reaction(&[], 6), None);
+        assert_eq!(step_reaction(&[], 6, 2500.0), None);
     }
 
     #[test]
@@ -1429,6 +1462,9 @@ mod tests {
         let s = OfflineState::parse(Some("garbage"), &["FROZEN\n".into()]);
         assert_eq!(s, state("x", true));
         assert_eq!(OfflineState::parse(None, &["0".into()]), state("x", false));
+        // v2's unwritten cpuset (every CPU) is not zero CPUs.
+        assert_eq!(OfflineState::parse(Some("\n"), &[]), state("x", false));
+        assert!(!state("x", false).out_of_the_way(1));
         assert_eq!(state("10-15", true).show(), "[10-15] frozen");
         let many: Vec<_> = (0..8).map(|i| (f64::from(i), state("1", false))).collect();
         assert!(timeline(&many).ends_with("… 2 more"), "{}", timeline(&many));

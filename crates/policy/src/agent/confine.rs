@@ -174,20 +174,21 @@ pub fn apply(
     let mut cause = cpu.cause;
     if cpu.confine && st.interference.has(Step::ShrinkCpuset) && target > cpu.min_off.max(1) {
         target -= 1;
-        // When confinement moved too, both are said.
-        match (&tick.pressure, why.is_empty()) {
-            (p, true) => {
+        // The signal that tightens now, else the one that keeps the step; when confinement moved
+        // too, both are said (the cause is interference while a signal tightens).
+        let signal = tick
+            .pressure
+            .as_deref()
+            .or(tick.held.as_deref())
+            .unwrap_or("online interference");
+        if why.is_empty() {
+            cause = Cause::Interference;
+            why = format!("{signal}: offline gets one CPU less");
+        } else {
+            if tick.pressure.is_some() {
                 cause = Cause::Interference;
-                why = format!(
-                    "{}: offline gets one CPU less",
-                    p.as_deref().unwrap_or("online interference")
-                );
             }
-            (Some(p), false) => {
-                cause = Cause::Interference;
-                why = format!("{why}; {p}: one CPU less");
-            }
-            (None, false) => why = format!("{why}; one CPU less while the interference step lasts"),
+            why = format!("{why}; {signal}: one CPU less");
         }
     } else if tick.undone {
         cause = Cause::Release;

@@ -5,8 +5,9 @@
 //!
 //! - A step is taken at most once per `escalate_every`, and only if it would change something now
 //!   (shrinking the cpuset needs confinement on and a CPU to spare; freezing a level needs the level).
-//!   None is taken for a per-tick signal (run-queue latency, pressure) in a tick in which confinement
-//!   shrinks offline: the next tick's reading shows what the shrink did.
+//!   A signal that reads only the last tick (run-queue latency) takes none in a tick in which
+//!   confinement shrinks offline: the next tick's reading shows what the shrink did (once; never
+//!   two such waits in a row).
 //! - A step taken for pressure that has not fallen by a fifth one interval later did not help: it
 //!   is undone and the ladder backs off for `calm_period`.
 //! - A signal that holds (a latency objective with little slack) stops offline growing and any
@@ -61,7 +62,8 @@ fn psi_rule(snap: &Snapshot, cfg: &Config, caps: &Capabilities) -> Verdict {
         Verdict::Tighten {
             reason: format!("online cpu pressure {p:.1}% over {thr}%"),
             baseline: Some(p),
-            per_tick: true,
+            // A window of about a second (avg10 as a fallback): one tick later it barely moved.
+            per_tick: false,
         }
     } else {
         Verdict::Calm {
@@ -225,10 +227,13 @@ pub fn decide(
         _ => None,
     });
     // Confinement shrinking offline this tick is already the answer to online needing more: when
-    // every tightening signal reads the last tick only, wait a tick to see what the shrink did
-    // rather than take a CPU on top of it. (A latency objective's window spans many ticks.)
+    // every tightening signal reads the last tick only (run-queue latency), wait a tick to see what
+    // the shrink did rather than take a CPU on top of it. Windows spanning many ticks (pressure, a
+    // latency objective) would not show it by then. Never two waits in a row.
     let confining = cpu.confine && cpu.target < st.base_offline.unwrap_or(cpu.n).min(cpu.n);
     let wait_a_tick = confining
+        && tighten.is_some()
+        && !st.interference.waited
         && verdicts.iter().all(|v| match v {
             Verdict::Tighten { per_tick, .. } => *per_tick,
             _ => true,
@@ -250,7 +255,11 @@ pub fn decide(
     let any_calm = calm.is_some() && held.is_none();
     let calm = calm.unwrap_or(backoff);
     let lad = &mut st.interference;
-    let mut tick = LadderTick::default();
+    lad.waited = wait_a_tick;
+    let mut tick = LadderTick {
+        held: held.clone(),
+        ..LadderTick::default()
+    };
     let offline_present = super::confine::offline_present(snap);
     let probe_after = cfg.slo.probe_after.0;
     // A probe is judged by what follows it within `probe_after`: tightening doubles the wait

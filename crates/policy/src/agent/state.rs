@@ -60,6 +60,10 @@ pub struct Interference {
     /// followed by tightening within `slo.probe_after`, up to [`PROBE_BACKOFF_MAX`] times.
     #[serde(default)]
     pub probe_wait_ms: u64,
+    /// Last tick a per-tick signal waited for a confinement shrink instead of stepping; the next
+    /// does not wait again (a shrink that keeps failing to be written must not stall the ladder).
+    #[serde(default)]
+    pub waited: bool,
 }
 
 /// A failed probe doubles the wait before the next one, up to this many times `slo.probe_after`.

@@ -21,6 +21,8 @@ pub struct CpuDecision {
 pub struct LadderTick {
     /// Why online is judged to suffer (the first tightening verdict), if it is.
     pub pressure: Option<String>,
+    /// Why steps in force are kept (the first holding verdict), if one holds.
+    pub held: Option<String>,
     /// A step was undone because it did not help.
     pub undone: bool,
     /// A step was released to probe whether offline can have it back (the objective that held).
