@@ -187,15 +187,17 @@ fn the_cap_step_writes_a_quota_and_the_duty_cycle_freezes_part_of_each_period() 
     let mut st = PolicyState::default();
     st.interference.steps = vec![Step::ShrinkCpuset, Step::CapCpu];
     let s = snapshot(Some(-0.5));
-    let cfg = Config::default();
+    let mut cfg = Config::default();
+    cfg.interference.cap_mode = tidal_policy::CapMode::Quota;
     let d = decide(&s, &cfg, &caps, &st);
     assert!(d.plan.actions.iter().any(|a| matches!(
         &a.op,
         Op::Set { knob: Knob::CpuMax, value: KnobValue::Quota { quota_us: Some(_), .. }, target }
             if target.to_string() == "offline"
     )));
-    let mut cfg = Config::default();
-    cfg.interference.cap_mode = tidal_policy::CapMode::DutyCycle;
+    // The default.
+    let cfg = Config::default();
+    assert_eq!(cfg.interference.cap_mode, tidal_policy::CapMode::DutyCycle);
     let mut frozen_at = Vec::new();
     for t in (0..20).map(|i| i * 100) {
         let mut s = snapshot(Some(0.05));

@@ -117,13 +117,16 @@ pub enum PsiLine {
     Full,
 }
 
-/// How the ladder's CPU-time cap step limits offline work.
+/// How the ladder's CPU-time cap step limits offline work. The default is the duty cycle: a CFS
+/// quota on the idle offline parent made online's tail worse, not better, on the kernels measured
+/// (docs/RESULTS.md, "The CPU-time cap step").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CapMode {
     /// CFS quota (`cpu.max` / `cpu.cfs_quota_us`) on the offline parent and offline pods.
     Quota,
-    /// Offline frozen for part of every period of ten ticks, thawed for the rest.
+    /// Offline frozen for part of every period of ten ticks, thawed for the rest (offline pods
+    /// with liveness probes get a quota instead).
     DutyCycle,
 }
 
@@ -150,7 +153,7 @@ impl Default for InterferenceConfig {
             psi_line: PsiLine::Full,
             escalate_every: Millis(1_000),
             calm_period: Millis(10_000),
-            cap_mode: CapMode::Quota,
+            cap_mode: CapMode::DutyCycle,
             cap_fraction: 0.5,
         }
     }
