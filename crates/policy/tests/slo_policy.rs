@@ -199,13 +199,42 @@ fn the_cap_step_writes_a_quota_and_the_duty_cycle_freezes_part_of_each_period() 
     let cfg = Config::default();
     assert_eq!(cfg.interference.cap_mode, tidal_policy::CapMode::DutyCycle);
     let mut frozen_at = Vec::new();
+    let mut toggles = Vec::new();
     for t in (0..20).map(|i| i * 100) {
         let mut s = snapshot(Some(0.05));
         s.now_ms = t;
         let d = decide(&s, &cfg, &caps, &st);
         frozen_at.push(d.state.frozen.offline);
+        toggles.extend(
+            d.plan
+                .actions
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a.op,
+                        Op::Set {
+                            knob: Knob::Freeze,
+                            ..
+                        }
+                    )
+                })
+                // The first tick's static pass ("runs") is not a toggle.
+                .filter(|a| a.cause != tidal_model::Cause::Static)
+                .map(|a| (a.cause, a.reason.clone())),
+        );
         st = d.state;
         st.interference.steps = vec![Step::ShrinkCpuset, Step::CapCpu];
+    }
+    // Each toggle is the cap at work, quoting the objective that keeps it, never "calm".
+    assert!(toggles.len() >= 3, "{toggles:?}");
+    for (cause, why) in &toggles {
+        assert_eq!(*cause, tidal_model::Cause::Interference, "{why}");
+        assert!(
+            why.contains("objective online-critical/web")
+                && why.contains("duty cycle (50% of every 1s)")
+                && !why.contains("calm"),
+            "{why}"
+        );
     }
     let share = frozen_at.iter().filter(|f| **f).count() as f64 / frozen_at.len() as f64;
     assert!(

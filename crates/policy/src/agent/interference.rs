@@ -20,7 +20,7 @@
 
 use super::state::{Phase, PolicyState, Step};
 use super::tick::{CpuDecision, LadderTick};
-use crate::config::{CapMode, Config, PsiLine};
+use crate::config::{CapMode, Config, Millis, PsiLine};
 use tidal_model::{
     Action, Capabilities, Cause, Knob, KnobValue, Plan, QosLevel, SignalKind, Snapshot,
 };
@@ -404,6 +404,15 @@ pub struct Freezing {
     pub cause: Cause,
 }
 
+/// The ladder step that freezes `level`.
+fn freeze_step(level: QosLevel) -> Step {
+    if level == QosLevel::OfflineLow {
+        Step::FreezeOfflineLow
+    } else {
+        Step::FreezeOffline
+    }
+}
+
 /// Freezes or thaws the offline levels: for the ladder's freeze steps, or when online needs every CPU
 /// and freezing is allowed (starved).
 #[allow(clippy::too_many_arguments)]
@@ -420,15 +429,21 @@ pub fn freeze(
     let n = snap.cpus.len();
     let starved = st.starved;
     // The CPU-time cap as a duty cycle: offline frozen for the rest of each period.
-    let duty_frozen = st.interference.has(Step::CapCpu)
-        && cfg.interference.cap_mode == CapMode::DutyCycle
-        && super::cap::duty_off(snap.now_ms, cfg);
+    let duty = st.interference.has(Step::CapCpu) && cfg.interference.cap_mode == CapMode::DutyCycle;
+    let duty_frozen = duty && super::cap::duty_off(snap.now_ms, cfg);
     let want_low = st.interference.has(Step::FreezeOfflineLow) || starved || duty_frozen;
     let want_off = st.interference.has(Step::FreezeOffline) || starved || duty_frozen;
+    // The signal that tightens now, else the one that keeps the steps in force.
     let pressure = tick
         .pressure
         .clone()
+        .or_else(|| tick.held.clone())
         .unwrap_or_else(|| "online interference".to_string());
+    let share = format!(
+        "offline CPU time capped by a duty cycle ({:.0}% of every {})",
+        cfg.interference.cap_fraction * 100.0,
+        Millis(cfg.tick.0.saturating_mul(10))
+    );
     let freezing = Freezing {
         offline_low: want_low,
         offline: want_off,
@@ -459,10 +474,21 @@ pub fn freeze(
                     format!("online needs all {n} CPUs and allow_freeze is on: {level} frozen"),
                     Cause::Confine,
                 )
+            } else if want && !st.interference.has(freeze_step(level)) {
+                (
+                    format!("{pressure}: {share}: {level} frozen for the rest of the period"),
+                    Cause::Interference,
+                )
             } else if want {
                 (format!("{pressure}: {level} frozen"), Cause::Interference)
             } else if !was {
                 (format!("{level} runs"), Cause::Static)
+            } else if duty && tick.released.is_none() && tick.probe.is_none() && !tick.undone {
+                // The duty cycle's running part, not a release.
+                (
+                    format!("{pressure}: {share}: {level} runs its share"),
+                    Cause::Interference,
+                )
             } else if let Some(probe) = &tick.probe {
                 (format!("{probe}: {level} thawed"), Cause::Release)
             } else if tick.undone {
