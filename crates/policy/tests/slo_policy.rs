@@ -610,3 +610,11 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn step_names_are_the_serialised_ones() {
+    for s in Step::LADDER {
+        let text = serde_yaml_ng::to_string(&s).unwrap();
+        assert_eq!(text.trim(), s.name());
+    }
+}

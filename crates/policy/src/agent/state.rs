@@ -19,6 +19,16 @@ pub enum Step {
 }
 
 impl Step {
+    /// The name the config and `/state` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::ShrinkCpuset => "shrink-cpuset",
+            Step::CapCpu => "cap-cpu",
+            Step::FreezeOfflineLow => "freeze-offline-low",
+            Step::FreezeOffline => "freeze-offline",
+        }
+    }
+
     pub const LADDER: [Step; 4] = [
         Step::ShrinkCpuset,
         Step::CapCpu,

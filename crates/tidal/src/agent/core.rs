@@ -270,7 +270,20 @@ impl Agent {
                 );
             }
         }
+        let steps_before = self.state.interference.steps.clone();
         self.state = settle(d.state, &self.state, &d.plan, &ok);
+        // A step taken while offline is already where it puts it (frozen by the duty cycle, say)
+        // writes nothing: say so here, or the log never shows it.
+        if self.state.interference.steps != steps_before {
+            let names = |s: &[tidal_policy::Step]| {
+                s.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+            };
+            info!(
+                "interference ladder: [{}] (was [{}])",
+                names(&self.state.interference.steps),
+                names(&steps_before)
+            );
+        }
         self.ticks += 1;
         if refreshed {
             // A consistent snapshot: the source may publish from it (batch resources).
