@@ -1191,9 +1191,9 @@ impl OfflineState {
     }
 }
 
-/// How long offline must stay out of the way for a change to count as the reaction (a duty cycle's
-/// brief freeze is not one).
-pub const STEP_HOLD_MS: f64 = 100.0;
+/// How long offline must stay out of the way for a change to count as the reaction: a duty
+/// cycle's period (ten 100-ms ticks), so its frozen part is not one.
+pub const STEP_HOLD_MS: f64 = 1000.0;
 
 /// The step's reaction: the time of the first change after which offline was out of the CPUs the
 /// post-step load needs (on at most `max_cpus` CPUs, or frozen) and stayed so for [`STEP_HOLD_MS`]
@@ -1440,6 +1440,17 @@ mod tests {
             (300.0, state("0-15", true)),
         ];
         assert_eq!(step_reaction(&c, 6, 2500.0), Some(Ok(300.0)));
+        // A duty cycle's frozen half (500 ms of every second) is not either.
+        let c = vec![
+            (20.0, state("0-15", true)),
+            (520.0, state("0-15", false)),
+            (1020.0, state("0-15", true)),
+            (1520.0, state("0-15", false)),
+        ];
+        assert_eq!(
+            step_reaction(&c, 6, 2500.0),
+            Some(Err(state("0-15", false)))
+        );
         // A change in the window's last 100 ms counts if it lasts to the end.
         assert_eq!(
             step_reaction(&[(2450.0, state("12-15", false))], 6, 2500.0),

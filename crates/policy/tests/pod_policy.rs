@@ -6,7 +6,7 @@ use tidal_model::{
     Capabilities, Cause, CpuManagerPolicy, CpuSet, ForeignGroup, Knob, KnobValue, KubeletFacts, Op,
     Plan, PodInfo, PodRef, QosClass, QosLevel, Snapshot, Target, WorkloadSnapshot,
 };
-use tidal_policy::{decide, release_plan, Config, PolicyState, PsiLine};
+use tidal_policy::{decide, release_plan, Config, PolicyState, PsiLine, Step};
 
 const TIERS: [&str; 6] = [
     "kubepods",
@@ -214,7 +214,7 @@ fn liveness_pods_are_capped_never_frozen_and_get_their_own_limit_back() {
         pod(QosLevel::Offline, "live", true, Some(2000)),
         pod(QosLevel::Offline, "plain", false, None),
     ]);
-    // No confinement (so the ladder goes straight to freezing) and pressure over the threshold.
+    // No confinement (so the ladder caps, then freezes) and pressure over the threshold.
     cfg.cpu.confine_min_cpus = 64;
     let mut st = PolicyState::default();
     let mut frozen_plain = false;
@@ -271,6 +271,61 @@ fn liveness_pods_are_capped_never_frozen_and_get_their_own_limit_back() {
         .iter()
         .any(|a| a.op.target() == plain
             && a.setting() == Some((Knob::Freeze, &KnobValue::Bool(false)))));
+}
+
+#[test]
+fn under_the_duty_cycle_a_liveness_pod_keeps_one_steady_quota_and_the_others_toggle() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let mut s = snapshot(vec![
+        pod(QosLevel::Offline, "live", true, None),
+        pod(QosLevel::Offline, "plain", false, None),
+    ]);
+    let mut st = PolicyState::default();
+    let mut live_quotas = Vec::new();
+    let mut plain_toggles = Vec::new();
+    for i in 0..20u64 {
+        s.now_ms = 50 + i * 100;
+        // The cap step is in force (the default duty cycle); nothing tightens or releases.
+        st.interference.steps = vec![Step::CapCpu];
+        let d = decide(&s, &cfg, &caps, &st);
+        for a in &d.plan.actions {
+            let t = a.op.target().to_string();
+            match a.setting() {
+                Some((Knob::CpuMax, KnobValue::Quota { quota_us, .. }))
+                    if t.contains("podlive") =>
+                {
+                    live_quotas.push((*quota_us, a.cause, a.reason.clone()));
+                }
+                Some((Knob::Freeze, KnobValue::Bool(f))) if t.contains("podplain") && i > 0 => {
+                    plain_toggles.push((*f, a.cause, a.reason.clone()));
+                }
+                Some((Knob::Freeze, _)) if t.contains("podlive") => {
+                    panic!("liveness pod frozen: {a}")
+                }
+                _ => {}
+            }
+        }
+        st = d.state;
+    }
+    // One quota for the whole run: half of offline's CPUs, never switched twice a second.
+    let offline_cpus = st.offline_cpus.as_ref().map_or(0, |c| c.len()) as u64;
+    assert_eq!(live_quotas.len(), 1, "{live_quotas:?}");
+    assert_eq!(live_quotas[0].0, Some(offline_cpus * 50_000));
+    assert_eq!(live_quotas[0].1, Cause::Interference);
+    assert!(
+        live_quotas[0]
+            .2
+            .contains("instead (it has liveness probes)"),
+        "{:?}",
+        live_quotas[0]
+    );
+    // The other pod follows the duty cycle, and each toggle says so.
+    assert!(plain_toggles.len() >= 3, "{plain_toggles:?}");
+    for (_, cause, why) in &plain_toggles {
+        assert_eq!(*cause, Cause::Interference, "{why}");
+        assert!(why.contains("duty cycle (50% of every 1s)"), "{why}");
+    }
 }
 
 #[test]

@@ -398,10 +398,16 @@ pub fn decide(
 /// What the freeze steps want this tick, for the offline pods.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Freezing {
+    /// Each offline level frozen now: by its freeze step, starvation, or the duty cycle's frozen part.
     pub offline_low: bool,
     pub offline: bool,
+    /// Frozen by the freeze step or starvation alone (not the duty cycle).
+    pub offline_low_held: bool,
+    pub offline_held: bool,
     pub reason: String,
     pub cause: Cause,
+    /// The duty cycle, while the cap step is in force: its description, quoting the signal.
+    pub duty: Option<String>,
 }
 
 /// The ladder step that freezes `level`.
@@ -431,14 +437,16 @@ pub fn freeze(
     // The CPU-time cap as a duty cycle: offline frozen for the rest of each period.
     let duty = st.interference.has(Step::CapCpu) && cfg.interference.cap_mode == CapMode::DutyCycle;
     let duty_frozen = duty && super::cap::duty_off(snap.now_ms, cfg);
-    let want_low = st.interference.has(Step::FreezeOfflineLow) || starved || duty_frozen;
-    let want_off = st.interference.has(Step::FreezeOffline) || starved || duty_frozen;
+    let held_low = st.interference.has(Step::FreezeOfflineLow) || starved;
+    let held_off = st.interference.has(Step::FreezeOffline) || starved;
+    let want_low = held_low || duty_frozen;
+    let want_off = held_off || duty_frozen;
     // The signal that tightens now, else the one that keeps the steps in force.
     let pressure = tick
         .pressure
         .clone()
         .or_else(|| tick.held.clone())
-        .unwrap_or_else(|| "online interference".to_string());
+        .unwrap_or_else(|| "the ladder's steps held until the calm period ends".to_string());
     let share = format!(
         "offline CPU time capped by a duty cycle ({:.0}% of every {})",
         cfg.interference.cap_fraction * 100.0,
@@ -447,6 +455,9 @@ pub fn freeze(
     let freezing = Freezing {
         offline_low: want_low,
         offline: want_off,
+        offline_low_held: held_low,
+        offline_held: held_off,
+        duty: duty.then(|| format!("{pressure}: {share}")),
         reason: if starved {
             format!("online needs all {n} CPUs and allow_freeze is on")
         } else {
@@ -461,6 +472,10 @@ pub fn freeze(
     if !caps.has(Knob::Freeze) {
         return freezing;
     }
+    // A thaw is a release only when this level's own freeze step went.
+    let own_step_left = |level: QosLevel| {
+        prev.interference.has(freeze_step(level)) && !st.interference.has(freeze_step(level))
+    };
     for (level, want, was) in [
         (QosLevel::OfflineLow, want_low, prev.frozen.offline_low),
         (QosLevel::Offline, want_off, prev.frozen.offline),
@@ -483,7 +498,12 @@ pub fn freeze(
                 (format!("{pressure}: {level} frozen"), Cause::Interference)
             } else if !was {
                 (format!("{level} runs"), Cause::Static)
-            } else if duty && tick.released.is_none() && tick.probe.is_none() && !tick.undone {
+            } else if prev.starved && !starved && !own_step_left(level) {
+                (
+                    format!("online no longer needs all {n} CPUs: {level} thawed"),
+                    Cause::Confine,
+                )
+            } else if duty && !own_step_left(level) {
                 // The duty cycle's running part, not a release.
                 (
                     format!("{pressure}: {share}: {level} runs its share"),

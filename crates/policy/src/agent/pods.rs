@@ -8,6 +8,7 @@
 //!   suppression is configured, a CPU-time cap on the pod group stands in for the cpuset.
 //! - The ladder's freeze steps freeze a pod, except a pod whose containers have liveness probes: a
 //!   frozen pod fails them and the kubelet restarts it, so it is capped at `probe_pod_cap_cpus`.
+//!   Under the duty-cycle cap such a pod gets one steady quota of the same share instead.
 //! - A cap tidal lifts returns to the pod's own CPU limit, never to "unlimited".
 //!
 //! What was last decided per pod is in [`PolicyState::pods`]; a pod first seen (or one whose write
@@ -67,9 +68,14 @@ pub struct Want<'a> {
     /// Offline's CPUs, and how many that is of the offline pool.
     pub cpus: &'a CpuSet,
     pub pool_len: u32,
-    /// The ladder (or starvation) wants each offline level frozen.
+    /// Each offline level frozen now (the ladder's freeze steps, starvation, or the duty cycle's
+    /// frozen part), and frozen by the steps or starvation alone.
     pub freeze_low: bool,
     pub freeze_off: bool,
+    pub freeze_low_held: bool,
+    pub freeze_off_held: bool,
+    /// The duty cycle in force (the cap step): its description.
+    pub duty: Option<&'a str>,
     pub reason: &'a str,
     pub freeze_reason: &'a str,
     pub cause: Cause,
@@ -97,9 +103,9 @@ pub fn apply(
         let prev = st.pods.get(g).cloned();
         let all = want.static_due || prev.is_none();
         let prev = prev.unwrap_or_default();
-        let frozen_wanted = match w.level {
-            QosLevel::OfflineLow => want.freeze_low,
-            _ => want.freeze_off,
+        let (frozen_wanted, frozen_held) = match w.level {
+            QosLevel::OfflineLow => (want.freeze_low, want.freeze_low_held),
+            _ => (want.freeze_off, want.freeze_off_held),
         };
         let mut next = PodApplied::default();
         let t = Target::Foreign(g.clone());
@@ -159,7 +165,24 @@ pub fn apply(
             quota_reason = format!("{}: pod {} CPU time capped", want.freeze_reason, p.pod);
             quota_cause = Cause::Interference;
         }
-        if frozen_wanted && freeze_by_cap {
+        // A pod that cannot be frozen takes the duty cycle as a steady quota of the same share,
+        // not one switched on and off twice a second.
+        if let (Some(duty), true) = (want.duty, freeze_by_cap) {
+            let share = super::cap::cap_quota(target.max(1) as usize, cfg);
+            quota = min_quota(quota, Some(share));
+            quota_reason = format!(
+                "{duty}: pod {} capped at {:.2} CPUs instead ({})",
+                p.pod,
+                share as f64 / CFS_PERIOD_US as f64,
+                if p.liveness_probe {
+                    "it has liveness probes"
+                } else {
+                    "no freezer"
+                }
+            );
+            quota_cause = Cause::Interference;
+        }
+        if frozen_held && freeze_by_cap {
             quota = min_quota(
                 quota,
                 Some(quota_of_cpus(cfg.kubernetes.probe_pod_cap_cpus)),
@@ -198,15 +221,23 @@ pub fn apply(
         if !freeze_by_cap {
             next.frozen = frozen_wanted;
             if all || prev.frozen != frozen_wanted {
-                let (reason, cause) = if frozen_wanted {
-                    (
+                let (reason, cause) = match (frozen_wanted, frozen_held, want.duty) {
+                    (true, false, Some(duty)) => (
+                        format!("{duty}: pod {} frozen for the rest of the period", p.pod),
+                        Cause::Interference,
+                    ),
+                    (true, _, _) => (
                         format!("{}: pod {} frozen", want.freeze_reason, p.pod),
                         want.freeze_cause,
-                    )
-                } else if prev.frozen {
-                    (format!("pod {} thawed", p.pod), Cause::Release)
-                } else {
-                    (format!("pod {} runs", p.pod), Cause::Static)
+                    ),
+                    (false, _, Some(duty)) if prev.frozen => (
+                        format!("{duty}: pod {} runs its share", p.pod),
+                        Cause::Interference,
+                    ),
+                    (false, _, None) if prev.frozen => {
+                        (format!("pod {} thawed", p.pod), Cause::Release)
+                    }
+                    _ => (format!("pod {} runs", p.pod), Cause::Static),
                 };
                 plan.push(set(
                     Knob::Freeze,
