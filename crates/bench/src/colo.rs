@@ -1302,10 +1302,13 @@ pub fn run_step(
         |start| {
             step_instant = Some(start + Duration::from_secs_f64(step_at));
             if watch_tidal {
-                let freezes: Vec<PathBuf> = [freeze, freeze_v2, unified_freeze]
+                // On pure v2 the freezer's dir is the unified one: read each file once.
+                let mut freezes: Vec<PathBuf> = [freeze, freeze_v2, unified_freeze]
                     .into_iter()
                     .flatten()
                     .collect();
+                freezes.sort();
+                freezes.dedup();
                 watcher = Some(std::thread::spawn(move || {
                     let read = || {
                         let cpus = cpuset

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{cgroups_usable, free_addr, start_agent, state, stop, TestRoot};
+use common::{cgroups_usable, free_addr, last_plan_reasons, start_agent, state, stop, TestRoot};
 use std::time::{Duration, Instant};
 use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind};
 
@@ -263,12 +263,7 @@ fn run_queue_waits_over_the_threshold_tighten_offline_and_without_bpf_the_agent_
         let steps = v["policy"]["interference"]["steps"]
             .as_array()
             .map_or(0, Vec::len);
-        let why: Vec<String> = v["last_plan"]["actions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a["reason"].as_str().map(str::to_string))
-            .collect();
+        let why = last_plan_reasons(&v);
         if steps >= 1
             && why
                 .iter()

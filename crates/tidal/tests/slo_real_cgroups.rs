@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{cgroups_usable, free_addr, get, start_agent, state, wait_for, TestRoot};
+use common::{
+    cgroups_usable, free_addr, get, last_plan_reasons, start_agent, state, wait_for, TestRoot,
+};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -114,14 +116,7 @@ fn a_missed_objective_tightens_offline_and_its_recovery_releases_it() {
     // The step's first write quotes the objective (a duty cycle's first write comes with its frozen
     // half, up to half a second after the step).
     let quoted = || {
-        let v = state(&addr);
-        let reasons: Vec<String> = v["last_plan"]["actions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a["reason"].as_str().map(str::to_string))
-            .collect();
-        reasons
+        last_plan_reasons(&state(&addr))
             .iter()
             .any(|r| r.contains("objective online-critical/web") && r.contains("slack"))
     };

@@ -476,9 +476,14 @@ pub fn freeze(
     let own_step_left = |level: QosLevel| {
         prev.interference.has(freeze_step(level)) && !st.interference.has(freeze_step(level))
     };
-    for (level, want, was) in [
-        (QosLevel::OfflineLow, want_low, prev.frozen.offline_low),
-        (QosLevel::Offline, want_off, prev.frozen.offline),
+    for (level, want, held, was) in [
+        (
+            QosLevel::OfflineLow,
+            want_low,
+            held_low,
+            prev.frozen.offline_low,
+        ),
+        (QosLevel::Offline, want_off, held_off, prev.frozen.offline),
     ] {
         if !snap.levels_present.contains(&level) {
             continue;
@@ -489,7 +494,7 @@ pub fn freeze(
                     format!("online needs all {n} CPUs and allow_freeze is on: {level} frozen"),
                     Cause::Confine,
                 )
-            } else if want && !st.interference.has(freeze_step(level)) {
+            } else if want && !held {
                 (
                     format!("{pressure}: {share}: {level} frozen for the rest of the period"),
                     Cause::Interference,

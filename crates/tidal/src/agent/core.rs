@@ -270,20 +270,19 @@ impl Agent {
                 );
             }
         }
-        let steps_before = self.state.interference.steps.clone();
-        self.state = settle(d.state, &self.state, &d.plan, &ok);
         // A step taken while offline is already where it puts it (frozen by the duty cycle, say)
-        // writes nothing: say so here, or the log never shows it.
-        if self.state.interference.steps != steps_before {
+        // writes nothing: say so here, or the log never shows it. (Settling leaves the steps alone.)
+        if d.state.interference.steps != self.state.interference.steps {
             let names = |s: &[tidal_policy::Step]| {
                 s.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
             };
             info!(
                 "interference ladder: [{}] (was [{}])",
-                names(&self.state.interference.steps),
-                names(&steps_before)
+                names(&d.state.interference.steps),
+                names(&self.state.interference.steps)
             );
         }
+        self.state = settle(d.state, &self.state, &d.plan, &ok);
         self.ticks += 1;
         if refreshed {
             // A consistent snapshot: the source may publish from it (batch resources).

@@ -399,6 +399,16 @@ pub fn state(addr: &str) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// The reasons of the last plan that wrote something, from a `/state` reply.
+pub fn last_plan_reasons(v: &serde_json::Value) -> Vec<String> {
+    v["last_plan"]["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["reason"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// Polls `f` every 20 ms until it holds; panics naming `what` after `secs`.
 pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
