@@ -924,7 +924,7 @@ fn measure(
         let units: Option<u64> = if reports.is_empty() {
             None
         } else {
-            reports.iter().map(|p| read_report(p).map(|(u, _)| u)).sum()
+            reports.iter().map(|p| read_report(p)).sum()
         };
         Mark {
             units,
@@ -1120,11 +1120,15 @@ pub struct Settle {
     pub settled: bool,
 }
 
+/// Quiet probes in a row that end a settling wait.
+pub const SETTLE_QUIET_PROBES: u32 = 3;
+
 /// Waits until the online service alone is back to `base_p99_s` (its p99 within 2× of it) after a
 /// run that released a lot of memory, probing with 2-s alone runs for at most `max_s` seconds.
 /// On a virtual machine the hypervisor's handling of freed memory (free page reporting) can slow
 /// the guest for a minute after a large release, while nothing inside the guest shows it; the next
-/// run would otherwise inherit it.
+/// run would otherwise inherit it. The slowdown comes in bursts (stalls of tens of ms, then quiet
+/// seconds), so one quiet probe proves little: the wait ends after `SETTLE_QUIET_PROBES` in a row.
 pub fn settle(
     env: &mut BenchEnv,
     o: &Opts,
@@ -1133,6 +1137,7 @@ pub fn settle(
 ) -> Result<(f64, Option<f64>, bool), String> {
     let start = Instant::now();
     let mut last = None;
+    let mut quiet = 0;
     loop {
         // A probe that fails (no answer in time) is one more sign of a disturbed machine.
         let p = match probe_p99(env, o, "settle", 0.5, 1.5) {
@@ -1142,12 +1147,22 @@ pub fn settle(
         };
         last = p.map(|p| p * 1e3).or(last);
         let waited = start.elapsed().as_secs_f64();
-        if p.is_some_and(|p| p <= 2.0 * base_p99_s) {
+        quiet = settle_count(quiet, p, base_p99_s);
+        if quiet >= SETTLE_QUIET_PROBES {
             return Ok((waited, last, true));
         }
         if waited >= max_s {
             return Ok((waited, last, false));
         }
+    }
+}
+
+/// Quiet probes in a row after one more probe (None: it failed): one over 2× the base restarts.
+fn settle_count(quiet: u32, p99_s: Option<f64>, base_p99_s: f64) -> u32 {
+    if p99_s.is_some_and(|p| p <= 2.0 * base_p99_s) {
+        quiet.saturating_add(1)
+    } else {
+        0
     }
 }
 
@@ -1421,6 +1436,30 @@ mod tests {
             cpus: cpus.parse().ok(),
             frozen,
         }
+    }
+
+    #[test]
+    fn settling_needs_quiet_probes_in_a_row() {
+        let base = 0.4e-3;
+        let mut quiet = 0;
+        // quiet, quiet, a burst (restarts), a failed probe (restarts), then three quiet ones.
+        let probes = [
+            Some(0.5e-3),
+            Some(0.7e-3),
+            Some(31e-3),
+            None,
+            Some(0.4e-3),
+            Some(0.8e-3),
+        ];
+        let mut counts = Vec::new();
+        for p in probes {
+            quiet = settle_count(quiet, p, base);
+            counts.push(quiet);
+        }
+        assert_eq!(counts, [1, 2, 0, 0, 1, 2]);
+        quiet = settle_count(quiet, Some(0.3e-3), base);
+        assert_eq!(quiet, SETTLE_QUIET_PROBES);
+        assert_eq!(settle_count(u32::MAX, Some(0.3e-3), base), u32::MAX);
     }
 
     #[test]

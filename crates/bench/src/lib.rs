@@ -358,20 +358,28 @@ pub fn run_worker(a: &WorkerArgs) -> i32 {
             Err(e) => crate::fail(format!("load generator: {e}")),
         },
         cli::WorkerKind::Cpu => {
-            worker::antagonist(a.threads, a.report.clone(), worker::cpu_unit);
-            0
+            match worker::antagonist(a.threads, a.report.clone(), worker::cpu_unit) {
+                Ok(()) => 0,
+                Err(e) => crate::fail(e),
+            }
         }
         cli::WorkerKind::Stream => {
-            worker::antagonist(a.threads, a.report.clone(), worker::stream_unit);
-            0
+            match worker::antagonist(a.threads, a.report.clone(), worker::stream_unit) {
+                Ok(()) => 0,
+                Err(e) => crate::fail(e),
+            }
         }
         cli::WorkerKind::Cache => {
-            worker::antagonist(a.threads, a.report.clone(), worker::cache_unit);
-            0
+            match worker::antagonist(a.threads, a.report.clone(), worker::cache_unit) {
+                Ok(()) => 0,
+                Err(e) => crate::fail(e),
+            }
         }
         cli::WorkerKind::Memory => {
-            worker::memory_hog(a.bytes, a.margin, a.threads, a.report.clone());
-            0
+            match worker::memory_hog(a.bytes, a.margin, a.threads, a.report.clone()) {
+                Ok(()) => 0,
+                Err(e) => crate::fail(e),
+            }
         }
         cli::WorkerKind::Pagecache => {
             let Some(f) = &a.file else {

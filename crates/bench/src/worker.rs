@@ -1,11 +1,12 @@
 //! Built-in workloads for `tidal bench`, run as `tidal worker …` in their own cgroups: the online TCP
 //! service and the offline antagonists (CPU spinner, memory-bandwidth streamer, cache thrasher). Each
-//! antagonist reports cumulative work units to a file, so offline throughput is measured, not assumed.
+//! antagonist counts its work units in a file it maps shared (`UnitCounter`), so offline throughput
+//! is measured, not assumed.
 
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -221,38 +222,67 @@ pub fn serve(
     Ok(())
 }
 
-fn report_loop(path: String, units: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
-    let start = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        let line = format!(
-            "{} {:.6}\n",
-            units.load(Ordering::Relaxed),
-            start.elapsed().as_secs_f64()
-        );
-        let tmp = format!("{path}.tmp");
-        if std::fs::write(&tmp, line).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
-        std::thread::sleep(Duration::from_millis(50));
+/// Cumulative work units in the first 8 bytes of a file mapped shared (or of anonymous memory when
+/// no file is named). The threads add to it and the bench reads the file's mapping: a reading needs
+/// no thread of the worker to run. A reporting thread that wrote the count out every 50 ms did, and
+/// an offline worker can wait seconds for a CPU: its count then stood still for a whole window.
+pub struct UnitCounter {
+    map: memmap2::MmapMut,
+}
+
+impl UnitCounter {
+    pub fn new(path: Option<&str>) -> std::io::Result<UnitCounter> {
+        let map = match path {
+            Some(p) => {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(p)?;
+                f.set_len(8)?;
+                // SAFETY: a file this process created and sized; others only read it.
+                unsafe { memmap2::MmapMut::map_mut(&f)? }
+            }
+            None => memmap2::MmapMut::map_anon(8)?,
+        };
+        Ok(UnitCounter { map })
+    }
+
+    pub fn units(&self) -> &AtomicU64 {
+        // SAFETY: the mapping is page-aligned, 8 bytes long at least, and lives as long as self;
+        // every access to it goes through this atomic.
+        unsafe { &*(self.map.as_ptr() as *const AtomicU64) }
     }
 }
 
-/// Runs `threads` copies of `body`, each adding its work units to a shared counter.
-pub fn antagonist(threads: usize, report: Option<String>, body: fn(&AtomicU64)) {
-    let units = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
+/// The counter for `report`, or a message naming the file that could not be mapped.
+fn counter(report: Option<&str>) -> Result<Arc<UnitCounter>, String> {
+    UnitCounter::new(report)
+        .map(Arc::new)
+        .map_err(|e| format!("work-unit counter {}: {e}", report.unwrap_or("(memory)")))
+}
+
+fn park() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Runs `threads` copies of `body`, each adding its work units to the shared counter.
+pub fn antagonist(
+    threads: usize,
+    report: Option<String>,
+    body: fn(&AtomicU64),
+) -> Result<(), String> {
+    let units = counter(report.as_deref())?;
     for _ in 0..threads.max(1) {
         let u = Arc::clone(&units);
         std::thread::spawn(move || loop {
-            body(&u);
+            body(u.units());
         });
     }
-    match report {
-        Some(p) => report_loop(p, units, stop),
-        None => loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        },
-    }
+    park()
 }
 
 /// MemAvailable in bytes, from `/proc/meminfo`.
@@ -273,8 +303,13 @@ pub fn mem_available() -> Option<u64> {
 /// It stops growing while MemAvailable is under `margin` (counting chunks other threads have taken
 /// but not touched yet), so it never drives the node into the kernel's OOM killer by itself; a
 /// cgroup limit or eviction may still stop it, which is what the benchmark measures.
-pub fn memory_hog(target: u64, margin: u64, threads: usize, report: Option<String>) {
-    let units = Arc::new(AtomicU64::new(0));
+pub fn memory_hog(
+    target: u64,
+    margin: u64,
+    threads: usize,
+    report: Option<String>,
+) -> Result<(), String> {
+    let units = counter(report.as_deref())?;
     let growth = Arc::new(Growth {
         target,
         margin,
@@ -282,14 +317,9 @@ pub fn memory_hog(target: u64, margin: u64, threads: usize, report: Option<Strin
     });
     for _ in 0..threads.max(1) {
         let (u, g) = (Arc::clone(&units), Arc::clone(&growth));
-        std::thread::spawn(move || grow(&g, &u));
+        std::thread::spawn(move || grow(&g, u.units()));
     }
-    match report {
-        Some(p) => report_loop(p, units, Arc::new(AtomicBool::new(false))),
-        None => loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        },
-    }
+    park()
 }
 
 /// What the hog's threads share: bytes taken in all, and of those, bytes not yet touched.
@@ -365,7 +395,7 @@ pub fn pagecache(
         f.set_len(bytes)?;
     }
     drop(f);
-    let units = Arc::new(AtomicU64::new(0));
+    let units = counter(report.as_deref()).map_err(std::io::Error::other)?;
     for t in 0..threads.max(1) {
         let u = Arc::clone(&units);
         let path = path.to_string();
@@ -385,20 +415,14 @@ pub fn pagecache(
                         let _ = f.seek(std::io::SeekFrom::Start(0));
                     }
                     Ok(_) => {
-                        u.fetch_add(1, Ordering::Relaxed);
+                        u.units().fetch_add(1, Ordering::Relaxed);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
             }
         });
     }
-    match report {
-        Some(p) => report_loop(p, units, Arc::new(AtomicBool::new(false))),
-        None => loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        },
-    }
-    Ok(())
+    park()
 }
 
 /// Restricts this process (and the threads it starts) to one CPU.
@@ -514,14 +538,51 @@ pub fn cache_unit(u: &AtomicU64) {
     u.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Reads a worker's report file: (units, seconds since the worker started). A worker that has not
-/// written its first report yet has done no unit: (0, 0). An unreadable report is None.
-pub fn read_report(path: &std::path::Path) -> Option<(u64, f64)> {
-    let s = match std::fs::read_to_string(path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some((0, 0.0)),
+/// Reads a worker's unit counter (`UnitCounter`). A worker that has not made its file yet has done
+/// no unit: 0. An unreadable file is None.
+pub fn read_report(path: &std::path::Path) -> Option<u64> {
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(0),
         Err(_) => return None,
     };
-    let mut it = s.split_whitespace();
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    // Mapped, not read: an atomic load of the worker's own page cannot see half an increment.
+    // SAFETY: read-only; the worker only ever changes it through the atomic.
+    let map = unsafe { memmap2::Mmap::map(&f) }.ok()?;
+    if map.len() < 8 {
+        // Created, not sized yet.
+        return Some(0);
+    }
+    // SAFETY: page-aligned and 8 bytes long at least; the mapping outlives the load.
+    let units = unsafe { &*(map.as_ptr() as *const AtomicU64) };
+    Some(units.load(Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unit_counter_is_read_from_its_file_without_the_worker_writing_it_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offline.0");
+        // Not made yet: no unit done.
+        assert_eq!(read_report(&path), Some(0));
+        let c = UnitCounter::new(path.to_str()).unwrap();
+        assert_eq!(read_report(&path), Some(0));
+        c.units().fetch_add(41, Ordering::Relaxed);
+        c.units().fetch_add(1, Ordering::Relaxed);
+        // Nothing was written out: the file's page is the counter.
+        assert_eq!(read_report(&path), Some(42));
+        // Created but not sized (a worker caught between open and set_len): still 0, not junk.
+        let short = dir.path().join("offline.1");
+        std::fs::write(&short, b"").unwrap();
+        assert_eq!(read_report(&short), Some(0));
+        // A directory where the file should be: unreadable, not 0.
+        assert_eq!(read_report(dir.path()), None);
+        // An anonymous counter for a worker run by hand.
+        let anon = UnitCounter::new(None).unwrap();
+        anon.units().fetch_add(3, Ordering::Relaxed);
+        assert_eq!(anon.units().load(Ordering::Relaxed), 3);
+    }
 }

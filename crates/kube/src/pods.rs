@@ -3,7 +3,7 @@
 //! Pure: a `Pod` in, plain data out; quantities are parsed here with their errors named.
 
 use crate::classify::PodFacts;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use tidal_model::QosClass;
 
@@ -81,6 +81,20 @@ fn limit_milli(c: &Container) -> Option<u64> {
         .and_then(|q: &Quantity| cpu_milli(&q.0))
 }
 
+/// A container the kubelet restarts when a probe fails: a liveness or a startup probe, on an app
+/// container or a sidecar (an init container that keeps running, `restartPolicy: Always`). A frozen
+/// container fails both; a readiness probe only takes the pod out of its Service's endpoints.
+fn has_kill_probe(spec: &PodSpec) -> bool {
+    let probed = |c: &Container| c.liveness_probe.is_some() || c.startup_probe.is_some();
+    spec.containers.iter().any(probed)
+        || spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+            .any(probed)
+}
+
 /// The pod-level CPU limit the kubelet sets: the containers' limits summed when every container
 /// has one (at least the largest init container's), plus the pod overhead; else unlimited.
 fn pod_cpu_limit(pod: &Pod) -> Option<u64> {
@@ -133,8 +147,7 @@ pub fn view(pod: &Pod) -> PodView {
             .filter_map(|c| c.container_id.clone())
             .filter(|id| !id.is_empty())
             .collect(),
-        liveness_probe: spec
-            .is_some_and(|s| s.containers.iter().any(|c| c.liveness_probe.is_some())),
+        liveness_probe: spec.is_some_and(has_kill_probe),
         cpu_limit_milli: pod_cpu_limit(pod),
         terminating: md.deletion_timestamp.is_some(),
         finished: matches!(phase, Some("Succeeded") | Some("Failed")),
@@ -195,6 +208,48 @@ mod tests {
         assert!(v.liveness_probe);
         // 500m + 1500m, with a 250m init container below the sum.
         assert_eq!(v.cpu_limit_milli, Some(2000));
+    }
+
+    #[test]
+    fn startup_probes_and_sidecar_probes_make_a_pod_unfreezable_readiness_does_not() {
+        let pod = |spec: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "n", "uid": "u"},
+                "spec": spec,
+            }))
+            .unwrap()
+        };
+        let probe = serde_json::json!({"exec": {"command": ["true"]}});
+        let cases = [
+            (serde_json::json!({"containers": [{"name": "a"}]}), false),
+            (
+                serde_json::json!({"containers": [{"name": "a", "readinessProbe": probe}]}),
+                false,
+            ),
+            (
+                serde_json::json!({"containers": [{"name": "a", "startupProbe": probe}]}),
+                true,
+            ),
+            (
+                serde_json::json!({"containers": [{"name": "a", "livenessProbe": probe}]}),
+                true,
+            ),
+            // A sidecar (an init container that keeps running) is probed like an app container.
+            (
+                serde_json::json!({"containers": [{"name": "a"}], "initContainers": [
+                    {"name": "s", "restartPolicy": "Always", "livenessProbe": probe}]}),
+                true,
+            ),
+            // A plain init container cannot carry a liveness probe that matters once it is done.
+            (
+                serde_json::json!({"containers": [{"name": "a"}], "initContainers": [
+                    {"name": "i", "startupProbe": probe}]}),
+                false,
+            ),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(view(&pod(spec.clone())).liveness_probe, want, "{spec}");
+        }
     }
 
     proptest::proptest! {

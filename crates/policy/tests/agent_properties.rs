@@ -260,6 +260,36 @@ fn shrinks_at_once_grows_after_hysteresis() {
 }
 
 #[test]
+fn confinement_at_min_offline_cpus_shrinks_no_further_and_says_nothing() {
+    let mut cfg = Config::default();
+    cfg.cpu.min_offline_cpus = 2;
+    let caps = Capabilities::full(8);
+    let mut s = base_snapshot();
+    // Online needs every CPU: offline shrinks, but only to the floor, and says so.
+    s.node_busy_short_cpus = Some(8.0);
+    s.offline_usage_short_cpus = Some(0.5);
+    let d = decide(&s, &cfg, &caps, &PolicyState::default());
+    assert_eq!(d.state.offline_cpus.as_ref().unwrap().len(), 2);
+    let confine: Vec<_> = picked(&d.plan, |a| a.cause == Cause::Confine);
+    assert!(
+        confine[0]
+            .reason
+            .contains("shrinks at once to min_offline_cpus (2)"),
+        "{}",
+        confine[0].reason
+    );
+    // Still busy: at the floor nothing shrinks, nothing is written, nothing claims a shrink.
+    s.now_ms = 100;
+    let d = decide(&s, &cfg, &caps, &d.state);
+    assert_eq!(d.state.offline_cpus.as_ref().unwrap().len(), 2);
+    assert!(
+        !d.plan.actions.iter().any(|a| a.reason.contains("shrinks")),
+        "{:?}",
+        d.plan.actions
+    );
+}
+
+#[test]
 fn pressure_tightens_step_by_step_and_releases_after_calm() {
     let cfg = Config::default();
     let caps = Capabilities::full(8);

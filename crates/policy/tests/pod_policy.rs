@@ -316,7 +316,7 @@ fn under_the_duty_cycle_a_liveness_pod_keeps_one_steady_quota_and_the_others_tog
     assert!(
         live_quotas[0]
             .2
-            .contains("instead (it has liveness probes)"),
+            .contains("instead (it has liveness or startup probes)"),
         "{:?}",
         live_quotas[0]
     );

@@ -243,6 +243,42 @@ fn the_cap_step_writes_a_quota_and_the_duty_cycle_freezes_part_of_each_period() 
     );
 }
 
+#[test]
+fn without_a_freezer_the_duty_cycle_cap_is_a_quota() {
+    let mut caps = Capabilities::full(8);
+    caps.knobs.remove(&Knob::Freeze);
+    let mut st = PolicyState::default();
+    st.interference.steps = vec![Step::ShrinkCpuset];
+    let cfg = Config::default();
+    assert_eq!(cfg.interference.cap_mode, tidal_policy::CapMode::DutyCycle);
+    assert_eq!(
+        tidal_policy::agent::cap::mode(&cfg, &caps),
+        tidal_policy::CapMode::Quota
+    );
+    // The objective still violated: the ladder takes the cap step (not skipped as ineffective)
+    // and the cap is a quota on the offline parent.
+    let mut s = snapshot(Some(-0.5));
+    s.now_ms = 5_000;
+    let d = decide(&s, &cfg, &caps, &st);
+    assert!(
+        d.state.interference.has(Step::CapCpu),
+        "{:?}",
+        d.state.interference
+    );
+    assert!(d.plan.actions.iter().any(|a| matches!(
+        &a.op,
+        Op::Set { knob: Knob::CpuMax, value: KnobValue::Quota { quota_us: Some(_), .. }, target }
+            if target.to_string() == "offline"
+    )));
+    assert!(!d.plan.actions.iter().any(|a| matches!(
+        &a.op,
+        Op::Set {
+            knob: Knob::Freeze,
+            ..
+        }
+    )));
+}
+
 fn arb_state() -> impl Strategy<Value = PolicyState> {
     (
         proptest::sample::subsequence(Step::LADDER.to_vec(), 0..=4),

@@ -442,7 +442,7 @@ pub fn rows(layout: &Layout, k: &KubernetesConfig) -> Vec<Row> {
     out.push(knob_row(
         Knob::Freeze,
         "freezer",
-        "offline work cannot be frozen under interference; it is only confined",
+        "offline work cannot be frozen under interference (and the duty-cycle cap is a CFS quota); it is only confined and capped",
     ));
     out.push(row(
         "group kill (cgroup.kill)",

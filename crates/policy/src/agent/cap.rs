@@ -5,7 +5,17 @@
 use super::state::{PolicyState, Step};
 use crate::config::{CapMode, Config};
 use crate::levels::CFS_PERIOD_US;
-use tidal_model::CpuSet;
+use tidal_model::{Capabilities, CpuSet, Knob};
+
+/// The cap mode in force: the configured one, except that a duty cycle needs a freezer. Without
+/// one (a kernel before 5.2 on pure v2, no v1 freezer) the cap is a CFS quota where `cpu.max`
+/// is writable, so the ladder keeps its step.
+pub fn mode(cfg: &Config, caps: &Capabilities) -> CapMode {
+    match cfg.interference.cap_mode {
+        CapMode::DutyCycle if !caps.has(Knob::Freeze) && caps.has(Knob::CpuMax) => CapMode::Quota,
+        m => m,
+    }
+}
 
 /// In the duty cycle's frozen part now? Offline runs for `cap_fraction` of each period of ten ticks.
 pub fn duty_off(now_ms: u64, cfg: &Config) -> bool {
@@ -21,7 +31,12 @@ pub fn cap_quota(cpus: usize, cfg: &Config) -> u64 {
 }
 
 /// The quota the ladder's cap step wants on offline now (quota mode, step in force).
-pub fn cap_quota_now(cfg: &Config, st: &PolicyState, cpus: &CpuSet) -> Option<u64> {
-    (st.interference.has(Step::CapCpu) && cfg.interference.cap_mode == CapMode::Quota)
+pub fn cap_quota_now(
+    cfg: &Config,
+    caps: &Capabilities,
+    st: &PolicyState,
+    cpus: &CpuSet,
+) -> Option<u64> {
+    (st.interference.has(Step::CapCpu) && mode(cfg, caps) == CapMode::Quota)
         .then(|| cap_quota(cpus.len(), cfg))
 }

@@ -66,12 +66,25 @@ pub fn need(snap: &Snapshot, cfg: &Config, no_growth: bool, st: &mut PolicyState
             );
         }
     } else if room_now < cur_count {
-        d.target = room_now.max(min_off);
+        // Never below min_offline_cpus: at that floor there is nothing to shrink or to say.
+        let target = room_now.max(min_off);
         st.grow_since_ms = None;
-        d.why = format!(
-            "online needs {need_now} of {n} CPUs (usage {:.2} + headroom {headroom}): offline shrinks at once",
-            long.unwrap_or(0.0).max(short.unwrap_or(0.0))
-        );
+        let usage = long.into_iter().chain(short).fold(0.0, f64::max);
+        let needs =
+            format!("online needs {need_now} of {n} CPUs (usage {usage:.2} + headroom {headroom})");
+        if target < cur_count {
+            d.target = target;
+            d.why = if target > room_now {
+                format!("{needs}: offline shrinks at once to min_offline_cpus ({min_off})")
+            } else {
+                format!("{needs}: offline shrinks at once")
+            };
+        } else if target > cur_count {
+            // Below a floor raised since (a config reload): back up to it.
+            d.target = target;
+            d.cause = Cause::Release;
+            d.why = format!("{needs}: offline keeps min_offline_cpus ({min_off})");
+        }
     } else {
         let room = n.saturating_sub(need_long.unwrap_or(need_now));
         if room > cur_count && no_growth {
@@ -218,7 +231,7 @@ pub fn apply(
         pool_len: n,
         reason: reason.clone(),
         cause: c,
-        cap_quota: super::cap::cap_quota_now(cfg, st, &cpus_target),
+        cap_quota: super::cap::cap_quota_now(cfg, caps, st, &cpus_target),
     };
     if tidal_present && (cpus_target != old || static_due) {
         match cfg.cpu.suppression {
@@ -236,7 +249,7 @@ pub fn apply(
                             .max(1000),
                     )
                 };
-                let quota = match super::cap::cap_quota_now(cfg, st, &cpus_target) {
+                let quota = match super::cap::cap_quota_now(cfg, caps, st, &cpus_target) {
                     Some(c) => Some(quota.map_or(c, |q| q.min(c))),
                     None => quota,
                 };
@@ -257,7 +270,7 @@ pub fn apply(
         }
     }
     // The ladder's CPU-time cap (quota mode), when quota suppression does not already write cpu.max.
-    let cap = super::cap::cap_quota_now(cfg, st, &cpus_target);
+    let cap = super::cap::cap_quota_now(cfg, caps, st, &cpus_target);
     if tidal_present
         && caps.has(Knob::CpuMax)
         && cfg.cpu.suppression != Suppression::Quota
@@ -311,7 +324,7 @@ pub fn apply(
 
 /// The knobs whose originals should be journalled ahead of confinement and the ladder: cpusets of
 /// the offline subtree, the offline parent's quota (quota mode) and the offline levels' freezers.
-pub fn remembered(snap: &Snapshot, cfg: &Config) -> Vec<Remember> {
+pub fn remembered(snap: &Snapshot, cfg: &Config, caps: &Capabilities) -> Vec<Remember> {
     let mut out = Vec::new();
     super::pods::remembered(snap, &mut out);
     if !tidal_offline_present(snap) {
@@ -322,7 +335,7 @@ pub fn remembered(snap: &Snapshot, cfg: &Config) -> Vec<Remember> {
         target: parent.clone(),
         knob: Knob::CpusetCpus,
     });
-    if cfg.cpu.suppression == Suppression::Quota || cfg.interference.cap_mode == CapMode::Quota {
+    if cfg.cpu.suppression == Suppression::Quota || super::cap::mode(cfg, caps) == CapMode::Quota {
         out.push(Remember {
             target: parent,
             knob: Knob::CpuMax,

@@ -187,7 +187,7 @@ fn effective(
 ) -> bool {
     match step {
         Step::ShrinkCpuset => cpu.confine && cpu.target > cpu.min_off.max(1),
-        Step::CapCpu => match cfg.interference.cap_mode {
+        Step::CapCpu => match super::cap::mode(cfg, caps) {
             CapMode::Quota => {
                 (caps.has(Knob::CpuMax) && super::confine::tidal_offline_present(snap))
                     || (caps.has(Knob::CpuMax) && super::pods::offline(snap).next().is_some())
@@ -200,7 +200,7 @@ fn effective(
 }
 
 /// Whether freezing `level` would stop something: its tidal group, or its pods (frozen, or capped
-/// where they have liveness probes).
+/// where they have liveness or startup probes).
 fn freezable(snap: &Snapshot, cfg: &Config, caps: &Capabilities, level: QosLevel) -> bool {
     let _ = cfg;
     (caps.has(Knob::Freeze) && snap.levels_present.contains(&level))
@@ -435,7 +435,8 @@ pub fn freeze(
     let n = snap.cpus.len();
     let starved = st.starved;
     // The CPU-time cap as a duty cycle: offline frozen for the rest of each period.
-    let duty = st.interference.has(Step::CapCpu) && cfg.interference.cap_mode == CapMode::DutyCycle;
+    let duty =
+        st.interference.has(Step::CapCpu) && super::cap::mode(cfg, caps) == CapMode::DutyCycle;
     let duty_frozen = duty && super::cap::duty_off(snap.now_ms, cfg);
     let held_low = st.interference.has(Step::FreezeOfflineLow) || starved;
     let held_off = st.interference.has(Step::FreezeOffline) || starved;

@@ -77,7 +77,7 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
     cleanup::decide(snap, cfg, prev, &mut st, &mut plan);
     // Ask the actuator to journal, ahead of time, the originals of what confinement and the ladder
     // write, so those urgent writes need no fsync.
-    plan.remember = confine::remembered(snap, cfg);
+    plan.remember = confine::remembered(snap, cfg, caps);
     Decision { plan, state: st }
 }
 

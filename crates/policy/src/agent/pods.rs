@@ -6,8 +6,8 @@
 //! - Confinement: the pod's cpuset follows offline's CPUs (v1: containers shrink before the pod,
 //!   the pod grows first). Where the kubelet owns cpusets (CPU manager `static`) or quota
 //!   suppression is configured, a CPU-time cap on the pod group stands in for the cpuset.
-//! - The ladder's freeze steps freeze a pod, except a pod whose containers have liveness probes: a
-//!   frozen pod fails them and the kubelet restarts it, so it is capped at `probe_pod_cap_cpus`.
+//! - The ladder's freeze steps freeze a pod, except a pod whose containers have liveness or startup
+//!   probes: a frozen pod fails them and the kubelet restarts it, so it is capped at `probe_pod_cap_cpus`.
 //!   Under the duty-cycle cap such a pod gets one steady quota of the same share instead.
 //! - A cap tidal lifts returns to the pod's own CPU limit, never to "unlimited".
 //!
@@ -175,7 +175,7 @@ pub fn apply(
                 p.pod,
                 share as f64 / CFS_PERIOD_US as f64,
                 if p.liveness_probe {
-                    "it has liveness probes"
+                    "it has liveness or startup probes"
                 } else {
                     "no freezer"
                 }
@@ -193,7 +193,7 @@ pub fn apply(
                 p.pod,
                 cfg.kubernetes.probe_pod_cap_cpus,
                 if p.liveness_probe {
-                    "it has liveness probes"
+                    "it has liveness or startup probes"
                 } else {
                     "no freezer"
                 }

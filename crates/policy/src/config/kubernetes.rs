@@ -32,7 +32,7 @@ pub struct KubernetesConfig {
     /// At most one eviction per this interval.
     pub eviction_interval: Millis,
     /// The CPU-time cap, in CPUs, that stands in for freezing a pod whose containers have liveness
-    /// probes (a frozen pod fails them and the kubelet restarts it).
+    /// or startup probes (a frozen pod fails them and the kubelet restarts it).
     pub probe_pod_cap_cpus: f64,
     pub classify: ClassifyConfig,
     pub batch: BatchConfig,

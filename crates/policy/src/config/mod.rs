@@ -126,7 +126,7 @@ pub enum CapMode {
     /// CFS quota (`cpu.max` / `cpu.cfs_quota_us`) on the offline parent and offline pods.
     Quota,
     /// Offline frozen for part of every period of ten ticks, thawed for the rest (offline pods
-    /// with liveness probes get a quota instead).
+    /// with liveness or startup probes get a quota instead).
     DutyCycle,
 }
 

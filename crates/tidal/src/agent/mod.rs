@@ -200,6 +200,9 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
             warn!("{k} is not available here: see `tidal doctor` for what tidal does without it");
         }
     }
+    if cfg.interference.cap_mode != tidal_policy::agent::cap::mode(&cfg, &caps) {
+        warn!("interference.cap_mode duty-cycle needs a freezer: the CPU-time cap step is a CFS quota here");
+    }
 
     raise_fd_limit();
     let collector = Collector::new(
