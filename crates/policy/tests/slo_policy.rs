@@ -159,9 +159,9 @@ fn a_released_cpuset_step_says_why_offline_gets_its_cpu_back() {
     }
     assert_eq!(st.interference.level(), 0);
     assert!(
-        released
-            .iter()
-            .any(|r| r.contains("interference calm: offline gets its CPU back")),
+        released.iter().any(
+            |r| r.contains("interference calm (") && r.contains("): offline gets its CPU back")
+        ),
         "{released:?}"
     );
 }
@@ -289,24 +289,109 @@ fn arb_state() -> impl Strategy<Value = PolicyState> {
             prop::option::of(0u64..20_000),
             prop::option::of(0u64..20_000),
             prop_oneof![Just(0u64), 30_000u64..240_000],
+            prop::option::of(0u64..20_000),
+            0u64..=8,
         ),
     )
-        .prop_map(|(steps, at, base, calming, (hold, probe, wait))| {
-            let mut st = PolicyState::default();
-            st.interference.steps = steps;
-            st.interference.phase = if calming {
-                Phase::Calming { since_ms: at }
-            } else {
-                Phase::Tightened {
-                    at_ms: at,
-                    baseline: base,
-                }
-            };
-            st.interference.hold_since_ms = hold;
-            st.interference.probe_at_ms = probe;
-            st.interference.probe_wait_ms = wait;
-            st
-        })
+        .prop_map(
+            |(steps, at, base, calming, (hold, probe, wait, rel_at, rel_wait))| {
+                let mut st = PolicyState::default();
+                st.interference.steps = steps;
+                st.interference.phase = if calming {
+                    Phase::Calming { since_ms: at }
+                } else {
+                    Phase::Tightened {
+                        at_ms: at,
+                        baseline: base,
+                    }
+                };
+                st.interference.hold_since_ms = hold;
+                st.interference.probe_at_ms = probe;
+                st.interference.probe_wait_ms = wait;
+                st.interference.released_at_ms = rel_at;
+                st.interference.release_wait = rel_wait;
+                st
+            },
+        )
+}
+
+/// Ample slack (over `release_above`): calm.
+const AMPLE: f64 = 0.4;
+
+/// Calm readings every 500 ms from `from` until a step is released: (when, the release's reasons).
+fn calm_until_release(cfg: &Config, st: &mut PolicyState, from: u64) -> (u64, Vec<String>) {
+    let caps = Capabilities::full(8);
+    let level = st.interference.level();
+    for t in (0..200).map(|i| from + i * 500) {
+        let mut s = snapshot(Some(AMPLE));
+        s.now_ms = t;
+        let d = decide(&s, cfg, &caps, st);
+        *st = d.state;
+        if st.interference.level() < level {
+            let why = reasons(&d.plan, tidal_model::Cause::Release)
+                .into_iter()
+                .map(String::from)
+                .collect();
+            return (t - from, why);
+        }
+    }
+    panic!("no release in 100 s of calm: {:?}", st.interference);
+}
+
+#[test]
+fn a_release_that_brings_the_violation_back_doubles_the_calm_before_the_next() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let grow = cfg.cpu.grow_after.0;
+    let mut st = PolicyState::default();
+    st.interference.steps = Step::LADDER.to_vec();
+    let mut t = 10_000;
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        let (after, _) = calm_until_release(&cfg, &mut st, t);
+        waits.push(after);
+        t += after + 500;
+        // The release brings the violation back at once: the step is taken again.
+        let mut s = snapshot(Some(-0.2));
+        s.now_ms = t;
+        let d = decide(&s, &cfg, &caps, &st);
+        st = d.state;
+        assert_eq!(st.interference.level(), 4, "{:?}", st.interference);
+        t += 1_000;
+    }
+    // Twice as long each time, up to PROBE_BACKOFF_MAX times the objective's calm time.
+    let max = tidal_policy::PROBE_BACKOFF_MAX * grow;
+    assert_eq!(
+        waits,
+        vec![grow, 2 * grow, 4 * grow, max, max],
+        "calm before each release"
+    );
+    // Calm from now on: each release that lasts until the next halves the wait.
+    // (Each wait counts from the last release; the helper starts a tick after it.)
+    let mut calm_waits = Vec::new();
+    let mut last_why = Vec::new();
+    let mut since_release = 0;
+    while st.interference.level() > 0 {
+        let (after, why) = calm_until_release(&cfg, &mut st, t);
+        calm_waits.push(after + since_release);
+        since_release = 500;
+        last_why = why;
+        t += after + 500;
+    }
+    assert_eq!(calm_waits, vec![max, max, max / 2, max / 4]);
+    // The last release (the cpuset step) quotes the calm objective and how long it was calm.
+    assert!(
+        last_why.iter().any(
+            |w| w.contains("interference calm (objective online-critical/web")
+                && w.contains("slack 40% for 4s): offline gets its CPU back")
+        ),
+        "{last_why:?}"
+    );
+    // The last release lasted the judging time (slo.probe_after): the next episode starts afresh.
+    let mut s = snapshot(Some(-0.2));
+    s.now_ms = t + cfg.slo.probe_after.0;
+    st = decide(&s, &cfg, &caps, &st).state;
+    assert_eq!(st.interference.release_wait, 0, "{:?}", st.interference);
 }
 
 /// Slack with room but not ample: between `hold_below` and `release_above` (defaults).
@@ -485,6 +570,49 @@ proptest! {
             prop_assert_eq!(w, 0, "a probe that lasted resets the wait");
         }
         prop_assert_eq!(d.state.interference.probe_at_ms, None);
+    }
+
+    #[test]
+    fn a_failed_release_backs_off_within_bounds_and_calm_always_releases_in_the_end(
+        st in arb_state(),
+        dt in 0u64..120_000,
+    ) {
+        let cfg = Config::default();
+        let caps = Capabilities::full(8);
+        let judge = cfg.slo.probe_after.0;
+        let max = tidal_policy::PROBE_BACKOFF_MAX;
+        let at = 100_000;
+        // Tightening `dt` after a release: doubled within the judging time, reset after it.
+        let mut failed = st.clone();
+        failed.interference.released_at_ms = Some(at);
+        let before = failed.interference.release_wait;
+        let mut s = snapshot(Some(-0.3));
+        s.now_ms = at + dt;
+        let d = decide(&s, &cfg, &caps, &failed);
+        let w = d.state.interference.release_wait;
+        prop_assert!(w <= max, "wait {} over the bound", w);
+        if dt < judge {
+            prop_assert_eq!(w, (before.max(1) * 2).min(max), "doubled from {}", before);
+        } else {
+            prop_assert_eq!(w, 0, "a release that lasted resets the wait");
+        }
+        prop_assert_eq!(d.state.interference.released_at_ms, None);
+        // However far it backed off, unbroken calm releases a step within the bound.
+        let mut st = st;
+        let level = st.interference.level();
+        prop_assume!(level > 0);
+        let bound = max * cfg.cpu.grow_after.0.max(cfg.interference.calm_period.0);
+        let mut released = false;
+        for t in (0..=bound / 500 + 2).map(|i| at + i * 500) {
+            let mut s = snapshot(Some(0.5));
+            s.now_ms = t;
+            st = decide(&s, &cfg, &caps, &st).state;
+            if st.interference.level() < level {
+                released = true;
+                break;
+            }
+        }
+        prop_assert!(released, "no release in {} ms of calm: {:?}", bound, st.interference);
     }
 
     #[test]

@@ -213,7 +213,10 @@ pub fn apply(
         cause = Cause::Release;
         why = match &tick.probe {
             Some(p) => format!("{p}: offline gets its CPU back"),
-            None => "interference calm: offline gets its CPU back".to_string(),
+            None => format!(
+                "interference calm ({}): offline gets its CPU back",
+                tick.calm.as_deref().unwrap_or("every signal calm")
+            ),
         };
     }
     let starved = target == 0;

@@ -16,7 +16,9 @@
 //!   close to the quiet latency for ample slack would otherwise keep offline tightened for good.
 //!   Tightening within `slo.probe_after` of a probe doubles the wait before the next.
 //! - When every signal that speaks is calm, one step is released after the shortest calm time any
-//!   of them asks (`calm_period` for pressure, `cpu.grow_after` for an objective with ample slack).
+//!   of them asks (`calm_period` for pressure, `cpu.grow_after` for an objective with ample slack),
+//!   quoting it. Tightening within `slo.probe_after` of such a release doubles that time before the
+//!   next (up to `PROBE_BACKOFF_MAX` times); a release that lasts until the next halves it.
 
 use super::state::{Phase, PolicyState, Step};
 use super::tick::{CpuDecision, LadderTick};
@@ -38,8 +40,8 @@ pub enum Verdict {
     },
     /// Met, without room to give: no release; with `stop_growth`, offline does not grow either.
     Hold { reason: String, stop_growth: bool },
-    /// Fine; one step may be released once it has been so for `after_ms`.
-    Calm { after_ms: u64 },
+    /// Fine; one step may be released once it has been so for `after_ms`. `reason` quotes it.
+    Calm { after_ms: u64, reason: String },
     /// The signal has nothing to say (no data).
     Silent,
 }
@@ -68,6 +70,7 @@ fn psi_rule(snap: &Snapshot, cfg: &Config, caps: &Capabilities) -> Verdict {
     } else {
         Verdict::Calm {
             after_ms: cfg.interference.calm_period.0,
+            reason: format!("online cpu pressure {p:.1}% under {thr}%"),
         }
     }
 }
@@ -122,6 +125,7 @@ fn slo_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
     } else {
         Verdict::Calm {
             after_ms: cfg.cpu.grow_after.0,
+            reason: quote,
         }
     }
 }
@@ -151,6 +155,12 @@ fn runq_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
     } else {
         Verdict::Calm {
             after_ms: cfg.interference.calm_period.0,
+            reason: format!(
+                "run-queue p99 of {} {} under {}",
+                worst.workload,
+                ms(worst.observed),
+                ms(worst.target)
+            ),
         }
     }
 }
@@ -244,17 +254,41 @@ pub fn decide(
     });
     // Every hold leaves room (none stops growth): a stretch of these may probe a release.
     let roomy = held.is_some() && !stops_growth(verdicts);
-    // Released after the shortest calm time a calm signal asks, when no signal holds.
-    let calm = verdicts
+    // Released after the shortest calm time a calm signal asks, when no signal holds; that
+    // signal is quoted.
+    let calm_by = verdicts
         .iter()
         .filter_map(|v| match v {
-            Verdict::Calm { after_ms } => Some(*after_ms),
+            Verdict::Calm { after_ms, reason } => Some((*after_ms, reason)),
             _ => None,
         })
-        .min();
-    let any_calm = calm.is_some() && held.is_none();
-    let calm = calm.unwrap_or(backoff);
+        .min_by_key(|(after, _)| *after);
+    let any_calm = calm_by.is_some() && held.is_none();
     let lad = &mut st.interference;
+    // A release for calm is judged like a probe: tightening soon after it doubles the calm time
+    // before the next one (up to PROBE_BACKOFF_MAX times); one that lasts until the next release
+    // halves it, one that lasts the judging time resets it.
+    let judge = if cfg.slo.probe_after.0 > 0 {
+        cfg.slo.probe_after.0
+    } else {
+        backoff
+    };
+    if let Some(at) = lad.released_at_ms {
+        if now.saturating_sub(at) >= judge {
+            lad.release_wait = 0;
+            lad.released_at_ms = None;
+        } else if tighten.is_some() {
+            lad.release_wait = lad
+                .release_wait
+                .max(1)
+                .saturating_mul(2)
+                .min(super::state::PROBE_BACKOFF_MAX);
+            lad.released_at_ms = None;
+        }
+    }
+    let calm = calm_by
+        .map_or(backoff, |(after, _)| after)
+        .saturating_mul(lad.release_wait.max(1));
     lad.waited = wait_a_tick;
     let mut tick = LadderTick {
         held: held.clone(),
@@ -352,7 +386,18 @@ pub fn decide(
                 };
                 let released = now.saturating_sub(since) >= calm;
                 if released || probe_due {
-                    if !released {
+                    if released {
+                        // The last release has lasted until this one: half the wait back.
+                        if lad.released_at_ms.is_some() {
+                            lad.release_wait /= 2;
+                        }
+                        tick.calm = Some(format!(
+                            "{} for {:.0}s",
+                            calm_by.map_or("every signal calm", |(_, r)| r.as_str()),
+                            now.saturating_sub(since) as f64 / 1000.0
+                        ));
+                        lad.released_at_ms = Some(now);
+                    } else {
                         tick.probe =
                             Some(probe_note("every signal calm", hold_since.unwrap_or(now)));
                         lad.probe_at_ms = Some(now);
@@ -523,7 +568,11 @@ pub fn freeze(
                     Cause::Release,
                 )
             } else {
-                (format!("interference calm: {level} thawed"), Cause::Release)
+                let calm = tick.calm.as_deref().unwrap_or("every signal calm");
+                (
+                    format!("interference calm ({calm}): {level} thawed"),
+                    Cause::Release,
+                )
             };
             plan.push(
                 Action::set(

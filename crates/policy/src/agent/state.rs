@@ -74,6 +74,16 @@ pub struct Interference {
     /// does not wait again (a shrink that keeps failing to be written must not stall the ladder).
     #[serde(default)]
     pub waited: bool,
+    /// When the last release for calm was made, until it is judged (see `release_wait`).
+    #[serde(default)]
+    pub released_at_ms: Option<u64>,
+    /// The calm time before the next release, as a multiple of what the calm signal asks (0 or
+    /// 1: once). A release followed by tightening within `slo.probe_after` (`calm_period` with
+    /// probes off) doubles it, up to [`PROBE_BACKOFF_MAX`]; one that lasts until the next release
+    /// halves it, one that lasts the whole time resets it. Without
+    /// it a signal whose calm is only the steps' doing flaps: release, violation, step, release.
+    #[serde(default)]
+    pub release_wait: u64,
 }
 
 /// A failed probe doubles the wait before the next one, up to this many times `slo.probe_after`.

@@ -29,4 +29,6 @@ pub struct LadderTick {
     pub probe: Option<String>,
     /// The step released this tick (calm, or a probe).
     pub released: Option<super::state::Step>,
+    /// What was calm, and how long, when a step was released for calm (not a probe).
+    pub calm: Option<String>,
 }
