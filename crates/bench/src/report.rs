@@ -418,6 +418,9 @@ pub fn goals(
 /// Online tasks OOM-killed under tidal (all rounds together), and per round the online server's
 /// major faults under tidal less 1.2× alone's (a difference: alone often has none, so a ratio
 /// would be undefined).
+/// How the memory goals' first line begins (the report shows the memory table when it is there).
+const MEMORY_GOAL: &str = "memory:";
+
 fn memory_goals(runs: &[RunResult], p99_vs_alone: Option<Interval>) -> [GoalLine; 3] {
     let tidal = || runs.iter().filter(|r| r.scenario == Scenario::Tidal);
     let kills: Option<u64> = tidal().map(|r| r.memory.oom_kills_online).sum();
@@ -438,7 +441,7 @@ fn memory_goals(runs: &[RunResult], p99_vs_alone: Option<Interval>) -> [GoalLine
         .collect();
     [
         line(
-            "memory: tidal p99 ≤ 1.2× alone",
+            &format!("{MEMORY_GOAL} tidal p99 ≤ 1.2× alone"),
             p99_vs_alone,
             Want::AtMost,
             1.2,
@@ -584,11 +587,13 @@ pub fn markdown(r: &Report) -> String {
             ));
         }
     }
+    // Always with a memory antagonist or a working set (their goals are there): none is a result.
+    let memory_run = r.goals.iter().any(|g| g.goal.starts_with(MEMORY_GOAL));
     let memory_seen = r.scenarios.iter().any(|x| {
         x.oom_kills_online + x.oom_kills_offline > 0
             || x.online_major_faults.is_some_and(|m| m.hi > 0.0)
     });
-    if memory_seen {
+    if memory_run || memory_seen {
         s.push_str("\n**Memory** (the online server's major faults in the measured window, median of runs [95% interval]; tasks the OOM killer took over all rounds, warm-up included)\n\n");
         s.push_str("| scenario | online major faults | OOM kills online | OOM kills offline |\n|---|---|---|---|\n");
         for x in &r.scenarios {
@@ -928,6 +933,16 @@ mod tests {
         assert!(interval(&[f64::NAN]).is_none());
         let i = interval(&[1.0]).unwrap();
         assert_eq!((i.lo, i.median, i.hi), (1.0, 1.0, 1.0));
+    }
+
+    #[test]
+    fn a_memory_run_shows_its_memory_table_even_when_nothing_was_killed_or_faulted() {
+        let mut r = report(&[(400.0, 410.0, 1.2, 1.3), (400.0, 410.0, 1.2, 1.3)]);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, false);
+        assert!(!markdown(&r).contains("**Memory**"));
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, true);
+        let md = markdown(&r);
+        assert!(md.contains("**Memory**") && md.contains("| OOM kills online |"), "{md}");
     }
 
     #[test]
