@@ -775,20 +775,20 @@ impl Actuator {
     }
 
     /// Moves a task back to the cgroups this process started in (after a failed move).
-    /// Sets `oom_score_adj` on every task of `target` whose value differs. Not journalled: the value
-    /// dies with the task, and `restore` never touches `/proc`. Tasks that exit meanwhile are
-    /// skipped; a group whose tasks this process cannot see (another PID namespace) has none.
+    /// Sets `oom_score_adj` on every task of `target` and of the groups below it (a pod's tasks
+    /// are in its container groups) whose value differs. Not journalled: the value dies with the
+    /// task, and `restore` never touches `/proc`. Tasks that exit meanwhile are skipped; a group
+    /// whose tasks this process cannot see (another PID namespace) has none.
     pub fn oom_score_adj(&mut self, target: &Target, value: i32) -> Result<Outcome, ActError> {
-        let Some(procs) = self
+        let Some(dir) = self
             .layout
             .target_dirs(target)
             .into_iter()
-            .map(|d| d.join(PROCS))
-            .find(|p| p.exists())
+            .find(|d| d.join(PROCS).exists())
         else {
             return Ok(Outcome::Vanished);
         };
-        let pids = match read_procs(&procs) {
+        let pids = match tidal_cgroupfs::layout::read_procs_tree(&dir) {
             Ok(p) => p,
             Err(e) if e.is_vanished() => return Ok(Outcome::Vanished),
             Err(e) => return Err(e.into()),
@@ -809,11 +809,12 @@ impl Actuator {
             match kernel::write_file(&f, &want) {
                 Ok(()) => wrote = true,
                 Err(e) if e.is_vanished() || e.errno() == Some(libc::ESRCH) => {}
-                // Lowering it needs CAP_SYS_RESOURCE: without it, say so once and go on.
+                // Lowering it needs CAP_SYS_RESOURCE, and another user's task's file
+                // CAP_DAC_OVERRIDE: without them, say so once and go on.
                 Err(e) if matches!(e.errno(), Some(libc::EACCES) | Some(libc::EPERM)) => {
                     if !self.oom_refused {
                         self.oom_refused = true;
-                        warn!("cannot set oom_score_adj {value} ({e}): lowering it needs CAP_SYS_RESOURCE; online tasks keep the kernel's value (logged once)");
+                        warn!("cannot set oom_score_adj {value} ({e}): lowering it needs CAP_SYS_RESOURCE, and a task of another user needs CAP_DAC_OVERRIDE; those tasks keep the kernel's value (logged once)");
                     }
                     return Ok(Outcome::Unsupported);
                 }

@@ -942,7 +942,10 @@ mod tests {
         assert!(!markdown(&r).contains("**Memory**"));
         r.goals = goals(&r.scenarios, &r.step, &r.runs, true);
         let md = markdown(&r);
-        assert!(md.contains("**Memory**") && md.contains("| OOM kills online |"), "{md}");
+        assert!(
+            md.contains("**Memory**") && md.contains("| OOM kills online |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -373,6 +373,43 @@ pub fn read_procs(path: &Path) -> Result<Vec<i32>> {
     })
 }
 
+/// How deep, and how many groups, [`read_procs_tree`] reads below the group it starts from.
+pub const PROCS_TREE_DEPTH: usize = 4;
+pub const PROCS_TREE_GROUPS: usize = 4096;
+
+/// The pids in the group at `dir` and in every group below it: a pod's processes live in its
+/// container groups, not in the pod group. Groups that vanish meanwhile are skipped; the walk
+/// stops at [`PROCS_TREE_DEPTH`] levels and [`PROCS_TREE_GROUPS`] groups.
+pub fn read_procs_tree(dir: &Path) -> Result<Vec<i32>> {
+    let mut pids = read_procs(&dir.join(PROCS))?;
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    let mut groups = 0usize;
+    while let Some((d, depth)) = stack.pop() {
+        if depth >= PROCS_TREE_DEPTH {
+            continue;
+        }
+        let children = match list_children(&d) {
+            Ok(c) => c,
+            Err(e) if e.is_vanished() => continue,
+            Err(e) => return Err(e),
+        };
+        for c in children {
+            groups += 1;
+            if groups > PROCS_TREE_GROUPS {
+                return Ok(pids);
+            }
+            let cd = d.join(&c);
+            match read_procs(&cd.join(PROCS)) {
+                Ok(p) => pids.extend(p),
+                Err(e) if e.is_vanished() => continue,
+                Err(e) => return Err(e),
+            }
+            stack.push((cd, depth + 1));
+        }
+    }
+    Ok(pids)
+}
+
 pub fn parse_procs(text: &str) -> std::result::Result<Vec<i32>, String> {
     text.lines()
         .map(str::trim)
@@ -489,6 +526,35 @@ mod tests {
             r.target_dir(&Target::Foreign(f)),
             PathBuf::from("/sys/fs/cgroup/kubepods/besteffort/pod1")
         );
+    }
+
+    #[test]
+    fn a_pods_processes_are_read_from_its_container_groups_fake_fs() {
+        let d = tempfile::tempdir().unwrap();
+        let pod = d.path().join("pod1");
+        for (g, procs) in [
+            ("", ""),
+            ("/ctr-a", "10\n11\n"),
+            ("/ctr-b", "12\n"),
+            ("/ctr-b/sub", "13\n"),
+        ] {
+            let dir = PathBuf::from(format!("{}{g}", pod.display()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(PROCS), procs).unwrap();
+        }
+        // A group that vanished between the listing and the read (no cgroup.procs) is skipped.
+        std::fs::create_dir_all(pod.join("gone")).unwrap();
+        let mut pids = read_procs_tree(&pod).unwrap();
+        pids.sort();
+        assert_eq!(pids, vec![10, 11, 12, 13]);
+        // The group itself gone: an error that says so.
+        assert!(read_procs_tree(&d.path().join("nope"))
+            .unwrap_err()
+            .is_vanished());
+        // A bad line anywhere is an error naming the file.
+        std::fs::write(pod.join("ctr-a").join(PROCS), "x\n").unwrap();
+        let e = read_procs_tree(&pod).unwrap_err().to_string();
+        assert!(e.contains("ctr-a"), "{e}");
     }
 
     #[test]

@@ -499,6 +499,8 @@ struct WorkloadReaders {
     last: Option<WorkloadSnapshot>,
     /// The declared memory request, read on full readings only (an xattr per hierarchy).
     memory_request: Option<u64>,
+    /// A pod: its processes are in its container groups, so tasks are counted down the tree.
+    pod: bool,
 }
 
 /// A reading: missing if its group is gone (normal: workloads end), noted as a problem otherwise.
@@ -526,12 +528,38 @@ impl WorkloadReaders {
             prev_usage: None,
             last: None,
             memory_request: None,
+            pod: w.pod.is_some(),
+        }
+    }
+
+    /// The workload's pids: its group's, and for a pod its container groups' too.
+    fn pids(&self) -> Option<Result<Vec<i32>, tidal_cgroupfs::CgroupError>> {
+        let d = self.dirs.first()?;
+        Some(if self.pod {
+            tidal_cgroupfs::layout::read_procs_tree(d)
+        } else {
+            tidal_cgroupfs::layout::read_procs(&d.join(tidal_cgroupfs::layout::PROCS))
+        })
+    }
+
+    /// How many tasks the workload has (a pod's counted down its tree).
+    fn count_tasks(&mut self, p: &mut Problems) -> Option<usize> {
+        if !self.pod {
+            return take(self.tasks.as_mut(), "workload tasks", p);
+        }
+        match self.pids()? {
+            Ok(pids) => Some(pids.len()),
+            Err(e) if e.is_vanished() => None,
+            Err(e) => {
+                p.note("workload tasks", &e);
+                None
+            }
         }
     }
 
     /// The last full reading with a fresh task count.
     fn read_tasks(&mut self, p: &mut Problems) -> WorkloadSnapshot {
-        let tasks = take(self.tasks.as_mut(), "workload tasks", p);
+        let tasks = self.count_tasks(p);
         match &mut self.last {
             Some(l) => {
                 l.procs = tasks;
@@ -562,7 +590,7 @@ impl WorkloadReaders {
             self.prev_usage = usage;
         }
         let throttle = take(self.throttle.as_mut(), "workload cpu.stat", p).flatten();
-        let procs = take(self.tasks.as_mut(), "workload tasks", p);
+        let procs = self.count_tasks(p);
         let memory_bytes = take(self.memory.as_mut(), "workload memory", p);
         let [c, m, i] = &mut self.psi;
         let mut psi = |r: &mut Option<Reader<Psi>>| {
@@ -590,11 +618,10 @@ impl WorkloadReaders {
             pod: w.pod.clone(),
             cpuset: None,
             memory_request: None,
-            open_files: self.dirs.iter().find_map(|d| {
-                tidal_cgroupfs::layout::read_procs(&d.join(tidal_cgroupfs::layout::PROCS))
-                    .ok()
-                    .and_then(|p| tidal_cgroupfs::proc::open_files(&p))
-            }),
+            open_files: self
+                .pids()
+                .and_then(|r| r.ok())
+                .and_then(|p| tidal_cgroupfs::proc::open_files(&p[..])),
         };
         self.last = Some(snap.clone());
         snap

@@ -225,6 +225,10 @@ pub struct RunArgs {
     /// ancestors' sums) and `tidal run` sets the workload's own `memory.low` at once.
     #[arg(long, value_parser = parse_memory)]
     pub memory_request: Option<u64>,
+    /// The agent's config, for the levels' `oom_score_adj` and the protection ratios
+    /// (`memory.min_ratio`, `memory.low_ratio`) set at once; the defaults without it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// The command, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,

@@ -73,7 +73,11 @@ pub fn main(g: &Global, a: &RunArgs) -> i32 {
         Ok(a) => a,
         Err(e) => return exit::act(&e),
     };
-    let group = match setup(&mut act, &caps, a, &name) {
+    let cfg = match crate::agent::load_config(a.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let group = match setup(&mut act, &caps, &cfg, a, &name) {
         Ok(gp) => gp,
         Err((claimed, e)) => {
             if let Some(g) = claimed {
@@ -115,6 +119,7 @@ pub fn main(g: &Global, a: &RunArgs) -> i32 {
 fn setup(
     act: &mut Actuator,
     caps: &tidal_model::Capabilities,
+    cfg: &tidal_policy::Config,
     a: &RunArgs,
     name: &str,
 ) -> Result<GroupPath, (Option<GroupPath>, tidal_actuator::ActError)> {
@@ -133,20 +138,33 @@ fn setup(
         act.set_memory_request(&group, r)
             .map_err(|e| (Some(group.clone()), e))?;
         if a.qos.is_online() && caps.has(tidal_model::Knob::MemoryLow) {
-            let p = Plan {
-                actions: vec![tidal_model::Action::set(
+            let (min, low) = tidal_policy::agent::memqos::protection_of(r, cfg);
+            let why = format!(
+                "--memory-request {r}: protected (the agent also protects the level and the root)"
+            );
+            let mut actions = vec![tidal_model::Action::set(
+                group.clone(),
+                tidal_model::Knob::MemoryLow,
+                tidal_model::KnobValue::Bytes(Some(low)),
+                why.clone(),
+            )];
+            if min > 0 && caps.has(tidal_model::Knob::MemoryMin) {
+                actions.push(tidal_model::Action::set(
                     group.clone(),
-                    tidal_model::Knob::MemoryLow,
-                    tidal_model::KnobValue::Bytes(Some(r)),
-                    format!("--memory-request {r}: protected (the agent also protects the level and the root)"),
-                )],
+                    tidal_model::Knob::MemoryMin,
+                    tidal_model::KnobValue::Bytes(Some(min)),
+                    why,
+                ));
+            }
+            let p = Plan {
+                actions,
                 remember: Vec::new(),
             };
             apply_all(act, &p).map_err(|e| (Some(group.clone()), e))?;
         }
     }
     // The OOM killer takes offline first: the command and its children inherit this.
-    let adj = tidal_policy::config::OomScores::default().of(a.qos);
+    let adj = cfg.memory.oom_score_adj.of(a.qos);
     if act
         .oom_score_adj_self(adj)
         .map_err(|e| (Some(group.clone()), e))?

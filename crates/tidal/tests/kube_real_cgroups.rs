@@ -97,6 +97,36 @@ fn pods() -> Vec<Value> {
     vec![a, b]
 }
 
+/// A `sleep` moved into a group, killed (and reaped) when dropped, also when the test fails.
+struct Task(Child);
+
+impl Task {
+    fn start_in(group_dir: &std::path::Path) -> Task {
+        let c = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("spawn sleep");
+        let task = Task(c);
+        std::fs::write(group_dir.join("cgroup.procs"), task.0.id().to_string())
+            .unwrap_or_else(|e| panic!("move into {}: {e}", group_dir.display()));
+        task
+    }
+
+    fn oom_score_adj(&self) -> i32 {
+        std::fs::read_to_string(format!("/proc/{}/oom_score_adj", self.0.id()))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(i32::MIN)
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The agent in pod mode against the stand-in apiserver.
 fn start_agent(t: &TestRoot, api: &MockApi, cfg: &str, addr: &str) -> Child {
     let kc = t.state.path().join("kubeconfig");
@@ -152,6 +182,8 @@ fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_le
         if io {
             t.write_knob(&tr.pod_a, Knob::IoMax, KnobValue::IoMax(vec![own]));
         }
+        // A task in pod A's container group, where the kubelet puts them (not in the pod group).
+        let task = Task::start_in(&t.dir("cpu", &tr.ctr_a));
         let api = MockApi::start(serde_json::from_str(NODE).unwrap()).unwrap();
         api.with(|s| s.pods = pods());
         let addr = free_addr();
@@ -230,6 +262,12 @@ fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_le
                 );
             }
         }
+        // The pod's task is counted and ordered for the OOM killer like offline work.
+        wait_for(
+            &format!("{driver}: oom_score_adj of the pod's task"),
+            20,
+            || task.oom_score_adj() >= 999,
+        );
         // /state shows both pods with their levels, as the agent sees them.
         let (_, body) = get(&addr, "/state").expect("/state");
         let v: Value = serde_json::from_str(&body).unwrap();
@@ -253,7 +291,15 @@ fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_le
             levels.contains(&("search/indexer-0".into(), "offline".into())),
             "{levels:?}"
         );
+        let procs_a = v["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == "batch/etl-28861234-x7k2p")
+            .map(|w| w["procs"].clone());
+        assert_eq!(procs_a, Some(json!(1)), "{body}");
         stop(agent);
+        drop(task);
         assert!(t.agent_log().contains("cgroup driver"), "{}", t.agent_log());
         // restore returns the pods' own values.
         t.restore_ok();

@@ -75,15 +75,34 @@ fn oom_score_adj_is_set_on_every_task_of_a_workload() {
         "-c",
         "echo 0 > /proc/self/oom_score_adj; exec sleep 600",
     ]);
+    // With the agent's config, `tidal run` uses its values.
+    let cfg = t.write_config("memory:\n  oom_score_adj:\n    offline: 990\n");
+    let cfg = cfg.display().to_string();
+    t.spawn(&[
+        "run",
+        "--qos",
+        "offline",
+        "--name",
+        "configured",
+        "--config",
+        &cfg,
+        "--",
+        "sleep",
+        "600",
+    ]);
     wait_for("the workloads' tasks", 10, || {
         [
             "offline/offline-low/low",
             "online-critical/db",
             "offline/offline/reset",
+            "offline/offline/configured",
         ]
         .iter()
         .all(|g| !tasks(&t, g).is_empty())
     });
+    for p in tasks(&t, "offline/offline/configured") {
+        assert_eq!(oom_adj(p), Some(990));
+    }
     // `tidal run` gives the command its level's value; its children inherit it.
     for p in tasks(&t, "offline/offline-low/low") {
         assert_eq!(oom_adj(p), Some(1000));

@@ -23,6 +23,13 @@ fn set(t: Target, knob: Knob, v: Option<u64>, why: String, cause: Cause) -> Acti
     Action::set(t, knob, KnobValue::Bytes(v), why).because(cause)
 }
 
+/// `memory.min` and `memory.low` for an online workload that declares `request` bytes: the
+/// configured shares of it (`memory.min_ratio`, `memory.low_ratio`).
+pub fn protection_of(request: u64, cfg: &Config) -> (u64, u64) {
+    let share = |f: f64| (request as f64 * f) as u64;
+    (share(cfg.memory.min_ratio), share(cfg.memory.low_ratio))
+}
+
 /// `memory.min`/`memory.low` for online workloads with a request, and their ancestors' sums.
 pub fn protection(
     snap: &Snapshot,
@@ -35,13 +42,11 @@ pub fn protection(
     if !(caps.has(Knob::MemoryLow) && caps.has(Knob::MemoryMin)) {
         return;
     }
-    let (rmin, rlow) = (cfg.memory.min_ratio, cfg.memory.low_ratio);
-    let share = |r: u64, f: f64| (r as f64 * f) as u64;
     let mut want: BTreeMap<Target, (u64, u64, String)> = BTreeMap::new();
     let mut levels: BTreeMap<QosLevel, (u64, u64)> = BTreeMap::new();
     for w in snap.workloads.iter().filter(|w| w.level.is_online()) {
         let Some(r) = w.memory_request else { continue };
-        let (mn, lo) = (share(r, rmin), share(r, rlow));
+        let (mn, lo) = protection_of(r, cfg);
         want.insert(
             w.group.clone(),
             (

@@ -658,11 +658,14 @@ impl Config {
         let o = &m.oom_score_adj;
         check(
             &mut e,
-            o.offline_low >= o.offline && o.offline >= o.online,
+            o.offline_low >= o.offline
+                && o.offline > o.online.max(o.online_high).max(o.online_critical)
+                && o.online >= o.online_high
+                && o.online_high >= o.online_critical,
             "memory.oom_score_adj",
             format!(
-                "offline-low ({}) ≥ offline ({}) ≥ online ({}): the OOM killer must take offline first",
-                o.offline_low, o.offline, o.online
+                "offline-low ({}) ≥ offline ({}) > online ({}) ≥ online-high ({}) ≥ online-critical ({}): the OOM killer must take offline first, then the lowest online level",
+                o.offline_low, o.offline, o.online, o.online_high, o.online_critical
             ),
         );
         for (f, v) in [
@@ -1004,6 +1007,16 @@ mod tests {
                 "memory:\n  oom_score_adj:\n    offline: -5",
                 "memory.oom_score_adj",
                 "OOM killer must take offline first",
+            ),
+            (
+                "memory:\n  oom_score_adj:\n    online-critical: 1000",
+                "memory.oom_score_adj",
+                "OOM killer must take offline first",
+            ),
+            (
+                "memory:\n  oom_score_adj:\n    online-high: 100",
+                "memory.oom_score_adj",
+                "then the lowest online level",
             ),
             ("files:\n  offline_max: 0", "files.offline_max", "between 1"),
             (
