@@ -124,6 +124,23 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn open_files_counts_the_descriptors_a_task_holds() {
+        let me = std::process::id() as i32;
+        let before = open_files(&[me]).unwrap();
+        let held: Vec<std::fs::File> = (0..5)
+            .map(|_| std::fs::File::open("/proc/self/stat").unwrap())
+            .collect();
+        // Other test threads may open files meanwhile: at least the five held.
+        assert!(open_files(&[me]).unwrap() >= before + 5);
+        drop(held);
+        // The same task twice counts twice; tasks that are gone, or no task, count as unread.
+        assert!(open_files(&[me, me]).unwrap() >= 2 * before.min(1));
+        assert_eq!(open_files(&[i32::MAX]), None);
+        assert_eq!(open_files(&[]), None);
+        assert_eq!(open_files(&[0, -1]), None);
+    }
+
+    #[test]
     fn meminfo() {
         let t = "MemTotal:       24583476 kB\nMemFree:        23000000 kB\nMemAvailable:   23797952 kB\n";
         let m = parse_meminfo(t).unwrap();

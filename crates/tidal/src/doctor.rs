@@ -237,24 +237,48 @@ fn kubelet_rows(layout: &Layout, k: &KubernetesConfig, out: &mut Vec<Row>) {
     ));
     // Pod memory protection only holds if the kubelet's tiers are protected too (its MemoryQoS
     // feature gate sets memory.min on them); tidal does not write them.
-    if let Ok(top) = paths::tier_group(&root, d, QosClass::Guaranteed) {
-        let t = Target::Foreign(top);
-        let low = layout.read_knob(&t, Knob::MemoryLow);
-        let min = layout.read_knob(&t, Knob::MemoryMin);
-        if let (Ok(KnobValue::Bytes(l)), Ok(KnobValue::Bytes(m))) = (low, min) {
-            let protected = l.unwrap_or(u64::MAX) > 0 || m.unwrap_or(u64::MAX) > 0;
-            out.push(row(
-                "pod memory protection",
-                protected,
-                if protected {
-                    "the kubelet's tiers carry memory.min/low (MemoryQoS): protection on online pods holds"
-                } else {
-                    "the kubelet's tiers carry no memory.min/low"
-                },
-                "tidal's memory.low on online pods does not hold beyond the pod: enable the kubelet's MemoryQoS feature gate",
-            ));
+    // Online pods sit under the top tier (Guaranteed) or the Burstable tier: both must be.
+    let mut missing = Vec::new();
+    let mut read = 0;
+    for class in [QosClass::Guaranteed, QosClass::Burstable] {
+        let Ok(g) = paths::tier_group(&root, d, class) else {
+            continue;
+        };
+        let t = Target::Foreign(g.clone());
+        if let (Ok(KnobValue::Bytes(l)), Ok(KnobValue::Bytes(m))) = (
+            layout.read_knob(&t, Knob::MemoryLow),
+            layout.read_knob(&t, Knob::MemoryMin),
+        ) {
+            read += 1;
+            // None is "max": protected.
+            if l.unwrap_or(u64::MAX) == 0 && m.unwrap_or(u64::MAX) == 0 {
+                missing.push(g.as_str().to_string());
+            }
         }
     }
+    const NO_QOS: &str = "tidal's memory.low on online pods does not hold beyond the pod: enable the kubelet's MemoryQoS feature gate";
+    out.push(if read == 0 {
+        row(
+            "pod memory protection",
+            false,
+            "no memory.min/low to read on the kubelet's tiers (cgroup v1, or no kubelet tree at this root)",
+            "online pods get no memory protection from tidal on this host",
+        )
+    } else if missing.is_empty() {
+        row(
+            "pod memory protection",
+            true,
+            "the kubelet's tiers carry memory.min/low (MemoryQoS): protection on online pods holds",
+            "",
+        )
+    } else {
+        row(
+            "pod memory protection",
+            false,
+            format!("no memory.min/low on the kubelet's tier(s) {}", missing.join(", ")),
+            NO_QOS,
+        )
+    });
     let tier_idle = paths::tier_group(&root, d, QosClass::BestEffort)
         .ok()
         .is_some_and(|t| {

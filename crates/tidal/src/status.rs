@@ -76,6 +76,41 @@ pub fn render(state: &StateView) -> String {
     for (name, n) in &state.policy.files_over {
         out.push_str(&format!("over its open-files ceiling: {name} ({n} open)\n"));
     }
+    let o = &state.config.memory.oom_score_adj;
+    out.push_str(&format!(
+        "oom_score_adj: {} (set on {} workloads)\n",
+        tidal_model::QosLevel::ALL
+            .iter()
+            .map(|l| format!("{l} {}", o.of(*l)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        state.policy.oom_set.len()
+    ));
+    if !state.policy.mem_protect.is_empty() {
+        let v: Vec<String> = state
+            .policy
+            .mem_protect
+            .iter()
+            .map(|(t, (min, low))| {
+                let t = t.to_string();
+                format!(
+                    "{} min {} MiB low {} MiB",
+                    if t.is_empty() { "root" } else { &t },
+                    min >> 20,
+                    low >> 20
+                )
+            })
+            .collect();
+        out.push_str(&format!("memory protection: {}\n", v.join(", ")));
+    }
+    let io_groups = state.policy.io_levels.len()
+        + state.policy.io_limited.len()
+        + state.policy.io_limited_foreign.len();
+    if io_groups > 0 {
+        out.push_str(&format!(
+            "io limits (io.offline_max / offline_low_max): on {io_groups} offline group(s)\n"
+        ));
+    }
     match &state.runq {
         Some(why) => out.push_str(&format!("run-queue latency: not measured ({why})\n")),
         None if !state.runq_p99_us.is_empty() => {
@@ -141,7 +176,7 @@ pub fn render(state: &StateView) -> String {
             ));
         }
     }
-    let rows: Vec<[String; 8]> = state
+    let rows: Vec<[String; 9]> = state
         .workloads
         .iter()
         .map(|w| {
@@ -169,6 +204,7 @@ pub fn render(state: &StateView) -> String {
                 pct(w.snap.cpu_usage_cpus),
                 mib(w.snap.memory_bytes),
                 psi(&w.snap.pressure),
+                w.snap.open_files.map_or("-".into(), |n| n.to_string()),
                 cpus,
                 act,
                 why,
@@ -181,20 +217,21 @@ pub fn render(state: &StateView) -> String {
         "CPU",
         "MEM",
         "PSI cpu/mem/io",
+        "FILES",
         "CPUS",
         "LAST ACTION",
         "WHY",
     ];
     let mut w = head.map(str::len);
     for r in &rows {
-        for (i, c) in r.iter().enumerate().take(7) {
+        for (i, c) in r.iter().enumerate().take(8) {
             w[i] = w[i].max(c.len());
         }
     }
-    let line = |r: [&str; 8]| {
+    let line = |r: [&str; 9]| {
         let mut s = String::new();
         for (i, c) in r.iter().enumerate() {
-            if i < 7 {
+            if i < 8 {
                 s.push_str(&format!("{c:<width$}  ", width = w[i]));
             } else {
                 s.push_str(c);
@@ -205,7 +242,7 @@ pub fn render(state: &StateView) -> String {
     out.push_str(&line(head));
     for r in &rows {
         out.push_str(&line([
-            &r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6], &r[7],
+            &r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6], &r[7], &r[8],
         ]));
     }
     if rows.is_empty() {

@@ -135,6 +135,12 @@ fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
         "{metrics}"
     );
     assert!(metrics.contains("tidal_agent_resident_bytes"), "{metrics}");
+    // OOM ordering and the IO limits in force are exported too.
+    assert!(
+        metrics.contains("tidal_oom_score_adj{level=\"offline-low\"} 1000")
+            && metrics.contains("tidal_offline_io_limited_groups"),
+        "{metrics}"
+    );
     wait_for("per-workload metrics", 5, || {
         get(&addr, "/metrics").is_some_and(|(_, m)| m.contains("workload=\"offline/offline/hog\""))
     });
@@ -159,7 +165,10 @@ fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
     assert!(
         out.status.success()
             && text.contains("offline/offline/hog")
-            && text.contains("online/load0"),
+            && text.contains("online/load0")
+            && text.contains("FILES")
+            && text.contains("oom_score_adj: online-critical -900")
+            && text.contains("offline-low 1000 (set on"),
         "{text}"
     );
 

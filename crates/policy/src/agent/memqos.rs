@@ -312,7 +312,7 @@ pub fn release(snap: &Snapshot, caps: &Capabilities, plan: &mut Plan) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidal_model::Op;
+    use tidal_model::{Op, WorkloadSnapshot};
 
     const GIB: u64 = 1 << 30;
 
@@ -343,6 +343,97 @@ mod tests {
         let mut p = Plan::default();
         ceiling(s, cfg, &Capabilities::full(2), false, st, &mut p);
         (st.ceiling, p)
+    }
+
+    fn online(
+        level: QosLevel,
+        name: &str,
+        request: Option<u64>,
+        managed: bool,
+    ) -> WorkloadSnapshot {
+        WorkloadSnapshot {
+            managed,
+            memory_request: request,
+            ..WorkloadSnapshot::unread(
+                Target::Tidal(level.group_path().join(name).unwrap()),
+                level,
+                name,
+            )
+        }
+    }
+
+    fn protected(p: &Plan) -> BTreeMap<(String, Knob), u64> {
+        p.actions
+            .iter()
+            .filter_map(|a| match &a.op {
+                Op::Set {
+                    target,
+                    knob: k @ (Knob::MemoryLow | Knob::MemoryMin),
+                    value: KnobValue::Bytes(Some(b)),
+                } => Some(((target.to_string(), *k), *b)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn protection_goes_up_the_chain_from_the_workload_to_the_tidal_root() {
+        let mut cfg = Config::default();
+        cfg.memory.min_ratio = 0.5;
+        cfg.memory.low_ratio = 1.0;
+        let caps = Capabilities::full(2);
+        let mut s = snap(0, 0, None);
+        s.workloads = vec![
+            online(QosLevel::OnlineCritical, "db", Some(4 * GIB), true),
+            online(QosLevel::Online, "web", Some(2 * GIB), true),
+            // Not tidal's to sum into a level (a pod's group): protected itself, not summed.
+            online(QosLevel::Online, "pod", Some(GIB), false),
+            // No request: nothing.
+            online(QosLevel::OnlineHigh, "cache", None, true),
+            // Offline work is never protected.
+            online(QosLevel::Offline, "etl", Some(8 * GIB), true),
+        ];
+        s.levels_present = s.workloads.iter().map(|w| w.level).collect();
+        let mut st = PolicyState::default();
+        let mut p = Plan::default();
+        protection(&s, &cfg, &caps, false, &mut st, &mut p);
+        let got = protected(&p);
+        let want = |t: &str, k: Knob| got.get(&(t.to_string(), k)).copied();
+        assert_eq!(want("online-critical/db", Knob::MemoryLow), Some(4 * GIB));
+        assert_eq!(want("online-critical/db", Knob::MemoryMin), Some(2 * GIB));
+        assert_eq!(want("online-critical", Knob::MemoryLow), Some(4 * GIB));
+        assert_eq!(want("online", Knob::MemoryLow), Some(2 * GIB));
+        assert_eq!(want("online", Knob::MemoryMin), Some(GIB));
+        assert_eq!(want("online/pod", Knob::MemoryLow), Some(GIB));
+        // The root holds the sum of the levels (the unmanaged pod is not in a level's sum).
+        let root = Target::Tidal(GroupPath::root()).to_string();
+        assert_eq!(want(&root, Knob::MemoryLow), Some(6 * GIB));
+        assert!(want("online-high/cache", Knob::MemoryLow).is_none());
+        assert!(want("offline/offline/etl", Knob::MemoryLow).is_none());
+        assert!(
+            !got.keys().any(|(t, _)| t.starts_with("offline")),
+            "{got:?}"
+        );
+        // Nothing changed: nothing written again until the static pass.
+        let mut p = Plan::default();
+        protection(&s, &cfg, &caps, false, &mut st, &mut p);
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        // The web workload ends: its level's protection is taken back to 0, the root's shrinks.
+        s.workloads.retain(|w| w.name != "web" && w.name != "pod");
+        let mut p = Plan::default();
+        protection(&s, &cfg, &caps, false, &mut st, &mut p);
+        let zeroed = p.actions.iter().any(|a| {
+            matches!(&a.op,
+            Op::Set { target, knob: Knob::MemoryLow, value: KnobValue::Bytes(Some(0)) }
+                if target.to_string() == "online")
+        });
+        assert!(zeroed, "{:?}", p.actions);
+        // Without memory.min/memory.low (v1): nothing at all.
+        let mut v1 = caps.clone();
+        v1.knobs.remove(&Knob::MemoryMin);
+        let mut p = Plan::default();
+        protection(&s, &cfg, &v1, true, &mut PolicyState::default(), &mut p);
+        assert!(p.actions.is_empty());
     }
 
     #[test]

@@ -444,7 +444,7 @@ impl Agent {
         m.actuator(self.act.stats());
         m.missing(&self.collector.problems.counts);
         m.slo(&slo);
-        m.memory_qos(self.state.ceiling, self.state.files_over.len());
+        m.memory_qos(&self.state, &self.cfg);
         let source_health = refreshed.then(|| self.collector.source_mut().health());
         if let Some(h) = &source_health {
             m.source(h);

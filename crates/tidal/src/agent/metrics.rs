@@ -32,6 +32,14 @@ pub struct Lvl {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Protect {
+    /// The group, relative to the tidal root ("" is the root).
+    pub group: String,
+    /// `min` or `low`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub kind: String,
     pub reason: String,
@@ -50,6 +58,9 @@ pub struct Metrics {
     mem_ceiling: FGauge,
     online_mem_psi: FGauge,
     files_over: FGauge,
+    protection: Family<Protect, FGauge>,
+    oom_adj: Family<Lvl, FGauge>,
+    io_limited: FGauge,
     wl_psi: Family<WlRes, FGauge>,
     level_cpu: Family<Lvl, FGauge>,
     level_workloads: Family<Lvl, FGauge>,
@@ -178,6 +189,9 @@ impl Metrics {
             mem_ceiling: FGauge::default(),
             online_mem_psi: FGauge::default(),
             files_over: FGauge::default(),
+            protection: Family::default(),
+            oom_adj: Family::default(),
+            io_limited: FGauge::default(),
             wl_psi: Family::default(),
             level_cpu: Family::default(),
             level_workloads: Family::default(),
@@ -375,6 +389,21 @@ impl Metrics {
             m.files_over.clone(),
         );
         r.register(
+            "memory_protection_bytes",
+            "memory.min / memory.low tidal keeps on online workloads and their ancestors (v2)",
+            m.protection.clone(),
+        );
+        r.register(
+            "oom_score_adj",
+            "The oom_score_adj each level's tasks get",
+            m.oom_adj.clone(),
+        );
+        r.register(
+            "offline_io_limited_groups",
+            "Offline groups holding the configured IO limits (io.max / blkio.throttle)",
+            m.io_limited.clone(),
+        );
+        r.register(
             "source_events",
             "Events of the workload source since start, by kind (evictions, evictions_refused, batch_patch_conflicts, watch_errors, invalid_markings, …)",
             m.source_events.clone(),
@@ -537,12 +566,34 @@ impl Metrics {
         set(&self.online_mem_psi, snap.online_mem_psi);
     }
 
-    /// The memory ceiling and the open-files ceiling's state.
-    pub fn memory_qos(&self, ceiling: Option<u64>, files_over: usize) {
-        if let Some(c) = ceiling {
+    /// The memory ceiling, the open-files ceiling's state, memory protection, OOM ordering and
+    /// the IO limits in force.
+    pub fn memory_qos(&self, st: &tidal_policy::PolicyState, cfg: &tidal_policy::Config) {
+        if let Some(c) = st.ceiling {
             self.mem_ceiling.set(c as f64);
         }
-        self.files_over.set(files_over as f64);
+        self.files_over.set(st.files_over.len() as f64);
+        // Protection that was taken back (a level left without protected workloads) drops out.
+        self.protection.clear();
+        for (t, (min, low)) in &st.mem_protect {
+            for (kind, v) in [("min", min), ("low", low)] {
+                self.protection
+                    .get_or_create(&Protect {
+                        group: t.to_string(),
+                        kind: kind.into(),
+                    })
+                    .set(*v as f64);
+            }
+        }
+        for l in tidal_model::QosLevel::ALL {
+            self.oom_adj
+                .get_or_create(&Lvl {
+                    level: l.to_string(),
+                })
+                .set(f64::from(cfg.memory.oom_score_adj.of(l)));
+        }
+        self.io_limited
+            .set((st.io_levels.len() + st.io_limited.len() + st.io_limited_foreign.len()) as f64);
     }
 
     /// Per-workload and per-level gauges; label sets of workloads that are gone are dropped.
