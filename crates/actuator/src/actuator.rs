@@ -776,7 +776,8 @@ impl Actuator {
 
     /// Moves a task back to the cgroups this process started in (after a failed move).
     /// Sets `oom_score_adj` on every task of `target` and of the groups below it (a pod's tasks
-    /// are in its container groups) whose value differs. Not journalled: the value dies with the
+    /// are in its container groups) whose value differs; an online value (≤ 0) only ever lowers a
+    /// task's, so it never undoes the kubelet's -997. Not journalled: the value dies with the
     /// task, and `restore` never touches `/proc`. Tasks that exit meanwhile are skipped; a group
     /// whose tasks this process cannot see (another PID namespace) has none.
     pub fn oom_score_adj(&mut self, target: &Target, value: i32) -> Result<Outcome, ActError> {
@@ -799,6 +800,11 @@ impl Actuator {
             let f = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
             match read_file(&f) {
                 Ok(cur) if cur.trim() == want => continue,
+                // An online value (≤ 0) protects: a task already more protected (the kubelet's
+                // -997 for Guaranteed pods, a database that lowered its own) is never raised.
+                Ok(cur) if value <= 0 && cur.trim().parse::<i32>().is_ok_and(|c| c <= value) => {
+                    continue
+                }
                 Ok(_) => {}
                 Err(_) => continue,
             }

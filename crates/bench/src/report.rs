@@ -415,12 +415,12 @@ pub fn goals(
     lines
 }
 
-/// Online tasks OOM-killed under tidal (all rounds together), and per round the online server's
-/// major faults under tidal less 1.2× alone's (a difference: alone often has none, so a ratio
-/// would be undefined).
 /// How the memory goals' first line begins (the report shows the memory table when it is there).
 const MEMORY_GOAL: &str = "memory:";
 
+/// Online tasks OOM-killed under tidal (all rounds together), and per round the online server's
+/// major faults under tidal less 1.2× alone's (a difference: alone often has none, so a ratio
+/// would be undefined).
 fn memory_goals(runs: &[RunResult], p99_vs_alone: Option<Interval>) -> [GoalLine; 3] {
     let tidal = || runs.iter().filter(|r| r.scenario == Scenario::Tidal);
     let kills: Option<u64> = tidal().map(|r| r.memory.oom_kills_online).sum();

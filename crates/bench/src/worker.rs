@@ -234,11 +234,15 @@ impl UnitCounter {
     pub fn new(path: Option<&str>) -> std::io::Result<UnitCounter> {
         let map = match path {
             Some(p) => {
+                // A new file, never one a previous worker may still have mapped.
+                match std::fs::remove_file(p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
                 let f = std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
-                    .create(true)
-                    .truncate(true)
+                    .create_new(true)
                     .open(p)?;
                 f.set_len(8)?;
                 // SAFETY: a file this process created and sized; others only read it.

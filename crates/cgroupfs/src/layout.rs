@@ -407,6 +407,9 @@ pub fn read_procs_tree(dir: &Path) -> Result<Vec<i32>> {
             stack.push((cd, depth + 1));
         }
     }
+    // A process can be listed in more than one group (v1 hierarchies, v2 threaded subtrees).
+    pids.sort_unstable();
+    pids.dedup();
     Ok(pids)
 }
 

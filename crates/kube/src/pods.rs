@@ -3,7 +3,7 @@
 //! Pure: a `Pod` in, plain data out; quantities are parsed here with their errors named.
 
 use crate::classify::PodFacts;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use tidal_model::QosClass;
 
@@ -81,11 +81,26 @@ fn limit_milli(c: &Container) -> Option<u64> {
         .and_then(|q: &Quantity| cpu_milli(&q.0))
 }
 
-/// A container the kubelet restarts when a probe fails: a liveness or a startup probe, on an app
-/// container or a sidecar (an init container that keeps running, `restartPolicy: Always`). A frozen
-/// container fails both; a readiness probe only takes the pod out of its Service's endpoints.
-fn has_kill_probe(spec: &PodSpec) -> bool {
-    let probed = |c: &Container| c.liveness_probe.is_some() || c.startup_probe.is_some();
+/// A container the kubelet restarts when a probe fails, on an app container or a sidecar (an init
+/// container that keeps running, `restartPolicy: Always`): a liveness probe, or a startup probe
+/// until the container has started (the kubelet stops probing it then, and runs it again after a
+/// restart). A frozen container fails them; a readiness probe only takes the pod out of its
+/// Service's endpoints.
+fn has_kill_probe(spec: &PodSpec, status: Option<&PodStatus>) -> bool {
+    let started = |name: &str| {
+        status
+            .into_iter()
+            .flat_map(|s| {
+                s.container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.init_container_statuses.iter().flatten())
+            })
+            .any(|c| c.name == name && c.started == Some(true))
+    };
+    let probed = |c: &Container| {
+        c.liveness_probe.is_some() || (c.startup_probe.is_some() && !started(&c.name))
+    };
     spec.containers.iter().any(probed)
         || spec
             .init_containers
@@ -147,7 +162,7 @@ pub fn view(pod: &Pod) -> PodView {
             .filter_map(|c| c.container_id.clone())
             .filter(|id| !id.is_empty())
             .collect(),
-        liveness_probe: spec.is_some_and(has_kill_probe),
+        liveness_probe: spec.is_some_and(|s| has_kill_probe(s, status)),
         cpu_limit_milli: pod_cpu_limit(pod),
         terminating: md.deletion_timestamp.is_some(),
         finished: matches!(phase, Some("Succeeded") | Some("Failed")),
@@ -212,10 +227,20 @@ mod tests {
 
     #[test]
     fn startup_probes_and_sidecar_probes_make_a_pod_unfreezable_readiness_does_not() {
-        let pod = |spec: serde_json::Value| -> Pod {
+        let pod = |mut spec: serde_json::Value| -> Pod {
+            let started = spec
+                .as_object_mut()
+                .and_then(|o| o.remove("__started"))
+                .and_then(|v| v.as_str().map(String::from));
+            let status = match started {
+                Some(n) => serde_json::json!({"containerStatuses": [{"name": n, "started": true,
+                    "ready": true, "restartCount": 0, "image": "i", "imageID": ""}]}),
+                None => serde_json::json!({}),
+            };
             serde_json::from_value(serde_json::json!({
                 "metadata": {"name": "p", "namespace": "n", "uid": "u"},
                 "spec": spec,
+                "status": status,
             }))
             .unwrap()
         };
@@ -229,6 +254,12 @@ mod tests {
             (
                 serde_json::json!({"containers": [{"name": "a", "startupProbe": probe}]}),
                 true,
+            ),
+            // Started: the kubelet no longer runs its startup probe.
+            (
+                serde_json::json!({"containers": [{"name": "a", "startupProbe": probe}],
+                    "__started": "a"}),
+                false,
             ),
             (
                 serde_json::json!({"containers": [{"name": "a", "livenessProbe": probe}]}),

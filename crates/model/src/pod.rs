@@ -55,8 +55,9 @@ pub struct PodInfo {
     pub qos_class: QosClass,
     /// The container groups under the pod group (the pause sandbox's included) that exist now.
     pub containers: Vec<ForeignGroup>,
-    /// A container (or sidecar) has a liveness or startup probe: freezing the pod would fail it
-    /// and the kubelet would restart the container, so the pod is capped instead.
+    /// A container (or sidecar) has a liveness probe, or a startup probe it has not passed yet:
+    /// freezing the pod would fail it and the kubelet would restart the container, so the pod is
+    /// capped instead.
     pub liveness_probe: bool,
     /// The pod's tier group already has `cpu.idle=1` (set by the kubelet): the pod inherits it.
     pub tier_idle: bool,

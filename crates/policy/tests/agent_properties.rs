@@ -278,6 +278,26 @@ fn confinement_at_min_offline_cpus_shrinks_no_further_and_says_nothing() {
         "{}",
         confine[0].reason
     );
+    // A floor raised since (a config reload), online quiet: offline is back at it at once.
+    let mut quiet = base_snapshot();
+    quiet.now_ms = 50;
+    let mut low = PolicyState {
+        base_offline: Some(1),
+        ..Default::default()
+    };
+    low.offline_cpus = Some(CpuSet::first_n(8).last_n(1));
+    let mut raised = cfg.clone();
+    raised.cpu.min_offline_cpus = 3;
+    let back = decide(&quiet, &raised, &caps, &low);
+    assert!(back.state.offline_cpus.as_ref().unwrap().len() >= 3);
+    assert!(
+        back.plan
+            .actions
+            .iter()
+            .any(|a| a.reason.contains("offline keeps min_offline_cpus (3)")),
+        "{:?}",
+        back.plan.actions
+    );
     // Still busy: at the floor nothing shrinks, nothing is written, nothing claims a shrink.
     s.now_ms = 100;
     let d = decide(&s, &cfg, &caps, &d.state);

@@ -597,16 +597,19 @@ proptest! {
             prop_assert_eq!(w, 0, "a release that lasted resets the wait");
         }
         prop_assert_eq!(d.state.interference.released_at_ms, None);
-        // However far it backed off, unbroken calm releases a step within the bound.
-        let mut st = st;
+        // However far it backed off, unbroken calm releases a step within the bound, with
+        // probes off so that only the calm release can do it.
+        let mut st = d.state;
         let level = st.interference.level();
         prop_assume!(level > 0);
+        let mut calm_only = cfg.clone();
+        calm_only.slo.probe_after = Millis(0);
         let bound = max * cfg.cpu.grow_after.0.max(cfg.interference.calm_period.0);
         let mut released = false;
-        for t in (0..=bound / 500 + 2).map(|i| at + i * 500) {
+        for t in (1..=bound / 500 + 2).map(|i| at + dt + i * 500) {
             let mut s = snapshot(Some(0.5));
             s.now_ms = t;
-            st = decide(&s, &cfg, &caps, &st).state;
+            st = decide(&s, &calm_only, &caps, &st).state;
             if st.interference.level() < level {
                 released = true;
                 break;

@@ -560,10 +560,7 @@ pub fn main(g: &Global, a: &DoctorArgs) -> i32 {
     let cfg = match crate::agent::load_config(a.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            for line in e.lines() {
-                eprintln!("tidal: {line}");
-            }
-            return crate::exit::USAGE;
+            return crate::agent::print_lines(&e);
         }
     };
     let rows = rows(&layout, &cfg.kubernetes);

@@ -64,6 +64,11 @@ pub fn main(g: &Global, a: &RunArgs) -> i32 {
         return 127;
     }
     let name = workload_name(a.name.as_deref(), cmd);
+    // Before anything is created: a bad config changes nothing.
+    let cfg = match crate::agent::load_config(a.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return crate::agent::print_lines(&e),
+    };
     let layout = match g.layout() {
         Ok(l) => l,
         Err(e) => return fail(e),
@@ -72,10 +77,6 @@ pub fn main(g: &Global, a: &RunArgs) -> i32 {
     let mut act = match Actuator::new(layout, &g.state_dir(), g.dry_run) {
         Ok(a) => a,
         Err(e) => return exit::act(&e),
-    };
-    let cfg = match crate::agent::load_config(a.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
     };
     let group = match setup(&mut act, &caps, &cfg, a, &name) {
         Ok(gp) => gp,

@@ -103,12 +103,14 @@ pub fn render(state: &StateView) -> String {
             .collect();
         out.push_str(&format!("memory protection: {}\n", v.join(", ")));
     }
-    let io_groups = state.policy.io_levels.len()
-        + state.policy.io_limited.len()
-        + state.policy.io_limited_foreign.len();
-    if io_groups > 0 {
+    // The groups written hold the configured limits only when some are configured (else "none").
+    let io = &state.config.io;
+    if io.offline_max.is_set() || io.offline_low_max.is_set() {
+        let groups = state.policy.io_levels.len()
+            + state.policy.io_limited.len()
+            + state.policy.io_limited_foreign.len();
         out.push_str(&format!(
-            "io limits (io.offline_max / offline_low_max): on {io_groups} offline group(s)\n"
+            "io limits (io.offline_max / offline_low_max): set on {groups} offline group(s)\n"
         ));
     }
     match &state.runq {

@@ -75,6 +75,23 @@ fn oom_score_adj_is_set_on_every_task_of_a_workload() {
         "-c",
         "echo 0 > /proc/self/oom_score_adj; exec sleep 600",
     ]);
+    // An online task more protected than its level (a database that lowered its own value, the
+    // kubelet's -997): the agent never raises it. Lowering needs CAP_SYS_RESOURCE (the VM harness
+    // has it).
+    let lowered = can_lower();
+    if lowered {
+        t.spawn(&[
+            "run",
+            "--qos",
+            "online",
+            "--name",
+            "lowered",
+            "--",
+            "sh",
+            "-c",
+            "echo -5 > /proc/self/oom_score_adj; exec sleep 600",
+        ]);
+    }
     // With the agent's config, `tidal run` uses its values.
     let cfg = t.write_config("memory:\n  oom_score_adj:\n    offline: 990\n");
     let cfg = cfg.display().to_string();
@@ -126,6 +143,17 @@ fn oom_score_adj_is_set_on_every_task_of_a_workload() {
             .iter()
             .all(|p| oom_adj(*p) == Some(999))
     });
+    if lowered {
+        wait_for("the lowered task", 10, || {
+            let p = tasks(&t, "online/lowered");
+            !p.is_empty() && p.iter().all(|p| oom_adj(*p) == Some(-5))
+        });
+        // Another static pass later: still not raised to the level's 0.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        for p in tasks(&t, "online/lowered") {
+            assert_eq!(oom_adj(p), Some(-5), "an online task's value was raised");
+        }
+    }
     stop(agent);
     t.kill_children();
     t.restore_ok();

@@ -65,6 +65,12 @@ pub fn need(snap: &Snapshot, cfg: &Config, no_growth: bool, st: &mut PolicyState
                 cfg.cpu.confine_min_cpus, cfg.cpu.suppression
             );
         }
+    } else if cur_count < min_off {
+        // Below a floor raised since (a config reload): back up to it at once.
+        d.target = min_off;
+        st.grow_since_ms = None;
+        d.cause = Cause::Release;
+        d.why = format!("offline keeps min_offline_cpus ({min_off})");
     } else if room_now < cur_count {
         // Never below min_offline_cpus: at that floor there is nothing to shrink or to say.
         let target = room_now.max(min_off);
@@ -79,11 +85,6 @@ pub fn need(snap: &Snapshot, cfg: &Config, no_growth: bool, st: &mut PolicyState
             } else {
                 format!("{needs}: offline shrinks at once")
             };
-        } else if target > cur_count {
-            // Below a floor raised since (a config reload): back up to it.
-            d.target = target;
-            d.cause = Cause::Release;
-            d.why = format!("{needs}: offline keeps min_offline_cpus ({min_off})");
         }
     } else {
         let room = n.saturating_sub(need_long.unwrap_or(need_now));

@@ -401,6 +401,8 @@ pub fn decide(
                         tick.probe =
                             Some(probe_note("every signal calm", hold_since.unwrap_or(now)));
                         lad.probe_at_ms = Some(now);
+                        // Judged as a release too, so the calm wait it cut short cannot stick.
+                        lad.released_at_ms = Some(now);
                     }
                     // Released: the baseline of the step goes with it.
                     tick.released = lad.steps.pop();
@@ -425,6 +427,7 @@ pub fn decide(
                 // The popped step's baseline goes with it.
                 lad.phase = Phase::Idle;
                 lad.probe_at_ms = Some(now);
+                lad.released_at_ms = Some(now);
                 lad.hold_since_ms = None;
                 tick.probe = Some(probe_note(
                     held.as_deref().unwrap_or("objective met"),

@@ -59,6 +59,7 @@ pub struct Metrics {
     online_mem_psi: FGauge,
     files_over: FGauge,
     protection: Family<Protect, FGauge>,
+    protection_labels: Vec<Protect>,
     oom_adj: Family<Lvl, FGauge>,
     io_limited: FGauge,
     wl_psi: Family<WlRes, FGauge>,
@@ -190,6 +191,7 @@ impl Metrics {
             online_mem_psi: FGauge::default(),
             files_over: FGauge::default(),
             protection: Family::default(),
+            protection_labels: Vec::new(),
             oom_adj: Family::default(),
             io_limited: FGauge::default(),
             wl_psi: Family::default(),
@@ -568,23 +570,28 @@ impl Metrics {
 
     /// The memory ceiling, the open-files ceiling's state, memory protection, OOM ordering and
     /// the IO limits in force.
-    pub fn memory_qos(&self, st: &tidal_policy::PolicyState, cfg: &tidal_policy::Config) {
+    pub fn memory_qos(&mut self, st: &tidal_policy::PolicyState, cfg: &tidal_policy::Config) {
         if let Some(c) = st.ceiling {
             self.mem_ceiling.set(c as f64);
         }
         self.files_over.set(st.files_over.len() as f64);
-        // Protection that was taken back (a level left without protected workloads) drops out.
-        self.protection.clear();
+        let mut now = Vec::new();
         for (t, (min, low)) in &st.mem_protect {
             for (kind, v) in [("min", min), ("low", low)] {
-                self.protection
-                    .get_or_create(&Protect {
-                        group: t.to_string(),
-                        kind: kind.into(),
-                    })
-                    .set(*v as f64);
+                let l = Protect {
+                    group: t.to_string(),
+                    kind: kind.into(),
+                };
+                self.protection.get_or_create(&l).set(*v as f64);
+                now.push(l);
             }
         }
+        // Protection taken back (a level left without protected workloads) drops out; the rest
+        // stays in place, so a scrape never sees the family empty.
+        for gone in self.protection_labels.iter().filter(|l| !now.contains(l)) {
+            self.protection.remove(gone);
+        }
+        self.protection_labels = now;
         for l in tidal_model::QosLevel::ALL {
             self.oom_adj
                 .get_or_create(&Lvl {
@@ -592,8 +599,14 @@ impl Metrics {
                 })
                 .set(f64::from(cfg.memory.oom_score_adj.of(l)));
         }
-        self.io_limited
-            .set((st.io_levels.len() + st.io_limited.len() + st.io_limited_foreign.len()) as f64);
+        // Groups written with "no limit" do not count: only configured limits do.
+        let io = &cfg.io;
+        let limited = if io.offline_max.is_set() || io.offline_low_max.is_set() {
+            st.io_levels.len() + st.io_limited.len() + st.io_limited_foreign.len()
+        } else {
+            0
+        };
+        self.io_limited.set(limited as f64);
     }
 
     /// Per-workload and per-level gauges; label sets of workloads that are gone are dropped.

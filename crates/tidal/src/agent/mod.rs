@@ -77,7 +77,8 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
     })
 }
 
-fn print_lines(e: &str) -> i32 {
+/// A config's problems, one per line, each prefixed; the usage exit status.
+pub(crate) fn print_lines(e: &str) -> i32 {
     for line in e.lines() {
         eprintln!("tidal: {line}");
     }
