@@ -3,7 +3,7 @@
 //! Pure: a `Pod` in, plain data out; quantities are parsed here with their errors named.
 
 use crate::classify::PodFacts;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use tidal_model::QosClass;
 
@@ -81,23 +81,23 @@ fn limit_milli(c: &Container) -> Option<u64> {
         .and_then(|q: &Quantity| cpu_milli(&q.0))
 }
 
+/// The statuses of a pod's containers, init containers included.
+fn statuses(status: Option<&PodStatus>) -> impl Iterator<Item = &ContainerStatus> {
+    status.into_iter().flat_map(|s| {
+        s.container_statuses
+            .iter()
+            .flatten()
+            .chain(s.init_container_statuses.iter().flatten())
+    })
+}
+
 /// A container the kubelet restarts when a probe fails, on an app container or a sidecar (an init
 /// container that keeps running, `restartPolicy: Always`): a liveness probe, or a startup probe
 /// until the container has started (the kubelet stops probing it then, and runs it again after a
 /// restart). A frozen container fails them; a readiness probe only takes the pod out of its
 /// Service's endpoints.
 fn has_kill_probe(spec: &PodSpec, status: Option<&PodStatus>) -> bool {
-    let started = |name: &str| {
-        status
-            .into_iter()
-            .flat_map(|s| {
-                s.container_statuses
-                    .iter()
-                    .flatten()
-                    .chain(s.init_container_statuses.iter().flatten())
-            })
-            .any(|c| c.name == name && c.started == Some(true))
-    };
+    let started = |name: &str| statuses(status).any(|c| c.name == name && c.started == Some(true));
     let probed = |c: &Container| {
         c.liveness_probe.is_some() || (c.startup_probe.is_some() && !started(&c.name))
     };
@@ -151,14 +151,7 @@ pub fn view(pod: &Pod) -> PodView {
         qos_class: status
             .and_then(|s| s.qos_class.as_deref())
             .and_then(QosClass::parse),
-        container_ids: status
-            .into_iter()
-            .flat_map(|s| {
-                s.container_statuses
-                    .iter()
-                    .flatten()
-                    .chain(s.init_container_statuses.iter().flatten())
-            })
+        container_ids: statuses(status)
             .filter_map(|c| c.container_id.clone())
             .filter(|id| !id.is_empty())
             .collect(),

@@ -542,18 +542,24 @@ impl WorkloadReaders {
         })
     }
 
-    /// How many tasks the workload has (a pod's counted down its tree).
-    fn count_tasks(&mut self, p: &mut Problems) -> Option<usize> {
-        if !self.pod {
-            return take(self.tasks.as_mut(), "workload tasks", p);
-        }
+    /// The workload's pids, a problem noted if they could not be read (a vanished group has none).
+    fn read_pids(&self, p: &mut Problems) -> Option<Vec<i32>> {
         match self.pids()? {
-            Ok(pids) => Some(pids.len()),
+            Ok(pids) => Some(pids),
             Err(e) if e.is_vanished() => None,
             Err(e) => {
                 p.note("workload tasks", &e);
                 None
             }
+        }
+    }
+
+    /// How many tasks the workload has (a pod's counted down its tree).
+    fn count_tasks(&mut self, p: &mut Problems) -> Option<usize> {
+        if self.pod {
+            self.read_pids(p).map(|pids| pids.len())
+        } else {
+            take(self.tasks.as_mut(), "workload tasks", p)
         }
     }
 
@@ -590,7 +596,13 @@ impl WorkloadReaders {
             self.prev_usage = usage;
         }
         let throttle = take(self.throttle.as_mut(), "workload cpu.stat", p).flatten();
-        let procs = self.count_tasks(p);
+        // Read once: a pod's task count and the open-files count both need them.
+        let pids = self.read_pids(p);
+        let procs = if self.pod {
+            pids.as_ref().map(Vec::len)
+        } else {
+            take(self.tasks.as_mut(), "workload tasks", p)
+        };
         let memory_bytes = take(self.memory.as_mut(), "workload memory", p);
         let [c, m, i] = &mut self.psi;
         let mut psi = |r: &mut Option<Reader<Psi>>| {
@@ -618,10 +630,7 @@ impl WorkloadReaders {
             pod: w.pod.clone(),
             cpuset: None,
             memory_request: None,
-            open_files: self
-                .pids()
-                .and_then(|r| r.ok())
-                .and_then(|p| tidal_cgroupfs::proc::open_files(&p[..])),
+            open_files: pids.as_deref().and_then(tidal_cgroupfs::proc::open_files),
         };
         self.last = Some(snap.clone());
         snap

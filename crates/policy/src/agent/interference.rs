@@ -217,6 +217,30 @@ fn freezable(snap: &Snapshot, cfg: &Config, caps: &Capabilities, level: QosLevel
         || ((caps.has(Knob::Freeze) || caps.has(Knob::CpuMax)) && super::pods::present(snap, level))
 }
 
+/// Judges a release made at `at` (a probe, or one for calm) by what followed it: after `window`
+/// without tightening it lasted and `wait` goes back to 0; tightening within `window` doubles
+/// `wait` (from at least `unit`, up to `PROBE_BACKOFF_MAX` units). Either way it is then judged.
+fn judge_release(
+    at: &mut Option<u64>,
+    wait: &mut u64,
+    now: u64,
+    window: u64,
+    tightened: bool,
+    unit: u64,
+) {
+    let Some(t) = *at else { return };
+    if now.saturating_sub(t) >= window {
+        *wait = 0;
+        *at = None;
+    } else if tightened {
+        *wait = (*wait)
+            .max(unit)
+            .saturating_mul(2)
+            .min(unit.saturating_mul(super::state::PROBE_BACKOFF_MAX));
+        *at = None;
+    }
+}
+
 /// Moves the ladder one tick on this tick's verdicts.
 pub fn decide(
     snap: &Snapshot,
@@ -273,19 +297,14 @@ pub fn decide(
     } else {
         backoff
     };
-    if let Some(at) = lad.released_at_ms {
-        if now.saturating_sub(at) >= judge {
-            lad.release_wait = 0;
-            lad.released_at_ms = None;
-        } else if tighten.is_some() {
-            lad.release_wait = lad
-                .release_wait
-                .max(1)
-                .saturating_mul(2)
-                .min(super::state::PROBE_BACKOFF_MAX);
-            lad.released_at_ms = None;
-        }
-    }
+    judge_release(
+        &mut lad.released_at_ms,
+        &mut lad.release_wait,
+        now,
+        judge,
+        tighten.is_some(),
+        1,
+    );
     let calm = calm_by
         .map_or(backoff, |(after, _)| after)
         .saturating_mul(lad.release_wait.max(1));
@@ -298,19 +317,14 @@ pub fn decide(
     let probe_after = cfg.slo.probe_after.0;
     // A probe is judged by what follows it within `probe_after`: tightening doubles the wait
     // before the next one, a quiet stretch resets it.
-    if let Some(at) = lad.probe_at_ms {
-        if now.saturating_sub(at) >= probe_after {
-            lad.probe_wait_ms = 0;
-            lad.probe_at_ms = None;
-        } else if tighten.is_some() {
-            lad.probe_wait_ms = lad
-                .probe_wait_ms
-                .max(probe_after)
-                .saturating_mul(2)
-                .min(probe_after.saturating_mul(super::state::PROBE_BACKOFF_MAX));
-            lad.probe_at_ms = None;
-        }
-    }
+    judge_release(
+        &mut lad.probe_at_ms,
+        &mut lad.probe_wait_ms,
+        now,
+        probe_after,
+        tighten.is_some(),
+        probe_after,
+    );
     // The stretch with room (every signal calm, or holding with room) counts towards a probe,
     // whichever of the two each tick was: more slack never releases later.
     let tightening = tighten.is_some();
