@@ -126,7 +126,8 @@ add_module() { # add_module NAME: its dependencies first, then the module itself
   cp "$ko" "$root/vm-modules/$name.ko"
   echo "$name" >> "$root/vm-modules/order"
 }
-for m in virtio_pci virtio_blk; do add_module "$m"; done
+# BFQ, so v2 groups have io.bfq.weight for the IO tests.
+for m in virtio_pci virtio_blk bfq; do add_module "$m"; done
 rm -f "$work/disk.img" && truncate -s 256M "$work/disk.img"
 echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
 echo "nobody:x:65534:65534:nobody:/:/bin/sh" >> "$root/etc/passwd"

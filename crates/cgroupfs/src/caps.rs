@@ -215,6 +215,11 @@ pub fn knob_supported(layout: &Layout, knob: Knob) -> bool {
     let Some((r, c)) = layout.knob_target(knob) else {
         return false;
     };
+    // BFQ's v2 file exists only while BFQ is in the kernel (built in or its module loaded), which
+    // a group's controllers do not say.
+    if knob == Knob::IoBfqWeight && !crate::blockdev::bfq_in_kernel(Path::new("/sys/block")) {
+        return false;
+    }
     let files = c.files(knob);
     if r.root_dir.exists() {
         return files.iter().all(|f| r.root_dir.join(f).exists())
@@ -223,13 +228,31 @@ pub fn knob_supported(layout: &Layout, knob: Knob) -> bool {
     match r.version() {
         Version::V1 => {
             let probe = nearest_existing(&r.root_dir, &r.hierarchy.mount);
-            files.iter().all(|f| probe.join(f).exists())
+            let at_mount = probe == r.hierarchy.mount;
+            files.iter().all(|f| {
+                probe
+                    .join(if at_mount { v1_on_root(f) } else { f })
+                    .exists()
+            })
         }
         Version::V2 => {
             kernel_version().is_some_and(|v| v >= v2_min_kernel(knob))
                 && c.controller()
                     .is_none_or(|name| controller_reach(layout, name) == Reach::Yes)
         }
+    }
+}
+
+/// Files a v1 hierarchy's root group lacks (the kernel's CFTYPE_NOT_ON_ROOT), each with a file of
+/// the same controller the root has: where tidal's root does not exist yet and the nearest group
+/// is the hierarchy's root, that file says whether child groups will have theirs.
+fn v1_on_root(file: &str) -> &str {
+    match file {
+        // BFQ's v1 statistics are on the root; its weight is on every child.
+        crate::v1::blkio::BFQ_WEIGHT => "blkio.bfq.io_service_bytes",
+        // The freezer's root has no state: it cannot be frozen.
+        crate::v1::freezer::STATE => PROCS,
+        f => f,
     }
 }
 

@@ -34,10 +34,13 @@ pub enum Knob {
     MemoryQosLevel,
     /// Per-device IO limits (v2 `io.max`, v1 `blkio.throttle.*`).
     IoMax,
+    /// v2 `io.bfq.weight`, on the v2 scale [1, 10000] like [`Knob::IoWeight`]: BFQ reads its own
+    /// file on v2, not `io.weight` (v1's `blkio.bfq.weight` is `IoWeight` itself).
+    IoBfqWeight,
 }
 
 impl Knob {
-    pub const ALL: [Knob; 16] = [
+    pub const ALL: [Knob; 17] = [
         Knob::CpuWeight,
         Knob::CpuIdle,
         Knob::CpuMax,
@@ -54,6 +57,7 @@ impl Knob {
         Knob::MemorySoftLimit,
         Knob::MemoryQosLevel,
         Knob::IoMax,
+        Knob::IoBfqWeight,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +78,7 @@ impl Knob {
             Knob::MemorySoftLimit => "memory-soft-limit",
             Knob::MemoryQosLevel => "memory-qos-level",
             Knob::IoMax => "io-max",
+            Knob::IoBfqWeight => "io-bfq-weight",
         }
     }
 }

@@ -62,14 +62,13 @@ pub fn offline_parent_plan(caps: &Capabilities) -> Plan {
             "degraded: no cpu.idle or cpu.qos_level here, offline parent gets the minimum weight",
         ));
     }
-    if caps.has(Knob::IoWeight) {
-        p.push(Action::set(
-            g.clone(),
-            Knob::IoWeight,
-            KnobValue::Weight(OFFLINE_IO_WEIGHT),
-            "offline IO yields to online IO",
-        ));
-    }
+    io_weight(
+        &mut p,
+        &g,
+        OFFLINE_IO_WEIGHT,
+        "offline IO yields to online IO",
+        caps,
+    );
     if caps.has(Knob::MemorySoftLimit) {
         p.push(Action::set(
             g.clone(),
@@ -116,16 +115,30 @@ pub fn level_plan(level: QosLevel, caps: &Capabilities) -> Plan {
             why,
         ));
     }
+    let w = level_io_weight(level);
+    io_weight(&mut p, &g, w, &format!("{level}: IO weight {w}"), caps);
+    p
+}
+
+/// A group's IO weight in every file that can carry it: `io.weight` (blk-iocost's on v2; BFQ's on
+/// v1) and, on v2, BFQ's own `io.bfq.weight`.
+fn io_weight(p: &mut Plan, g: &GroupPath, w: u64, why: &str, caps: &Capabilities) {
     if caps.has(Knob::IoWeight) {
-        let w = level_io_weight(level);
         p.push(Action::set(
-            g,
+            g.clone(),
             Knob::IoWeight,
             KnobValue::Weight(w),
-            format!("{level}: IO weight {w} (acts under BFQ or blk-iocost)"),
+            format!("{why} (acts under blk-iocost on v2, BFQ on v1)"),
         ));
     }
-    p
+    if caps.has(Knob::IoBfqWeight) {
+        p.push(Action::set(
+            g.clone(),
+            Knob::IoBfqWeight,
+            KnobValue::Weight(w),
+            format!("{why} (acts on devices BFQ schedules)"),
+        ));
+    }
 }
 
 /// Per-workload limits given by the user (`tidal run --cpus/--memory`).

@@ -163,17 +163,18 @@ fn io_rows(layout: &Layout, caps: &tidal_model::Capabilities, out: &mut Vec<Row>
         })
         .collect::<Vec<_>>()
         .join(", ");
+    // Where the io controller is (a hybrid host's blkio is v1).
+    let v1 = layout.knob_target(Knob::IoWeight).map_or(
+        layout.hierarchies.mode() == tidal_cgroupfs::CgroupMode::V1,
+        |(r, _)| r.version() == Version::V1,
+    );
+    let (ok, how) = io_weight_in_force(v1, caps, &bfq, iocost);
     out.push(row(
         "IO weight in force",
-        caps.has(Knob::IoWeight) && (!bfq.is_empty() || iocost),
+        ok,
         format!(
-            "devices: {}; {}",
-            if list.is_empty() { "none found".into() } else { list },
-            match (bfq.is_empty(), iocost) {
-                (_, true) => "blk-iocost enabled (io.cost.qos)".to_string(),
-                (false, false) => format!("BFQ on {}", bfq.join(", ")),
-                (true, false) => "no device uses BFQ and blk-iocost is off".to_string(),
-            }
+            "devices: {}; {how}",
+            if list.is_empty() { "none found".into() } else { list }
         ),
         "level IO weights are written but do nothing: use the BFQ scheduler, or enable blk-iocost (node-wide: `io.iocost: true` in the config has tidal do it on cgroup v2)",
     ));
@@ -183,6 +184,50 @@ fn io_rows(layout: &Layout, caps: &tidal_model::Capabilities, out: &mut Vec<Row>
         "cgroup v2 writeback: dirty pages are charged to the writer's group",
         "cgroup v1 and hybrid: buffered writes are flushed by the kernel's writeback threads, outside any group, so IO weights and limits miss them",
     ));
+}
+
+/// Whether the level IO weights act, and how: BFQ reads `blkio.bfq.weight` on v1 and
+/// `io.bfq.weight` on v2; blk-iocost (v2 only) reads `io.weight`.
+fn io_weight_in_force(
+    v1: bool,
+    caps: &tidal_model::Capabilities,
+    bfq: &[String],
+    iocost: bool,
+) -> (bool, String) {
+    let bfq_file = if v1 {
+        caps.has(Knob::IoWeight)
+    } else {
+        caps.has(Knob::IoBfqWeight)
+    };
+    let file = if v1 {
+        "blkio.bfq.weight"
+    } else {
+        "io.bfq.weight"
+    };
+    let by_iocost = !v1 && iocost && caps.has(Knob::IoWeight);
+    let by_bfq = !bfq.is_empty() && bfq_file;
+    let mut how = Vec::new();
+    if by_iocost {
+        how.push("blk-iocost enabled (io.cost.qos) reads io.weight".to_string());
+    }
+    if !bfq.is_empty() {
+        how.push(if bfq_file {
+            format!("BFQ on {} reads {file}", bfq.join(", "))
+        } else {
+            format!(
+                "BFQ on {} but tidal's groups have no {file}",
+                bfq.join(", ")
+            )
+        });
+    }
+    if how.is_empty() {
+        how.push(if v1 {
+            "no device uses BFQ (blk-iocost is v2 only)".to_string()
+        } else {
+            "no device uses BFQ and blk-iocost is off".to_string()
+        });
+    }
+    (by_iocost || by_bfq, how.join("; "))
 }
 
 /// The kubelet's facts on this node, as pod mode would find them.
@@ -459,6 +504,11 @@ pub fn rows(layout: &Layout, k: &KubernetesConfig) -> Vec<Row> {
         "offline IO is not deprioritised",
     ));
     out.push(knob_row(
+        Knob::IoBfqWeight,
+        "io.bfq.weight (v2, BFQ in the kernel)",
+        "BFQ does not see the level IO weights on v2 (io.weight is blk-iocost's)",
+    ));
+    out.push(knob_row(
         Knob::IoMax,
         "io limits (io.max / blkio.throttle)",
         "io.offline_max / offline_low_max cannot be applied",
@@ -581,4 +631,39 @@ pub fn main(g: &Global, a: &DoctorArgs) -> i32 {
         }
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidal_model::Capabilities;
+
+    fn caps(knobs: &[Knob]) -> Capabilities {
+        Capabilities {
+            knobs: knobs.iter().copied().collect(),
+            ..Capabilities::default()
+        }
+    }
+
+    #[test]
+    fn io_weights_are_in_force_only_where_the_scheduler_reads_their_file() {
+        let vda = ["vda".to_string()];
+        // v2 under BFQ: io.weight alone is not read; io.bfq.weight is.
+        let (ok, how) = io_weight_in_force(false, &caps(&[Knob::IoWeight]), &vda, false);
+        assert!(!ok, "{how}");
+        assert!(how.contains("no io.bfq.weight"), "{how}");
+        let both = caps(&[Knob::IoWeight, Knob::IoBfqWeight]);
+        let (ok, how) = io_weight_in_force(false, &both, &vda, false);
+        assert!(ok && how.contains("reads io.bfq.weight"), "{how}");
+        // v2 blk-iocost reads io.weight, whatever the scheduler.
+        let (ok, how) = io_weight_in_force(false, &caps(&[Knob::IoWeight]), &[], true);
+        assert!(ok && how.contains("blk-iocost"), "{how}");
+        let (ok, _) = io_weight_in_force(false, &both, &[], false);
+        assert!(!ok);
+        // v1: blkio.bfq.weight is the weight; there is no blk-iocost.
+        let (ok, how) = io_weight_in_force(true, &caps(&[Knob::IoWeight]), &vda, false);
+        assert!(ok && how.contains("blkio.bfq.weight"), "{how}");
+        let (ok, how) = io_weight_in_force(true, &caps(&[Knob::IoWeight]), &[], true);
+        assert!(!ok && how.contains("v2 only"), "{how}");
+    }
 }

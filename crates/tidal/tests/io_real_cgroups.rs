@@ -1,7 +1,9 @@
-//! IO on real cgroups (v1 `blkio.throttle.*` here; v2 `io.max` and blk-iocost in the VM harness):
-//! the agent limits offline reads on every real block device to `io.offline_max`, and `restore`
-//! lifts what it set. blk-iocost is a node-wide switch: it is tested only where
-//! `TIDAL_TEST_NODE_WIDE=1` says the machine is the test's own (the VM harness sets it).
+//! IO on real cgroups (v1 `blkio.throttle.*` and `blkio.bfq.weight` here; v2 `io.max`,
+//! `io.weight`, `io.bfq.weight` and blk-iocost in the VM harness): the agent limits offline reads
+//! on every real block device to `io.offline_max`, and `restore` lifts what it set; each level's IO
+//! weight is in the files the IO schedulers read. blk-iocost and a device's scheduler are
+//! node-wide switches: they are changed only where `TIDAL_TEST_NODE_WIDE=1` says the machine is
+//! the test's own (the VM harness sets it).
 
 mod common;
 
@@ -10,8 +12,8 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tidal_cgroupfs::blockdev::{real_devices, BlockDev};
-use tidal_cgroupfs::iolimit;
+use tidal_cgroupfs::blockdev::{active_scheduler, bfq_in_kernel, real_devices, BlockDev};
+use tidal_cgroupfs::{iolimit, Version};
 use tidal_model::{DevNum, GroupPath, IoLimit, Knob, KnobValue, QosLevel, Target};
 
 fn node_wide() -> bool {
@@ -178,4 +180,121 @@ fn offline_reads_are_held_under_the_configured_io_limit_and_restore_lifts_it() {
         let on = iolimit::enabled(&std::fs::read_to_string(&p).unwrap_or_default());
         assert_eq!(on, before, "io.cost.qos after restore");
     }
+}
+
+/// A device's scheduler, put back when dropped (even on failure).
+struct Scheduler {
+    file: PathBuf,
+    was: String,
+}
+
+impl Scheduler {
+    fn set(dev: &str, to: &str) -> Option<Scheduler> {
+        let file = PathBuf::from(format!("/sys/block/{dev}/queue/scheduler"));
+        let was = active_scheduler(&std::fs::read_to_string(&file).ok()?)?;
+        std::fs::write(&file, to).ok()?;
+        Some(Scheduler { file, was })
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.file, &self.was);
+    }
+}
+
+#[test]
+fn level_io_weights_are_in_the_files_the_io_schedulers_read_and_doctor_says_which_acts() {
+    if !cgroups_usable(
+        "level_io_weights_are_in_the_files_the_io_schedulers_read_and_doctor_says_which_acts",
+    ) {
+        return;
+    }
+    let t = TestRoot::new("ioweight");
+    let caps = tidal_cgroupfs::detect_capabilities(&t.layout);
+    let sys_block = std::path::Path::new("/sys/block");
+    let Some(version) = t
+        .layout
+        .knob_target(Knob::IoWeight)
+        .map(|(r, _)| r.version())
+    else {
+        assert!(!required(), "no io or blkio controller here");
+        eprintln!("SKIP: no io or blkio controller here");
+        return;
+    };
+    // v2: BFQ's file is there exactly when BFQ is in the kernel (the VM harness loads it).
+    if version == Version::V2 {
+        assert_eq!(caps.has(Knob::IoBfqWeight), bfq_in_kernel(sys_block));
+    }
+    let knobs: Vec<Knob> = [Knob::IoWeight, Knob::IoBfqWeight]
+        .into_iter()
+        .filter(|k| caps.has(*k))
+        .collect();
+    if knobs.is_empty() {
+        assert!(!required(), "no IO weight file here ({version:?})");
+        eprintln!("SKIP: no IO weight file here");
+        return;
+    }
+    // Where the machine is the test's own, BFQ schedules the first real device that offers it.
+    let devs = real_devices(sys_block);
+    let _bfq = node_wide()
+        .then(|| devs.iter().find_map(|d| Scheduler::set(&d.name, "bfq")))
+        .flatten();
+    for level in ["online-critical", "offline-low"] {
+        let out = t.tidal(&["run", "--qos", level, "--name", "w", "--", "true"]);
+        assert!(out.status.success(), "tidal run --qos {level}: {out:?}");
+    }
+    // The offline parent yields to online; online-critical weighs 4x online; offline-low yields
+    // inside the offline parent.
+    for (group, want) in [
+        ("online-critical", 400),
+        ("offline", 10),
+        ("offline/offline-low", 10),
+    ] {
+        for k in &knobs {
+            assert_eq!(t.knob(group, *k), KnobValue::Weight(want), "{k} of {group}");
+        }
+    }
+    // As the kernel shows them: BFQ's files on BFQ's own [1, 1000] scale.
+    let bfq_file = match version {
+        Version::V1 => caps.has(Knob::IoWeight).then_some("blkio.bfq.weight"),
+        Version::V2 => caps.has(Knob::IoBfqWeight).then_some("io.bfq.weight"),
+    };
+    if let Some(f) = bfq_file {
+        let controller = if version == Version::V1 {
+            "blkio"
+        } else {
+            "io"
+        };
+        let shown = t.read(controller, "online-critical", f);
+        assert!(
+            shown == "40" || shown.starts_with("default 40"),
+            "{f} of online-critical: {shown}"
+        );
+    }
+    let out = t.tidal(&["doctor", "--json"]);
+    assert!(out.status.success(), "doctor: {out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor's json");
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|x| x["feature"] == "IO weight in force"))
+        .cloned()
+        .expect("an IO weight row");
+    let detail = row["detail"].as_str().unwrap_or_default().to_string();
+    let under_bfq = real_devices(sys_block)
+        .iter()
+        .any(|d| d.scheduler.as_deref() == Some("bfq"));
+    let iocost = version == Version::V2 && detail.contains("blk-iocost enabled");
+    assert_eq!(
+        row["available"].as_bool(),
+        Some((under_bfq && bfq_file.is_some()) || iocost),
+        "{detail}"
+    );
+    if under_bfq {
+        assert!(
+            detail.contains(&format!("reads {}", bfq_file.unwrap_or("?"))),
+            "{detail}"
+        );
+    }
+    t.restore_ok();
 }
