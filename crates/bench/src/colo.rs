@@ -905,17 +905,22 @@ fn measure(
     // OOM kills over the whole run (warm-up included: a kill then counts too); major faults over
     // the measured window only, as CPU time is, so the server's start-up and what an earlier
     // scenario left evicted do not count.
-    let events = |g: Option<&str>| {
+    // OOM kills read down each group's tree (v1 counts each group alone).
+    let kills = |layout: &tidal_cgroupfs::Layout, g: Option<&str>| {
         g.and_then(|g| GroupPath::new(g).ok())
-            .and_then(|g| env.layout.memory_events(&Target::Tidal(g)))
+            .and_then(|g| layout.oom_kills(&Target::Tidal(g)))
+            .and_then(Result::ok)
     };
-    let mut ev_on = events(Some(&st.online_group));
-    let mut ev_off = events(st.offline_group.as_deref());
-    let mut faults_r = events(Some(&st.online_group));
+    let mut faults_r = GroupPath::new(&st.online_group)
+        .ok()
+        .and_then(|g| env.layout.memory_events(&Target::Tidal(g)));
     let read_ev = |r: &mut Option<tidal_cgroupfs::Reader<tidal_cgroupfs::stats::MemEvents>>| {
         r.as_mut().and_then(|r| r.read().ok())
     };
-    let ev0 = (read_ev(&mut ev_on), read_ev(&mut ev_off));
+    let kills0 = (
+        kills(&env.layout, Some(&st.online_group)),
+        kills(&env.layout, st.offline_group.as_deref()),
+    );
     let runq_group = st.online_group.clone();
     let mut mark_now = move || {
         let read =
@@ -969,13 +974,13 @@ fn measure(
     if let Some(h) = marker {
         let _ = h.join();
     }
-    let ev1 = (read_ev(&mut ev_on), read_ev(&mut ev_off));
+    let kills1 = (
+        kills(&env.layout, Some(&st.online_group)),
+        kills(&env.layout, st.offline_group.as_deref()),
+    );
     let online_runq = env.runq_since_last(&runq_group);
-    let delta = |a: Option<tidal_cgroupfs::stats::MemEvents>,
-                 b: Option<tidal_cgroupfs::stats::MemEvents>,
-                 f: fn(&tidal_cgroupfs::stats::MemEvents) -> u64| {
-        Some(f(&b?).saturating_sub(f(&a?)))
-    };
+    // A tree that lost a killed group counts less than before: no kill is invented.
+    let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
     let (a, b) = marks
         .lock()
         .map(|m| *m)
@@ -985,8 +990,8 @@ fn measure(
             .online_faults
             .zip(a.online_faults)
             .and_then(|(b, a)| b.checked_sub(a)),
-        oom_kills_online: delta(ev0.0, ev1.0, |e| e.oom_kills),
-        oom_kills_offline: delta(ev0.1, ev1.1, |e| e.oom_kills),
+        oom_kills_online: delta(kills0.0, kills1.0),
+        oom_kills_offline: delta(kills0.1, kills1.1),
     };
     // A memory antagonist the OOM killer took is a result, not a failed run.
     if memory.oom_kills_offline.unwrap_or(0) == 0 {

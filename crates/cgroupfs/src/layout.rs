@@ -373,15 +373,15 @@ pub fn read_procs(path: &Path) -> Result<Vec<i32>> {
     })
 }
 
-/// How deep, and how many groups, [`read_procs_tree`] reads below the group it starts from.
+/// How deep, and how many groups, [`visit_tree`] goes below the group it starts from.
 pub const PROCS_TREE_DEPTH: usize = 4;
 pub const PROCS_TREE_GROUPS: usize = 4096;
 
-/// The pids in the group at `dir` and in every group below it: a pod's processes live in its
-/// container groups, not in the pod group. Groups that vanish meanwhile are skipped; the walk
-/// stops at [`PROCS_TREE_DEPTH`] levels and [`PROCS_TREE_GROUPS`] groups.
-pub fn read_procs_tree(dir: &Path) -> Result<Vec<i32>> {
-    let mut pids = read_procs(&dir.join(PROCS))?;
+/// Calls `f` on the group at `dir` (its error is returned) and on every group below it, depth
+/// first; groups that vanish meanwhile are skipped. The walk stops at [`PROCS_TREE_DEPTH`] levels
+/// and [`PROCS_TREE_GROUPS`] groups.
+pub fn visit_tree(dir: &Path, mut f: impl FnMut(&Path) -> Result<()>) -> Result<()> {
+    f(dir)?;
     let mut stack = vec![(dir.to_path_buf(), 0usize)];
     let mut groups = 0usize;
     while let Some((d, depth)) = stack.pop() {
@@ -396,17 +396,28 @@ pub fn read_procs_tree(dir: &Path) -> Result<Vec<i32>> {
         for c in children {
             groups += 1;
             if groups > PROCS_TREE_GROUPS {
-                return Ok(pids);
+                return Ok(());
             }
             let cd = d.join(&c);
-            match read_procs(&cd.join(PROCS)) {
-                Ok(p) => pids.extend(p),
+            match f(&cd) {
+                Ok(()) => {}
                 Err(e) if e.is_vanished() => continue,
                 Err(e) => return Err(e),
             }
             stack.push((cd, depth + 1));
         }
     }
+    Ok(())
+}
+
+/// The pids in the group at `dir` and in every group below it (see [`visit_tree`]): a pod's
+/// processes live in its container groups, not in the pod group.
+pub fn read_procs_tree(dir: &Path) -> Result<Vec<i32>> {
+    let mut pids = Vec::new();
+    visit_tree(dir, |d| {
+        pids.extend(read_procs(&d.join(PROCS))?);
+        Ok(())
+    })?;
     // A process can be listed in more than one group (v1 hierarchies, v2 threaded subtrees).
     pids.sort_unstable();
     pids.dedup();

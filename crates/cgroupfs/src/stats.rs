@@ -155,6 +155,44 @@ impl Layout {
         })
     }
 
+    /// Tasks of the group and its descendants killed by any OOM killer since the groups were made.
+    /// v2 counts up the tree itself (`memory.events`); v1 counts each group alone
+    /// (`memory.oom_control`), so the groups below are summed (see [`crate::layout::visit_tree`];
+    /// a group removed takes its count with it). None without a memory hierarchy.
+    pub fn oom_kills(&self, target: &Target) -> Option<Result<u64>> {
+        let r = self.owner("memory")?;
+        let dir = r.target_dir(target);
+        let (file, hierarchical) = match r.version() {
+            Version::V1 => ("memory.oom_control", false),
+            Version::V2 => ("memory.events", true),
+        };
+        let one = |d: &Path| -> Result<u64> {
+            let p = d.join(file);
+            let text = crate::layout::read_file(&p)?;
+            // v1 before 4.13 has no oom_kill line: no kill seen.
+            match (flat_key(&text, "oom_kill"), hierarchical) {
+                (Some(n), _) => Ok(n),
+                (None, false) => Ok(0),
+                (None, true) => Err(CgroupError::Parse {
+                    path: p,
+                    content: text.chars().take(200).collect(),
+                    reason: "no oom_kill line".into(),
+                }),
+            }
+        };
+        if hierarchical {
+            return Some(one(&dir));
+        }
+        let mut sum = 0u64;
+        Some(
+            crate::layout::visit_tree(&dir, |d| {
+                sum = sum.saturating_add(one(d)?);
+                Ok(())
+            })
+            .map(|()| sum),
+        )
+    }
+
     /// CFS bandwidth statistics (None inside when the cpu controller is not enabled there).
     pub fn throttling(&self, target: &Target) -> Option<Reader<Option<Throttling>>> {
         let r = self.owner("cpu")?;

@@ -288,6 +288,7 @@ fn fake_fs_pods_are_watched_classified_evicted_and_batch_resources_published() {
         cpuset: None,
         memory_request: None,
         open_files: None,
+        oom_kills: None,
     };
     let mut snap = Snapshot {
         now_ms: 1_000,

@@ -52,6 +52,9 @@ pub struct WorkloadSnapshot {
     /// Open file descriptors of all its tasks (full readings only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_files: Option<u64>,
+    /// Tasks of its tree killed by an OOM killer since its group was made (full readings only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -76,6 +79,7 @@ impl WorkloadSnapshot {
             cpuset: None,
             memory_request: None,
             open_files: None,
+            oom_kills: None,
         }
     }
 }

@@ -32,6 +32,7 @@ fn snapshot(n: usize) -> Snapshot {
                 cpuset: None,
                 memory_request: None,
                 open_files: None,
+                oom_kills: None,
             }
         })
         .collect();

@@ -49,6 +49,7 @@ fn pod(level: QosLevel, uid: &str, liveness: bool, limit: Option<u64>) -> Worklo
         cpuset: Some(CpuSet::first_n(8)),
         memory_request: None,
         open_files: None,
+        oom_kills: None,
     }
 }
 

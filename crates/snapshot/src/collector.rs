@@ -304,6 +304,14 @@ impl Collector {
                 r.read_tasks(&mut self.problems)
             };
             if full || first {
+                r.oom_kills = match self.layout.oom_kills(&w.group) {
+                    Some(Ok(n)) => Some(n),
+                    Some(Err(e)) if !e.is_vanished() => {
+                        self.problems.note("workload OOM kills", &e);
+                        None
+                    }
+                    _ => None,
+                };
                 r.memory_request = match &w.pod {
                     Some(p) => p.memory_request,
                     None if w.managed => tidal_cgroupfs::stats::memory_request(&r.dirs),
@@ -311,6 +319,7 @@ impl Collector {
                 };
             }
             ws.memory_request = r.memory_request;
+            ws.oom_kills = r.oom_kills;
             // A pod's cpuset orders v1 cpuset writes (containers before the pod, or after).
             if w.pod.is_some() {
                 ws.cpuset = match self.layout.read_knob(&w.group, Knob::CpusetCpus) {
@@ -362,6 +371,35 @@ impl Collector {
     /// statistic too (usage, memory, PSI, throttling), which only observers and memory decisions
     /// need. Otherwise `snap.workloads` is left as it was, so a tick copies nothing per workload.
     /// Returns whether the workloads were refreshed.
+    /// Reads every workload fully now, leaving the node's rates alone (their windows run from
+    /// tick to tick): for a decision that needs sizes read at decision time.
+    pub fn reread_workloads(&mut self, snap: &mut Snapshot) {
+        let now = self.clock.now_ns();
+        self.refresh(snap, now, true);
+    }
+
+    /// The per-workload part of a reading, with the inventory and the block devices.
+    fn refresh(&mut self, snap: &mut Snapshot, now: u64, full: bool) {
+        snap.workloads = self.refresh_workloads(full);
+        snap.levels_present = self.inventory.levels_present.clone();
+        snap.kubelet = self.inventory.kubelet.clone();
+        if self
+            .devices
+            .1
+            .is_none_or(|t| now.saturating_sub(t) >= DEVICES_EVERY_NS)
+        {
+            self.devices = (
+                real_devices(Path::new("/sys/block"))
+                    .into_iter()
+                    .map(|d| d.dev)
+                    .collect(),
+                Some(now),
+            );
+        }
+        snap.block_devices.clone_from(&self.devices.0);
+        snap.reclaim_scan_per_s = self.reclaim_rate(now);
+    }
+
     pub fn update(&mut self, snap: &mut Snapshot, stats_every_ms: u64, full: bool) -> bool {
         let now = self.clock.now_ns();
         let due = full
@@ -369,24 +407,7 @@ impl Collector {
                 .stats_at_ns
                 .is_none_or(|t| now.saturating_sub(t) >= stats_every_ms.saturating_mul(1_000_000));
         if due {
-            snap.workloads = self.refresh_workloads(full);
-            snap.levels_present = self.inventory.levels_present.clone();
-            snap.kubelet = self.inventory.kubelet.clone();
-            if self
-                .devices
-                .1
-                .is_none_or(|t| now.saturating_sub(t) >= DEVICES_EVERY_NS)
-            {
-                self.devices = (
-                    real_devices(Path::new("/sys/block"))
-                        .into_iter()
-                        .map(|d| d.dev)
-                        .collect(),
-                    Some(now),
-                );
-            }
-            snap.block_devices.clone_from(&self.devices.0);
-            snap.reclaim_scan_per_s = self.reclaim_rate(now);
+            self.refresh(snap, now, full);
         }
         let s = self.light();
         let (node_busy, offline_busy) = match self.last_tick {
@@ -499,6 +520,8 @@ struct WorkloadReaders {
     last: Option<WorkloadSnapshot>,
     /// The declared memory request, read on full readings only (an xattr per hierarchy).
     memory_request: Option<u64>,
+    /// OOM kills in its tree, read on full readings only.
+    oom_kills: Option<u64>,
     /// A pod: its processes are in its container groups, so tasks are counted down the tree.
     pod: bool,
 }
@@ -528,6 +551,7 @@ impl WorkloadReaders {
             prev_usage: None,
             last: None,
             memory_request: None,
+            oom_kills: None,
             pod: w.pod.is_some(),
         }
     }
@@ -631,6 +655,7 @@ impl WorkloadReaders {
             cpuset: None,
             memory_request: None,
             open_files: pids.as_deref().and_then(tidal_cgroupfs::proc::open_files),
+            oom_kills: None,
         };
         self.last = Some(snap.clone());
         snap

@@ -138,8 +138,9 @@ fn memory_rows(layout: &Layout, caps: &tidal_model::Capabilities, out: &mut Vec<
     ));
 }
 
-/// IO: which devices are real, their schedulers, blk-iocost, writeback isolation.
-fn io_rows(layout: &Layout, caps: &tidal_model::Capabilities, out: &mut Vec<Row>) {
+/// Whether the level IO weights act here and how, after the real devices and their schedulers
+/// (what `tidal doctor` and `tidal status` say).
+pub fn io_weights(layout: &Layout, caps: &tidal_model::Capabilities) -> (bool, String) {
     let devs = tidal_cgroupfs::blockdev::real_devices(Path::new("/sys/block"));
     let bfq: Vec<String> = devs
         .iter()
@@ -169,13 +170,26 @@ fn io_rows(layout: &Layout, caps: &tidal_model::Capabilities, out: &mut Vec<Row>
         |(r, _)| r.version() == Version::V1,
     );
     let (ok, how) = io_weight_in_force(v1, caps, &bfq, iocost);
-    out.push(row(
-        "IO weight in force",
+    (
         ok,
         format!(
             "devices: {}; {how}",
-            if list.is_empty() { "none found".into() } else { list }
+            if list.is_empty() {
+                "none found".into()
+            } else {
+                list
+            }
         ),
+    )
+}
+
+/// IO: which devices are real, their schedulers, blk-iocost, writeback isolation.
+fn io_rows(layout: &Layout, caps: &tidal_model::Capabilities, out: &mut Vec<Row>) {
+    let (ok, detail) = io_weights(layout, caps);
+    out.push(row(
+        "IO weight in force",
+        ok,
+        detail,
         "level IO weights are written but do nothing: use the BFQ scheduler, or enable blk-iocost (node-wide: `io.iocost: true` in the config has tidal do it on cgroup v2)",
     ));
     out.push(row(
@@ -230,17 +244,48 @@ fn io_weight_in_force(
     (by_iocost || by_bfq, how.join("; "))
 }
 
-/// The kubelet's facts on this node, as pod mode would find them.
-fn kubelet_rows(layout: &Layout, k: &KubernetesConfig, out: &mut Vec<Row>) {
-    let root = k.kubelet_cgroup_root.clone();
-    let driver = match k.cgroup_driver {
+/// The kubelet's cgroup driver: configured, or detected from its tree.
+pub fn kubelet_driver(layout: &Layout, k: &KubernetesConfig) -> Option<Driver> {
+    match k.cgroup_driver {
         DriverSetting::Systemd => Some(Driver::Systemd),
         DriverSetting::Cgroupfs => Some(Driver::Cgroupfs),
         DriverSetting::Auto => layout
             .roots
             .iter()
-            .find_map(|r| paths::detect_driver(&r.hierarchy.mount, &root)),
-    };
+            .find_map(|r| paths::detect_driver(&r.hierarchy.mount, &k.kubelet_cgroup_root)),
+    }
+}
+
+/// The kubelet's tiers online pods sit under (Guaranteed at the top, Burstable) that carry no
+/// memory protection, and how many tiers could be read. Pod memory protection only holds if they
+/// are protected too (the kubelet's MemoryQoS feature gate sets memory.min on them); tidal does
+/// not write them.
+pub fn unprotected_tiers(layout: &Layout, root: &str, d: Driver) -> (usize, Vec<String>) {
+    let mut missing = Vec::new();
+    let mut read = 0;
+    for class in [QosClass::Guaranteed, QosClass::Burstable] {
+        let Ok(g) = paths::tier_group(root, d, class) else {
+            continue;
+        };
+        let t = Target::Foreign(g.clone());
+        if let (Ok(KnobValue::Bytes(l)), Ok(KnobValue::Bytes(m))) = (
+            layout.read_knob(&t, Knob::MemoryLow),
+            layout.read_knob(&t, Knob::MemoryMin),
+        ) {
+            read += 1;
+            // None is "max": protected.
+            if l.unwrap_or(u64::MAX) == 0 && m.unwrap_or(u64::MAX) == 0 {
+                missing.push(g.as_str().to_string());
+            }
+        }
+    }
+    (read, missing)
+}
+
+/// The kubelet's facts on this node, as pod mode would find them.
+fn kubelet_rows(layout: &Layout, k: &KubernetesConfig, out: &mut Vec<Row>) {
+    let root = k.kubelet_cgroup_root.clone();
+    let driver = kubelet_driver(layout, k);
     out.push(row(
         "kubelet cgroup driver",
         driver.is_some(),
@@ -280,27 +325,7 @@ fn kubelet_rows(layout: &Layout, k: &KubernetesConfig, out: &mut Vec<Row>) {
         detail,
         "policy none assumed: offline pods confined by cpusets",
     ));
-    // Pod memory protection only holds if the kubelet's tiers are protected too (its MemoryQoS
-    // feature gate sets memory.min on them); tidal does not write them.
-    // Online pods sit under the top tier (Guaranteed) or the Burstable tier: both must be.
-    let mut missing = Vec::new();
-    let mut read = 0;
-    for class in [QosClass::Guaranteed, QosClass::Burstable] {
-        let Ok(g) = paths::tier_group(&root, d, class) else {
-            continue;
-        };
-        let t = Target::Foreign(g.clone());
-        if let (Ok(KnobValue::Bytes(l)), Ok(KnobValue::Bytes(m))) = (
-            layout.read_knob(&t, Knob::MemoryLow),
-            layout.read_knob(&t, Knob::MemoryMin),
-        ) {
-            read += 1;
-            // None is "max": protected.
-            if l.unwrap_or(u64::MAX) == 0 && m.unwrap_or(u64::MAX) == 0 {
-                missing.push(g.as_str().to_string());
-            }
-        }
-    }
+    let (read, missing) = unprotected_tiers(layout, &root, d);
     const NO_QOS: &str = "tidal's memory.low on online pods does not hold beyond the pod: enable the kubelet's MemoryQoS feature gate";
     out.push(if read == 0 {
         row(

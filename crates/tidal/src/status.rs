@@ -103,6 +103,40 @@ pub fn render(state: &StateView) -> String {
             .collect();
         out.push_str(&format!("memory protection: {}\n", v.join(", ")));
     }
+    if !state.unprotected_tiers.is_empty() {
+        out.push_str(&format!(
+            "memory protection stops at the pod: the kubelet's tier(s) {} carry no memory.min/low (enable the kubelet's MemoryQoS feature gate)\n",
+            state.unprotected_tiers.join(", ")
+        ));
+    }
+    let by_level = |m: &std::collections::BTreeMap<tidal_model::QosLevel, u64>| {
+        let v: Vec<String> = m
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(l, n)| format!("{l} {n}"))
+            .collect();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    out.push_str(&format!(
+        "since start: OOM kills {}; evicted by tidal {}\n",
+        by_level(&state.tally.oom_kills),
+        by_level(&state.tally.evictions)
+    ));
+    if let Some(io) = &state.io_weights {
+        out.push_str(&format!(
+            "io weights: {} ({})\n",
+            if io.in_force {
+                "in force"
+            } else {
+                "not in force"
+            },
+            io.detail
+        ));
+    }
     // The groups written hold the configured limits only when some are configured (else "none").
     let io = &state.config.io;
     if io.offline_max.is_set() || io.offline_low_max.is_set() {

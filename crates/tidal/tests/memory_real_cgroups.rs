@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{cgroups_usable, free_addr, start_agent, stop, wait_for, TestRoot};
+use common::{cgroups_usable, free_addr, get, start_agent, state, stop, wait_for, TestRoot};
 use std::time::{Duration, Instant};
 use tidal_model::{GroupPath, Knob, KnobValue, QosLevel, Target};
 
@@ -371,6 +371,74 @@ fn eviction_takes_offline_low_first_then_the_largest_offline_by_a_fresh_size() {
     std::thread::sleep(Duration::from_secs(3));
     assert!(!gone(&t, "offline/offline/steady"), "{}", log(&t));
     assert!(!gone(&t, "online/db"), "online evicted:\n{}", log(&t));
+    // Counted by level, in /state, /metrics and status.
+    let v = state(&addr);
+    assert_eq!(v["tally"]["evictions"]["offline-low"], 1, "{}", v["tally"]);
+    assert_eq!(v["tally"]["evictions"]["offline"], 1, "{}", v["tally"]);
+    assert!(
+        v["tally"]["evictions"]["online"].is_null(),
+        "{}",
+        v["tally"]
+    );
+    let (_, metrics) = get(&addr, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains("tidal_evictions{level=\"offline-low\"} 1")
+            && metrics.contains("tidal_evictions{level=\"online\"} 0"),
+        "{metrics}"
+    );
+    let out = t.tidal(&["status", "--listen", &addr]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("evicted by tidal offline-low 1, offline 1")
+            || text.contains("evicted by tidal offline 1, offline-low 1"),
+        "{text}"
+    );
+    stop(agent);
+    t.kill_children();
+    t.restore_ok();
+}
+
+#[test]
+fn oom_kills_are_counted_by_level_in_state_metrics_and_status() {
+    if !cgroups_usable("oom_kills_are_counted_by_level_in_state_metrics_and_status") {
+        return;
+    }
+    let mut t = TestRoot::new("oomcount");
+    let addr = free_addr();
+    let agent = start_agent(&t, "tick: 100ms\nstats_interval: 200ms\n", &addr);
+    wait_for("the agent's first tick", 10, || {
+        state(&addr)["ticks"].as_u64().unwrap_or(0) > 0
+    });
+    // A 64 MiB limit and a worker that wants 256 MiB: the kernel's OOM killer takes the worker
+    // inside the workload's group (no swap here); the shell stays, and so does the group.
+    let exe = common::tidal_bin();
+    let cmd = format!("{exe} worker memory --bytes 268435456 --margin 0; sleep 600");
+    t.spawn(&[
+        "run", "--qos", "offline", "--memory", "64M", "--name", "greedy", "--", "sh", "-c", &cmd,
+    ]);
+    wait_for("the OOM kill counted at offline", 30, || {
+        state(&addr)["tally"]["oom_kills"]["offline"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    });
+    let v = state(&addr);
+    assert!(
+        v["tally"]["oom_kills"]["online"].is_null(),
+        "{}",
+        v["tally"]
+    );
+    let (_, metrics) = get(&addr, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains("tidal_oom_kills{level=\"offline\"} 1")
+            && metrics.contains("tidal_oom_kills{level=\"online\"} 0"),
+        "{metrics}"
+    );
+    let out = t.tidal(&["status", "--listen", &addr]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("since start: OOM kills offline 1;") && text.contains("io weights: "),
+        "{text}"
+    );
     stop(agent);
     t.kill_children();
     t.restore_ok();

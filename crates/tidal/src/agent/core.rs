@@ -75,6 +75,8 @@ pub struct Agent {
     static_in_place: BTreeMap<(Target, Knob), KnobValue>,
     /// What enabling blk-iocost last came to (said once per change).
     iocost: Option<Outcome>,
+    /// OOM kills and evictions by level since start.
+    tally: view::Tally,
     shared: Arc<Shared>,
 }
 
@@ -129,6 +131,7 @@ impl Agent {
             ticks: 0,
             static_in_place: BTreeMap::new(),
             iocost: None,
+            tally: view::Tally::default(),
             shared,
         }
     }
@@ -200,24 +203,23 @@ impl Agent {
 
     /// One control step at `now`: measure, decide, apply, report.
     pub fn tick(&mut self, now: Instant) -> TickReport {
-        // Full per-workload readings only when someone looks (/metrics, /state) or memory is getting
-        // low (kill decisions need fresh sizes): the control loop itself needs only the tree.
-        let mem_low = match (self.snap.mem_total_bytes, self.snap.mem_available_bytes) {
-            (Some(t), Some(a)) => a < self.cfg.low_watermark(t).saturating_mul(3) / 2,
-            _ => false,
-        };
-        // Offline over its memory ceiling: an eviction may be due, and it needs fresh sizes too.
-        let over_ceiling = matches!(
-            (self.state.ceiling, self.snap.offline_memory_bytes),
-            (Some(c), Some(u)) if u > c
-        );
+        // Full per-workload readings only when someone looks (/metrics, /state) or memory is tight
+        // (kill decisions need fresh sizes): the control loop itself needs only the tree.
         let full = self.shared.wanted.swap(false, Ordering::Relaxed)
-            || mem_low
-            || over_ceiling
+            || self.memory_tight()
             || self.ticks == 0;
-        let refreshed = self
+        let mut refreshed = self
             .collector
             .update(&mut self.snap, self.cfg.stats_interval.0, full);
+        // Memory turned tight since the last tick: an eviction may be due now, on sizes read now.
+        let full = full || {
+            let now_tight = self.memory_tight();
+            if now_tight {
+                self.collector.reread_workloads(&mut self.snap);
+                refreshed = true;
+            }
+            now_tight
+        };
         if refreshed {
             self.slo.set_specs(super::slo::specs(
                 &self.cfg.slo.objectives,
@@ -255,9 +257,14 @@ impl Agent {
         }
         let mut applied = self.act.apply(&d.plan);
         self.evictions(&mut applied);
-        if self.cfg.io.iocost && d.state.last_static_ms != self.state.last_static_ms {
+        let static_pass = d.state.last_static_ms != self.state.last_static_ms;
+        if self.cfg.io.iocost && static_pass {
             self.iocost();
         }
+        if static_pass || self.ticks == 0 {
+            self.node_facts();
+        }
+        self.count_evictions(&applied);
         let ok: Vec<bool> = applied
             .iter()
             .map(|a| matches!(a.result, Ok(o) if o != Outcome::Unsupported))
@@ -323,6 +330,59 @@ impl Agent {
             _ => {}
         }
         self.iocost = now;
+    }
+
+    /// Memory is getting low, or offline is over its ceiling: an eviction may be due.
+    fn memory_tight(&self) -> bool {
+        let low = match (self.snap.mem_total_bytes, self.snap.mem_available_bytes) {
+            (Some(t), Some(a)) => a < self.cfg.low_watermark(t).saturating_mul(3) / 2,
+            _ => false,
+        };
+        let over_ceiling = matches!(
+            (self.state.ceiling, self.snap.offline_memory_bytes),
+            (Some(c), Some(u)) if u > c
+        );
+        low || over_ceiling
+    }
+
+    /// Node-wide facts `status` shows beside the agent's own state, refreshed with the static
+    /// settings: whether IO weights act (schedulers, blk-iocost), and in pod mode which of the
+    /// kubelet's tiers lack memory protection.
+    fn node_facts(&mut self) {
+        let layout = self.act.layout().clone();
+        let (in_force, detail) = crate::doctor::io_weights(&layout, &self.caps);
+        let tiers = if self.collector.source_mut().name() == "kubernetes" {
+            crate::doctor::kubelet_driver(&layout, &self.cfg.kubernetes)
+                .map(|d| {
+                    crate::doctor::unprotected_tiers(
+                        &layout,
+                        &self.cfg.kubernetes.kubelet_cgroup_root,
+                        d,
+                    )
+                    .1
+                })
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut v = lock(&self.shared.view);
+        v.io_weights = Some(view::IoWeights { in_force, detail });
+        v.unprotected_tiers = tiers;
+    }
+
+    /// Workloads killed (local) or evicted (pods) by this tick's plan, by level.
+    fn count_evictions(&mut self, applied: &[Applied]) {
+        for ap in applied {
+            let (Ok(Outcome::Written), Op::Kill { .. } | Op::Evict { .. }) =
+                (&ap.result, &ap.action.op)
+            else {
+                continue;
+            };
+            let target = ap.action.op.target();
+            if let Some(w) = self.snap.workloads.iter().find(|w| w.group == target) {
+                self.tally.evicted(w.level);
+            }
+        }
     }
 
     /// Hands the plan's evictions to the workload source (the actuator leaves them alone).
@@ -445,6 +505,10 @@ impl Agent {
         m.missing(&self.collector.problems.counts);
         m.slo(&slo);
         m.memory_qos(&self.state, &self.cfg);
+        if refreshed {
+            self.tally.oom(&self.snap.workloads);
+        }
+        m.tally(&self.tally);
         let source_health = refreshed.then(|| self.collector.source_mut().health());
         if let Some(h) = &source_health {
             m.source(h);
@@ -473,6 +537,7 @@ impl Agent {
         v.node = Some(view::node_view(&self.snap, &self.state));
         v.policy = self.state.clone();
         v.slo = slo;
+        v.tally = self.tally.clone();
         if let Some(h) = source_health {
             v.source_health = h;
         }
@@ -687,6 +752,9 @@ mod tests {
             slo: Vec::new(),
             runq_p99_us: Default::default(),
             runq: None,
+            tally: Default::default(),
+            io_weights: None,
+            unprotected_tiers: Vec::new(),
         }));
         let mut agent = Agent::new(Config::default(), caps, act, collector, Arc::clone(&shared));
         clock.advance_ms(100);

@@ -61,6 +61,8 @@ pub struct Metrics {
     protection: Family<Protect, FGauge>,
     protection_labels: Vec<Protect>,
     oom_adj: Family<Lvl, FGauge>,
+    oom_kills: Family<Lvl, FGauge>,
+    evictions: Family<Lvl, FGauge>,
     io_limited: FGauge,
     wl_psi: Family<WlRes, FGauge>,
     level_cpu: Family<Lvl, FGauge>,
@@ -193,6 +195,8 @@ impl Metrics {
             protection: Family::default(),
             protection_labels: Vec::new(),
             oom_adj: Family::default(),
+            oom_kills: Family::default(),
+            evictions: Family::default(),
             io_limited: FGauge::default(),
             wl_psi: Family::default(),
             level_cpu: Family::default(),
@@ -401,6 +405,16 @@ impl Metrics {
             m.oom_adj.clone(),
         );
         r.register(
+            "oom_kills",
+            "Tasks the kernel's OOM killer took from each level's workloads since the agent started",
+            m.oom_kills.clone(),
+        );
+        r.register(
+            "evictions",
+            "Workloads of each level tidal killed or evicted (memory, open files) since the agent started",
+            m.evictions.clone(),
+        );
+        r.register(
             "offline_io_limited_groups",
             "Offline groups holding the configured IO limits (io.max / blkio.throttle)",
             m.io_limited.clone(),
@@ -482,6 +496,20 @@ impl Metrics {
 
     /// The workload source's state: its counts (evictions, refusals, patch conflicts, watch
     /// errors…), its values (each input of the batch formula) and whether it is degraded.
+    /// OOM kills and evictions by level; every level is always there (a zero is a result).
+    pub fn tally(&self, t: &super::view::Tally) {
+        for l in tidal_model::QosLevel::ALL {
+            let lvl = Lvl {
+                level: l.to_string(),
+            };
+            let n = |m: &std::collections::BTreeMap<tidal_model::QosLevel, u64>| {
+                m.get(&l).copied().unwrap_or(0) as f64
+            };
+            self.oom_kills.get_or_create(&lvl).set(n(&t.oom_kills));
+            self.evictions.get_or_create(&lvl).set(n(&t.evictions));
+        }
+    }
+
     pub fn source(&self, h: &tidal_source::SourceHealth) {
         for (event, n) in &h.counters {
             self.source_events

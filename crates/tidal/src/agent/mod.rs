@@ -178,6 +178,9 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         slo: Vec::new(),
         runq_p99_us: Default::default(),
         runq: None,
+        tally: Default::default(),
+        io_weights: None,
+        unprotected_tiers: Vec::new(),
     }));
     if let Err(e) = http::spawn(listener, Arc::clone(&shared)) {
         return fail(format!("cannot start http server: {e}"));

@@ -3,9 +3,9 @@
 //! `tidal apply --plan` takes the `last_plan` object as it is.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use tidal_model::{
-    Action, Capabilities, CpuSet, Plan, Remember, Snapshot, Target, WorkloadSnapshot,
+    Action, Capabilities, CpuSet, Plan, QosLevel, Remember, Snapshot, Target, WorkloadSnapshot,
 };
 use tidal_policy::{Config, PolicyState};
 
@@ -19,6 +19,52 @@ pub struct ActionRecord {
     pub action: Action,
     /// `written`, `unchanged`, `unsupported`, … or `error: …`.
     pub outcome: String,
+}
+
+/// Workloads' tasks the kernel's OOM killer took, and workloads tidal evicted or stopped, by
+/// level, since the agent started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tally {
+    pub oom_kills: BTreeMap<QosLevel, u64>,
+    pub evictions: BTreeMap<QosLevel, u64>,
+    /// Each workload's OOM-kill count as last read: kills count from a change.
+    #[serde(skip)]
+    seen: HashMap<Target, u64>,
+    #[serde(skip)]
+    started: bool,
+}
+
+impl Tally {
+    /// Adds the OOM kills read since the last call. Kills before the agent's first reading are not
+    /// counted; a workload that appears later counts from zero. A count that went down (a group
+    /// made again) starts over.
+    pub fn oom(&mut self, workloads: &[WorkloadSnapshot]) {
+        let first = !std::mem::replace(&mut self.started, true);
+        let mut seen = HashMap::with_capacity(workloads.len());
+        for w in workloads {
+            let Some(n) = w.oom_kills else {
+                if let Some(p) = self.seen.get(&w.group) {
+                    seen.insert(w.group.clone(), *p);
+                }
+                continue;
+            };
+            let before = match self.seen.get(&w.group) {
+                Some(p) => *p,
+                None if first => n,
+                None => 0,
+            };
+            if n > before {
+                *self.oom_kills.entry(w.level).or_default() += n - before;
+            }
+            seen.insert(w.group.clone(), n);
+        }
+        self.seen = seen;
+    }
+
+    /// One workload evicted or stopped by tidal.
+    pub fn evicted(&mut self, level: QosLevel) {
+        *self.evictions.entry(level).or_default() += 1;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +142,23 @@ pub struct StateView {
     /// Why run-queue latency is not measured (None: it is).
     #[serde(default)]
     pub runq: Option<String>,
+    /// OOM kills and tidal's evictions by level since the agent started.
+    #[serde(default)]
+    pub tally: Tally,
+    /// Whether the level IO weights act here, and through what (BFQ, blk-iocost).
+    #[serde(default)]
+    pub io_weights: Option<IoWeights>,
+    /// Pod mode: the kubelet's tiers that lack the memory protection online pods' needs (its
+    /// MemoryQoS gate sets it); empty when they have it or it cannot be read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unprotected_tiers: Vec<String>,
+}
+
+/// Whether the level IO weights act, and how (as `tidal doctor` says it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IoWeights {
+    pub in_force: bool,
+    pub detail: String,
 }
 
 /// The latest action that touched `group` or one of its ancestors (a confinement of the offline
@@ -146,5 +209,47 @@ pub fn node_view(s: &Snapshot, p: &PolicyState) -> NodeView {
         mem_total_bytes: s.mem_total_bytes,
         mem_available_bytes: s.mem_available_bytes,
         interference_step: p.interference.level(),
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::*;
+    use tidal_model::GroupPath;
+
+    fn w(group: &str, level: QosLevel, kills: Option<u64>) -> WorkloadSnapshot {
+        WorkloadSnapshot {
+            oom_kills: kills,
+            ..WorkloadSnapshot::unread(Target::Tidal(GroupPath::new(group).unwrap()), level, group)
+        }
+    }
+
+    #[test]
+    fn oom_kills_count_from_the_agents_first_reading_by_level() {
+        let mut t = Tally::default();
+        // Kills before the agent started are not its to report.
+        t.oom(&[w("offline/offline/a", QosLevel::Offline, Some(3))]);
+        assert!(t.oom_kills.is_empty());
+        t.oom(&[
+            w("offline/offline/a", QosLevel::Offline, Some(5)),
+            // New after the start: every kill counts.
+            w("online/b", QosLevel::Online, Some(1)),
+        ]);
+        assert_eq!(t.oom_kills.get(&QosLevel::Offline), Some(&2));
+        assert_eq!(t.oom_kills.get(&QosLevel::Online), Some(&1));
+        // A reading missing keeps the last count; a group made again starts over.
+        t.oom(&[
+            w("offline/offline/a", QosLevel::Offline, None),
+            w("online/b", QosLevel::Online, Some(0)),
+        ]);
+        t.oom(&[
+            w("offline/offline/a", QosLevel::Offline, Some(6)),
+            w("online/b", QosLevel::Online, Some(2)),
+        ]);
+        assert_eq!(t.oom_kills.get(&QosLevel::Offline), Some(&3));
+        assert_eq!(t.oom_kills.get(&QosLevel::Online), Some(&3));
+        t.evicted(QosLevel::OfflineLow);
+        t.evicted(QosLevel::OfflineLow);
+        assert_eq!(t.evictions.get(&QosLevel::OfflineLow), Some(&2));
     }
 }
