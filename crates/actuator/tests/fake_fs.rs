@@ -180,34 +180,6 @@ fn fake_fs_v2_levels_limits_noop_and_restore() {
 }
 
 #[test]
-fn fake_fs_v2_an_unaligned_memory_limit_reads_back_in_pages_and_is_not_rewritten() {
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = fake_v2(tmp.path());
-    let root = tmp.path().join("cgroup/work.slice/tidal");
-    for g in ["", "offline"] {
-        v2_group(&root.join(g));
-    }
-    let mut act = Actuator::new(layout, &tmp.path().join("state"), false).unwrap();
-    let offline = Target::Tidal(GroupPath::new("offline").unwrap());
-    let ceiling = KnobValue::Bytes(Some(22_748_859_187));
-    assert_eq!(
-        act.set(&offline, Knob::MemoryHigh, &ceiling).unwrap(),
-        Outcome::Written
-    );
-    // The kernel keeps the limit in pages and shows it so.
-    let file = root.join("offline/memory.high");
-    let written: u64 = read(&file).parse().unwrap();
-    fs::write(&file, format!("{}\n", written / 4096 * 4096)).unwrap();
-    let writes = act.stats().writes;
-    assert_eq!(
-        act.set(&offline, Knob::MemoryHigh, &ceiling).unwrap(),
-        Outcome::Unchanged,
-        "the same ceiling again must not count as drift"
-    );
-    assert_eq!(act.stats().writes, writes);
-}
-
-#[test]
 fn fake_fs_v2_creating_groups_enables_controllers_in_the_parent() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = fake_v2(tmp.path());

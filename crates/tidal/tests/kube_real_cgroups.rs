@@ -298,6 +298,21 @@ fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_le
             .find(|w| w["name"] == "batch/etl-28861234-x7k2p")
             .map(|w| w["procs"].clone());
         assert_eq!(procs_a, Some(json!(1)), "{body}");
+        // These tiers carry no memory protection (no MemoryQoS gate): where they have the files
+        // (v2), /state and status say that protection stops at the pod.
+        let tier_files = t.dir("memory", &tr.tiers[0]).join("memory.min").exists();
+        let unprotected = v["unprotected_tiers"].as_array().map_or(0, Vec::len);
+        if tier_files {
+            assert_eq!(unprotected, 2, "{body}");
+            let out = t.tidal(&["status", "--listen", &addr]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains("memory protection stops at the pod"),
+                "{text}"
+            );
+        } else {
+            assert_eq!(unprotected, 0, "{body}");
+        }
         stop(agent);
         drop(task);
         assert!(t.agent_log().contains("cgroup driver"), "{}", t.agent_log());

@@ -443,3 +443,113 @@ fn oom_kills_are_counted_by_level_in_state_metrics_and_status() {
     t.kill_children();
     t.restore_ok();
 }
+
+#[test]
+fn online_memory_protection_is_set_up_the_chain_and_restore_takes_it_back() {
+    if !cgroups_usable("online_memory_protection_is_set_up_the_chain_and_restore_takes_it_back") {
+        return;
+    }
+    let mut t = TestRoot::new("memprotect");
+    let caps = tidal_cgroupfs::detect_capabilities(&t.layout);
+    if !(caps.has(Knob::MemoryMin) && caps.has(Knob::MemoryLow)) {
+        // cgroup v1 has no memory.min/low: the VM harness runs this on pure v2.
+        eprintln!("not applicable: no memory.min/low (cgroup v1); v1 gets soft limits instead");
+        return;
+    }
+    let addr = free_addr();
+    let agent = start_agent(
+        &t,
+        "tick: 100ms\nstats_interval: 200ms\nmemory:\n  min_ratio: 0.5\n  low_ratio: 1.0\n",
+        &addr,
+    );
+    for (level, name, request) in [("online-critical", "db", "128M"), ("online", "web", "64M")] {
+        t.spawn(&[
+            "run",
+            "--qos",
+            level,
+            "--name",
+            name,
+            "--memory-request",
+            request,
+            "--",
+            "sleep",
+            "600",
+        ]);
+    }
+    const MIB: u64 = 1 << 20;
+    let bytes = |t: &TestRoot, g: &str, k: Knob| match t.layout.read_knob(
+        &Target::Tidal(GroupPath::new(g).unwrap_or_else(|_| GroupPath::root())),
+        k,
+    ) {
+        Ok(KnobValue::Bytes(b)) => b,
+        _ => None,
+    };
+    // Each workload gets its shares; each level and tidal's root the sum below it, so the
+    // protection holds all the way to the root.
+    let want = [
+        ("online-critical/db", 64 * MIB, 128 * MIB),
+        ("online-critical", 64 * MIB, 128 * MIB),
+        ("online/web", 32 * MIB, 64 * MIB),
+        ("online", 32 * MIB, 64 * MIB),
+        ("", 96 * MIB, 192 * MIB),
+    ];
+    wait_for("memory.min/low up the chain", 20, || {
+        want.iter().all(|(g, min, low)| {
+            bytes(&t, g, Knob::MemoryMin) == Some(*min)
+                && bytes(&t, g, Knob::MemoryLow) == Some(*low)
+        })
+    });
+    // The kernel's own view: what a group may keep under reclaim is bounded by its ancestors'.
+    let dir = t.dir("memory", "online-critical/db");
+    let shown = std::fs::read_to_string(dir.join("memory.min")).unwrap_or_default();
+    assert_eq!(shown.trim(), (64 * MIB).to_string());
+    stop(agent);
+    t.kill_children();
+    t.restore_ok();
+    // Taken back: the groups tidal made are gone, and a root that stays (a systemd scope) has its
+    // own values again.
+    for k in [Knob::MemoryMin, Knob::MemoryLow] {
+        let v = bytes(&t, "", k);
+        assert!(
+            matches!(v, None | Some(0)),
+            "{k} of the root after restore: {v:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unaligned_memory_ceiling_reads_back_in_pages_and_is_not_written_again() {
+    if !cgroups_usable("an_unaligned_memory_ceiling_reads_back_in_pages_and_is_not_written_again") {
+        return;
+    }
+    let t = TestRoot::new("mempages");
+    let caps = tidal_cgroupfs::detect_capabilities(&t.layout);
+    // The ceiling's file: v2 memory.high, v1 memory.limit_in_bytes.
+    let knob = [Knob::MemoryHigh, Knob::MemoryMax]
+        .into_iter()
+        .find(|k| caps.has(*k))
+        .expect("a memory ceiling file");
+    let mut act =
+        tidal_actuator::Actuator::new(t.layout.clone(), t.state.path(), false).expect("actuator");
+    act.ensure_root(None).expect("root");
+    let g = GroupPath::new("offline").unwrap();
+    act.ensure_group(&g).expect("group");
+    let target = Target::Tidal(g);
+    // Not a whole number of pages: the kernel keeps it in pages and shows it rounded down.
+    let ceiling = KnobValue::Bytes(Some(22_748_859_187));
+    assert_eq!(
+        act.set(&target, knob, &ceiling).expect("first write"),
+        tidal_actuator::Outcome::Written
+    );
+    let shown = t.layout.read_knob(&target, knob).expect("read back");
+    assert_ne!(shown, ceiling, "the kernel rounds to pages here");
+    let writes = act.stats().writes;
+    assert_eq!(
+        act.set(&target, knob, &ceiling).expect("second write"),
+        tidal_actuator::Outcome::Unchanged,
+        "the same ceiling again must not count as drift"
+    );
+    assert_eq!(act.stats().writes, writes);
+    drop(act);
+    t.restore_ok();
+}
