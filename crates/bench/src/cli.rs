@@ -49,8 +49,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "cpu")]
     pub offline: String,
     /// `--offline memory`: grow towards this many bytes (default: 110% of MemAvailable at start).
-    #[arg(long, value_parser = parse_bytes)]
+    #[arg(long, value_parser = parse_bytes, conflicts_with = "memory_share")]
     pub memory_bytes: Option<u64>,
+    /// `--offline memory`: grow towards this share of RAM (MemTotal), in (0, 2]; 0.9 is 90%.
+    #[arg(long, value_parser = parse_share)]
+    pub memory_share: Option<f64>,
     /// The online service's file-backed working set, touched by every request (pages a page-cache
     /// antagonist can evict).
     #[arg(long, value_parser = parse_bytes)]
@@ -115,6 +118,15 @@ pub enum BenchLayout {
 }
 
 /// `512M`, `2G`, `1048576`: bytes, at most 16 TiB.
+/// A share of RAM: a number in (0, 2].
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite() && *f > 0.0 && *f <= 2.0)
+        .ok_or_else(|| format!("'{s}': a share of RAM between 0 (excluded) and 2, e.g. 0.9"))
+}
+
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
@@ -468,5 +480,18 @@ mod tests {
             assert!(e.iter().any(|m| m.contains(want)), "{args:?}: {e:?}");
         }
         assert!(errs(&["--quick"]).is_empty());
+    }
+
+    #[test]
+    fn a_memory_share_is_bounded_and_excludes_a_byte_count() {
+        for bad in ["0", "-0.5", "2.5", "nan", "inf", "half"] {
+            let e = T::try_parse_from(["bench", "--memory-share", bad]);
+            assert!(e.is_err(), "--memory-share {bad} accepted");
+        }
+        let ok = T::try_parse_from(["bench", "--memory-share", "0.9"]).unwrap();
+        assert_eq!(ok.b.memory_share, Some(0.9));
+        assert!(
+            T::try_parse_from(["bench", "--memory-share", "0.9", "--memory-bytes", "1G"]).is_err()
+        );
     }
 }

@@ -152,7 +152,14 @@ impl Opts {
             n_cpus,
             seed: a.seed,
             layout: a.layout,
-            memory_bytes: a.memory_bytes,
+            memory_bytes: a.memory_bytes.or_else(|| {
+                let total = tidal_cgroupfs::proc::parse_meminfo(
+                    &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
+                )
+                .ok()?
+                .total;
+                a.memory_share.map(|f| (total as f64 * f) as u64)
+            }),
             working_set: a.working_set,
             slo_factor: (!a.no_slo).then_some(a.slo_factor),
             slo_target_s: None,
