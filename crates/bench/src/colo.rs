@@ -495,6 +495,7 @@ fn client_run(
     conns: usize,
     sched: &Schedule,
     windows: &[(u64, u64)],
+    runq_from: Option<(Duration, &str)>,
     on_start: impl FnOnce(Instant),
 ) -> Result<loadgen::LoadResult, String> {
     let n = CLIENTS.fetch_add(1, Ordering::Relaxed);
@@ -538,10 +539,20 @@ fn client_run(
         .trim()
         .parse()
         .map_err(|_| "bad client start time".to_string())?;
-    on_start(super::client::instant_of(mono));
+    let started = super::client::instant_of(mono);
+    on_start(started);
+    // The run-queue window opens with the measured window: what came before (the warm-up, and
+    // with it the antagonist before the agent reined it in) is read and dropped here.
+    let mut runq_from = runq_from.map(|(after, g)| (started + after, g));
     // The client writes its result and exits; wait for the exit (the file is then whole).
     let deadline = Instant::now() + Duration::from_secs_f64(sched.duration_s + 30.0);
     while env.exited(pid).is_none() {
+        if let Some((at, g)) = runq_from {
+            if Instant::now() >= at {
+                let _ = env.runq_since_last(g);
+                runq_from = None;
+            }
+        }
         if env.interrupted() {
             return Err("interrupted".into());
         }
@@ -956,6 +967,7 @@ fn measure(
         o.connections,
         &sched,
         &[(warm_ns, end_ns)],
+        Some((Duration::from_nanos(warm_ns), st.online_group.as_str())),
         |start| {
             let (w, d) = (o.warmup_s, o.duration_s);
             marker = Some(std::thread::spawn(move || {
@@ -1064,6 +1076,7 @@ pub fn calibrate(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
         o.connections,
         &sched,
         &[(0, u64::MAX)],
+        None,
         |_| {},
     );
     let after = env.usage_ns(&st.online_group);
@@ -1079,10 +1092,26 @@ pub fn calibrate(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
     Ok((used as f64 / 1e9) / r.received as f64)
 }
 
+/// Alone probes behind the alone p99.
+pub const ALONE_PROBES: usize = 3;
+
 /// The online p99 alone at the calibrated rate (seconds): the base of the `tidal` scenario's
-/// latency objective.
+/// latency objective and of settling. The lowest of [`ALONE_PROBES`] probes: a disturbance (this
+/// VM's host taking back memory an earlier run freed, say) only ever raises a probe, and one
+/// disturbed probe made an objective of 44 ms where the service answers in 0.5.
 pub fn alone_p99(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
-    probe_p99(env, o, "slo-target", o.warmup_s, o.duration_s.max(3.0))
+    let mut best: Option<f64> = None;
+    for i in 0..ALONE_PROBES {
+        let p = probe_p99(
+            env,
+            o,
+            &format!("slo-target-{i}"),
+            o.warmup_s,
+            o.duration_s.max(3.0),
+        )?;
+        best = Some(best.map_or(p, |b| b.min(p)));
+    }
+    best.ok_or_else(|| "alone p99: no probe".to_string())
 }
 
 /// The online p99 alone over `secs` after `warmup_s` (seconds).
@@ -1104,6 +1133,7 @@ fn probe_p99(
         o.connections,
         &sched,
         &[(warm_ns, (secs * 1e9) as u64)],
+        None,
         |_| {},
     );
     teardown(env, st);
@@ -1326,6 +1356,7 @@ pub fn run_step(
         o.connections,
         &sched,
         &windows,
+        None,
         |start| {
             step_instant = Some(start + Duration::from_secs_f64(step_at));
             if watch_tidal {

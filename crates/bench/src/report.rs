@@ -529,7 +529,8 @@ pub fn markdown(r: &Report) -> String {
     if let (Some(f), Some(t)) = (r.slo_factor, r.slo_target_ms) {
         s.push_str(&format!(
             "The agent (`tidal`) has a latency objective on the server's own histogram: p99 ≤ {t:.2} ms \
-             (the alone p99 at this rate × {f}).\n\n"
+             (the alone p99 at this rate, the lowest of {probes} probes, × {f}).\n\n",
+            probes = crate::colo::ALONE_PROBES
         ));
     }
     if r.layout == "kubelet-tree" {
