@@ -488,16 +488,27 @@ fn agent_config(o: &Opts) -> Result<String, String> {
 
 /// Runs the load generator as a process in the scenario's online group (see `client.rs`); `on_start`
 /// gets the instant its schedule started, as `loadgen::run` would give it.
+/// What the load generator runs: its schedule, the windows it measures, and when the run-queue
+/// window opens (after the start, and for which group).
+struct Load<'a> {
+    sched: &'a Schedule,
+    windows: &'a [(u64, u64)],
+    runq_from: Option<(Duration, &'a str)>,
+}
+
 fn client_run(
     env: &mut BenchEnv,
     st: &Setup,
     tidal: bool,
     conns: usize,
-    sched: &Schedule,
-    windows: &[(u64, u64)],
-    runq_from: Option<(Duration, &str)>,
+    load: Load<'_>,
     on_start: impl FnOnce(Instant),
 ) -> Result<loadgen::LoadResult, String> {
+    let Load {
+        sched,
+        windows,
+        runq_from,
+    } = load;
     let n = CLIENTS.fetch_add(1, Ordering::Relaxed);
     let dir = env.work_dir().to_path_buf();
     let (ready, out) = (
@@ -965,9 +976,11 @@ fn measure(
         st,
         s.uses_tidal(),
         o.connections,
-        &sched,
-        &[(warm_ns, end_ns)],
-        Some((Duration::from_nanos(warm_ns), st.online_group.as_str())),
+        Load {
+            sched: &sched,
+            windows: &[(warm_ns, end_ns)],
+            runq_from: Some((Duration::from_nanos(warm_ns), st.online_group.as_str())),
+        },
         |start| {
             let (w, d) = (o.warmup_s, o.duration_s);
             marker = Some(std::thread::spawn(move || {
@@ -1074,9 +1087,11 @@ pub fn calibrate(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
         &st,
         false,
         o.connections,
-        &sched,
-        &[(0, u64::MAX)],
-        None,
+        Load {
+            sched: &sched,
+            windows: &[(0, u64::MAX)],
+            runq_from: None,
+        },
         |_| {},
     );
     let after = env.usage_ns(&st.online_group);
@@ -1131,9 +1146,11 @@ fn probe_p99(
         &st,
         false,
         o.connections,
-        &sched,
-        &[(warm_ns, (secs * 1e9) as u64)],
-        None,
+        Load {
+            sched: &sched,
+            windows: &[(warm_ns, (secs * 1e9) as u64)],
+            runq_from: None,
+        },
         |_| {},
     );
     teardown(env, st);
@@ -1354,9 +1371,11 @@ pub fn run_step(
         &st,
         s.uses_tidal(),
         o.connections,
-        &sched,
-        &windows,
-        None,
+        Load {
+            sched: &sched,
+            windows: &windows,
+            runq_from: None,
+        },
         |start| {
             step_instant = Some(start + Duration::from_secs_f64(step_at));
             if watch_tidal {
