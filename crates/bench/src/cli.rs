@@ -117,7 +117,6 @@ pub enum BenchLayout {
     KubeletTree,
 }
 
-/// `512M`, `2G`, `1048576`: bytes, at most 16 TiB.
 /// A share of RAM: a number in (0, 2].
 pub fn parse_share(s: &str) -> Result<f64, String> {
     s.trim()
@@ -127,6 +126,7 @@ pub fn parse_share(s: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("'{s}': a share of RAM between 0 (excluded) and 2, e.g. 0.9"))
 }
 
+/// `512M`, `2G`, `1048576`: bytes, at most 16 TiB.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
@@ -340,6 +340,14 @@ impl BenchArgs {
                 self.settle_max
             )));
         }
+        if (self.memory_bytes.is_some() || self.memory_share.is_some())
+            && (self.offline != "memory" || self.offline_cmd.is_some())
+        {
+            push(Err(
+                "--memory-bytes / --memory-share size the memory antagonist: they need --offline memory"
+                    .to_string(),
+            ));
+        }
         if let Some(d) = self.duration {
             push(seconds("--duration", d, false));
         }
@@ -471,6 +479,11 @@ mod tests {
             (
                 &["--offline-cmd", "definitely-not-a-command-xyz"],
                 "command not found",
+            ),
+            (&["--memory-share", "0.5"], "--offline memory"),
+            (
+                &["--offline", "cpu", "--memory-bytes", "1G"],
+                "--offline memory",
             ),
             (&["agent-cost", "--seconds=-1"], "--seconds"),
             (&["agent-cost", "--seconds", "nan"], "--seconds"),

@@ -152,14 +152,7 @@ impl Opts {
             n_cpus,
             seed: a.seed,
             layout: a.layout,
-            memory_bytes: a.memory_bytes.or_else(|| {
-                let total = tidal_cgroupfs::proc::parse_meminfo(
-                    &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
-                )
-                .ok()?
-                .total;
-                a.memory_share.map(|f| (total as f64 * f) as u64)
-            }),
+            memory_bytes: a.memory_bytes,
             working_set: a.working_set,
             slo_factor: (!a.no_slo).then_some(a.slo_factor),
             slo_target_s: None,
@@ -486,8 +479,6 @@ fn agent_config(o: &Opts) -> Result<String, String> {
     Ok(text)
 }
 
-/// Runs the load generator as a process in the scenario's online group (see `client.rs`); `on_start`
-/// gets the instant its schedule started, as `loadgen::run` would give it.
 /// What the load generator runs: its schedule, the windows it measures, and when the run-queue
 /// window opens (after the start, and for which group).
 struct Load<'a> {
@@ -496,6 +487,8 @@ struct Load<'a> {
     runq_from: Option<(Duration, &'a str)>,
 }
 
+/// Runs the load generator as a process in the scenario's online group (see `client.rs`); `on_start`
+/// gets the instant its schedule started, as `loadgen::run` would give it.
 fn client_run(
     env: &mut BenchEnv,
     st: &Setup,
@@ -942,10 +935,7 @@ fn measure(
     };
     let mut faults_r = GroupPath::new(&st.online_group)
         .ok()
-        .and_then(|g| env.layout.memory_events(&Target::Tidal(g)));
-    let read_ev = |r: &mut Option<tidal_cgroupfs::Reader<tidal_cgroupfs::stats::MemEvents>>| {
-        r.as_mut().and_then(|r| r.read().ok())
-    };
+        .and_then(|g| env.layout.major_faults(&Target::Tidal(g)));
     let kills0 = (
         kills(&env.layout, Some(&st.online_group)),
         kills(&env.layout, st.offline_group.as_deref()),
@@ -954,7 +944,7 @@ fn measure(
     let mut mark_now = move || {
         let read =
             |r: &mut Option<tidal_cgroupfs::Reader<u64>>| r.as_mut().and_then(|r| r.read().ok());
-        let online_faults = read_ev(&mut faults_r).map(|e| e.major_faults);
+        let online_faults = faults_r.as_mut().and_then(|r| r.read().ok());
         let units: Option<u64> = if reports.is_empty() {
             None
         } else {

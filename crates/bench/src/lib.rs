@@ -152,6 +152,21 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
     };
     let n = env.caps.cpus.len();
     let mut o = Opts::from_args(a, n);
+    if let Some(f) = a.memory_share {
+        let meminfo = std::path::Path::new("/proc/meminfo");
+        match std::fs::read_to_string(meminfo)
+            .map_err(|e| e.to_string())
+            .and_then(|t| tidal_cgroupfs::proc::parse_meminfo(&t))
+        {
+            Ok(m) => o.memory_bytes = Some((m.total as f64 * f) as u64),
+            Err(e) => {
+                return fail(format!(
+                    "--memory-share: cannot read MemTotal from {}: {e}",
+                    meminfo.display()
+                ))
+            }
+        }
+    }
     let rounds = a.rounds.unwrap_or(if a.quick { 2 } else { 10 });
     let steps: Vec<Scenario> = if a.no_step {
         Vec::new()

@@ -189,14 +189,14 @@ mod tests {
             decode(Knob::IoWeight, Version::V2, &s("default 100\n")).unwrap(),
             KnobValue::Weight(100)
         );
-        // BFQ's v2 file: its own [1, 1000] scale, per-device lines after the default.
+        // BFQ's v2 file: its own [1, 1000] scale, per-device lines after the default; written bare.
         assert_eq!(
             decode(Knob::IoBfqWeight, Version::V2, &s("default 40\n8:0 100\n")).unwrap(),
             KnobValue::Weight(400)
         );
         assert_eq!(
             encode(Knob::IoBfqWeight, Version::V2, &KnobValue::Weight(10)).unwrap(),
-            vec!["default 1".to_string()]
+            vec!["1".to_string()]
         );
         assert!(lookup(Knob::IoBfqWeight, Version::V1).is_none());
         assert_eq!(

@@ -72,27 +72,12 @@ fn ws_v1(c: &[String]) -> std::result::Result<u64, String> {
 fn ws_v2(c: &[String]) -> std::result::Result<u64, String> {
     v2::memory::working_set(first(c), c.get(1).map_or("", String::as_str))
 }
-/// A group's memory events: tasks killed by any OOM killer, and major page faults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct MemEvents {
-    pub oom_kills: u64,
-    pub major_faults: u64,
+fn majfault_v1(c: &[String]) -> std::result::Result<u64, String> {
+    flat_key(first(c), "total_pgmajfault")
+        .ok_or_else(|| "memory.stat has no total_pgmajfault".into())
 }
-
-fn events_v1(c: &[String]) -> std::result::Result<MemEvents, String> {
-    Ok(MemEvents {
-        // memory.oom_control's oom_kill (4.13+); an older kernel has none: 0 kills seen.
-        oom_kills: flat_key(first(c), "oom_kill").unwrap_or(0),
-        major_faults: flat_key(c.get(1).map_or("", String::as_str), "total_pgmajfault")
-            .ok_or("memory.stat has no total_pgmajfault")?,
-    })
-}
-fn events_v2(c: &[String]) -> std::result::Result<MemEvents, String> {
-    Ok(MemEvents {
-        oom_kills: flat_key(first(c), "oom_kill").ok_or("memory.events has no oom_kill")?,
-        major_faults: flat_key(c.get(1).map_or("", String::as_str), "pgmajfault")
-            .ok_or("memory.stat has no pgmajfault")?,
-    })
+fn majfault_v2(c: &[String]) -> std::result::Result<u64, String> {
+    flat_key(first(c), "pgmajfault").ok_or_else(|| "memory.stat has no pgmajfault".into())
 }
 fn throttle_v1(c: &[String]) -> std::result::Result<Option<Throttling>, String> {
     Ok(v1::cpu::parse_throttling(first(c)))
@@ -145,40 +130,38 @@ impl Layout {
         })
     }
 
-    /// OOM kills and major faults of the group and its descendants.
-    pub fn memory_events(&self, target: &Target) -> Option<Reader<MemEvents>> {
+    /// Major page faults of the group and its descendants (`memory.stat`).
+    pub fn major_faults(&self, target: &Target) -> Option<Reader<u64>> {
         let r = self.owner("memory")?;
         let dir = r.target_dir(target);
         Some(match r.version() {
-            Version::V1 => Reader::new(&dir, &["memory.oom_control", v1::memory::STAT], events_v1),
-            Version::V2 => Reader::new(&dir, &["memory.events", v2::memory::STAT], events_v2),
+            Version::V1 => Reader::new(&dir, &[v1::memory::STAT], majfault_v1),
+            Version::V2 => Reader::new(&dir, &[v2::memory::STAT], majfault_v2),
         })
     }
 
     /// Tasks of the group and its descendants killed by any OOM killer since the groups were made.
-    /// v2 counts up the tree itself (`memory.events`); v1 counts each group alone
-    /// (`memory.oom_control`), so the groups below are summed (see [`crate::layout::visit_tree`];
-    /// a group removed takes its count with it). None without a memory hierarchy.
+    /// v2 counts up the tree itself (`memory.events`), unless cgroup2 is mounted with
+    /// `memory_localevents`; v1 counts each group alone (`memory.oom_control`). Those are summed
+    /// down the tree (see [`crate::layout::visit_tree`]; a group removed takes its count with it).
+    /// None without a memory hierarchy; an error where a file has no `oom_kill` line (v1 before
+    /// 4.13).
     pub fn oom_kills(&self, target: &Target) -> Option<Result<u64>> {
         let r = self.owner("memory")?;
         let dir = r.target_dir(target);
         let (file, hierarchical) = match r.version() {
             Version::V1 => ("memory.oom_control", false),
+            Version::V2 if local_events() => ("memory.events", false),
             Version::V2 => ("memory.events", true),
         };
         let one = |d: &Path| -> Result<u64> {
             let p = d.join(file);
             let text = crate::layout::read_file(&p)?;
-            // v1 before 4.13 has no oom_kill line: no kill seen.
-            match (flat_key(&text, "oom_kill"), hierarchical) {
-                (Some(n), _) => Ok(n),
-                (None, false) => Ok(0),
-                (None, true) => Err(CgroupError::Parse {
-                    path: p,
-                    content: text.chars().take(200).collect(),
-                    reason: "no oom_kill line".into(),
-                }),
-            }
+            flat_key(&text, "oom_kill").ok_or_else(|| CgroupError::Parse {
+                path: p,
+                content: text.chars().take(200).collect(),
+                reason: "no oom_kill line".into(),
+            })
         };
         if hierarchical {
             return Some(one(&dir));
@@ -249,6 +232,28 @@ pub fn memory_request(dirs: &[std::path::PathBuf]) -> Option<u64> {
     None
 }
 
+/// Is cgroup2 mounted with `memory_localevents` (`memory.events` then counts each group alone)?
+/// Read once: the option is a mount-wide setting.
+fn local_events() -> bool {
+    static LOCAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOCAL.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|t| mounted_with_local_events(&t))
+    })
+}
+
+/// Whether a mountinfo text has a cgroup2 mount whose super options carry `memory_localevents`.
+fn mounted_with_local_events(mountinfo: &str) -> bool {
+    mountinfo.lines().any(|l| {
+        let Some((_, rest)) = l.split_once(" - ") else {
+            return false;
+        };
+        let mut f = rest.split_whitespace();
+        f.next() == Some("cgroup2")
+            && f.nth(1)
+                .is_some_and(|opts| opts.split(',').any(|o| o == "memory_localevents"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +261,17 @@ mod tests {
     use crate::layout::{Host, RootSpec};
     use crate::mountinfo::{parse_mountinfo, parse_proc_cgroup};
     use tidal_model::GroupPath;
+
+    #[test]
+    fn memory_localevents_is_found_in_the_cgroup2_mount_options() {
+        let plain = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n";
+        let local = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,memory_localevents\n";
+        let v1 = "31 23 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert!(!mounted_with_local_events(plain));
+        assert!(mounted_with_local_events(local));
+        assert!(!mounted_with_local_events(v1));
+        assert!(!mounted_with_local_events("garbage"));
+    }
 
     #[test]
     fn fake_fs_readers_follow_the_version() {

@@ -366,13 +366,8 @@ impl Collector {
         snap
     }
 
-    /// Brings `snap` up to date in place. The workload list and each workload's task count are
-    /// refreshed when `stats_every_ms` has passed; `full` refreshes now and reads every per-workload
-    /// statistic too (usage, memory, PSI, throttling), which only observers and memory decisions
-    /// need. Otherwise `snap.workloads` is left as it was, so a tick copies nothing per workload.
-    /// Returns whether the workloads were refreshed.
-    /// Reads every workload fully now, leaving the node's rates alone (their windows run from
-    /// tick to tick): for a decision that needs sizes read at decision time.
+    /// Reads every workload fully now, leaving the tick's CPU and pressure windows alone (they run
+    /// from tick to tick): for a decision that needs sizes read at decision time.
     pub fn reread_workloads(&mut self, snap: &mut Snapshot) {
         let now = self.clock.now_ns();
         self.refresh(snap, now, true);
@@ -400,6 +395,11 @@ impl Collector {
         snap.reclaim_scan_per_s = self.reclaim_rate(now);
     }
 
+    /// Brings `snap` up to date in place. The workload list and each workload's task count are
+    /// refreshed when `stats_every_ms` has passed; `full` refreshes now and reads every per-workload
+    /// statistic too (usage, memory, PSI, throttling), which only observers and memory decisions
+    /// need. Otherwise `snap.workloads` is left as it was, so a tick copies nothing per workload.
+    /// Returns whether the workloads were refreshed.
     pub fn update(&mut self, snap: &mut Snapshot, stats_every_ms: u64, full: bool) -> bool {
         let now = self.clock.now_ns();
         let due = full

@@ -121,10 +121,21 @@ pub fn render(state: &StateView) -> String {
             v.join(", ")
         }
     };
+    let t = &state.tally;
     out.push_str(&format!(
-        "since start: OOM kills {}; evicted by tidal {}\n",
-        by_level(&state.tally.oom_kills),
-        by_level(&state.tally.evictions)
+        "since start: OOM kills {}; killed by tidal {}{}\n",
+        t.oom_kills
+            .as_ref()
+            .map_or("n/a (no oom_kill count readable)".to_string(), by_level),
+        by_level(&t.evictions),
+        if state.source == "local" {
+            String::new()
+        } else {
+            format!(
+                "; pod evictions requested {}",
+                by_level(&t.eviction_requests)
+            )
+        }
     ));
     if let Some(io) = &state.io_weights {
         out.push_str(&format!(

@@ -284,7 +284,13 @@ fn level_io_weights_are_in_the_files_the_io_schedulers_read_and_doctor_says_whic
     let under_bfq = real_devices(sys_block)
         .iter()
         .any(|d| d.scheduler.as_deref() == Some("bfq"));
-    let iocost = version == Version::V2 && detail.contains("blk-iocost enabled");
+    // blk-iocost read from its switch, not from the row under test.
+    let iocost = version == Version::V2
+        && t.layout
+            .hierarchies
+            .unified()
+            .and_then(|h| std::fs::read_to_string(h.mount.join(iolimit::IOCOST_QOS)).ok())
+            .is_some_and(|q| !iolimit::enabled(&q).is_empty());
     assert_eq!(
         row["available"].as_bool(),
         Some((under_bfq && bfq_file.is_some()) || iocost),

@@ -389,8 +389,8 @@ fn eviction_takes_offline_low_first_then_the_largest_offline_by_a_fresh_size() {
     let out = t.tidal(&["status", "--listen", &addr]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("evicted by tidal offline-low 1, offline 1")
-            || text.contains("evicted by tidal offline 1, offline-low 1"),
+        text.contains("killed by tidal offline-low 1, offline 1")
+            || text.contains("killed by tidal offline 1, offline-low 1"),
         "{text}"
     );
     stop(agent);
@@ -401,6 +401,17 @@ fn eviction_takes_offline_low_first_then_the_largest_offline_by_a_fresh_size() {
 #[test]
 fn oom_kills_are_counted_by_level_in_state_metrics_and_status() {
     if !cgroups_usable("oom_kills_are_counted_by_level_in_state_metrics_and_status") {
+        return;
+    }
+    // With swap the worker would swap instead of meeting the OOM killer (CI machines have none).
+    let swap = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("SwapTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    if swap > 0 {
+        eprintln!("not applicable: this machine has swap");
         return;
     }
     let mut t = TestRoot::new("oomcount");
@@ -525,10 +536,14 @@ fn an_unaligned_memory_ceiling_reads_back_in_pages_and_is_not_written_again() {
     let t = TestRoot::new("mempages");
     let caps = tidal_cgroupfs::detect_capabilities(&t.layout);
     // The ceiling's file: v2 memory.high, v1 memory.limit_in_bytes.
-    let knob = [Knob::MemoryHigh, Knob::MemoryMax]
+    let Some(knob) = [Knob::MemoryHigh, Knob::MemoryMax]
         .into_iter()
         .find(|k| caps.has(*k))
-        .expect("a memory ceiling file");
+    else {
+        assert!(!common::required(), "no memory ceiling file here");
+        eprintln!("SKIP: no memory ceiling file here");
+        return;
+    };
     let mut act =
         tidal_actuator::Actuator::new(t.layout.clone(), t.state.path(), false).expect("actuator");
     act.ensure_root(None).expect("root");

@@ -1,5 +1,6 @@
 //! v2 `io` controller: `io.weight` (blk-iocost's; "default N" plus optional per-device lines),
-//! `io.bfq.weight` (BFQ's, same format, [1, 1000]; present only while BFQ is in the kernel) and
+//! `io.bfq.weight` (BFQ's, [1, 1000]; read as "default N" plus per-device lines, written as a bare
+//! number, which kernels before 5.4 require; present only while BFQ is in the kernel) and
 //! `io.max` (per-device limits, see [`crate::iolimit`]).
 
 use crate::iolimit;
@@ -33,7 +34,7 @@ impl Controller for Io {
             }
             // v2 scale [1, 10000] → BFQ's [1, 1000].
             (Knob::IoBfqWeight, KnobValue::Weight(w)) => {
-                Ok(vec![format!("default {}", (w / 10).clamp(1, 1000))])
+                Ok(vec![(w / 10).clamp(1, 1000).to_string()])
             }
             (Knob::IoMax, KnobValue::IoMax(l)) => Ok(vec![iolimit::encode_v2(l)]),
             _ => Err(bad(knob, v)),

@@ -350,6 +350,24 @@ impl Agent {
     /// kubelet's tiers lack memory protection.
     fn node_facts(&mut self) {
         let layout = self.act.layout().clone();
+        // Capabilities can change under a running agent (BFQ loaded, a controller enabled above
+        // the root): the next static pass then writes what the new ones allow.
+        let caps = tidal_cgroupfs::detect_capabilities(&layout);
+        if caps != self.caps {
+            let names = |a: &Capabilities, b: &Capabilities| {
+                a.knobs
+                    .difference(&b.knobs)
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let (gained, lost) = (names(&caps, &self.caps), names(&self.caps, &caps));
+            if !gained.is_empty() || !lost.is_empty() {
+                info!("capabilities changed: gained [{gained}], lost [{lost}]");
+            }
+            lock(&self.shared.view).capabilities = caps.clone();
+            self.caps = caps;
+        }
         let (in_force, detail) = crate::doctor::io_weights(&layout, &self.caps);
         let tiers = if self.collector.source_mut().name() == "kubernetes" {
             crate::doctor::kubelet_driver(&layout, &self.cfg.kubernetes)
@@ -370,17 +388,38 @@ impl Agent {
         v.unprotected_tiers = tiers;
     }
 
-    /// Workloads killed (local) or evicted (pods) by this tick's plan, by level.
+    /// Local workloads killed for memory by this tick's plan, and pods whose eviction was
+    /// requested, by level. A kill counts once SIGKILL went out: the group was empty within the
+    /// actuator's wait, or some tasks were still exiting (survivors, counted apart).
     fn count_evictions(&mut self, applied: &[Applied]) {
         for ap in applied {
-            let (Ok(Outcome::Written), Op::Kill { .. } | Op::Evict { .. }) =
-                (&ap.result, &ap.action.op)
+            let sent = matches!(
+                (&ap.result, &ap.action.op),
+                (Ok(Outcome::Written), Op::Kill { .. } | Op::Evict { .. })
+                    | (Err(ActError::Survivors { .. }), Op::Kill { .. })
+            );
+            if !sent {
+                continue;
+            }
+            let target = ap.action.op.target();
+            // A local workload's level is also its parent group's.
+            let Some(level) = self
+                .snap
+                .workloads
+                .iter()
+                .find(|w| w.group == target)
+                .map(|w| w.level)
+                .or_else(|| match &target {
+                    Target::Tidal(g) => g.parent().and_then(|p| QosLevel::from_group(p.as_str())),
+                    Target::Foreign(_) => None,
+                })
             else {
                 continue;
             };
-            let target = ap.action.op.target();
-            if let Some(w) = self.snap.workloads.iter().find(|w| w.group == target) {
-                self.tally.evicted(w.level);
+            if matches!(ap.action.op, Op::Kill { .. }) {
+                self.tally.evicted(level);
+            } else {
+                self.tally.eviction_requested(level);
             }
         }
     }
@@ -506,7 +545,10 @@ impl Agent {
         m.slo(&slo);
         m.memory_qos(&self.state, &self.cfg);
         if refreshed {
-            self.tally.oom(&self.snap.workloads);
+            let synced =
+                self.collector.source_mut().name() == "local" || !self.snap.workloads.is_empty();
+            self.tally
+                .oom(&self.snap.workloads, self.snap.now_ms, synced);
         }
         m.tally(&self.tally);
         let source_health = refreshed.then(|| self.collector.source_mut().health());

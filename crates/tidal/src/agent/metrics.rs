@@ -63,6 +63,7 @@ pub struct Metrics {
     oom_adj: Family<Lvl, FGauge>,
     oom_kills: Family<Lvl, FGauge>,
     evictions: Family<Lvl, FGauge>,
+    eviction_requests: Family<Lvl, FGauge>,
     io_limited: FGauge,
     wl_psi: Family<WlRes, FGauge>,
     level_cpu: Family<Lvl, FGauge>,
@@ -197,6 +198,7 @@ impl Metrics {
             oom_adj: Family::default(),
             oom_kills: Family::default(),
             evictions: Family::default(),
+            eviction_requests: Family::default(),
             io_limited: FGauge::default(),
             wl_psi: Family::default(),
             level_cpu: Family::default(),
@@ -411,8 +413,13 @@ impl Metrics {
         );
         r.register(
             "evictions",
-            "Workloads of each level tidal killed or evicted (memory, open files) since the agent started",
+            "Local workloads of each level tidal killed for memory since the agent started",
             m.evictions.clone(),
+        );
+        r.register(
+            "eviction_requests",
+            "Pods of each level whose eviction tidal requested from the Eviction API since the agent started (the API may refuse one)",
+            m.eviction_requests.clone(),
         );
         r.register(
             "offline_io_limited_groups",
@@ -494,22 +501,27 @@ impl Metrics {
         self.kill_survivors.set(s.kill_survivors as f64);
     }
 
-    /// The workload source's state: its counts (evictions, refusals, patch conflicts, watch
-    /// errors…), its values (each input of the batch formula) and whether it is degraded.
-    /// OOM kills and evictions by level; every level is always there (a zero is a result).
+    /// OOM kills, kills and eviction requests by level; every level is there once anything was
+    /// read (a zero is a result), and OOM kills only where they can be read.
     pub fn tally(&self, t: &super::view::Tally) {
+        type ByLevel = std::collections::BTreeMap<tidal_model::QosLevel, u64>;
         for l in tidal_model::QosLevel::ALL {
             let lvl = Lvl {
                 level: l.to_string(),
             };
-            let n = |m: &std::collections::BTreeMap<tidal_model::QosLevel, u64>| {
-                m.get(&l).copied().unwrap_or(0) as f64
-            };
-            self.oom_kills.get_or_create(&lvl).set(n(&t.oom_kills));
+            let n = |m: &ByLevel| m.get(&l).copied().unwrap_or(0) as f64;
+            if let Some(k) = &t.oom_kills {
+                self.oom_kills.get_or_create(&lvl).set(n(k));
+            }
             self.evictions.get_or_create(&lvl).set(n(&t.evictions));
+            self.eviction_requests
+                .get_or_create(&lvl)
+                .set(n(&t.eviction_requests));
         }
     }
 
+    /// The workload source's state: its counts (evictions, refusals, patch conflicts, watch
+    /// errors…), its values (each input of the batch formula) and whether it is degraded.
     pub fn source(&self, h: &tidal_source::SourceHealth) {
         for (event, n) in &h.counters {
             self.source_events

@@ -21,49 +21,74 @@ pub struct ActionRecord {
     pub outcome: String,
 }
 
-/// Workloads' tasks the kernel's OOM killer took, and workloads tidal evicted or stopped, by
-/// level, since the agent started.
+/// How long a workload's last OOM-kill count is kept after it was last read: one that drops out of
+/// a reading and comes back is not counted twice.
+const SEEN_KEEP_MS: u64 = 600_000;
+
+/// By level, since the agent started: tasks the kernel's OOM killer took from workloads, local
+/// workloads tidal killed for memory, and pods it asked the Eviction API to evict.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tally {
-    pub oom_kills: BTreeMap<QosLevel, u64>,
+    /// None until some workload's count could be read (a v1 kernel before 4.13 has none).
+    pub oom_kills: Option<BTreeMap<QosLevel, u64>>,
+    /// Local workloads killed (their group was empty after).
     pub evictions: BTreeMap<QosLevel, u64>,
-    /// Each workload's OOM-kill count as last read: kills count from a change.
+    /// Pods whose eviction was requested (the API may refuse one: a disruption budget).
+    #[serde(default)]
+    pub eviction_requests: BTreeMap<QosLevel, u64>,
+    /// Each workload's OOM-kill count as last read, and when (ms).
     #[serde(skip)]
-    seen: HashMap<Target, u64>,
+    seen: HashMap<Target, (u64, u64)>,
+    /// The first reading after the source answered was taken.
     #[serde(skip)]
     started: bool,
 }
 
 impl Tally {
-    /// Adds the OOM kills read since the last call. Kills before the agent's first reading are not
-    /// counted; a workload that appears later counts from zero. A count that went down (a group
-    /// made again) starts over.
-    pub fn oom(&mut self, workloads: &[WorkloadSnapshot]) {
-        let first = !std::mem::replace(&mut self.started, true);
-        let mut seen = HashMap::with_capacity(workloads.len());
-        for w in workloads {
-            let Some(n) = w.oom_kills else {
-                if let Some(p) = self.seen.get(&w.group) {
-                    seen.insert(w.group.clone(), *p);
-                }
-                continue;
-            };
-            let before = match self.seen.get(&w.group) {
-                Some(p) => *p,
-                None if first => n,
-                None => 0,
-            };
-            if n > before {
-                *self.oom_kills.entry(w.level).or_default() += n - before;
+    /// Adds the OOM kills read since the last call. The workloads of the first reading once the
+    /// source has answered (`synced`: local at once, pods with their first list) start from their
+    /// counts: kills before the agent started are not its to report. A workload that appears later
+    /// counts from zero. A count that went down is a group made again: all of it is new.
+    pub fn oom(&mut self, workloads: &[WorkloadSnapshot], now_ms: u64, synced: bool) {
+        if !self.started {
+            if !synced {
+                return;
             }
-            seen.insert(w.group.clone(), n);
+            self.started = true;
+            for w in workloads {
+                if let Some(n) = w.oom_kills {
+                    self.oom_kills.get_or_insert_with(BTreeMap::new);
+                    self.seen.insert(w.group.clone(), (n, now_ms));
+                }
+            }
+            return;
         }
-        self.seen = seen;
+        for w in workloads {
+            let Some(n) = w.oom_kills else { continue };
+            let kills = self.oom_kills.get_or_insert_with(BTreeMap::new);
+            let new = match self.seen.get(&w.group) {
+                None => n,
+                Some((p, _)) if n >= *p => n - p,
+                Some(_) => n,
+            };
+            if new > 0 {
+                let e = kills.entry(w.level).or_default();
+                *e = e.saturating_add(new);
+            }
+            self.seen.insert(w.group.clone(), (n, now_ms));
+        }
+        self.seen
+            .retain(|_, (_, at)| now_ms.saturating_sub(*at) <= SEEN_KEEP_MS);
     }
 
-    /// One workload evicted or stopped by tidal.
+    /// A local workload killed for memory.
     pub fn evicted(&mut self, level: QosLevel) {
         *self.evictions.entry(level).or_default() += 1;
+    }
+
+    /// A pod's eviction requested.
+    pub fn eviction_requested(&mut self, level: QosLevel) {
+        *self.eviction_requests.entry(level).or_default() += 1;
     }
 }
 
@@ -225,31 +250,61 @@ mod tally_tests {
     }
 
     #[test]
-    fn oom_kills_count_from_the_agents_first_reading_by_level() {
+    fn oom_kills_count_from_the_agents_start_by_level() {
         let mut t = Tally::default();
-        // Kills before the agent started are not its to report.
-        t.oom(&[w("offline/offline/a", QosLevel::Offline, Some(3))]);
-        assert!(t.oom_kills.is_empty());
-        t.oom(&[
-            w("offline/offline/a", QosLevel::Offline, Some(5)),
-            // New after the start: every kill counts.
-            w("online/b", QosLevel::Online, Some(1)),
-        ]);
-        assert_eq!(t.oom_kills.get(&QosLevel::Offline), Some(&2));
-        assert_eq!(t.oom_kills.get(&QosLevel::Online), Some(&1));
-        // A reading missing keeps the last count; a group made again starts over.
-        t.oom(&[
-            w("offline/offline/a", QosLevel::Offline, None),
-            w("online/b", QosLevel::Online, Some(0)),
-        ]);
-        t.oom(&[
-            w("offline/offline/a", QosLevel::Offline, Some(6)),
-            w("online/b", QosLevel::Online, Some(2)),
-        ]);
-        assert_eq!(t.oom_kills.get(&QosLevel::Offline), Some(&3));
-        assert_eq!(t.oom_kills.get(&QosLevel::Online), Some(&3));
+        let k = |t: &Tally, l| t.oom_kills.as_ref().and_then(|m| m.get(&l).copied());
+        // A pod source that has not answered yet: nothing is a baseline.
+        t.oom(&[], 0, false);
+        assert_eq!(t.oom_kills, None);
+        // The first reading is the baseline: earlier kills are not the agent's to report.
+        t.oom(
+            &[w("offline/offline/a", QosLevel::Offline, Some(3))],
+            1,
+            true,
+        );
+        assert_eq!(t.oom_kills, Some(BTreeMap::new()));
+        t.oom(
+            &[
+                w("offline/offline/a", QosLevel::Offline, Some(5)),
+                // New since the start: every kill counts.
+                w("online/b", QosLevel::Online, Some(1)),
+            ],
+            2,
+            true,
+        );
+        assert_eq!(k(&t, QosLevel::Offline), Some(2));
+        assert_eq!(k(&t, QosLevel::Online), Some(1));
+        // Gone from one reading and back, or unreadable once: not counted again.
+        t.oom(&[w("online/b", QosLevel::Online, None)], 3, true);
+        t.oom(
+            &[
+                w("offline/offline/a", QosLevel::Offline, Some(5)),
+                w("online/b", QosLevel::Online, Some(2)),
+            ],
+            4,
+            true,
+        );
+        assert_eq!(k(&t, QosLevel::Offline), Some(2));
+        assert_eq!(k(&t, QosLevel::Online), Some(2));
+        // A count that went down is a group made again: its kills are all new.
+        t.oom(
+            &[w("offline/offline/a", QosLevel::Offline, Some(1))],
+            5,
+            true,
+        );
+        assert_eq!(k(&t, QosLevel::Offline), Some(3));
+        // Long gone, then back: a group made again, counted from zero.
+        t.oom(&[], 5 + SEEN_KEEP_MS + 1, true);
+        t.oom(
+            &[w("offline/offline/a", QosLevel::Offline, Some(2))],
+            5 + SEEN_KEEP_MS + 2,
+            true,
+        );
+        assert_eq!(k(&t, QosLevel::Offline), Some(5));
         t.evicted(QosLevel::OfflineLow);
         t.evicted(QosLevel::OfflineLow);
+        t.eviction_requested(QosLevel::Offline);
         assert_eq!(t.evictions.get(&QosLevel::OfflineLow), Some(&2));
+        assert_eq!(t.eviction_requests.get(&QosLevel::Offline), Some(&1));
     }
 }
