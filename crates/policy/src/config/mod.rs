@@ -144,6 +144,11 @@ pub struct InterferenceConfig {
     /// The ladder's CPU-time cap step: how, and what share of its CPUs offline keeps.
     pub cap_mode: CapMode,
     pub cap_fraction: f64,
+    /// After a ladder step is released, the agent ticks every `watch_tick` for this long, so that
+    /// interference that comes back with it is met within tens of milliseconds, not a whole tick;
+    /// 0 turns it off. A `watch_tick` longer than `tick` is `tick`.
+    pub release_watch: Millis,
+    pub watch_tick: Millis,
 }
 
 impl Default for InterferenceConfig {
@@ -155,6 +160,8 @@ impl Default for InterferenceConfig {
             calm_period: Millis(10_000),
             cap_mode: CapMode::DutyCycle,
             cap_fraction: 0.5,
+            release_watch: Millis(1_000),
+            watch_tick: Millis(20),
         }
     }
 }
@@ -618,6 +625,20 @@ impl Config {
             Millis(1_000),
             Millis(3_600_000),
         );
+        between(
+            &mut e,
+            "interference.release_watch",
+            i.release_watch,
+            Millis(0),
+            Millis(60_000),
+        );
+        between(
+            &mut e,
+            "interference.watch_tick",
+            i.watch_tick,
+            Millis(5),
+            Millis(10_000),
+        );
         range_f(
             &mut e,
             "interference.cap_fraction",
@@ -932,6 +953,16 @@ mod tests {
                 "interference:\n  calm_period: 2h",
                 "interference.calm_period",
                 "between 1s",
+            ),
+            (
+                "interference:\n  watch_tick: 1ms",
+                "interference.watch_tick",
+                "between 5ms",
+            ),
+            (
+                "interference:\n  release_watch: 2m",
+                "interference.release_watch",
+                "between 0ms and 1m",
             ),
             (
                 "interference:\n  escalate_every: 0ms",

@@ -54,6 +54,8 @@ pub struct TickReport {
     pub refreshed: bool,
     /// Every per-workload statistic was read.
     pub full: bool,
+    /// Offline was given a step of the interference ladder back.
+    pub released: bool,
     pub took: Duration,
 }
 
@@ -289,6 +291,8 @@ impl Agent {
                 names(&self.state.interference.steps)
             );
         }
+        // A step given back (the duty cycle's own thaws are not: they come every period).
+        let released = d.state.interference.steps.len() < self.state.interference.steps.len();
         self.state = settle(d.state, &self.state, &d.plan, &ok);
         self.ticks += 1;
         if refreshed {
@@ -308,6 +312,7 @@ impl Agent {
             applied,
             refreshed,
             full,
+            released,
             took,
         }
     }

@@ -1,5 +1,6 @@
-//! `tidal agent`: the driver. It wires an [`Agent`] to the clock (a tick every `tick`, a
-//! light sample every `sample_interval` that can bring a tick forward), to signals (SIGTERM/SIGINT
+//! `tidal agent`: the driver. It wires an [`Agent`] to the clock (a tick every `tick`, every
+//! `interference.watch_tick` for `release_watch` after a ladder step is released, a light sample
+//! every `sample_interval` that can bring a tick forward), to signals (SIGTERM/SIGINT
 //! give offline work its CPUs back and exit; SIGHUP reloads the config; SIGUSR1, as `tidal release`
 //! sends it, gives everything back and pauses until stopped) and to the HTTP server
 //! (`/metrics`, `/healthz`, `/state`). It holds the root's lock for its whole life, so a second agent
@@ -222,6 +223,7 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
     let mut agent = Agent::new(cfg, caps, act, collector, Arc::clone(&shared));
     agent.set_runq(runq);
     let mut next_tick = Instant::now();
+    let mut watch_until = Instant::now();
     let mut released = false;
     while !term.load(Ordering::Relaxed) {
         if usr1.swap(false, Ordering::Relaxed) && !released {
@@ -255,8 +257,20 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
                     m.early_ticks.inc();
                 }
             }
-            agent.tick(now);
-            next_tick = now + Duration::from_millis(agent.config().tick.0);
+            if agent.tick(now).released {
+                watch_until =
+                    now + Duration::from_millis(agent.config().interference.release_watch.0);
+            }
+            // Right after offline got something back, tick fast: interference it brings back is
+            // met within a watch tick.
+            let i = &agent.config().interference;
+            let tick = agent.config().tick;
+            let every = if now < watch_until {
+                i.watch_tick.min(tick)
+            } else {
+                tick
+            };
+            next_tick = now + Duration::from_millis(every.0);
         }
         let sample_every = Duration::from_millis(agent.config().sample_interval.0);
         let wake = (Instant::now() + sample_every).min(next_tick);
