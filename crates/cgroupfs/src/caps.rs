@@ -216,9 +216,16 @@ pub fn knob_supported(layout: &Layout, knob: Knob) -> bool {
         return false;
     };
     // BFQ's v2 file exists only while BFQ is in the kernel (built in or its module loaded), which
-    // a group's controllers do not say.
-    if knob == Knob::IoBfqWeight && !crate::blockdev::bfq_in_kernel(Path::new("/sys/block")) {
-        return false;
+    // a group's controllers do not say: a root with the io files says it; else the devices do.
+    if knob == Knob::IoBfqWeight {
+        let io_here = r.root_dir.join(crate::v2::io::WEIGHT).exists();
+        return if io_here {
+            r.root_dir.join(crate::v2::io::BFQ_WEIGHT).exists()
+        } else {
+            crate::blockdev::bfq_in_kernel(Path::new("/sys/block"))
+                && c.controller()
+                    .is_none_or(|name| controller_reach(layout, name) == Reach::Yes)
+        };
     }
     let files = c.files(knob);
     if r.root_dir.exists() {
