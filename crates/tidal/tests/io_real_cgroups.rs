@@ -237,9 +237,22 @@ fn level_io_weights_are_in_the_files_the_io_schedulers_read_and_doctor_says_whic
     }
     // Where the machine is the test's own, BFQ schedules the first real device that offers it.
     let devs = real_devices(sys_block);
-    let _bfq = node_wide()
+    let bfq = node_wide()
         .then(|| devs.iter().find_map(|d| Scheduler::set(&d.name, "bfq")))
         .flatten();
+    // The VM harness has BFQ and a disk: there the whole path is taken, v2's io.bfq.weight too.
+    if node_wide() && required() && bfq_in_kernel(sys_block) {
+        assert!(
+            bfq.is_some(),
+            "no real device took the BFQ scheduler ({devs:?})"
+        );
+        if version == Version::V2 {
+            assert!(
+                caps.has(Knob::IoBfqWeight),
+                "BFQ is in, io.bfq.weight is not"
+            );
+        }
+    }
     for level in ["online-critical", "offline-low"] {
         let out = t.tidal(&["run", "--qos", level, "--name", "w", "--", "true"]);
         assert!(out.status.success(), "tidal run --qos {level}: {out:?}");
