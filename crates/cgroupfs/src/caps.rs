@@ -216,9 +216,12 @@ pub fn knob_supported(layout: &Layout, knob: Knob) -> bool {
         return false;
     };
     // BFQ's v2 file exists only while BFQ is in the kernel (built in or its module loaded), which
-    // a group's controllers do not say: a root with the io files says it; else the devices do.
+    // a group's controllers do not say: a root that has the io controller shows it; else the
+    // devices' scheduler lists do.
     if knob == Knob::IoBfqWeight {
-        let io_here = r.root_dir.join(crate::v2::io::WEIGHT).exists();
+        let io_here = words(&r.root_dir.join(CONTROLLERS))
+            .iter()
+            .any(|w| c.controller() == Some(w.as_str()));
         return if io_here {
             r.root_dir.join(crate::v2::io::BFQ_WEIGHT).exists()
         } else {

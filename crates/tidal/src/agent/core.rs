@@ -291,8 +291,13 @@ impl Agent {
                 names(&self.state.interference.steps)
             );
         }
-        // A step given back (the duty cycle's own thaws are not: they come every period).
-        let released = d.state.interference.steps.len() < self.state.interference.steps.len();
+        // A step given back (the duty cycle's own thaws are not: they come every period; a step
+        // undone as useless is not either: the ladder then backs off and cannot tighten).
+        let released = d.state.interference.steps.len() < self.state.interference.steps.len()
+            && !matches!(
+                d.state.interference.phase,
+                tidal_policy::Phase::BackedOff { .. }
+            );
         self.state = settle(d.state, &self.state, &d.plan, &ok);
         self.ticks += 1;
         if refreshed {

@@ -261,16 +261,8 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
                 watch_until =
                     now + Duration::from_millis(agent.config().interference.release_watch.0);
             }
-            // Right after offline got something back, tick fast: interference it brings back is
-            // met within a watch tick.
-            let i = &agent.config().interference;
-            let tick = agent.config().tick;
-            let every = if now < watch_until {
-                i.watch_tick.min(tick)
-            } else {
-                tick
-            };
-            next_tick = now + Duration::from_millis(every.0);
+            next_tick =
+                now + Duration::from_millis(tick_every(agent.config(), now < watch_until).0);
         }
         let sample_every = Duration::from_millis(agent.config().sample_interval.0);
         let wake = (Instant::now() + sample_every).min(next_tick);
@@ -278,4 +270,29 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         std::thread::sleep(sleep.max(Duration::from_millis(1)));
     }
     agent.shutdown()
+}
+
+/// The time to the next tick: right after offline got a step back (`watching`), a watch tick, so
+/// that interference it brings back is met within one; never longer than `tick`.
+fn tick_every(cfg: &Config, watching: bool) -> tidal_policy::config::Millis {
+    if watching {
+        cfg.interference.watch_tick.min(cfg.tick)
+    } else {
+        cfg.tick
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidal_policy::config::Millis;
+
+    #[test]
+    fn a_release_watch_ticks_fast_never_slower_than_the_tick() {
+        let mut cfg = Config::default();
+        assert_eq!(tick_every(&cfg, false), Millis(100));
+        assert_eq!(tick_every(&cfg, true), Millis(20));
+        cfg.tick = Millis(10);
+        assert_eq!(tick_every(&cfg, true), Millis(10));
+    }
 }

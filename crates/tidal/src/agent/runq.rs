@@ -24,6 +24,36 @@ pub struct Runq {
     pub unavailable: Option<String>,
     ids: HashMap<CgroupKey, (String, QosLevel)>,
     reads: u64,
+    /// Waits of reads that had fewer than `min_samples`, carried into the next reads (at most
+    /// [`CARRY_READS`] of them): short ticks (the watch after a release) or a quiet service still
+    /// give a reading.
+    pending: HashMap<String, (Hist, u32)>,
+}
+
+/// How many reads short of `min_samples` are carried before they are dropped.
+const CARRY_READS: u32 = 10;
+
+/// This read's waits with those carried from earlier reads: Some once they reach `min_samples`
+/// (the carry is then spent), else None and they are carried (at most [`CARRY_READS`] reads).
+fn carry(
+    pending: &mut HashMap<String, (Hist, u32)>,
+    name: &str,
+    hist: &Hist,
+    min_samples: u64,
+) -> Option<Hist> {
+    let mut acc = hist.clone();
+    let mut carried = 0;
+    if let Some((earlier, n)) = pending.remove(name) {
+        acc.merge(&earlier);
+        carried = n;
+    }
+    if acc.count >= min_samples {
+        return Some(acc);
+    }
+    if carried < CARRY_READS {
+        pending.insert(name.to_string(), (acc, carried + 1));
+    }
+    None
 }
 
 /// Every this many reads, histograms of cgroups that are not online workloads are deleted: the
@@ -68,6 +98,7 @@ impl Runq {
             unavailable,
             ids: HashMap::new(),
             reads: 0,
+            pending: HashMap::new(),
         }
     }
 
@@ -94,9 +125,13 @@ impl Runq {
                 }
             }
         }
+        // Waits carried for workloads that are gone go with them.
+        let names: std::collections::HashSet<&String> = self.ids.values().map(|(n, _)| n).collect();
+        self.pending.retain(|n, _| names.contains(n));
     }
 
-    /// The last tick's waits per online workload, and the signals they give.
+    /// The last tick's waits per online workload, and the signals they give (from the waits
+    /// carried over too, while a workload's reads fall short of `min_samples`).
     pub fn read(&mut self, threshold_s: f64, min_samples: u64) -> (Vec<Signal>, Vec<Waits>) {
         let Some(c) = self.collector.as_mut() else {
             return (Vec::new(), Vec::new());
@@ -134,18 +169,17 @@ impl Runq {
         let mut signals = Vec::new();
         let mut waits = Vec::new();
         for (name, (level, _, hist)) in per {
-            if hist.count >= min_samples {
-                if let Some(p99) = hist.quantile_ns(0.99) {
-                    let observed = p99 / 1e9;
-                    signals.push(Signal {
-                        kind: SignalKind::RunqLatency,
-                        workload: name.clone(),
-                        what: "run-queue p99".into(),
-                        observed,
-                        target: threshold_s,
-                        slack: Signal::slack_of(observed, threshold_s),
-                    });
-                }
+            let reading = carry(&mut self.pending, &name, &hist, min_samples);
+            if let Some(p99) = reading.and_then(|acc| acc.quantile_ns(0.99)) {
+                let observed = p99 / 1e9;
+                signals.push(Signal {
+                    kind: SignalKind::RunqLatency,
+                    workload: name.clone(),
+                    what: "run-queue p99".into(),
+                    observed,
+                    target: threshold_s,
+                    slack: Signal::slack_of(observed, threshold_s),
+                });
             }
             waits.push(Waits {
                 workload: name,
@@ -154,5 +188,41 @@ impl Runq {
             });
         }
         (signals, waits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waits(n: u64) -> Hist {
+        Hist {
+            count: n,
+            ..Hist::default()
+        }
+    }
+
+    #[test]
+    fn short_reads_are_carried_until_they_make_a_reading_and_no_longer() {
+        let mut p = HashMap::new();
+        // 8 + 8 waits: short twice, a reading of 24 at the third.
+        assert!(carry(&mut p, "web", &waits(8), 20).is_none());
+        assert!(carry(&mut p, "web", &waits(8), 20).is_none());
+        assert_eq!(
+            carry(&mut p, "web", &waits(8), 20).map(|h| h.count),
+            Some(24)
+        );
+        // The carry was spent.
+        assert!(p.is_empty());
+        // A trickle is carried CARRY_READS times, then dropped.
+        for _ in 0..=CARRY_READS {
+            assert!(carry(&mut p, "db", &waits(1), 20).is_none());
+        }
+        assert!(p.is_empty(), "{:?}", p.keys());
+        // A full read is a reading at once.
+        assert_eq!(
+            carry(&mut p, "db", &waits(20), 20).map(|h| h.count),
+            Some(20)
+        );
     }
 }
