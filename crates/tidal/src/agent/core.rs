@@ -78,7 +78,7 @@ pub struct Agent {
     /// What enabling blk-iocost last came to (said once per change).
     iocost: Option<Outcome>,
     /// OOM kills and evictions by level since start.
-    tally: view::Tally,
+    counter: view::Counter,
     shared: Arc<Shared>,
 }
 
@@ -133,7 +133,7 @@ impl Agent {
             ticks: 0,
             static_in_place: BTreeMap::new(),
             iocost: None,
-            tally: view::Tally::default(),
+            counter: view::Counter::default(),
             shared,
         }
     }
@@ -266,7 +266,7 @@ impl Agent {
         if static_pass || self.ticks == 0 {
             self.node_facts();
         }
-        self.count_evictions(&applied);
+        let evicted = self.count_evictions(&applied);
         let ok: Vec<bool> = applied
             .iter()
             .map(|a| matches!(a.result, Ok(o) if o != Outcome::Unsupported))
@@ -306,7 +306,7 @@ impl Agent {
             self.collector.source_mut().observe(&self.snap, dry);
         }
         self.note_drift(&applied);
-        self.publish(&applied, refreshed, full, readings);
+        self.publish(&applied, refreshed, full, evicted, readings);
         let took = now.elapsed();
         let m = lock(&self.shared.metrics);
         m.ticks.inc();
@@ -401,7 +401,8 @@ impl Agent {
     /// Local workloads killed for memory by this tick's plan, and pods whose eviction was
     /// requested, by level. A kill counts once SIGKILL went out: the group was empty within the
     /// actuator's wait, or some tasks were still exiting (survivors, counted apart).
-    fn count_evictions(&mut self, applied: &[Applied]) {
+    fn count_evictions(&mut self, applied: &[Applied]) -> bool {
+        let mut counted = false;
         for ap in applied {
             let sent = matches!(
                 (&ap.result, &ap.action.op),
@@ -427,11 +428,13 @@ impl Agent {
                 continue;
             };
             if matches!(ap.action.op, Op::Kill { .. }) {
-                self.tally.evicted(level);
+                self.counter.evicted(level);
             } else {
-                self.tally.eviction_requested(level);
+                self.counter.eviction_requested(level);
             }
+            counted = true;
         }
+        counted
     }
 
     /// Hands the plan's evictions to the workload source (the actuator leaves them alone).
@@ -506,12 +509,13 @@ impl Agent {
         }
     }
 
-    /// Metrics and `/state` after a tick.
+    /// Metrics and `/state` after a tick (`evicted`: the tick killed or evicted a workload).
     fn publish(
         &mut self,
         applied: &[Applied],
         refreshed: bool,
         full: bool,
+        evicted: bool,
         slo: Vec<super::slo::Reading>,
     ) {
         let at = self.snap.now_ms;
@@ -557,10 +561,14 @@ impl Agent {
         if refreshed {
             let synced =
                 self.collector.source_mut().name() == "local" || !self.snap.workloads.is_empty();
-            self.tally
+            self.counter
                 .oom(&self.snap.workloads, self.snap.now_ms, synced);
         }
-        m.tally(&self.tally);
+        // The counts move only with a reading or an eviction.
+        let counts_moved = refreshed || evicted;
+        if counts_moved {
+            m.tally(&self.counter.tally);
+        }
         let source_health = refreshed.then(|| self.collector.source_mut().health());
         if let Some(h) = &source_health {
             m.source(h);
@@ -589,7 +597,9 @@ impl Agent {
         v.node = Some(view::node_view(&self.snap, &self.state));
         v.policy = self.state.clone();
         v.slo = slo;
-        v.tally = self.tally.clone();
+        if counts_moved {
+            v.tally = self.counter.tally.clone();
+        }
         if let Some(h) = source_health {
             v.source_health = h;
         }

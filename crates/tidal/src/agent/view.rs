@@ -36,37 +36,34 @@ pub struct Tally {
     /// Pods whose eviction was requested (the API may refuse one: a disruption budget).
     #[serde(default)]
     pub eviction_requests: BTreeMap<QosLevel, u64>,
+}
+
+/// Keeps the [`Tally`]: it remembers each workload's last OOM-kill count, which the view does not
+/// carry.
+#[derive(Debug, Default)]
+pub struct Counter {
+    pub tally: Tally,
     /// Each workload's OOM-kill count as last read, and when (ms).
-    #[serde(skip)]
     seen: HashMap<Target, (u64, u64)>,
     /// The first reading after the source answered was taken.
-    #[serde(skip)]
     started: bool,
 }
 
-impl Tally {
+impl Counter {
     /// Adds the OOM kills read since the last call. The workloads of the first reading once the
     /// source has answered (`synced`: local at once, pods with their first list) start from their
     /// counts: kills before the agent started are not its to report. A workload that appears later
     /// counts from zero. A count that went down is a group made again: all of it is new.
     pub fn oom(&mut self, workloads: &[WorkloadSnapshot], now_ms: u64, synced: bool) {
-        if !self.started {
-            if !synced {
-                return;
-            }
-            self.started = true;
-            for w in workloads {
-                if let Some(n) = w.oom_kills {
-                    self.oom_kills.get_or_insert_with(BTreeMap::new);
-                    self.seen.insert(w.group.clone(), (n, now_ms));
-                }
-            }
+        if !synced && !self.started {
             return;
         }
+        let first = !std::mem::replace(&mut self.started, true);
         for w in workloads {
             let Some(n) = w.oom_kills else { continue };
-            let kills = self.oom_kills.get_or_insert_with(BTreeMap::new);
+            let kills = self.tally.oom_kills.get_or_insert_with(BTreeMap::new);
             let new = match self.seen.get(&w.group) {
+                None if first => 0,
                 None => n,
                 Some((p, _)) if n >= *p => n - p,
                 Some(_) => n,
@@ -83,12 +80,12 @@ impl Tally {
 
     /// A local workload killed for memory.
     pub fn evicted(&mut self, level: QosLevel) {
-        *self.evictions.entry(level).or_default() += 1;
+        *self.tally.evictions.entry(level).or_default() += 1;
     }
 
     /// A pod's eviction requested.
     pub fn eviction_requested(&mut self, level: QosLevel) {
-        *self.eviction_requests.entry(level).or_default() += 1;
+        *self.tally.eviction_requests.entry(level).or_default() += 1;
     }
 }
 
@@ -251,18 +248,18 @@ mod tally_tests {
 
     #[test]
     fn oom_kills_count_from_the_agents_start_by_level() {
-        let mut t = Tally::default();
-        let k = |t: &Tally, l| t.oom_kills.as_ref().and_then(|m| m.get(&l).copied());
+        let mut t = Counter::default();
+        let k = |t: &Counter, l| t.tally.oom_kills.as_ref().and_then(|m| m.get(&l).copied());
         // A pod source that has not answered yet: nothing is a baseline.
         t.oom(&[], 0, false);
-        assert_eq!(t.oom_kills, None);
+        assert_eq!(t.tally.oom_kills, None);
         // The first reading is the baseline: earlier kills are not the agent's to report.
         t.oom(
             &[w("offline/offline/a", QosLevel::Offline, Some(3))],
             1,
             true,
         );
-        assert_eq!(t.oom_kills, Some(BTreeMap::new()));
+        assert_eq!(t.tally.oom_kills, Some(BTreeMap::new()));
         t.oom(
             &[
                 w("offline/offline/a", QosLevel::Offline, Some(5)),
@@ -304,7 +301,7 @@ mod tally_tests {
         t.evicted(QosLevel::OfflineLow);
         t.evicted(QosLevel::OfflineLow);
         t.eviction_requested(QosLevel::Offline);
-        assert_eq!(t.evictions.get(&QosLevel::OfflineLow), Some(&2));
-        assert_eq!(t.eviction_requests.get(&QosLevel::Offline), Some(&1));
+        assert_eq!(t.tally.evictions.get(&QosLevel::OfflineLow), Some(&2));
+        assert_eq!(t.tally.eviction_requests.get(&QosLevel::Offline), Some(&1));
     }
 }
