@@ -219,10 +219,7 @@ pub fn knob_supported(layout: &Layout, knob: Knob) -> bool {
     // a group's controllers do not say: a root that has the io controller shows it; else the
     // devices' scheduler lists do.
     if knob == Knob::IoBfqWeight {
-        let io_here = words(&r.root_dir.join(CONTROLLERS))
-            .iter()
-            .any(|w| c.controller() == Some(w.as_str()));
-        return if io_here {
+        return if offered_below_root(r, c) {
             r.root_dir.join(crate::v2::io::BFQ_WEIGHT).exists()
         } else {
             crate::blockdev::bfq_in_kernel(Path::new("/sys/block"))
