@@ -152,7 +152,10 @@ impl BenchEnv {
         let placed = env
             .group(
                 BENCH_GROUP,
-                &[(Knob::CpuWeight, KnobValue::Shares(262_144))],
+                &[(
+                    Knob::CpuWeight,
+                    KnobValue::Shares(tidal_model::knob::MAX_SHARES),
+                )],
             )
             .and_then(|g| env.move_pid(&g, me));
         if let Err(e) = placed {

@@ -89,6 +89,9 @@ impl fmt::Display for Knob {
     }
 }
 
+/// The highest CPU weight, in v1 shares (v2 `cpu.weight` 10000).
+pub const MAX_SHARES: u64 = 262_144;
+
 /// A knob's value in tidal's canonical units.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -380,3 +380,68 @@ fn only_a_setting_changed_behind_the_agents_back_is_reported_as_drift() {
     t.kill_children();
     t.restore_ok();
 }
+
+#[test]
+fn agent_runs_in_its_own_group_at_the_highest_cpu_weight_unless_told_not_to() {
+    if !cgroups_usable("agent_runs_in_its_own_group_at_the_highest_cpu_weight_unless_told_not_to") {
+        return;
+    }
+    let t = TestRoot::new("agentgrp");
+    let h = t
+        .layout
+        .hierarchies
+        .owner("cpu")
+        .expect("a cpu hierarchy")
+        .clone();
+    let here = tidal_cgroupfs::proc::cgroup_of(std::process::id() as i32, &h);
+    assert!(here.is_some());
+    let stays = |cfg: &str| {
+        let addr = free_addr();
+        let a = common::start_agent(&t, cfg, &addr);
+        let there = tidal_cgroupfs::proc::cgroup_of(a.id() as i32, &h);
+        common::stop(a);
+        there
+    };
+    if t.layout.scope.is_some() {
+        // Under systemd the root is a scope systemd owns: the agent stays in its unit.
+        assert_eq!(stays("bpf:\n  enabled: false\n"), here);
+    } else {
+        let addr = free_addr();
+        let a = common::start_agent(&t, "bpf:\n  enabled: false\n", &addr);
+        let placed = wait_cgroup(a.id(), "/agent");
+        let weight = t.knob("agent", Knob::CpuWeight);
+        let v = common::state(&addr);
+        common::stop(a);
+        let placed = placed
+            .unwrap_or_else(|| panic!("the agent never moved into its group: {:?}", tree(&t)));
+        assert!(
+            placed.contains(&t.root_arg()),
+            "{placed} is not under the test root {}",
+            t.root_arg()
+        );
+        let max = KnobValue::Shares(tidal_model::knob::MAX_SHARES);
+        assert_eq!(weight, t.as_kernel_shows(Knob::CpuWeight, max));
+        // Not a level: the tree scan does not take it for a workload.
+        let groups: Vec<String> = v["workloads"]
+            .as_array()
+            .map(|ws| ws.iter().map(|w| w["group"].to_string()).collect())
+            .unwrap_or_default();
+        assert!(
+            groups.iter().all(|g| !g.contains("agent")),
+            "the agent's group is listed as a workload: {groups:?}"
+        );
+    }
+    // Told not to, it stays in the cgroup it was started in (this test's).
+    assert_eq!(
+        stays("agent_group: false\nbpf:\n  enabled: false\n"),
+        here,
+        "agent_group: false moved the agent"
+    );
+    // Restore removes the group with the rest of the tree.
+    t.restore_ok();
+    assert!(
+        !t.dir("cpu", "agent").exists(),
+        "restore left the agent's group: {:?}",
+        tree(&t)
+    );
+}

@@ -351,6 +351,9 @@ pub struct Config {
     pub static_interval: Millis,
     /// HTTP endpoint (`/metrics`, `/healthz`, `/state`).
     pub listen: String,
+    /// The agent (local source) moves itself into a group of its own under the tidal root, at the
+    /// highest CPU weight, unless it already runs inside the tree.
+    pub agent_group: bool,
     pub cpu: CpuConfig,
     pub interference: InterferenceConfig,
     pub memory: MemoryConfig,
@@ -375,6 +378,7 @@ impl Default for Config {
             stats_interval: Millis(1_000),
             static_interval: Millis(10_000),
             listen: "127.0.0.1:9477".to_string(),
+            agent_group: true,
             cpu: CpuConfig::default(),
             interference: InterferenceConfig::default(),
             memory: MemoryConfig::default(),

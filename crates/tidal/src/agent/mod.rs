@@ -86,6 +86,54 @@ pub(crate) fn print_lines(e: &str) -> i32 {
     exit::USAGE
 }
 
+/// The agent's own group, under the tidal root (not a level: the tree scan does not see it).
+pub const AGENT_GROUP: &str = "agent";
+
+/// Moves the agent into [`AGENT_GROUP`] at the highest CPU weight, unless it already runs inside
+/// the tidal tree. Outside the tree a task competes with the whole tree as one entity, and on
+/// 6.18 kernels such a task waited seconds for a CPU while offline work ran inside
+/// (docs/RESULTS.md); inside, offline's idle class orders it behind the agent. Not under systemd,
+/// whose scope holds the root. A failure leaves the agent where it started, and says so.
+fn place_self(act: &mut Actuator) {
+    let layout = act.layout();
+    let inside = layout.owner("cpu").is_some_and(|r| {
+        r.hierarchy
+            .dir(&r.hierarchy.self_path)
+            .starts_with(&r.root_dir)
+    });
+    if inside {
+        info!("the agent runs inside the tidal tree already: it stays where it is");
+        return;
+    }
+    // The scope is systemd's: the agent does not start it, nor keep it alive once workloads end.
+    if layout.scope.is_some() {
+        info!("the agent stays in the cgroup it was started in: the tidal root is a systemd scope");
+        return;
+    }
+    let Ok(group) = tidal_model::GroupPath::new(AGENT_GROUP) else {
+        return;
+    };
+    let target = tidal_model::Target::Tidal(group.clone());
+    let placed = act
+        .ensure_root(None)
+        .and_then(|_| act.ensure_group(&group))
+        .and_then(|_| {
+            act.set(
+                &target,
+                tidal_model::Knob::CpuWeight,
+                &tidal_model::KnobValue::Shares(tidal_model::knob::MAX_SHARES),
+            )
+        })
+        .and_then(|_| act.move_pid(&group, std::process::id()));
+    match placed {
+        Ok(()) if act.dry_run() => {}
+        Ok(()) => info!(
+            "the agent runs in the group {group} under the tidal root, at the highest CPU weight"
+        ),
+        Err(e) => warn!("the agent stays in the cgroup it was started in: {e}"),
+    }
+}
+
 pub fn main(g: &Global, a: &AgentArgs) -> i32 {
     let mut cfg = match load_config(a.config.as_deref()) {
         Ok(c) => c,
@@ -117,10 +165,13 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         Ok(l) => l,
         Err(e) => return exit::act(&e),
     };
-    let act = match Actuator::new(layout.clone(), &state_dir, g.dry_run) {
+    let mut act = match Actuator::new(layout.clone(), &state_dir, g.dry_run) {
         Ok(a) => a,
         Err(e) => return exit::act(&e),
     };
+    if cfg.agent_group && a.source == SourceKind::Local {
+        place_self(&mut act);
+    }
     let listener = match std::net::TcpListener::bind(&cfg.listen) {
         Ok(l) => l,
         Err(e) => return fail(format!("cannot listen on {}: {e}", cfg.listen)),
