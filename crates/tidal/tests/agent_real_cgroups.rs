@@ -382,8 +382,8 @@ fn only_a_setting_changed_behind_the_agents_back_is_reported_as_drift() {
 }
 
 #[test]
-fn agent_runs_in_its_own_group_at_the_highest_cpu_weight_unless_told_not_to() {
-    if !cgroups_usable("agent_runs_in_its_own_group_at_the_highest_cpu_weight_unless_told_not_to") {
+fn agent_runs_in_its_own_group_at_online_critical_weight_unless_told_not_to() {
+    if !cgroups_usable("agent_runs_in_its_own_group_at_online_critical_weight_unless_told_not_to") {
         return;
     }
     let t = TestRoot::new("agentgrp");
@@ -395,45 +395,38 @@ fn agent_runs_in_its_own_group_at_the_highest_cpu_weight_unless_told_not_to() {
         .clone();
     let here = tidal_cgroupfs::proc::cgroup_of(std::process::id() as i32, &h);
     assert!(here.is_some());
-    let stays = |cfg: &str| {
+    // Where an agent is once it answers /healthz (it moves before that).
+    let cgroup_of_agent = |cfg: &str| {
         let addr = free_addr();
         let a = common::start_agent(&t, cfg, &addr);
         let there = tidal_cgroupfs::proc::cgroup_of(a.id() as i32, &h);
         common::stop(a);
         there
     };
-    if t.layout.scope.is_some() {
-        // Under systemd the root is a scope systemd owns: the agent stays in its unit.
-        assert_eq!(stays("bpf:\n  enabled: false\n"), here);
+    let systemd_v2 = t.layout.hierarchies.mode() == tidal_cgroupfs::CgroupMode::V2
+        && tidal_cgroupfs::Host::detect().systemd;
+    let placed = cgroup_of_agent("bpf:\n  enabled: false\n");
+    if systemd_v2 {
+        // The agent belongs to its systemd unit there.
+        assert_eq!(placed, here, "the agent left its unit under systemd");
     } else {
-        let addr = free_addr();
-        let a = common::start_agent(&t, "bpf:\n  enabled: false\n", &addr);
-        let placed = wait_cgroup(a.id(), "/agent");
-        let weight = t.knob("agent", Knob::CpuWeight);
-        let v = common::state(&addr);
-        common::stop(a);
-        let placed = placed
-            .unwrap_or_else(|| panic!("the agent never moved into its group: {:?}", tree(&t)));
+        let placed = placed.unwrap_or_default();
         assert!(
-            placed.contains(&t.root_arg()),
-            "{placed} is not under the test root {}",
-            t.root_arg()
+            placed.ends_with("/agent") && placed.contains(&t.root_arg()),
+            "the agent is in {placed}, not in the test root's agent group: {:?}",
+            tree(&t)
         );
-        let max = KnobValue::Shares(tidal_model::knob::MAX_SHARES);
-        assert_eq!(weight, t.as_kernel_shows(Knob::CpuWeight, max));
-        // Not a level: the tree scan does not take it for a workload.
-        let groups: Vec<String> = v["workloads"]
-            .as_array()
-            .map(|ws| ws.iter().map(|w| w["group"].to_string()).collect())
-            .unwrap_or_default();
-        assert!(
-            groups.iter().all(|g| !g.contains("agent")),
-            "the agent's group is listed as a workload: {groups:?}"
+        let want = KnobValue::Shares(tidal_policy::levels::level_shares(
+            tidal_model::QosLevel::OnlineCritical,
+        ));
+        assert_eq!(
+            t.knob("agent", Knob::CpuWeight),
+            t.as_kernel_shows(Knob::CpuWeight, want)
         );
     }
     // Told not to, it stays in the cgroup it was started in (this test's).
     assert_eq!(
-        stays("agent_group: false\nbpf:\n  enabled: false\n"),
+        cgroup_of_agent("agent_group: false\nbpf:\n  enabled: false\n"),
         here,
         "agent_group: false moved the agent"
     );

@@ -351,8 +351,9 @@ pub struct Config {
     pub static_interval: Millis,
     /// HTTP endpoint (`/metrics`, `/healthz`, `/state`).
     pub listen: String,
-    /// The agent (local source) moves itself into a group of its own under the tidal root, at the
-    /// highest CPU weight, unless it already runs inside the tree.
+    /// The agent (local source) moves itself into a group of its own under the tidal root, at
+    /// online-critical's CPU weight, unless it already runs inside the tree or on a pure v2 host run
+    /// by systemd. Read at start only.
     pub agent_group: bool,
     pub cpu: CpuConfig,
     pub interference: InterferenceConfig,

@@ -173,6 +173,9 @@ impl Agent {
         } else {
             info!("config reloaded");
         }
+        if new.agent_group != self.cfg.agent_group {
+            warn!("agent_group changed: it applies at the next start");
+        }
         self.act
             .set_reprobe_interval(Duration::from_millis(new.static_interval.0));
         self.slo.set_config(&new.slo);

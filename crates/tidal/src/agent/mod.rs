@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tidal_actuator::{Actuator, RootLock};
+use tidal_actuator::{Actuator, Outcome, RootLock};
 use tidal_cgroupfs::detect_capabilities;
 use tidal_kube::{Connect, PodSource};
 use tidal_policy::{Config, PolicyState};
@@ -89,11 +89,12 @@ pub(crate) fn print_lines(e: &str) -> i32 {
 /// The agent's own group, under the tidal root (not a level: the tree scan does not see it).
 pub const AGENT_GROUP: &str = "agent";
 
-/// Moves the agent into [`AGENT_GROUP`] at the highest CPU weight, unless it already runs inside
-/// the tidal tree. Outside the tree a task competes with the whole tree as one entity, and on
-/// 6.18 kernels such a task waited seconds for a CPU while offline work ran inside
-/// (docs/RESULTS.md); inside, offline's idle class orders it behind the agent. Not under systemd,
-/// whose scope holds the root. A failure leaves the agent where it started, and says so.
+/// Moves the agent into [`AGENT_GROUP`], at online-critical's CPU weight, unless it already runs
+/// inside the tidal tree. Outside the tree a task competes with the whole tree as one entity, and
+/// on this project's 6.18 VMs such a task waited seconds for a CPU while offline work ran inside
+/// (docs/RESULTS.md); inside, offline's idle class orders offline behind it. Not on a pure v2
+/// host run by systemd: there the agent belongs to its unit, and the root to a scope. A failed
+/// move puts the agent back where it started, and says so.
 fn place_self(act: &mut Actuator) {
     let layout = act.layout();
     let inside = layout.owner("cpu").is_some_and(|r| {
@@ -105,32 +106,41 @@ fn place_self(act: &mut Actuator) {
         info!("the agent runs inside the tidal tree already: it stays where it is");
         return;
     }
-    // The scope is systemd's: the agent does not start it, nor keep it alive once workloads end.
-    if layout.scope.is_some() {
-        info!("the agent stays in the cgroup it was started in: the tidal root is a systemd scope");
+    if layout.hierarchies.mode() == tidal_cgroupfs::CgroupMode::V2
+        && tidal_cgroupfs::Host::detect().systemd
+    {
+        info!("the agent stays in the cgroup it was started in (its systemd unit)");
         return;
     }
     let Ok(group) = tidal_model::GroupPath::new(AGENT_GROUP) else {
         return;
     };
     let target = tidal_model::Target::Tidal(group.clone());
-    let placed = act
-        .ensure_root(None)
-        .and_then(|_| act.ensure_group(&group))
-        .and_then(|_| {
-            act.set(
-                &target,
-                tidal_model::Knob::CpuWeight,
-                &tidal_model::KnobValue::Shares(tidal_model::knob::MAX_SHARES),
-            )
-        })
-        .and_then(|_| act.move_pid(&group, std::process::id()));
-    match placed {
-        Ok(()) if act.dry_run() => {}
-        Ok(()) => info!(
-            "the agent runs in the group {group} under the tidal root, at the highest CPU weight"
-        ),
-        Err(e) => warn!("the agent stays in the cgroup it was started in: {e}"),
+    let shares = tidal_policy::levels::level_shares(tidal_model::QosLevel::OnlineCritical);
+    let me = std::process::id();
+    let made = act.ensure_root(None).and_then(|_| act.ensure_group(&group));
+    if let Err(e) = made {
+        warn!(
+            "the agent stays in the cgroup it was started in: {e} (agent_group: false skips this)"
+        );
+        return;
+    }
+    if let Err(e) = act.move_pid(&group, me) {
+        // Some hierarchies may have taken it: put it back in all of them.
+        let back = act.move_pid_home(me).map_or_else(
+            |e| format!(", and moving it back failed: {e}"),
+            |_| String::new(),
+        );
+        warn!("the agent stays in the cgroup it was started in: {e}{back} (agent_group: false skips this)");
+        return;
+    }
+    match act.set(&target, tidal_model::Knob::CpuWeight, &tidal_model::KnobValue::Shares(shares)) {
+        Ok(Outcome::Written | Outcome::Unchanged) => {
+            info!("the agent runs in the group {group} under the tidal root, at online-critical's CPU weight")
+        }
+        Ok(Outcome::DryRun) => {}
+        Ok(o) => warn!("the agent runs in the group {group} under the tidal root, but its CPU weight was not set ({o:?})"),
+        Err(e) => warn!("the agent runs in the group {group} under the tidal root, but its CPU weight was not set: {e}"),
     }
 }
 
@@ -169,15 +179,17 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         Ok(a) => a,
         Err(e) => return exit::act(&e),
     };
-    if cfg.agent_group && a.source == SourceKind::Local {
-        place_self(&mut act);
-    }
     let listener = match std::net::TcpListener::bind(&cfg.listen) {
         Ok(l) => l,
         Err(e) => return fail(format!("cannot listen on {}: {e}", cfg.listen)),
     };
     if let Err(e) = listener.set_nonblocking(true) {
         return fail(format!("listener {}: {e}", cfg.listen));
+    }
+    // Before any thread starts and before /healthz answers: whoever waits for it finds the agent
+    // where it stays.
+    if cfg.agent_group && a.source == SourceKind::Local {
+        place_self(&mut act);
     }
     let addr = listener
         .local_addr()
