@@ -315,5 +315,20 @@ fn level_io_weights_are_in_the_files_the_io_schedulers_read_and_doctor_says_whic
             "{detail}"
         );
     }
+    // The agent's /metrics says the same.
+    let addr = free_addr();
+    let agent = start_agent(&t, "bpf:\n  enabled: false\n", &addr);
+    let want = f64::from(u8::from((under_bfq && bfq_file.is_some()) || iocost));
+    // Set with /state's io_weights, by the first static pass (the gauge reads 0 before it).
+    wait_for("the first static pass", 10, || {
+        !common::state(&addr)["io_weights"].is_null()
+    });
+    let (_, metrics) = common::get(&addr, "/metrics").expect("metrics");
+    stop(agent);
+    let got = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tidal_io_weights_in_force "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(got, Some(want), "{metrics}");
     t.restore_ok();
 }

@@ -302,6 +302,13 @@ fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_le
         // (v2), /state and status say that protection stops at the pod.
         let tier_files = t.dir("memory", &tr.tiers[0]).join("memory.min").exists();
         let unprotected = v["unprotected_tiers"].as_array().map_or(0, Vec::len);
+        let (_, metrics) = common::get(&addr, "/metrics").expect("metrics");
+        let gauges = metrics
+            .lines()
+            .filter(|l| l.starts_with("tidal_kubelet_tier_unprotected{"))
+            .filter(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) == Some(1.0))
+            .count();
+        assert_eq!(gauges, unprotected, "{metrics}");
         if tier_files {
             assert_eq!(unprotected, 2, "{body}");
             let out = t.tidal(&["status", "--listen", &addr]);

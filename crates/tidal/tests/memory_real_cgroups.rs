@@ -213,6 +213,19 @@ fn an_offline_memory_hog_is_held_under_its_ceiling_while_online_keeps_its_memory
     ]);
     let offline = Target::Tidal(QosLevel::offline_parent());
     wait_ceiling(&t, &offline);
+    // v1: offline is over its soft limit from its first page, so reclaim under contention takes it
+    // first (v2 has memory.low for online instead).
+    let memory_v1 = t
+        .layout
+        .owner("memory")
+        .is_some_and(|r| r.version() == tidal_cgroupfs::Version::V1);
+    if memory_v1 {
+        assert_eq!(
+            t.knob("offline", Knob::MemorySoftLimit),
+            KnobValue::Bytes(Some(0)),
+            "the offline parent's soft limit"
+        );
+    }
     let ceiling = 256u64 << 20;
     let usage = |g: &str| {
         t.layout

@@ -475,6 +475,36 @@ mod tests {
     }
 
     #[test]
+    fn online_memory_pressure_cuts_the_ceiling_each_interval_and_unknown_pressure_does_not() {
+        let cfg = Config::default();
+        let threshold = cfg.memory.ceiling.online_psi_threshold;
+        let mut st = PolicyState::default();
+        let (c, _) = step(&snap(0, 6 * GIB, Some(0.0)), &cfg, &mut st);
+        assert_eq!(c, Some(18 * GIB));
+        // At the threshold, or not read: no cut.
+        let mut s = snap(1_000, 6 * GIB, Some(0.0));
+        s.online_mem_psi = Some(threshold);
+        assert_eq!(step(&s, &cfg, &mut st).0, Some(18 * GIB));
+        s.online_mem_psi = None;
+        assert_eq!(step(&s, &cfg, &mut st).0, Some(18 * GIB));
+        // Over it: at once to a step over offline's working set (6 GiB + 1), quoting the pressure.
+        s.now_ms = 2_000;
+        s.online_mem_psi = Some(threshold + 1.0);
+        let (c, p) = step(&s, &cfg, &mut st);
+        assert_eq!(c, Some(7 * GIB));
+        let why = &p.actions[0].reason;
+        assert!(why.contains("online memory pressure"), "{why}");
+        // Still pressed: nothing within the interval, then a step under the ceiling, below what
+        // offline holds (unlike kernel reclaim, which stops over the working set).
+        s.now_ms = 2_500;
+        assert_eq!(step(&s, &cfg, &mut st).0, Some(7 * GIB));
+        s.now_ms = 3_100;
+        assert_eq!(step(&s, &cfg, &mut st).0, Some(6 * GIB));
+        s.now_ms = 4_200;
+        assert_eq!(step(&s, &cfg, &mut st).0, Some(5 * GIB));
+    }
+
+    #[test]
     fn a_zero_reclaim_threshold_turns_the_trigger_off() {
         let mut cfg = Config::default();
         cfg.memory.ceiling.reclaim_scan_threshold = 0.0;

@@ -396,6 +396,7 @@ impl Agent {
         } else {
             Vec::new()
         };
+        lock(&self.shared.metrics).node_facts(in_force, &tiers);
         let mut v = lock(&self.shared.view);
         v.io_weights = Some(view::IoWeights { in_force, detail });
         v.unprotected_tiers = tiers;

@@ -32,6 +32,12 @@ pub struct Lvl {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Tier {
+    /// The kubelet's tier group, as the kubelet names it.
+    pub tier: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Protect {
     /// The group, relative to the tidal root ("" is the root).
     pub group: String,
@@ -65,6 +71,9 @@ pub struct Metrics {
     evictions: Family<Lvl, FGauge>,
     eviction_requests: Family<Lvl, FGauge>,
     io_limited: FGauge,
+    io_weights: FGauge,
+    unprotected: Family<Tier, FGauge>,
+    unprotected_labels: Vec<Tier>,
     wl_psi: Family<WlRes, FGauge>,
     level_cpu: Family<Lvl, FGauge>,
     level_workloads: Family<Lvl, FGauge>,
@@ -200,6 +209,9 @@ impl Metrics {
             evictions: Family::default(),
             eviction_requests: Family::default(),
             io_limited: FGauge::default(),
+            io_weights: FGauge::default(),
+            unprotected: Family::default(),
+            unprotected_labels: Vec::new(),
             wl_psi: Family::default(),
             level_cpu: Family::default(),
             level_workloads: Family::default(),
@@ -427,6 +439,16 @@ impl Metrics {
             m.io_limited.clone(),
         );
         r.register(
+            "io_weights_in_force",
+            "1 when an IO scheduler reads the files the level IO weights are in (BFQ, or blk-iocost enabled), else 0",
+            m.io_weights.clone(),
+        );
+        r.register(
+            "kubelet_tier_unprotected",
+            "1 for each kubelet QoS tier without memory.min/low (pod mode): online pods' protection stops at the pod",
+            m.unprotected.clone(),
+        );
+        r.register(
             "source_events",
             "Events of the workload source since start, by kind (evictions, evictions_refused, batch_patch_conflicts, watch_errors, invalid_markings, …)",
             m.source_events.clone(),
@@ -647,6 +669,20 @@ impl Metrics {
             0
         };
         self.io_limited.set(limited as f64);
+    }
+
+    /// What the static pass found about the node: whether the IO weights act, and which kubelet
+    /// tiers carry no memory protection (a tier that gained it drops out).
+    pub fn node_facts(&mut self, io_in_force: bool, tiers: &[String]) {
+        self.io_weights.set(if io_in_force { 1.0 } else { 0.0 });
+        let now: Vec<Tier> = tiers.iter().map(|t| Tier { tier: t.clone() }).collect();
+        for l in &now {
+            self.unprotected.get_or_create(l).set(1.0);
+        }
+        for gone in self.unprotected_labels.iter().filter(|l| !now.contains(l)) {
+            self.unprotected.remove(gone);
+        }
+        self.unprotected_labels = now;
     }
 
     /// Per-workload and per-level gauges; label sets of workloads that are gone are dropped.
