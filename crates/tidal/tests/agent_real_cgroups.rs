@@ -438,3 +438,53 @@ fn agent_runs_in_its_own_group_at_online_critical_weight_unless_told_not_to() {
         tree(&t)
     );
 }
+
+#[test]
+fn a_workload_over_its_level_s_open_files_ceiling_is_named_and_offline_is_stopped() {
+    if !cgroups_usable(
+        "a_workload_over_its_level_s_open_files_ceiling_is_named_and_offline_is_stopped",
+    ) {
+        return;
+    }
+    let mut t = TestRoot::new("files");
+    let addr = free_addr();
+    let a = common::start_agent(
+        &t,
+        "tick: 100ms\nstats_interval: 200ms\nbpf:\n  enabled: false\nfiles:\n  online_max: 8\n  offline_max: 8\n  stop: true\n",
+        &addr,
+    );
+    // Ten descriptors each at least (0-2 and 3-9, kept across exec, and what the test runner
+    // passes down), against a ceiling of 8; `sleep` alone holds three and what is passed down.
+    let many = "exec 3</dev/null 4</dev/null 5</dev/null 6</dev/null 7</dev/null 8</dev/null 9</dev/null; exec sleep 60";
+    for (qos, name, cmd) in [
+        ("offline", "hoarder", many),
+        ("online", "reader", many),
+        ("offline", "modest", "exec sleep 60"),
+    ] {
+        t.spawn(&["run", "--qos", qos, "--name", name, "--", "sh", "-c", cmd]);
+    }
+    // A group not made yet is not frozen.
+    let frozen = |g: &str| {
+        t.knob_file(g, Knob::Freeze).exists() && t.knob(g, Knob::Freeze) == KnobValue::Bool(true)
+    };
+    wait_for("the offline hoarder frozen", 20, || {
+        frozen("offline/offline/hoarder")
+    });
+    let (_, metrics) = get(&addr, "/metrics").expect("metrics");
+    let log = t.agent_log();
+    common::stop(a);
+    let over = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tidal_workloads_over_open_files "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(over, Some(2.0), "{metrics}");
+    assert!(
+        log.contains("offline/offline/hoarder holds ") && log.contains("online/reader holds "),
+        "{log}"
+    );
+    // Online work over its ceiling is named, never stopped; the one under it is left alone.
+    assert!(!frozen("online/reader"));
+    assert!(!frozen("offline/offline/modest"));
+    t.kill_children();
+    t.restore_ok();
+}

@@ -314,11 +314,29 @@ impl Default for BpfConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FilesConfig {
-    /// Open files an `offline` / `offline-low` workload may hold before tidal says so.
+    /// Open files a workload of each level may hold before tidal says so.
+    pub online_critical_max: Option<u64>,
+    pub online_high_max: Option<u64>,
+    pub online_max: Option<u64>,
     pub offline_max: Option<u64>,
     pub offline_low_max: Option<u64>,
-    /// Also freeze a workload over its ceiling (tidal's own workloads; pods are only reported).
+    /// Also freeze an offline workload over its ceiling (tidal's own workloads; pods and online
+    /// work are only reported).
     pub stop: bool,
+}
+
+impl FilesConfig {
+    /// A level's ceiling, and the field that sets it (for messages).
+    pub fn max_of(&self, level: tidal_model::QosLevel) -> (Option<u64>, &'static str) {
+        use tidal_model::QosLevel;
+        match level {
+            QosLevel::OnlineCritical => (self.online_critical_max, "files.online_critical_max"),
+            QosLevel::OnlineHigh => (self.online_high_max, "files.online_high_max"),
+            QosLevel::Online => (self.online_max, "files.online_max"),
+            QosLevel::Offline => (self.offline_max, "files.offline_max"),
+            QosLevel::OfflineLow => (self.offline_low_max, "files.offline_low_max"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -770,11 +788,8 @@ impl Config {
             Millis(1_000),
             Millis(3_600_000),
         );
-        for (f, v) in [
-            ("files.offline_max", self.files.offline_max),
-            ("files.offline_low_max", self.files.offline_low_max),
-        ] {
-            if let Some(v) = v {
+        for level in tidal_model::QosLevel::ALL {
+            if let (Some(v), f) = self.files.max_of(level) {
                 range_u(&mut e, f, v, 1, 1 << 30);
             }
         }
@@ -1055,6 +1070,11 @@ mod tests {
                 "then the lowest online level",
             ),
             ("files:\n  offline_max: 0", "files.offline_max", "between 1"),
+            (
+                "files:\n  online_critical_max: 0",
+                "files.online_critical_max",
+                "between 1",
+            ),
             (
                 "io:\n  offline_max:\n    read_iops: 1",
                 "io.offline_max.read_iops",

@@ -274,11 +274,15 @@ impl Agent {
             .iter()
             .map(|a| matches!(a.result, Ok(o) if o != Outcome::Unsupported))
             .collect();
-        for (name, n) in &d.state.files_over {
-            if !self.state.files_over.contains_key(name) {
+        for (group, n) in &d.state.files_over {
+            if !self.state.files_over.contains_key(group) {
+                let stopped = d.plan.actions.iter().any(|a| {
+                    matches!(&a.op, Op::Set { target, knob: Knob::Freeze, .. }
+                        if target.to_string() == *group)
+                });
                 warn!(
-                    "{name} holds {n} open files, over its level's ceiling (files.offline_max / offline_low_max){}",
-                    if self.cfg.files.stop { ": stopped" } else { "" }
+                    "{group} holds {n} open files, over its level's ceiling (files.*_max){}",
+                    if stopped { ": stopped" } else { "" }
                 );
             }
         }

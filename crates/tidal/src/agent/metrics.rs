@@ -405,7 +405,7 @@ impl Metrics {
         );
         r.register(
             "workloads_over_open_files",
-            "Offline workloads holding more open files than their level's ceiling",
+            "Workloads holding more open files than their level's ceiling",
             m.files_over.clone(),
         );
         r.register(
