@@ -99,6 +99,8 @@ pub struct Collector {
     cpus: CpuSet,
     /// The real block devices, and when they were listed (devices come and go rarely).
     devices: (Vec<DevNum>, Option<u64>),
+    /// Open files are counted on every tree read, not only on full readings.
+    open_files_each_read: bool,
     pub problems: Problems,
 }
 
@@ -147,8 +149,14 @@ impl Collector {
             scan_rate: None,
             cpus,
             devices: (Vec::new(), None),
+            open_files_each_read: false,
             problems: Problems::default(),
         }
+    }
+
+    /// Counts open files on every tree read (where a ceiling holds workloads to the count).
+    pub fn count_open_files(&mut self, on: bool) {
+        self.open_files_each_read = on;
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -303,6 +311,10 @@ impl Collector {
             } else {
                 r.read_tasks(&mut self.problems)
             };
+            // A ceiling acts on a fresh count: the first reading may come before the command runs.
+            if self.open_files_each_read && !(full || first) {
+                ws.open_files = r.read_open_files(&mut self.problems);
+            }
             if full || first {
                 r.oom_kills = match self.layout.oom_kills(&w.group) {
                     Some(Ok(n)) => Some(n),
@@ -585,6 +597,18 @@ impl WorkloadReaders {
         } else {
             take(self.tasks.as_mut(), "workload tasks", p)
         }
+    }
+
+    /// A fresh open-files count, kept in the last reading too.
+    fn read_open_files(&mut self, p: &mut Problems) -> Option<u64> {
+        let n = self
+            .read_pids(p)
+            .as_deref()
+            .and_then(tidal_cgroupfs::proc::open_files);
+        if let Some(l) = &mut self.last {
+            l.open_files = n;
+        }
+        n
     }
 
     /// The last full reading with a fresh task count.

@@ -213,6 +213,27 @@ pub fn release_plan(
                 );
             }
         }
+        // Workloads stopped for their open files (`files.stop`) run again without the agent.
+        for w in snap
+            .workloads
+            .iter()
+            .filter(|w| w.managed && !w.level.is_online())
+        {
+            if prev.files_over.contains_key(&w.group.to_string()) {
+                plan.push(
+                    Action::set(
+                        w.group.clone(),
+                        Knob::Freeze,
+                        KnobValue::Bool(false),
+                        format!(
+                            "agent stopping: {} thawed (stopped for its open files)",
+                            w.name
+                        ),
+                    )
+                    .because(Cause::Shutdown),
+                );
+            }
+        }
     }
     plan
 }

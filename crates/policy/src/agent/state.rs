@@ -154,7 +154,7 @@ pub struct PolicyState {
     pub ceiling_cut_ms: Option<u64>,
     #[serde(default)]
     pub ceiling_calm_since_ms: Option<u64>,
-    /// Offline workloads over their open-files ceiling, with their count.
+    /// Workloads over their level's open-files ceiling, by group, with their count.
     #[serde(default)]
     pub files_over: BTreeMap<String, u64>,
 }

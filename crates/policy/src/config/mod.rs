@@ -326,6 +326,13 @@ pub struct FilesConfig {
 }
 
 impl FilesConfig {
+    /// Whether any level has a ceiling (then open files are counted on every tree read).
+    pub fn any(&self) -> bool {
+        tidal_model::QosLevel::ALL
+            .iter()
+            .any(|l| self.max_of(*l).0.is_some())
+    }
+
     /// A level's ceiling, and the field that sets it (for messages).
     pub fn max_of(&self, level: tidal_model::QosLevel) -> (Option<u64>, &'static str) {
         use tidal_model::QosLevel;

@@ -116,10 +116,11 @@ impl Agent {
         cfg: Config,
         caps: Capabilities,
         mut act: Actuator,
-        collector: Collector,
+        mut collector: Collector,
         shared: Arc<Shared>,
     ) -> Agent {
         act.set_reprobe_interval(Duration::from_millis(cfg.static_interval.0));
+        collector.count_open_files(cfg.files.any());
         Agent {
             slo: super::slo::SloWatch::start(&cfg.slo),
             runq: super::runq::Runq::start(false, 1),
@@ -173,9 +174,10 @@ impl Agent {
         } else {
             info!("config reloaded");
         }
-        if new.agent_group != self.cfg.agent_group {
+        if new.agent_group != self.cfg.agent_group && self.collector.source_name() == "local" {
             warn!("agent_group changed: it applies at the next start");
         }
+        self.collector.count_open_files(new.files.any());
         self.act
             .set_reprobe_interval(Duration::from_millis(new.static_interval.0));
         self.slo.set_config(&new.slo);
@@ -276,9 +278,10 @@ impl Agent {
             .collect();
         for (group, n) in &d.state.files_over {
             if !self.state.files_over.contains_key(group) {
-                let stopped = d.plan.actions.iter().any(|a| {
-                    matches!(&a.op, Op::Set { target, knob: Knob::Freeze, .. }
+                let stopped = applied.iter().any(|ap| {
+                    matches!(&ap.action.op, Op::Set { target, knob: Knob::Freeze, .. }
                         if target.to_string() == *group)
+                        && matches!(ap.result, Ok(Outcome::Written | Outcome::Unchanged))
                 });
                 warn!(
                     "{group} holds {n} open files, over its level's ceiling (files.*_max){}",
