@@ -543,35 +543,6 @@ mod tests {
     }
 
     #[test]
-    fn a_pods_processes_are_read_from_its_container_groups_fake_fs() {
-        let d = tempfile::tempdir().unwrap();
-        let pod = d.path().join("pod1");
-        for (g, procs) in [
-            ("", ""),
-            ("/ctr-a", "10\n11\n"),
-            ("/ctr-b", "12\n"),
-            ("/ctr-b/sub", "13\n"),
-        ] {
-            let dir = PathBuf::from(format!("{}{g}", pod.display()));
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(PROCS), procs).unwrap();
-        }
-        // A group that vanished between the listing and the read (no cgroup.procs) is skipped.
-        std::fs::create_dir_all(pod.join("gone")).unwrap();
-        let mut pids = read_procs_tree(&pod).unwrap();
-        pids.sort();
-        assert_eq!(pids, vec![10, 11, 12, 13]);
-        // The group itself gone: an error that says so.
-        assert!(read_procs_tree(&d.path().join("nope"))
-            .unwrap_err()
-            .is_vanished());
-        // A bad line anywhere is an error naming the file.
-        std::fs::write(pod.join("ctr-a").join(PROCS), "x\n").unwrap();
-        let e = read_procs_tree(&pod).unwrap_err().to_string();
-        assert!(e.contains("ctr-a"), "{e}");
-    }
-
-    #[test]
     fn procs_files_parse_strictly() {
         assert_eq!(parse_procs("12\n 13 \n\n"), Ok(vec![12, 13]));
         assert!(parse_procs("12\nx\n").is_err());

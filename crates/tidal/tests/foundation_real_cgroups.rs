@@ -401,3 +401,41 @@ fn hostile_input_is_refused_up_front() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("unexpected argument"), "{err}");
 }
+
+#[test]
+fn a_pods_processes_are_read_from_its_container_groups_nested_too() {
+    if !cgroups_usable("a_pods_processes_are_read_from_its_container_groups_nested_too") {
+        return;
+    }
+    let t = TestRoot::new("podprocs");
+    // Processes only in leaves (v2's rule once controllers are passed down).
+    let groups = ["pod/ctr-a", "pod/ctr-a", "pod/ctr-b/sub", "pod/ctr-c"];
+    for g in groups {
+        t.make_group(g);
+    }
+    let mut children = Vec::new();
+    let mut want = Vec::new();
+    for g in groups {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        children.push(child);
+        std::fs::write(t.dir("cpu", g).join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("move {pid} into {g}: {e}"));
+        want.push(pid);
+    }
+    let got = tidal_cgroupfs::layout::read_procs_tree(&t.dir("cpu", "pod"));
+    let gone = tidal_cgroupfs::layout::read_procs_tree(&t.dir("cpu", "pod/nope"));
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let mut got = got.expect("the pod's processes");
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    // A group that is not there: an error that says it vanished.
+    assert!(gone.is_err_and(|e| e.is_vanished()));
+}

@@ -309,6 +309,16 @@ fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_le
             .filter(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) == Some(1.0))
             .count();
         assert_eq!(gauges, unprotected, "{metrics}");
+        // How many tiers could be read, so "none unprotected" is not mistaken for "none read".
+        let tiers_read = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("tidal_kubelet_tiers_read "))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert_eq!(
+            tiers_read,
+            Some(if tier_files { 2.0 } else { 0.0 }),
+            "{metrics}"
+        );
         if tier_files {
             assert_eq!(unprotected, 2, "{body}");
             let out = t.tidal(&["status", "--listen", &addr]);

@@ -389,7 +389,8 @@ impl Agent {
             self.caps = caps;
         }
         let (in_force, detail) = crate::doctor::io_weights(&layout, &self.caps);
-        let tiers = if self.collector.source_mut().name() == "kubernetes" {
+        // Pod mode: (tiers read, tiers without protection); no driver found reads none.
+        let tiers = (self.collector.source_mut().name() == "kubernetes").then(|| {
             crate::doctor::kubelet_driver(&layout, &self.cfg.kubernetes)
                 .map(|d| {
                     crate::doctor::unprotected_tiers(
@@ -397,16 +398,14 @@ impl Agent {
                         &self.cfg.kubernetes.kubelet_cgroup_root,
                         d,
                     )
-                    .1
                 })
                 .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        lock(&self.shared.metrics).node_facts(in_force, &tiers);
+        });
+        lock(&self.shared.metrics)
+            .node_facts(in_force, tiers.as_ref().map(|(n, t)| (*n, t.as_slice())));
         let mut v = lock(&self.shared.view);
         v.io_weights = Some(view::IoWeights { in_force, detail });
-        v.unprotected_tiers = tiers;
+        v.unprotected_tiers = tiers.map(|(_, t)| t).unwrap_or_default();
     }
 
     /// Local workloads killed for memory by this tick's plan, and pods whose eviction was

@@ -74,6 +74,10 @@ pub struct Metrics {
     io_weights: FGauge,
     unprotected: Family<Tier, FGauge>,
     unprotected_labels: Vec<Tier>,
+    tiers_read: FGauge,
+    /// The node-fact gauges are registered once first known (never a 0 that means "not read").
+    io_registered: bool,
+    tiers_registered: bool,
     wl_psi: Family<WlRes, FGauge>,
     level_cpu: Family<Lvl, FGauge>,
     level_workloads: Family<Lvl, FGauge>,
@@ -212,6 +216,9 @@ impl Metrics {
             io_weights: FGauge::default(),
             unprotected: Family::default(),
             unprotected_labels: Vec::new(),
+            tiers_read: FGauge::default(),
+            io_registered: false,
+            tiers_registered: false,
             wl_psi: Family::default(),
             level_cpu: Family::default(),
             level_workloads: Family::default(),
@@ -439,16 +446,6 @@ impl Metrics {
             m.io_limited.clone(),
         );
         r.register(
-            "io_weights_in_force",
-            "1 when an IO scheduler reads the files the level IO weights are in (BFQ, or blk-iocost enabled), else 0",
-            m.io_weights.clone(),
-        );
-        r.register(
-            "kubelet_tier_unprotected",
-            "1 for each kubelet QoS tier without memory.min/low (pod mode): online pods' protection stops at the pod",
-            m.unprotected.clone(),
-        );
-        r.register(
             "source_events",
             "Events of the workload source since start, by kind (evictions, evictions_refused, batch_patch_conflicts, watch_errors, invalid_markings, …)",
             m.source_events.clone(),
@@ -671,10 +668,36 @@ impl Metrics {
         self.io_limited.set(limited as f64);
     }
 
-    /// What the static pass found about the node: whether the IO weights act, and which kubelet
-    /// tiers carry no memory protection (a tier that gained it drops out).
-    pub fn node_facts(&mut self, io_in_force: bool, tiers: &[String]) {
+    /// What the static pass found about the node: whether the IO weights act, and in pod mode
+    /// how many kubelet tiers could be read and which carry no memory protection (a tier that
+    /// gained it drops out). Each gauge appears once known.
+    pub fn node_facts(&mut self, io_in_force: bool, tiers: Option<(usize, &[String])>) {
+        if !self.io_registered {
+            self.registry.register(
+                "io_weights_in_force",
+                "1 when an IO scheduler reads the files the level IO weights are in (BFQ, or blk-iocost enabled), else 0",
+                self.io_weights.clone(),
+            );
+            self.io_registered = true;
+        }
         self.io_weights.set(if io_in_force { 1.0 } else { 0.0 });
+        let Some((read, tiers)) = tiers else {
+            return;
+        };
+        if !self.tiers_registered {
+            self.registry.register(
+                "kubelet_tiers_read",
+                "kubelet QoS tiers whose memory.min/low could be read (pod mode): with none read, nothing is known about their protection",
+                self.tiers_read.clone(),
+            );
+            self.registry.register(
+                "kubelet_tier_unprotected",
+                "1 for each kubelet QoS tier without memory.min/low (pod mode): online pods' protection stops at the pod",
+                self.unprotected.clone(),
+            );
+            self.tiers_registered = true;
+        }
+        self.tiers_read.set(read as f64);
         let now: Vec<Tier> = tiers.iter().map(|t| Tier { tier: t.clone() }).collect();
         for l in &now {
             self.unprotected.get_or_create(l).set(1.0);
