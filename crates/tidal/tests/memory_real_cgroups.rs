@@ -580,3 +580,65 @@ fn an_unaligned_memory_ceiling_reads_back_in_pages_and_is_not_written_again() {
     drop(act);
     t.restore_ok();
 }
+
+#[test]
+fn doctor_says_where_memory_protection_stops_whether_writes_are_isolated_and_oom_ordering() {
+    if !cgroups_usable(
+        "doctor_says_where_memory_protection_stops_whether_writes_are_isolated_and_oom_ordering",
+    ) {
+        return;
+    }
+    let t = TestRoot::new("memdoctor");
+    t.make_group("online");
+    let out = t.tidal(&["doctor", "--json"]);
+    assert!(out.status.success(), "doctor: {out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor's json");
+    let row = |feature: &str| {
+        rows.as_array()
+            .and_then(|r| r.iter().find(|x| x["feature"] == feature))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {feature} row: {rows}"))
+    };
+    let detail = |r: &serde_json::Value| r["detail"].as_str().unwrap_or_default().to_string();
+    let memory = t.layout.owner("memory").expect("a memory hierarchy");
+    let v2 = memory.version() == tidal_cgroupfs::Version::V2;
+
+    // Protection: v1 has none to offer; on v2 the row names the first ancestor of the root
+    // without memory.min/low (this test's own cgroup, or one above: none is tidal's to set).
+    let p = row("memory protection (online)");
+    if v2 {
+        let d = detail(&p);
+        if p["available"] == false {
+            let named = d
+                .split_whitespace()
+                .find(|w| w.starts_with('/'))
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| panic!("no group named: {d}"));
+            assert!(memory.root_dir.starts_with(&named), "{d}");
+            let zero =
+                |f: &str| std::fs::read_to_string(named.join(f)).is_ok_and(|s| s.trim() == "0");
+            assert!(zero("memory.low") && zero("memory.min"), "{d}");
+        }
+    } else {
+        assert_eq!(p["available"], false);
+        assert!(detail(&p).contains("cgroup v1"), "{}", detail(&p));
+    }
+
+    // Buffered writes are charged to their writer's group on v2 only.
+    let w = row("buffered-write isolation");
+    assert_eq!(
+        w["available"],
+        t.layout.hierarchies.mode() == tidal_cgroupfs::CgroupMode::V2
+    );
+
+    // OOM ordering holds fully only with CAP_SYS_RESOURCE (to lower online tasks' values).
+    let sys_resource = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|c| c & (1 << 24) != 0);
+    assert_eq!(row("OOM ordering")["available"], sys_resource);
+}
