@@ -335,12 +335,20 @@ fn eviction_takes_offline_low_first_then_the_largest_offline_by_a_fresh_size() {
     let agent = start_agent(&t, &ceiling_cfg(total, 2 << 30, "30s"), &addr);
     // Fully grown and holding: a v1 limit clamped at usage would make a still-growing workload
     // meet the kernel's OOM killer before the agent acts.
-    wait_for("the grower to grow and hold", 30, || {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
         let a = usage(&t, "offline/offline/grower");
         std::thread::sleep(Duration::from_millis(500));
         let b = usage(&t, "offline/offline/grower");
-        a >= 295 << 20 && b.abs_diff(a) < 1 << 20
-    });
+        if a >= 295 << 20 && b.abs_diff(a) < 1 << 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the grower holds {b} bytes after 30 s; agent log:\n{}",
+            t.agent_log()
+        );
+    }
     // Offline now holds ~440 MiB: a 256 MiB ceiling puts it over.
     std::fs::write(
         t.state.path().join("agent.yaml"),
