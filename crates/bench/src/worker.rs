@@ -338,11 +338,15 @@ impl Growth {
 
     /// The next chunk's size, when the target and the margin leave room for it.
     fn take(&self) -> Option<u64> {
+        self.take_with(mem_available())
+    }
+
+    /// [`Growth::take`] against `avail` bytes available (None: unknown, so no growth).
+    fn take_with(&self, avail: Option<u64>) -> Option<u64> {
         let mut t = self.taken.lock().ok()?;
         let (held, pending) = *t;
         let n = self.target.saturating_sub(held).min(Self::CHUNK);
-        let room = mem_available()
-            .is_some_and(|a| a > self.margin.saturating_add(pending).saturating_add(n));
+        let room = avail.is_some_and(|a| a > self.margin.saturating_add(pending).saturating_add(n));
         if n == 0 || !room {
             return None;
         }
@@ -565,6 +569,28 @@ pub fn read_report(path: &std::path::Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_hog_grows_in_chunks_to_its_target_and_keeps_its_margin() {
+        const MIB: u64 = 1 << 20;
+        let g = Growth {
+            target: 100 * MIB,
+            margin: 1024 * MIB,
+            taken: Mutex::new((0, 0)),
+        };
+        // Unknown available memory: no growth.
+        assert_eq!(g.take_with(None), None);
+        let plenty = Some(8192 * MIB);
+        assert_eq!(g.take_with(plenty), Some(64 * MIB));
+        // A chunk taken but not touched yet counts against the margin: 1024 + 64 pending + 36 is
+        // over 1114 available (without the pending chunk it would fit).
+        assert_eq!(g.take_with(Some(1114 * MIB)), None);
+        g.touched(64 * MIB);
+        assert_eq!(g.take_with(Some(1114 * MIB)), Some(36 * MIB));
+        g.touched(36 * MIB);
+        // The target reached: no more.
+        assert_eq!(g.take_with(plenty), None);
+    }
 
     #[test]
     fn the_unit_counter_is_read_from_its_file_without_the_worker_writing_it_out() {
