@@ -306,15 +306,13 @@ impl Collector {
                 .remove(&w.group)
                 .unwrap_or_else(|| WorkloadReaders::new(&self.layout, w));
             let first = r.last.is_none();
+            // A ceiling acts on a fresh open-files count: the first reading may come before the
+            // command runs.
             let mut ws = if full || first {
                 r.read(w, now, &mut self.problems)
             } else {
-                r.read_tasks(&mut self.problems)
+                r.read_tasks(&mut self.problems, self.open_files_each_read)
             };
-            // A ceiling acts on a fresh count: the first reading may come before the command runs.
-            if self.open_files_each_read && !(full || first) {
-                ws.open_files = r.read_open_files(&mut self.problems);
-            }
             if full || first {
                 r.oom_kills = match self.layout.oom_kills(&w.group) {
                     Some(Ok(n)) => Some(n),
@@ -590,33 +588,25 @@ impl WorkloadReaders {
         }
     }
 
-    /// How many tasks the workload has (a pod's counted down its tree).
-    fn count_tasks(&mut self, p: &mut Problems) -> Option<usize> {
-        if self.pod {
-            self.read_pids(p).map(|pids| pids.len())
+    /// The last full reading with a fresh task count (a pod's counted down its tree) and, with
+    /// `files`, a fresh open-files count; the pids are read once for both.
+    fn read_tasks(&mut self, p: &mut Problems, files: bool) -> WorkloadSnapshot {
+        let pids = if self.pod || files {
+            self.read_pids(p)
+        } else {
+            None
+        };
+        let tasks = if self.pod {
+            pids.as_ref().map(Vec::len)
         } else {
             take(self.tasks.as_mut(), "workload tasks", p)
-        }
-    }
-
-    /// A fresh open-files count, kept in the last reading too.
-    fn read_open_files(&mut self, p: &mut Problems) -> Option<u64> {
-        let n = self
-            .read_pids(p)
-            .as_deref()
-            .and_then(tidal_cgroupfs::proc::open_files);
-        if let Some(l) = &mut self.last {
-            l.open_files = n;
-        }
-        n
-    }
-
-    /// The last full reading with a fresh task count.
-    fn read_tasks(&mut self, p: &mut Problems) -> WorkloadSnapshot {
-        let tasks = self.count_tasks(p);
+        };
         match &mut self.last {
             Some(l) => {
                 l.procs = tasks;
+                if files {
+                    l.open_files = pids.as_deref().and_then(tidal_cgroupfs::proc::open_files);
+                }
                 l.clone()
             }
             // The caller reads fully first; this is never reached in practice.
