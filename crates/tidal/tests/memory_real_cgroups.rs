@@ -63,17 +63,18 @@ fn oom_score_adj_is_set_on_every_task_of_a_workload() {
         "sleep",
         "600",
     ]);
-    // A task that gave up its level's value after `tidal run` set it.
+    // A task that gave up its level's value after `tidal run` set it. Once the test writes to
+    // the fifo it does so again and starts a second task, which inherits 0.
+    let fifo = t.state.path().join("late");
+    let c_fifo = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: mkfifo(3) on a path in this test's own temp dir.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+    let script = format!(
+        "echo 0 > /proc/self/oom_score_adj; read x < {f}; echo 0 > /proc/self/oom_score_adj; sleep 600 & exec sleep 600",
+        f = fifo.display()
+    );
     t.spawn(&[
-        "run",
-        "--qos",
-        "offline",
-        "--name",
-        "reset",
-        "--",
-        "sh",
-        "-c",
-        "echo 0 > /proc/self/oom_score_adj; exec sleep 600",
+        "run", "--qos", "offline", "--name", "reset", "--", "sh", "-c", &script,
     ]);
     // An online task more protected than its level (a database that lowered its own value, the
     // kubelet's -997): the agent never raises it. Lowering needs CAP_SYS_RESOURCE (the VM harness
@@ -137,19 +138,30 @@ fn oom_score_adj_is_set_on_every_task_of_a_workload() {
     });
     // The agent puts every task of a workload back to its level's value.
     let addr = free_addr();
-    let agent = start_agent(&t, "tick: 100ms\nstats_interval: 200ms\n", &addr);
+    // No static pass during the test: what the agent sets after its first pass, it sets because
+    // a workload's tasks grew.
+    let agent = start_agent(
+        &t,
+        "tick: 100ms\nstats_interval: 200ms\nstatic_interval: 1h\n",
+        &addr,
+    );
     wait_for("oom_score_adj 999 on the reset task", 10, || {
         tasks(&t, "offline/offline/reset")
             .iter()
             .all(|p| oom_adj(*p) == Some(999))
+    });
+    // A task that joins a workload gets its level's value without waiting for a static pass.
+    std::fs::write(&fifo, "go\n").unwrap();
+    wait_for("the reset workload's two new tasks at 999", 10, || {
+        let p = tasks(&t, "offline/offline/reset");
+        p.len() == 2 && p.iter().all(|p| oom_adj(*p) == Some(999))
     });
     if lowered {
         wait_for("the lowered task", 10, || {
             let p = tasks(&t, "online/lowered");
             !p.is_empty() && p.iter().all(|p| oom_adj(*p) == Some(-5))
         });
-        // Another static pass later: still not raised to the level's 0.
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // The pass that set the reset task covered it too: not raised to the level's 0.
         for p in tasks(&t, "online/lowered") {
             assert_eq!(oom_adj(p), Some(-5), "an online task's value was raised");
         }

@@ -115,6 +115,7 @@ pub fn settle(mut next: PolicyState, prev: &PolicyState, plan: &Plan, ok: &[bool
         match &a.op {
             Op::OomScoreAdj { target, .. } => {
                 next.oom_set.remove(target);
+                next.oom_tasks.remove(target);
             }
             Op::Set {
                 target,

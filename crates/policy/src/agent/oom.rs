@@ -1,7 +1,8 @@
 //! OOM ordering: every workload's tasks get their level's `oom_score_adj` (offline-low 1000,
 //! offline 999, online levels lower), so the kernel's OOM killer takes offline work first. A
-//! workload gets it when first seen and again each static interval (tasks that joined since: a
-//! pod's new containers). Not journalled: the value dies with the task.
+//! workload gets it when first seen, again as soon as its task count grows (a pod's new
+//! container, a task moved in: tasks `tidal run` starts inherit it), and each static interval
+//! (tasks that replaced others at the same count). Not journalled: the value dies with the task.
 
 use super::state::PolicyState;
 use crate::config::Config;
@@ -17,8 +18,17 @@ pub fn decide(
     let live: std::collections::BTreeSet<&Target> =
         snap.workloads.iter().map(|w| &w.group).collect();
     st.oom_set.retain(|t| live.contains(t));
+    st.oom_tasks.retain(|t, _| live.contains(t));
     for w in &snap.workloads {
-        let due = static_due || !st.oom_set.contains(&w.group);
+        let grew = match (w.procs, st.oom_tasks.get(&w.group)) {
+            (Some(n), Some(was)) => n > *was,
+            _ => false,
+        };
+        let due = static_due || grew || !st.oom_set.contains(&w.group);
+        // Fewer tasks need nothing, but a later growth is judged from the lower count.
+        if let (Some(n), Some(was)) = (w.procs, st.oom_tasks.get_mut(&w.group)) {
+            *was = (*was).min(n);
+        }
         if !due || w.procs == Some(0) {
             continue;
         }
@@ -35,5 +45,69 @@ pub fn decide(
             .because(Cause::Static),
         );
         st.oom_set.insert(w.group.clone());
+        match w.procs {
+            Some(n) => st.oom_tasks.insert(w.group.clone(), n),
+            None => st.oom_tasks.remove(&w.group),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidal_model::{Op, QosLevel, WorkloadSnapshot};
+
+    fn snap(procs: Option<usize>) -> Snapshot {
+        let level = QosLevel::Offline;
+        Snapshot {
+            workloads: vec![WorkloadSnapshot {
+                procs,
+                ..WorkloadSnapshot::unread(
+                    Target::Tidal(level.group_path().join("job").unwrap()),
+                    level,
+                    "job",
+                )
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn set(procs: Option<usize>, static_due: bool, st: &mut PolicyState) -> Vec<i32> {
+        let mut p = Plan::default();
+        decide(&snap(procs), &Config::default(), static_due, st, &mut p);
+        p.actions
+            .iter()
+            .filter_map(|a| match a.op {
+                Op::OomScoreAdj { value, .. } => Some(value),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_workload_s_tasks_are_set_when_first_seen_when_their_count_grows_and_each_static_pass() {
+        let mut st = PolicyState::default();
+        assert_eq!(set(Some(2), false, &mut st), vec![999], "first seen");
+        assert!(set(Some(2), false, &mut st).is_empty(), "same tasks");
+        assert_eq!(set(Some(3), false, &mut st), vec![999], "a task joined");
+        // Fewer tasks need nothing; growing back from the lower count is new tasks again.
+        assert!(set(Some(1), false, &mut st).is_empty(), "a task left");
+        assert_eq!(set(Some(2), false, &mut st), vec![999], "a task joined");
+        // An unread count is not growth; the static pass covers tasks replaced at one count.
+        assert!(set(None, false, &mut st).is_empty(), "count unread");
+        assert_eq!(set(Some(2), true, &mut st), vec![999], "static pass");
+        // An empty group has no tasks to set.
+        assert!(set(Some(0), true, &mut st).is_empty(), "no tasks");
+        // A workload that went away is forgotten, and set again when it comes back.
+        let mut p = Plan::default();
+        decide(
+            &Snapshot::default(),
+            &Config::default(),
+            false,
+            &mut st,
+            &mut p,
+        );
+        assert!(st.oom_set.is_empty() && st.oom_tasks.is_empty());
+        assert_eq!(set(Some(1), false, &mut st), vec![999], "back");
     }
 }

@@ -144,6 +144,9 @@ pub struct PolicyState {
     /// Workloads whose tasks got their level's `oom_score_adj` (new ones get it at once).
     #[serde(default)]
     pub oom_set: std::collections::BTreeSet<tidal_model::Target>,
+    /// Each such workload's task count when it last got it: more tasks means new ones to set.
+    #[serde(default)]
+    pub oom_tasks: BTreeMap<tidal_model::Target, usize>,
     /// The (memory.min, memory.low) last set per group.
     #[serde(default)]
     pub mem_protect: BTreeMap<tidal_model::Target, (u64, u64)>,
