@@ -916,13 +916,23 @@ impl Actuator {
     }
 
     /// Sets this process's own `oom_score_adj` (before `tidal run` execs its command, so the
-    /// command and its children inherit it).
+    /// command and its children inherit it). As for other tasks, an online value (≤ 0) only ever
+    /// lowers it: a command started by a more protected parent keeps the parent's value.
     /// Lowering needs CAP_SYS_RESOURCE; without it the value stays and `Unsupported` says so.
     pub fn oom_score_adj_self(&mut self, value: i32) -> Result<Outcome, ActError> {
+        let f = Path::new("/proc/self/oom_score_adj");
+        if value <= 0
+            && read_file(f)
+                .ok()
+                .and_then(|c| c.trim().parse::<i32>().ok())
+                .is_some_and(|c| c <= value)
+        {
+            return Ok(Outcome::Unchanged);
+        }
         if self.dry_run {
             return Ok(Outcome::DryRun);
         }
-        match kernel::write_file(Path::new("/proc/self/oom_score_adj"), &value.to_string()) {
+        match kernel::write_file(f, &value.to_string()) {
             Ok(()) => Ok(Outcome::Written),
             Err(e) if matches!(e.errno(), Some(libc::EACCES) | Some(libc::EPERM)) => {
                 Ok(Outcome::Unsupported)

@@ -240,31 +240,49 @@ fn agent_log(o: &Opts, tag: &str) -> Result<std::process::Stdio, String> {
         .map_err(|e| format!("--agent-logs {}: {e}", f.display()))
 }
 
-fn offline_argv(env: &BenchEnv, o: &Opts, report: &std::path::Path) -> Vec<Vec<String>> {
+/// What the memory antagonist leaves available so that it stops short of the kernel's OOM
+/// killer (which would take the bench itself in the no-isolation scenario): 5% of RAM, at least
+/// 512 MiB.
+fn oom_margin(total: u64) -> u64 {
+    (total / 20).max(512 << 20)
+}
+
+/// The memory antagonist's target: `--memory-bytes`, else 110% of what is available now (past
+/// free RAM, so that something must give), else all of RAM.
+fn memory_target(explicit: Option<u64>, available: Option<u64>, total: u64) -> u64 {
+    explicit.unwrap_or_else(|| available.map_or(total, |a| (a / 10).saturating_mul(11)))
+}
+
+/// The page-cache antagonist's file: larger than RAM by 1 GiB, so that streaming it evicts every
+/// page the server's working set has (sparse: it costs no disk).
+fn pagecache_bytes(total: u64) -> u64 {
+    total.saturating_add(1 << 30)
+}
+
+fn offline_argv(
+    env: &BenchEnv,
+    o: &Opts,
+    report: &std::path::Path,
+) -> Result<Vec<Vec<String>>, String> {
     let exe = env.exe.display().to_string();
     if let Some(cmd) = &o.offline_cmd {
-        return vec![vec!["sh".into(), "-c".into(), cmd.clone()]];
+        return Ok(vec![vec!["sh".into(), "-c".into(), cmd.clone()]]);
     }
     if o.offline_kind == "memory" || o.offline_kind == "pagecache" {
-        let total = tidal_cgroupfs::proc::parse_meminfo(
-            &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
-        )
-        .map(|m| m.total)
-        .unwrap_or(1 << 30);
-        // Stop short of the kernel's OOM killer: keep 5% of RAM (at least 512 MiB) available.
-        let margin = (total / 20).max(512 << 20);
-        return vec![if o.offline_kind == "memory" {
-            let target = o
-                .memory_bytes
-                .unwrap_or_else(|| crate::worker::mem_available().map_or(total, |a| a / 10 * 11));
+        let total = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| tidal_cgroupfs::proc::parse_meminfo(&t).ok())
+            .map(|m| m.total)
+            .ok_or("--offline memory and pagecache are sized from RAM: /proc/meminfo has no readable MemTotal")?;
+        return Ok(vec![if o.offline_kind == "memory" {
             vec![
                 exe,
                 "worker".into(),
                 "memory".into(),
                 "--bytes".into(),
-                target.to_string(),
+                memory_target(o.memory_bytes, crate::worker::mem_available(), total).to_string(),
                 "--margin".into(),
-                margin.to_string(),
+                oom_margin(total).to_string(),
                 "--threads".into(),
                 o.offline_threads.to_string(),
                 "--report".into(),
@@ -278,13 +296,13 @@ fn offline_argv(env: &BenchEnv, o: &Opts, report: &std::path::Path) -> Vec<Vec<S
                 "--file".into(),
                 env.work_dir().join("pagecache.dat").display().to_string(),
                 "--bytes".into(),
-                total.saturating_add(1 << 30).to_string(),
+                pagecache_bytes(total).to_string(),
                 "--threads".into(),
                 "2".into(),
                 "--report".into(),
                 format!("{}.0", report.display()),
             ]
-        }];
+        }]);
     }
     let kinds: Vec<&str> = if o.offline_kind == "mix" {
         vec!["cpu", "stream", "cache"]
@@ -292,7 +310,7 @@ fn offline_argv(env: &BenchEnv, o: &Opts, report: &std::path::Path) -> Vec<Vec<S
         vec![o.offline_kind.as_str()]
     };
     let per = (o.offline_threads / kinds.len()).max(1);
-    kinds
+    Ok(kinds
         .iter()
         .enumerate()
         .map(|(i, k)| {
@@ -306,7 +324,7 @@ fn offline_argv(env: &BenchEnv, o: &Opts, report: &std::path::Path) -> Vec<Vec<S
                 format!("{}.{i}", report.display()),
             ]
         })
-        .collect()
+        .collect())
 }
 
 fn setup(
@@ -348,7 +366,7 @@ fn setup(
         None => server,
     };
     let offline = if with_offline && s != Scenario::Alone {
-        offline_argv(env, o, &report)
+        offline_argv(env, o, &report)?
     } else {
         Vec::new()
     };
@@ -1482,6 +1500,24 @@ pub fn run_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_antagonist_is_sized_past_free_memory_and_stops_at_a_margin_from_ram() {
+        const GIB: u64 = 1 << 30;
+        // 5% of RAM, never under 512 MiB.
+        assert_eq!(oom_margin(24 * GIB), 24 * GIB / 20);
+        assert_eq!(oom_margin(4 * GIB), 512 << 20);
+        assert_eq!(oom_margin(0), 512 << 20);
+        assert_eq!(oom_margin(u64::MAX), u64::MAX / 20);
+        // Past what is available, unless told; all of RAM when availability is unknown.
+        assert_eq!(memory_target(None, Some(10 * GIB), 24 * GIB), 11 * GIB);
+        assert_eq!(memory_target(Some(GIB), Some(10 * GIB), 24 * GIB), GIB);
+        assert_eq!(memory_target(None, None, 24 * GIB), 24 * GIB);
+        assert_eq!(memory_target(None, Some(u64::MAX), 1), u64::MAX);
+        // The page-cache file outgrows RAM, without overflow.
+        assert_eq!(pagecache_bytes(24 * GIB), 25 * GIB);
+        assert_eq!(pagecache_bytes(u64::MAX), u64::MAX);
+    }
 
     fn state(cpus: &str, frozen: bool) -> OfflineState {
         OfflineState {

@@ -118,11 +118,15 @@ impl BenchEnv {
         }
         // The bench and the processes it runs for online keep out of the OOM killer's way: a memory
         // antagonist must not take the measurement down with it.
-        if let Err(e) = act.oom_score_adj_self(-999) {
-            eprintln!(
+        match act.oom_score_adj_self(-999) {
+            Ok(tidal_actuator::Outcome::Unsupported) => eprintln!(
+                "tidal: note: cannot protect the bench from the OOM killer (lowering oom_score_adj needs CAP_SYS_RESOURCE)"
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!(
                 "tidal: cannot protect the bench from the OOM killer: {}",
                 describe(&e)
-            );
+            ),
         }
         let caps = detect_capabilities(&layout);
         let child_root = layout

@@ -307,6 +307,9 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
             BenchLayout::KubeletTree => "kubelet-tree".into(),
         },
         machine: machine(&env),
+        bench_oom_score_adj: std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|v| v.trim().parse().ok()),
         rate_per_s: o.rate,
         work_us: o.work_us,
         cost_per_request_us: cost * 1e6,

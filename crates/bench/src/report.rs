@@ -235,6 +235,9 @@ pub struct Report {
     pub slo_factor: Option<f64>,
     pub slo_target_ms: Option<f64>,
     pub machine: Machine,
+    /// The bench's own `oom_score_adj` (its online processes inherit it; -999 keeps the OOM
+    /// killer off them), None where it could not be read.
+    pub bench_oom_score_adj: Option<i32>,
     pub rate_per_s: f64,
     pub work_us: u64,
     pub cost_per_request_us: f64,
@@ -595,8 +598,13 @@ pub fn markdown(r: &Report) -> String {
             || x.online_major_faults.is_some_and(|m| m.hi > 0.0)
     });
     if memory_run || memory_seen {
-        s.push_str("\n**Memory** (the online server's major faults in the measured window, median of runs [95% interval]; tasks the OOM killer took over all rounds, warm-up included)\n\n");
-        s.push_str("| scenario | online major faults | OOM kills online | OOM kills offline |\n|---|---|---|---|\n");
+        s.push_str("\n**Memory** (the online server's major faults in the measured window, median of runs [95% interval]; tasks the OOM killer took over all rounds, warm-up included, by level: the server and its client run at online-critical under tidal and tidal-static, the antagonist at offline; the other scenarios put them in their own online and offline groups)\n\n");
+        s.push_str(&match r.bench_oom_score_adj {
+            Some(v) if v <= -999 => format!("The bench and its online processes ran at oom_score_adj {v}: the OOM killer takes anything else first.\n\n"),
+            Some(v) => format!("The bench and its online processes ran at oom_score_adj {v}, unprotected from the OOM killer (lowering it needs CAP_SYS_RESOURCE).\n\n"),
+            None => "The bench's own oom_score_adj could not be read.\n\n".into(),
+        });
+        s.push_str("| scenario | online major faults | OOM kills online-critical | OOM kills offline |\n|---|---|---|---|\n");
         for x in &r.scenarios {
             s.push_str(&format!(
                 "| {} | {} | {} | {} |\n",
@@ -811,6 +819,7 @@ mod tests {
                 cpu_model: "test".into(),
                 cgroup_mode: "hybrid".into(),
             },
+            bench_oom_score_adj: Some(-999),
             rate_per_s: 6000.0,
             work_us: 100,
             cost_per_request_us: 100.0,
@@ -944,9 +953,15 @@ mod tests {
         r.goals = goals(&r.scenarios, &r.step, &r.runs, true);
         let md = markdown(&r);
         assert!(
-            md.contains("**Memory**") && md.contains("| OOM kills online |"),
+            md.contains("**Memory**") && md.contains("| OOM kills online-critical |"),
             "{md}"
         );
+        // Whether the bench itself was out of the OOM killer's way.
+        assert!(md.contains("ran at oom_score_adj -999: the OOM killer takes anything else first"));
+        r.bench_oom_score_adj = Some(0);
+        assert!(markdown(&r).contains("ran at oom_score_adj 0, unprotected"));
+        r.bench_oom_score_adj = None;
+        assert!(markdown(&r).contains("oom_score_adj could not be read"));
     }
 
     #[test]

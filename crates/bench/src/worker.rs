@@ -592,6 +592,43 @@ mod tests {
         assert_eq!(g.take_with(plenty), None);
     }
 
+    fn major_faults() -> i64 {
+        // SAFETY: getrusage(2) fills the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) }, 0);
+        u.ru_majflt
+    }
+
+    #[test]
+    fn the_working_set_is_a_file_on_disk_so_an_evicted_page_costs_a_major_fault() {
+        // On disk, not tmpfs: a tmpfs page is never read back from a device.
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("ws");
+        let bytes = 8u64 << 20;
+        let ws = WorkingSet::create(path.to_str().unwrap(), bytes).unwrap();
+        // Real blocks, not a sparse file: an evicted page has data to read back.
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(m.len(), bytes);
+        assert!(m.blocks() * 512 >= bytes, "{} blocks", m.blocks());
+        // Dropped from the cache (as a streaming reader's pages push them out) before anything
+        // maps them (a mapped page stays), the pages are read back from the file: major faults,
+        // as the bench counts them.
+        let f = std::fs::File::open(&path).unwrap();
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: fadvise on a descriptor this test opened.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        let before = major_faults();
+        assert_eq!(ws.touch(2, 64), 64 * 0x5a);
+        assert!(major_faults() > before, "no major fault after eviction");
+        // A working set just written is in the page cache: touching it reads no disk.
+        let cached = WorkingSet::create(dir.path().join("ws2").to_str().unwrap(), bytes).unwrap();
+        let before = major_faults();
+        assert_eq!(cached.touch(1, 64), 64 * 0x5a);
+        assert_eq!(major_faults(), before);
+    }
+
     #[test]
     fn the_unit_counter_is_read_from_its_file_without_the_worker_writing_it_out() {
         let dir = tempfile::tempdir().unwrap();

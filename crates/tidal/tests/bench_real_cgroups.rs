@@ -103,3 +103,98 @@ fn short_bench_run_measures_every_scenario_and_cleans_up() {
         );
     }
 }
+
+/// Whether this process may lower `oom_score_adj` (CAP_SYS_RESOURCE).
+fn can_lower() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|c| c & (1 << 24) != 0)
+}
+
+#[test]
+fn a_page_cache_run_counts_the_server_s_major_faults_and_the_streamer_s_reads() {
+    if !cgroups_usable("a_page_cache_run_counts_the_server_s_major_faults_and_the_streamer_s_reads")
+    {
+        return;
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let json = out_dir.path().join("bench.json");
+    let out = std::process::Command::new(tidal_bin())
+        .args([
+            "bench",
+            "--offline",
+            "pagecache",
+            "--working-set",
+            "16M",
+            "--scenarios",
+            "alone,no-isolation,tidal",
+            "--no-step",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0.3",
+            "--duration",
+            "1",
+            "--json",
+        ])
+        .arg(&json)
+        .env("TIDAL_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(
+        r["offline"].as_str().unwrap().starts_with("pagecache"),
+        "{}",
+        r["offline"]
+    );
+    for run in r["runs"].as_array().unwrap() {
+        let s = run["scenario"].as_str().unwrap();
+        assert!(
+            run["latency"]["count"].as_u64().unwrap() > 100,
+            "{s}: {run}"
+        );
+        // The server's major faults were read (0 is a count), in every scenario.
+        assert!(
+            run["memory"]["online_major_faults"].is_u64(),
+            "{s}: major faults not read: {run}"
+        );
+        // The streamer read through the page cache beside the server (a unit is one MiB).
+        if s == "no-isolation" {
+            assert!(
+                run["offline_units_per_s"].as_f64().unwrap() > 0.0
+                    && run["offline_cpus"].as_f64().unwrap() > 0.0,
+                "{s}: the streamer read nothing: {run}"
+            );
+        }
+    }
+    // The bench kept itself (and the server it starts) out of the OOM killer's way where it may
+    // lower its value; elsewhere it kept what it inherited, and said so.
+    let own: i64 = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if can_lower() {
+        assert_eq!(r["bench_oom_score_adj"], -999, "{stderr}");
+    } else {
+        assert_eq!(r["bench_oom_score_adj"], own);
+        assert!(
+            own <= -999 || stderr.contains("cannot protect the bench from the OOM killer"),
+            "{stderr}"
+        );
+    }
+    // The memory table and its goals, for a run with a working set.
+    assert!(
+        stdout.contains("**Memory**") && stdout.contains("tidal online major faults"),
+        "{stdout}"
+    );
+}

@@ -93,6 +93,21 @@ fn oom_score_adj_is_set_on_every_task_of_a_workload() {
             "echo -5 > /proc/self/oom_score_adj; exec sleep 600",
         ]);
     }
+    // `tidal run` started by a more protected parent: an online level never raises the value.
+    if lowered {
+        let mut c = std::process::Command::new("sh");
+        c.args([
+            "-c",
+            "echo -950 > /proc/self/oom_score_adj && exec \"$0\" \"$@\"",
+        ])
+        .arg(common::tidal_bin())
+        .args(["run", "--qos", "online-critical", "--name", "deeper", "--"])
+        .args(["sleep", "600"])
+        .env("TIDAL_ROOT", t.root_arg())
+        .env("TIDAL_STATE_DIR", t.state.path())
+        .env_remove("TIDAL_LOG");
+        t.spawn_cmd(c);
+    }
     // With the agent's config, `tidal run` uses its values.
     let cfg = t.write_config("memory:\n  oom_score_adj:\n    offline: 990\n");
     let cfg = cfg.display().to_string();
@@ -130,6 +145,24 @@ fn oom_score_adj_is_set_on_every_task_of_a_workload() {
     for p in tasks(&t, "online-critical/db") {
         let want = if can_lower() { Some(-900) } else { inherited };
         assert_eq!(oom_adj(p), want);
+    }
+    if lowered {
+        // Past `tidal run`'s exec, where it has set what it sets.
+        wait_for("the deeper workload's command", 10, || {
+            let p = tasks(&t, "online-critical/deeper");
+            !p.is_empty()
+                && p.iter().all(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim() == "sleep")
+                })
+        });
+        for p in tasks(&t, "online-critical/deeper") {
+            assert_eq!(
+                oom_adj(p),
+                Some(-950),
+                "`tidal run` raised its parent's value"
+            );
+        }
     }
     wait_for("the reset task at 0", 10, || {
         tasks(&t, "offline/offline/reset")

@@ -149,9 +149,14 @@ impl TestRoot {
 
     /// Starts `tidal <args>` in the background; it is killed when the test root is dropped.
     pub fn spawn(&mut self, args: &[&str]) -> u32 {
-        let child = self
-            .cmd()
-            .args(args)
+        let mut c = self.cmd();
+        c.args(args);
+        self.spawn_cmd(c)
+    }
+
+    /// Starts `c` (a command built on [`TestRoot::cmd`]'s environment), killed with the others.
+    pub fn spawn_cmd(&mut self, mut c: Command) -> u32 {
+        let child = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
