@@ -216,14 +216,11 @@ fn an_offline_memory_hog_is_held_under_its_ceiling_while_online_keeps_its_memory
         tidal_cgroupfs::proc::parse_meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap())
             .unwrap()
             .total;
-    // A ceiling of about 256 MiB for offline, whatever the machine's RAM.
-    let max_fraction = (256u64 << 20) as f64 / total as f64;
-    let cfg = format!(
-        "tick: 100ms\nstats_interval: 200ms\nmemory:\n  kill_interval: 1s\n  ceiling:\n    min_fraction: {:.6}\n    max_fraction: {max_fraction:.6}\n",
-        max_fraction / 2.0
-    );
+    // A ceiling of about 256 MiB for offline, whatever the machine's RAM. Without the
+    // interference signals: under an emulated CPU they freeze offline, which would hold the hog
+    // in place of the ceiling.
     let addr = free_addr();
-    let agent = start_agent(&t, &cfg, &addr);
+    let agent = start_agent(&t, &ceiling_cfg(total, 256 << 20, "200ms"), &addr);
     let exe = common::tidal_bin();
     // Online holds 128 MiB; offline tries for 1 GiB.
     t.spawn(&[
@@ -303,6 +300,13 @@ fn an_offline_memory_hog_is_held_under_its_ceiling_while_online_keeps_its_memory
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The memory controls held it, not a freeze.
+    assert_eq!(
+        t.knob("offline", Knob::Freeze),
+        KnobValue::Bool(false),
+        "offline was frozen; agent log:\n{}",
+        std::fs::read_to_string(t.state.path().join("agent.log")).unwrap_or_default()
+    );
     // Online kept what it holds, and was not killed.
     let online = usage("online/cache").unwrap_or(0);
     assert!(online >= 120 << 20, "online holds {online}");
