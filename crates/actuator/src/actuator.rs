@@ -1010,8 +1010,9 @@ impl Actuator {
     }
 
     /// Kills every task of the group and below: `cgroup.kill` where the kernel has it, else freeze,
-    /// SIGKILL every task, thaw (so frozen tasks can die); then checks the group emptied (≤ 200 ms)
-    /// and reports the tasks that survived. A group with no task is left alone.
+    /// SIGKILL every task, thaw (so frozen tasks can die; on v1 frozen levels above it thaw for
+    /// the while); then checks the group emptied (≤ 200 ms) and reports the tasks that survived. A
+    /// group with no task is left alone.
     pub fn kill(&mut self, group: &GroupPath) -> Result<Outcome, ActError> {
         let dir = self
             .layout
@@ -1032,26 +1033,109 @@ impl Actuator {
         }
         let target = Target::Tidal(group.clone());
         let kill_file = self.layout.unified().map(|u| u.dir(group).join(KILL));
-        match kill_file.filter(|p| p.exists()) {
-            Some(p) => kernel::write_file(&p, "1")?,
+        let via_freeze = match kill_file.filter(|p| p.exists()) {
+            Some(p) => {
+                kernel::write_file(&p, "1")?;
+                false
+            }
             None => {
                 self.set(&target, Knob::Freeze, &KnobValue::Bool(true))?;
-                let mut sent = std::collections::HashSet::new();
-                // Forks between the read and the freeze land in the group: read until no new task.
-                for _ in 0..8 {
-                    let now = self.tasks(group)?;
-                    let fresh: Vec<i32> = now.into_iter().filter(|p| sent.insert(*p)).collect();
-                    if fresh.is_empty() {
-                        break;
-                    }
-                    for pid in fresh {
-                        kernel::signal(pid, libc::SIGKILL)
-                            .map_err(|source| ActError::Signal { pid, source })?;
-                    }
-                }
-                self.set(&target, Knob::Freeze, &KnobValue::Bool(false))?;
+                true
+            }
+        };
+        let signalled = if via_freeze {
+            self.signal_until_quiet(group)
+        } else {
+            Ok(())
+        };
+        // On a v1 freezer a frozen task dies of SIGKILL only once thawed, whoever froze it: the
+        // victim itself (`cgroup.kill` on the v2 side does not thaw it) or a level above it that
+        // the ladder froze. Those levels thaw while the victim dies and freeze again after. The
+        // victim is thawed whatever happens: left frozen, it would keep its memory.
+        let mut thawing = Ok(());
+        let mut thawed_above = Vec::new();
+        for a in self.frozen_ancestors_v1(group) {
+            match self.set(
+                &Target::Tidal(a.clone()),
+                Knob::Freeze,
+                &KnobValue::Bool(false),
+            ) {
+                Ok(_) => thawed_above.push(a),
+                Err(e) => thawing = thawing.and(Err(e)),
             }
         }
+        if via_freeze || self.self_frozen_v1(group) {
+            if let Err(e) = self.set(&target, Knob::Freeze, &KnobValue::Bool(false)) {
+                thawing = thawing.and(Err(e));
+            }
+        }
+        let died = signalled
+            .and(thawing)
+            .and_then(|()| self.wait_empty(group, &dir));
+        let mut refrozen = Ok(());
+        for a in thawed_above.iter().rev() {
+            if let Err(e) = self.set(
+                &Target::Tidal(a.clone()),
+                Knob::Freeze,
+                &KnobValue::Bool(true),
+            ) {
+                refrozen = refrozen.and(Err(e));
+            }
+        }
+        died.and_then(|o| refrozen.map(|()| o))
+    }
+
+    /// SIGKILL to every task of a frozen group, read again until no new task appears (forks
+    /// between the read and the freeze land in the group).
+    fn signal_until_quiet(&mut self, group: &GroupPath) -> Result<(), ActError> {
+        let mut sent = std::collections::HashSet::new();
+        for _ in 0..8 {
+            let now = self.tasks(group)?;
+            let fresh: Vec<i32> = now.into_iter().filter(|p| sent.insert(*p)).collect();
+            if fresh.is_empty() {
+                break;
+            }
+            for pid in fresh {
+                kernel::signal(pid, libc::SIGKILL)
+                    .map_err(|source| ActError::Signal { pid, source })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `group` is frozen by its own state on a v1 freezer (never on v2, where a fatal
+    /// signal ends a frozen task).
+    fn self_frozen_v1(&self, group: &GroupPath) -> bool {
+        self.layout
+            .knob_target(Knob::Freeze)
+            .filter(|(root, _)| root.version() == Version::V1)
+            .is_some_and(|(root, _)| {
+                read_file(
+                    &root
+                        .dir(group)
+                        .join(tidal_cgroupfs::v1::freezer::SELF_FREEZING),
+                )
+                .is_ok_and(|v| v.trim() == "1")
+            })
+    }
+
+    /// The groups between tidal's root and `group` that [`Actuator::self_frozen_v1`] holds,
+    /// outermost first.
+    fn frozen_ancestors_v1(&self, group: &GroupPath) -> Vec<GroupPath> {
+        let mut out = Vec::new();
+        let mut g = group.parent();
+        while let Some(a) = g.filter(|a| !a.is_root()) {
+            if self.self_frozen_v1(&a) {
+                out.push(a.clone());
+            }
+            g = a.parent();
+        }
+        out.reverse();
+        out
+    }
+
+    /// Waits (≤ `KILL_WAIT`) for a killed group to empty; the tasks that survived are an error.
+    fn wait_empty(&mut self, group: &GroupPath, dir: &Path) -> Result<Outcome, ActError> {
         self.stats.writes += 1;
         let deadline = Instant::now() + KILL_WAIT;
         loop {
@@ -1062,7 +1146,7 @@ impl Actuator {
             if Instant::now() >= deadline {
                 self.stats.kill_survivors += left.len() as u64;
                 return Err(ActError::Survivors {
-                    group: dir,
+                    group: dir.to_path_buf(),
                     pids: left,
                 });
             }

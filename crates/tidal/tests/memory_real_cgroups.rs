@@ -683,13 +683,119 @@ fn doctor_says_where_memory_protection_stops_whether_writes_are_isolated_and_oom
         assert!(detail(&p).contains("cgroup v1"), "{}", detail(&p));
     }
 
-    // Buffered writes are charged to their writer's group on v2 only.
+    // Buffered writes are charged to their writer's group on v2 only, with memory and io both
+    // on tidal's groups.
     let w = row("buffered-write isolation");
+    let on_v2 = |c: &str| {
+        t.layout
+            .owner(c)
+            .is_some_and(|r| r.version() == tidal_cgroupfs::Version::V2)
+    };
     assert_eq!(
         w["available"],
         t.layout.hierarchies.mode() == tidal_cgroupfs::CgroupMode::V2
+            && on_v2("memory")
+            && on_v2("io")
     );
 
     // OOM ordering holds fully only with CAP_SYS_RESOURCE (to lower online tasks' values).
     assert_eq!(row("OOM ordering")["available"], can_lower());
+}
+
+/// `tidal apply` of one action on this root; its output.
+fn apply_one(t: &TestRoot, action: serde_json::Value) -> std::process::Output {
+    let plan = t.state.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        serde_json::json!({ "actions": [action] }).to_string(),
+    )
+    .unwrap();
+    t.tidal(&["apply", "--plan", plan.to_str().unwrap()])
+}
+
+#[test]
+fn a_workload_killed_under_a_frozen_level_dies_and_the_level_stays_frozen() {
+    if !cgroups_usable("a_workload_killed_under_a_frozen_level_dies_and_the_level_stays_frozen") {
+        return;
+    }
+    let mut t = TestRoot::new("killfrozen");
+    for name in ["victim", "sibling", "stopped"] {
+        t.spawn(&[
+            "run", "--qos", "offline", "--name", name, "--", "sleep", "600",
+        ]);
+    }
+    wait_for("the workloads' tasks", 10, || {
+        [
+            "offline/offline/victim",
+            "offline/offline/sibling",
+            "offline/offline/stopped",
+        ]
+        .iter()
+        .all(|g| !tasks(&t, g).is_empty())
+    });
+    // A workload frozen itself (as `files.stop` does), then killed.
+    for action in [
+        serde_json::json!({"group": "offline/offline/stopped", "op": "set", "knob": "freeze",
+            "value": {"bool": true}, "reason": "test: stopped"}),
+        serde_json::json!({"group": "offline/offline/stopped", "op": "kill",
+            "reason": "test: evicted for memory"}),
+    ] {
+        let out = apply_one(&t, action);
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(tasks(&t, "offline/offline/stopped").is_empty());
+    // The ladder's freeze of a level, then an eviction below it.
+    let out = apply_one(
+        &t,
+        serde_json::json!({"group": "offline/offline", "op": "set", "knob": "freeze",
+            "value": {"bool": true}, "reason": "test: the ladder froze offline"}),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        t.knob("offline/offline", Knob::Freeze),
+        KnobValue::Bool(true)
+    );
+    let out = apply_one(
+        &t,
+        serde_json::json!({"group": "offline/offline/victim", "op": "kill",
+            "reason": "test: evicted for memory"}),
+    );
+    // On a v1 freezer the victim's tasks stay frozen through SIGKILL until the level thaws: the
+    // kill thaws it while they die (v2's freezer, and hybrid hosts that freeze through it, let a
+    // fatal signal through).
+    assert!(
+        out.status.success(),
+        "the kill failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tasks(&t, "offline/offline/victim").is_empty());
+    // The level is frozen again, and its other workload is still there.
+    assert_eq!(
+        t.knob("offline/offline", Knob::Freeze),
+        KnobValue::Bool(true)
+    );
+    assert!(!tasks(&t, "offline/offline/sibling").is_empty());
+    // Thawed before the test's own kill (a v1-frozen task does not die of it).
+    let out = apply_one(
+        &t,
+        serde_json::json!({"group": "offline/offline", "op": "set", "knob": "freeze",
+            "value": {"bool": false}, "reason": "test: done"}),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.kill_children();
+    t.restore_ok();
 }

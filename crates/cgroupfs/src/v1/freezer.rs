@@ -1,9 +1,11 @@
-//! v1 `freezer` controller: `freezer.state` (THAWED / FREEZING / FROZEN).
+//! v1 `freezer` controller: `freezer.state` (THAWED / FREEZING / FROZEN; a group whose parent is
+//! frozen reads FROZEN too), and `freezer.self_freezing` (1: frozen by its own state).
 
 use crate::spec::{bad, not_mine, one, Controller};
 use tidal_model::{Knob, KnobValue};
 
 pub const STATE: &str = "freezer.state";
+pub const SELF_FREEZING: &str = "freezer.self_freezing";
 
 pub struct Freezer;
 
