@@ -145,10 +145,10 @@ pub struct PolicyState {
     #[serde(default)]
     pub oom_set: std::collections::BTreeSet<tidal_model::Target>,
     /// Each such workload's task count when it last got it: more tasks means new ones to set.
-    #[serde(default)]
+    #[serde(default, with = "pairs")]
     pub oom_tasks: BTreeMap<tidal_model::Target, usize>,
     /// The (memory.min, memory.low) last set per group.
-    #[serde(default)]
+    #[serde(default, with = "pairs")]
     pub mem_protect: BTreeMap<tidal_model::Target, (u64, u64)>,
     /// The offline memory ceiling in force (bytes), when and why it last moved.
     #[serde(default)]
@@ -171,4 +171,47 @@ pub struct PodApplied {
     /// The pod's `cpu.max` quota (inner None: unlimited); None: not managed here.
     pub quota_us: Option<Option<u64>>,
     pub frozen: bool,
+}
+
+/// A map keyed by [`tidal_model::Target`] as a list of pairs: a foreign target is an object in
+/// JSON, which cannot be a JSON object's key (`/state` would fail to serialise in pod mode).
+mod pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        m: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidal_model::{ForeignGroup, Target};
+
+    #[test]
+    fn state_with_pods_in_its_maps_round_trips_through_json() {
+        let pod = Target::Foreign(ForeignGroup::new("kubepods/burstable/podabc").unwrap());
+        let own = Target::Tidal(tidal_model::GroupPath::new("online/db").unwrap());
+        let mut st = PolicyState::default();
+        st.mem_protect.insert(pod.clone(), (1, 2));
+        st.mem_protect.insert(own.clone(), (3, 4));
+        st.oom_tasks.insert(pod.clone(), 5);
+        let json = serde_json::to_string(&st).unwrap();
+        let back: PolicyState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.mem_protect, st.mem_protect);
+        assert_eq!(back.oom_tasks, st.oom_tasks);
+    }
 }
