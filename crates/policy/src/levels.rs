@@ -2,7 +2,7 @@
 //! Online levels are weighted 4× / 2× / 1×; offline levels live under one shared parent in the idle
 //! class (or openEuler `cpu.qos_level=-1`), where `offline-low` yields to `offline`.
 
-use tidal_model::{Action, Capabilities, GroupPath, Knob, KnobValue, Plan, QosLevel};
+use tidal_model::{Action, Capabilities, GroupPath, Knob, KnobValue, Plan, QosLevel, Target};
 
 /// `cpu.shares` of a normal group (v2 weight 100).
 pub const BASE_SHARES: u64 = 1024;
@@ -10,6 +10,15 @@ pub const BASE_SHARES: u64 = 1024;
 pub const OFFLINE_LOW_SHARES: u64 = 2;
 /// IO weight of the offline parent where an IO weight file exists (v2 scale).
 pub const OFFLINE_IO_WEIGHT: u64 = 10;
+
+/// IO weight of an offline pod, which has no offline parent above it: the parent's weight for
+/// `offline`, the least for `offline-low`.
+pub fn pod_io_weight(level: QosLevel) -> u64 {
+    match level {
+        QosLevel::OfflineLow => 1,
+        _ => OFFLINE_IO_WEIGHT,
+    }
+}
 
 /// IO weight of each level's group (v2 scale; 100 is the kernel's default). Inside the offline
 /// parent, `offline-low` yields to `offline`.
@@ -122,7 +131,13 @@ pub fn level_plan(level: QosLevel, caps: &Capabilities) -> Plan {
 
 /// A group's IO weight in every file that can carry it: `io.weight` (blk-iocost's on v2; BFQ's on
 /// v1) and, on v2, BFQ's own `io.bfq.weight`.
-fn io_weight(p: &mut Plan, g: &GroupPath, w: u64, why: &str, caps: &Capabilities) {
+pub(crate) fn io_weight(
+    p: &mut Plan,
+    g: &(impl Into<Target> + Clone),
+    w: u64,
+    why: &str,
+    caps: &Capabilities,
+) {
     if caps.has(Knob::IoWeight) {
         p.push(Action::set(
             g.clone(),

@@ -453,3 +453,56 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn offline_pods_carry_the_memory_ceiling_on_v2_and_a_v1_pod_node_reports_none() {
+    let cfg = Config::default();
+    let s = snapshot(vec![pod(QosLevel::Offline, "batch", false, None)]);
+    // v2: each offline pod gets memory.high, and the ceiling in force is reported.
+    let d = decide(&s, &cfg, &Capabilities::full(8), &PolicyState::default());
+    let (plan, st) = (d.plan, d.state);
+    let high = sets(&plan, Knob::MemoryHigh);
+    assert_eq!(high.len(), 1, "{high:?}");
+    assert_eq!(high[0].0, &foreign("kubepods/besteffort/podbatch"));
+    assert!(st.ceiling.is_some());
+    // v1 (no memory.high): a hard limit would OOM-kill inside the pod, so pods get none, and
+    // no ceiling is reported that nothing carries.
+    let mut v1 = Capabilities::full(8);
+    v1.knobs.remove(&Knob::MemoryHigh);
+    let d = decide(&s, &cfg, &v1, &PolicyState::default());
+    let (plan, st) = (d.plan, d.state);
+    assert!(sets(&plan, Knob::MemoryMax).is_empty());
+    assert!(sets(&plan, Knob::MemoryHigh).is_empty());
+    assert_eq!(st.ceiling, None);
+}
+
+#[test]
+fn offline_pods_get_an_io_weight_below_online_s_in_every_file_a_scheduler_reads() {
+    let cfg = Config::default();
+    let s = snapshot(vec![
+        pod(QosLevel::Offline, "batch", false, None),
+        pod(QosLevel::OfflineLow, "scavenger", false, None),
+        pod(QosLevel::Online, "web", false, None),
+    ]);
+    let d = decide(&s, &cfg, &Capabilities::full(8), &PolicyState::default());
+    for knob in [Knob::IoWeight, Knob::IoBfqWeight] {
+        let w = sets(&d.plan, knob);
+        assert_eq!(
+            w,
+            vec![
+                (
+                    &foreign("kubepods/besteffort/podbatch"),
+                    &KnobValue::Weight(10)
+                ),
+                (
+                    &foreign("kubepods/besteffort/podscavenger"),
+                    &KnobValue::Weight(1)
+                ),
+            ],
+            "{knob}"
+        );
+    }
+    // Set once, and again with the static settings.
+    let again = decide(&s, &cfg, &Capabilities::full(8), &d.state);
+    assert!(sets(&again.plan, Knob::IoWeight).is_empty());
+}

@@ -221,6 +221,25 @@ fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_le
                 Some(KnobValue::Bool(false))
             );
         }
+        // Each offline pod's IO weight below online's, in every file a scheduler reads here; the
+        // tiers keep theirs.
+        for knob in [Knob::IoWeight, Knob::IoBfqWeight] {
+            if !caps.has(knob) {
+                continue;
+            }
+            wait_for(&format!("{driver}: {knob} on the offline pods"), 20, || {
+                [&tr.pod_a, &tr.pod_b].iter().all(|p| {
+                    read(&t, p, knob) == Some(t.as_kernel_shows(knob, KnobValue::Weight(10)))
+                })
+            });
+            for tier in &tr.tiers {
+                assert_ne!(
+                    read(&t, tier, knob),
+                    Some(t.as_kernel_shows(knob, KnobValue::Weight(10))),
+                    "{driver}: tier {tier} got a pod's IO weight"
+                );
+            }
+        }
         if io {
             // Every real device of each offline pod limited; the tiers untouched.
             let want = KnobValue::IoMax(

@@ -146,7 +146,9 @@ pub fn ceiling(
     let pods: Vec<Target> = super::pods::offline(snap)
         .map(|(_, g, _)| Target::Foreign(g.clone()))
         .collect();
-    if !c.enabled || (!tidal_offline && pods.is_empty()) {
+    // Pods carry only memory.high (v2): on v1 a pod-only node has no ceiling to report.
+    let pods_carry = knob == Knob::MemoryHigh && !pods.is_empty();
+    if !c.enabled || (!tidal_offline && !pods_carry) {
         st.ceiling = None;
         return;
     }

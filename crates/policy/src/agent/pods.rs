@@ -127,6 +127,23 @@ pub fn apply(
                 ));
             }
         }
+        if all {
+            let iow = crate::levels::pod_io_weight(w.level);
+            let mut io = Plan::default();
+            crate::levels::io_weight(
+                &mut io,
+                &t,
+                iow,
+                &format!(
+                    "offline pod {}: IO weight {iow}, yields to online IO",
+                    p.pod
+                ),
+                caps,
+            );
+            for a in io.actions {
+                plan.push(a.because(Cause::Static));
+            }
+        }
         if caps.has(Knob::IoMax) {
             // v1 throttling is flat: the containers, where the tasks are, need their own (a new
             // container at once).
