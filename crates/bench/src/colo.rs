@@ -240,6 +240,9 @@ fn agent_log(o: &Opts, tag: &str) -> Result<std::process::Stdio, String> {
         .map_err(|e| format!("--agent-logs {}: {e}", f.display()))
 }
 
+/// The service's memory beside its working set (threads, buffers), declared in its request.
+const SERVER_OWN_BYTES: u64 = 64 << 20;
+
 /// What the memory antagonist leaves available so that it stops short of the kernel's OOM
 /// killer (which would take the bench itself in the no-isolation scenario): 5% of RAM, at least
 /// 512 MiB.
@@ -393,7 +396,10 @@ fn setup(
     } else if s.uses_tidal() {
         st.groups.push(env.tidal_group());
         st.online_group = "tidal/online-critical/server".into();
-        env.tidal_run("online-critical", "server", &server)?;
+        // The service declares what it needs: its working set (charged to it: it wrote the
+        // file) and room for itself, which v2 protects with memory.low up the chain.
+        let request = o.working_set.map(|b| b.saturating_add(SERVER_OWN_BYTES));
+        env.tidal_run_requesting("online-critical", "server", request, &server)?;
         for (i, argv) in offline.iter().enumerate() {
             let pid = env.tidal_run("offline", &format!("batch{i}"), argv)?;
             st.offline_pids.push(pid);

@@ -198,9 +198,23 @@ impl BenchEnv {
         name: &str,
         argv: &[S],
     ) -> Result<u32, String> {
+        self.tidal_run_requesting(level, name, None, argv)
+    }
+
+    /// [`BenchEnv::tidal_run`] declaring the memory the workload needs (`--memory-request`).
+    pub fn tidal_run_requesting<S: AsRef<std::ffi::OsStr>>(
+        &mut self,
+        level: &str,
+        name: &str,
+        memory_request: Option<u64>,
+        argv: &[S],
+    ) -> Result<u32, String> {
         let mut c = self.tidal_cmd();
-        c.args(["run", "--qos", level, "--name", name, "--"])
-            .args(argv);
+        c.args(["run", "--qos", level, "--name", name]);
+        if let Some(r) = memory_request {
+            c.args(["--memory-request", &r.to_string()]);
+        }
+        c.arg("--").args(argv);
         self.spawn_home(c)
     }
 

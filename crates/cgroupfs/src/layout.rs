@@ -428,11 +428,11 @@ pub fn parse_procs(text: &str) -> std::result::Result<Vec<i32>, String> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .map(|l| {
-            l.parse::<i32>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| format!("'{l}' is not a pid"))
+        .map(|l| match l.parse::<i32>() {
+            Ok(p) if p > 0 => Ok(p),
+            // The kernel lists a task outside the reader's PID namespace as 0.
+            Ok(0) => Err("a task in another PID namespace (listed as 0): tidal needs the host's PID namespace (a pod: hostPID: true)".to_string()),
+            _ => Err(format!("'{l}' is not a pid")),
         })
         .collect()
 }
@@ -547,5 +547,7 @@ mod tests {
         assert_eq!(parse_procs("12\n 13 \n\n"), Ok(vec![12, 13]));
         assert!(parse_procs("12\nx\n").is_err());
         assert!(parse_procs("-1\n").is_err());
+        // A task outside this PID namespace: says what it takes.
+        assert!(parse_procs("12\n0\n").is_err_and(|e| e.contains("host's PID namespace")));
     }
 }

@@ -223,7 +223,7 @@ pub struct RunArgs {
     pub memory: Option<u64>,
     /// Memory the workload needs (online levels): the agent protects it (v2 `memory.low`, and the
     /// ancestors' sums) and `tidal run` sets the workload's own `memory.low` at once.
-    #[arg(long, value_parser = parse_memory)]
+    #[arg(long, value_parser = parse_bytes)]
     pub memory_request: Option<u64>,
     /// The agent's config, for the levels' `oom_score_adj` and the protection ratios
     /// (`memory.min_ratio`, `memory.low_ratio`) set at once; the defaults without it.

@@ -192,11 +192,22 @@ fn io_rows(layout: &Layout, caps: &tidal_model::Capabilities, out: &mut Vec<Row>
         detail,
         "level IO weights are written but do nothing: use the BFQ scheduler, or enable blk-iocost (node-wide: `io.iocost: true` in the config has tidal do it on cgroup v2)",
     ));
+    // Cgroup writeback needs memory and io on the same v2 hierarchy.
+    let on_v2 = |c: &str| {
+        layout
+            .owner(c)
+            .is_some_and(|r| r.version() == tidal_cgroupfs::Version::V2)
+    };
+    let v2 = layout.hierarchies.mode() == tidal_cgroupfs::CgroupMode::V2;
     out.push(row(
         "buffered-write isolation",
-        layout.hierarchies.mode() == tidal_cgroupfs::CgroupMode::V2,
+        v2 && on_v2("memory") && on_v2("io"),
         "cgroup v2 writeback: dirty pages are charged to the writer's group",
-        "cgroup v1 and hybrid: buffered writes are flushed by the kernel's writeback threads, outside any group, so IO weights and limits miss them",
+        if v2 {
+            "cgroup v2 without both the memory and io controllers on tidal's groups: buffered writes are not charged to the writer's group, so IO weights and limits miss them"
+        } else {
+            "cgroup v1 and hybrid: buffered writes are flushed by the kernel's writeback threads, outside any group, so IO weights and limits miss them"
+        },
     ));
 }
 

@@ -55,10 +55,23 @@ fn apply_all(act: &mut Actuator, plan: &Plan) -> Result<(), tidal_actuator::ActE
     Ok(())
 }
 
+/// A memory request no larger than the workload's own limit.
+fn request_within_limit(request: Option<u64>, memory: Option<u64>) -> Result<(), String> {
+    match (request, memory) {
+        (Some(r), Some(m)) if r > m => Err(format!(
+            "--memory-request {r} is over --memory {m}: a workload cannot be protected beyond its limit"
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn main(g: &Global, a: &RunArgs) -> i32 {
     let Some(cmd) = a.cmd.first() else {
         return fail("missing command after `--`");
     };
+    if let Err(e) = request_within_limit(a.memory_request, a.memory) {
+        return fail(e);
+    }
     if resolve(cmd).is_none() {
         eprintln!("tidal: command not found: {cmd}");
         return 127;
@@ -181,6 +194,15 @@ fn setup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memory_request_over_the_workload_s_limit_is_rejected() {
+        assert!(request_within_limit(Some(64 << 20), Some(32 << 20))
+            .is_err_and(|e| e.contains("--memory-request 67108864 is over --memory 33554432")));
+        assert_eq!(request_within_limit(Some(32 << 20), Some(32 << 20)), Ok(()));
+        assert_eq!(request_within_limit(Some(1 << 20), None), Ok(()));
+        assert_eq!(request_within_limit(None, Some(32 << 20)), Ok(()));
+    }
 
     #[test]
     fn names_are_sanitised() {

@@ -257,7 +257,8 @@ pub struct CeilingConfig {
     /// page cache included. This trigger only trims offline to a step over its working set (its
     /// page cache); 0 turns it off.
     pub reclaim_scan_threshold: f64,
-    /// A cut takes this share of MemTotal; a raise half of it.
+    /// The step, as a share of MemTotal: a cut goes at least a step down, and at once to a step
+    /// over offline's working set when the ceiling is far above it; a raise is half a step.
     pub step_fraction: f64,
     /// At most one cut per this interval.
     pub interval: Millis,
