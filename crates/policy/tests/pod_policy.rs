@@ -464,7 +464,29 @@ fn offline_pods_carry_the_memory_ceiling_on_v2_and_a_v1_pod_node_reports_none() 
     let high = sets(&plan, Knob::MemoryHigh);
     assert_eq!(high.len(), 1, "{high:?}");
     assert_eq!(high[0].0, &foreign("kubepods/besteffort/podbatch"));
-    assert!(st.ceiling.is_some());
+    let c = st.ceiling.expect("a ceiling");
+    assert_eq!(high[0].1, &KnobValue::Bytes(Some(c)));
+    // Two pods share it, and together stay under it; when one goes, the other gets it all back.
+    let two = snapshot(vec![
+        pod(QosLevel::Offline, "batch", false, None),
+        pod(QosLevel::OfflineLow, "scavenger", false, None),
+    ]);
+    let d2 = decide(&two, &cfg, &Capabilities::full(8), &st);
+    let high = sets(&d2.plan, Knob::MemoryHigh);
+    assert_eq!(high.len(), 2, "{high:?}");
+    assert!(
+        high.iter()
+            .all(|(_, v)| **v == KnobValue::Bytes(Some(c / 2))),
+        "{high:?}"
+    );
+    let d1 = decide(&s, &cfg, &Capabilities::full(8), &d2.state);
+    assert_eq!(
+        sets(&d1.plan, Knob::MemoryHigh),
+        vec![(
+            &foreign("kubepods/besteffort/podbatch"),
+            &KnobValue::Bytes(Some(c))
+        )]
+    );
     // v1 (no memory.high): a hard limit would OOM-kill inside the pod, so pods get none, and
     // no ceiling is reported that nothing carries.
     let mut v1 = Capabilities::full(8);

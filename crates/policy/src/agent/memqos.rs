@@ -9,8 +9,8 @@
 //!   `min_fraction` and `max_fraction` of RAM. When node memory runs short or online memory
 //!   pressure rises it is cut at once to a step over offline's working set (or a step, if lower);
 //!   when the kernel starts reclaiming (offline's page cache pushing out everyone's) it is trimmed
-//!   to a step over that working set, no lower. Raised half a step after a calm period. Offline pods get
-//!   the same `memory.high` each (v2).
+//!   to a step over that working set, no lower. Raised half a step after a calm period. Offline pods
+//!   (v2) share it: each gets `memory.high` at an equal part of it.
 
 use super::state::PolicyState;
 use crate::config::Config;
@@ -244,7 +244,11 @@ pub fn ceiling(
     if over && retry {
         st.ceiling_cut_ms = Some(now);
     }
-    if st.ceiling != Some(next) || static_due || retry {
+    // Offline pods have no common parent to hold the ceiling: each gets an equal share of it, so
+    // together they stay under it (written again when their number changes).
+    let pods_changed = st.ceiling_pods != pods.len();
+    st.ceiling_pods = pods.len();
+    if st.ceiling != Some(next) || static_due || retry || pods_changed {
         if why.is_empty() {
             why = format!("offline memory ceiling {} MiB", next >> 20);
         }
@@ -265,12 +269,17 @@ pub fn ceiling(
         }
         // Pods: memory.high only (a hard limit would OOM-kill inside the pod).
         if knob == Knob::MemoryHigh {
+            let share = next / pods.len().max(1) as u64;
             for p in &pods {
                 plan.push(set(
                     p.clone(),
                     Knob::MemoryHigh,
-                    Some(next),
-                    why.clone(),
+                    Some(share),
+                    format!(
+                        "{why}: {} MiB for each of {} offline pod(s)",
+                        share >> 20,
+                        pods.len()
+                    ),
                     cause,
                 ));
             }

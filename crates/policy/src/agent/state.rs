@@ -157,6 +157,9 @@ pub struct PolicyState {
     pub ceiling_cut_ms: Option<u64>,
     #[serde(default)]
     pub ceiling_calm_since_ms: Option<u64>,
+    /// How many offline pods shared the ceiling at its last write.
+    #[serde(default)]
+    pub ceiling_pods: usize,
     /// Workloads over their level's open-files ceiling, by group, with their count.
     #[serde(default)]
     pub files_over: BTreeMap<String, u64>,
