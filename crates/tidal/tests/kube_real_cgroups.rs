@@ -221,6 +221,22 @@ fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_le
                 Some(KnobValue::Bool(false))
             );
         }
+        // v2: the two offline pods share the memory ceiling, an equal part each.
+        if caps.has(Knob::MemoryHigh) {
+            wait_for(
+                &format!("{driver}: memory.high shared by the offline pods"),
+                20,
+                || match (
+                    read(&t, &tr.pod_a, Knob::MemoryHigh),
+                    read(&t, &tr.pod_b, Knob::MemoryHigh),
+                ) {
+                    (Some(KnobValue::Bytes(Some(a))), Some(KnobValue::Bytes(Some(b)))) => {
+                        a.abs_diff(b) < 1 << 20
+                    }
+                    _ => false,
+                },
+            );
+        }
         // Each offline pod's IO weight below online's, in every file a scheduler reads here; the
         // tiers keep theirs.
         for knob in [Knob::IoWeight, Knob::IoBfqWeight] {
