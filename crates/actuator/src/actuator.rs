@@ -1011,8 +1011,9 @@ impl Actuator {
 
     /// Kills every task of the group and below: `cgroup.kill` where the kernel has it, else freeze,
     /// SIGKILL every task, thaw (so frozen tasks can die; on v1 frozen levels above it thaw for
-    /// the while); then checks the group emptied (≤ 200 ms) and reports the tasks that survived. A
-    /// group with no task is left alone.
+    /// the while, and their other work runs until the victim is gone, ≤ 200 ms); then checks the
+    /// group emptied (≤ 200 ms) and reports the tasks that survived. A group with no task is left
+    /// alone.
     pub fn kill(&mut self, group: &GroupPath) -> Result<Outcome, ActError> {
         let dir = self
             .layout

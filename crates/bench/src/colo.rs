@@ -272,18 +272,18 @@ fn offline_argv(
         return Ok(vec![vec!["sh".into(), "-c".into(), cmd.clone()]]);
     }
     if o.offline_kind == "memory" || o.offline_kind == "pagecache" {
-        let total = std::fs::read_to_string("/proc/meminfo")
+        let m = std::fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|t| tidal_cgroupfs::proc::parse_meminfo(&t).ok())
-            .map(|m| m.total)
             .ok_or("--offline memory and pagecache are sized from RAM: /proc/meminfo has no readable MemTotal")?;
+        let total = m.total;
         return Ok(vec![if o.offline_kind == "memory" {
             vec![
                 exe,
                 "worker".into(),
                 "memory".into(),
                 "--bytes".into(),
-                memory_target(o.memory_bytes, crate::worker::mem_available(), total).to_string(),
+                memory_target(o.memory_bytes, Some(m.available), total).to_string(),
                 "--margin".into(),
                 oom_margin(total).to_string(),
                 "--threads".into(),

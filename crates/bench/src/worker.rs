@@ -601,8 +601,10 @@ mod tests {
 
     #[test]
     fn the_working_set_is_a_file_on_disk_so_an_evicted_page_costs_a_major_fault() {
-        // On disk, not tmpfs: a tmpfs page is never read back from a device.
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        // On disk, beside the test binary (/tmp may be tmpfs, whose pages are never read back
+        // from a device).
+        let exe = std::env::current_exe().unwrap();
+        let dir = tempfile::tempdir_in(exe.parent().unwrap()).unwrap();
         let path = dir.path().join("ws");
         let bytes = 8u64 << 20;
         let ws = WorkingSet::create(path.to_str().unwrap(), bytes).unwrap();

@@ -11,12 +11,12 @@ pub const OFFLINE_LOW_SHARES: u64 = 2;
 /// IO weight of the offline parent where an IO weight file exists (v2 scale).
 pub const OFFLINE_IO_WEIGHT: u64 = 10;
 
-/// IO weight of an offline pod, which has no offline parent above it: the parent's weight for
-/// `offline`, the least for `offline-low`.
+/// IO weight of an offline pod against the other pods of its tier (the kubelet leaves them at the
+/// kernel's 100): 20 for `offline`, 10 for `offline-low`, apart still on BFQ's scale (a tenth).
 pub fn pod_io_weight(level: QosLevel) -> u64 {
     match level {
-        QosLevel::OfflineLow => 1,
-        _ => OFFLINE_IO_WEIGHT,
+        QosLevel::OfflineLow => 10,
+        _ => 20,
     }
 }
 

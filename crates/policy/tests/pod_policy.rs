@@ -514,11 +514,11 @@ fn offline_pods_get_an_io_weight_below_online_s_in_every_file_a_scheduler_reads(
             vec![
                 (
                     &foreign("kubepods/besteffort/podbatch"),
-                    &KnobValue::Weight(10)
+                    &KnobValue::Weight(20)
                 ),
                 (
                     &foreign("kubepods/besteffort/podscavenger"),
-                    &KnobValue::Weight(1)
+                    &KnobValue::Weight(10)
                 ),
             ],
             "{knob}"

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{cgroups_usable, tidal_bin};
+use common::{can_lower, cgroups_usable, tidal_bin};
 use tidal_cgroupfs::{Layout, RootSpec};
 
 #[test]
@@ -102,18 +102,6 @@ fn short_bench_run_measures_every_scenario_and_cleans_up() {
             root.root_dir.display()
         );
     }
-}
-
-/// Whether this process may lower `oom_score_adj` (CAP_SYS_RESOURCE).
-fn can_lower() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|c| c & (1 << 24) != 0)
 }
 
 #[test]

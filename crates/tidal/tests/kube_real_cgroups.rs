@@ -221,37 +221,45 @@ fn offline_pods_are_idle_at_the_pod_level_in_both_drivers_trees_and_tiers_are_le
                 Some(KnobValue::Bool(false))
             );
         }
-        // v2: the two offline pods share the memory ceiling, an equal part each.
+        // v2: the two offline pods share the memory ceiling, an equal part each, so together
+        // they stay under it.
         if caps.has(Knob::MemoryHigh) {
             wait_for(
                 &format!("{driver}: memory.high shared by the offline pods"),
                 20,
-                || match (
-                    read(&t, &tr.pod_a, Knob::MemoryHigh),
-                    read(&t, &tr.pod_b, Knob::MemoryHigh),
-                ) {
-                    (Some(KnobValue::Bytes(Some(a))), Some(KnobValue::Bytes(Some(b)))) => {
-                        a.abs_diff(b) < 1 << 20
+                || {
+                    let ceiling = get(&addr, "/state")
+                        .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+                        .and_then(|v| v["policy"]["ceiling"].as_u64());
+                    let high = |p: &str| match read(&t, p, Knob::MemoryHigh) {
+                        Some(KnobValue::Bytes(Some(b))) => Some(b),
+                        _ => None,
+                    };
+                    match (ceiling, high(&tr.pod_a), high(&tr.pod_b)) {
+                        // Read back in pages.
+                        (Some(c), Some(a), Some(b)) => {
+                            a.abs_diff(c / 2) < 8192 && b.abs_diff(c / 2) < 8192
+                        }
+                        _ => false,
                     }
-                    _ => false,
                 },
             );
         }
-        // Each offline pod's IO weight below online's, in every file a scheduler reads here; the
-        // tiers keep theirs.
+        // Each offline pod's IO weight below its tier's other pods', in every file a scheduler
+        // reads here; the tiers keep theirs.
         for knob in [Knob::IoWeight, Knob::IoBfqWeight] {
             if !caps.has(knob) {
                 continue;
             }
             wait_for(&format!("{driver}: {knob} on the offline pods"), 20, || {
                 [&tr.pod_a, &tr.pod_b].iter().all(|p| {
-                    read(&t, p, knob) == Some(t.as_kernel_shows(knob, KnobValue::Weight(10)))
+                    read(&t, p, knob) == Some(t.as_kernel_shows(knob, KnobValue::Weight(20)))
                 })
             });
             for tier in &tr.tiers {
                 assert_ne!(
                     read(&t, tier, knob),
-                    Some(t.as_kernel_shows(knob, KnobValue::Weight(10))),
+                    Some(t.as_kernel_shows(knob, KnobValue::Weight(20))),
                     "{driver}: tier {tier} got a pod's IO weight"
                 );
             }

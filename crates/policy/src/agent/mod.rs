@@ -144,9 +144,12 @@ pub fn settle(mut next: PolicyState, prev: &PolicyState, plan: &Plan, ok: &[bool
         }
     }
     // A pod whose write failed gets every setting again next tick (IO limits are retried on
-    // their own, above: a pod group without io.max must not replan the pod every tick).
+    // their own, above, and IO weights with the static settings: a pod group without those files
+    // must not replan the pod every tick).
     for (a, ok) in plan.actions.iter().zip(ok) {
-        if a.setting().is_some_and(|(k, _)| k == Knob::IoMax) {
+        if a.setting()
+            .is_some_and(|(k, _)| matches!(k, Knob::IoMax | Knob::IoWeight | Knob::IoBfqWeight))
+        {
             continue;
         }
         if let (false, Target::Foreign(g)) = (*ok, a.op.target()) {

@@ -1,8 +1,10 @@
 //! OOM ordering: every workload's tasks get their level's `oom_score_adj` (offline-low 1000,
 //! offline 999, online levels lower), so the kernel's OOM killer takes offline work first. A
-//! workload gets it when first seen, again as soon as its task count grows (a pod's new
-//! container, a task moved in: tasks `tidal run` starts inherit it), and each static interval
-//! (tasks that replaced others at the same count). Not journalled: the value dies with the task.
+//! workload gets it when first seen, again as soon as its task count passes the count it had when
+//! last set (a pod's new container, a task moved in), and each static interval (tasks that replaced
+//! others). Tasks a workload forks inherit its value, so a count that falls and rises again (a
+//! build's short-lived processes) triggers nothing before the static interval. Not journalled:
+//! the value dies with the task.
 
 use super::state::PolicyState;
 use crate::config::Config;
@@ -25,10 +27,6 @@ pub fn decide(
             _ => false,
         };
         let due = static_due || grew || !st.oom_set.contains(&w.group);
-        // Fewer tasks need nothing, but a later growth is judged from the lower count.
-        if let (Some(n), Some(was)) = (w.procs, st.oom_tasks.get_mut(&w.group)) {
-            *was = (*was).min(n);
-        }
         if !due || w.procs == Some(0) {
             continue;
         }
@@ -85,17 +83,25 @@ mod tests {
     }
 
     #[test]
-    fn a_workload_s_tasks_are_set_when_first_seen_when_their_count_grows_and_each_static_pass() {
+    fn a_workload_s_tasks_are_set_when_first_seen_when_their_count_passes_the_last_set_and_each_static_pass(
+    ) {
         let mut st = PolicyState::default();
         assert_eq!(set(Some(2), false, &mut st), vec![999], "first seen");
         assert!(set(Some(2), false, &mut st).is_empty(), "same tasks");
         assert_eq!(set(Some(3), false, &mut st), vec![999], "a task joined");
-        // Fewer tasks need nothing; growing back from the lower count is new tasks again.
+        // Fewer tasks need nothing; growing back to the count last set is forks, which inherit.
         assert!(set(Some(1), false, &mut st).is_empty(), "a task left");
-        assert_eq!(set(Some(2), false, &mut st), vec![999], "a task joined");
+        assert!(set(Some(3), false, &mut st).is_empty(), "back to the count");
+        assert_eq!(set(Some(4), false, &mut st), vec![999], "past it");
         // An unread count is not growth; the static pass covers tasks replaced at one count.
         assert!(set(None, false, &mut st).is_empty(), "count unread");
         assert_eq!(set(Some(2), true, &mut st), vec![999], "static pass");
+        // The static pass set the baseline to what it found.
+        assert_eq!(
+            set(Some(3), false, &mut st),
+            vec![999],
+            "past the new count"
+        );
         // An empty group has no tasks to set.
         assert!(set(Some(0), true, &mut st).is_empty(), "no tasks");
         // A workload that went away is forgotten, and set again when it comes back.

@@ -135,7 +135,7 @@ pub fn apply(
                 &t,
                 iow,
                 &format!(
-                    "offline pod {}: IO weight {iow}, yields to online IO",
+                    "offline pod {}: IO weight {iow}, below its tier's other pods",
                     p.pod
                 ),
                 caps,

@@ -257,8 +257,9 @@ pub struct CeilingConfig {
     /// page cache included. This trigger only trims offline to a step over its working set (its
     /// page cache); 0 turns it off.
     pub reclaim_scan_threshold: f64,
-    /// The step, as a share of MemTotal: a cut goes at least a step down, and at once to a step
-    /// over offline's working set when the ceiling is far above it; a raise is half a step.
+    /// The step, as a share of MemTotal. A cut for short memory or online pressure goes at least a
+    /// step down, and at once to a step over offline's working set when the ceiling is far above
+    /// it; the reclaim trigger trims to a step over that working set only. A raise is half a step.
     pub step_fraction: f64,
     /// At most one cut per this interval.
     pub interval: Millis,

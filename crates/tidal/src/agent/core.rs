@@ -272,9 +272,15 @@ impl Agent {
             self.node_facts();
         }
         let evicted = self.count_evictions(&applied);
+        // An oom_score_adj the kernel refuses to lower (no CAP_SYS_RESOURCE) is not tried again
+        // every tick: its static pass comes soon enough.
         let ok: Vec<bool> = applied
             .iter()
-            .map(|a| matches!(a.result, Ok(o) if o != Outcome::Unsupported))
+            .map(|a| match a.result {
+                Ok(Outcome::Unsupported) => matches!(a.action.op, Op::OomScoreAdj { .. }),
+                Ok(_) => true,
+                Err(_) => false,
+            })
             .collect();
         for (group, n) in &d.state.files_over {
             if !self.state.files_over.contains_key(group) {

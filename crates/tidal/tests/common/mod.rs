@@ -471,3 +471,15 @@ impl TestRoot {
         std::fs::read_to_string(self.state.path().join("agent.log")).unwrap_or_default()
     }
 }
+
+/// Whether this process may lower `oom_score_adj` (CAP_SYS_RESOURCE; the VM harness has it).
+pub fn can_lower() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|c| c & (1 << 24) != 0)
+}
