@@ -204,23 +204,45 @@ fn cgroup_ids_are_the_directories_inodes_in_each_hierarchy() {
         "worker",
         "prober",
     ]);
-    std::thread::sleep(Duration::from_millis(300));
+    let groups = ["online/a", "online-high/b"];
+    let running = |g: &str| {
+        std::fs::read_to_string(t.dir("cpu", g).join("cgroup.procs"))
+            .is_ok_and(|p| !p.trim().is_empty())
+    };
+    common::wait_for("both probers in their groups", 10, || {
+        groups.iter().all(|g| running(g))
+    });
     for c in cs.iter_mut() {
         let _ = c.read();
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // Samples gathered over reads until every key has some (an emulated CPU is slow to start a
+    // prober), at most 10 s.
+    let ks: Vec<(&str, CgroupKey)> = groups
+        .iter()
+        .flat_map(|g| keys(&t, g).into_iter().map(move |k| (*g, k)))
+        .collect();
+    assert_eq!(ks.len() % groups.len(), 0);
+    assert!(!ks.is_empty());
     for c in cs.iter_mut() {
-        let d = c.read().unwrap();
-        for g in ["online/a", "online-high/b"] {
-            let ks = keys(&t, g);
-            assert!(!ks.is_empty());
-            for k in ks {
-                assert!(
-                    d.get(&k).is_some_and(|h| h.count > 50),
-                    "{g}: no samples under {k:?} ({})",
-                    c.attach
-                );
+        let mut seen = std::collections::HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ks
+            .iter()
+            .any(|(_, k)| seen.get(k).copied().unwrap_or(0) <= 50)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(500));
+            let d = c.read().unwrap();
+            for (_, k) in &ks {
+                *seen.entry(*k).or_insert(0u64) += d.get(k).map_or(0, |h| h.count);
             }
+        }
+        for (g, k) in &ks {
+            assert!(
+                seen.get(k).is_some_and(|n| *n > 50),
+                "{g}: no samples under {k:?} ({})",
+                c.attach
+            );
         }
     }
     // The two groups' ids differ, so their waits are not mixed.

@@ -481,14 +481,19 @@ fn sighup_that_changes_listen_says_a_restart_is_needed() {
     std::fs::write(&cfg, format!("listen: {}\n", free_addr())).unwrap();
     // SAFETY: kill(2) on the agent this test started.
     unsafe { libc::kill(agent.id() as i32, libc::SIGHUP) };
-    std::thread::sleep(Duration::from_millis(500));
+    // Read once the reload has been logged (an emulated CPU takes its time).
+    let log = || std::fs::read_to_string(t.state.path().join("agent.log")).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !log().contains("restart the agent") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
         get(&addr, "/healthz").is_some(),
         "the old address must still answer"
     );
     agent.kill().unwrap();
     let _ = agent.wait();
-    let text = std::fs::read_to_string(t.state.path().join("agent.log")).unwrap();
+    let text = log();
     assert!(text.contains("restart the agent"), "{text}");
 }
 
