@@ -3,7 +3,7 @@
 use crate::cli::{DoctorArgs, Global};
 use crate::exit::fail;
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tidal_cgroupfs::caps::{controller_reach, kernel_release, knob_supported, preemption, Reach};
 use tidal_cgroupfs::{detect_capabilities, Layout, Version};
 use tidal_kube::{cpu_manager, paths, paths::Driver};
@@ -73,31 +73,35 @@ fn mounted(fstype: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Where online memory protection stops above the tidal root (v2): the first ancestor with
+/// neither memory.min nor memory.low, since protection holds only as far as every ancestor is
+/// protected. None when every ancestor up to the hierarchy's root has some, or on v1.
+pub fn protection_gap(layout: &Layout, caps: &tidal_model::Capabilities) -> Option<PathBuf> {
+    let r = layout
+        .owner("memory")
+        .filter(|_| caps.has(Knob::MemoryLow))?;
+    let mut d = r.root_dir.parent().map(Path::to_path_buf);
+    while let Some(dir) = d {
+        if dir == r.hierarchy.mount || !dir.starts_with(&r.hierarchy.mount) {
+            return None;
+        }
+        let val = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        if val("memory.low").as_deref() == Some("0") && val("memory.min").as_deref() == Some("0") {
+            return Some(dir);
+        }
+        d = dir.parent().map(Path::to_path_buf);
+    }
+    None
+}
+
 /// Memory: protection up the chain, the offline ceiling, OOM ordering.
 fn memory_rows(layout: &Layout, caps: &tidal_model::Capabilities, out: &mut Vec<Row>) {
     let v2 = caps.has(Knob::MemoryLow);
-    // Protection holds only as far as every ancestor is protected: the first ancestor of the root
-    // with neither memory.min nor memory.low stops it.
-    let gap = layout.owner("memory").filter(|_| v2).and_then(|r| {
-        let mut d = r.root_dir.parent().map(Path::to_path_buf);
-        while let Some(dir) = d {
-            if dir == r.hierarchy.mount || !dir.starts_with(&r.hierarchy.mount) {
-                return None;
-            }
-            let val = |f: &str| {
-                std::fs::read_to_string(dir.join(f))
-                    .ok()
-                    .map(|s| s.trim().to_string())
-            };
-            if val("memory.low").as_deref() == Some("0")
-                && val("memory.min").as_deref() == Some("0")
-            {
-                return Some(dir);
-            }
-            d = dir.parent().map(Path::to_path_buf);
-        }
-        None
-    });
+    let gap = protection_gap(layout, caps);
     out.push(row(
         "memory protection (online)",
         v2 && gap.is_none(),

@@ -103,6 +103,11 @@ pub fn render(state: &StateView) -> String {
             .collect();
         out.push_str(&format!("memory protection: {}\n", v.join(", ")));
     }
+    if let Some(g) = &state.protection_gap {
+        out.push_str(&format!(
+            "memory protection stops at {g}: it carries no memory.min/low, so online protection does not hold beyond it (on systemd: MemoryLow= on that unit)\n"
+        ));
+    }
     if !state.unprotected_tiers.is_empty() {
         out.push_str(&format!(
             "memory protection stops at the pod: the kubelet's tier(s) {} carry no memory.min/low (enable the kubelet's MemoryQoS feature gate)\n",

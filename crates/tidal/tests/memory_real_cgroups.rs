@@ -658,6 +658,7 @@ fn doctor_says_where_memory_protection_stops_whether_writes_are_isolated_and_oom
     // Protection: v1 has none to offer; on v2 the row names the first ancestor of the root
     // without memory.min/low (this test's own cgroup, or one above: none is tidal's to set).
     let p = row("memory protection (online)");
+    let mut gap = None;
     if v2 {
         let d = detail(&p);
         if p["available"] == false {
@@ -670,6 +671,7 @@ fn doctor_says_where_memory_protection_stops_whether_writes_are_isolated_and_oom
             let zero =
                 |f: &str| std::fs::read_to_string(named.join(f)).is_ok_and(|s| s.trim() == "0");
             assert!(zero("memory.low") && zero("memory.min"), "{d}");
+            gap = Some(named.display().to_string());
         }
     } else {
         assert_eq!(p["available"], false);
@@ -686,6 +688,26 @@ fn doctor_says_where_memory_protection_stops_whether_writes_are_isolated_and_oom
 
     // OOM ordering holds fully only with CAP_SYS_RESOURCE (to lower online tasks' values).
     assert_eq!(row("OOM ordering")["available"], can_lower());
+
+    // The agent's /state and `tidal status` name the same gap (none on v1).
+    let addr = free_addr();
+    let agent = start_agent(&t, "tick: 100ms\nstats_interval: 200ms\n", &addr);
+    wait_for("the agent's node facts", 10, || {
+        !state(&addr)["io_weights"].is_null()
+    });
+    let v = state(&addr);
+    assert_eq!(v["protection_gap"].as_str().map(str::to_string), gap, "{v}");
+    let out = t.tidal(&["status", "--listen", &addr]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    match &gap {
+        Some(g) => assert!(
+            text.contains(&format!("memory protection stops at {g}")),
+            "{text}"
+        ),
+        None => assert!(!text.contains("memory protection stops at /"), "{text}"),
+    }
+    stop(agent);
+    t.restore_ok();
 }
 
 /// `tidal apply` of one action on this root; its output.

@@ -409,9 +409,14 @@ impl Agent {
         });
         lock(&self.shared.metrics)
             .node_facts(in_force, tiers.as_ref().map(|(n, t)| (*n, t.as_slice())));
+        let gap = tiers
+            .is_none()
+            .then(|| crate::doctor::protection_gap(&layout, &self.caps))
+            .flatten();
         let mut v = lock(&self.shared.view);
         v.io_weights = Some(view::IoWeights { in_force, detail });
         v.unprotected_tiers = tiers.map(|(_, t)| t).unwrap_or_default();
+        v.protection_gap = gap.map(|p| p.display().to_string());
     }
 
     /// Local workloads killed for memory by this tick's plan, and pods whose eviction was
@@ -833,6 +838,7 @@ mod tests {
             tally: Default::default(),
             io_weights: None,
             unprotected_tiers: Vec::new(),
+            protection_gap: None,
         }));
         let mut agent = Agent::new(Config::default(), caps, act, collector, Arc::clone(&shared));
         clock.advance_ms(100);

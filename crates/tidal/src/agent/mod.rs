@@ -245,6 +245,7 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         tally: Default::default(),
         io_weights: None,
         unprotected_tiers: Vec::new(),
+        protection_gap: None,
     }));
     if let Err(e) = http::spawn(listener, Arc::clone(&shared)) {
         return fail(format!("cannot start http server: {e}"));

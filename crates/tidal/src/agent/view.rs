@@ -174,6 +174,10 @@ pub struct StateView {
     /// MemoryQoS gate sets it); empty when they have it or it cannot be read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unprotected_tiers: Vec<String>,
+    /// Local mode, v2: the ancestor of the tidal root where online memory protection stops (it
+    /// has no memory.min/low; on systemd a slice), as `tidal doctor` finds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection_gap: Option<String>,
 }
 
 /// Whether the level IO weights act, and how (as `tidal doctor` says it).
