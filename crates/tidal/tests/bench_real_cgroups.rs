@@ -6,17 +6,12 @@ mod common;
 use common::{can_lower, cgroups_usable, tidal_bin};
 use tidal_cgroupfs::{Layout, RootSpec};
 
-#[test]
-fn short_bench_run_measures_every_scenario_and_cleans_up() {
-    if !cgroups_usable("short_bench_run_measures_every_scenario_and_cleans_up") {
-        return;
-    }
-    let out_dir = tempfile::tempdir().unwrap();
-    let json = out_dir.path().join("bench.json");
-    let svg = out_dir.path().join("bench.svg");
-    let child = std::process::Command::new(tidal_bin())
+/// `tidal bench` with one round of 1 s (0.3 s warm-up), `extra` options, and its JSON in `json`.
+fn short_bench(extra: &[&str], json: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(tidal_bin());
+    c.arg("bench")
+        .args(extra)
         .args([
-            "bench",
             "--rounds",
             "1",
             "--warmup",
@@ -25,7 +20,19 @@ fn short_bench_run_measures_every_scenario_and_cleans_up() {
             "1",
             "--json",
         ])
-        .arg(&json)
+        .arg(json);
+    c
+}
+
+#[test]
+fn short_bench_run_measures_every_scenario_and_cleans_up() {
+    if !cgroups_usable("short_bench_run_measures_every_scenario_and_cleans_up") {
+        return;
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let json = out_dir.path().join("bench.json");
+    let svg = out_dir.path().join("bench.svg");
+    let child = short_bench(&[], &json)
         .arg("--svg")
         .arg(&svg)
         .env("TIDAL_LOG", "warn")
@@ -112,9 +119,8 @@ fn a_page_cache_run_counts_the_server_s_major_faults_and_the_streamer_s_reads() 
     }
     let out_dir = tempfile::tempdir().unwrap();
     let json = out_dir.path().join("bench.json");
-    let out = std::process::Command::new(tidal_bin())
-        .args([
-            "bench",
+    let out = short_bench(
+        &[
             "--offline",
             "pagecache",
             "--working-set",
@@ -122,18 +128,12 @@ fn a_page_cache_run_counts_the_server_s_major_faults_and_the_streamer_s_reads() 
             "--scenarios",
             "alone,no-isolation,tidal",
             "--no-step",
-            "--rounds",
-            "1",
-            "--warmup",
-            "0.3",
-            "--duration",
-            "1",
-            "--json",
-        ])
-        .arg(&json)
-        .env("TIDAL_LOG", "warn")
-        .output()
-        .unwrap();
+        ],
+        &json,
+    )
+    .env("TIDAL_LOG", "warn")
+    .output()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");

@@ -710,15 +710,30 @@ fn doctor_says_where_memory_protection_stops_whether_writes_are_isolated_and_oom
     t.restore_ok();
 }
 
-/// `tidal apply` of one action on this root; its output.
-fn apply_one(t: &TestRoot, action: serde_json::Value) -> std::process::Output {
+/// `tidal apply` of one action on this root, which must succeed.
+fn apply_ok(t: &TestRoot, action: serde_json::Value) {
     let plan = t.state.path().join("plan.json");
     std::fs::write(
         &plan,
-        serde_json::json!({ "actions": [action] }).to_string(),
+        serde_json::json!({ "actions": [&action] }).to_string(),
     )
     .unwrap();
-    t.tidal(&["apply", "--plan", plan.to_str().unwrap()])
+    let out = t.tidal(&["apply", "--plan", plan.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{action}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Freezes or thaws `group` through `tidal apply`.
+fn freeze(t: &TestRoot, group: &str, frozen: bool) {
+    apply_ok(
+        t,
+        serde_json::json!({"group": group, "op": "set", "knob": "freeze",
+            "value": {"bool": frozen}, "reason": "test"}),
+    );
 }
 
 #[test]
@@ -742,49 +757,25 @@ fn a_workload_killed_under_a_frozen_level_dies_and_the_level_stays_frozen() {
         .all(|g| !tasks(&t, g).is_empty())
     });
     // A workload frozen itself (as `files.stop` does), then killed.
-    for action in [
-        serde_json::json!({"group": "offline/offline/stopped", "op": "set", "knob": "freeze",
-            "value": {"bool": true}, "reason": "test: stopped"}),
+    freeze(&t, "offline/offline/stopped", true);
+    apply_ok(
+        &t,
         serde_json::json!({"group": "offline/offline/stopped", "op": "kill",
             "reason": "test: evicted for memory"}),
-    ] {
-        let out = apply_one(&t, action);
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    );
     assert!(tasks(&t, "offline/offline/stopped").is_empty());
-    // The ladder's freeze of a level, then an eviction below it.
-    let out = apply_one(
-        &t,
-        serde_json::json!({"group": "offline/offline", "op": "set", "knob": "freeze",
-            "value": {"bool": true}, "reason": "test: the ladder froze offline"}),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The ladder's freeze of a level, then an eviction below it. On a v1 freezer the victim's
+    // tasks stay frozen through SIGKILL until the level thaws: the kill thaws it while they die
+    // (v2's freezer, and hybrid hosts that freeze through it, let a fatal signal through).
+    freeze(&t, "offline/offline", true);
     assert_eq!(
         t.knob("offline/offline", Knob::Freeze),
         KnobValue::Bool(true)
     );
-    let out = apply_one(
+    apply_ok(
         &t,
         serde_json::json!({"group": "offline/offline/victim", "op": "kill",
             "reason": "test: evicted for memory"}),
-    );
-    // On a v1 freezer the victim's tasks stay frozen through SIGKILL until the level thaws: the
-    // kill thaws it while they die (v2's freezer, and hybrid hosts that freeze through it, let a
-    // fatal signal through).
-    assert!(
-        out.status.success(),
-        "the kill failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(tasks(&t, "offline/offline/victim").is_empty());
     // The level is frozen again, and its other workload is still there.
@@ -794,16 +785,7 @@ fn a_workload_killed_under_a_frozen_level_dies_and_the_level_stays_frozen() {
     );
     assert!(!tasks(&t, "offline/offline/sibling").is_empty());
     // Thawed before the test's own kill (a v1-frozen task does not die of it).
-    let out = apply_one(
-        &t,
-        serde_json::json!({"group": "offline/offline", "op": "set", "knob": "freeze",
-            "value": {"bool": false}, "reason": "test: done"}),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    freeze(&t, "offline/offline", false);
     t.kill_children();
     t.restore_ok();
 }
