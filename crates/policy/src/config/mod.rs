@@ -75,7 +75,8 @@ pub enum Suppression {
 pub struct CpuConfig {
     /// CPUs added to online usage before rounding up to whole CPUs.
     pub headroom_cpus: f64,
-    /// Online usage below this is noise (the agent, kernel threads): online then needs no CPU.
+    /// Online usage below this is noise (the agent, kernel threads, a large node's daemons): online
+    /// then needs no CPU.
     pub noise_floor_cpus: f64,
     /// Offline keeps at least this many CPUs; 0 is allowed only with `allow_freeze`.
     pub min_offline_cpus: u32,
@@ -605,7 +606,7 @@ impl Config {
             "cpu.noise_floor_cpus",
             c.noise_floor_cpus,
             0.0,
-            1.0,
+            1024.0,
             "CPUs",
         );
         check(

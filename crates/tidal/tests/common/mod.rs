@@ -460,8 +460,15 @@ impl TestRoot {
 
     /// Spawns an agent command and waits until it answers `/healthz` (20 s at most).
     pub fn spawn_agent(&self, mut cmd: Command, addr: &str) -> Child {
-        let child = cmd.spawn().unwrap();
+        let mut child = cmd.spawn().unwrap();
         wait_for("agent /healthz", 20, || {
+            // An agent that refused its config has exited: say why rather than wait it out.
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "the agent exited ({st}) before /healthz:\n{}",
+                    self.agent_log()
+                );
+            }
             get(addr, "/healthz").is_some_and(|(c, _)| c == 200)
         });
         child
