@@ -26,6 +26,9 @@ pub struct Signal {
     pub target: f64,
     /// (target − observed) / target: below 0 the objective is missed.
     pub slack: f64,
+    /// How old the reading is, for one renewed less often than every tick (None: of this tick).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<u64>,
 }
 
 impl Signal {

@@ -362,6 +362,7 @@ fn a_tightening_step_that_does_not_lower_pressure_is_undone_and_backs_off() {
     let caps = Capabilities::full(8);
     let mut s = base_snapshot();
     s.online_cpu_psi_full = Some(20.0);
+    s.online_cpu_psi_full_1s = Some(20.0);
     let mut st = PolicyState::default();
     let mut steps = Vec::new();
     for t in [0u64, 1_000, 2_000, 5_000, 11_000] {
@@ -385,6 +386,24 @@ fn a_tightening_step_that_does_not_lower_pressure_is_undone_and_backs_off() {
         steps,
         vec![(0, 1), (1_000, 0), (2_000, 0), (5_000, 0), (11_000, 1)]
     );
+    // Read through avg10 alone (no one-second window), pressure cannot fall a fifth in a second:
+    // the step is not judged, and the ladder goes on climbing.
+    s.online_cpu_psi_full_1s = None;
+    let mut st = PolicyState::default();
+    for t in [0u64, 1_000, 2_000] {
+        s.now_ms = t;
+        let d = decide(&s, &cfg, &caps, &st);
+        assert!(
+            !d.plan
+                .actions
+                .iter()
+                .any(|a| a.reason.contains("did not fall")),
+            "{:?}",
+            d.plan.actions
+        );
+        st = d.state;
+    }
+    assert_eq!(st.interference.level(), 3, "{:?}", st.interference);
 }
 
 #[test]

@@ -53,6 +53,7 @@ fn snapshot(slack: Option<f64>) -> Snapshot {
                     observed: 0.005 * (1.0 - s),
                     target: 0.005,
                     slack: s,
+                    age_ms: None,
                 }]
             })
             .unwrap_or_default(),
@@ -511,10 +512,13 @@ proptest! {
     }
 
     #[test]
-    fn nothing_is_released_before_grow_after_of_slack_with_room(st in arb_state(), slack in 0.1f64..1.0, dt in 0u64..1_999, probe in prop_oneof![Just(0u64), 1_000u64..60_000]) {
+    fn nothing_is_released_before_grow_after_of_slack_with_room(st in arb_state(), slack in 0.1f64..1.0, dt in 0u64..1_999, probe in prop_oneof![Just(0u64), 1_000u64..60_000], calm in 100u64..20_000) {
         let mut cfg = Config::default();
         cfg.cpu.grow_after = Millis(2_000);
         cfg.slo.probe_after = Millis(probe);
+        // Pressure is calm too, with a calm period of its own (shorter or longer): the objective's
+        // wait is the one that counts.
+        cfg.interference.calm_period = Millis(calm);
         let caps = Capabilities::full(8);
         let mut s = snapshot(Some(slack));
         s.now_ms = 50_000;
@@ -645,6 +649,7 @@ fn runq(observed_s: f64) -> Signal {
         observed: observed_s,
         target: 0.001,
         slack: Signal::slack_of(observed_s, 0.001),
+        age_ms: None,
     }
 }
 
@@ -784,4 +789,50 @@ fn step_names_are_the_serialised_ones() {
         let text = serde_yaml_ng::to_string(&s).unwrap();
         assert_eq!(text.trim(), s.name());
     }
+}
+
+#[test]
+fn one_reading_of_a_missed_objective_takes_one_step_however_long_it_is_read() {
+    let mut cfg = Config::default();
+    // Scraped every 3 s, ticks stepping every second: each new reading steps once.
+    cfg.slo.interval = Millis(3_000);
+    let caps = Capabilities::full(8);
+    let mut st = PolicyState::default();
+    let mut levels = Vec::new();
+    for t in (0..=7).map(|i| i * 1_000) {
+        let mut s = snapshot(Some(-0.4));
+        s.now_ms = t;
+        // The reading was taken at the last multiple of 3 s.
+        s.signals[0].age_ms = Some(t % 3_000);
+        st = decide(&s, &cfg, &caps, &st).state;
+        levels.push(st.interference.level());
+    }
+    assert_eq!(levels, vec![1, 1, 1, 2, 2, 2, 3, 3]);
+}
+
+#[test]
+fn a_calm_objective_releases_after_grow_after_even_when_pressure_would_wait_less() {
+    let mut cfg = Config::default();
+    cfg.cpu.grow_after = Millis(5_000);
+    cfg.interference.calm_period = Millis(1_000);
+    let caps = Capabilities::full(8);
+    let mut st = PolicyState::default();
+    st.interference.steps = vec![Step::ShrinkCpuset];
+    let (after, why) = calm_until_release(&cfg, &mut st, 10_000);
+    assert_eq!(after, 5_000, "{why:?}");
+    assert!(why.iter().any(|w| w.contains("objective")), "{why:?}");
+    // Without an objective, pressure's calm period is the wait.
+    let mut st = PolicyState::default();
+    st.interference.steps = vec![Step::ShrinkCpuset];
+    let mut released = None;
+    for t in (0..20).map(|i| 10_000 + i * 500) {
+        let mut s = snapshot(None);
+        s.now_ms = t;
+        st = decide(&s, &cfg, &caps, &st).state;
+        if st.interference.level() == 0 {
+            released = Some(t - 10_000);
+            break;
+        }
+    }
+    assert_eq!(released, Some(1_000));
 }

@@ -22,6 +22,28 @@ pub fn cpus_needed(usage: f64, headroom: f64, floor: f64, n: u32) -> u32 {
     (x.ceil() as u32).min(n)
 }
 
+/// Whether a light sample of online usage (`usage`, CPUs) calls for a tick at once: only when
+/// online now needs more CPUs than at the last tick, confinement can act on that (cpusets with at
+/// least `confine_min_cpus`, or a quota) and offline holds more than it may keep, above
+/// `min_offline_cpus`. Anything else waits for the next tick: an early one could change nothing.
+pub fn early_tick(usage: f64, cfg: &Config, caps: &Capabilities, st: &PolicyState) -> bool {
+    let n = caps.cpus.len().min(u32::MAX as usize) as u32;
+    let need = cpus_needed(
+        usage.max(0.0),
+        cfg.cpu.headroom_cpus,
+        cfg.cpu.noise_floor_cpus,
+        n,
+    );
+    let can_confine = match cfg.cpu.suppression {
+        Suppression::Cpuset => n >= cfg.cpu.confine_min_cpus && caps.has(Knob::CpusetCpus),
+        Suppression::Quota => caps.has(Knob::CpuMax),
+        Suppression::None => false,
+    };
+    let cur = st.base_offline.unwrap_or(n).min(n);
+    let keep = n.saturating_sub(need).max(cfg.cpu.min_offline_cpus.min(n));
+    can_confine && need > st.online_need && st.offline_cpus.is_some() && keep < cur
+}
+
 /// Online's need and offline's share; state keeps the hysteresis. Missing CPU readings hold the last
 /// decision; `no_growth` (a latency objective with little slack) holds offline where it is.
 pub fn need(snap: &Snapshot, cfg: &Config, no_growth: bool, st: &mut PolicyState) -> CpuDecision {

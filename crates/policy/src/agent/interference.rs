@@ -5,19 +5,22 @@
 //!
 //! - A step is taken at most once per `escalate_every`, and only if it would change something now
 //!   (shrinking the cpuset needs confinement on and a CPU to spare; freezing a level needs the level).
+//!   A reading renewed less often than every tick (a latency objective) takes at most one step:
+//!   the next needs a reading taken after it.
 //!   A signal that reads only the last tick (run-queue latency) takes none in a tick in which
 //!   confinement shrinks offline: the next tick's reading shows what the shrink did (once; never
 //!   two such waits in a row).
 //! - A step taken for pressure that has not fallen by a fifth one interval later did not help: it
-//!   is undone and the ladder backs off for `calm_period`.
+//!   is undone and the ladder backs off for `calm_period`. Pressure read through avg10 (no
+//!   one-second window) cannot fall that fast, so such a step is not judged.
 //! - A signal that holds (a latency objective with little slack) stops offline growing and any
 //!   release. A stretch of `slo.probe_after` with room (every hold with slack of `slo.hold_below`
 //!   or more, or every signal calm) releases one step to probe: an objective whose target is too
 //!   close to the quiet latency for ample slack would otherwise keep offline tightened for good.
 //!   Tightening within `slo.probe_after` of a probe doubles the wait before the next.
-//! - When every signal that speaks is calm, one step is released after the shortest calm time any
-//!   of them asks (`calm_period` for pressure, `cpu.grow_after` for an objective with ample slack),
-//!   quoting it. Tightening within `slo.probe_after` of such a release doubles that time before the
+//! - When every signal that speaks is calm, one step is released after a calm objective's time
+//!   (`cpu.grow_after` of ample slack: it measures the latency itself), else the shortest calm time
+//!   the others ask (`calm_period`), quoting it. Tightening within `slo.probe_after` of such a release doubles that time before the
 //!   next (up to `PROBE_BACKOFF_MAX` times); a release that lasts until the next halves it.
 
 use super::state::{Phase, PolicyState, Step};
@@ -37,11 +40,21 @@ pub enum Verdict {
         reason: String,
         baseline: Option<f64>,
         per_tick: bool,
+        /// When the reading was taken, for one renewed less often than every tick (a latency
+        /// objective, every `slo.interval`): a step needs a reading taken after the last step, so
+        /// one reading never climbs the ladder twice.
+        measured_at_ms: Option<u64>,
     },
     /// Met, without room to give: no release; with `stop_growth`, offline does not grow either.
     Hold { reason: String, stop_growth: bool },
     /// Fine; one step may be released once it has been so for `after_ms`. `reason` quotes it.
-    Calm { after_ms: u64, reason: String },
+    /// `governs`: the signal measures online's latency itself (an objective), so when it is calm its
+    /// wait is the wait, shorter or longer than the others'.
+    Calm {
+        after_ms: u64,
+        reason: String,
+        governs: bool,
+    },
     /// The signal has nothing to say (no data).
     Silent,
 }
@@ -63,12 +76,17 @@ fn psi_rule(snap: &Snapshot, cfg: &Config, caps: &Capabilities) -> Verdict {
     if p > thr {
         Verdict::Tighten {
             reason: format!("online cpu pressure {p:.1}% over {thr}%"),
-            baseline: Some(p),
+            // A step is judged by the pressure falling a fifth within `escalate_every`, which the
+            // one-second window can show; avg10 (the fallback) decays over ten seconds and never
+            // could, so a step read through it is not judged.
+            baseline: win.map(|_| p),
             // A window of about a second (avg10 as a fallback): one tick later it barely moved.
             per_tick: false,
+            measured_at_ms: None,
         }
     } else {
         Verdict::Calm {
+            governs: false,
             after_ms: cfg.interference.calm_period.0,
             reason: format!("online cpu pressure {p:.1}% under {thr}%"),
         }
@@ -111,6 +129,7 @@ fn slo_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
             reason: quote,
             baseline: None,
             per_tick: false,
+            measured_at_ms: Some(snap.now_ms.saturating_sub(worst.age_ms.unwrap_or(0))),
         }
     } else if worst.slack < slo.hold_below {
         Verdict::Hold {
@@ -126,6 +145,7 @@ fn slo_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
         Verdict::Calm {
             after_ms: cfg.cpu.grow_after.0,
             reason: quote,
+            governs: true,
         }
     }
 }
@@ -151,9 +171,11 @@ fn runq_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
             ),
             baseline: None,
             per_tick: true,
+            measured_at_ms: None,
         }
     } else {
         Verdict::Calm {
+            governs: false,
             after_ms: cfg.interference.calm_period.0,
             reason: format!(
                 "run-queue p99 of {} {} under {}",
@@ -256,8 +278,11 @@ pub fn decide(
     let backoff = cfg.interference.calm_period.0;
     let tighten = verdicts.iter().find_map(|v| match v {
         Verdict::Tighten {
-            reason, baseline, ..
-        } => Some((reason.clone(), *baseline)),
+            reason,
+            baseline,
+            measured_at_ms,
+            ..
+        } => Some((reason.clone(), *baseline, *measured_at_ms)),
         _ => None,
     });
     // Confinement shrinking offline this tick is already the answer to online needing more: when
@@ -278,15 +303,21 @@ pub fn decide(
     });
     // Every hold leaves room (none stops growth): a stretch of these may probe a release.
     let roomy = held.is_some() && !stops_growth(verdicts);
-    // Released after the shortest calm time a calm signal asks, when no signal holds; that
-    // signal is quoted.
-    let calm_by = verdicts
-        .iter()
-        .filter_map(|v| match v {
-            Verdict::Calm { after_ms, reason } => Some((*after_ms, reason)),
-            _ => None,
-        })
-        .min_by_key(|(after, _)| *after);
+    // Released after the calm time of a calm objective (it measures the latency itself), else the
+    // shortest a calm signal asks, when no signal holds; that signal is quoted.
+    let calms = verdicts.iter().filter_map(|v| match v {
+        Verdict::Calm {
+            after_ms,
+            reason,
+            governs,
+        } => Some((*after_ms, reason, *governs)),
+        _ => None,
+    });
+    let calm_by = calms
+        .clone()
+        .find(|c| c.2)
+        .or_else(|| calms.min_by_key(|c| c.0))
+        .map(|(after, reason, _)| (after, reason));
     let any_calm = calm_by.is_some() && held.is_none();
     let lad = &mut st.interference;
     // A release for calm is judged like a probe: tightening soon after it doubles the calm time
@@ -346,11 +377,12 @@ pub fn decide(
         )
     };
     match tighten {
-        Some((reason, baseline)) => {
+        Some((reason, baseline, measured_at)) => {
             tick.pressure = Some(reason);
             let may_step = match lad.phase {
                 Phase::Tightened { at_ms, baseline: b } => {
-                    if now.saturating_sub(at_ms) < every {
+                    if now.saturating_sub(at_ms) < every || measured_at.is_some_and(|m| m <= at_ms)
+                    {
                         false
                     } else if let (Some(before), Some(p)) = (b, baseline) {
                         if !lad.steps.is_empty() && p >= 0.8 * before {

@@ -108,7 +108,8 @@ pub struct SloConfig {
     pub max_body_bytes: u64,
     /// A reading older than this is stale: no SLO action, PSI rules only.
     pub stale_after: Millis,
-    /// Slack below this tightens offline by one step per `interference.escalate_every`.
+    /// Slack below this tightens offline by one step per reading (per `interval`, at most one per
+    /// `interference.escalate_every`).
     pub tighten_below: f64,
     /// Slack below this stops offline growing.
     pub hold_below: f64,

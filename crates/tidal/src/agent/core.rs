@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidal_actuator::{ActError, Actuator, Applied, Outcome};
 use tidal_model::{Capabilities, Cause, Knob, KnobValue, Op, QosLevel, Snapshot, Target};
-use tidal_policy::agent::cpus_needed;
 use tidal_policy::{decide, release_plan, settle, Config, PolicyState};
 use tidal_snapshot::Collector;
 use tidal_source::Eviction;
@@ -191,21 +190,7 @@ impl Agent {
         let (Some(node), Some(off)) = (node, off) else {
             return false;
         };
-        let n = self.caps.cpus.len() as u32;
-        let need = cpus_needed(
-            (node - off).max(0.0),
-            self.cfg.cpu.headroom_cpus,
-            self.cfg.cpu.noise_floor_cpus,
-            n,
-        );
-        let can_confine = match self.cfg.cpu.suppression {
-            tidal_policy::Suppression::Cpuset => {
-                n >= self.cfg.cpu.confine_min_cpus && self.caps.has(Knob::CpusetCpus)
-            }
-            tidal_policy::Suppression::Quota => self.caps.has(Knob::CpuMax),
-            tidal_policy::Suppression::None => false,
-        };
-        can_confine && need > self.state.online_need && self.state.offline_cpus.is_some()
+        tidal_policy::agent::confine::early_tick(node - off, &self.cfg, &self.caps, &self.state)
     }
 
     /// One control step at `now`: measure, decide, apply, report.

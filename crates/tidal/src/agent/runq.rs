@@ -179,6 +179,7 @@ impl Runq {
                     observed,
                     target: threshold_s,
                     slack: Signal::slack_of(observed, threshold_s),
+                    age_ms: None,
                 });
             }
             waits.push(Waits {

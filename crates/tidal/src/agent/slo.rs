@@ -176,6 +176,7 @@ impl SloWatch {
                     observed: o,
                     target: st.spec.target,
                     slack: sl,
+                    age_ms: age.map(|a| a.as_millis().min(u128::from(u64::MAX)) as u64),
                 });
             }
             out.push(Reading {
