@@ -26,6 +26,8 @@ pub struct PodView {
     pub memory_request: Option<u64>,
     /// The TCP ports its containers declare: (name, number).
     pub ports: Vec<(Option<String>, i32)>,
+    /// `spec.hostNetwork`: its IP is the node's.
+    pub host_network: bool,
 }
 
 /// Milli-CPUs of a CPU quantity ("500m", "2", "1.5", "100u"). None if it is not one.
@@ -176,6 +178,7 @@ pub fn view(pod: &Pod) -> PodView {
             .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
             .map(|p| (p.name.clone(), p.container_port))
             .collect(),
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
     }
 }
 

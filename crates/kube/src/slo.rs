@@ -1,7 +1,8 @@
 //! A pod's latency objective, from its annotations. The agent runs as root on the node, so a pod's
 //! word is not trusted: the objective may only name a port the pod's own spec declares (by number
-//! or name) and a plain path; the agent fetches it on the pod's own IP, with no redirects and with
-//! time and size caps (see the agent's SLO watcher). Pure: annotations and ports in.
+//! or name) and a plain path; the agent fetches it on the pod's own IP, with no redirects, no proxy
+//! and with time and size caps (see the agent's SLO watcher). A hostNetwork pod, whose IP is the
+//! node's, may declare none. Pure: annotations and ports in.
 
 use std::collections::BTreeMap;
 use tidal_model::PodSlo;
@@ -45,9 +46,17 @@ fn labels(s: &str) -> Result<BTreeMap<String, String>, String> {
 pub fn pod_slo(
     annotations: &BTreeMap<String, String>,
     ports: &[(Option<String>, i32)],
+    host_network: bool,
 ) -> Result<Option<PodSlo>, String> {
     if !KEYS.iter().any(|k| annotations.contains_key(*k)) {
         return Ok(None);
+    }
+    if host_network {
+        // Its IP is the node's: a declared port would be any service on the node.
+        return Err(
+            "a hostNetwork pod cannot declare a latency objective: its IP is the node's, so tidal would fetch a node port, not the pod's"
+                .into(),
+        );
     }
     let get = |k: &str| annotations.get(k).map(|v| v.trim());
     let need = |k: &str| {
@@ -119,7 +128,7 @@ mod tests {
             (METRIC, "http_request_duration_seconds"),
             (TARGET, "50ms"),
         ];
-        let s = pod_slo(&ann(&base), &ports).unwrap().unwrap();
+        let s = pod_slo(&ann(&base), &ports, false).unwrap().unwrap();
         assert_eq!(
             (s.port, s.path.as_str(), s.quantile, s.target),
             (9090, "/metrics", 0.99, 0.05)
@@ -127,10 +136,14 @@ mod tests {
         let mut by_number = base.to_vec();
         by_number[0] = (PORT, "8080");
         by_number.push((LABELS, "handler=\"/api\",code=200"));
-        let s = pod_slo(&ann(&by_number), &ports).unwrap().unwrap();
+        let s = pod_slo(&ann(&by_number), &ports, false).unwrap().unwrap();
         assert_eq!(s.port, 8080);
         assert_eq!(s.labels.get("handler").map(String::as_str), Some("/api"));
-        assert_eq!(pod_slo(&ann(&[]), &ports).unwrap(), None);
+        assert_eq!(pod_slo(&ann(&[]), &ports, false).unwrap(), None);
+        assert_eq!(pod_slo(&ann(&[]), &ports, true).unwrap(), None);
+        // On the host's network the pod IP is the node's: refused, with why.
+        let e = pod_slo(&ann(&base), &ports, true).unwrap_err();
+        assert!(e.contains("hostNetwork"), "{e}");
         for bad in [
             vec![(PORT, "22"), (METRIC, "m"), (TARGET, "5ms")],
             vec![(PORT, "metrics"), (METRIC, "m")],
@@ -154,7 +167,10 @@ mod tests {
             ],
             vec![(PORT, "metrics"), (METRIC, "bad-name"), (TARGET, "5ms")],
         ] {
-            assert!(pod_slo(&ann(&bad), &ports).is_err(), "{bad:?} accepted");
+            assert!(
+                pod_slo(&ann(&bad), &ports, false).is_err(),
+                "{bad:?} accepted"
+            );
         }
     }
 
@@ -162,7 +178,7 @@ mod tests {
         #[test]
         fn annotations_never_panic(port in "\\PC{0,12}", path in "\\PC{0,40}", target in "\\PC{0,10}", labels in "\\PC{0,40}") {
             let a = ann(&[(PORT, &port), (PATH, &path), (METRIC, "m"), (TARGET, &target), (LABELS, &labels)]);
-            let _ = pod_slo(&a, &[(Some("p".into()), 80)]);
+            let _ = pod_slo(&a, &[(Some("p".into()), 80)], false);
         }
     }
 }

@@ -228,7 +228,7 @@ impl PodSource {
             name: v.facts.name.clone(),
             uid: v.uid.clone(),
         };
-        let slo = match crate::slo::pod_slo(&v.facts.annotations, &v.ports) {
+        let slo = match crate::slo::pod_slo(&v.facts.annotations, &v.ports, v.host_network) {
             Ok(s) => s,
             Err(why) => {
                 if self.reported_slo.insert(v.uid.clone()) {

@@ -43,7 +43,11 @@ pub fn parse_histogram(
         }
         series += 1;
         for h in b {
-            if h.less_than.is_nan() || !h.count.is_finite() || h.count < 0.0 {
+            if h.less_than.is_nan()
+                || h.less_than == f64::NEG_INFINITY
+                || !h.count.is_finite()
+                || h.count < 0.0
+            {
                 return Err(format!(
                     "{metric}: bucket le={} has count {}",
                     h.less_than, h.count
@@ -71,7 +75,7 @@ pub fn parse_histogram(
     }
     let mut v: Vec<(f64, f64)> = sum.into_values().collect();
     v.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if v.last().is_none_or(|b| !b.0.is_infinite()) {
+    if v.last().is_none_or(|b| b.0 != f64::INFINITY) {
         return Err(format!("{metric}: no +Inf bucket"));
     }
     Ok(Buckets(v))
@@ -194,6 +198,98 @@ http_request_duration_seconds_count{handler=\"/x\"} 1000
         assert_eq!(quantile(0.99, &increase(Some(&cur), &cur)), None);
         assert_eq!(quantile(0.99, &Buckets(vec![])), None);
         assert_eq!(quantile(1.0, &cur), None);
+    }
+
+    use proptest::prelude::*;
+
+    /// One line of exposition text from a grammar of what scrapes hold, good and bad: comments,
+    /// bucket lines with any `le` and count, sums, counts, other metrics, junk.
+    fn arb_line() -> impl Strategy<Value = String> {
+        let le = prop_oneof![
+            (0.0f64..10.0).prop_map(|x| x.to_string()),
+            Just("+Inf".to_string()),
+            Just("-Inf".to_string()),
+            Just("NaN".to_string()),
+            Just("-1".to_string()),
+            Just("1e400".to_string()),
+            "[a-z0-9.]{0,6}",
+        ];
+        let count = prop_oneof![
+            (0u64..1_000_000).prop_map(|x| x.to_string()),
+            Just("NaN".to_string()),
+            Just("-5".to_string()),
+            Just("+Inf".to_string()),
+            Just("1e400".to_string()),
+            "[0-9e.+-]{0,8}",
+        ];
+        let name = prop::sample::select(vec!["m", "m2", "other"]);
+        let labels = prop::collection::vec(("[a-z]{1,3}", "[a-z/\\\"]{0,4}"), 0..3);
+        prop_oneof![
+            name.clone().prop_map(|n| format!("# TYPE {n} histogram")),
+            name.clone().prop_map(|n| format!("# HELP {n} text")),
+            (name.clone(), labels.clone(), le, count.clone()).prop_map(|(n, ls, le, c)| {
+                let mut l: Vec<String> = ls.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                l.push(format!("le=\"{le}\""));
+                format!("{n}_bucket{{{}}} {c}", l.join(","))
+            }),
+            (name.clone(), count.clone()).prop_map(|(n, c)| format!("{n}_sum {c}")),
+            (name, count).prop_map(|(n, c)| format!("{n}_count {c}")),
+            "\\PC{0,60}",
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever a scrape holds, parsing returns buckets that are in order, end in +Inf and
+        /// count nothing negative or infinite, or an error; a quantile of them stays within their
+        /// bounds. Lines come from a grammar, so the bucket paths are reached, then a byte is
+        /// flipped to reach the parser's error paths too.
+        #[test]
+        fn exposition_text_parses_to_sane_buckets_or_an_error(
+            lines in prop::collection::vec(arb_line(), 0..30),
+            flip in prop::option::of((0usize..2_000, any::<u8>())),
+            q in 0.001f64..0.999,
+        ) {
+            let mut text = lines.join("\n").into_bytes();
+            if let Some((at, b)) = flip {
+                if !text.is_empty() {
+                    let i = at % text.len();
+                    text[i] = b;
+                }
+            }
+            let text = String::from_utf8_lossy(&text);
+            if let Ok(b) = parse_histogram(&text, "m", &BTreeMap::new()) {
+                prop_assert!(b.0.last().is_some_and(|l| l.0 == f64::INFINITY));
+                prop_assert!(b.0.windows(2).all(|w| w[0].0 < w[1].0), "{:?}", b.0);
+                prop_assert!(b.0.iter().all(|(le, c)| !le.is_nan() && c.is_finite() && *c >= 0.0), "{:?}", b.0);
+                if let Some(x) = quantile(q, &b) {
+                    let top = b.0.iter().rev().find(|l| l.0.is_finite()).map_or(0.0, |l| l.0);
+                    let bottom = b.0.first().map_or(0.0, |l| l.0.min(0.0));
+                    prop_assert!(x.is_finite() && x >= bottom && x <= top.max(0.0), "{} of {:?}", x, b.0);
+                }
+            }
+        }
+
+        /// A well-formed histogram in several series parses back to the sum of their counts.
+        #[test]
+        fn a_well_formed_histogram_parses_back_to_its_counts(
+            series in prop::collection::vec(prop::collection::vec(0u32..10_000, 4), 1..4),
+        ) {
+            let bounds = ["0.001", "0.01", "0.1", "+Inf"];
+            let mut text = String::from("# TYPE m histogram\n");
+            let mut want = [0.0f64; 4];
+            for (i, counts) in series.iter().enumerate() {
+                let mut cum = 0.0;
+                for (j, c) in counts.iter().enumerate() {
+                    cum += f64::from(*c);
+                    want[j] += cum;
+                    text.push_str(&format!("m_bucket{{s=\"{i}\",le=\"{}\"}} {cum}\n", bounds[j]));
+                }
+                text.push_str(&format!("m_sum{{s=\"{i}\"}} 1\nm_count{{s=\"{i}\"}} {cum}\n"));
+            }
+            let b = parse_histogram(&text, "m", &BTreeMap::new()).map_err(TestCaseError::fail)?;
+            let got: Vec<f64> = b.0.iter().map(|x| x.1).collect();
+            prop_assert_eq!(got, want.to_vec());
+        }
     }
 
     proptest::proptest! {

@@ -1,7 +1,8 @@
 //! The latency-objective watcher: a thread that scrapes each objective's histogram every
 //! `slo.interval` and keeps its windowed quantile, so the control loop never waits on the network.
 //! Objectives come from the config (local mode) and from pods' annotations (on the pod's own IP and
-//! a port its spec declares). Every fetch has a timeout and a body cap and follows no redirect. A
+//! a port its spec declares, never a loopback or link-local address). Every fetch has a timeout and
+//! a body cap, follows no redirect and ignores proxy settings in the environment. A
 //! reading older than `slo.stale_after`, or a fetch that failed, gives no signal: the policy then
 //! acts on pressure alone. Failures are logged once per objective and counted.
 
@@ -61,6 +62,9 @@ pub fn specs(cfg: &[Objective], workloads: &[WorkloadSnapshot]) -> Vec<Spec> {
         let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
             continue;
         };
+        if !pod_address(&ip) {
+            continue;
+        }
         let host = match ip {
             std::net::IpAddr::V4(a) => a.to_string(),
             std::net::IpAddr::V6(a) => format!("[{a}]"),
@@ -75,6 +79,21 @@ pub fn specs(cfg: &[Objective], workloads: &[WorkloadSnapshot]) -> Vec<Spec> {
         });
     }
     out
+}
+
+/// Whether a pod's IP may be fetched: never loopback, unspecified or link-local (where cloud
+/// metadata services answer), whatever the pod's status says.
+fn pod_address(ip: &std::net::IpAddr) -> bool {
+    let v4 = |a: &std::net::Ipv4Addr| !(a.is_loopback() || a.is_unspecified() || a.is_link_local());
+    match ip {
+        std::net::IpAddr::V4(a) => v4(a),
+        std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(m) => v4(&m),
+            None => {
+                !(a.is_loopback() || a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80)
+            }
+        },
+    }
 }
 
 /// The last reading of one objective.
@@ -229,6 +248,8 @@ fn run(inner: &Inner) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_millis(cfg.timeout.0)))
             .max_redirects(0)
+            // Straight to the address: a node's HTTP_PROXY must not carry pod-chosen fetches.
+            .proxy(None)
             .http_status_as_error(false)
             .build()
             .into();
@@ -307,6 +328,117 @@ fn run(inner: &Inner) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidal_model::{ForeignGroup, PodInfo, PodRef, PodSlo, QosClass, QosLevel, Target};
+
+    fn pod(name: &str, level: QosLevel, ip: &str, slo: Option<PodSlo>) -> WorkloadSnapshot {
+        let g = ForeignGroup::new(&format!("kubepods/pod{}", name.replace('/', "-"))).unwrap();
+        let mut w = WorkloadSnapshot::unread(Target::Foreign(g), level, name);
+        w.pod = Some(PodInfo {
+            pod: PodRef {
+                namespace: "ns".into(),
+                name: name.into(),
+                uid: name.into(),
+            },
+            qos_class: QosClass::Burstable,
+            containers: vec![],
+            liveness_probe: false,
+            tier_idle: false,
+            cpu_limit_milli: None,
+            terminating: false,
+            memory_request: None,
+            ip: Some(ip.to_string()),
+            slo,
+        });
+        w
+    }
+
+    fn pod_slo(port: u16, path: &str) -> PodSlo {
+        PodSlo {
+            port,
+            path: path.into(),
+            metric: "request_duration_seconds".into(),
+            labels: BTreeMap::new(),
+            quantile: 0.99,
+            target: 0.005,
+        }
+    }
+
+    #[test]
+    fn a_pod_objective_is_fetched_on_the_pod_ip_and_its_declared_port_only() {
+        let ws = vec![
+            pod(
+                "ns/web",
+                QosLevel::Online,
+                "10.1.2.3",
+                Some(pod_slo(8080, "/metrics")),
+            ),
+            pod(
+                "ns/v6",
+                QosLevel::OnlineHigh,
+                "fd00::5",
+                Some(pod_slo(9090, "/m")),
+            ),
+            // Offline pods' objectives are not read; nor are pods without one.
+            pod(
+                "ns/batch",
+                QosLevel::Offline,
+                "10.1.2.4",
+                Some(pod_slo(8080, "/metrics")),
+            ),
+            pod("ns/plain", QosLevel::Online, "10.1.2.5", None),
+            // Addresses a pod's status must never send the agent to.
+            pod(
+                "ns/lo",
+                QosLevel::Online,
+                "127.0.0.1",
+                Some(pod_slo(80, "/metrics")),
+            ),
+            pod(
+                "ns/meta",
+                QosLevel::Online,
+                "169.254.169.254",
+                Some(pod_slo(80, "/latest")),
+            ),
+            pod(
+                "ns/mapped",
+                QosLevel::Online,
+                "::ffff:169.254.169.254",
+                Some(pod_slo(80, "/x")),
+            ),
+            pod(
+                "ns/ll6",
+                QosLevel::Online,
+                "fe80::1",
+                Some(pod_slo(80, "/x")),
+            ),
+            pod(
+                "ns/any",
+                QosLevel::Online,
+                "0.0.0.0",
+                Some(pod_slo(80, "/x")),
+            ),
+            pod(
+                "ns/bad",
+                QosLevel::Online,
+                "web.example",
+                Some(pod_slo(80, "/x")),
+            ),
+        ];
+        let got: Vec<(String, String)> = specs(&[], &ws)
+            .into_iter()
+            .map(|s| (s.workload, s.url))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "ns/web".to_string(),
+                    "http://10.1.2.3:8080/metrics".to_string()
+                ),
+                ("ns/v6".to_string(), "http://[fd00::5]:9090/m".to_string()),
+            ]
+        );
+    }
 
     #[test]
     fn quantile_names() {
