@@ -11,13 +11,16 @@ use common::{
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A metrics endpoint: every scrape adds 200 requests, all fast (1 ms) or all slow (40 ms).
 struct Metrics {
     addr: String,
     slow: Arc<AtomicBool>,
     scrapes: Arc<AtomicU64>,
+    /// When each scrape that served slow requests was answered.
+    slow_at: Arc<Mutex<Vec<SystemTime>>>,
 }
 
 fn metrics() -> Metrics {
@@ -25,7 +28,12 @@ fn metrics() -> Metrics {
     let addr = l.local_addr().unwrap().to_string();
     let slow = Arc::new(AtomicBool::new(false));
     let scrapes = Arc::new(AtomicU64::new(0));
-    let (s, n) = (Arc::clone(&slow), Arc::clone(&scrapes));
+    let slow_at = Arc::new(Mutex::new(Vec::new()));
+    let (s, n, at) = (
+        Arc::clone(&slow),
+        Arc::clone(&scrapes),
+        Arc::clone(&slow_at),
+    );
     std::thread::spawn(move || {
         let (mut fast, mut slow_n) = (0u64, 0u64);
         for c in l.incoming() {
@@ -34,6 +42,7 @@ fn metrics() -> Metrics {
             let _ = c.read(&mut buf);
             if s.load(Ordering::Relaxed) {
                 slow_n += 200;
+                at.lock().unwrap().push(SystemTime::now());
             } else {
                 fast += 200;
             }
@@ -54,7 +63,22 @@ fn metrics() -> Metrics {
         addr,
         slow,
         scrapes,
+        slow_at,
     }
+}
+
+/// Seconds into the UTC day of an agent log line's timestamp (`2026-11-27T19:40:01.123456Z ...`).
+fn log_time_of_day(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?.split_once('T')?.1;
+    let t = t.trim_end_matches('Z');
+    let mut it = t.split(':');
+    let (h, m, s) = (it.next()?, it.next()?, it.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
+fn time_of_day(t: SystemTime) -> f64 {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_micros()) / 1e6
 }
 
 fn steps(v: &Value) -> usize {
@@ -121,6 +145,31 @@ fn a_missed_objective_tightens_offline_and_its_recovery_releases_it() {
             .any(|r| r.contains("objective online-critical/web") && r.contains("slack"))
     };
     wait_for("a write quoting the objective", 5, quoted);
+    // Within two intervals, counted in the agent's own scrapes: the first write for the missed
+    // objective comes before the second scrape that served slow requests has been followed by
+    // a third, whatever the host's speed (the debug agent under an emulated CPU included).
+    let log = t.agent_log();
+    let first_write = log
+        .lines()
+        .find(|l| l.contains("objective online-critical/web") && l.contains("slack -"))
+        .and_then(log_time_of_day);
+    wait_for("three slow scrapes", 10, || {
+        m.slow_at.lock().unwrap().len() >= 3
+    });
+    let slow_at: Vec<f64> = m
+        .slow_at
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| time_of_day(*t))
+        .collect();
+    // Seconds from the second slow scrape to the write, around midnight too.
+    let after_second =
+        first_write.map(|w| (w - slow_at[1] + 86_400.0 + 43_200.0) % 86_400.0 - 43_200.0);
+    assert!(
+        after_second.is_some_and(|d| d < slow_at[2] - slow_at[1]),
+        "first write {first_write:?}, slow scrapes at {slow_at:?} (seconds of the day)\nagent log:\n{log}"
+    );
     let (_, metrics_text) = get(&addr, "/metrics").unwrap();
     assert!(metrics_text.contains("tidal_slo_slack"), "{metrics_text}");
     // It keeps tightening while missed.
