@@ -18,6 +18,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 struct Metrics {
     addr: String,
     slow: Arc<AtomicBool>,
+    /// No requests between scrapes: every window is empty.
+    idle: Arc<AtomicBool>,
     scrapes: Arc<AtomicU64>,
     /// When each scrape that served slow requests was answered.
     slow_at: Arc<Mutex<Vec<SystemTime>>>,
@@ -27,6 +29,8 @@ fn metrics() -> Metrics {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let slow = Arc::new(AtomicBool::new(false));
+    let idle = Arc::new(AtomicBool::new(false));
+    let quiet = Arc::clone(&idle);
     let scrapes = Arc::new(AtomicU64::new(0));
     let slow_at = Arc::new(Mutex::new(Vec::new()));
     let (s, n, at) = (
@@ -40,7 +44,8 @@ fn metrics() -> Metrics {
             let Ok(mut c) = c else { continue };
             let mut buf = [0u8; 1024];
             let _ = c.read(&mut buf);
-            if s.load(Ordering::Relaxed) {
+            if quiet.load(Ordering::Relaxed) {
+            } else if s.load(Ordering::Relaxed) {
                 slow_n += 200;
                 at.lock().unwrap().push(SystemTime::now());
             } else {
@@ -62,6 +67,7 @@ fn metrics() -> Metrics {
     Metrics {
         addr,
         slow,
+        idle,
         scrapes,
         slow_at,
     }
@@ -199,20 +205,61 @@ fn an_unreachable_objective_is_stale_and_changes_nothing() {
     // A port nobody listens on.
     let dead = free_addr();
     let addr = free_addr();
+    // And a service with no requests: every window is empty.
+    let idle = metrics();
+    idle.idle.store(true, Ordering::Relaxed);
     let cfg = format!(
         "tick: 100ms\ninterference:\n  psi_threshold: 100\nbpf:\n  runq_p99_threshold: 10s\nslo:\n  interval: 200ms\n  timeout: 100ms\n  objectives:\n\
-         \x20   - workload: w\n      url: http://{dead}/metrics\n      metric: m\n      quantile: 0.99\n      target: 1ms\n"
+         \x20   - workload: w\n      url: http://{dead}/metrics\n      metric: m\n      quantile: 0.99\n      target: 1ms\n\
+         \x20   - workload: quiet\n      url: http://{}/metrics\n      metric: app_request_duration_seconds\n      quantile: 0.99\n      target: 1ms\n",
+        idle.addr
     );
     let mut agent = start_agent(&t, &cfg, &addr);
-    wait_for("the objective marked stale with its error", 10, || {
+    let of = |v: &Value, w: &str| {
+        v["slo"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["workload"] == w).cloned())
+            .unwrap_or(Value::Null)
+    };
+    wait_for("the objectives marked stale with their errors", 10, || {
         let v = state(&addr);
-        v["slo"][0]["stale"] == Value::Bool(true)
-            && v["slo"][0]["scrape_errors"].as_u64().unwrap_or(0) >= 2
+        let (w, q) = (of(&v, "w"), of(&v, "quiet"));
+        w["stale"] == Value::Bool(true)
+            && w["scrape_errors"].as_u64().unwrap_or(0) >= 2
+            && q["stale"] == Value::Bool(true)
+            && q["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("0 requests"))
     });
     assert_eq!(steps(&state(&addr)), 0);
+    // Shown by `tidal status` and as a metric.
+    let out = t.tidal(&["status", "--listen", &addr]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("objective w p99 of m")
+            && text.contains("stale (")
+            && text.contains("pressure rules only"),
+        "{text}"
+    );
+    let (_, metrics_text) = get(&addr, "/metrics").unwrap();
+    assert!(
+        metrics_text
+            .lines()
+            .any(|l| l.starts_with("tidal_slo_stale{")
+                && l.contains("workload=\"w\"")
+                && l.ends_with(" 1.0")),
+        "{metrics_text}"
+    );
     let log = std::fs::read_to_string(t.state.path().join("agent.log")).unwrap_or_default();
     assert_eq!(
         log.matches("cannot read http://").count(),
+        1,
+        "logged once: {log}"
+    );
+    assert_eq!(
+        log.matches("latency objective of quiet: 0 requests in the window")
+            .count(),
         1,
         "logged once: {log}"
     );

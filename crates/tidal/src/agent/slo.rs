@@ -230,6 +230,7 @@ fn fetch(agent: &ureq::Agent, url: &str, cap: u64) -> Result<String, String> {
 
 fn run(inner: &Inner) {
     let mut logged: HashSet<String> = HashSet::new();
+    let mut thin: HashSet<String> = HashSet::new();
     let mut next = Instant::now();
     while !inner.stop.load(Ordering::Relaxed) {
         let cfg = lock(&inner.cfg).clone();
@@ -254,6 +255,9 @@ fn run(inner: &Inner) {
             .build()
             .into();
         let keys: HashSet<String> = specs.iter().map(Spec::key).collect();
+        // Pods come and go: what was said of one gone is forgotten with it.
+        logged.retain(|k| keys.contains(k));
+        thin.retain(|k| keys.contains(k));
         let mut prevs: HashMap<String, (Option<Buckets>, Option<Instant>, u64)> = {
             let mut st = lock(&inner.states);
             st.retain(|k, _| keys.contains(k));
@@ -290,10 +294,24 @@ fn run(inner: &Inner) {
                         )),
                         _ => None,
                     };
-                    // A window with too few requests says nothing; it is not a failure.
+                    // A window with too few requests says nothing; it is not a failure, but
+                    // the objective goes stale if it lasts: said once, and once when it ends.
                     let ok_at = if q.is_some() {
+                        if thin.remove(&key) {
+                            info!(
+                                "latency objective of {}: enough requests again",
+                                spec.workload
+                            );
+                        }
                         Some(Instant::now())
                     } else {
+                        if prev.is_some() && thin.insert(key.clone()) {
+                            info!(
+                                "latency objective of {}: {} (no reading until there are more; logged once)",
+                                spec.workload,
+                                err.as_deref().unwrap_or("no requests in the window")
+                            );
+                        }
                         last_ok
                     };
                     (q, n, err, Some(cur), ok_at)
