@@ -438,8 +438,20 @@ fn eviction_takes_offline_low_first_then_the_largest_offline_by_a_fresh_size() {
     assert!(!gone(&t, "online/db"), "online evicted:\n{}", log(&t));
     // Counted by level, in /state, /metrics and status.
     let v = state(&addr);
-    assert_eq!(v["tally"]["evictions"]["offline-low"], 1, "{}", v["tally"]);
-    assert_eq!(v["tally"]["evictions"]["offline"], 1, "{}", v["tally"]);
+    assert_eq!(
+        v["tally"]["evictions"]["offline-low"],
+        1,
+        "{}\n{}",
+        v["tally"],
+        log(&t)
+    );
+    assert_eq!(
+        v["tally"]["evictions"]["offline"],
+        1,
+        "{}\n{}",
+        v["tally"],
+        log(&t)
+    );
     assert!(
         v["tally"]["evictions"]["online"].is_null(),
         "{}",

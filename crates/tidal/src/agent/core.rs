@@ -78,6 +78,8 @@ pub struct Agent {
     iocost: Option<Outcome>,
     /// OOM kills and evictions by level since start.
     counter: view::Counter,
+    /// A workload whose kill left tasks still exiting: killing it again is the same eviction.
+    survivors_of: Option<Target>,
     shared: Arc<Shared>,
 }
 
@@ -134,6 +136,7 @@ impl Agent {
             static_in_place: BTreeMap::new(),
             iocost: None,
             counter: view::Counter::default(),
+            survivors_of: None,
             shared,
         }
     }
@@ -406,7 +409,8 @@ impl Agent {
 
     /// Local workloads killed for memory by this tick's plan, and pods whose eviction was
     /// requested, by level. A kill counts once SIGKILL went out: the group was empty within the
-    /// actuator's wait, or some tasks were still exiting (survivors, counted apart).
+    /// actuator's wait, or some tasks were still exiting (survivors, counted apart; killing
+    /// those again is the same eviction, not counted twice).
     fn count_evictions(&mut self, applied: &[Applied]) -> bool {
         let mut counted = false;
         for ap in applied {
@@ -419,6 +423,14 @@ impl Agent {
                 continue;
             }
             let target = ap.action.op.target();
+            if matches!(ap.action.op, Op::Kill { .. }) {
+                let again = self.survivors_of.as_ref() == Some(&target);
+                self.survivors_of = matches!(ap.result, Err(ActError::Survivors { .. }))
+                    .then(|| target.clone());
+                if again {
+                    continue;
+                }
+            }
             // A local workload's level is also its parent group's.
             let Some(level) = self
                 .snap
