@@ -935,6 +935,34 @@ mod tests {
             "{}",
             &text[..200.min(text.len())]
         );
+        // Each scenario with a ratio gets two error bars (p99 and offline share): a median dot
+        // and three strokes (the bar and its caps) each, and some bar spans its interval.
+        let n = r
+            .scenarios
+            .iter()
+            .filter(|s| s.p99_vs_alone.is_some())
+            .count();
+        let blue = |tag: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(tag) && l.contains("#0000FF"))
+                .count()
+        };
+        assert!(n >= 3);
+        assert_eq!(blue("<circle"), 2 * n, "{text}");
+        assert_eq!(blue("<line"), 6 * n, "{text}");
+        let spans = text
+            .lines()
+            .filter(|l| l.starts_with("<line") && l.contains("#0000FF"))
+            .any(|l| {
+                let attr = |k: &str| {
+                    l.split(&format!(" {k}=\""))
+                        .nth(1)
+                        .and_then(|v| v.split('"').next())
+                        .map(str::to_string)
+                };
+                attr("x1") == attr("x2") && attr("y1") != attr("y2")
+            });
+        assert!(spans, "no error bar spans an interval: {text}");
     }
 
     #[test]

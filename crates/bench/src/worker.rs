@@ -570,6 +570,37 @@ pub fn read_report(path: &std::path::Path) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// The service's `/metrics` over loopback, read as the agent reads it: its quantile is the
+    /// recorded latencies' (within a bucket, 25%).
+    #[test]
+    fn the_service_serves_its_latency_histogram_on_metrics() {
+        let h = Arc::new(LatencyHist::new());
+        // 990 requests at 100 µs, 10 at 5 ms: p99 at the top of the 100 µs bucket, p99.9 near 5 ms.
+        for _ in 0..990 {
+            h.record(100_000);
+        }
+        for _ in 0..10 {
+            h.record(5_000_000);
+        }
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let served = Arc::clone(&h);
+        std::thread::spawn(move || serve_metrics(l, served));
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        write!(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let b = tidal_snapshot::slo::parse_histogram(body, LATENCY_METRIC, &Default::default())
+            .unwrap();
+        assert_eq!(b.total(), 1000.0);
+        let p50 = tidal_snapshot::slo::quantile(0.5, &b).unwrap();
+        assert!((80e-6..=125e-6).contains(&p50), "{p50}");
+        let p999 = tidal_snapshot::slo::quantile(0.999, &b).unwrap();
+        assert!((4e-3..=6.25e-3).contains(&p999), "{p999}");
+    }
+
     #[test]
     fn the_memory_hog_grows_in_chunks_to_its_target_and_keeps_its_margin() {
         const MIB: u64 = 1 << 20;

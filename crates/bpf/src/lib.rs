@@ -80,6 +80,27 @@ impl Hist {
         d
     }
 
+    /// Samples above `x` ns, interpolated inside its log2 slot as [`Hist::quantile_ns`] does.
+    pub fn count_above_ns(&self, x: f64) -> f64 {
+        let mut above = 0.0;
+        for (i, &c) in self.slots.iter().enumerate() {
+            let lo = if i == 0 { 0.0 } else { (1u64 << i) as f64 };
+            let hi = (1u64 << (i + 1).min(63)) as f64;
+            let c = c as f64;
+            if x < lo {
+                above += c;
+            } else if x < hi {
+                above += c * ((hi - x) / (hi - lo)).clamp(0.0, 1.0);
+            }
+        }
+        above
+    }
+
+    /// Samples in the slots (what quantiles and counts above are taken over).
+    pub fn total(&self) -> u64 {
+        self.slots.iter().fold(0u64, |a, c| a.saturating_add(*c))
+    }
+
     /// The `q` quantile in ns, interpolated inside its log2 slot; None for an empty histogram.
     pub fn quantile_ns(&self, q: f64) -> Option<f64> {
         let total: u64 = self.slots.iter().sum();
@@ -559,6 +580,17 @@ mod tests {
         let p999 = h.quantile_ns(0.999).unwrap();
         assert!(p999 >= (1u64 << 20) as f64, "{p999}");
         assert_eq!(Hist::default().quantile_ns(0.99), None);
+    }
+
+    #[test]
+    fn counts_above_interpolate_inside_the_slot() {
+        let h = hist(&[(10, 99), (20, 1)]);
+        assert_eq!(h.total(), 100);
+        assert_eq!(h.count_above_ns(0.0), 100.0);
+        // Halfway through [1024, 2048): half its 99, and the one far above.
+        assert!((h.count_above_ns(1536.0) - 50.5).abs() < 1e-9);
+        assert_eq!(h.count_above_ns(4096.0), 1.0);
+        assert_eq!(h.count_above_ns((1u64 << 22) as f64), 0.0);
     }
 
     #[test]

@@ -107,6 +107,7 @@ fn snapshot(w: &World) -> Snapshot {
                     target: 0.005,
                     slack: s,
                     age_ms: None,
+                    excess_z: None,
                 }]
             })
             .unwrap_or_default(),

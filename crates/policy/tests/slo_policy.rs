@@ -54,6 +54,7 @@ fn snapshot(slack: Option<f64>) -> Snapshot {
                     target: 0.005,
                     slack: s,
                     age_ms: None,
+                    excess_z: None,
                 }]
             })
             .unwrap_or_default(),
@@ -650,6 +651,7 @@ fn runq(observed_s: f64) -> Signal {
         target: 0.001,
         slack: Signal::slack_of(observed_s, 0.001),
         age_ms: None,
+        excess_z: None,
     }
 }
 
@@ -835,4 +837,122 @@ fn a_calm_objective_releases_after_grow_after_even_when_pressure_would_wait_less
         }
     }
     assert_eq!(released, Some(1_000));
+}
+
+/// An objective's reading with the excess of its window's count over the target, in sd.
+fn with_z(slack: f64, z: Option<f64>) -> Snapshot {
+    let mut s = snapshot(Some(slack));
+    s.signals[0].excess_z = z;
+    s
+}
+
+#[test]
+fn a_miss_within_sampling_noise_holds_growth_and_one_beyond_it_tightens() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    // 3% over the target, but the window's count over it is one sd above what p99 allows.
+    let d = decide(
+        &with_z(-0.03, Some(1.0)),
+        &cfg,
+        &caps,
+        &PolicyState::default(),
+    );
+    assert_eq!(d.state.interference.level(), 0);
+    let held = d.state.interference.phase;
+    assert!(!matches!(held, Phase::Tightened { .. }), "{held:?}");
+    // Offline does not grow while it holds.
+    let mut st = PolicyState {
+        base_offline: Some(4),
+        offline_cpus: Some(CpuSet::first_n(4)),
+        ..PolicyState::default()
+    };
+    let mut s = with_z(-0.03, Some(1.0));
+    for t in [0u64, 5_000, 10_000] {
+        s.now_ms = t;
+        st = decide(&s, &cfg, &caps, &st).state;
+    }
+    assert_eq!(st.base_offline, Some(4), "grew during a noisy miss");
+    // Beyond the noise, or with the count unknown: a step, quoting the objective.
+    for z in [Some(3.0), None] {
+        let d = decide(&with_z(-0.03, z), &cfg, &caps, &PolicyState::default());
+        assert_eq!(d.state.interference.level(), 1, "z {z:?}");
+        assert!(reasons(&d.plan, tidal_model::Cause::Interference)
+            .iter()
+            .all(|r| r.contains("slack -3%")));
+    }
+    // min_excess_z 0: every miss tightens.
+    let mut any = Config::default();
+    any.interference.min_excess_z = 0.0;
+    let d = decide(
+        &with_z(-0.03, Some(0.5)),
+        &any,
+        &caps,
+        &PolicyState::default(),
+    );
+    assert_eq!(d.state.interference.level(), 1);
+}
+
+#[test]
+fn a_significant_miss_speaks_before_a_larger_noisy_one() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let mut s = with_z(-0.6, Some(0.8));
+    let mut other = s.signals[0].clone();
+    other.workload = "online-critical/api".into();
+    other.slack = -0.1;
+    other.observed = 0.0055;
+    other.excess_z = Some(6.0);
+    s.signals.push(other);
+    let d = decide(&s, &cfg, &caps, &PolicyState::default());
+    assert_eq!(d.state.interference.level(), 1);
+    let why = reasons(&d.plan, tidal_model::Cause::Interference);
+    assert!(
+        why.iter()
+            .all(|r| r.contains("objective online-critical/api") && r.contains("slack -10%")),
+        "{why:?}"
+    );
+}
+
+#[test]
+fn a_run_queue_miss_within_noise_takes_no_step() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let mut noisy = runq(0.0012);
+    noisy.excess_z = Some(0.5);
+    // Two ticks each (a reading taken while confinement shrinks offline waits one).
+    let two_ticks = |sig: &Signal| {
+        let mut st = PolicyState::default();
+        for t in [0u64, 100] {
+            let mut s = snapshot(None);
+            s.signals = vec![sig.clone()];
+            s.now_ms = t;
+            st = decide(&s, &cfg, &caps, &st).state;
+        }
+        st.interference.level()
+    };
+    assert_eq!(two_ticks(&noisy), 0);
+    noisy.excess_z = Some(4.0);
+    assert_eq!(two_ticks(&noisy), 1);
+}
+
+proptest! {
+    #[test]
+    fn a_miss_further_beyond_noise_never_means_fewer_steps(
+        st in arb_state(),
+        slack in -1.0f64..0.0,
+        a in -3.0f64..10.0,
+        b in -3.0f64..10.0,
+        now in 20_000u64..40_000,
+    ) {
+        let cfg = Config::default();
+        let caps = Capabilities::full(8);
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        let mut s_lo = with_z(slack, Some(lo));
+        let mut s_hi = with_z(slack, Some(hi));
+        s_lo.now_ms = now;
+        s_hi.now_ms = now;
+        let l_lo = decide(&s_lo, &cfg, &caps, &st).state.interference.level();
+        let l_hi = decide(&s_hi, &cfg, &caps, &st).state.interference.level();
+        prop_assert!(l_hi >= l_lo, "z {} gave {} steps, z {} gave {}", hi, l_hi, lo, l_lo);
+    }
 }

@@ -2,7 +2,9 @@
 //! metric (summed over the series that match the label matchers), the increase since the previous
 //! scrape (a counter reset takes the new counts as the increase, as PromQL's `increase` does), and a
 //! quantile over that window interpolated like PromQL's `histogram_quantile`. Pure: text in, numbers
-//! out; the agent does the fetching.
+//! out; the agent does the fetching. The text is parsed by `prometheus-parse`, which groups a
+//! histogram's `_bucket` lines into typed samples with their labels (what this module needs, and no
+//! HTTP client or registry with it); what it accepts is then checked here (bounds, counts, `+Inf`).
 
 use std::collections::BTreeMap;
 
@@ -136,6 +138,37 @@ pub fn quantile(q: f64, b: &Buckets) -> Option<f64> {
     None
 }
 
+/// How many of a window's observations lie above `x`, interpolated inside the bucket holding `x`
+/// as [`quantile`] interpolates ranks. Above the largest finite bound every `+Inf` observation
+/// counts (an upper bound: they may lie under `x`). None for an empty window.
+pub fn count_above(x: f64, b: &Buckets) -> Option<f64> {
+    let total = b.total();
+    if total <= 0.0 || !total.is_finite() || x.is_nan() {
+        return None;
+    }
+    let mut lower = 0.0f64;
+    let mut below = 0.0f64;
+    for (i, &(le, count)) in b.0.iter().enumerate() {
+        if le.is_infinite() {
+            return Some((total - below).max(0.0));
+        }
+        if x < le {
+            let start = if i == 0 && le <= 0.0 { le } else { lower };
+            let width = le - start;
+            let frac = if width > 0.0 {
+                ((x - start) / width).clamp(0.0, 1.0)
+            } else {
+                1.0
+            };
+            let at_x = below + (count - below) * frac;
+            return Some((total - at_x).max(0.0));
+        }
+        lower = le;
+        below = count;
+    }
+    Some((total - below).max(0.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +214,22 @@ http_request_duration_seconds_count{handler=\"/x\"} 1000
         assert!(parse_histogram(TEXT, "nope", &BTreeMap::new())
             .unwrap_err()
             .contains("nope"));
+    }
+
+    #[test]
+    fn counts_above_a_value_interpolate_like_quantiles() {
+        // 10 in (0, 0.005], 40 in (0.005, 0.01], 40 in (0.01, 0.1], 10 above.
+        let b = parse_histogram(TEXT, "http_request_duration_seconds", &api()).unwrap();
+        assert_eq!(count_above(0.01, &b), Some(50.0));
+        // Halfway through the (0.005, 0.01] bucket: 20 of its 40 are above.
+        assert!((count_above(0.0075, &b).unwrap() - 70.0).abs() < 1e-9);
+        assert_eq!(count_above(0.0, &b), Some(100.0));
+        // Beyond the last finite bound: every +Inf observation, an upper bound.
+        assert_eq!(count_above(5.0, &b), Some(10.0));
+        // Consistent with the quantile: above the p90 lie 10%.
+        let p90 = quantile(0.9, &b).unwrap();
+        assert!((count_above(p90, &b).unwrap() - 10.0).abs() < 1e-9);
+        assert_eq!(count_above(0.01, &Buckets(vec![])), None);
     }
 
     #[test]

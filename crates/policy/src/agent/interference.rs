@@ -13,6 +13,9 @@
 //! - A step taken for pressure that has not fallen by a fifth one interval later did not help: it
 //!   is undone and the ladder backs off for `calm_period`. Pressure read through avg10 (no
 //!   one-second window) cannot fall that fast, so such a step is not judged.
+//! - A quantile signal (an objective, run-queue latency) misses its target only beyond sampling
+//!   noise: its window's count over the target must exceed what the quantile allows by
+//!   `interference.min_excess_z` standard deviations. A miss within the noise holds growth instead.
 //! - A signal that holds (a latency objective with little slack) stops offline growing and any
 //!   release. A stretch of `slo.probe_after` with room (every hold with slack of `slo.hold_below`
 //!   or more, or every signal calm) releases one step to probe: an objective whose target is too
@@ -101,17 +104,47 @@ fn ms(s: f64) -> String {
     }
 }
 
+/// A missed quantile whose window's count over the target is within sampling noise of what the
+/// quantile allows (`interference.min_excess_z`); unknown counts are not noise.
+fn within_noise(s: &tidal_model::Signal, cfg: &Config) -> bool {
+    s.excess_z
+        .is_some_and(|z| z < cfg.interference.min_excess_z)
+}
+
+/// The signal of `kind` that speaks: the least slack among misses beyond noise (below `miss`),
+/// else the least slack of all.
+fn speaker<'a>(
+    snap: &'a Snapshot,
+    kind: SignalKind,
+    miss: f64,
+    cfg: &Config,
+) -> Option<&'a tidal_model::Signal> {
+    let of_kind = || {
+        snap.signals
+            .iter()
+            .filter(move |s| s.kind == kind && s.slack.is_finite())
+    };
+    let least = |a: &&tidal_model::Signal, b: &&tidal_model::Signal| a.slack.total_cmp(&b.slack);
+    of_kind()
+        .filter(|s| s.slack < miss && !within_noise(s, cfg))
+        .min_by(least)
+        .or_else(|| of_kind().min_by(least))
+}
+
+fn noise_note(quote: &str, s: &tidal_model::Signal, cfg: &Config) -> String {
+    format!(
+        "{quote}, within sampling noise (excess {:.1} sd, under {}): offline does not grow",
+        s.excess_z.unwrap_or(0.0),
+        cfg.interference.min_excess_z
+    )
+}
+
 /// Latency objectives: the objective with the least slack speaks (slack = (target − observed) /
-/// target over the last `slo.interval`). Stale or unreachable objectives have no reading, so this
+/// target over the last `slo.interval`), a miss beyond sampling noise before any other. Stale or unreachable objectives have no reading, so this
 /// rule is then silent and the pressure rule alone acts.
 fn slo_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
     let slo = &cfg.slo;
-    let Some(worst) = snap
-        .signals
-        .iter()
-        .filter(|s| s.kind == SignalKind::Slo && s.slack.is_finite())
-        .min_by(|a, b| a.slack.total_cmp(&b.slack))
-    else {
+    let Some(worst) = speaker(snap, SignalKind::Slo, slo.tighten_below, cfg) else {
         return Verdict::Silent;
     };
     let quote = format!(
@@ -122,7 +155,12 @@ fn slo_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
         ms(worst.observed),
         worst.slack * 100.0
     );
-    if worst.slack < slo.tighten_below {
+    if worst.slack < slo.tighten_below && within_noise(worst, cfg) {
+        Verdict::Hold {
+            reason: noise_note(&quote, worst, cfg),
+            stop_growth: true,
+        }
+    } else if worst.slack < slo.tighten_below {
         // No baseline: a missed objective tightens one step per interval until it is met (a
         // latency quantile need not fall by a fifth within one interval of a step that helps).
         Verdict::Tighten {
@@ -153,22 +191,23 @@ fn slo_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
 /// Run-queue latency (eBPF): an online workload whose tasks waited longer than the threshold at
 /// p99 over the last tick has interference, seen as it happens.
 fn runq_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
-    let Some(worst) = snap
-        .signals
-        .iter()
-        .filter(|s| s.kind == SignalKind::RunqLatency && s.slack.is_finite())
-        .min_by(|a, b| a.slack.total_cmp(&b.slack))
-    else {
+    let Some(worst) = speaker(snap, SignalKind::RunqLatency, 0.0, cfg) else {
         return Verdict::Silent;
     };
-    if worst.slack < 0.0 {
+    let quote = format!(
+        "run-queue p99 of {} {} over {}",
+        worst.workload,
+        ms(worst.observed),
+        ms(worst.target)
+    );
+    if worst.slack < 0.0 && within_noise(worst, cfg) {
+        Verdict::Hold {
+            reason: noise_note(&quote, worst, cfg),
+            stop_growth: true,
+        }
+    } else if worst.slack < 0.0 {
         Verdict::Tighten {
-            reason: format!(
-                "run-queue p99 of {} {} over {}",
-                worst.workload,
-                ms(worst.observed),
-                ms(worst.target)
-            ),
+            reason: quote,
             baseline: None,
             per_tick: true,
             measured_at_ms: None,

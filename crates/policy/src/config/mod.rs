@@ -150,6 +150,11 @@ pub struct InterferenceConfig {
     /// 0 turns it off. A `watch_tick` longer than `tick` is `tick`.
     pub release_watch: Millis,
     pub watch_tick: Millis,
+    /// A quantile signal (an objective, run-queue latency) over its target tightens only when its
+    /// window's count over the target exceeds what the quantile allows by this many standard
+    /// deviations (a binomial count): a miss within sampling noise holds growth instead. 1.645 is
+    /// one-sided 95%; 0 tightens on any miss.
+    pub min_excess_z: f64,
 }
 
 impl Default for InterferenceConfig {
@@ -163,6 +168,7 @@ impl Default for InterferenceConfig {
             cap_fraction: 0.5,
             release_watch: Millis(1_000),
             watch_tick: Millis(20),
+            min_excess_z: 1.645,
         }
     }
 }
@@ -650,6 +656,14 @@ impl Config {
             i.escalate_every,
             tick,
             Millis(600_000),
+        );
+        range_f(
+            &mut e,
+            "interference.min_excess_z",
+            i.min_excess_z,
+            0.0,
+            10.0,
+            "standard deviations",
         );
         between(
             &mut e,

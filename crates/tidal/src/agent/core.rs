@@ -425,8 +425,8 @@ impl Agent {
             let target = ap.action.op.target();
             if matches!(ap.action.op, Op::Kill { .. }) {
                 let again = self.survivors_of.as_ref() == Some(&target);
-                self.survivors_of = matches!(ap.result, Err(ActError::Survivors { .. }))
-                    .then(|| target.clone());
+                self.survivors_of =
+                    matches!(ap.result, Err(ActError::Survivors { .. })).then(|| target.clone());
                 if again {
                     continue;
                 }

@@ -170,7 +170,9 @@ impl Runq {
         let mut waits = Vec::new();
         for (name, (level, _, hist)) in per {
             let reading = carry(&mut self.pending, &name, &hist, min_samples);
-            if let Some(p99) = reading.and_then(|acc| acc.quantile_ns(0.99)) {
+            if let Some((acc, p99)) =
+                reading.and_then(|acc| acc.quantile_ns(0.99).map(|p| (acc, p)))
+            {
                 let observed = p99 / 1e9;
                 signals.push(Signal {
                     kind: SignalKind::RunqLatency,
@@ -180,6 +182,11 @@ impl Runq {
                     target: threshold_s,
                     slack: Signal::slack_of(observed, threshold_s),
                     age_ms: None,
+                    excess_z: Signal::excess_z(
+                        acc.count_above_ns(threshold_s * 1e9),
+                        acc.total() as f64,
+                        0.99,
+                    ),
                 });
             }
             waits.push(Waits {

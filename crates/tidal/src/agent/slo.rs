@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidal_model::{Signal, SignalKind, WorkloadSnapshot};
 use tidal_policy::config::slo::{Objective, SloConfig};
-use tidal_snapshot::slo::{increase, parse_histogram, quantile, Buckets};
+use tidal_snapshot::slo::{count_above, increase, parse_histogram, quantile, Buckets};
 use tracing::{info, warn};
 
 /// One objective as the watcher scrapes it.
@@ -118,6 +118,8 @@ struct State {
     spec: Spec,
     last_ok: Option<Instant>,
     observed: Option<f64>,
+    /// The window's requests over the target, with the quantile's reading.
+    over: Option<f64>,
     requests: Option<f64>,
     error: Option<String>,
     errors: u64,
@@ -196,6 +198,10 @@ impl SloWatch {
                     target: st.spec.target,
                     slack: sl,
                     age_ms: age.map(|a| a.as_millis().min(u128::from(u64::MAX)) as u64),
+                    excess_z: st
+                        .over
+                        .zip(st.requests)
+                        .and_then(|(over, n)| Signal::excess_z(over, n, st.spec.quantile)),
                 });
             }
             out.push(Reading {
@@ -270,7 +276,7 @@ fn run(inner: &Inner) {
             let (prev, last_ok, mut errors) = prevs.remove(&key).unwrap_or((None, None, 0));
             let got = fetch(&agent, &spec.url, cfg.max_body_bytes)
                 .and_then(|text| parse_histogram(&text, &spec.metric, &spec.labels));
-            let (observed, requests, error, cur, ok_at) = match got {
+            let (observed, over, requests, error, cur, ok_at) = match got {
                 Ok(cur) => {
                     if logged.remove(&key) {
                         info!(
@@ -314,7 +320,10 @@ fn run(inner: &Inner) {
                         }
                         last_ok
                     };
-                    (q, n, err, Some(cur), ok_at)
+                    let over = q
+                        .and(window.as_ref())
+                        .and_then(|w| count_above(spec.target, w));
+                    (q, over, n, err, Some(cur), ok_at)
                 }
                 Err(e) => {
                     errors += 1;
@@ -324,7 +333,7 @@ fn run(inner: &Inner) {
                             spec.workload, spec.url
                         );
                     }
-                    (None, None, Some(e), prev.clone(), last_ok)
+                    (None, None, None, Some(e), prev.clone(), last_ok)
                 }
             };
             lock(&inner.states).insert(
@@ -333,6 +342,7 @@ fn run(inner: &Inner) {
                     spec,
                     last_ok: ok_at,
                     observed,
+                    over,
                     requests,
                     error,
                     errors,
