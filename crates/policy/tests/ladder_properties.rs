@@ -411,3 +411,23 @@ fn no_early_tick_where_confinement_cannot_act() {
     cfg.cpu.suppression = Suppression::None;
     assert!(!early_tick(2.0, &cfg, &caps, &st));
 }
+
+#[test]
+fn an_early_tick_counts_the_pool_the_last_tick_counted() {
+    // Eight CPUs, two of them the kubelet's exclusive ones: offline's pool is six.
+    let caps = Capabilities::full(8);
+    let mut cfg = Config::default();
+    cfg.cpu.confine_min_cpus = 1;
+    let mut st = PolicyState {
+        offline_cpus: Some(CpuSet::first_n(4)),
+        base_offline: Some(4),
+        online_need: 1,
+        pool_cpus: Some(6),
+        ..PolicyState::default()
+    };
+    // Online needs 4 of the pool's 6: offline keeps 2 of its 4, a tick is due.
+    assert!(early_tick(3.0, &cfg, &caps, &st));
+    // Counted against all 8 it would keep 4: nothing to do.
+    st.pool_cpus = None;
+    assert!(!early_tick(3.0, &cfg, &caps, &st));
+}

@@ -956,3 +956,26 @@ proptest! {
         prop_assert!(l_hi >= l_lo, "z {} gave {} steps, z {} gave {}", hi, l_hi, lo, l_lo);
     }
 }
+
+#[test]
+fn a_reading_already_stepped_on_gives_way_to_fresh_pressure() {
+    let mut cfg = Config::default();
+    cfg.slo.interval = Millis(3_000);
+    let caps = Capabilities::full(8);
+    let mut s = snapshot(Some(-0.4));
+    let st = decide(&s, &cfg, &caps, &PolicyState::default()).state;
+    assert_eq!(st.interference.level(), 1);
+    // A second later the objective's reading is the same one; pressure is over its threshold now.
+    s.now_ms = 1_000;
+    s.signals[0].age_ms = Some(1_000);
+    s.online_cpu_psi_full_1s = Some(40.0);
+    s.online_cpu_psi_full = Some(40.0);
+    let d = decide(&s, &cfg, &caps, &st);
+    assert_eq!(
+        d.state.interference.level(),
+        2,
+        "{:?}",
+        d.state.interference
+    );
+    // (The objective's reading alone could not step again: one step per reading.)
+}

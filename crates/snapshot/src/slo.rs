@@ -56,12 +56,13 @@ pub fn parse_histogram(
                 ));
             }
             // Keyed by the bound's bits so +Inf sorts last and equal bounds merge.
+            // `+ 0.0` makes -0 and 0 one bound.
             let key = if h.less_than.is_infinite() {
                 u64::MAX
             } else {
-                h.less_than.to_bits()
+                (h.less_than + 0.0).to_bits()
             };
-            let e = sum.entry(key).or_insert((h.less_than, 0.0));
+            let e = sum.entry(key).or_insert((h.less_than + 0.0, 0.0));
             e.1 += h.count;
         }
     }

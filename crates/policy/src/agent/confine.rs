@@ -27,7 +27,10 @@ pub fn cpus_needed(usage: f64, headroom: f64, floor: f64, n: u32) -> u32 {
 /// least `confine_min_cpus`, or a quota) and offline holds more than it may keep, above
 /// `min_offline_cpus`. Anything else waits for the next tick: an early one could change nothing.
 pub fn early_tick(usage: f64, cfg: &Config, caps: &Capabilities, st: &PolicyState) -> bool {
-    let n = caps.cpus.len().min(u32::MAX as usize) as u32;
+    // The pool the last tick counted (the kubelet's exclusive CPUs are never offline's).
+    let n = st
+        .pool_cpus
+        .unwrap_or(caps.cpus.len().min(u32::MAX as usize) as u32);
     let need = cpus_needed(
         usage.max(0.0),
         cfg.cpu.headroom_cpus,
@@ -50,6 +53,7 @@ pub fn need(snap: &Snapshot, cfg: &Config, no_growth: bool, st: &mut PolicyState
     let now = snap.now_ms;
     // Offline's pool: CPUs the kubelet gave exclusively to Guaranteed containers are never offered.
     let n = snap.offline_pool().len().min(u32::MAX as usize) as u32;
+    st.pool_cpus = Some(n);
     let headroom = cfg.cpu.headroom_cpus;
     let floor = cfg.cpu.noise_floor_cpus;
     let min_off = cfg.cpu.min_offline_cpus.min(n);

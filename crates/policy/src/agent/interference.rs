@@ -315,15 +315,29 @@ pub fn decide(
     let every = cfg.interference.escalate_every.0;
     // Back off for the pressure rule's calm period after a useless step.
     let backoff = cfg.interference.calm_period.0;
-    let tighten = verdicts.iter().find_map(|v| match v {
-        Verdict::Tighten {
-            reason,
-            baseline,
-            measured_at_ms,
-            ..
-        } => Some((reason.clone(), *baseline, *measured_at_ms)),
+    let tightens = || {
+        verdicts.iter().filter_map(|v| match v {
+            Verdict::Tighten {
+                reason,
+                baseline,
+                measured_at_ms,
+                ..
+            } => Some((reason.clone(), *baseline, *measured_at_ms)),
+            _ => None,
+        })
+    };
+    // The first signal whose reading may step: one already stepped on (taken before the last
+    // step) gives way to a fresher one behind it, and speaks only if none is fresher.
+    let last_step = match st.interference.phase {
+        Phase::Tightened { at_ms, .. } => Some(at_ms),
         _ => None,
-    });
+    };
+    let tighten = tightens()
+        .find(|(_, _, m)| match (m, last_step) {
+            (Some(m), Some(at)) => *m > at,
+            _ => true,
+        })
+        .or_else(|| tightens().next());
     // Confinement shrinking offline this tick is already the answer to online needing more: when
     // every tightening signal reads the last tick only (run-queue latency), wait a tick to see what
     // the shrink did rather than take a CPU on top of it. Windows spanning many ticks (pressure, a

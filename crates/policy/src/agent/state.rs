@@ -133,6 +133,10 @@ pub struct PolicyState {
     pub empty_since_ms: BTreeMap<GroupPath, u64>,
     /// CPUs online needs now (for reports).
     pub online_need: u32,
+    /// CPUs offline may be given at the last tick (the node's, less the kubelet's exclusive ones):
+    /// what an early tick counts against.
+    #[serde(default)]
+    pub pool_cpus: Option<u32>,
     /// What was last decided for each offline pod.
     #[serde(default)]
     pub pods: BTreeMap<ForeignGroup, PodApplied>,

@@ -78,8 +78,8 @@ pub struct Agent {
     iocost: Option<Outcome>,
     /// OOM kills and evictions by level since start.
     counter: view::Counter,
-    /// A workload whose kill left tasks still exiting: killing it again is the same eviction.
-    survivors_of: Option<Target>,
+    /// Workloads whose kill left tasks still exiting: killing one again is the same eviction.
+    survivors_of: HashSet<Target>,
     shared: Arc<Shared>,
 }
 
@@ -136,7 +136,7 @@ impl Agent {
             static_in_place: BTreeMap::new(),
             iocost: None,
             counter: view::Counter::default(),
-            survivors_of: None,
+            survivors_of: HashSet::new(),
             shared,
         }
     }
@@ -413,6 +413,10 @@ impl Agent {
     /// those again is the same eviction, not counted twice).
     fn count_evictions(&mut self, applied: &[Applied]) -> bool {
         let mut counted = false;
+        // A workload gone since its kill is forgotten: a new one on its path is a new eviction.
+        let snap = &self.snap;
+        self.survivors_of
+            .retain(|t| snap.workloads.iter().any(|w| &w.group == t));
         for ap in applied {
             let sent = matches!(
                 (&ap.result, &ap.action.op),
@@ -424,9 +428,12 @@ impl Agent {
             }
             let target = ap.action.op.target();
             if matches!(ap.action.op, Op::Kill { .. }) {
-                let again = self.survivors_of.as_ref() == Some(&target);
-                self.survivors_of =
-                    matches!(ap.result, Err(ActError::Survivors { .. })).then(|| target.clone());
+                // A kill that left survivors is remembered until a kill of it empties the group.
+                let again = if matches!(ap.result, Err(ActError::Survivors { .. })) {
+                    !self.survivors_of.insert(target.clone())
+                } else {
+                    self.survivors_of.remove(&target)
+                };
                 if again {
                     continue;
                 }
