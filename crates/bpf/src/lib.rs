@@ -103,7 +103,7 @@ impl Hist {
 
     /// The `q` quantile in ns, interpolated inside its log2 slot; None for an empty histogram.
     pub fn quantile_ns(&self, q: f64) -> Option<f64> {
-        let total: u64 = self.slots.iter().sum();
+        let total = self.total();
         if total == 0 || !(q > 0.0 && q <= 1.0) {
             return None;
         }

@@ -37,14 +37,27 @@ pub fn early_tick(usage: f64, cfg: &Config, caps: &Capabilities, st: &PolicyStat
         cfg.cpu.noise_floor_cpus,
         n,
     );
-    let can_confine = match cfg.cpu.suppression {
-        Suppression::Cpuset => n >= cfg.cpu.confine_min_cpus && caps.has(Knob::CpusetCpus),
+    let writable = match cfg.cpu.suppression {
+        Suppression::Cpuset => caps.has(Knob::CpusetCpus),
         Suppression::Quota => caps.has(Knob::CpuMax),
         Suppression::None => false,
     };
-    let cur = st.base_offline.unwrap_or(n).min(n);
     let keep = n.saturating_sub(need).max(cfg.cpu.min_offline_cpus.min(n));
-    can_confine && need > st.online_need && st.offline_cpus.is_some() && keep < cur
+    confines(cfg, n)
+        && writable
+        && need > st.online_need
+        && st.offline_cpus.is_some()
+        && keep < st.base_offline.unwrap_or(n).min(n)
+}
+
+/// Whether offline's CPUs follow online's need on a pool of `n` (`suppression`, and cpusets only
+/// from `confine_min_cpus`).
+fn confines(cfg: &Config, n: u32) -> bool {
+    match cfg.cpu.suppression {
+        Suppression::Cpuset => n >= cfg.cpu.confine_min_cpus,
+        Suppression::Quota => true,
+        Suppression::None => false,
+    }
 }
 
 /// Online's need and offline's share; state keeps the hysteresis. Missing CPU readings hold the last
@@ -58,11 +71,7 @@ pub fn need(snap: &Snapshot, cfg: &Config, no_growth: bool, st: &mut PolicyState
     let floor = cfg.cpu.noise_floor_cpus;
     let min_off = cfg.cpu.min_offline_cpus.min(n);
     let cur_count = st.base_offline.unwrap_or(n).min(n);
-    let confine = match cfg.cpu.suppression {
-        Suppression::Cpuset => n >= cfg.cpu.confine_min_cpus,
-        Suppression::Quota => true,
-        Suppression::None => false,
-    };
+    let confine = confines(cfg, n);
     let mut d = CpuDecision {
         n,
         confine,

@@ -118,8 +118,8 @@ struct State {
     spec: Spec,
     last_ok: Option<Instant>,
     observed: Option<f64>,
-    /// The window's requests over the target, with the quantile's reading.
-    over: Option<f64>,
+    /// How far the window's count over the target exceeds the quantile's allowance (sd).
+    excess_z: Option<f64>,
     requests: Option<f64>,
     error: Option<String>,
     errors: u64,
@@ -198,10 +198,7 @@ impl SloWatch {
                     target: st.spec.target,
                     slack: sl,
                     age_ms: age.map(|a| a.as_millis().min(u128::from(u64::MAX)) as u64),
-                    excess_z: st
-                        .over
-                        .zip(st.requests)
-                        .and_then(|(over, n)| Signal::excess_z(over, n, st.spec.quantile)),
+                    excess_z: st.excess_z,
                 });
             }
             out.push(Reading {
@@ -276,7 +273,7 @@ fn run(inner: &Inner) {
             let (prev, last_ok, mut errors) = prevs.remove(&key).unwrap_or((None, None, 0));
             let got = fetch(&agent, &spec.url, cfg.max_body_bytes)
                 .and_then(|text| parse_histogram(&text, &spec.metric, &spec.labels));
-            let (observed, over, requests, error, cur, ok_at) = match got {
+            let (observed, excess_z, requests, error, cur, ok_at) = match got {
                 Ok(cur) => {
                     if logged.remove(&key) {
                         info!(
@@ -322,10 +319,11 @@ fn run(inner: &Inner) {
                     };
                     // Counted over the value at which the objective tightens (its target at
                     // `tighten_below` 0), so the noise test judges the same miss.
-                    let over = q
-                        .and(window.as_ref())
-                        .and_then(|w| count_above(spec.target * (1.0 - cfg.tighten_below), w));
-                    (q, over, n, err, Some(cur), ok_at)
+                    let excess = q.and(window.as_ref().zip(n)).and_then(|(w, n)| {
+                        let over = count_above(spec.target * (1.0 - cfg.tighten_below), w)?;
+                        Signal::excess_z(over, n, spec.quantile)
+                    });
+                    (q, excess, n, err, Some(cur), ok_at)
                 }
                 Err(e) => {
                     errors += 1;
@@ -344,7 +342,7 @@ fn run(inner: &Inner) {
                     spec,
                     last_ok: ok_at,
                     observed,
-                    over,
+                    excess_z,
                     requests,
                     error,
                     errors,
