@@ -7,7 +7,7 @@ use tidal_model::{
     WorkloadSnapshot,
 };
 use tidal_policy::agent::cpus_needed;
-use tidal_policy::{decide, release_plan, Config, Millis, PolicyState, PsiLine, Suppression};
+use tidal_policy::{decide, release_plan, Config, Millis, PolicyState, PsiLine, Step, Suppression};
 
 fn workload(level: QosLevel, name: &str, procs: usize, mem: u64) -> WorkloadSnapshot {
     WorkloadSnapshot {
@@ -338,14 +338,25 @@ fn pressure_tightens_step_by_step_and_releases_after_calm() {
         st = d.state;
     }
     // Shrink the cpuset, cap offline CPU time, freeze offline-low, freeze offline.
-    assert_eq!(st.interference.level(), 4);
+    assert_eq!(
+        st.interference.steps,
+        vec![
+            Step::ShrinkCpuset,
+            Step::CapCpu,
+            Step::FreezeOfflineLow,
+            Step::FreezeOffline
+        ]
+    );
+    // The cap's duty cycle starts with its frozen part, so the cap acts in the tick it is taken;
+    // the freeze steps then hold what it froze.
     assert_eq!(
         frozen,
         vec![
-            (2, "offline/offline-low".to_string()),
-            (3, "offline/offline".to_string())
+            (1, "offline/offline-low".to_string()),
+            (1, "offline/offline".to_string())
         ]
     );
+    assert!(st.frozen.offline && st.frozen.offline_low);
     // Calm: one step back per calm period (10 s).
     s.online_cpu_psi_full = Some(0.5);
     for t in [4_000u64, 9_000, 14_000] {
@@ -353,6 +364,7 @@ fn pressure_tightens_step_by_step_and_releases_after_calm() {
         st = decide(&s, &cfg, &caps, &st).state;
     }
     assert_eq!(st.interference.level(), 3);
+    // Offline's own freeze went, and the cap's duty cycle starts with its running part.
     assert!(!st.frozen.offline && st.frozen.offline_low);
 }
 

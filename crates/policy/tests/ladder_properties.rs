@@ -118,8 +118,8 @@ fn snapshot(w: &World) -> Snapshot {
     }
 }
 
-/// Non-default configs: confinement on or off, either cap mode, freezing allowed or not, and
-/// timings of their own.
+/// Non-default configs: confinement on or off, either cap mode, freezing allowed or not, where a
+/// deep miss passes over the cap, and timings of their own.
 fn arb_config() -> impl Strategy<Value = Config> {
     (
         (1u32..8, 0u32..3, any::<bool>()),
@@ -131,9 +131,10 @@ fn arb_config() -> impl Strategy<Value = Config> {
         prop::sample::select(vec![CapMode::DutyCycle, CapMode::Quota]),
         (200u64..5_000, 200u64..20_000, 200u64..5_000),
         (0.0f64..1.5, 0.0f64..0.5),
+        prop::sample::select(vec![-0.2f64, -0.5, -1000.0]),
     )
         .prop_map(
-            |((confine, min_off, freeze), supp, cap, (every, calm, grow), (head, floor))| {
+            |((confine, min_off, freeze), supp, cap, (every, calm, grow), (head, floor), deep)| {
                 let mut c = Config::default();
                 c.cpu.confine_min_cpus = confine;
                 c.cpu.min_offline_cpus = min_off;
@@ -145,6 +146,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                 c.interference.cap_mode = cap;
                 c.interference.escalate_every = Millis(every);
                 c.interference.calm_period = Millis(calm);
+                c.interference.freeze_below = deep;
                 c
             },
         )

@@ -979,3 +979,164 @@ fn a_reading_already_stepped_on_gives_way_to_fresh_pressure() {
     );
     // (The objective's reading alone could not step again: one step per reading.)
 }
+
+/// The ladder after `slack` is read at `now_ms`, from a shrink taken at 0.
+fn step_after_shrink(cfg: &Config, slack: f64, now_ms: u64) -> tidal_policy::agent::Decision {
+    let caps = Capabilities::full(8);
+    let mut st = PolicyState::default();
+    st.interference.steps = vec![Step::ShrinkCpuset];
+    st.interference.phase = Phase::Tightened {
+        at_ms: 0,
+        baseline: None,
+    };
+    let mut s = snapshot(Some(slack));
+    s.now_ms = now_ms;
+    decide(&s, cfg, &caps, &st)
+}
+
+fn frozen_by(plan: &tidal_model::Plan, level: QosLevel) -> Vec<&str> {
+    plan.actions
+        .iter()
+        .filter(|a| {
+            matches!(&a.op, Op::Set { target, knob: Knob::Freeze, value: KnobValue::Bool(true) }
+                if *target == Target::Tidal(level.group_path()))
+        })
+        .map(|a| a.reason.as_str())
+        .collect()
+}
+
+#[test]
+fn a_deep_miss_skips_the_cpu_time_cap_and_freezes_at_once() {
+    let cfg = Config::default();
+    assert_eq!(cfg.interference.freeze_below, -0.5);
+    // 1.6× the target: past the cap, straight to the first freeze (offline-low's).
+    let d = step_after_shrink(&cfg, -0.6, 2_000);
+    assert_eq!(
+        d.state.interference.steps,
+        vec![Step::ShrinkCpuset, Step::FreezeOfflineLow]
+    );
+    let why = frozen_by(&d.plan, QosLevel::OfflineLow);
+    assert_eq!(why.len(), 1, "{:?}", d.plan.actions);
+    assert!(
+        why[0].contains("slack -60%") && why[0].contains("below -50%: the CPU-time cap is skipped"),
+        "{}",
+        why[0]
+    );
+    // Offline itself is not frozen by it, nor by a duty cycle.
+    assert!(frozen_by(&d.plan, QosLevel::Offline).is_empty());
+    // A miss above the line takes the cap, as does a deep one with the line moved out of reach.
+    let d = step_after_shrink(&cfg, -0.4, 2_000);
+    assert_eq!(
+        d.state.interference.steps,
+        vec![Step::ShrinkCpuset, Step::CapCpu]
+    );
+    let mut never = Config::default();
+    never.interference.freeze_below = -1000.0;
+    let d = step_after_shrink(&never, -0.6, 2_000);
+    assert_eq!(
+        d.state.interference.steps,
+        vec![Step::ShrinkCpuset, Step::CapCpu]
+    );
+    // With every offline level frozen by its own step, the cap passed over changes nothing and is
+    // not taken by a later miss.
+    let mut st = PolicyState::default();
+    st.interference.steps = vec![
+        Step::ShrinkCpuset,
+        Step::FreezeOfflineLow,
+        Step::FreezeOffline,
+    ];
+    st.interference.phase = Phase::Tightened {
+        at_ms: 0,
+        baseline: None,
+    };
+    let mut s = snapshot(Some(-0.2));
+    s.now_ms = 5_000;
+    let d = decide(&s, &cfg, &Capabilities::full(8), &st);
+    assert_eq!(d.state.interference.steps, st.interference.steps);
+    // With offline-low frozen alone, the cap still has offline to act on.
+    st.interference.steps = vec![Step::ShrinkCpuset, Step::FreezeOfflineLow];
+    let d = decide(&s, &cfg, &Capabilities::full(8), &st);
+    assert_eq!(
+        d.state.interference.steps,
+        vec![Step::ShrinkCpuset, Step::FreezeOfflineLow, Step::CapCpu]
+    );
+    // A deep miss within sampling noise still only holds growth.
+    let caps = Capabilities::full(8);
+    let mut s = snapshot(Some(-0.6));
+    s.signals[0].excess_z = Some(1.0);
+    let d = decide(&s, &cfg, &caps, &PolicyState::default());
+    assert_eq!(d.state.interference.level(), 0);
+}
+
+#[test]
+fn a_deep_run_queue_wait_skips_the_cap_too() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let mut st = PolicyState::default();
+    st.interference.steps = vec![Step::ShrinkCpuset];
+    st.interference.phase = Phase::Tightened {
+        at_ms: 0,
+        baseline: None,
+    };
+    // The last tick waited for confinement's shrink: this one steps.
+    st.interference.waited = true;
+    let mut s = snapshot(None);
+    s.now_ms = 2_000;
+    s.signals = vec![Signal {
+        kind: SignalKind::RunqLatency,
+        workload: "online-critical/web".into(),
+        what: "run-queue p99".into(),
+        observed: 0.00164,
+        target: 0.001,
+        slack: -0.64,
+        age_ms: None,
+        excess_z: Some(5.0),
+    }];
+    let d = decide(&s, &cfg, &caps, &st);
+    assert_eq!(
+        d.state.interference.steps,
+        vec![Step::ShrinkCpuset, Step::FreezeOfflineLow]
+    );
+    // 1.3× the threshold: the cap.
+    s.signals[0].observed = 0.0013;
+    s.signals[0].slack = -0.3;
+    let d = decide(&s, &cfg, &caps, &st);
+    assert_eq!(
+        d.state.interference.steps,
+        vec![Step::ShrinkCpuset, Step::CapCpu]
+    );
+}
+
+#[test]
+fn the_duty_cycle_starts_with_its_frozen_part_in_the_tick_the_cap_is_taken() {
+    let cfg = Config::default();
+    let period = cfg.tick.0 * 10;
+    let frozen_part = period - (cfg.interference.cap_fraction * period as f64) as u64;
+    let caps = Capabilities::full(8);
+    // Taken at any point of the clock's period, the cap freezes offline in that same tick.
+    for at in [2_000u64, 2_300, 2_500, 2_900] {
+        let d = step_after_shrink(&cfg, -0.4, at);
+        assert!(d.state.interference.has(Step::CapCpu));
+        assert!(d.state.frozen.offline, "cap taken at {at}");
+        assert_eq!(frozen_by(&d.plan, QosLevel::Offline).len(), 1, "at {at}");
+        // It runs once the frozen part has passed, and is frozen again a period after the step.
+        let mut st = d.state;
+        let mut s = snapshot(Some(0.05));
+        for (dt, frozen) in [
+            (frozen_part - cfg.tick.0, true),
+            (frozen_part, false),
+            (period - cfg.tick.0, false),
+            (period, true),
+        ] {
+            s.now_ms = at + dt;
+            let d = decide(&s, &cfg, &caps, &st);
+            assert_eq!(d.state.frozen.offline, frozen, "cap at {at}, +{dt} ms");
+            st = d.state;
+        }
+        // Released, the cycle forgets where it began.
+        st.interference.steps = vec![Step::ShrinkCpuset];
+        s.now_ms = at + period + 1;
+        let d = decide(&s, &cfg, &caps, &st);
+        assert_eq!(d.state.interference.duty_from_ms, None);
+    }
+}

@@ -143,8 +143,7 @@ fn a_missed_objective_tightens_offline_and_its_recovery_releases_it() {
     wait_for("offline tightened for the missed objective", 10, || {
         steps(&state(&addr)) >= 1
     });
-    // The step's first write quotes the objective (a duty cycle's first write comes with its frozen
-    // half, up to half a second after the step).
+    // The step's first write quotes the objective (a duty cycle's too: it starts frozen).
     let quoted = || {
         last_plan_reasons(&state(&addr))
             .iter()
@@ -159,13 +158,6 @@ fn a_missed_objective_tightens_offline_and_its_recovery_releases_it() {
         .lines()
         .find(|l| l.contains("objective online-critical/web") && l.contains("slack -"));
     let first_write = first_line.and_then(log_time_of_day);
-    // A duty cycle's first write (the cap as first step, on one CPU) comes with its frozen half,
-    // up to half a period (five ticks) after the step.
-    let duty_wait = if first_line.is_some_and(|l| l.contains("duty cycle")) {
-        0.5
-    } else {
-        0.0
-    };
     wait_for("three slow scrapes", 10, || {
         m.slow_at.lock().unwrap().len() >= 3
     });
@@ -180,7 +172,7 @@ fn a_missed_objective_tightens_offline_and_its_recovery_releases_it() {
     let after_second =
         first_write.map(|w| (w - slow_at[1] + 86_400.0 + 43_200.0) % 86_400.0 - 43_200.0);
     assert!(
-        after_second.is_some_and(|d| d < slow_at[2] - slow_at[1] + duty_wait),
+        after_second.is_some_and(|d| d < slow_at[2] - slow_at[1]),
         "first write {first_write:?}, slow scrapes at {slow_at:?} (seconds of the day)\nagent log:\n{log}"
     );
     let (_, metrics_text) = get(&addr, "/metrics").unwrap();

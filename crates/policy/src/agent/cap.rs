@@ -17,11 +17,29 @@ pub fn mode(cfg: &Config, caps: &Capabilities) -> CapMode {
     }
 }
 
-/// In the duty cycle's frozen part now? Offline runs for `cap_fraction` of each period of ten ticks.
-pub fn duty_off(now_ms: u64, cfg: &Config) -> bool {
+/// The duty cycle's period (ten ticks) and its frozen part, in ms.
+fn duty_period(cfg: &Config) -> (u64, u64) {
     let period = cfg.tick.0.saturating_mul(10).max(1);
     let run = (cfg.interference.cap_fraction * period as f64) as u64;
-    now_ms % period >= run
+    (period, period.saturating_sub(run))
+}
+
+/// In the duty cycle's frozen part now? Offline runs for `cap_fraction` of each period of ten
+/// ticks; periods count from `from_ms` (when the cycle began), frozen part first.
+pub fn duty_off(now_ms: u64, from_ms: u64, cfg: &Config) -> bool {
+    let (period, off) = duty_period(cfg);
+    now_ms.saturating_sub(from_ms) % period < off
+}
+
+/// Where a duty cycle that begins at `now_ms` counts its periods from: frozen part first when
+/// the ladder climbs to the cap (it acts at once), running part first when a release leaves the
+/// cap on top (the release gives offline its time at once).
+pub fn duty_start(now_ms: u64, released: bool, cfg: &Config) -> u64 {
+    if released {
+        now_ms.saturating_sub(duty_period(cfg).1)
+    } else {
+        now_ms
+    }
 }
 
 /// The quota the CPU-time cap gives offline: `cap_fraction` of the CPUs it has.

@@ -16,6 +16,8 @@
 //! - A quantile signal (an objective, run-queue latency) misses its target only beyond sampling
 //!   noise: its window's count over the target must exceed what the quantile allows by
 //!   `interference.min_excess_z` standard deviations. A miss within the noise holds growth instead.
+//!   A miss deeper than `interference.freeze_below` passes over the CPU-time cap to the next step
+//!   beyond it: the cap's running part lets the tail through at a load step.
 //! - A signal that holds (a latency objective with little slack) stops offline growing and any
 //!   release. A stretch of `slo.probe_after` with room (every hold with slack of `slo.hold_below`
 //!   or more, or every signal calm) releases one step to probe: an objective whose target is too
@@ -47,6 +49,9 @@ pub enum Verdict {
         /// objective, every `slo.interval`): a step needs a reading taken after the last step, so
         /// one reading never climbs the ladder twice.
         measured_at_ms: Option<u64>,
+        /// The miss is deep (slack below `interference.freeze_below`, beyond noise): the CPU-time
+        /// cap, whose running part lets the tail through, is skipped for a freeze.
+        deep: bool,
     },
     /// Met, without room to give: no release; with `stop_growth`, offline does not grow either.
     Hold { reason: String, stop_growth: bool },
@@ -86,6 +91,7 @@ fn psi_rule(snap: &Snapshot, cfg: &Config, caps: &Capabilities) -> Verdict {
             // A window of about a second (avg10 as a fallback): one tick later it barely moved.
             per_tick: false,
             measured_at_ms: None,
+            deep: false,
         }
     } else {
         Verdict::Calm {
@@ -168,6 +174,7 @@ fn slo_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
             baseline: None,
             per_tick: false,
             measured_at_ms: Some(snap.now_ms.saturating_sub(worst.age_ms.unwrap_or(0))),
+            deep: worst.slack < cfg.interference.freeze_below,
         }
     } else if worst.slack < slo.hold_below {
         Verdict::Hold {
@@ -211,6 +218,7 @@ fn runq_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
             baseline: None,
             per_tick: true,
             measured_at_ms: None,
+            deep: worst.slack < cfg.interference.freeze_below,
         }
     } else {
         Verdict::Calm {
@@ -248,9 +256,10 @@ pub fn stops_growth(verdicts: &[Verdict]) -> bool {
     })
 }
 
-/// Would `step` change anything now?
+/// Would `step` change anything now, with `taken` in force?
 fn effective(
     step: Step,
+    taken: &[Step],
     snap: &Snapshot,
     cfg: &Config,
     caps: &Capabilities,
@@ -258,6 +267,17 @@ fn effective(
 ) -> bool {
     match step {
         Step::ShrinkCpuset => cpu.confine && cpu.target > cpu.min_off.max(1),
+        // Nothing to cap where every offline level is frozen by its own step (a deep miss froze
+        // before the cap).
+        Step::CapCpu
+            if !taken.is_empty()
+                && [QosLevel::OfflineLow, QosLevel::Offline].iter().all(|l| {
+                    taken.contains(&freeze_step(*l))
+                        || !(snap.levels_present.contains(l) || super::pods::present(snap, *l))
+                }) =>
+        {
+            false
+        }
         Step::CapCpu => match super::cap::mode(cfg, caps) {
             CapMode::Quota => {
                 (caps.has(Knob::CpuMax) && super::confine::tidal_offline_present(snap))
@@ -321,8 +341,9 @@ pub fn decide(
                 reason,
                 baseline,
                 measured_at_ms,
+                deep,
                 ..
-            } => Some((reason.clone(), *baseline, *measured_at_ms)),
+            } => Some((reason.clone(), *baseline, *measured_at_ms, *deep)),
             _ => None,
         })
     };
@@ -333,7 +354,7 @@ pub fn decide(
         _ => None,
     };
     let tighten = tightens()
-        .find(|(_, _, m)| match (m, last_step) {
+        .find(|(_, _, m, _)| match (m, last_step) {
             (Some(m), Some(at)) => *m > at,
             _ => true,
         })
@@ -430,7 +451,7 @@ pub fn decide(
         )
     };
     match tighten {
-        Some((reason, baseline, measured_at)) => {
+        Some((reason, baseline, measured_at, deep)) => {
             tick.pressure = Some(reason);
             let may_step = match lad.phase {
                 Phase::Tightened { at_ms, baseline: b } => {
@@ -457,10 +478,27 @@ pub fn decide(
                 Phase::Idle | Phase::Calming { .. } => true,
             };
             if may_step && offline_present && !wait_a_tick {
-                let next = Step::LADDER
-                    .into_iter()
-                    .filter(|s| !lad.steps.contains(s))
-                    .find(|s| effective(*s, snap, cfg, caps, cpu));
+                let open = || {
+                    Step::LADDER
+                        .into_iter()
+                        .filter(|s| !lad.steps.contains(s))
+                        .filter(|s| effective(*s, &lad.steps, snap, cfg, caps, cpu))
+                };
+                // A deep miss passes over the cap where a step beyond it is left.
+                let first = open().next();
+                let next = if deep && first == Some(Step::CapCpu) {
+                    open().find(|s| *s != Step::CapCpu).or(first)
+                } else {
+                    first
+                };
+                if next != first {
+                    if let Some(p) = tick.pressure.as_mut() {
+                        p.push_str(&format!(
+                            " (below {:.0}%: the CPU-time cap is skipped)",
+                            cfg.interference.freeze_below * 100.0
+                        ));
+                    }
+                }
                 if let Some(s) = next {
                     lad.steps.push(s);
                     lad.phase = Phase::Tightened {
@@ -584,7 +622,18 @@ pub fn freeze(
     // The CPU-time cap as a duty cycle: offline frozen for the rest of each period.
     let duty =
         st.interference.has(Step::CapCpu) && super::cap::mode(cfg, caps) == CapMode::DutyCycle;
-    let duty_frozen = duty && super::cap::duty_off(snap.now_ms, cfg);
+    let from = if duty {
+        let released = tick.released.is_some();
+        let start = || super::cap::duty_start(snap.now_ms, released, cfg);
+        match st.interference.duty_from_ms {
+            Some(f) if !released => f,
+            _ => *st.interference.duty_from_ms.insert(start()),
+        }
+    } else {
+        st.interference.duty_from_ms = None;
+        snap.now_ms
+    };
+    let duty_frozen = duty && super::cap::duty_off(snap.now_ms, from, cfg);
     let held_low = st.interference.has(Step::FreezeOfflineLow) || starved;
     let held_off = st.interference.has(Step::FreezeOffline) || starved;
     let want_low = held_low || duty_frozen;

@@ -54,7 +54,7 @@ pub enum Phase {
 }
 
 /// The interference ladder: the steps in force (a prefix of [`Step::LADDER`] less the steps that would
-/// have changed nothing when taken) and its phase.
+/// have changed nothing when taken, and a cap a deep miss passed over) and its phase.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Interference {
     pub steps: Vec<Step>,
@@ -84,6 +84,10 @@ pub struct Interference {
     /// it a signal whose calm is only the steps' doing flaps: release, violation, step, release.
     #[serde(default)]
     pub release_wait: u64,
+    /// When the duty cycle in force (the cap step) began: its periods count from there, frozen
+    /// part first, so the step acts at once rather than whenever the clock's period says.
+    #[serde(default)]
+    pub duty_from_ms: Option<u64>,
 }
 
 /// A failed probe doubles the wait before the next one, up to this many times `slo.probe_after`.

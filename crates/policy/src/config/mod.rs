@@ -155,6 +155,10 @@ pub struct InterferenceConfig {
     /// deviations (a binomial count): a miss within sampling noise holds growth instead. 1.645 is
     /// one-sided 95%; 0 tightens on any miss.
     pub min_excess_z: f64,
+    /// A quantile signal missed this deeply (slack below it: −0.5 is 1.5× the target), beyond
+    /// sampling noise, skips the CPU-time cap step and freezes: the cap's running part lets the
+    /// tail through at a load step. −1000 keeps the cap first always.
+    pub freeze_below: f64,
 }
 
 impl Default for InterferenceConfig {
@@ -169,6 +173,7 @@ impl Default for InterferenceConfig {
             release_watch: Millis(1_000),
             watch_tick: Millis(20),
             min_excess_z: 1.645,
+            freeze_below: -0.5,
         }
     }
 }
@@ -664,6 +669,14 @@ impl Config {
             0.0,
             10.0,
             "standard deviations",
+        );
+        range_f(
+            &mut e,
+            "interference.freeze_below",
+            i.freeze_below,
+            -1000.0,
+            0.0,
+            "(a slack: −0.5 is 1.5× the target)",
         );
         between(
             &mut e,
