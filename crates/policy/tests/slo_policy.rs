@@ -1140,3 +1140,56 @@ fn the_duty_cycle_starts_with_its_frozen_part_in_the_tick_the_cap_is_taken() {
         assert_eq!(d.state.interference.duty_from_ms, None);
     }
 }
+
+#[test]
+fn a_light_sample_calls_a_tick_for_a_deep_run_queue_wait_only_where_the_ladder_can_step() {
+    use tidal_policy::agent::interference::urgent;
+    let cfg = Config::default();
+    let every = cfg.interference.escalate_every.0;
+    let wait = |observed: f64, z: Option<f64>| Signal {
+        kind: SignalKind::RunqLatency,
+        workload: "online-critical/web".into(),
+        what: "run-queue p99".into(),
+        observed,
+        target: 0.001,
+        slack: (0.001 - observed) / 0.001,
+        age_ms: None,
+        excess_z: z,
+    };
+    let idle = PolicyState::default();
+    // 3 ms against 1 ms, beyond noise: a tick now.
+    assert!(urgent(&[wait(0.003, Some(6.0))], &cfg, &idle, 10_000));
+    // Within noise, shallow (1.3×), or not a run-queue reading: the tick can wait.
+    assert!(!urgent(&[wait(0.003, Some(1.0))], &cfg, &idle, 10_000));
+    assert!(!urgent(&[wait(0.0013, Some(6.0))], &cfg, &idle, 10_000));
+    let mut slo = wait(0.003, Some(6.0));
+    slo.kind = SignalKind::Slo;
+    assert!(!urgent(&[slo], &cfg, &idle, 10_000));
+    assert!(!urgent(&[], &cfg, &idle, 10_000));
+    // Stepped within escalate_every: the ladder could not step, so no tick; after it, a tick.
+    let mut st = PolicyState::default();
+    st.interference.steps = vec![Step::FreezeOfflineLow];
+    st.interference.phase = Phase::Tightened {
+        at_ms: 10_000,
+        baseline: None,
+    };
+    assert!(!urgent(
+        &[wait(0.003, Some(6.0))],
+        &cfg,
+        &st,
+        10_000 + every - 1
+    ));
+    assert!(urgent(&[wait(0.003, Some(6.0))], &cfg, &st, 10_000 + every));
+    // Offline already frozen by its own step: nothing left for a tick to do.
+    st.interference.steps.push(Step::FreezeOffline);
+    assert!(!urgent(
+        &[wait(0.003, Some(6.0))],
+        &cfg,
+        &st,
+        10_000 + every
+    ));
+    // With the deep line out of reach, never.
+    let mut never = Config::default();
+    never.interference.freeze_below = -1000.0;
+    assert!(!urgent(&[wait(0.003, Some(6.0))], &never, &idle, 10_000));
+}

@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{cgroups_usable, free_addr, last_plan_reasons, start_agent, state, stop, TestRoot};
+use common::{
+    cgroups_usable, free_addr, get, last_plan_reasons, start_agent, state, stop, TestRoot,
+};
 use std::time::{Duration, Instant};
 use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind};
 
@@ -324,6 +326,69 @@ fn run_queue_waits_over_the_threshold_tighten_offline_and_without_bpf_the_agent_
             .unwrap_or(0),
     );
     assert_eq!(m, 200);
+    stop(agent);
+    t.kill_children();
+    t.restore_ok();
+}
+
+/// A run-queue wait far past the threshold is seen by the light sample between ticks: with ticks
+/// ten seconds apart, offline is frozen (the cap passed over) by a tick the sample brought forward.
+#[test]
+fn a_deep_run_queue_wait_freezes_offline_between_ticks() {
+    if !cgroups_usable("a_deep_run_queue_wait_freezes_offline_between_ticks") {
+        return;
+    }
+    let _one = serial();
+    let mut t = TestRoot::new("runq-deep");
+    let exe = common::tidal_bin();
+    t.spawn(&[
+        "run", "--qos", "online", "--name", "probe", "--", exe, "worker", "prober",
+    ]);
+    t.spawn(&[
+        "run",
+        "--qos",
+        "offline",
+        "--name",
+        "hog",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    // Every wait is far over a 1 us threshold; confinement never acts (its own early tick stays
+    // out of it), pressure never does.
+    let cfg = "tick: 10s\nstats_interval: 10s\ncpu:\n  confine_min_cpus: 4096\n\
+               interference:\n  psi_threshold: 100\n  escalate_every: 10s\n\
+               bpf:\n  runq_p99_threshold: 1us\n  min_samples: 5\n";
+    let addr = free_addr();
+    let agent = start_agent(&t, cfg, &addr);
+    // Well within the first ten-second tick period after the first tick.
+    let deadline = Instant::now() + Duration::from_millis(9_500);
+    let frozen = loop {
+        let log = t.agent_log();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("freeze=1") && l.contains("run-queue p99 of online/probe"))
+        {
+            break l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "offline not frozen between ticks\nagent log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(frozen.contains("the CPU-time cap is skipped"), "{frozen}");
+    let (_, m) = get(&addr, "/metrics").expect("the agent's /metrics");
+    let early = m
+        .lines()
+        .find(|l| l.starts_with("tidal_early_ticks_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(early.is_some_and(|e| e >= 1.0), "{m}");
+    let v = state(&addr);
+    let steps = &v["policy"]["interference"]["steps"];
+    assert_eq!(steps, &serde_json::json!(["freeze-offline"]), "{v}");
     stop(agent);
     t.kill_children();
     t.restore_ok();

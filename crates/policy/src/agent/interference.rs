@@ -234,6 +234,33 @@ fn runq_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
     }
 }
 
+/// Whether run-queue readings taken between ticks (a light sample) call for a tick now: one misses
+/// deeper than `interference.freeze_below`, beyond sampling noise, while the ladder may step (its
+/// last step `escalate_every` ago or more) and offline is not yet frozen by its own step. The tick
+/// then reads the same waits and freezes, tens of milliseconds sooner than it would have.
+pub fn urgent(
+    signals: &[tidal_model::Signal],
+    cfg: &Config,
+    st: &PolicyState,
+    now_ms: u64,
+) -> bool {
+    let may_step = match st.interference.phase {
+        Phase::Tightened { at_ms, .. } => {
+            now_ms.saturating_sub(at_ms) >= cfg.interference.escalate_every.0
+        }
+        Phase::BackedOff { until_ms } => now_ms >= until_ms,
+        Phase::Idle | Phase::Calming { .. } => true,
+    };
+    may_step
+        && !st.interference.has(Step::FreezeOffline)
+        && signals.iter().any(|s| {
+            s.kind == SignalKind::RunqLatency
+                && s.slack.is_finite()
+                && s.slack < cfg.interference.freeze_below
+                && !within_noise(s, cfg)
+        })
+}
+
 /// Every signal's rule, in order of precedence.
 pub fn rules(snap: &Snapshot, cfg: &Config, caps: &Capabilities) -> Vec<Verdict> {
     vec![

@@ -186,14 +186,33 @@ impl Agent {
         self.cfg = new;
     }
 
-    /// One light sample (two counter reads). True if online now needs more CPUs than offline has left
-    /// it, and confinement can act on that: a tick is due at once.
+    /// One light sample (two counter reads, and the run-queue waits so far). True if a tick is due
+    /// at once: online now needs more CPUs than offline has left it and confinement can act on
+    /// that, or an online workload's tasks wait to run far past the threshold.
     pub fn sample(&mut self) -> bool {
         let (node, off) = self.collector.sample_short();
-        let (Some(node), Some(off)) = (node, off) else {
+        if let (Some(node), Some(off)) = (node, off) {
+            if tidal_policy::agent::confine::early_tick(
+                node - off,
+                &self.cfg,
+                &self.caps,
+                &self.state,
+            ) {
+                return true;
+            }
+        }
+        if !self.runq.active() {
             return false;
-        };
-        tidal_policy::agent::confine::early_tick(node - off, &self.cfg, &self.caps, &self.state)
+        }
+        let waits = self
+            .runq
+            .peek(self.cfg.bpf.runq_p99_threshold.0, self.cfg.bpf.min_samples);
+        tidal_policy::agent::interference::urgent(
+            &waits,
+            &self.cfg,
+            &self.state,
+            self.collector.now_ms(),
+        )
     }
 
     /// One control step at `now`: measure, decide, apply, report.

@@ -317,7 +317,7 @@ impl Metrics {
         r.register("ticks", "Control steps taken", m.ticks.clone());
         r.register(
             "early_ticks",
-            "Control steps taken early because a short sample showed online need rising",
+            "Control steps taken early because a short sample showed online need rising or a deep run-queue wait",
             m.early_ticks.clone(),
         );
         r.register(

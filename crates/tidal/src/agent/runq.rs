@@ -28,6 +28,8 @@ pub struct Runq {
     /// [`CARRY_READS`] of them): short ticks (the watch after a release) or a quiet service still
     /// give a reading.
     pending: HashMap<String, (Hist, u32)>,
+    /// The waits read since the last tick, per online workload (its level, and the id kind kept).
+    tick_waits: HashMap<String, (QosLevel, IdKind, Hist)>,
 }
 
 /// How many reads short of `min_samples` are carried before they are dropped.
@@ -99,6 +101,7 @@ impl Runq {
             ids: HashMap::new(),
             reads: 0,
             pending: HashMap::new(),
+            tick_waits: HashMap::new(),
         }
     }
 
@@ -128,13 +131,14 @@ impl Runq {
         // Waits carried for workloads that are gone go with them.
         let names: std::collections::HashSet<&String> = self.ids.values().map(|(n, _)| n).collect();
         self.pending.retain(|n, _| names.contains(n));
+        self.tick_waits.retain(|n, _| names.contains(n));
     }
 
-    /// The last tick's waits per online workload, and the signals they give (from the waits
-    /// carried over too, while a workload's reads fall short of `min_samples`).
-    pub fn read(&mut self, threshold_s: f64, min_samples: u64) -> (Vec<Signal>, Vec<Waits>) {
+    /// Reads the waits since the last read into this tick's, per online workload. False when the
+    /// collector failed (it is then off).
+    fn pull(&mut self) -> bool {
         let Some(c) = self.collector.as_mut() else {
-            return (Vec::new(), Vec::new());
+            return false;
         };
         let keys: Vec<CgroupKey> = self.ids.keys().copied().collect();
         self.reads += 1;
@@ -148,46 +152,39 @@ impl Runq {
                 warn!("run-queue latency: {e}; off from now on");
                 self.unavailable = Some(e);
                 self.collector = None;
-                return (Vec::new(), Vec::new());
+                self.tick_waits.clear();
+                return false;
             }
         };
         // A workload seen under both its v1 and v2 ids counts the same waits twice: keep one kind,
         // v1's where there is one (hybrid hosts put pods only there).
-        let mut per: HashMap<String, (QosLevel, IdKind, Hist)> = HashMap::new();
         for (k, h) in deltas {
             let Some((name, level)) = self.ids.get(&k) else {
                 continue;
             };
-            match per.get_mut(name) {
+            match self.tick_waits.get_mut(name) {
                 Some((_, kind, _)) if *kind == IdKind::V1Cpu && k.kind == IdKind::V2 => {}
                 Some(e) if e.1 == k.kind => e.2.merge(&h),
                 _ => {
-                    per.insert(name.clone(), (*level, k.kind, h));
+                    self.tick_waits.insert(name.clone(), (*level, k.kind, h));
                 }
             }
         }
+        true
+    }
+
+    /// The last tick's waits per online workload, and the signals they give (from the waits
+    /// carried over too, while a workload's reads fall short of `min_samples`).
+    pub fn read(&mut self, threshold_s: f64, min_samples: u64) -> (Vec<Signal>, Vec<Waits>) {
+        if !self.pull() {
+            return (Vec::new(), Vec::new());
+        }
         let mut signals = Vec::new();
         let mut waits = Vec::new();
-        for (name, (level, _, hist)) in per {
+        for (name, (level, _, hist)) in std::mem::take(&mut self.tick_waits) {
             let reading = carry(&mut self.pending, &name, &hist, min_samples);
-            if let Some((acc, p99)) =
-                reading.and_then(|acc| acc.quantile_ns(0.99).map(|p| (acc, p)))
-            {
-                let observed = p99 / 1e9;
-                signals.push(Signal {
-                    kind: SignalKind::RunqLatency,
-                    workload: name.clone(),
-                    what: "run-queue p99".into(),
-                    observed,
-                    target: threshold_s,
-                    slack: Signal::slack_of(observed, threshold_s),
-                    age_ms: None,
-                    excess_z: Signal::excess_z(
-                        acc.count_above_ns(threshold_s * 1e9),
-                        acc.total() as f64,
-                        0.99,
-                    ),
-                });
+            if let Some(s) = reading.and_then(|acc| signal_of(&name, &acc, threshold_s)) {
+                signals.push(s);
             }
             waits.push(Waits {
                 workload: name,
@@ -197,6 +194,46 @@ impl Runq {
         }
         (signals, waits)
     }
+
+    /// The signals the waits since the last tick give so far (with those carried), leaving them
+    /// to the tick's [`Runq::read`]: a light sample between ticks sees a wait as it starts.
+    pub fn peek(&mut self, threshold_s: f64, min_samples: u64) -> Vec<Signal> {
+        if !self.pull() {
+            return Vec::new();
+        }
+        self.tick_waits
+            .iter()
+            .filter_map(|(name, (_, _, hist))| {
+                let mut acc = hist.clone();
+                if let Some((earlier, _)) = self.pending.get(name) {
+                    acc.merge(earlier);
+                }
+                (acc.count >= min_samples)
+                    .then(|| signal_of(name, &acc, threshold_s))
+                    .flatten()
+            })
+            .collect()
+    }
+}
+
+/// A workload's run-queue reading from its waits: p99 against the threshold, with how far the
+/// count over it exceeds p99's allowance.
+fn signal_of(name: &str, acc: &Hist, threshold_s: f64) -> Option<Signal> {
+    let observed = acc.quantile_ns(0.99)? / 1e9;
+    Some(Signal {
+        kind: SignalKind::RunqLatency,
+        workload: name.to_string(),
+        what: "run-queue p99".into(),
+        observed,
+        target: threshold_s,
+        slack: Signal::slack_of(observed, threshold_s),
+        age_ms: None,
+        excess_z: Signal::excess_z(
+            acc.count_above_ns(threshold_s * 1e9),
+            acc.total() as f64,
+            0.99,
+        ),
+    })
 }
 
 #[cfg(test)]

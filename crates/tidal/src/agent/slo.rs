@@ -317,11 +317,8 @@ fn run(inner: &Inner) {
                         }
                         last_ok
                     };
-                    // Counted over the value at which the objective tightens (its target at
-                    // `tighten_below` 0), so the noise test judges the same miss.
                     let excess = q.and(window.as_ref().zip(n)).and_then(|(w, n)| {
-                        let over = count_above(spec.target * (1.0 - cfg.tighten_below), w)?;
-                        Signal::excess_z(over, n, spec.quantile)
+                        window_excess(spec.target, spec.quantile, cfg.tighten_below, w, n)
                     });
                     (q, excess, n, err, Some(cur), ok_at)
                 }
@@ -353,9 +350,49 @@ fn run(inner: &Inner) {
     }
 }
 
+/// How far a window's count of requests slower than where the objective tightens (its target at
+/// `tighten_below` 0) exceeds what the quantile allows, in standard deviations: the noise test then
+/// judges the same miss the slack does. None when the window has no buckets or no requests.
+fn window_excess(
+    target: f64,
+    quantile: f64,
+    tighten_below: f64,
+    window: &Buckets,
+    n: f64,
+) -> Option<f64> {
+    let over = count_above(target * (1.0 - tighten_below), window)?;
+    Signal::excess_z(over, n, quantile)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 10 000 requests: 9 800 under 1 ms, 100 in (1 ms, 2 ms], 100 over 2 ms.
+    fn window() -> Buckets {
+        Buckets(vec![
+            (0.001, 9_800.0),
+            (0.002, 9_900.0),
+            (f64::INFINITY, 10_000.0),
+        ])
+    }
+
+    #[test]
+    fn the_noise_count_is_taken_over_where_the_objective_tightens() {
+        let w = window();
+        // p99 ≤ 2 ms: 100 over it, exactly what p99 allows, so no excess at all.
+        let at_target = window_excess(0.002, 0.99, 0.0, &w, 10_000.0).unwrap();
+        assert!(at_target.abs() < 1e-9, "{at_target}");
+        // tighten_below 0.5 tightens at 1 ms: 200 over, 100 allowed, sd ≈ 9.95 → z ≈ 10.
+        let tighter = window_excess(0.002, 0.99, 0.5, &w, 10_000.0).unwrap();
+        assert!((tighter - 100.0 / (10_000.0f64 * 0.99 * 0.01).sqrt()).abs() < 1e-6);
+        // A target of 1 ms reads the same as 2 ms with tighten_below 0.5.
+        let same = window_excess(0.001, 0.99, 0.0, &w, 10_000.0).unwrap();
+        assert!((same - tighter).abs() < 1e-9);
+        // No requests, no buckets: unknown, not zero.
+        assert_eq!(window_excess(0.002, 0.99, 0.0, &w, 0.0), None);
+        assert_eq!(window_excess(0.002, 0.99, 0.0, &Buckets(vec![]), 1.0), None);
+    }
     use tidal_model::{ForeignGroup, PodInfo, PodRef, PodSlo, QosClass, QosLevel, Target};
 
     fn pod(name: &str, level: QosLevel, ip: &str, slo: Option<PodSlo>) -> WorkloadSnapshot {
