@@ -487,6 +487,14 @@ proptest! {
             d_lo.state.interference.level() >= d_hi.state.interference.level(),
             "slack {} gave {} steps, slack {} gave {}", lo, d_lo.state.interference.level(), hi, d_hi.state.interference.level()
         );
+        // Nor a level left running that less slack would have frozen (a deep miss's freezes
+        // against the cap's frozen part).
+        for (l, h) in [
+            (d_lo.state.frozen.offline, d_hi.state.frozen.offline),
+            (d_lo.state.frozen.offline_low, d_hi.state.frozen.offline_low),
+        ] {
+            prop_assert!(l || !h, "slack {} froze less than slack {}: {:?} vs {:?}", lo, hi, d_lo.state.frozen, d_hi.state.frozen);
+        }
     }
 
     #[test]
@@ -1006,24 +1014,30 @@ fn frozen_by(plan: &tidal_model::Plan, level: QosLevel) -> Vec<&str> {
 }
 
 #[test]
-fn a_deep_miss_skips_the_cpu_time_cap_and_freezes_at_once() {
+fn a_deep_miss_freezes_every_offline_level_at_once() {
     let cfg = Config::default();
     assert_eq!(cfg.interference.freeze_below, -0.5);
-    // 1.6× the target: past the cap, straight to the first freeze (offline-low's).
+    // 1.6× the target: past the cap, every offline level frozen at once.
     let d = step_after_shrink(&cfg, -0.6, 2_000);
     assert_eq!(
         d.state.interference.steps,
-        vec![Step::ShrinkCpuset, Step::FreezeOfflineLow]
+        vec![
+            Step::ShrinkCpuset,
+            Step::FreezeOfflineLow,
+            Step::FreezeOffline
+        ]
     );
-    let why = frozen_by(&d.plan, QosLevel::OfflineLow);
-    assert_eq!(why.len(), 1, "{:?}", d.plan.actions);
-    assert!(
-        why[0].contains("slack -60%") && why[0].contains("below -50%: the CPU-time cap is skipped"),
-        "{}",
-        why[0]
-    );
-    // Offline itself is not frozen by it, nor by a duty cycle.
-    assert!(frozen_by(&d.plan, QosLevel::Offline).is_empty());
+    for level in [QosLevel::OfflineLow, QosLevel::Offline] {
+        let why = frozen_by(&d.plan, level);
+        assert_eq!(why.len(), 1, "{level}: {:?}", d.plan.actions);
+        assert!(
+            why[0].contains("slack -60%")
+                && why[0].contains("below -50%: every offline level frozen at once")
+                && !why[0].contains("duty cycle"),
+            "{}",
+            why[0]
+        );
+    }
     // A miss above the line takes the cap, as does a deep one with the line moved out of reach.
     let d = step_after_shrink(&cfg, -0.4, 2_000);
     assert_eq!(
@@ -1053,12 +1067,33 @@ fn a_deep_miss_skips_the_cpu_time_cap_and_freezes_at_once() {
     s.now_ms = 5_000;
     let d = decide(&s, &cfg, &Capabilities::full(8), &st);
     assert_eq!(d.state.interference.steps, st.interference.steps);
-    // With offline-low frozen alone, the cap still has offline to act on.
+    // With offline-low frozen alone, the cap still has offline to act on; a deep miss freezes it.
     st.interference.steps = vec![Step::ShrinkCpuset, Step::FreezeOfflineLow];
     let d = decide(&s, &cfg, &Capabilities::full(8), &st);
     assert_eq!(
         d.state.interference.steps,
         vec![Step::ShrinkCpuset, Step::FreezeOfflineLow, Step::CapCpu]
+    );
+    let mut deep = snapshot(Some(-0.7));
+    deep.now_ms = 5_000;
+    let d = decide(&deep, &cfg, &Capabilities::full(8), &st);
+    assert_eq!(
+        d.state.interference.steps,
+        vec![
+            Step::ShrinkCpuset,
+            Step::FreezeOfflineLow,
+            Step::FreezeOffline
+        ]
+    );
+    // Without a freezer a deep miss takes the next step, the cap (a quota then).
+    let mut no_freezer = Capabilities::full(8);
+    no_freezer.knobs.remove(&Knob::Freeze);
+    let mut st = PolicyState::default();
+    st.interference.steps = vec![Step::ShrinkCpuset];
+    let d = decide(&deep, &cfg, &no_freezer, &st);
+    assert_eq!(
+        d.state.interference.steps,
+        vec![Step::ShrinkCpuset, Step::CapCpu]
     );
     // A deep miss within sampling noise still only holds growth.
     let caps = Capabilities::full(8);
@@ -1069,7 +1104,7 @@ fn a_deep_miss_skips_the_cpu_time_cap_and_freezes_at_once() {
 }
 
 #[test]
-fn a_deep_run_queue_wait_skips_the_cap_too() {
+fn a_deep_run_queue_wait_freezes_at_once_too() {
     let cfg = Config::default();
     let caps = Capabilities::full(8);
     let mut st = PolicyState::default();
@@ -1095,8 +1130,23 @@ fn a_deep_run_queue_wait_skips_the_cap_too() {
     let d = decide(&s, &cfg, &caps, &st);
     assert_eq!(
         d.state.interference.steps,
-        vec![Step::ShrinkCpuset, Step::FreezeOfflineLow]
+        vec![
+            Step::ShrinkCpuset,
+            Step::FreezeOfflineLow,
+            Step::FreezeOffline
+        ]
     );
+    // Behind a fresh shallow objective miss that speaks first, the deep wait still freezes.
+    let mut both = s.clone();
+    both.signals.extend(snapshot(Some(-0.1)).signals);
+    let d = decide(&both, &cfg, &caps, &st);
+    assert!(
+        d.plan.actions.iter().any(|a| a.reason.contains("objective")
+            && a.reason.contains("every offline level frozen at once")),
+        "{:?}",
+        d.plan.actions
+    );
+    assert_eq!(d.state.interference.level(), 3);
     // 1.3× the threshold: the cap.
     s.signals[0].observed = 0.0013;
     s.signals[0].slack = -0.3;
@@ -1156,8 +1206,13 @@ fn a_light_sample_calls_a_tick_for_a_deep_run_queue_wait_only_where_the_ladder_c
         age_ms: None,
         excess_z: z,
     };
-    let idle = PolicyState::default();
+    let mut idle = PolicyState::default();
+    // The last tick left a freeze to take.
+    idle.interference.freeze_open = true;
     // 3 ms against 1 ms, beyond noise: a tick now.
+    assert!(tidal_policy::agent::interference::may_hurry(
+        &cfg, &idle, 10_000
+    ));
     assert!(urgent(&[wait(0.003, Some(6.0))], &cfg, &idle, 10_000));
     // Within noise, shallow (1.3×), or not a run-queue reading: the tick can wait.
     assert!(!urgent(&[wait(0.003, Some(1.0))], &cfg, &idle, 10_000));
@@ -1166,8 +1221,13 @@ fn a_light_sample_calls_a_tick_for_a_deep_run_queue_wait_only_where_the_ladder_c
     slo.kind = SignalKind::Slo;
     assert!(!urgent(&[slo], &cfg, &idle, 10_000));
     assert!(!urgent(&[], &cfg, &idle, 10_000));
+    // No freeze left to take (no offline work, or all of it frozen): no tick, however deep.
+    let mut shut = idle.clone();
+    shut.interference.freeze_open = false;
+    assert!(!urgent(&[wait(0.003, Some(6.0))], &cfg, &shut, 10_000));
     // Stepped within escalate_every: the ladder could not step, so no tick; after it, a tick.
     let mut st = PolicyState::default();
+    st.interference.freeze_open = true;
     st.interference.steps = vec![Step::FreezeOfflineLow];
     st.interference.phase = Phase::Tightened {
         at_ms: 10_000,
@@ -1180,14 +1240,20 @@ fn a_light_sample_calls_a_tick_for_a_deep_run_queue_wait_only_where_the_ladder_c
         10_000 + every - 1
     ));
     assert!(urgent(&[wait(0.003, Some(6.0))], &cfg, &st, 10_000 + every));
-    // Offline already frozen by its own step: nothing left for a tick to do.
+    // A tick records whether a freeze is left: with offline frozen by its own step, none is.
+    let mut s = snapshot(None);
+    s.now_ms = 20_000;
     st.interference.steps.push(Step::FreezeOffline);
-    assert!(!urgent(
-        &[wait(0.003, Some(6.0))],
-        &cfg,
-        &st,
-        10_000 + every
-    ));
+    let d = decide(&s, &cfg, &Capabilities::full(8), &st);
+    assert!(!d.state.interference.freeze_open);
+    assert!(!urgent(&[wait(0.003, Some(6.0))], &cfg, &d.state, 30_000));
+    let d = decide(&s, &cfg, &Capabilities::full(8), &PolicyState::default());
+    assert!(d.state.interference.freeze_open);
+    // Nor with no offline work.
+    s.workloads.retain(|w| w.level.is_online());
+    s.levels_present.retain(|l| l.is_online());
+    let d = decide(&s, &cfg, &Capabilities::full(8), &PolicyState::default());
+    assert!(!d.state.interference.freeze_open);
     // With the deep line out of reach, never.
     let mut never = Config::default();
     never.interference.freeze_below = -1000.0;

@@ -335,14 +335,27 @@ fn run_queue_waits_over_the_threshold_tighten_offline_and_without_bpf_the_agent_
 /// ten seconds apart, offline is frozen (the cap passed over) by a tick the sample brought forward.
 #[test]
 fn a_deep_run_queue_wait_freezes_offline_between_ticks() {
+    use std::os::unix::ffi::OsStrExt;
     if !cgroups_usable("a_deep_run_queue_wait_freezes_offline_between_ticks") {
         return;
     }
     let _one = serial();
     let mut t = TestRoot::new("runq-deep");
     let exe = common::tidal_bin();
+    // The prober's group exists from the start (so the agent knows it), but the prober itself
+    // starts only after the agent's first tick: that tick must not be the one that sees it.
+    let go = t.state.path().join("probe-go");
+    let go_c = std::ffi::CString::new(go.as_os_str().as_bytes()).expect("a path without NUL");
+    // SAFETY: mkfifo(3) on a path in this test's own temporary directory.
+    assert_eq!(
+        unsafe { libc::mkfifo(go_c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {}",
+        go.display()
+    );
+    let script = format!("read _ < '{}'; exec '{}' worker prober", go.display(), exe);
     t.spawn(&[
-        "run", "--qos", "online", "--name", "probe", "--", exe, "worker", "prober",
+        "run", "--qos", "online", "--name", "probe", "--", "sh", "-c", &script,
     ]);
     t.spawn(&[
         "run",
@@ -362,8 +375,14 @@ fn a_deep_run_queue_wait_freezes_offline_between_ticks() {
                bpf:\n  runq_p99_threshold: 1us\n  min_samples: 5\n";
     let addr = free_addr();
     let agent = start_agent(&t, cfg, &addr);
-    // Well within the first ten-second tick period after the first tick.
-    let deadline = Instant::now() + Duration::from_millis(9_500);
+    let ticked = Instant::now() + Duration::from_secs(5);
+    while state(&addr)["ticks"].as_u64().unwrap_or(0) < 1 {
+        assert!(Instant::now() < ticked, "no first tick");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    std::fs::write(&go, "go\n").expect("start the prober");
+    // Before the next regular tick: ten seconds after the first, which /state has just shown.
     let frozen = loop {
         let log = t.agent_log();
         if let Some(l) = log
@@ -373,12 +392,15 @@ fn a_deep_run_queue_wait_freezes_offline_between_ticks() {
             break l.to_string();
         }
         assert!(
-            Instant::now() < deadline,
+            started.elapsed() < Duration::from_secs(8),
             "offline not frozen between ticks\nagent log:\n{log}"
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(frozen.contains("the CPU-time cap is skipped"), "{frozen}");
+    assert!(
+        frozen.contains("every offline level frozen at once"),
+        "{frozen}"
+    );
     let (_, m) = get(&addr, "/metrics").expect("the agent's /metrics");
     let early = m
         .lines()

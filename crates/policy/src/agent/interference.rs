@@ -16,8 +16,9 @@
 //! - A quantile signal (an objective, run-queue latency) misses its target only beyond sampling
 //!   noise: its window's count over the target must exceed what the quantile allows by
 //!   `interference.min_excess_z` standard deviations. A miss within the noise holds growth instead.
-//!   A miss deeper than `interference.freeze_below` passes over the CPU-time cap to the next step
-//!   beyond it: the cap's running part lets the tail through at a load step.
+//!   A fresh miss deeper than `interference.freeze_below` freezes every offline level left at
+//!   once, passing over a cpuset shrink and the CPU-time cap (whose running part lets the tail
+//!   through at a load step). Noise is judged at the target; the depth is the observed quantile's.
 //! - A signal that holds (a latency objective with little slack) stops offline growing and any
 //!   release. A stretch of `slo.probe_after` with room (every hold with slack of `slo.hold_below`
 //!   or more, or every signal calm) releases one step to probe: an objective whose target is too
@@ -49,8 +50,8 @@ pub enum Verdict {
         /// objective, every `slo.interval`): a step needs a reading taken after the last step, so
         /// one reading never climbs the ladder twice.
         measured_at_ms: Option<u64>,
-        /// The miss is deep (slack below `interference.freeze_below`, beyond noise): the CPU-time
-        /// cap, whose running part lets the tail through, is skipped for a freeze.
+        /// The miss is deep (slack below `interference.freeze_below`, beyond noise): every
+        /// offline level left is frozen at once.
         deep: bool,
     },
     /// Met, without room to give: no release; with `stop_growth`, offline does not grow either.
@@ -108,6 +109,12 @@ fn ms(s: f64) -> String {
     } else {
         format!("{:.2}ms", s * 1e3)
     }
+}
+
+/// A miss deeper than `interference.freeze_below` (−1000 or less: never).
+fn deep_miss(slack: f64, cfg: &Config) -> bool {
+    let line = cfg.interference.freeze_below;
+    line > -1000.0 && slack < line
 }
 
 /// A missed quantile whose window's count over the target is within sampling noise of what the
@@ -174,7 +181,7 @@ fn slo_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
             baseline: None,
             per_tick: false,
             measured_at_ms: Some(snap.now_ms.saturating_sub(worst.age_ms.unwrap_or(0))),
-            deep: worst.slack < cfg.interference.freeze_below,
+            deep: deep_miss(worst.slack, cfg),
         }
     } else if worst.slack < slo.hold_below {
         Verdict::Hold {
@@ -218,7 +225,7 @@ fn runq_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
             baseline: None,
             per_tick: true,
             measured_at_ms: None,
-            deep: worst.slack < cfg.interference.freeze_below,
+            deep: deep_miss(worst.slack, cfg),
         }
     } else {
         Verdict::Calm {
@@ -234,16 +241,10 @@ fn runq_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
     }
 }
 
-/// Whether run-queue readings taken between ticks (a light sample) call for a tick now: one misses
-/// deeper than `interference.freeze_below`, beyond sampling noise, while the ladder may step (its
-/// last step `escalate_every` ago or more) and offline is not yet frozen by its own step. The tick
-/// then reads the same waits and freezes, tens of milliseconds sooner than it would have.
-pub fn urgent(
-    signals: &[tidal_model::Signal],
-    cfg: &Config,
-    st: &PolicyState,
-    now_ms: u64,
-) -> bool {
+/// Whether a tick brought forward could take a step for a deep miss: the ladder may step (its last
+/// step `escalate_every` ago or more) and the last tick left a freeze step to take. Cheap: the
+/// agent asks it before reading the run-queue waits.
+pub fn may_hurry(cfg: &Config, st: &PolicyState, now_ms: u64) -> bool {
     let may_step = match st.interference.phase {
         Phase::Tightened { at_ms, .. } => {
             now_ms.saturating_sub(at_ms) >= cfg.interference.escalate_every.0
@@ -251,12 +252,23 @@ pub fn urgent(
         Phase::BackedOff { until_ms } => now_ms >= until_ms,
         Phase::Idle | Phase::Calming { .. } => true,
     };
-    may_step
-        && !st.interference.has(Step::FreezeOffline)
+    may_step && st.interference.freeze_open && cfg.interference.freeze_below > -1000.0
+}
+
+/// Whether run-queue readings taken between ticks (a light sample) call for a tick now: one misses
+/// deeper than `interference.freeze_below`, beyond sampling noise (judged at the threshold), where
+/// [`may_hurry`]. The tick then reads the same waits and freezes, tens of milliseconds sooner.
+pub fn urgent(
+    signals: &[tidal_model::Signal],
+    cfg: &Config,
+    st: &PolicyState,
+    now_ms: u64,
+) -> bool {
+    may_hurry(cfg, st, now_ms)
         && signals.iter().any(|s| {
             s.kind == SignalKind::RunqLatency
                 && s.slack.is_finite()
-                && s.slack < cfg.interference.freeze_below
+                && deep_miss(s.slack, cfg)
                 && !within_noise(s, cfg)
         })
 }
@@ -295,7 +307,7 @@ fn effective(
     match step {
         Step::ShrinkCpuset => cpu.confine && cpu.target > cpu.min_off.max(1),
         // Nothing to cap where every offline level is frozen by its own step (a deep miss froze
-        // before the cap).
+        // them before the cap).
         Step::CapCpu
             if !taken.is_empty()
                 && [QosLevel::OfflineLow, QosLevel::Offline].iter().all(|l| {
@@ -349,8 +361,26 @@ fn judge_release(
     }
 }
 
-/// Moves the ladder one tick on this tick's verdicts.
+/// Moves the ladder one tick on this tick's verdicts, and notes whether a freeze step is left for
+/// a deep miss to take (what [`urgent`] asks before it brings a tick forward).
 pub fn decide(
+    snap: &Snapshot,
+    cfg: &Config,
+    caps: &Capabilities,
+    cpu: &CpuDecision,
+    verdicts: &[Verdict],
+    st: &mut PolicyState,
+) -> LadderTick {
+    let tick = climb(snap, cfg, caps, cpu, verdicts, st);
+    let lad = &mut st.interference;
+    lad.freeze_open = super::confine::offline_present(snap)
+        && Step::LADDER.into_iter().any(|s| {
+            s.freezes() && !lad.steps.contains(&s) && effective(s, &lad.steps, snap, cfg, caps, cpu)
+        });
+    tick
+}
+
+fn climb(
     snap: &Snapshot,
     cfg: &Config,
     caps: &Capabilities,
@@ -380,17 +410,31 @@ pub fn decide(
         Phase::Tightened { at_ms, .. } => Some(at_ms),
         _ => None,
     };
+    let fresh = |m: &Option<u64>| match (m, last_step) {
+        (Some(m), Some(at)) => *m > at,
+        _ => true,
+    };
     let tighten = tightens()
-        .find(|(_, _, m, _)| match (m, last_step) {
-            (Some(m), Some(at)) => *m > at,
-            _ => true,
-        })
+        .find(|(_, _, m, _)| fresh(m))
         .or_else(|| tightens().next());
     // Confinement shrinking offline this tick is already the answer to online needing more: when
     // every tightening signal reads the last tick only (run-queue latency), wait a tick to see what
     // the shrink did rather than take a CPU on top of it. Windows spanning many ticks (pressure, a
     // latency objective) would not show it by then. Never two waits in a row.
     let confining = cpu.confine && cpu.target < st.base_offline.unwrap_or(cpu.n).min(cpu.n);
+    // Deep when any fresh reading is, whichever signal speaks; a reading of the last tick alone
+    // not while confinement shrinks offline (the next tick's shows what the shrink did), unless
+    // the last tick already waited for that.
+    let settled = !confining || st.interference.waited;
+    let deep = verdicts.iter().any(|v| match v {
+        Verdict::Tighten {
+            deep,
+            measured_at_ms,
+            per_tick,
+            ..
+        } => *deep && fresh(measured_at_ms) && (settled || !*per_tick),
+        _ => false,
+    });
     let wait_a_tick = confining
         && tighten.is_some()
         && !st.interference.waited
@@ -478,7 +522,7 @@ pub fn decide(
         )
     };
     match tighten {
-        Some((reason, baseline, measured_at, deep)) => {
+        Some((reason, baseline, measured_at, _)) => {
             tick.pressure = Some(reason);
             let may_step = match lad.phase {
                 Phase::Tightened { at_ms, baseline: b } => {
@@ -505,29 +549,33 @@ pub fn decide(
                 Phase::Idle | Phase::Calming { .. } => true,
             };
             if may_step && offline_present && !wait_a_tick {
-                let open = || {
-                    Step::LADDER
-                        .into_iter()
-                        .filter(|s| !lad.steps.contains(s))
-                        .filter(|s| effective(*s, &lad.steps, snap, cfg, caps, cpu))
-                };
-                // A deep miss passes over the cap where a step beyond it is left.
-                let first = open().next();
-                let next = if deep && first == Some(Step::CapCpu) {
-                    open().find(|s| *s != Step::CapCpu).or(first)
+                let open: Vec<Step> = Step::LADDER
+                    .into_iter()
+                    .filter(|s| !lad.steps.contains(s))
+                    .filter(|s| effective(*s, &lad.steps, snap, cfg, caps, cpu))
+                    .collect();
+                // A deep miss freezes every offline level left at once, passing over a cpuset
+                // shrink and the cap; without a freeze left it takes the next step.
+                let freezes: Vec<Step> = open
+                    .iter()
+                    .copied()
+                    .filter(|s| deep && s.freezes())
+                    .collect();
+                let take = if freezes.is_empty() {
+                    open.first().copied().into_iter().collect()
                 } else {
-                    first
+                    freezes
                 };
-                if next != first {
+                if take.len() > 1 || take.first().is_some_and(|s| open.first() != Some(s)) {
                     if let Some(p) = tick.pressure.as_mut() {
                         p.push_str(&format!(
-                            " (below {:.0}%: the CPU-time cap is skipped)",
+                            " (below {:.0}%: every offline level frozen at once)",
                             cfg.interference.freeze_below * 100.0
                         ));
                     }
                 }
-                if let Some(s) = next {
-                    lad.steps.push(s);
+                if !take.is_empty() {
+                    lad.steps.extend(take);
                     lad.phase = Phase::Tightened {
                         at_ms: now,
                         baseline,
@@ -650,7 +698,7 @@ pub fn freeze(
     let duty =
         st.interference.has(Step::CapCpu) && super::cap::mode(cfg, caps) == CapMode::DutyCycle;
     let from = if duty {
-        let released = tick.released.is_some();
+        let released = tick.released.is_some() || tick.undone;
         let start = || super::cap::duty_start(snap.now_ms, released, cfg);
         match st.interference.duty_from_ms {
             Some(f) if !released => f,

@@ -29,6 +29,11 @@ impl Step {
         }
     }
 
+    /// A freeze step (of either offline level).
+    pub fn freezes(self) -> bool {
+        matches!(self, Step::FreezeOfflineLow | Step::FreezeOffline)
+    }
+
     pub const LADDER: [Step; 4] = [
         Step::ShrinkCpuset,
         Step::CapCpu,
@@ -53,8 +58,9 @@ pub enum Phase {
     BackedOff { until_ms: u64 },
 }
 
-/// The interference ladder: the steps in force (a prefix of [`Step::LADDER`] less the steps that would
-/// have changed nothing when taken, and a cap a deep miss passed over) and its phase.
+/// The interference ladder: the steps in force, in the order taken (that of [`Step::LADDER`], less
+/// the steps that would have changed nothing, except that a deep miss takes the freezes before a
+/// cpuset shrink or cap left behind) and its phase.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Interference {
     pub steps: Vec<Step>,
@@ -88,6 +94,10 @@ pub struct Interference {
     /// part first, so the step acts at once rather than whenever the clock's period says.
     #[serde(default)]
     pub duty_from_ms: Option<u64>,
+    /// The last tick left a freeze step that would change something: a deep miss between ticks
+    /// can be acted on, so a tick is worth bringing forward.
+    #[serde(default)]
+    pub freeze_open: bool,
 }
 
 /// A failed probe doubles the wait before the next one, up to this many times `slo.probe_after`.

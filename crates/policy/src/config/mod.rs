@@ -156,8 +156,9 @@ pub struct InterferenceConfig {
     /// one-sided 95%; 0 tightens on any miss.
     pub min_excess_z: f64,
     /// A quantile signal missed this deeply (slack below it: −0.5 is 1.5× the target), beyond
-    /// sampling noise, skips the CPU-time cap step and freezes: the cap's running part lets the
-    /// tail through at a load step. −1000 keeps the cap first always.
+    /// sampling noise (judged at the target), freezes every offline level at once, passing over the
+    /// cpuset shrink and the CPU-time cap: the cap's running part lets the tail through at a load
+    /// step. −1000: never.
     pub freeze_below: f64,
 }
 

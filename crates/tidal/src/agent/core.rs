@@ -183,6 +183,12 @@ impl Agent {
         self.act
             .set_reprobe_interval(Duration::from_millis(new.static_interval.0));
         self.slo.set_config(&new.slo);
+        // A duty cycle's periods are counted in ticks: a new period starts it afresh.
+        if new.tick != self.cfg.tick
+            || new.interference.cap_fraction != self.cfg.interference.cap_fraction
+        {
+            self.state.interference.duty_from_ms = None;
+        }
         self.cfg = new;
     }
 
@@ -201,18 +207,27 @@ impl Agent {
                 return true;
             }
         }
-        if !self.runq.active() {
+        let now_ms = self.collector.now_ms();
+        if !self.runq.active()
+            || !tidal_policy::agent::interference::may_hurry(&self.cfg, &self.state, now_ms)
+        {
             return false;
         }
         let waits = self
             .runq
             .peek(self.cfg.bpf.runq_p99_threshold.0, self.cfg.bpf.min_samples);
-        tidal_policy::agent::interference::urgent(
-            &waits,
-            &self.cfg,
-            &self.state,
-            self.collector.now_ms(),
-        )
+        self.show_runq();
+        tidal_policy::agent::interference::urgent(&waits, &self.cfg, &self.state, now_ms)
+    }
+
+    /// `/state` says why run-queue latency is off once it went off (a read that failed).
+    fn show_runq(&self) {
+        if let Some(why) = &self.runq.unavailable {
+            let mut v = lock(&self.shared.view);
+            if v.runq.as_ref() != Some(why) {
+                v.runq = Some(why.clone());
+            }
+        }
     }
 
     /// One control step at `now`: measure, decide, apply, report.
@@ -246,6 +261,7 @@ impl Agent {
         let (runq_signals, waits) = self
             .runq
             .read(self.cfg.bpf.runq_p99_threshold.0, self.cfg.bpf.min_samples);
+        self.show_runq();
         signals.extend(runq_signals);
         self.snap.signals = signals;
         if !waits.is_empty() {

@@ -141,7 +141,6 @@ impl Runq {
             return false;
         };
         let keys: Vec<CgroupKey> = self.ids.keys().copied().collect();
-        self.reads += 1;
         if self.reads.is_multiple_of(PRUNE_EVERY) {
             let keep = keys.iter().copied().collect();
             c.prune(&keep);
@@ -176,6 +175,8 @@ impl Runq {
     /// The last tick's waits per online workload, and the signals they give (from the waits
     /// carried over too, while a workload's reads fall short of `min_samples`).
     pub fn read(&mut self, threshold_s: f64, min_samples: u64) -> (Vec<Signal>, Vec<Waits>) {
+        // Pruning counts ticks' reads, not samples'.
+        self.reads += 1;
         if !self.pull() {
             return (Vec::new(), Vec::new());
         }

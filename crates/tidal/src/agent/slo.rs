@@ -367,6 +367,7 @@ fn window_excess(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidal_model::{ForeignGroup, PodInfo, PodRef, PodSlo, QosClass, QosLevel, Target};
 
     /// 10 000 requests: 9 800 under 1 ms, 100 in (1 ms, 2 ms], 100 over 2 ms.
     fn window() -> Buckets {
@@ -393,7 +394,6 @@ mod tests {
         assert_eq!(window_excess(0.002, 0.99, 0.0, &w, 0.0), None);
         assert_eq!(window_excess(0.002, 0.99, 0.0, &Buckets(vec![]), 1.0), None);
     }
-    use tidal_model::{ForeignGroup, PodInfo, PodRef, PodSlo, QosClass, QosLevel, Target};
 
     fn pod(name: &str, level: QosLevel, ip: &str, slo: Option<PodSlo>) -> WorkloadSnapshot {
         let g = ForeignGroup::new(&format!("kubepods/pod{}", name.replace('/', "-"))).unwrap();
