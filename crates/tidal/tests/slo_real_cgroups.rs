@@ -177,8 +177,13 @@ fn a_missed_objective_tightens_offline_and_its_recovery_releases_it() {
     );
     let (_, metrics_text) = get(&addr, "/metrics").unwrap();
     assert!(metrics_text.contains("tidal_slo_slack"), "{metrics_text}");
-    // It keeps tightening while missed.
-    wait_for("a second step", 10, || steps(&state(&addr)) >= 2);
+    // It keeps tightening while missed, to offline frozen (at once: the miss is ten times the
+    // target, deeper than freeze_below).
+    wait_for("offline frozen", 10, || {
+        state(&addr)["policy"]["interference"]["steps"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s == "freeze-offline"))
+    });
     // Recovered: released step by step, down to nothing.
     m.slow.store(false, Ordering::Relaxed);
     wait_for("offline released after recovery", 20, || {
