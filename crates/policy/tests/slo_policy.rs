@@ -988,15 +988,21 @@ fn a_reading_already_stepped_on_gives_way_to_fresh_pressure() {
     // (The objective's reading alone could not step again: one step per reading.)
 }
 
-/// The ladder after `slack` is read at `now_ms`, from a shrink taken at 0.
-fn step_after_shrink(cfg: &Config, slack: f64, now_ms: u64) -> tidal_policy::agent::Decision {
-    let caps = Capabilities::full(8);
+/// A ladder with a cpuset shrink taken at 0.
+fn shrunk() -> PolicyState {
     let mut st = PolicyState::default();
     st.interference.steps = vec![Step::ShrinkCpuset];
     st.interference.phase = Phase::Tightened {
         at_ms: 0,
         baseline: None,
     };
+    st
+}
+
+/// The ladder after `slack` is read at `now_ms`, from a shrink taken at 0.
+fn step_after_shrink(cfg: &Config, slack: f64, now_ms: u64) -> tidal_policy::agent::Decision {
+    let caps = Capabilities::full(8);
+    let st = shrunk();
     let mut s = snapshot(Some(slack));
     s.now_ms = now_ms;
     decide(&s, cfg, &caps, &st)
@@ -1088,9 +1094,7 @@ fn a_deep_miss_freezes_every_offline_level_at_once() {
     // Without a freezer a deep miss takes the next step, the cap (a quota then).
     let mut no_freezer = Capabilities::full(8);
     no_freezer.knobs.remove(&Knob::Freeze);
-    let mut st = PolicyState::default();
-    st.interference.steps = vec![Step::ShrinkCpuset];
-    let d = decide(&deep, &cfg, &no_freezer, &st);
+    let d = decide(&deep, &cfg, &no_freezer, &shrunk());
     assert_eq!(
         d.state.interference.steps,
         vec![Step::ShrinkCpuset, Step::CapCpu]
@@ -1107,12 +1111,7 @@ fn a_deep_miss_freezes_every_offline_level_at_once() {
 fn a_deep_run_queue_wait_freezes_at_once_too() {
     let cfg = Config::default();
     let caps = Capabilities::full(8);
-    let mut st = PolicyState::default();
-    st.interference.steps = vec![Step::ShrinkCpuset];
-    st.interference.phase = Phase::Tightened {
-        at_ms: 0,
-        baseline: None,
-    };
+    let mut st = shrunk();
     // The last tick waited for confinement's shrink: this one steps.
     st.interference.waited = true;
     let mut s = snapshot(None);
@@ -1193,8 +1192,9 @@ fn the_duty_cycle_starts_with_its_frozen_part_in_the_tick_the_cap_is_taken() {
 
 #[test]
 fn a_light_sample_calls_a_tick_for_a_deep_run_queue_wait_only_where_the_ladder_can_step() {
-    use tidal_policy::agent::interference::urgent;
+    use tidal_policy::agent::interference::{may_hurry, urgent};
     let cfg = Config::default();
+    let caps = Capabilities::full(8);
     let every = cfg.interference.escalate_every.0;
     let wait = |observed: f64, z: Option<f64>| Signal {
         kind: SignalKind::RunqLatency,
@@ -1206,56 +1206,58 @@ fn a_light_sample_calls_a_tick_for_a_deep_run_queue_wait_only_where_the_ladder_c
         age_ms: None,
         excess_z: z,
     };
-    let mut idle = PolicyState::default();
-    // The last tick left a freeze to take.
-    idle.interference.freeze_open = true;
+    // The last tick's snapshot: offline and offline-low at work, both freezable.
+    let s = snapshot(None);
+    let deep = [wait(0.003, Some(6.0))];
+    let idle = PolicyState::default();
     // 3 ms against 1 ms, beyond noise: a tick now.
-    assert!(tidal_policy::agent::interference::may_hurry(
-        &cfg, &idle, 10_000
-    ));
-    assert!(urgent(&[wait(0.003, Some(6.0))], &cfg, &idle, 10_000));
+    assert!(may_hurry(&s, &cfg, &caps, &idle, 10_000));
+    assert!(urgent(&deep, &s, &cfg, &caps, &idle, 10_000));
     // Within noise, shallow (1.3×), or not a run-queue reading: the tick can wait.
-    assert!(!urgent(&[wait(0.003, Some(1.0))], &cfg, &idle, 10_000));
-    assert!(!urgent(&[wait(0.0013, Some(6.0))], &cfg, &idle, 10_000));
+    assert!(!urgent(
+        &[wait(0.003, Some(1.0))],
+        &s,
+        &cfg,
+        &caps,
+        &idle,
+        10_000
+    ));
+    assert!(!urgent(
+        &[wait(0.0013, Some(6.0))],
+        &s,
+        &cfg,
+        &caps,
+        &idle,
+        10_000
+    ));
     let mut slo = wait(0.003, Some(6.0));
     slo.kind = SignalKind::Slo;
-    assert!(!urgent(&[slo], &cfg, &idle, 10_000));
-    assert!(!urgent(&[], &cfg, &idle, 10_000));
-    // No freeze left to take (no offline work, or all of it frozen): no tick, however deep.
-    let mut shut = idle.clone();
-    shut.interference.freeze_open = false;
-    assert!(!urgent(&[wait(0.003, Some(6.0))], &cfg, &shut, 10_000));
-    // Stepped within escalate_every: the ladder could not step, so no tick; after it, a tick.
+    assert!(!urgent(&[slo], &s, &cfg, &caps, &idle, 10_000));
+    assert!(!urgent(&[], &s, &cfg, &caps, &idle, 10_000));
+    // Stepped within escalate_every: the ladder could not step, so no tick; after it, a tick
+    // (offline itself is still running).
     let mut st = PolicyState::default();
-    st.interference.freeze_open = true;
     st.interference.steps = vec![Step::FreezeOfflineLow];
     st.interference.phase = Phase::Tightened {
         at_ms: 10_000,
         baseline: None,
     };
-    assert!(!urgent(
-        &[wait(0.003, Some(6.0))],
-        &cfg,
-        &st,
-        10_000 + every - 1
-    ));
-    assert!(urgent(&[wait(0.003, Some(6.0))], &cfg, &st, 10_000 + every));
-    // A tick records whether a freeze is left: with offline frozen by its own step, none is.
-    let mut s = snapshot(None);
-    s.now_ms = 20_000;
+    assert!(!urgent(&deep, &s, &cfg, &caps, &st, 10_000 + every - 1));
+    assert!(urgent(&deep, &s, &cfg, &caps, &st, 10_000 + every));
+    // Every offline level frozen by its own step: no freeze left, no tick, however deep.
     st.interference.steps.push(Step::FreezeOffline);
-    let d = decide(&s, &cfg, &Capabilities::full(8), &st);
-    assert!(!d.state.interference.freeze_open);
-    assert!(!urgent(&[wait(0.003, Some(6.0))], &cfg, &d.state, 30_000));
-    let d = decide(&s, &cfg, &Capabilities::full(8), &PolicyState::default());
-    assert!(d.state.interference.freeze_open);
+    assert!(!urgent(&deep, &s, &cfg, &caps, &st, 30_000));
     // Nor with no offline work.
-    s.workloads.retain(|w| w.level.is_online());
-    s.levels_present.retain(|l| l.is_online());
-    let d = decide(&s, &cfg, &Capabilities::full(8), &PolicyState::default());
-    assert!(!d.state.interference.freeze_open);
+    let mut online_only = s.clone();
+    online_only.workloads.retain(|w| w.level.is_online());
+    online_only.levels_present.retain(|l| l.is_online());
+    assert!(!urgent(&deep, &online_only, &cfg, &caps, &idle, 10_000));
+    // Nor without a freezer.
+    let mut no_freezer = caps.clone();
+    no_freezer.knobs.remove(&Knob::Freeze);
+    assert!(!urgent(&deep, &s, &cfg, &no_freezer, &idle, 10_000));
     // With the deep line out of reach, never.
     let mut never = Config::default();
     never.interference.freeze_below = -1000.0;
-    assert!(!urgent(&[wait(0.003, Some(6.0))], &never, &idle, 10_000));
+    assert!(!urgent(&deep, &s, &never, &caps, &idle, 10_000));
 }

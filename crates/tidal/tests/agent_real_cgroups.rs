@@ -76,17 +76,7 @@ fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
     let addr = free_addr();
     let mut agent = t.spawn_agent(t.agent_cmd(&cfg, &addr), &addr);
 
-    let hog = t.spawn(&[
-        "run",
-        "--qos",
-        "offline",
-        "--name",
-        "hog",
-        "--",
-        "sh",
-        "-c",
-        "while :; do :; done",
-    ]);
+    let hog = t.spin("offline", "hog");
     wait_cgroup(hog, "/offline/offline/hog").expect("hog in its group");
     wait_for("offline to have every CPU while online is idle", 15, || {
         offline_cpus(&t) == all
@@ -94,19 +84,7 @@ fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
 
     // Online load on every CPU: offline must shrink to its minimum (one CPU).
     let spinners: Vec<u32> = (0..n)
-        .map(|i| {
-            t.spawn(&[
-                "run",
-                "--qos",
-                "online",
-                "--name",
-                &format!("load{i}"),
-                "--",
-                "sh",
-                "-c",
-                "while :; do :; done",
-            ])
-        })
+        .map(|i| t.spin("online", &format!("load{i}")))
         .collect();
     wait_for("offline to shrink under online load", 10, || {
         offline_cpus(&t).len() < n.max(2)
@@ -230,17 +208,7 @@ fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
     // pre-existing group and remove every group tidal created.
     let mut agent = t.spawn_agent(t.agent_cmd(&cfg, &addr), &addr);
     for i in 0..n {
-        t.spawn(&[
-            "run",
-            "--qos",
-            "online",
-            "--name",
-            &format!("again{i}"),
-            "--",
-            "sh",
-            "-c",
-            "while :; do :; done",
-        ]);
+        t.spin("online", &format!("again{i}"));
     }
     wait_for("offline to shrink again", 10, || {
         offline_cpus(&t).len() < n.max(2)

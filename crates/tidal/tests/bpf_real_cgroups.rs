@@ -266,17 +266,7 @@ fn run_queue_waits_over_the_threshold_tighten_offline_and_without_bpf_the_agent_
     t.spawn(&[
         "run", "--qos", "online", "--name", "probe", "--", exe, "worker", "prober",
     ]);
-    t.spawn(&[
-        "run",
-        "--qos",
-        "offline",
-        "--name",
-        "hog",
-        "--",
-        "sh",
-        "-c",
-        "while :; do :; done",
-    ]);
+    t.spin("offline", "hog");
     // Any wait is over a 1 us threshold; pressure alone would never tighten here.
     let cfg = "tick: 100ms\nstats_interval: 200ms\ninterference:\n  psi_threshold: 100\nbpf:\n  runq_p99_threshold: 1us\n  min_samples: 5\n";
     let addr = free_addr();
@@ -357,17 +347,7 @@ fn a_deep_run_queue_wait_freezes_offline_between_ticks() {
     t.spawn(&[
         "run", "--qos", "online", "--name", "probe", "--", "sh", "-c", &script,
     ]);
-    t.spawn(&[
-        "run",
-        "--qos",
-        "offline",
-        "--name",
-        "hog",
-        "--",
-        "sh",
-        "-c",
-        "while :; do :; done",
-    ]);
+    t.spin("offline", "hog");
     // Every wait is far over a 1 us threshold; confinement never acts (its own early tick stays
     // out of it), pressure never does.
     let cfg = "tick: 10s\nstats_interval: 10s\ncpu:\n  confine_min_cpus: 4096\n\

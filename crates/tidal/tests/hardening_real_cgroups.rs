@@ -14,20 +14,6 @@ use tidal_model::{CpuSet, GroupPath, Knob, KnobValue, Target};
 /// An agent that confines on any machine size and reacts fast, with no interference steps.
 const CONFINING: &str = "tick: 100ms\nstats_interval: 200ms\ncpu:\n  grow_after: 500ms\n  confine_min_cpus: 1\n  noise_floor_cpus: 0.5\ninterference:\n  psi_threshold: 100\nbpf:\n  runq_p99_threshold: 10s\n";
 
-fn spin(t: &mut TestRoot, level: &str, name: &str) -> u32 {
-    t.spawn(&[
-        "run",
-        "--qos",
-        level,
-        "--name",
-        name,
-        "--",
-        "sh",
-        "-c",
-        "while :; do :; done",
-    ])
-}
-
 fn all_cpus(t: &TestRoot) -> CpuSet {
     tidal_cgroupfs::detect_capabilities(&t.layout).cpus
 }
@@ -52,7 +38,7 @@ fn one_agent_per_root_and_restore_waits_for_it_or_stops_it_with_force() {
     let mut t = TestRoot::new("lock");
     let addr = free_addr();
     let mut agent = start_agent(&t, CONFINING, &addr);
-    spin(&mut t, "offline", "hog");
+    t.spin("offline", "hog");
     wait_for("the hog's group", 10, || {
         t.dir("cpu", "offline/offline/hog").exists()
     });
@@ -103,16 +89,16 @@ fn restore_does_not_pin_a_workload_started_while_offline_was_confined() {
     }
     let addr = free_addr();
     let mut agent = start_agent(&t, CONFINING, &addr);
-    spin(&mut t, "offline", "first");
+    t.spin("offline", "first");
     wait_for("offline to exist", 10, || {
         t.dir("cpuset", "offline").exists()
     });
     for i in 0..n {
-        spin(&mut t, "online", &format!("load{i}"));
+        t.spin("online", &format!("load{i}"));
     }
     wait_for("offline to shrink", 15, || offline_cpus(&t).len() < n);
     // Started while offline is confined: on v1 it inherits the confined set.
-    let late = spin(&mut t, "offline", "late");
+    let late = t.spin("offline", "late");
     wait_cgroup(late, "/offline/offline/late").expect("late workload placed");
     std::thread::sleep(Duration::from_millis(600));
     // The agent dies without giving CPUs back; restore alone must not leave "late" pinned.
@@ -279,10 +265,10 @@ fn a_frozen_process_holding_the_journal_lock_does_not_stall_the_agent() {
     unsafe { libc::kill(holder.id() as i32, libc::SIGSTOP) };
     let addr = free_addr();
     let mut agent = start_agent(&t, CONFINING, &addr);
-    spin(&mut t, "offline", "hog");
+    t.spin("offline", "hog");
     if n >= 2 {
         for i in 0..n {
-            spin(&mut t, "online", &format!("load{i}"));
+            t.spin("online", &format!("load{i}"));
         }
         wait_for("offline confined while the lock is held", 15, || {
             t.dir("cpuset", "offline").exists() && offline_cpus(&t).len() < n
@@ -365,8 +351,8 @@ fn seeded_sigkills_of_the_agent_converge_and_restore_returns_everything() {
     t.make_group("offline");
     t.write_knob("offline", Knob::CpusetCpus, KnobValue::Cpus(all.clone()));
     let idle_before = t.knob("offline", Knob::CpuIdle);
-    spin(&mut t, "offline", "hog");
-    spin(&mut t, "offline-low", "low");
+    t.spin("offline", "hog");
+    t.spin("offline-low", "low");
     // A small LCG: the same kill points every run.
     let mut seed: u64 = 0x5eed_7da1;
     let mut next = |m: u64| {
@@ -380,7 +366,7 @@ fn seeded_sigkills_of_the_agent_converge_and_restore_returns_everything() {
     for round in 0..8 {
         // Online load comes and goes, so the agent is mid-confinement or mid-release when it dies.
         if next(2) == 0 && loads.len() < n {
-            loads.push(spin(&mut t, "online", &format!("load{round}")));
+            loads.push(t.spin("online", &format!("load{round}")));
         } else if let Some(p) = loads.pop() {
             sigkill(p);
         }

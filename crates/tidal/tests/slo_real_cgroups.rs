@@ -110,17 +110,7 @@ fn a_missed_objective_tightens_offline_and_its_recovery_releases_it() {
         "sleep",
         "600",
     ]);
-    t.spawn(&[
-        "run",
-        "--qos",
-        "offline",
-        "--name",
-        "etl",
-        "--",
-        "sh",
-        "-c",
-        "while :; do :; done",
-    ]);
+    t.spin("offline", "etl");
     let addr = free_addr();
     let cfg = format!(
         "tick: 100ms\nstats_interval: 200ms\ncpu:\n  confine_min_cpus: 1\n  grow_after: 500ms\n\

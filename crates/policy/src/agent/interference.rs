@@ -242,9 +242,15 @@ fn runq_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
 }
 
 /// Whether a tick brought forward could take a step for a deep miss: the ladder may step (its last
-/// step `escalate_every` ago or more) and the last tick left a freeze step to take. Cheap: the
-/// agent asks it before reading the run-queue waits.
-pub fn may_hurry(cfg: &Config, st: &PolicyState, now_ms: u64) -> bool {
+/// step `escalate_every` ago or more) and a freeze step is left that would stop something in
+/// `snap` (the last tick's). Cheap: the agent asks it before reading the run-queue waits.
+pub fn may_hurry(
+    snap: &Snapshot,
+    cfg: &Config,
+    caps: &Capabilities,
+    st: &PolicyState,
+    now_ms: u64,
+) -> bool {
     let may_step = match st.interference.phase {
         Phase::Tightened { at_ms, .. } => {
             now_ms.saturating_sub(at_ms) >= cfg.interference.escalate_every.0
@@ -252,7 +258,11 @@ pub fn may_hurry(cfg: &Config, st: &PolicyState, now_ms: u64) -> bool {
         Phase::BackedOff { until_ms } => now_ms >= until_ms,
         Phase::Idle | Phase::Calming { .. } => true,
     };
-    may_step && st.interference.freeze_open && cfg.interference.freeze_below > -1000.0
+    let freeze_left = super::confine::offline_present(snap)
+        && [QosLevel::OfflineLow, QosLevel::Offline]
+            .into_iter()
+            .any(|l| !st.interference.has(freeze_step(l)) && freezable(snap, cfg, caps, l));
+    may_step && freeze_left && cfg.interference.freeze_below > -1000.0
 }
 
 /// Whether run-queue readings taken between ticks (a light sample) call for a tick now: one misses
@@ -260,11 +270,13 @@ pub fn may_hurry(cfg: &Config, st: &PolicyState, now_ms: u64) -> bool {
 /// [`may_hurry`]. The tick then reads the same waits and freezes, tens of milliseconds sooner.
 pub fn urgent(
     signals: &[tidal_model::Signal],
+    snap: &Snapshot,
     cfg: &Config,
+    caps: &Capabilities,
     st: &PolicyState,
     now_ms: u64,
 ) -> bool {
-    may_hurry(cfg, st, now_ms)
+    may_hurry(snap, cfg, caps, st, now_ms)
         && signals.iter().any(|s| {
             s.kind == SignalKind::RunqLatency
                 && s.slack.is_finite()
@@ -361,26 +373,8 @@ fn judge_release(
     }
 }
 
-/// Moves the ladder one tick on this tick's verdicts, and notes whether a freeze step is left for
-/// a deep miss to take (what [`urgent`] asks before it brings a tick forward).
+/// Moves the ladder one tick on this tick's verdicts.
 pub fn decide(
-    snap: &Snapshot,
-    cfg: &Config,
-    caps: &Capabilities,
-    cpu: &CpuDecision,
-    verdicts: &[Verdict],
-    st: &mut PolicyState,
-) -> LadderTick {
-    let tick = climb(snap, cfg, caps, cpu, verdicts, st);
-    let lad = &mut st.interference;
-    lad.freeze_open = super::confine::offline_present(snap)
-        && Step::LADDER.into_iter().any(|s| {
-            s.freezes() && !lad.steps.contains(&s) && effective(s, &lad.steps, snap, cfg, caps, cpu)
-        });
-    tick
-}
-
-fn climb(
     snap: &Snapshot,
     cfg: &Config,
     caps: &Capabilities,

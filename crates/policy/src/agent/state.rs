@@ -94,10 +94,6 @@ pub struct Interference {
     /// part first, so the step acts at once rather than whenever the clock's period says.
     #[serde(default)]
     pub duty_from_ms: Option<u64>,
-    /// The last tick left a freeze step that would change something: a deep miss between ticks
-    /// can be acted on, so a tick is worth bringing forward.
-    #[serde(default)]
-    pub freeze_open: bool,
 }
 
 /// A failed probe doubles the wait before the next one, up to this many times `slo.probe_after`.

@@ -209,7 +209,13 @@ impl Agent {
         }
         let now_ms = self.collector.now_ms();
         if !self.runq.active()
-            || !tidal_policy::agent::interference::may_hurry(&self.cfg, &self.state, now_ms)
+            || !tidal_policy::agent::interference::may_hurry(
+                &self.snap,
+                &self.cfg,
+                &self.caps,
+                &self.state,
+                now_ms,
+            )
         {
             return false;
         }
@@ -217,7 +223,14 @@ impl Agent {
             .runq
             .peek(self.cfg.bpf.runq_p99_threshold.0, self.cfg.bpf.min_samples);
         self.show_runq();
-        tidal_policy::agent::interference::urgent(&waits, &self.cfg, &self.state, now_ms)
+        tidal_policy::agent::interference::urgent(
+            &waits,
+            &self.snap,
+            &self.cfg,
+            &self.caps,
+            &self.state,
+            now_ms,
+        )
     }
 
     /// `/state` says why run-queue latency is off once it went off (a read that failed).

@@ -141,10 +141,6 @@ impl Runq {
             return false;
         };
         let keys: Vec<CgroupKey> = self.ids.keys().copied().collect();
-        if self.reads.is_multiple_of(PRUNE_EVERY) {
-            let keep = keys.iter().copied().collect();
-            c.prune(&keep);
-        }
         let deltas = match c.read_keys(&keys) {
             Ok(d) => d,
             Err(e) => {
@@ -175,8 +171,13 @@ impl Runq {
     /// The last tick's waits per online workload, and the signals they give (from the waits
     /// carried over too, while a workload's reads fall short of `min_samples`).
     pub fn read(&mut self, threshold_s: f64, min_samples: u64) -> (Vec<Signal>, Vec<Waits>) {
-        // Pruning counts ticks' reads, not samples'.
+        // Pruned every PRUNE_EVERY ticks' reads (never by a sample's peek).
         self.reads += 1;
+        if let Some(c) = self.collector.as_mut() {
+            if self.reads.is_multiple_of(PRUNE_EVERY) {
+                c.prune(&self.ids.keys().copied().collect());
+            }
+        }
         if !self.pull() {
             return (Vec::new(), Vec::new());
         }

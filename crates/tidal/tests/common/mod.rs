@@ -148,6 +148,21 @@ impl TestRoot {
     }
 
     /// Starts `tidal <args>` in the background; it is killed when the test root is dropped.
+    /// `tidal run --qos LEVEL --name NAME` of a shell spinning on a CPU.
+    pub fn spin(&mut self, level: &str, name: &str) -> u32 {
+        self.spawn(&[
+            "run",
+            "--qos",
+            level,
+            "--name",
+            name,
+            "--",
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ])
+    }
+
     pub fn spawn(&mut self, args: &[&str]) -> u32 {
         let mut c = self.cmd();
         c.args(args);
