@@ -999,6 +999,15 @@ fn shrunk() -> PolicyState {
     st
 }
 
+/// The ladder a deep miss leaves after a shrink: every offline level frozen.
+fn shrunk_then_frozen() -> Vec<Step> {
+    vec![
+        Step::ShrinkCpuset,
+        Step::FreezeOfflineLow,
+        Step::FreezeOffline,
+    ]
+}
+
 /// The ladder after `slack` is read at `now_ms`, from a shrink taken at 0.
 fn step_after_shrink(cfg: &Config, slack: f64, now_ms: u64) -> tidal_policy::agent::Decision {
     let caps = Capabilities::full(8);
@@ -1025,14 +1034,7 @@ fn a_deep_miss_freezes_every_offline_level_at_once() {
     assert_eq!(cfg.interference.freeze_below, -0.5);
     // 1.6× the target: past the cap, every offline level frozen at once.
     let d = step_after_shrink(&cfg, -0.6, 2_000);
-    assert_eq!(
-        d.state.interference.steps,
-        vec![
-            Step::ShrinkCpuset,
-            Step::FreezeOfflineLow,
-            Step::FreezeOffline
-        ]
-    );
+    assert_eq!(d.state.interference.steps, shrunk_then_frozen());
     for level in [QosLevel::OfflineLow, QosLevel::Offline] {
         let why = frozen_by(&d.plan, level);
         assert_eq!(why.len(), 1, "{level}: {:?}", d.plan.actions);
@@ -1060,11 +1062,7 @@ fn a_deep_miss_freezes_every_offline_level_at_once() {
     // With every offline level frozen by its own step, the cap passed over changes nothing and is
     // not taken by a later miss.
     let mut st = PolicyState::default();
-    st.interference.steps = vec![
-        Step::ShrinkCpuset,
-        Step::FreezeOfflineLow,
-        Step::FreezeOffline,
-    ];
+    st.interference.steps = shrunk_then_frozen();
     st.interference.phase = Phase::Tightened {
         at_ms: 0,
         baseline: None,
@@ -1083,14 +1081,7 @@ fn a_deep_miss_freezes_every_offline_level_at_once() {
     let mut deep = snapshot(Some(-0.7));
     deep.now_ms = 5_000;
     let d = decide(&deep, &cfg, &Capabilities::full(8), &st);
-    assert_eq!(
-        d.state.interference.steps,
-        vec![
-            Step::ShrinkCpuset,
-            Step::FreezeOfflineLow,
-            Step::FreezeOffline
-        ]
-    );
+    assert_eq!(d.state.interference.steps, shrunk_then_frozen());
     // Without a freezer a deep miss takes the next step, the cap (a quota then).
     let mut no_freezer = Capabilities::full(8);
     no_freezer.knobs.remove(&Knob::Freeze);
@@ -1127,14 +1118,7 @@ fn a_deep_run_queue_wait_freezes_at_once_too() {
         excess_z: Some(5.0),
     }];
     let d = decide(&s, &cfg, &caps, &st);
-    assert_eq!(
-        d.state.interference.steps,
-        vec![
-            Step::ShrinkCpuset,
-            Step::FreezeOfflineLow,
-            Step::FreezeOffline
-        ]
-    );
+    assert_eq!(d.state.interference.steps, shrunk_then_frozen());
     // Behind a fresh shallow objective miss that speaks first, the deep wait still freezes.
     let mut both = s.clone();
     both.signals.extend(snapshot(Some(-0.1)).signals);
@@ -1192,7 +1176,12 @@ fn the_duty_cycle_starts_with_its_frozen_part_in_the_tick_the_cap_is_taken() {
 
 #[test]
 fn a_light_sample_calls_a_tick_for_a_deep_run_queue_wait_only_where_the_ladder_can_step() {
-    use tidal_policy::agent::interference::{may_hurry, urgent};
+    use tidal_policy::agent::interference::{deep_wait, may_hurry};
+    // What the agent's sample asks: a tick could step, and the waits so far miss deeply.
+    let urgent =
+        |w: &[Signal], s: &Snapshot, cfg: &Config, caps: &Capabilities, st: &PolicyState, now| {
+            may_hurry(s, cfg, caps, st, now) && deep_wait(w, cfg)
+        };
     let cfg = Config::default();
     let caps = Capabilities::full(8);
     let every = cfg.interference.escalate_every.0;

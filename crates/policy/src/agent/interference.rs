@@ -265,24 +265,16 @@ pub fn may_hurry(
     may_step && freeze_left && cfg.interference.freeze_below > -1000.0
 }
 
-/// Whether run-queue readings taken between ticks (a light sample) call for a tick now: one misses
-/// deeper than `interference.freeze_below`, beyond sampling noise (judged at the threshold), where
-/// [`may_hurry`]. The tick then reads the same waits and freezes, tens of milliseconds sooner.
-pub fn urgent(
-    signals: &[tidal_model::Signal],
-    snap: &Snapshot,
-    cfg: &Config,
-    caps: &Capabilities,
-    st: &PolicyState,
-    now_ms: u64,
-) -> bool {
-    may_hurry(snap, cfg, caps, st, now_ms)
-        && signals.iter().any(|s| {
-            s.kind == SignalKind::RunqLatency
-                && s.slack.is_finite()
-                && deep_miss(s.slack, cfg)
-                && !within_noise(s, cfg)
-        })
+/// Whether run-queue readings taken between ticks (a light sample) show a wait deeper than
+/// `interference.freeze_below`, beyond sampling noise (judged at the threshold). Where
+/// [`may_hurry`] too, a tick now reads the same waits and freezes, tens of milliseconds sooner.
+pub fn deep_wait(signals: &[tidal_model::Signal], cfg: &Config) -> bool {
+    signals.iter().any(|s| {
+        s.kind == SignalKind::RunqLatency
+            && s.slack.is_finite()
+            && deep_miss(s.slack, cfg)
+            && !within_noise(s, cfg)
+    })
 }
 
 /// Every signal's rule, in order of precedence.

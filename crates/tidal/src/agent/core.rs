@@ -223,14 +223,7 @@ impl Agent {
             .runq
             .peek(self.cfg.bpf.runq_p99_threshold.0, self.cfg.bpf.min_samples);
         self.show_runq();
-        tidal_policy::agent::interference::urgent(
-            &waits,
-            &self.snap,
-            &self.cfg,
-            &self.caps,
-            &self.state,
-            now_ms,
-        )
+        tidal_policy::agent::interference::deep_wait(&waits, &self.cfg)
     }
 
     /// `/state` says why run-queue latency is off once it went off (a read that failed).
