@@ -119,7 +119,7 @@ fn snapshot(w: &World) -> Snapshot {
 }
 
 /// Non-default configs: confinement on or off, either cap mode, freezing allowed or not, where a
-/// deep miss passes over the cap, and timings of their own.
+/// deep miss passes over the cap, and timings (probes included) of their own.
 fn arb_config() -> impl Strategy<Value = Config> {
     (
         (1u32..8, 0u32..3, any::<bool>()),
@@ -132,9 +132,24 @@ fn arb_config() -> impl Strategy<Value = Config> {
         (200u64..5_000, 200u64..20_000, 200u64..5_000),
         (0.0f64..1.5, 0.0f64..0.5),
         prop::sample::select(vec![-0.2f64, -0.5, -1000.0]),
+        // (slo.probe_after, slo.probe_first): off, the defaults, short, and one wait throughout.
+        prop::sample::select(vec![
+            (0u64, 2_000u64),
+            (30_000, 2_000),
+            (5_000, 1_000),
+            (60_000, 60_000),
+        ]),
     )
         .prop_map(
-            |((confine, min_off, freeze), supp, cap, (every, calm, grow), (head, floor), deep)| {
+            |(
+                (confine, min_off, freeze),
+                supp,
+                cap,
+                (every, calm, grow),
+                (head, floor),
+                deep,
+                (probe, first),
+            )| {
                 let mut c = Config::default();
                 c.cpu.confine_min_cpus = confine;
                 c.cpu.min_offline_cpus = min_off;
@@ -147,6 +162,8 @@ fn arb_config() -> impl Strategy<Value = Config> {
                 c.interference.escalate_every = Millis(every);
                 c.interference.calm_period = Millis(calm);
                 c.interference.freeze_below = deep;
+                c.slo.probe_after = Millis(probe);
+                c.slo.probe_first = Millis(first);
                 c
             },
         )

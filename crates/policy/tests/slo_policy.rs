@@ -368,6 +368,8 @@ fn a_release_that_brings_the_violation_back_doubles_the_calm_before_the_next() {
         vec![grow, 2 * grow, 4 * grow, max, max],
         "calm before each release"
     );
+    // Each failed release backed the probe off as well: no probe cuts the calm wait short.
+    assert_eq!(st.interference.probe_wait_ms, 32 * cfg.slo.probe_first.0);
     // Calm from now on: each release that lasts until the next halves the wait.
     // (Each wait counts from the last release; the helper starts a tick after it.)
     let mut calm_waits = Vec::new();
@@ -403,7 +405,9 @@ const ROOMY: f64 = 0.2;
 fn an_objective_met_with_some_room_probes_a_release_and_backs_off_when_it_fails() {
     let cfg = Config::default();
     let caps = Capabilities::full(8);
-    let probe = cfg.slo.probe_after.0;
+    let probe = cfg.slo.probe_first.0;
+    let judge = cfg.slo.probe_after.0;
+    assert!(probe < judge);
     // Tightened to the top, then met with 20% slack: the quiet latency, under a target too tight
     // for ample slack ever.
     let mut st = PolicyState::default();
@@ -429,10 +433,11 @@ fn an_objective_met_with_some_room_probes_a_release_and_backs_off_when_it_fails(
     assert_eq!(
         released_at,
         Some(start + probe),
-        "one step after probe_after"
+        "one step after probe_first"
     );
     assert_eq!(st.interference.level(), 3);
-    // The objective is missed right after: tightened again, and the next probe waits twice as long.
+    // The objective is missed within the judging time: tightened again, and the next probe waits
+    // twice as long.
     s = snapshot(Some(-0.2));
     s.now_ms = start + probe + 2_000;
     st = decide(&s, &cfg, &caps, &st).state;
@@ -446,17 +451,22 @@ fn an_objective_met_with_some_room_probes_a_release_and_backs_off_when_it_fails(
         let want = if t < back + 2 * probe { 4 } else { 3 };
         assert_eq!(st.interference.level(), want, "t={t}");
     }
-    // This probe lasts: the wait goes back to probe_after.
-    s.now_ms = back + 3 * probe;
+    // This probe lasts the judging time: the wait goes back to probe_first.
+    s.now_ms = back + 2 * probe + judge - 1;
+    st = decide(&s, &cfg, &caps, &st).state;
+    assert_eq!(st.interference.probe_wait_ms, 2 * probe);
+    s.now_ms = back + 2 * probe + judge;
     st = decide(&s, &cfg, &caps, &st).state;
     assert_eq!(st.interference.probe_wait_ms, 0);
-    // Room for 3 s, then one calm reading: neither grow_after of calm nor probe_after of room.
+    // Room for 3 s, then one calm reading: neither grow_after of calm nor probe_first of room.
+    let mut slow = cfg.clone();
+    slow.slo.probe_first = Millis(5_000);
     let mut st = PolicyState::default();
     st.interference.steps = Step::LADDER.to_vec();
     for (i, slack) in [ROOMY, ROOMY, ROOMY, 0.5].into_iter().enumerate() {
         let mut s = snapshot(Some(slack));
         s.now_ms = 500_000 + i as u64 * 1_000;
-        st = decide(&s, &cfg, &caps, &st).state;
+        st = decide(&s, &slow, &caps, &st).state;
     }
     assert_eq!(st.interference.level(), 4);
     // probe_after 0: never.
@@ -469,6 +479,52 @@ fn an_objective_met_with_some_room_probes_a_release_and_backs_off_when_it_fails(
         st = decide(&s, &cfg0, &caps, &st).state;
     }
     assert_eq!(st.interference.level(), 4);
+}
+
+/// Under interference that comes back after every probe, the waits double from `probe_first` up to
+/// eight `probe_after`s and stay there; a tightening for a passing miss costs `probe_first`.
+#[test]
+fn failed_probes_double_the_wait_from_probe_first_up_to_eight_judging_times() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let (first, judge) = (cfg.slo.probe_first.0, cfg.slo.probe_after.0);
+    let mut st = PolicyState::default();
+    let frozen = vec![Step::FreezeOfflineLow, Step::FreezeOffline];
+    st.interference.steps = frozen.clone();
+    let mut t = 100_000;
+    let mut waits = Vec::new();
+    let mut room_from = t;
+    for _ in 0..10 {
+        // Room every second until the probe releases the freeze.
+        loop {
+            let mut s = snapshot(Some(ROOMY));
+            s.now_ms = t;
+            st = decide(&s, &cfg, &caps, &st).state;
+            if st.interference.level() < 2 {
+                break;
+            }
+            t += 500;
+            assert!(
+                t < room_from + 10 * judge,
+                "no probe: {:?}",
+                st.interference
+            );
+        }
+        waits.push(t - room_from);
+        // The miss comes back a second later, deep: frozen again.
+        t += 1_000;
+        let mut s = snapshot(Some(-0.8));
+        s.now_ms = t;
+        st = decide(&s, &cfg, &caps, &st).state;
+        assert_eq!(st.interference.steps, frozen, "t={t}");
+        t += 1_000;
+        room_from = t;
+    }
+    let max = tidal_policy::PROBE_BACKOFF_MAX * judge;
+    let want: Vec<u64> = (0..10u32).map(|i| (first << i).min(max)).collect();
+    assert_eq!(waits, want);
+    assert_eq!(waits[0], 2_000);
+    assert_eq!(*waits.last().unwrap_or(&0), 240_000);
 }
 
 proptest! {
@@ -544,9 +600,10 @@ proptest! {
     }
 
     #[test]
-    fn a_probe_comes_only_after_the_wait_and_releases_one_step(st in arb_state(), hold in 0u64..300_000, probe in 1_000u64..60_000) {
+    fn a_probe_comes_only_after_the_wait_and_releases_one_step(st in arb_state(), hold in 0u64..300_000, (probe, first) in (1_000u64..60_000).prop_flat_map(|p| (Just(p), 1_000..=p))) {
         let mut cfg = Config::default();
         cfg.slo.probe_after = Millis(probe);
+        cfg.slo.probe_first = Millis(first);
         let caps = Capabilities::full(8);
         let mut st = st;
         st.interference.phase = Phase::Idle;
@@ -557,15 +614,17 @@ proptest! {
         let mut s = snapshot(Some(ROOMY));
         s.now_ms = now;
         let d = decide(&s, &cfg, &caps, &st);
-        let wait = st.interference.probe_wait_ms.max(probe).max(cfg.cpu.grow_after.0);
+        let max = tidal_policy::PROBE_BACKOFF_MAX * probe;
+        let wait = st.interference.probe_wait_ms.min(max).max(first).max(cfg.cpu.grow_after.0);
         let want = if hold >= wait && level > 0 { level - 1 } else { level };
         prop_assert_eq!(d.state.interference.level(), want);
     }
 
     #[test]
-    fn a_failed_probe_backs_off_within_bounds(st in arb_state(), dt in 0u64..120_000, probe in 1_000u64..60_000) {
+    fn a_failed_probe_backs_off_within_bounds(st in arb_state(), dt in 0u64..120_000, (probe, first) in (1_000u64..60_000).prop_flat_map(|p| (Just(p), 1_000..=p))) {
         let mut cfg = Config::default();
         cfg.slo.probe_after = Millis(probe);
+        cfg.slo.probe_first = Millis(first);
         let caps = Capabilities::full(8);
         let mut st = st;
         let at = 100_000;
@@ -578,7 +637,7 @@ proptest! {
         let max = tidal_policy::PROBE_BACKOFF_MAX * probe;
         prop_assert!(w <= max, "wait {} over the bound", w);
         if dt < probe {
-            prop_assert_eq!(w, (before.max(probe) * 2).min(max), "doubled from {}", before);
+            prop_assert_eq!(w, (before.max(first) * 2).min(max), "doubled from {}", before);
         } else {
             prop_assert_eq!(w, 0, "a probe that lasted resets the wait");
         }
@@ -632,11 +691,12 @@ proptest! {
     }
 
     #[test]
-    fn room_mixed_with_short_calm_releases_nothing_before_probe_after(calm in proptest::collection::vec(any::<bool>(), 1..29)) {
+    fn room_mixed_with_short_calm_releases_nothing_before_probe_first(calm in proptest::collection::vec(any::<bool>(), 1..29)) {
         // 1-s readings, never three calm in a row (2 s of calm is cpu.grow_after), fewer than
-        // probe_after (30 s) of them.
+        // probe_first (30 s here) of them.
         prop_assume!(!calm.windows(3).any(|w| w.iter().all(|c| *c)));
-        let cfg = Config::default();
+        let mut cfg = Config::default();
+        cfg.slo.probe_first = Millis(30_000);
         let caps = Capabilities::full(8);
         let mut st = PolicyState::default();
         st.interference.steps = Step::LADDER.to_vec();

@@ -20,14 +20,17 @@
 //!   once, passing over a cpuset shrink and the CPU-time cap (whose running part lets the tail
 //!   through at a load step). Noise is judged at the target; the depth is the observed quantile's.
 //! - A signal that holds (a latency objective with little slack) stops offline growing and any
-//!   release. A stretch of `slo.probe_after` with room (every hold with slack of `slo.hold_below`
+//!   release. A stretch of `slo.probe_first` with room (every hold with slack of `slo.hold_below`
 //!   or more, or every signal calm) releases one step to probe: an objective whose target is too
-//!   close to the quiet latency for ample slack would otherwise keep offline tightened for good.
-//!   Tightening within `slo.probe_after` of a probe doubles the wait before the next.
+//!   close to the quiet latency for ample slack would otherwise keep offline tightened for good,
+//!   and a passing miss (a batch job starting) would cost minutes of offline work.
+//!   Tightening within `slo.probe_after` of a probe doubles the wait before the next (up to
+//!   `PROBE_BACKOFF_MAX` × `slo.probe_after`); a probe that lasts `slo.probe_after` resets it.
 //! - When every signal that speaks is calm, one step is released after a calm objective's time
 //!   (`cpu.grow_after` of ample slack: it measures the latency itself), else the shortest calm time
-//!   the others ask (`calm_period`), quoting it. Tightening within `slo.probe_after` of such a release doubles that time before the
-//!   next (up to `PROBE_BACKOFF_MAX` times); a release that lasts until the next halves it.
+//!   the others ask (`calm_period`), quoting it. Tightening within `slo.probe_after` of such a
+//!   release doubles that time before the next (up to `PROBE_BACKOFF_MAX` times), and the wait
+//!   before a probe; a release that lasts until the next halves it.
 
 use super::state::{Phase, PolicyState, Step};
 use super::tick::{CpuDecision, LadderTick};
@@ -343,24 +346,21 @@ fn freezable(snap: &Snapshot, cfg: &Config, caps: &Capabilities, level: QosLevel
 
 /// Judges a release made at `at` (a probe, or one for calm) by what followed it: after `window`
 /// without tightening it lasted and `wait` goes back to 0; tightening within `window` doubles
-/// `wait` (from at least `unit`, up to `PROBE_BACKOFF_MAX` units). Either way it is then judged.
+/// `wait` (from at least `unit`, up to `max`). Either way it is then judged.
 fn judge_release(
     at: &mut Option<u64>,
     wait: &mut u64,
     now: u64,
     window: u64,
     tightened: bool,
-    unit: u64,
+    (unit, max): (u64, u64),
 ) {
     let Some(t) = *at else { return };
     if now.saturating_sub(t) >= window {
         *wait = 0;
         *at = None;
     } else if tightened {
-        *wait = (*wait)
-            .max(unit)
-            .saturating_mul(2)
-            .min(unit.saturating_mul(super::state::PROBE_BACKOFF_MAX));
+        *wait = (*wait).max(unit).saturating_mul(2).min(max);
         *at = None;
     }
 }
@@ -465,7 +465,7 @@ pub fn decide(
         now,
         judge,
         tighten.is_some(),
-        1,
+        (1, super::state::PROBE_BACKOFF_MAX),
     );
     let calm = calm_by
         .map_or(backoff, |(after, _)| after)
@@ -477,21 +477,29 @@ pub fn decide(
     };
     let offline_present = super::confine::offline_present(snap);
     let probe_after = cfg.slo.probe_after.0;
+    let probe_first = cfg.slo.probe_first.0;
     // A probe is judged by what follows it within `probe_after`: tightening doubles the wait
-    // before the next one, a quiet stretch resets it.
+    // before the next one (from `probe_first`), a quiet stretch resets it.
     judge_release(
         &mut lad.probe_at_ms,
         &mut lad.probe_wait_ms,
         now,
         probe_after,
         tighten.is_some(),
-        probe_after,
+        (
+            probe_first,
+            probe_after.saturating_mul(super::state::PROBE_BACKOFF_MAX),
+        ),
     );
     // The stretch with room (every signal calm, or holding with room) counts towards a probe,
     // whichever of the two each tick was: more slack never releases later.
     let tightening = tighten.is_some();
     let room = !tightening && (roomy || any_calm);
-    let probe_wait = lad.probe_wait_ms.max(probe_after).max(cfg.cpu.grow_after.0);
+    // Bounded again here: a reload may have shortened `probe_after`.
+    let probe_wait = (lad.probe_wait_ms)
+        .min(probe_after.saturating_mul(super::state::PROBE_BACKOFF_MAX))
+        .max(probe_first)
+        .max(cfg.cpu.grow_after.0);
     let hold_since = if room && !lad.steps.is_empty() {
         Some(*lad.hold_since_ms.get_or_insert(now))
     } else {
@@ -595,6 +603,9 @@ pub fn decide(
                             now.saturating_sub(since) as f64 / 1000.0
                         ));
                         lad.released_at_ms = Some(now);
+                        // Judged as a probe too: a failed release must not be retried by a probe
+                        // sooner than the calm wait it doubled.
+                        lad.probe_at_ms = Some(now);
                     } else {
                         tick.probe =
                             Some(probe_note("every signal calm", hold_since.unwrap_or(now)));

@@ -66,14 +66,16 @@ pub struct Interference {
     pub steps: Vec<Step>,
     pub phase: Phase,
     /// Since when every signal has left room (holding with slack of `slo.hold_below` or more, or
-    /// calm) while steps are in force: after `slo.probe_after` one is released to probe.
+    /// calm) while steps are in force: after `slo.probe_first` (or `probe_wait_ms`) one is
+    /// released to probe.
     #[serde(default)]
     pub hold_since_ms: Option<u64>,
     /// When the last probing release was made, until it has lasted `slo.probe_after`.
     #[serde(default)]
     pub probe_at_ms: Option<u64>,
-    /// The hold before the next probe (0: `slo.probe_after`); doubled by each probe that was
-    /// followed by tightening within `slo.probe_after`, up to [`PROBE_BACKOFF_MAX`] times.
+    /// The hold before the next probe (0: `slo.probe_first`); doubled by each probe that was
+    /// followed by tightening within `slo.probe_after`, up to [`PROBE_BACKOFF_MAX`] ×
+    /// `slo.probe_after`.
     #[serde(default)]
     pub probe_wait_ms: u64,
     /// Last tick a per-tick signal waited for a confinement shrink instead of stepping; the next

@@ -117,11 +117,16 @@ pub struct SloConfig {
     pub release_above: f64,
     /// Fewer requests than this in a window give no reading (a quantile of a handful is noise).
     pub min_requests: u64,
-    /// Objectives met with slack of `hold_below` or more this long (ample or not), with steps in
-    /// force, release one step to probe (0: never; else at least two `interval`s). A probe followed by tightening within this
-    /// time doubles the wait before the next (up to 8×). Without it, a target under
+    /// A probe is judged over this time: one followed by tightening within it doubles the wait
+    /// before the next (from `probe_first`, up to 8 × this); one that lasts it resets the wait
+    /// (0: never probe; else at least two `interval`s). Without probes, a target under
     /// 1 / (1 − `release_above`) × the service's quiet quantile keeps offline tightened for good.
     pub probe_after: Millis,
+    /// Objectives met with slack of `hold_below` or more this long (ample or not), with steps in
+    /// force, release one step to probe, when no probe has failed since the ladder was last empty
+    /// or a probe last lasted. Short, so that tightening for a passing miss (a batch job starting)
+    /// costs seconds of offline work, not minutes; each failed probe doubles it.
+    pub probe_first: Millis,
     pub objectives: Vec<Objective>,
 }
 
@@ -137,6 +142,7 @@ impl Default for SloConfig {
             release_above: 0.30,
             min_requests: 20,
             probe_after: Millis(30_000),
+            probe_first: Millis(2_000),
             objectives: Vec::new(),
         }
     }
@@ -285,6 +291,15 @@ impl SloConfig {
                 "must be 0 (never probe) or between {least} (1s, and two slo.interval) and 10m (got {pa})"
             ),
         );
+        let pf = self.probe_first;
+        // The stretch with room before a probe holds at least one reading.
+        let least_first = Millis(iv.0.max(1_000));
+        err(
+            e,
+            pa == Millis(0) || (pf >= least_first && pf <= pa),
+            "probe_first",
+            format!("must be between {least_first} (1s, and slo.interval) and slo.probe_after ({pa}) (got {pf})"),
+        );
         err(
             e,
             self.min_requests <= 1_000_000,
@@ -340,6 +355,35 @@ mod tests {
                 "{f} missing from {fields:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_first_probe_waits_at_least_a_reading_and_at_most_the_judging_time() {
+        let fields = |c: &SloConfig| {
+            let mut e = Vec::new();
+            c.validate(Millis(100), &mut e);
+            e.into_iter().map(|e| e.field).collect::<Vec<_>>()
+        };
+        let mut c = SloConfig::default();
+        assert!(fields(&c).is_empty(), "{:?}", fields(&c));
+        for (first, ok) in [(999, false), (1_000, true), (30_000, true), (30_001, false)] {
+            c.probe_first = Millis(first);
+            assert_eq!(
+                fields(&c).is_empty(),
+                ok,
+                "probe_first {first}: {:?}",
+                fields(&c)
+            );
+        }
+        // Under a longer interval the stretch holds at least one reading.
+        c.interval = Millis(5_000);
+        c.timeout = Millis(300);
+        c.stale_after = Millis(10_000);
+        c.probe_first = Millis(2_000);
+        assert_eq!(fields(&c), vec!["slo.probe_first".to_string()]);
+        // Probes off: the first wait is not used.
+        c.probe_after = Millis(0);
+        assert!(fields(&c).is_empty(), "{:?}", fields(&c));
     }
 
     proptest::proptest! {
