@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Skip the 10% → 60% load-step scenario.
     #[arg(long)]
     pub no_step: bool,
+    /// Load-step runs per scenario, interleaved (default 3; 1 with --quick): the first second
+    /// after a step swings several-fold between runs of the same scenario.
+    #[arg(long)]
+    pub step_runs: Option<usize>,
     /// Where the scenarios put their groups: `local` (tidal's tree: offline parent idle) or
     /// `kubelet-tree` (the kubelet's tier/pod/container tree, with the kubelet's shares; `tidal` runs
     /// the agent in pod mode against a stand-in apiserver on loopback, `tidal-static` is pod-level
@@ -327,6 +331,9 @@ impl BenchArgs {
         };
         if let Some(r) = self.rounds {
             push(count("--rounds", r, 1, 100));
+        }
+        if let Some(r) = self.step_runs {
+            push(count("--step-runs", r, 1, 20));
         }
         if !(self.slo_factor.is_finite() && (1.0..=10.0).contains(&self.slo_factor)) {
             push(Err(format!(

@@ -177,7 +177,8 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
             .filter(|s| scenarios.contains(s))
             .collect()
     };
-    let total = (rounds * scenarios.len() + steps.len() + 1) as u64;
+    let step_runs = a.step_runs.unwrap_or(if a.quick { 1 } else { 3 });
+    let total = (rounds * scenarios.len() + step_runs * steps.len() + 1) as u64;
     let pb = ProgressBar::new(total);
     pb.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -278,20 +279,25 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
             pb.inc(1);
         }
     }
-    for s in steps {
-        if stop.load(Ordering::Relaxed) {
-            return interrupted(&mut env, &pb);
-        }
-        pb.set_message(format!("step: {}", s.name()));
-        match colo::run_step(&mut env, s, &o, cost) {
-            Ok(r) => step_results.push(r),
-            Err(_) if stop.load(Ordering::Relaxed) => return interrupted(&mut env, &pb),
-            Err(e) => {
-                pb.abandon();
-                return failed(format!("step {}: {e}", s.name()));
+    // Interleaved, the order turned by one each run, so no scenario always follows the same one.
+    for run in 0..step_runs {
+        let n = steps.len().max(1);
+        for i in 0..steps.len() {
+            let s = steps[(i + run) % n];
+            if stop.load(Ordering::Relaxed) {
+                return interrupted(&mut env, &pb);
             }
+            pb.set_message(format!("step {}/{step_runs}: {}", run + 1, s.name()));
+            match colo::run_step(&mut env, s, &o, cost, run) {
+                Ok(r) => step_results.push(r),
+                Err(_) if stop.load(Ordering::Relaxed) => return interrupted(&mut env, &pb),
+                Err(e) => {
+                    pb.abandon();
+                    return failed(format!("step {} (run {}): {e}", s.name(), run + 1));
+                }
+            }
+            pb.inc(1);
         }
-        pb.inc(1);
     }
     pb.finish_and_clear();
     let summaries = report::summarize(&runs, &scenarios);
