@@ -831,7 +831,6 @@ fn step_table(s: &mut String, step: &[StepResult]) {
 mod tests {
     use super::*;
 
-
     fn run(s: Scenario, round: usize, p99: f64, cpus: f64) -> RunResult {
         RunResult {
             scenario: s,
@@ -1023,19 +1022,32 @@ mod tests {
         assert_eq!(g.value.as_ref().map(|v| v.n), Some(2));
         assert_eq!(g.verdict, Verdict::Unclear);
         let md = markdown(&r);
-        assert!(md.contains("(3 interleaved runs each; median [95% interval] over runs)"), "{md}");
+        assert!(
+            md.contains("(3 interleaved runs each; median [95% interval] over runs)"),
+            "{md}"
+        );
         assert!(
             md.contains("| tidal | 265 ms [30–500] (2 of 3 runs) | 0.30 | 0.80 [0.50–4.00] |"),
             "{md}"
         );
-        assert!(md.contains("run 1: tidal run 0; run 2: tidal run 1; run 3: tidal run 2"), "{md}");
-        assert!(md.contains("| step: tidal reaction ≤ 100 ms | 265 [30–500] | unclear"), "{md}");
+        assert!(
+            md.contains("run 1: tidal run 0; run 2: tidal run 1; run 3: tidal run 2"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| step: tidal reaction ≤ 100 ms | 265 [30–500] | unclear"),
+            "{md}"
+        );
         // Every run under kubelet's: met.
         r.step[2] = step_run(Scenario::Tidal, 1, 1500.0, Some(40.0));
         r.goals = goals(&r.scenarios, &r.step, &r.runs, false);
-        assert_eq!(goal(&r, "step: tidal p99 in the 1st second").verdict, Verdict::Met);
+        assert_eq!(
+            goal(&r, "step: tidal p99 in the 1st second").verdict,
+            Verdict::Met
+        );
         // A run with no kubelet partner is not paired.
-        r.step.retain(|x| !(x.scenario == Scenario::Kubelet && x.run == 2));
+        r.step
+            .retain(|x| !(x.scenario == Scenario::Kubelet && x.run == 2));
         r.goals = goals(&r.scenarios, &r.step, &r.runs, false);
         let g = goal(&r, "step: tidal p99 in the 1st second");
         assert_eq!(g.value.as_ref().map(|v| v.n), Some(2));

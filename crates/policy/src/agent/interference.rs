@@ -496,7 +496,8 @@ pub fn decide(
     let tightening = tighten.is_some();
     let room = !tightening && (roomy || any_calm);
     // Bounded again here: a reload may have shortened `probe_after`.
-    let probe_wait = (lad.probe_wait_ms)
+    let probe_wait = lad
+        .probe_wait_ms
         .min(probe_after.saturating_mul(super::state::PROBE_BACKOFF_MAX))
         .max(probe_first)
         .max(cfg.cpu.grow_after.0);
