@@ -1126,12 +1126,9 @@ pub fn calibrate(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
 /// Alone probes behind the alone p99.
 pub const ALONE_PROBES: usize = 3;
 
-/// The online p99 alone at the calibrated rate (seconds): the base of the `tidal` scenario's
-/// latency objective and of settling. The median of [`ALONE_PROBES`] probes: one disturbed probe
-/// (this VM's host taking back memory an earlier run freed, say) once made an objective of 44 ms
-/// where the service answers in 0.5, and the lowest of three sat under the alone rounds' own p99
-/// (0.43 ms against 0.47), an objective that quiet rounds missed.
-pub fn alone_p99(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
+/// The online p99 alone at the calibrated rate (seconds), once per probe: their median is the base
+/// of the `tidal` scenario's latency objective and of settling.
+pub fn alone_probes(env: &mut BenchEnv, o: &Opts) -> Result<Vec<f64>, String> {
     let mut probes = Vec::new();
     for i in 0..ALONE_PROBES {
         probes.push(probe_p99(
@@ -1142,7 +1139,7 @@ pub fn alone_p99(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
             o.duration_s.max(3.0),
         )?);
     }
-    crate::report::median(&probes).ok_or_else(|| "alone p99: no probe".to_string())
+    Ok(probes)
 }
 
 /// The online p99 alone over `secs` after `warmup_s` (seconds).

@@ -32,7 +32,7 @@ fn short_bench_run_measures_every_scenario_and_cleans_up() {
     let out_dir = tempfile::tempdir().unwrap();
     let json = out_dir.path().join("bench.json");
     let svg = out_dir.path().join("bench.svg");
-    let child = short_bench(&[], &json)
+    let child = short_bench(&["--step-runs", "2"], &json)
         .arg("--svg")
         .arg(&svg)
         .env("TIDAL_LOG", "warn")
@@ -86,8 +86,23 @@ fn short_bench_run_measures_every_scenario_and_cleans_up() {
             ),
         }
     }
+    // Two step runs of each step scenario, interleaved.
     let steps = r["step"].as_array().unwrap();
-    assert_eq!(steps.len(), 3, "{steps:?}");
+    let mut seen: Vec<(String, u64)> = steps
+        .iter()
+        .map(|st| (st["scenario"].to_string(), st["run"].as_u64().unwrap()))
+        .collect();
+    seen.sort();
+    let mut want: Vec<(String, u64)> = ["kubelet", "quota-suppress", "tidal"]
+        .iter()
+        .flat_map(|s| [0, 1].map(|run| (format!("\"{s}\""), run)))
+        .collect();
+    want.sort();
+    assert_eq!(seen, want, "{steps:?}");
+    assert!(
+        stdout.contains("(2 interleaved runs each; median [95% interval] over runs)"),
+        "{stdout}"
+    );
     for st in steps {
         assert!(st["before"]["count"].as_u64().unwrap() > 0, "{st}");
         assert!(
