@@ -934,7 +934,7 @@ fn measure(
         arrivals: o.arrivals,
         segments: vec![(0.0, o.rate)],
         duration_s: total,
-        seed: o.seed + round as u64,
+        seed: o.seed.wrapping_add(round as u64),
     };
     let warm_ns = (o.warmup_s * 1e9) as u64;
     let end_ns = (total * 1e9) as u64;
@@ -1359,7 +1359,7 @@ pub fn run_step(
         arrivals: o.arrivals,
         segments: vec![(0.0, lo), (step_at, hi)],
         duration_s: step_at + post,
-        seed: o.seed + 1000 + run as u64,
+        seed: o.seed.wrapping_add(1000 + run as u64),
     };
     let ns = |s: f64| (s * 1e9) as u64;
     let windows = [

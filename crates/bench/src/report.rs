@@ -153,10 +153,16 @@ fn line(goal: &str, value: Option<Interval>, want: Want, bound: f64) -> GoalLine
                 format!("median {:.1} over", v.median)
             }
             Want::AtMost if v.median <= bound => {
-                format!("median meets it; the interval reaches {:.2}", v.hi)
+                format!(
+                    "median meets it; the interval reaches {}",
+                    near(v.hi, bound, 2)
+                )
             }
             Want::AtLeast if v.median >= bound => {
-                format!("median meets it; the interval reaches {:.2}", v.lo)
+                format!(
+                    "median meets it; the interval reaches {}",
+                    near(v.lo, bound, 2)
+                )
             }
             Want::AtMost => format!("median {:.0}% over", (v.median / bound - 1.0) * 100.0),
             Want::AtLeast => format!("median {:.0}% under", (1.0 - v.median / bound) * 100.0),
@@ -176,6 +182,16 @@ fn line(goal: &str, value: Option<Interval>, want: Want, bound: f64) -> GoalLine
             Want::AtMost => Unit::Ratio,
         },
     }
+}
+
+/// `v` with `decimals`, or more (up to 4) where fewer would print it as the bound it misses or
+/// meets only just: 0.9465 against 0.95 reads 0.946, not 0.95.
+fn near(v: f64, bound: f64, decimals: usize) -> String {
+    let mut d = decimals;
+    while d < 4 && v != bound && format!("{v:.d$}") == format!("{bound:.d$}") {
+        d += 1;
+    }
+    format!("{v:.d$}")
 }
 
 fn count_line(goal: &str, value: Option<Interval>, bound: f64) -> GoalLine {
@@ -651,13 +667,14 @@ pub fn markdown(r: &Report) -> String {
                 (None, _) => "not measured".to_string(),
                 (Some(v), Unit::Ms) if v.lo == v.hi => format!("{:.0}", v.median),
                 (Some(v), Unit::Ms) => format!("{:.0} [{:.0}–{:.0}]", v.median, v.lo, v.hi),
-                (Some(v), Unit::Share) => format!(
-                    "{:.0}% [{:.0}–{:.0}]",
-                    v.median * 100.0,
-                    v.lo * 100.0,
-                    v.hi * 100.0
-                ),
-                (Some(v), Unit::Ratio) => format!("{:.2}× [{:.2}–{:.2}]", v.median, v.lo, v.hi),
+                (Some(v), Unit::Share) => {
+                    let pc = |x: f64| near(x * 100.0, g.bound * 100.0, 0);
+                    format!("{}% [{}–{}]", pc(v.median), pc(v.lo), pc(v.hi))
+                }
+                (Some(v), Unit::Ratio) => {
+                    let r = |x: f64| near(x, g.bound, 2);
+                    format!("{}× [{}–{}]", r(v.median), r(v.lo), r(v.hi))
+                }
                 (Some(v), Unit::Count) if v.lo == v.hi => format!("{:.1}", v.median),
                 (Some(v), Unit::Count) => format!("{:.1} [{:.1}–{:.1}]", v.median, v.lo, v.hi),
             };
@@ -808,8 +825,9 @@ fn step_table(s: &mut String, step: &[StepResult]) {
             ),
         };
         // A static scenario says the same every run: once.
-        let notes: Vec<String> = if of.iter().all(|x| x.note == of[0].note) {
-            of.first().map(|x| x.note.clone()).into_iter().collect()
+        let first = of.first().map(|x| x.note.clone());
+        let notes: Vec<String> = if of.iter().all(|x| Some(&x.note) == first.as_ref()) {
+            first.into_iter().collect()
         } else {
             of.iter()
                 .map(|x| format!("run {}: {}", x.run + 1, x.note))
@@ -932,6 +950,35 @@ mod tests {
         let off = goal(&r, "tidal offline CPU-seconds");
         assert_eq!(off.verdict, Verdict::Unclear, "{off:?}");
         assert!(markdown(&r).contains("unclear"));
+    }
+
+    #[test]
+    fn a_bound_missed_by_a_hair_is_not_printed_as_the_bound() {
+        assert_eq!(near(0.9464, 0.95, 2), "0.946");
+        assert_eq!(near(94.64, 95.0, 0), "94.6");
+        assert_eq!(near(1.0049, 1.0, 2), "1.005");
+        assert_eq!(near(0.87, 0.95, 2), "0.87");
+        assert_eq!(near(95.0, 95.0, 0), "95");
+        // Offline at 99% [94.6–100] of kubelet's against 95%: the low end shows it misses.
+        let mut r = report(&[(400.0, 410.0, 1.2, 1.3)]);
+        let value = Interval {
+            median: 0.99,
+            lo: 0.9464,
+            hi: 1.0,
+            n: 10,
+        };
+        let g = line("offline ≥ 95%", Some(value), Want::AtLeast, 0.95);
+        assert_eq!(g.verdict, Verdict::Unclear);
+        assert_eq!(
+            g.gap.as_deref(),
+            Some("median meets it; the interval reaches 0.946")
+        );
+        r.goals = vec![g];
+        let md = markdown(&r);
+        assert!(
+            md.contains("| offline ≥ 95% | 99% [94.6–100] | unclear"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -163,7 +163,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                 c.interference.calm_period = Millis(calm);
                 c.interference.freeze_below = deep;
                 c.slo.probe_after = Millis(probe);
-                c.slo.probe_first = Millis(first);
+                c.slo.probe_first = Some(Millis(first));
                 c
             },
         )

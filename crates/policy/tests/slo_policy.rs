@@ -369,7 +369,7 @@ fn a_release_that_brings_the_violation_back_doubles_the_calm_before_the_next() {
         "calm before each release"
     );
     // Each failed release backed the probe off as well: no probe cuts the calm wait short.
-    assert_eq!(st.interference.probe_wait_ms, 32 * cfg.slo.probe_first.0);
+    assert_eq!(st.interference.probe_wait_ms, 32 * cfg.slo.probe_first().0);
     // Calm from now on: each release that lasts until the next halves the wait.
     // (Each wait counts from the last release; the helper starts a tick after it.)
     let mut calm_waits = Vec::new();
@@ -405,7 +405,7 @@ const ROOMY: f64 = 0.2;
 fn an_objective_met_with_some_room_probes_a_release_and_backs_off_when_it_fails() {
     let cfg = Config::default();
     let caps = Capabilities::full(8);
-    let probe = cfg.slo.probe_first.0;
+    let probe = cfg.slo.probe_first().0;
     let judge = cfg.slo.probe_after.0;
     assert!(probe < judge);
     // Tightened to the top, then met with 20% slack: the quiet latency, under a target too tight
@@ -460,7 +460,7 @@ fn an_objective_met_with_some_room_probes_a_release_and_backs_off_when_it_fails(
     assert_eq!(st.interference.probe_wait_ms, 0);
     // Room for 3 s, then one calm reading: neither grow_after of calm nor probe_first of room.
     let mut slow = cfg.clone();
-    slow.slo.probe_first = Millis(5_000);
+    slow.slo.probe_first = Some(Millis(5_000));
     let mut st = PolicyState::default();
     st.interference.steps = Step::LADDER.to_vec();
     for (i, slack) in [ROOMY, ROOMY, ROOMY, 0.5].into_iter().enumerate() {
@@ -487,7 +487,7 @@ fn an_objective_met_with_some_room_probes_a_release_and_backs_off_when_it_fails(
 fn failed_probes_double_the_wait_from_probe_first_up_to_eight_judging_times() {
     let cfg = Config::default();
     let caps = Capabilities::full(8);
-    let (first, judge) = (cfg.slo.probe_first.0, cfg.slo.probe_after.0);
+    let (first, judge) = (cfg.slo.probe_first().0, cfg.slo.probe_after.0);
     let mut st = PolicyState::default();
     let frozen = vec![Step::FreezeOfflineLow, Step::FreezeOffline];
     st.interference.steps = frozen.clone();
@@ -525,6 +525,60 @@ fn failed_probes_double_the_wait_from_probe_first_up_to_eight_judging_times() {
     assert_eq!(waits, want);
     assert_eq!(waits[0], 2_000);
     assert_eq!(*waits.last().unwrap_or(&0), 240_000);
+}
+
+/// One probe at a time: after the first (`probe_first` of room), the next waits until it is judged,
+/// so a steady hold with room releases one step per `probe_after`.
+#[test]
+fn probes_come_one_at_a_time() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let (first, judge) = (cfg.slo.probe_first().0, cfg.slo.probe_after.0);
+    let mut st = PolicyState::default();
+    st.interference.steps = Step::LADDER.to_vec();
+    let start = 100_000;
+    let mut releases = Vec::new();
+    let mut level = st.interference.level();
+    for t in (0..=70).map(|i| start + i * 1_000) {
+        let mut s = snapshot(Some(ROOMY));
+        s.now_ms = t;
+        st = decide(&s, &cfg, &caps, &st).state;
+        if st.interference.level() < level {
+            releases.push(t - start);
+            level = st.interference.level();
+        }
+    }
+    // The room after the first probe counts from the tick after it; the probe is judged (lasted)
+    // `probe_after` after it was made, and the next comes then.
+    assert_eq!(
+        releases,
+        vec![first, first + judge, first + 2 * judge],
+        "{:?}",
+        st.interference
+    );
+}
+
+/// Without an objective, calm signals wait their own calm time: no probe cuts it short.
+#[test]
+fn pressure_alone_releases_after_its_calm_period_not_a_probe() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    let calm = cfg.interference.calm_period.0;
+    assert!(calm > cfg.slo.probe_first().0);
+    let mut st = PolicyState::default();
+    st.interference.steps = vec![Step::FreezeOfflineLow, Step::FreezeOffline];
+    let mut s = snapshot(None);
+    let start = 100_000;
+    let mut released = None;
+    for t in (0..=(calm / 500 + 2)).map(|i| start + i * 500) {
+        s.now_ms = t;
+        st = decide(&s, &cfg, &caps, &st).state;
+        if st.interference.level() < 2 {
+            released = Some(t - start);
+            break;
+        }
+    }
+    assert_eq!(released, Some(calm), "{:?}", st.interference);
 }
 
 proptest! {
@@ -603,7 +657,7 @@ proptest! {
     fn a_probe_comes_only_after_the_wait_and_releases_one_step(st in arb_state(), hold in 0u64..300_000, (probe, first) in (1_000u64..60_000).prop_flat_map(|p| (Just(p), 1_000..=p))) {
         let mut cfg = Config::default();
         cfg.slo.probe_after = Millis(probe);
-        cfg.slo.probe_first = Millis(first);
+        cfg.slo.probe_first = Some(Millis(first));
         let caps = Capabilities::full(8);
         let mut st = st;
         st.interference.phase = Phase::Idle;
@@ -624,7 +678,7 @@ proptest! {
     fn a_failed_probe_backs_off_within_bounds(st in arb_state(), dt in 0u64..120_000, (probe, first) in (1_000u64..60_000).prop_flat_map(|p| (Just(p), 1_000..=p))) {
         let mut cfg = Config::default();
         cfg.slo.probe_after = Millis(probe);
-        cfg.slo.probe_first = Millis(first);
+        cfg.slo.probe_first = Some(Millis(first));
         let caps = Capabilities::full(8);
         let mut st = st;
         let at = 100_000;
@@ -637,7 +691,8 @@ proptest! {
         let max = tidal_policy::PROBE_BACKOFF_MAX * probe;
         prop_assert!(w <= max, "wait {} over the bound", w);
         if dt < probe {
-            prop_assert_eq!(w, (before.max(first) * 2).min(max), "doubled from {}", before);
+            let unit = first.max(cfg.cpu.grow_after.0);
+            prop_assert_eq!(w, (before.max(unit) * 2).min(max), "doubled from {}", before);
         } else {
             prop_assert_eq!(w, 0, "a probe that lasted resets the wait");
         }
@@ -696,7 +751,7 @@ proptest! {
         // probe_first (30 s here) of them.
         prop_assume!(!calm.windows(3).any(|w| w.iter().all(|c| *c)));
         let mut cfg = Config::default();
-        cfg.slo.probe_first = Millis(30_000);
+        cfg.slo.probe_first = Some(Millis(30_000));
         let caps = Capabilities::full(8);
         let mut st = PolicyState::default();
         st.interference.steps = Step::LADDER.to_vec();

@@ -21,16 +21,18 @@
 //!   through at a load step). Noise is judged at the target; the depth is the observed quantile's.
 //! - A signal that holds (a latency objective with little slack) stops offline growing and any
 //!   release. A stretch of `slo.probe_first` with room (every hold with slack of `slo.hold_below`
-//!   or more, or every signal calm) releases one step to probe: an objective whose target is too
-//!   close to the quiet latency for ample slack would otherwise keep offline tightened for good,
-//!   and a passing miss (a batch job starting) would cost minutes of offline work.
-//!   Tightening within `slo.probe_after` of a probe doubles the wait before the next (up to
+//!   or more, or every signal calm with an objective among them) releases one step to probe: an
+//!   objective whose target is too close to the quiet latency for ample slack would otherwise keep
+//!   offline tightened for good, and a passing miss (a batch job starting) would cost minutes of
+//!   offline work. One probe at a time: the next waits until the last is judged. Tightening
+//!   within `slo.probe_after` of a probe doubles the wait before the next (up to
 //!   `PROBE_BACKOFF_MAX` × `slo.probe_after`); a probe that lasts `slo.probe_after` resets it.
 //! - When every signal that speaks is calm, one step is released after a calm objective's time
 //!   (`cpu.grow_after` of ample slack: it measures the latency itself), else the shortest calm time
 //!   the others ask (`calm_period`), quoting it. Tightening within `slo.probe_after` of such a
 //!   release doubles that time before the next (up to `PROBE_BACKOFF_MAX` times), and the wait
-//!   before a probe; a release that lasts until the next halves it.
+//!   before a probe; a release that lasts until the next halves the calm time (the probe's wait
+//!   resets only after `slo.probe_after`).
 
 use super::state::{Phase, PolicyState, Step};
 use super::tick::{CpuDecision, LadderTick};
@@ -477,7 +479,9 @@ pub fn decide(
     };
     let offline_present = super::confine::offline_present(snap);
     let probe_after = cfg.slo.probe_after.0;
-    let probe_first = cfg.slo.probe_first.0;
+    // Never under the calm objective's own wait, so that a probe cannot cut short the calm wait a
+    // failed release doubled (both double from here).
+    let probe_first = cfg.slo.probe_first().0.max(cfg.cpu.grow_after.0);
     // A probe is judged by what follows it within `probe_after`: tightening doubles the wait
     // before the next one (from `probe_first`), a quiet stretch resets it.
     judge_release(
@@ -492,22 +496,29 @@ pub fn decide(
         ),
     );
     // The stretch with room (every signal calm, or holding with room) counts towards a probe,
-    // whichever of the two each tick was: more slack never releases later.
+    // whichever of the two each tick was: more slack never releases later. Probes are for
+    // objectives: signals calm without one (pressure, run-queue latency) wait their calm time.
     let tightening = tighten.is_some();
-    let room = !tightening && (roomy || any_calm);
+    let objective_calm = verdicts
+        .iter()
+        .any(|v| matches!(v, Verdict::Calm { governs: true, .. }));
+    let room = !tightening && (roomy || (any_calm && objective_calm));
     // Bounded again here: a reload may have shortened `probe_after`.
     let probe_wait = lad
         .probe_wait_ms
         .min(probe_after.saturating_mul(super::state::PROBE_BACKOFF_MAX))
-        .max(probe_first)
-        .max(cfg.cpu.grow_after.0);
+        .max(probe_first);
     let hold_since = if room && !lad.steps.is_empty() {
         Some(*lad.hold_since_ms.get_or_insert(now))
     } else {
         lad.hold_since_ms = None;
         None
     };
+    // One probe at a time: the next waits until the last is judged (it failed, or lasted
+    // `probe_after`), so a steady hold with room releases one step per `probe_after`, not per
+    // `probe_first`.
     let probe_due = probe_after > 0
+        && lad.probe_at_ms.is_none()
         && offline_present
         && hold_since.is_some_and(|t| now.saturating_sub(t) >= probe_wait);
     let probe_note = |why: &str, since: u64| {

@@ -70,7 +70,8 @@ pub struct Interference {
     /// released to probe.
     #[serde(default)]
     pub hold_since_ms: Option<u64>,
-    /// When the last probing release was made, until it has lasted `slo.probe_after`.
+    /// When the last probe or calm release was made, until it is judged: it failed (tightening
+    /// within `slo.probe_after`) or lasted that long. No probe while it is pending.
     #[serde(default)]
     pub probe_at_ms: Option<u64>,
     /// The hold before the next probe (0: `slo.probe_first`); doubled by each probe that was

@@ -122,11 +122,14 @@ pub struct SloConfig {
     /// (0: never probe; else at least two `interval`s). Without probes, a target under
     /// 1 / (1 − `release_above`) × the service's quiet quantile keeps offline tightened for good.
     pub probe_after: Millis,
-    /// Objectives met with slack of `hold_below` or more this long (ample or not), with steps in
-    /// force, release one step to probe, when no probe has failed since the ladder was last empty
-    /// or a probe last lasted. Short, so that tightening for a passing miss (a batch job starting)
-    /// costs seconds of offline work, not minutes; each failed probe doubles it.
-    pub probe_first: Millis,
+    /// An objective met with slack of `hold_below` or more this long (ample or not), with steps in
+    /// force and no probe still being judged, releases one step to probe, while no probe has
+    /// failed since the ladder was last empty or a probe last lasted. Short, so that tightening for
+    /// a passing miss (a batch job starting) costs seconds of offline work, not minutes; each
+    /// failed probe doubles it. Unset: 2 s, kept within `interval` (1 s at least) and
+    /// `probe_after` (see [`SloConfig::probe_first`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_first: Option<Millis>,
     pub objectives: Vec<Objective>,
 }
 
@@ -142,9 +145,28 @@ impl Default for SloConfig {
             release_above: 0.30,
             min_requests: 20,
             probe_after: Millis(30_000),
-            probe_first: Millis(2_000),
+            probe_first: None,
             objectives: Vec::new(),
         }
+    }
+}
+
+/// `slo.probe_first` where it is not set.
+pub const PROBE_FIRST_DEFAULT: Millis = Millis(2_000);
+
+impl SloConfig {
+    /// The room before the first probe: as set, else 2 s kept within one `interval` (1 s at least)
+    /// and `probe_after`, so that a config valid before the field existed stays valid.
+    pub fn probe_first(&self) -> Millis {
+        self.probe_first.unwrap_or_else(|| {
+            let least = self.interval.0.max(1_000);
+            let most = if self.probe_after.0 == 0 {
+                u64::MAX
+            } else {
+                self.probe_after.0
+            };
+            Millis(PROBE_FIRST_DEFAULT.0.max(least).min(most))
+        })
     }
 }
 
@@ -291,15 +313,17 @@ impl SloConfig {
                 "must be 0 (never probe) or between {least} (1s, and two slo.interval) and 10m (got {pa})"
             ),
         );
-        let pf = self.probe_first;
-        // The stretch with room before a probe holds at least one reading.
-        let least_first = Millis(iv.0.max(1_000));
-        err(
-            e,
-            pa == Millis(0) || (pf >= least_first && pf <= pa),
-            "probe_first",
-            format!("must be between {least_first} (1s, and slo.interval) and slo.probe_after ({pa}) (got {pf})"),
-        );
+        // The stretch with room before a probe holds at least one reading. Checked only where set:
+        // the default fits itself to the other two.
+        if let Some(pf) = self.probe_first {
+            let least_first = Millis(iv.0.max(1_000));
+            err(
+                e,
+                pa == Millis(0) || (pf >= least_first && pf <= pa),
+                "probe_first",
+                format!("must be between {least_first} (1s, and slo.interval) and slo.probe_after ({pa}) (got {pf})"),
+            );
+        }
         err(
             e,
             self.min_requests <= 1_000_000,
@@ -366,8 +390,9 @@ mod tests {
         };
         let mut c = SloConfig::default();
         assert!(fields(&c).is_empty(), "{:?}", fields(&c));
+        assert_eq!(c.probe_first(), Millis(2_000));
         for (first, ok) in [(999, false), (1_000, true), (30_000, true), (30_001, false)] {
-            c.probe_first = Millis(first);
+            c.probe_first = Some(Millis(first));
             assert_eq!(
                 fields(&c).is_empty(),
                 ok,
@@ -379,9 +404,22 @@ mod tests {
         c.interval = Millis(5_000);
         c.timeout = Millis(300);
         c.stale_after = Millis(10_000);
-        c.probe_first = Millis(2_000);
+        c.probe_first = Some(Millis(2_000));
         assert_eq!(fields(&c), vec!["slo.probe_first".to_string()]);
+        // Unset, it fits itself: a config valid before the field existed stays valid.
+        c.probe_first = None;
+        assert!(fields(&c).is_empty(), "{:?}", fields(&c));
+        assert_eq!(c.probe_first(), Millis(5_000));
+        let quick = SloConfig {
+            interval: Millis(500),
+            timeout: Millis(300),
+            probe_after: Millis(1_000),
+            ..SloConfig::default()
+        };
+        assert!(fields(&quick).is_empty(), "{:?}", fields(&quick));
+        assert_eq!(quick.probe_first(), Millis(1_000));
         // Probes off: the first wait is not used.
+        c.probe_first = Some(Millis(2_000));
         c.probe_after = Millis(0);
         assert!(fields(&c).is_empty(), "{:?}", fields(&c));
     }
