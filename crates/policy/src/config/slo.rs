@@ -418,6 +418,21 @@ mod tests {
         };
         assert!(fields(&quick).is_empty(), "{:?}", fields(&quick));
         assert_eq!(quick.probe_first(), Millis(1_000));
+        // From YAML: set, it is taken as written and checked; unset, it fits itself.
+        let yaml = |t: &str| crate::Config::from_yaml(t).map(|c| c.slo.probe_first());
+        assert_eq!(yaml("slo:\n  probe_first: 3s\n"), Ok(Millis(3_000)));
+        assert_eq!(
+            yaml("slo:\n  interval: 5s\n  stale_after: 10s\n"),
+            Ok(Millis(5_000))
+        );
+        let bad = crate::Config::from_yaml("slo:\n  probe_first: 500ms\n")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            bad.iter()
+                .any(|e| e.field == "slo.probe_first" && e.reason.contains("500ms")),
+            "{bad:?}"
+        );
         // Probes off: the first wait is not used.
         c.probe_first = Some(Millis(2_000));
         c.probe_after = Millis(0);
