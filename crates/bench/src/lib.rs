@@ -285,9 +285,7 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
     }
     // Interleaved, the order turned by one each run, so no scenario always follows the same one.
     for run in 0..step_runs {
-        let n = steps.len().max(1);
-        for i in 0..steps.len() {
-            let s = steps[(i + run) % n];
+        for &s in steps.iter().cycle().skip(run).take(steps.len()) {
             if stop.load(Ordering::Relaxed) {
                 return interrupted(&mut env, &pb);
             }

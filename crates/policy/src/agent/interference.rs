@@ -446,6 +446,7 @@ pub fn decide(
         } => Some((*after_ms, reason, *governs)),
         _ => None,
     });
+    let objective_calm = calms.clone().any(|c| c.2);
     let calm_by = calms
         .clone()
         .find(|c| c.2)
@@ -499,9 +500,6 @@ pub fn decide(
     // whichever of the two each tick was: more slack never releases later. Probes are for
     // objectives: signals calm without one (pressure, run-queue latency) wait their calm time.
     let tightening = tighten.is_some();
-    let objective_calm = verdicts
-        .iter()
-        .any(|v| matches!(v, Verdict::Calm { governs: true, .. }));
     let room = !tightening && (roomy || (any_calm && objective_calm));
     // Bounded again here: a reload may have shortened `probe_after`.
     let probe_wait = lad
