@@ -65,9 +65,9 @@ pub enum Phase {
 pub struct Interference {
     pub steps: Vec<Step>,
     pub phase: Phase,
-    /// Since when every signal has left room (holding with slack of `slo.hold_below` or more, or
-    /// calm) while steps are in force: after `slo.probe_first` (or `probe_wait_ms`) one is
-    /// released to probe.
+    /// Since when every signal has left room (an objective holding with slack of `slo.hold_below`
+    /// or more, or every signal calm with an objective among them) while steps are in force:
+    /// after `slo.probe_first` (or `probe_wait_ms`) one is released to probe.
     #[serde(default)]
     pub hold_since_ms: Option<u64>,
     /// When the last probe or calm release was made, until it is judged: it failed (tightening
