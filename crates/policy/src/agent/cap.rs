@@ -25,18 +25,21 @@ fn duty_period(cfg: &Config) -> (u64, u64) {
 }
 
 /// In the duty cycle's frozen part now? Offline runs for `cap_fraction` of each period of ten
-/// ticks; periods count from `from_ms` (when the cycle began), frozen part first.
+/// ticks; periods count from `from_ms` (taken modulo the period, so it may lie ahead of now),
+/// frozen part first.
 pub fn duty_off(now_ms: u64, from_ms: u64, cfg: &Config) -> bool {
     let (period, off) = duty_period(cfg);
-    now_ms.saturating_sub(from_ms) % period < off
+    (now_ms % period + period - from_ms % period) % period < off
 }
 
 /// Where a duty cycle that begins at `now_ms` counts its periods from: frozen part first when
 /// the ladder climbs to the cap (it acts at once), running part first when a release leaves the
-/// cap on top (the release gives offline its time at once).
+/// cap on top (the release gives offline its time at once). The latter is `now_ms` less the
+/// frozen part, a period later: the same phase, also in the agent's first period.
 pub fn duty_start(now_ms: u64, released: bool, cfg: &Config) -> u64 {
+    let (period, off) = duty_period(cfg);
     if released {
-        now_ms.saturating_sub(duty_period(cfg).1)
+        now_ms % period + period - off
     } else {
         now_ms
     }
@@ -57,4 +60,37 @@ pub fn cap_quota_now(
 ) -> Option<u64> {
     (st.interference.has(Step::CapCpu) && mode(cfg, caps) == CapMode::Quota)
         .then(|| cap_quota(cpus.len(), cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A cycle taken runs frozen part first and a released one running part first, at any
+        /// time: the agent's first period (its clock starts at 0) too.
+        #[test]
+        fn the_duty_cycle_starts_with_the_part_its_cause_asks_for(
+            now in prop_oneof![0u64..2_000, 0u64..(1 << 50)],
+            tick in 10u64..=1_000,
+            fraction in 0.05f64..0.95,
+        ) {
+            let mut cfg = Config::default();
+            cfg.tick = crate::config::Millis(tick);
+            cfg.interference.cap_fraction = fraction;
+            let (period, off) = duty_period(&cfg);
+            prop_assume!(off > 0 && off < period);
+            let taken = duty_start(now, false, &cfg);
+            prop_assert!(duty_off(now, taken, &cfg));
+            prop_assert!(duty_off(now + off - 1, taken, &cfg));
+            prop_assert!(!duty_off(now + off, taken, &cfg));
+            prop_assert!(duty_off(now + period, taken, &cfg));
+            let released = duty_start(now, true, &cfg);
+            prop_assert!(!duty_off(now, released, &cfg));
+            prop_assert!(!duty_off(now + (period - off) - 1, released, &cfg));
+            prop_assert!(duty_off(now + (period - off), released, &cfg));
+            prop_assert!(!duty_off(now + period, released, &cfg));
+        }
+    }
 }

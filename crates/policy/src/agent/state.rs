@@ -93,8 +93,9 @@ pub struct Interference {
     /// it a signal whose calm is only the steps' doing flaps: release, violation, step, release.
     #[serde(default)]
     pub release_wait: u64,
-    /// When the duty cycle in force (the cap step) began: its periods count from there, frozen
-    /// part first, so the step acts at once rather than whenever the clock's period says.
+    /// Where the duty cycle in force (the cap step) counts its periods from (modulo its period):
+    /// frozen part first when the step is taken, so it acts at once rather than whenever the
+    /// clock's period says; running part first after a release.
     #[serde(default)]
     pub duty_from_ms: Option<u64>,
 }
