@@ -84,6 +84,9 @@ pub struct RunResult {
     /// Memory the run gave back when its processes ended (MemAvailable after teardown less just
     /// before; None when unreadable): what decides whether the next run waits to settle.
     pub released_bytes: Option<u64>,
+    /// CPU time the host took from this VM in the measured window, ms over all CPUs (None where
+    /// /proc/stat has no steal).
+    pub host_steal_ms: Option<f64>,
 }
 
 /// Memory over a run: the online server's major faults, and tasks OOM-killed on each side.
@@ -105,6 +108,8 @@ pub struct StepResult {
     pub note: String,
     pub before: Latency,
     pub after_first_second: Latency,
+    /// CPU time the host took from this VM over the run, ms over all CPUs (None where unreadable).
+    pub host_steal_ms: Option<f64>,
 }
 
 /// Settings shared by every run.
@@ -875,6 +880,7 @@ struct Mark {
     node_ns: Option<u64>,
     /// The online server's major faults so far.
     online_faults: Option<u64>,
+    steal_ms: Option<u64>,
     at: Option<Instant>,
     /// When the window should have opened (first edge only).
     opened: Option<Instant>,
@@ -882,7 +888,12 @@ struct Mark {
 
 /// Per-second rate of a counter between two marks (None if either edge is missing or it went back).
 fn per_s(a: Option<u64>, b: Option<u64>, dt: f64, scale: f64) -> Option<f64> {
-    Some(b?.checked_sub(a?)? as f64 / scale / dt)
+    Some(grew(a, b)? / scale / dt)
+}
+
+/// How much a counter grew between two reads (None if either is missing or it went back).
+fn grew(a: Option<u64>, b: Option<u64>) -> Option<f64> {
+    Some(b?.checked_sub(a?)? as f64)
 }
 
 const WINDOW_MISSED: &str = "the measurement window was missed";
@@ -982,6 +993,7 @@ fn measure(
             online_ns: read(&mut on_r),
             node_ns: read(&mut node_r),
             online_faults,
+            steal_ms: crate::env::host_steal_ms(),
             at: Some(Instant::now()),
             opened: None,
         }
@@ -1089,6 +1101,7 @@ fn measure(
             .and_then(|h| h.quantile_ns(0.99))
             .map(|ns| ns / 1e3),
         released_bytes: None,
+        host_steal_ms: grew(a.steal_ms, b.steal_ms),
     })
 }
 
@@ -1385,6 +1398,7 @@ pub fn run_step(
     let watch_tidal = s == Scenario::Tidal;
     let mut watcher = None;
     let mut step_instant = None;
+    let steal0 = crate::env::host_steal_ms();
     let r = client_run(
         env,
         &st,
@@ -1441,6 +1455,7 @@ pub fn run_step(
     if let Some(h) = watcher {
         let _ = h.join();
     }
+    let host_steal_ms = grew(steal0, crate::env::host_steal_ms());
     let quota_log = st
         .quota
         .as_ref()
@@ -1506,6 +1521,7 @@ pub fn run_step(
         note,
         before: summarize(&r.windows[0].hist),
         after_first_second: summarize(&r.windows[1].hist),
+        host_steal_ms,
     })
 }
 

@@ -431,6 +431,14 @@ pub fn wait_healthz(addr: &str, stop: &AtomicBool) -> Result<(), String> {
     Ok(())
 }
 
+/// CPU time this VM's CPUs have so far waited for their host, in ms, all CPUs together (/proc/stat's
+/// steal, in scheduler ticks; None where it cannot be read). A host that takes the CPUs stalls
+/// whatever scenario runs then: the report says where it happened.
+pub fn host_steal_ms() -> Option<u64> {
+    use procfs::CurrentSI;
+    procfs::KernelStats::current().ok()?.total.steal_ms()
+}
+
 /// Cumulative CPU ns of the whole node (None if it cannot be read).
 pub fn node_ns(layout: &Layout) -> Option<u64> {
     layout.node_cpu_usage()?.read().ok()

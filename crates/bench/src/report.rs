@@ -519,6 +519,59 @@ fn num(v: Option<Interval>, digits: usize) -> String {
     v.map_or("-".into(), |i| format!("{:.digits$}", i.median))
 }
 
+/// Runs the host stole CPU time from, most first, at most this many named.
+const STEAL_NAMED: usize = 5;
+
+/// The host-steal paragraph: which runs this VM's host took CPU time from. A stall the host causes
+/// hits whatever scenario runs then; the reader can tell it from what a scenario did.
+fn host_steal(r: &Report) -> String {
+    let runs: Vec<(String, f64)> = r
+        .runs
+        .iter()
+        .filter_map(|x| {
+            let ms = x.host_steal_ms?;
+            Some((format!("{} round {}", x.scenario.name(), x.round + 1), ms))
+        })
+        .chain(r.step.iter().filter_map(|x| {
+            let ms = x.host_steal_ms?;
+            Some((format!("{} step run {}", x.scenario.name(), x.run + 1), ms))
+        }))
+        .collect();
+    let total = r.runs.len() + r.step.len();
+    if total == 0 {
+        return String::new();
+    }
+    if runs.is_empty() {
+        return "Host steal: not readable here (/proc/stat has no steal column).\n\n".into();
+    }
+    let mut stolen: Vec<&(String, f64)> = runs.iter().filter(|(_, ms)| *ms > 0.0).collect();
+    if stolen.is_empty() {
+        return format!(
+            "Host steal: none in any of the {} runs read (CPU time this VM waited for its host, from /proc/stat).\n\n",
+            runs.len()
+        );
+    }
+    stolen.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let named: Vec<String> = stolen
+        .iter()
+        .take(STEAL_NAMED)
+        .map(|(run, ms)| format!("{run} ({ms:.0} ms)"))
+        .collect();
+    format!(
+        "Host steal (CPU time this VM waited for its host, from /proc/stat in 10 ms ticks, over each run's \
+         measured window; a step run over the whole run): {} of {} runs, {:.0} ms in all; the most: {}{}. \
+         A stall the host causes hits whatever runs then; those runs stay in the intervals.\n\n",
+        stolen.len(),
+        runs.len(),
+        stolen.iter().map(|(_, ms)| ms).sum::<f64>(),
+        named.join(", "),
+        match stolen.len().saturating_sub(STEAL_NAMED) {
+            0 => String::new(),
+            more => format!(" and {more} more"),
+        }
+    )
+}
+
 /// The settling paragraph: how long the bench waited after runs that gave back much memory.
 fn settling(r: &Report) -> String {
     if r.settles.is_empty() {
@@ -590,6 +643,7 @@ pub fn markdown(r: &Report) -> String {
         if r.pm_qos { "held at 0 µs wake-up latency (PM QoS)" } else { "left to the kernel" }
     ));
     s.push_str(&settling(r));
+    s.push_str(&host_steal(r));
     s.push_str("Every number is the median over rounds of per-round values; [lo–hi] is its 95% bootstrap interval. Ratios are taken per round against the reference run of the same round.\n\n");
     s.push_str("| scenario | p50 ms | p99 ms | p99.9 ms | max ms | p99 vs alone | p99.9 vs alone | offline CPUs | offline vs no-isolation (CPU-s) | offline work units/s | machine util |\n");
     s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
@@ -869,6 +923,7 @@ mod tests {
             memory: Default::default(),
             online_runq_p99_us: None,
             released_bytes: None,
+            host_steal_ms: Some(0.0),
         }
     }
 
@@ -895,6 +950,7 @@ mod tests {
             note: "x".into(),
             before: Latency::default(),
             after_first_second: Latency::default(),
+            host_steal_ms: None,
         }];
         let goals = goals(&scenarios, &step, &runs, false);
         Report {
@@ -1043,6 +1099,7 @@ mod tests {
                 p999_us: p99 * 2.0,
                 max_us: p99 * 3.0,
             },
+            host_steal_ms: Some(0.0),
         }
     }
 
@@ -1268,5 +1325,36 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("1 did not settle in time"), "{md}");
+    }
+
+    #[test]
+    fn host_steal_names_the_runs_it_hit_most_first_and_says_none_or_unreadable() {
+        let mut r = report(&[(400.0, 410.0, 1.2, 1.3), (500.0, 520.0, 1.26, 1.3)]);
+        // Eight runs read, none stolen; the step run's steal is unreadable.
+        let md = markdown(&r);
+        assert!(
+            md.contains("Host steal: none in any of the 8 runs read"),
+            "{md}"
+        );
+        r.runs[7].host_steal_ms = Some(120.0);
+        r.runs[0].host_steal_ms = Some(30.0);
+        r.step[0].host_steal_ms = Some(60.0);
+        let md = markdown(&r);
+        assert!(
+            md.contains(
+                "3 of 9 runs, 210 ms in all; the most: tidal round 2 (120 ms), tidal step run 1 (60 ms), alone round 1 (30 ms)."
+            ),
+            "{md}"
+        );
+        for x in &mut r.runs {
+            x.host_steal_ms = Some(10.0);
+        }
+        assert!(markdown(&r).contains("9 of 9 runs, 140 ms in all"));
+        assert!(markdown(&r).contains("(10 ms) and 4 more."));
+        for x in &mut r.runs {
+            x.host_steal_ms = None;
+        }
+        r.step[0].host_steal_ms = None;
+        assert!(markdown(&r).contains("Host steal: not readable here"));
     }
 }

@@ -110,6 +110,14 @@ fn short_bench_run_measures_every_scenario_and_cleans_up() {
             "{st}"
         );
     }
+    // Every Linux since 2.6.11 counts steal: each run says what the host took, 0 included.
+    assert!(
+        runs.iter()
+            .chain(steps)
+            .all(|x| x["host_steal_ms"].is_f64()),
+        "{runs:?}\n{steps:?}"
+    );
+    assert!(stdout.contains("Host steal"), "{stdout}");
     let goals = r["goals"].as_array().unwrap();
     assert!(!goals.is_empty() && goals.iter().all(|g| g["verdict"].is_string()));
     assert!(stdout.contains("**Goals**"), "{stdout}");

@@ -249,7 +249,8 @@ fn an_unreachable_objective_is_stale_and_changes_nothing() {
     // Counted for the dead port only: under emulation the idle service's scrape can itself
     // time out once, which is logged (once) as well.
     assert_eq!(
-        log.matches("latency objective of w: cannot read http://").count(),
+        log.matches("latency objective of w: cannot read http://")
+            .count(),
         1,
         "logged once: {log}"
     );
