@@ -76,8 +76,10 @@ mod tests {
             tick in 10u64..=1_000,
             fraction in 0.05f64..0.95,
         ) {
-            let mut cfg = Config::default();
-            cfg.tick = crate::config::Millis(tick);
+            let mut cfg = Config {
+                tick: crate::config::Millis(tick),
+                ..Config::default()
+            };
             cfg.interference.cap_fraction = fraction;
             let (period, off) = duty_period(&cfg);
             prop_assume!(off > 0 && off < period);
