@@ -432,7 +432,7 @@ pub fn wait_healthz(addr: &str, stop: &AtomicBool) -> Result<(), String> {
 }
 
 /// CPU time this VM's CPUs have so far waited for their host, in ms, all CPUs together (/proc/stat's
-/// steal, in scheduler ticks; None where it cannot be read). A host that takes the CPUs stalls
+/// steal, counted in USER_HZ clock ticks; None where it cannot be read). A host that takes the CPUs stalls
 /// whatever scenario runs then: the report says where it happened.
 pub fn host_steal_ms() -> Option<u64> {
     use procfs::CurrentSI;

@@ -544,10 +544,14 @@ fn host_steal(r: &Report) -> String {
     if runs.is_empty() {
         return "Host steal: not readable here (/proc/stat has no steal column).\n\n".into();
     }
+    let unread = match total - runs.len() {
+        0 => String::new(),
+        n => format!(", {n} unreadable"),
+    };
     let mut stolen: Vec<&(String, f64)> = runs.iter().filter(|(_, ms)| *ms > 0.0).collect();
     if stolen.is_empty() {
         return format!(
-            "Host steal: none in any of the {} runs read (CPU time this VM waited for its host, from /proc/stat).\n\n",
+            "Host steal: none in any of the {} runs read{unread} (CPU time this VM waited for its host, from /proc/stat).\n\n",
             runs.len()
         );
     }
@@ -559,7 +563,7 @@ fn host_steal(r: &Report) -> String {
         .collect();
     format!(
         "Host steal (CPU time this VM waited for its host, from /proc/stat in 10 ms ticks, over each run's \
-         measured window; a step run over the whole run): {} of {} runs, {:.0} ms in all; the most: {}{}. \
+         measured window; a step run over the whole run): {} of {} runs read{unread}, {:.0} ms in all; the most: {}{}. \
          A stall the host causes hits whatever runs then; those runs stay in the intervals.\n\n",
         stolen.len(),
         runs.len(),
@@ -1342,19 +1346,34 @@ mod tests {
         let md = markdown(&r);
         assert!(
             md.contains(
-                "3 of 9 runs, 210 ms in all; the most: tidal round 2 (120 ms), tidal step run 1 (60 ms), alone round 1 (30 ms)."
+                "3 of 9 runs read, 210 ms in all; the most: tidal round 2 (120 ms), tidal step run 1 (60 ms), alone round 1 (30 ms)."
             ),
             "{md}"
         );
         for x in &mut r.runs {
             x.host_steal_ms = Some(10.0);
         }
-        assert!(markdown(&r).contains("9 of 9 runs, 140 ms in all"));
-        assert!(markdown(&r).contains("(10 ms) and 4 more."));
+        let md = markdown(&r);
+        assert!(md.contains("9 of 9 runs read, 140 ms in all"), "{md}");
+        assert!(md.contains("(10 ms) and 4 more."), "{md}");
+        // Runs whose steal could not be read are counted apart, never as none.
+        r.runs[1].host_steal_ms = None;
+        r.step[0].host_steal_ms = None;
+        let md = markdown(&r);
+        assert!(md.contains("7 of 7 runs read, 2 unreadable, 70 ms"), "{md}");
+        for x in &mut r.runs {
+            x.host_steal_ms = Some(0.0);
+        }
+        r.runs[0].host_steal_ms = None;
+        let md = markdown(&r);
+        assert!(
+            md.contains("Host steal: none in any of the 7 runs read, 2 unreadable"),
+            "{md}"
+        );
         for x in &mut r.runs {
             x.host_steal_ms = None;
         }
-        r.step[0].host_steal_ms = None;
-        assert!(markdown(&r).contains("Host steal: not readable here"));
+        let md = markdown(&r);
+        assert!(md.contains("Host steal: not readable here"), "{md}");
     }
 }
