@@ -275,7 +275,16 @@ done
 # Nothing left behind: only the tree laid out above (or systemd's own units).
 sleep 1
 left=$(find /sys/fs/cgroup -mindepth 1 -type d | grep -v -e '^/sys/fs/cgroup/init.scope$' -e '^/sys/fs/cgroup/user.slice' -e '^/sys/fs/cgroup/system.slice' -e '^/sys/fs/cgroup/tidal.slice$' || true)
-if [ -n "$left" ]; then echo "left behind: $left"; echo "TIDAL-VM-STEP leftovers FAIL"; fails=$((fails+1)); else echo "TIDAL-VM-STEP leftovers PASS"; fi
+if [ -n "$left" ]; then
+  echo "left behind: $left"
+  # What keeps each: its processes, and the unit's state where systemd runs.
+  for d in $left; do
+    for p in $(cat "$d/cgroup.procs" 2>/dev/null); do echo "  $d: pid $p: $(tr '\0' ' ' < /proc/$p/cmdline 2>/dev/null)"; done
+    echo "  $d: $(cat "$d/cgroup.events" 2>/dev/null | tr '\n' ' ')"
+    [ $MODE = systemd ] && systemctl status --no-pager "$(basename "$d")" 2>&1 | head -n 12
+  done
+  echo "TIDAL-VM-STEP leftovers FAIL"; fails=$((fails+1))
+else echo "TIDAL-VM-STEP leftovers PASS"; fi
 if [ $fails -eq 0 ]; then echo "TIDAL-VM-RESULT $MODE PASS"; else echo "TIDAL-VM-RESULT $MODE FAIL ($fails)"; fi
 [ $MODE = systemd ] && /bin/busybox poweroff -f
 TESTS

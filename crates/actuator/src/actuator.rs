@@ -24,6 +24,8 @@ const V2_CONTROLLERS: [&str; 4] = ["cpu", "cpuset", "memory", "io"];
 pub const ANCHOR: &str = "anchor";
 /// How long a kill waits for the killed tasks to leave the group.
 const KILL_WAIT: Duration = Duration::from_millis(200);
+/// How long a purge leaves an emptied systemd scope's cgroup to systemd before removing it itself.
+const SCOPE_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -747,6 +749,17 @@ impl Actuator {
         let mut forget = Vec::new();
         for g in &groups {
             if g.is_root() && self.layout.scope.is_some() {
+                // The scope emptied with the kill above, while its sub-groups were still here:
+                // what systemd could not remove then is removed once it had its chance.
+                for d in self.layout.group_dirs(g) {
+                    if let Err(e) = kernel::reap_scope_dir(&d, SCOPE_GRACE) {
+                        warn!(
+                            "purge: cannot remove the scope's cgroup {}: {e}",
+                            d.display()
+                        );
+                        left.push(d);
+                    }
+                }
                 continue;
             }
             for d in self.layout.group_dirs(g) {

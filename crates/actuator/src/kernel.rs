@@ -91,6 +91,21 @@ pub(crate) fn remove_dir_waiting(dir: &Path, tries: u32) -> std::io::Result<()> 
     }
 }
 
+/// An emptied systemd scope's own cgroup: systemd removes it when the scope stops, but gives up
+/// (and never tries again) if a sub-group is still there at that moment, as when the scope empties
+/// while its sub-groups are being removed. Waits `grace` for systemd, then removes what it left;
+/// gone either way is success, and a scope that still holds anything stays (EBUSY).
+pub(crate) fn reap_scope_dir(dir: &Path, grace: std::time::Duration) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + grace;
+    while dir.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    match remove_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
 /// Sends `sig` to `pid`. ESRCH (already gone) is success.
 pub(crate) fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
     if pid <= 0 {
@@ -106,5 +121,41 @@ pub(crate) fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn fake_fs_a_scope_dir_systemd_removes_in_time_is_left_to_it() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("x.scope");
+        std::fs::create_dir(&d).unwrap();
+        let d2 = d.clone();
+        let systemd = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::remove_dir(&d2).unwrap();
+        });
+        reap_scope_dir(&d, Duration::from_secs(10)).unwrap();
+        systemd.join().unwrap();
+        assert!(!d.exists());
+    }
+
+    #[test]
+    fn fake_fs_an_empty_scope_dir_left_after_the_grace_is_removed_and_a_full_one_stays() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("x.scope");
+        std::fs::create_dir(&d).unwrap();
+        reap_scope_dir(&d, Duration::from_millis(40)).unwrap();
+        assert!(!d.exists());
+        // Gone before the call: nothing to do.
+        reap_scope_dir(&d, Duration::from_millis(40)).unwrap();
+        // Something still in it (a sub-group here): it stays, and the error says so.
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        assert!(reap_scope_dir(&d, Duration::from_millis(40)).is_err());
+        assert!(d.join("sub").exists());
     }
 }

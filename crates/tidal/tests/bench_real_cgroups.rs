@@ -128,8 +128,8 @@ fn short_bench_run_measures_every_scenario_and_cleans_up() {
     for root in &layout.roots {
         assert!(
             !root.root_dir.exists(),
-            "left behind: {}",
-            root.root_dir.display()
+            "left behind: {}\nbench stderr:\n{stderr}",
+            common::left_in(&root.root_dir)
         );
     }
 }

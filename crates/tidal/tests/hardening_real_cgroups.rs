@@ -542,8 +542,8 @@ fn bench_stops_quickly_on_ctrl_c_to_its_process_group_and_leaves_nothing() {
     for r in &layout.roots {
         assert!(
             !r.root_dir.exists(),
-            "left behind: {}",
-            r.root_dir.display()
+            "left behind: {}\nbench stderr:\n{err}",
+            common::left_in(&r.root_dir)
         );
     }
 }

@@ -351,6 +351,34 @@ pub fn wait_cgroup(pid: u32, suffix: &str) -> Option<String> {
     None
 }
 
+/// What keeps a group that should be gone: each group under `dir` (itself included) with its
+/// processes' command lines and its `cgroup.events`, for a failure message.
+pub fn left_in(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        out.push_str(&format!("{}:", d.display()));
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines() {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            out.push_str(&format!(" [pid {pid}: {}]", cmd.trim()));
+        }
+        if let Ok(ev) = std::fs::read_to_string(d.join("cgroup.events")) {
+            out.push_str(&format!(" events: {}", ev.replace('\n', " ")));
+        }
+        out.push('\n');
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            todo.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
 fn remove_tree(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
