@@ -81,16 +81,28 @@ pub fn specs(cfg: &[Objective], workloads: &[WorkloadSnapshot]) -> Vec<Spec> {
     out
 }
 
-/// Whether a pod's IP may be fetched: never loopback, unspecified or link-local (where cloud
-/// metadata services answer), whatever the pod's status says.
+/// Cloud metadata services outside the link-local ranges: AWS's IPv6 endpoint and Alibaba
+/// Cloud's. An address in a pod's status is the kubelet's, but the agent runs as root on the node
+/// and a metadata answer is the node's credentials: never, whatever the status says.
+const METADATA_V4: [std::net::Ipv4Addr; 1] = [std::net::Ipv4Addr::new(100, 100, 100, 200)];
+const METADATA_V6: [std::net::Ipv6Addr; 1] =
+    [std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)];
+
+/// Whether a pod's IP may be fetched: never loopback, unspecified, link-local (where most cloud
+/// metadata services answer) or another known metadata address, whatever the pod's status says.
 fn pod_address(ip: &std::net::IpAddr) -> bool {
-    let v4 = |a: &std::net::Ipv4Addr| !(a.is_loopback() || a.is_unspecified() || a.is_link_local());
+    let v4 = |a: &std::net::Ipv4Addr| {
+        !(a.is_loopback() || a.is_unspecified() || a.is_link_local() || METADATA_V4.contains(a))
+    };
     match ip {
         std::net::IpAddr::V4(a) => v4(a),
         std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
             Some(m) => v4(&m),
             None => {
-                !(a.is_loopback() || a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80)
+                !(a.is_loopback()
+                    || a.is_unspecified()
+                    || (a.segments()[0] & 0xffc0) == 0xfe80
+                    || METADATA_V6.contains(a))
             }
         },
     }
@@ -475,6 +487,24 @@ mod tests {
                 QosLevel::Online,
                 "fe80::1",
                 Some(pod_slo(80, "/x")),
+            ),
+            pod(
+                "ns/aws6",
+                QosLevel::Online,
+                "fd00:ec2::254",
+                Some(pod_slo(80, "/latest")),
+            ),
+            pod(
+                "ns/aliyun",
+                QosLevel::Online,
+                "100.100.100.200",
+                Some(pod_slo(80, "/latest")),
+            ),
+            pod(
+                "ns/aliyun-mapped",
+                QosLevel::Online,
+                "::ffff:100.100.100.200",
+                Some(pod_slo(80, "/latest")),
             ),
             pod(
                 "ns/any",
