@@ -562,7 +562,7 @@ fn host_steal(r: &Report) -> String {
         .map(|(run, ms)| format!("{run} ({ms:.0} ms)"))
         .collect();
     format!(
-        "Host steal (CPU time this VM waited for its host, from /proc/stat in 10 ms ticks, over each run's \
+        "Host steal (CPU time this VM waited for its host, from /proc/stat, in whole clock ticks, over each run's \
          measured window; a step run over the whole run): {} of {} runs read{unread}, {:.0} ms in all; the most: {}{}. \
          A stall the host causes hits whatever runs then; those runs stay in the intervals.\n\n",
         stolen.len(),
