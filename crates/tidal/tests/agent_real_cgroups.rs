@@ -273,7 +273,11 @@ fn agent_reloads_its_config_on_sighup_and_keeps_the_last_good_one() {
     // An invalid file: the agent keeps running with the last good config and says why.
     std::fs::write(&cfg, "cpu:\n  headroom_cpus: -3\n").unwrap();
     hup(&agent);
-    std::thread::sleep(Duration::from_millis(500));
+    // Read before the next file is written: two signals before the agent looks would be one.
+    let log = || std::fs::read_to_string(t.state.path().join("agent.log")).unwrap_or_default();
+    wait_for("the bad reload refused", 30, || {
+        log().contains("config reload failed") || agent.try_wait().is_ok_and(|s| s.is_some())
+    });
     assert!(
         agent.try_wait().unwrap().is_none(),
         "agent died on a bad reload"
@@ -282,10 +286,10 @@ fn agent_reloads_its_config_on_sighup_and_keeps_the_last_good_one() {
     // A valid one is taken.
     std::fs::write(&cfg, "cpu:\n  headroom_cpus: 1.5\n").unwrap();
     hup(&agent);
-    wait_for("the new config", 5, || headroom() == 1.5);
+    wait_for("the new config", 30, || headroom() == 1.5);
     agent.kill().unwrap();
     let _ = agent.wait();
-    let log = std::fs::read_to_string(t.state.path().join("agent.log")).unwrap();
+    let log = log();
     assert!(
         log.contains("config reload failed") && log.contains("cpu.headroom_cpus"),
         "{log}"

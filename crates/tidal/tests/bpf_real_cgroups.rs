@@ -300,7 +300,9 @@ fn run_queue_waits_over_the_threshold_tighten_offline_and_without_bpf_the_agent_
         c.arg("--no-bpf");
         t.spawn_agent(c, &addr)
     };
-    std::thread::sleep(Duration::from_millis(500));
+    common::wait_for("a tick without BPF", 30, || {
+        state(&addr)["ticks"].as_u64().unwrap_or(0) > 0
+    });
     let v = state(&addr);
     assert!(
         v["runq"].as_str().is_some_and(|s| s.contains("turned off")),
@@ -355,7 +357,8 @@ fn a_deep_run_queue_wait_freezes_offline_between_ticks() {
                bpf:\n  runq_p99_threshold: 1us\n  min_samples: 5\n";
     let addr = free_addr();
     let agent = start_agent(&t, cfg, &addr);
-    let ticked = Instant::now() + Duration::from_secs(5);
+    // The first tick follows loading the program, slow under emulation; what is timed starts after it.
+    let ticked = Instant::now() + Duration::from_secs(30);
     while state(&addr)["ticks"].as_u64().unwrap_or(0) < 1 {
         assert!(Instant::now() < ticked, "no first tick");
         std::thread::sleep(Duration::from_millis(20));

@@ -203,7 +203,7 @@ fn an_unreachable_objective_is_stale_and_changes_nothing() {
     let idle = metrics();
     idle.idle.store(true, Ordering::Relaxed);
     let cfg = format!(
-        "tick: 100ms\ninterference:\n  psi_threshold: 100\nbpf:\n  runq_p99_threshold: 10s\nslo:\n  interval: 200ms\n  timeout: 100ms\n  objectives:\n\
+        "tick: 100ms\ninterference:\n  psi_threshold: 100\nbpf:\n  runq_p99_threshold: 10s\nslo:\n  interval: 300ms\n  timeout: 300ms\n  objectives:\n\
          \x20   - workload: w\n      url: http://{dead}/metrics\n      metric: m\n      quantile: 0.99\n      target: 1ms\n\
          \x20   - workload: quiet\n      url: http://{}/metrics\n      metric: app_request_duration_seconds\n      quantile: 0.99\n      target: 1ms\n",
         idle.addr

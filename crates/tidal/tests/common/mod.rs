@@ -514,6 +514,19 @@ impl TestRoot {
             }
             get(addr, "/healthz").is_some_and(|(c, _)| c == 200)
         });
+        // /healthz answers before the BPF program loads (slow on an emulated CPU): the tests'
+        // deadlines time what the agent does, from its first tick.
+        wait_for("the agent's first tick", 60, || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "the agent exited ({st}) before its first tick:\n{}",
+                    self.agent_log()
+                );
+            }
+            get(addr, "/state")
+                .and_then(|(_, s)| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .is_some_and(|v| v["ticks"].as_u64().unwrap_or(0) > 0)
+        });
         child
     }
 
