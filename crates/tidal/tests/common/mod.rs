@@ -501,31 +501,20 @@ impl TestRoot {
         c
     }
 
-    /// Spawns an agent command and waits until it answers `/healthz` (20 s at most).
+    /// Spawns an agent command and waits for its first tick (60 s at most). It answers `/healthz`
+    /// before the BPF program loads (slow on an emulated CPU): the tests' deadlines time what the
+    /// agent does, from its first tick.
     pub fn spawn_agent(&self, mut cmd: Command, addr: &str) -> Child {
         let mut child = cmd.spawn().unwrap();
-        wait_for("agent /healthz", 20, || {
-            // An agent that refused its config has exited: say why rather than wait it out.
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!(
-                    "the agent exited ({st}) before /healthz:\n{}",
-                    self.agent_log()
-                );
-            }
-            get(addr, "/healthz").is_some_and(|(c, _)| c == 200)
-        });
-        // /healthz answers before the BPF program loads (slow on an emulated CPU): the tests'
-        // deadlines time what the agent does, from its first tick.
         wait_for("the agent's first tick", 60, || {
+            // An agent that refused its config has exited: say why rather than wait it out.
             if let Ok(Some(st)) = child.try_wait() {
                 panic!(
                     "the agent exited ({st}) before its first tick:\n{}",
                     self.agent_log()
                 );
             }
-            get(addr, "/state")
-                .and_then(|(_, s)| serde_json::from_str::<serde_json::Value>(&s).ok())
-                .is_some_and(|v| v["ticks"].as_u64().unwrap_or(0) > 0)
+            state(addr)["ticks"].as_u64().unwrap_or(0) > 0
         });
         child
     }
