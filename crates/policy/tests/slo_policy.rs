@@ -294,9 +294,17 @@ fn arb_state() -> impl Strategy<Value = PolicyState> {
             prop::option::of(0u64..20_000),
             0u64..=8,
         ),
+        (any::<bool>(), any::<bool>()),
     )
         .prop_map(
-            |(steps, at, base, calming, (hold, probe, wait, rel_at, rel_wait))| {
+            |(
+                steps,
+                at,
+                base,
+                calming,
+                (hold, probe, wait, rel_at, rel_wait),
+                (per_tick, quick),
+            )| {
                 let mut st = PolicyState::default();
                 st.interference.steps = steps;
                 st.interference.phase = if calming {
@@ -312,6 +320,8 @@ fn arb_state() -> impl Strategy<Value = PolicyState> {
                 st.interference.probe_wait_ms = wait;
                 st.interference.released_at_ms = rel_at;
                 st.interference.release_wait = rel_wait;
+                st.interference.per_tick = per_tick;
+                st.interference.quick_probe = quick;
                 st
             },
         )
@@ -671,7 +681,13 @@ proptest! {
         let w = d.state.interference.probe_wait_ms;
         let max = tidal_policy::PROBE_BACKOFF_MAX * probe;
         prop_assert!(w <= max, "wait {} over the bound", w);
-        if dt < probe {
+        // A per-tick ladder's probe is judged by the watch after it.
+        let judge = if st.interference.quick_probe {
+            cfg.interference.release_watch.0.max(cfg.interference.escalate_every.0)
+        } else {
+            probe
+        };
+        if dt < judge {
             let unit = first.max(cfg.cpu.grow_after.0);
             prop_assert_eq!(w, (before.max(unit) * 2).min(max), "doubled from {}", before);
         } else {
@@ -687,7 +703,12 @@ proptest! {
     ) {
         let cfg = Config::default();
         let caps = Capabilities::full(8);
-        let judge = cfg.slo.probe_after.0;
+        // A per-tick ladder's release is judged by the watch after it.
+        let judge = if st.interference.quick_probe {
+            cfg.interference.release_watch.0.max(cfg.interference.escalate_every.0)
+        } else {
+            cfg.slo.probe_after.0
+        };
         let max = tidal_policy::PROBE_BACKOFF_MAX;
         let at = 100_000;
         // Tightening `dt` after a release: doubled within the judging time, reset after it.
@@ -1345,4 +1366,149 @@ fn a_light_sample_calls_a_tick_for_a_deep_run_queue_wait_only_where_the_ladder_c
     let mut never = Config::default();
     never.interference.freeze_below = -1000.0;
     assert!(!urgent(&deep, &s, &never, &caps, &idle, 10_000));
+}
+
+/// A 2-CPU node (confinement off) at `now`: the online workload's run-queue p99 (`runq_s`, if
+/// read this tick) and its objective's slack (if any).
+fn small_node(runq_s: Option<f64>, slack: Option<f64>, now: u64) -> Snapshot {
+    let mut s = snapshot(slack);
+    s.cpus = CpuSet::first_n(2);
+    s.node_busy_cpus = Some(2.0);
+    s.node_busy_short_cpus = Some(2.0);
+    s.offline_usage_cpus = Some(1.5);
+    s.offline_usage_short_cpus = Some(1.5);
+    s.signals.extend(runq_s.map(runq));
+    s.now_ms = now;
+    s
+}
+
+/// Ticks of 100 ms from `from` (exclusive) to `until`, each reading `runq_s` and `slack`, until a
+/// step is released: when, and the release's reasons.
+fn ticks_until_release(
+    cfg: &Config,
+    st: &mut PolicyState,
+    (from, until): (u64, u64),
+    runq_s: f64,
+    slack: Option<f64>,
+) -> Option<(u64, Vec<String>)> {
+    let caps = Capabilities::full(2);
+    for t in (from + 100..=until).step_by(100) {
+        let level = st.interference.level();
+        let d = decide(&small_node(Some(runq_s), slack, t), cfg, &caps, st);
+        *st = d.state;
+        if st.interference.level() < level {
+            let why = reasons(&d.plan, tidal_model::Cause::Release)
+                .into_iter()
+                .map(String::from)
+                .collect();
+            return Some((t, why));
+        }
+    }
+    None
+}
+
+#[test]
+fn a_freeze_for_a_run_queue_burst_is_probed_after_probe_first_of_calm_waits_not_a_calm_period() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(2);
+    let first = cfg.slo.probe_first().0.max(cfg.cpu.grow_after.0);
+    assert!(first < cfg.interference.calm_period.0);
+    // Without an objective, and with one that meets its target without room to give (it holds
+    // growth): either way the run queue alone took the steps, and its calm is what counts.
+    for slack in [None, Some(0.05)] {
+        let d = decide(
+            &small_node(Some(0.004), slack, 1_000),
+            &cfg,
+            &caps,
+            &PolicyState::default(),
+        );
+        assert_eq!(
+            d.state.interference.steps,
+            vec![Step::FreezeOfflineLow, Step::FreezeOffline],
+            "{slack:?}"
+        );
+        assert!(d.state.interference.per_tick);
+        let mut st = d.state;
+        let (at, why) =
+            ticks_until_release(&cfg, &mut st, (1_000, 20_000), 0.0003, slack).expect("a probe");
+        // The first calm tick (1 100) starts the stretch.
+        assert_eq!(at, 1_100 + first, "{slack:?}");
+        assert!(why.iter().all(|w| w.contains("to probe")), "{why:?}");
+        if slack.is_some() {
+            assert!(
+                why.iter()
+                    .all(|w| w.contains("run-queue latency calm, the steps taken on it alone")),
+                "{why:?}"
+            );
+        }
+        assert!(st.interference.quick_probe);
+    }
+}
+
+#[test]
+fn a_run_queue_probe_is_judged_by_the_watch_after_it() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(2);
+    let first = cfg.slo.probe_first().0.max(cfg.cpu.grow_after.0);
+    let watch = cfg
+        .interference
+        .release_watch
+        .0
+        .max(cfg.interference.escalate_every.0);
+    let mut st = decide(
+        &small_node(Some(0.004), None, 1_000),
+        &cfg,
+        &caps,
+        &PolicyState::default(),
+    )
+    .state;
+    let (probe, _) = ticks_until_release(&cfg, &mut st, (1_000, 20_000), 0.0003, None).unwrap();
+    // The waits come back within the watch: offline is frozen again and the next probe waits
+    // twice as long.
+    let back = probe + watch / 2;
+    st = decide(&small_node(Some(0.004), None, back), &cfg, &caps, &st).state;
+    assert_eq!(st.interference.level(), 2, "{:?}", st.interference);
+    assert_eq!(st.interference.probe_wait_ms, 2 * first);
+    let (probe, _) =
+        ticks_until_release(&cfg, &mut st, (back, back + 20_000), 0.0003, None).unwrap();
+    assert_eq!(probe, back + 100 + 2 * first);
+    // This one outlasts the watch: a burst after it starts the next episode from the plain wait.
+    let later = probe + watch + 100;
+    st = decide(&small_node(Some(0.004), None, later), &cfg, &caps, &st).state;
+    assert_eq!(st.interference.level(), 2);
+    assert_eq!(st.interference.probe_wait_ms, 0);
+    let (probe, _) =
+        ticks_until_release(&cfg, &mut st, (later, later + 20_000), 0.0003, None).unwrap();
+    assert_eq!(probe, later + 100 + first);
+}
+
+#[test]
+fn an_objective_that_misses_after_a_run_queue_freeze_makes_the_ladder_its_own() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(2);
+    let mut st = decide(
+        &small_node(Some(0.004), Some(0.2), 1_000),
+        &cfg,
+        &caps,
+        &PolicyState::default(),
+    )
+    .state;
+    assert!(st.interference.per_tick);
+    // The objective's next reading misses: nothing is left to freeze, but it now speaks.
+    st = decide(
+        &small_node(Some(0.0003), Some(-0.2), 1_500),
+        &cfg,
+        &caps,
+        &st,
+    )
+    .state;
+    assert_eq!(st.interference.level(), 2);
+    assert!(!st.interference.per_tick);
+    // Calm waits and an objective without room to give: no probe, however long.
+    assert_eq!(
+        ticks_until_release(&cfg, &mut st, (1_500, 60_000), 0.0003, Some(0.05)),
+        None,
+        "{:?}",
+        st.interference
+    );
 }

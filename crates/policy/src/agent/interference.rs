@@ -27,6 +27,12 @@
 //!   offline work. One probe at a time: the next waits until the last is judged. Tightening
 //!   within `slo.probe_after` of a probe doubles the wait before the next (up to
 //!   `PROBE_BACKOFF_MAX` × `slo.probe_after`); a probe that lasts `slo.probe_after` resets it.
+//! - Steps taken on run-queue readings alone (each reads the last tick) are probed once those
+//!   readings have been calm for the same stretch, even while an objective that meets its target
+//!   holds growth: the watch after a release sees a returning wait within a `watch_tick`, so a
+//!   passing burst (a host stall, a start-up) costs seconds of offline work at most, not a calm
+//!   period. Such a probe is judged over `release_watch` (`escalate_every` at least). A signal
+//!   with a longer window that tightens makes the ladder its own.
 //! - When every signal that speaks is calm, one step is released after a calm objective's time
 //!   (`cpu.grow_after` of ample slack: it measures the latency itself), else the shortest calm time
 //!   the others ask (`calm_period`), quoting it. Tightening within `slo.probe_after` of such a
@@ -123,10 +129,10 @@ fn deep_miss(slack: f64, cfg: &Config) -> bool {
 }
 
 /// A missed quantile whose window's count over the target is within sampling noise of what the
-/// quantile allows (`interference.min_excess_z`); unknown counts are not noise.
+/// quantile allows (`interference.min_excess_z`; 0: no test); unknown counts are not noise.
 fn within_noise(s: &tidal_model::Signal, cfg: &Config) -> bool {
-    s.excess_z
-        .is_some_and(|z| z < cfg.interference.min_excess_z)
+    let min = cfg.interference.min_excess_z;
+    min > 0.0 && s.excess_z.is_some_and(|z| z < min)
 }
 
 /// The signal of `kind` that speaks: the least slack among misses beyond noise (below `miss`),
@@ -387,8 +393,8 @@ pub fn decide(
                 baseline,
                 measured_at_ms,
                 deep,
-                ..
-            } => Some((reason.clone(), *baseline, *measured_at_ms, *deep)),
+                per_tick,
+            } => Some((reason.clone(), *baseline, *measured_at_ms, *deep, *per_tick)),
             _ => None,
         })
     };
@@ -403,7 +409,7 @@ pub fn decide(
         _ => true,
     };
     let tighten = tightens()
-        .find(|(_, _, m, _)| fresh(m))
+        .find(|(_, _, m, _, _)| fresh(m))
         .or_else(|| tightens().next());
     // Confinement shrinking offline this tick is already the answer to online needing more: when
     // every tightening signal reads the last tick only (run-queue latency), wait a tick to see what
@@ -454,6 +460,10 @@ pub fn decide(
         .map(|(after, reason, _)| (after, reason));
     let any_calm = calm_by.is_some() && held.is_none();
     let lad = &mut st.interference;
+    // A probe or release for a per-tick ladder is judged by the watch after it: a wait that comes
+    // back shows within `release_watch` (a tick at least between steps).
+    let quick = cfg.interference.release_watch.0.max(every);
+    let quick_probe = lad.quick_probe;
     // A release for calm is judged like a probe: tightening soon after it doubles the calm time
     // before the next one (up to PROBE_BACKOFF_MAX times); one that lasts until the next release
     // halves it, one that lasts the judging time resets it.
@@ -466,7 +476,7 @@ pub fn decide(
         &mut lad.released_at_ms,
         &mut lad.release_wait,
         now,
-        judge,
+        if quick_probe { quick } else { judge },
         tighten.is_some(),
         (1, super::state::PROBE_BACKOFF_MAX),
     );
@@ -489,7 +499,7 @@ pub fn decide(
         &mut lad.probe_at_ms,
         &mut lad.probe_wait_ms,
         now,
-        probe_after,
+        if quick_probe { quick } else { probe_after },
         tighten.is_some(),
         (
             probe_first,
@@ -500,7 +510,18 @@ pub fn decide(
     // whichever of the two each tick was: more slack never releases later. Probes are for
     // objectives: signals calm without one (pressure, run-queue latency) wait their calm time.
     let tightening = tighten.is_some();
-    let room = !tightening && (roomy || (any_calm && objective_calm));
+    if lad.probe_at_ms.is_none() && lad.released_at_ms.is_none() {
+        lad.quick_probe = false;
+    }
+    // Steps taken on run-queue readings alone have room once those readings are calm (none over
+    // its threshold), whatever an objective still meeting its target says about growth.
+    let runq_calm = snap
+        .signals
+        .iter()
+        .filter(|s| s.kind == SignalKind::RunqLatency)
+        .all(|s| s.slack >= 0.0);
+    let per_tick_room = lad.per_tick && !tightening && runq_calm;
+    let room = !tightening && (roomy || (any_calm && objective_calm) || per_tick_room);
     // Bounded again here: a reload may have shortened `probe_after`.
     let probe_wait = lad
         .probe_wait_ms
@@ -526,8 +547,12 @@ pub fn decide(
         )
     };
     match tighten {
-        Some((reason, baseline, measured_at, _)) => {
+        Some((reason, baseline, measured_at, _, per_tick)) => {
             tick.pressure = Some(reason);
+            // A signal with a longer window now speaks for the steps: its probes, not quick ones.
+            if !per_tick {
+                lad.per_tick = false;
+            }
             let may_step = match lad.phase {
                 Phase::Tightened { at_ms, baseline: b } => {
                     if now.saturating_sub(at_ms) < every || measured_at.is_some_and(|m| m <= at_ms)
@@ -579,6 +604,9 @@ pub fn decide(
                     }
                 }
                 if !take.is_empty() {
+                    if lad.steps.is_empty() {
+                        lad.per_tick = per_tick;
+                    }
                     lad.steps.extend(take);
                     lad.phase = Phase::Tightened {
                         at_ms: now,
@@ -616,12 +644,14 @@ pub fn decide(
                         // Judged as a probe too: a failed release must not be retried by a probe
                         // sooner than the calm wait it doubled.
                         lad.probe_at_ms = Some(now);
+                        lad.quick_probe = lad.per_tick;
                     } else {
                         tick.probe =
                             Some(probe_note("every signal calm", hold_since.unwrap_or(now)));
                         lad.probe_at_ms = Some(now);
                         // Judged as a release too, so the calm wait it cut short cannot stick.
                         lad.released_at_ms = Some(now);
+                        lad.quick_probe = lad.per_tick;
                     }
                     // Released: the baseline of the step goes with it.
                     tick.released = lad.steps.pop();
@@ -641,23 +671,30 @@ pub fn decide(
             if let Phase::Calming { .. } = lad.phase {
                 lad.phase = Phase::Idle;
             }
-            if roomy && probe_due {
+            if (roomy || per_tick_room) && probe_due {
                 tick.released = lad.steps.pop();
                 // The popped step's baseline goes with it.
                 lad.phase = Phase::Idle;
                 lad.probe_at_ms = Some(now);
                 lad.released_at_ms = Some(now);
+                lad.quick_probe = lad.per_tick;
                 lad.hold_since_ms = None;
-                tick.probe = Some(probe_note(
-                    held.as_deref().unwrap_or("objective met"),
-                    hold_since.unwrap_or(now),
-                ));
+                let held = held.as_deref().unwrap_or("objective met");
+                let why = if roomy {
+                    held.to_string()
+                } else {
+                    format!("run-queue latency calm, the steps taken on it alone ({held})")
+                };
+                tick.probe = Some(probe_note(&why, hold_since.unwrap_or(now)));
             }
         }
     }
     // A ladder emptied with no probe pending starts its next episode from the plain wait.
     if lad.steps.is_empty() && lad.probe_at_ms.is_none() && !tightening {
         lad.probe_wait_ms = 0;
+    }
+    if lad.steps.is_empty() {
+        lad.per_tick = false;
     }
     tick
 }

@@ -98,6 +98,17 @@ pub struct Interference {
     /// clock's period says; running part first after a release.
     #[serde(default)]
     pub duty_from_ms: Option<u64>,
+    /// Every step in force was taken on a reading of the last tick alone (run-queue latency): once
+    /// those readings are calm for `slo.probe_first`, one is released to probe, whatever an
+    /// objective that still meets its target says about growth. The watch after a release sees a
+    /// wait come back within `interference.watch_tick`, so such a probe costs online little, while
+    /// a freeze for a passing burst would otherwise cost seconds of offline work.
+    #[serde(default)]
+    pub per_tick: bool,
+    /// The pending probe or release was made for a per-tick ladder: it is judged over
+    /// `interference.release_watch` (`escalate_every` at least), not `slo.probe_after`.
+    #[serde(default)]
+    pub quick_probe: bool,
 }
 
 /// A failed probe doubles the wait before the next one, up to this many times `slo.probe_after`.

@@ -151,9 +151,9 @@ pub struct InterferenceConfig {
     pub release_watch: Millis,
     pub watch_tick: Millis,
     /// A quantile signal (an objective, run-queue latency) over its target tightens only when its
-    /// window's count over the target exceeds what the quantile allows by this many standard
-    /// deviations (a binomial count): a miss within sampling noise holds growth instead. 1.645 is
-    /// one-sided 95%; 0 tightens on any miss.
+    /// window's count over the target is unlikely by sampling noise alone: its chance (the binomial
+    /// tail, `Signal::excess_z`) is under that of a normal deviate this far out. A miss within the
+    /// noise holds growth instead. 1.645 is one-sided 95%; 0 turns the test off (any miss tightens).
     pub min_excess_z: f64,
     /// A quantile signal missed this deeply (slack below it: −0.5 is 1.5× the target), beyond
     /// sampling noise (judged at the target), freezes every offline level at once, passing over the
