@@ -100,6 +100,12 @@ pub struct BenchArgs {
     /// Keep each agent's log (what it did and why, per scenario run) in this directory.
     #[arg(long)]
     pub agent_logs: Option<PathBuf>,
+    /// A run whose measured window lost more than this much CPU time to the host (steal, in ms
+    /// over all CPUs, from /proc/stat) is run again, once: the bench compares co-location, not
+    /// the host's stalls. Default: 1% of the window's CPU time (100 ms for 5 s on 2 CPUs); 0:
+    /// never.
+    #[arg(long, allow_negative_numbers = true)]
+    pub rerun_steal_ms: Option<f64>,
     /// Do not hold /dev/cpu_dma_latency at 0 during the run. By default the bench keeps CPUs out of
     /// deep idle states, so `alone` is not slowed by wake-ups from idle that co-located runs never pay.
     #[arg(long)]
@@ -280,6 +286,8 @@ pub struct WorkerArgs {
 pub const MAX_REQUESTS: f64 = 20_000_000.0;
 pub const MAX_RATE: f64 = 1_000_000.0;
 pub const MAX_SECONDS: f64 = 3600.0;
+/// `--rerun-steal-ms` at most: a whole hour of CPU time.
+pub const MAX_STEAL_MS: f64 = 3_600_000.0;
 pub const MAX_WORKLOADS: usize = 2000;
 
 fn seconds(name: &str, v: f64, allow_zero: bool) -> Result<(), String> {
@@ -360,6 +368,13 @@ impl BenchArgs {
         }
         if let Some(w) = self.warmup {
             push(seconds("--warmup", w, true));
+        }
+        if let Some(m) = self.rerun_steal_ms {
+            if !(m.is_finite() && (0.0..=MAX_STEAL_MS).contains(&m)) {
+                push(Err(format!(
+                    "--rerun-steal-ms {m}: must be from 0 (never) to {MAX_STEAL_MS} ms"
+                )));
+            }
         }
         if let Some(r) = self.rate {
             if !(r.is_finite() && r > 0.0 && r <= MAX_RATE) {
@@ -481,6 +496,9 @@ mod tests {
             (&["--rounds", "0"], "--rounds"),
             (&["--settle-max=-1"], "--settle-max"),
             (&["--settle-max", "nan"], "--settle-max"),
+            (&["--rerun-steal-ms=-1"], "--rerun-steal-ms"),
+            (&["--rerun-steal-ms", "nan"], "--rerun-steal-ms"),
+            (&["--rerun-steal-ms", "1e12"], "--rerun-steal-ms"),
             (&["--rate", "0"], "--rate"),
             (&["--rate", "1e9", "--duration", "1000"], "--rate"),
             (

@@ -87,6 +87,10 @@ pub struct RunResult {
     /// CPU time the host took from this VM in the measured window, ms over all CPUs (None where
     /// /proc/stat has no steal).
     pub host_steal_ms: Option<f64>,
+    /// What the host took in the window of an earlier try of this run, which was run again for it
+    /// (`--rerun-steal-ms`); None when this is the first try.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_for_steal_ms: Option<f64>,
 }
 
 /// Memory over a run: the online server's major faults, and tasks OOM-killed on each side.
@@ -136,11 +140,15 @@ pub struct Opts {
     pub slo_target_s: Option<f64>,
     /// Where each agent's log goes (`--agent-logs`).
     pub agent_logs: Option<PathBuf>,
+    /// A run that lost more CPU time than this to the host in its window is run again, once
+    /// (ms over all CPUs; None: never).
+    pub rerun_steal_ms: Option<f64>,
 }
 
 impl Opts {
     pub fn from_args(a: &BenchArgs, n_cpus: usize) -> Opts {
         let quick = a.quick;
+        let duration_s = a.duration.unwrap_or(if quick { 3.0 } else { 5.0 });
         Opts {
             rate: a.rate.unwrap_or(0.0),
             work_us: a.work_us,
@@ -151,7 +159,7 @@ impl Opts {
                 Arrivals::Poisson
             },
             warmup_s: a.warmup.unwrap_or(if quick { 1.0 } else { 1.5 }),
-            duration_s: a.duration.unwrap_or(if quick { 3.0 } else { 5.0 }),
+            duration_s,
             offline_kind: a.offline.clone(),
             offline_threads: a.offline_threads.unwrap_or(2 * n_cpus),
             offline_cmd: a.offline_cmd.clone(),
@@ -164,8 +172,15 @@ impl Opts {
             slo_factor: (!a.no_slo).then_some(a.slo_factor),
             slo_target_s: None,
             agent_logs: a.agent_logs.clone(),
+            rerun_steal_ms: rerun_steal_ms(a.rerun_steal_ms, duration_s, n_cpus),
         }
     }
+}
+
+/// `--rerun-steal-ms`, or 1% of a window's CPU time (`duration_s` on `n_cpus`); 0 is never.
+fn rerun_steal_ms(set: Option<f64>, duration_s: f64, n_cpus: usize) -> Option<f64> {
+    let ms = set.unwrap_or(0.01 * duration_s * n_cpus as f64 * 1e3);
+    (ms > 0.0).then_some(ms)
 }
 
 /// A scenario's processes and groups for one run.
@@ -898,6 +913,11 @@ fn grew(a: Option<u64>, b: Option<u64>) -> Option<f64> {
 
 const WINDOW_MISSED: &str = "the measurement window was missed";
 
+/// Whether a run's window lost more to the host than `limit` (ms): unreadable steal is not over.
+fn steal_over(stolen_ms: Option<f64>, limit: Option<f64>) -> bool {
+    stolen_ms.zip(limit).is_some_and(|(s, l)| s > l)
+}
+
 /// One measured run of scenario `s` (run again once if the bench missed its measurement window).
 pub fn run_once(
     env: &mut BenchEnv,
@@ -906,6 +926,7 @@ pub fn run_once(
     round: usize,
 ) -> Result<RunResult, String> {
     let mut tries = 0;
+    let mut stolen = None;
     loop {
         tries += 1;
         let tag = format!("r{round}-{}-{tries}", s.name());
@@ -918,6 +939,7 @@ pub fn run_once(
             .map(|(h, a)| a.saturating_sub(h));
         let result = result.map(|mut r| {
             r.released_bytes = released;
+            r.rerun_for_steal_ms = stolen;
             r
         });
         match result {
@@ -927,6 +949,16 @@ pub fn run_once(
                     s.name(),
                     round + 1
                 );
+            }
+            Ok(r) if tries < 2 && steal_over(r.host_steal_ms, o.rerun_steal_ms) => {
+                eprintln!(
+                    "tidal: {} (round {}): the host took {:.0} ms of CPU time in the window (over {:.0} ms); running it again",
+                    s.name(),
+                    round + 1,
+                    r.host_steal_ms.unwrap_or(0.0),
+                    o.rerun_steal_ms.unwrap_or(0.0)
+                );
+                stolen = r.host_steal_ms;
             }
             r => return r,
         }
@@ -1102,6 +1134,7 @@ fn measure(
             .map(|ns| ns / 1e3),
         released_bytes: None,
         host_steal_ms: grew(a.steal_ms, b.steal_ms),
+        rerun_for_steal_ms: None,
     })
 }
 
@@ -1528,6 +1561,19 @@ pub fn run_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_is_run_again_only_for_steal_over_the_limit_and_the_default_is_a_hundredth_of_the_window() {
+        // 5 s on 2 CPUs: 10 s of CPU time, 100 ms of it.
+        assert_eq!(rerun_steal_ms(None, 5.0, 2), Some(100.0));
+        assert_eq!(rerun_steal_ms(Some(250.0), 5.0, 2), Some(250.0));
+        assert_eq!(rerun_steal_ms(Some(0.0), 5.0, 2), None);
+        assert!(steal_over(Some(110.0), Some(100.0)));
+        assert!(!steal_over(Some(100.0), Some(100.0)));
+        // Unreadable steal, or no limit: never run again.
+        assert!(!steal_over(None, Some(100.0)));
+        assert!(!steal_over(Some(1e6), None));
+    }
 
     #[test]
     fn the_memory_antagonist_is_sized_past_free_memory_and_stops_at_a_margin_from_ram() {

@@ -336,6 +336,7 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
         runs,
         alone_p99_ms: alone_p99.map(|p| p * 1e3),
         settles,
+        rerun_steal_ms: o.rerun_steal_ms,
     };
     env.cleanup();
     drop(pm_qos);

@@ -274,6 +274,9 @@ pub struct Report {
     pub alone_p99_ms: Option<f64>,
     /// Settling waits after runs that gave back much memory.
     pub settles: Vec<crate::colo::Settle>,
+    /// A run whose window lost more CPU time than this to the host (ms) was run again, once
+    /// (None: never).
+    pub rerun_steal_ms: Option<f64>,
 }
 
 /// Per-round `f(run) / f(reference run of the same round)` for scenario `s`.
@@ -564,7 +567,7 @@ fn host_steal(r: &Report) -> String {
     format!(
         "Host steal (CPU time this VM waited for its host, from /proc/stat, in whole clock ticks, over each run's \
          measured window; a step run over the whole run): {} of {} runs read{unread}, {:.0} ms in all; the most: {}{}. \
-         A stall the host causes hits whatever runs then; those runs stay in the intervals.\n\n",
+         A stall the host causes hits whatever runs then{}\n\n",
         stolen.len(),
         runs.len(),
         stolen.iter().map(|(_, ms)| ms).sum::<f64>(),
@@ -572,8 +575,37 @@ fn host_steal(r: &Report) -> String {
         match stolen.len().saturating_sub(STEAL_NAMED) {
             0 => String::new(),
             more => format!(" and {more} more"),
-        }
+        },
+        reruns(r)
     )
+}
+
+/// What the host-steal paragraph says of runs run again for steal.
+fn reruns(r: &Report) -> String {
+    let again: Vec<String> = r
+        .runs
+        .iter()
+        .filter_map(|x| {
+            let ms = x.rerun_for_steal_ms?;
+            Some(format!(
+                "{} round {} ({ms:.0} ms)",
+                x.scenario.name(),
+                x.round + 1
+            ))
+        })
+        .collect();
+    match r.rerun_steal_ms {
+        None => "; every run stays in the intervals (runs are not run again for steal).".into(),
+        Some(l) if again.is_empty() => format!(
+            "; every run stays in the intervals (none lost more than {l:.0} ms, past which a run is run again, once)."
+        ),
+        Some(l) => format!(
+            ". {} run(s) lost more than {l:.0} ms and were run again, once; the second tries count, whatever they \
+             lost: {}. The rest stay in the intervals.",
+            again.len(),
+            again.join(", ")
+        ),
+    }
 }
 
 /// The settling paragraph: how long the bench waited after runs that gave back much memory.
@@ -928,6 +960,7 @@ mod tests {
             online_runq_p99_us: None,
             released_bytes: None,
             host_steal_ms: Some(0.0),
+            rerun_for_steal_ms: None,
         }
     }
 
@@ -985,6 +1018,7 @@ mod tests {
             runs,
             alone_p99_ms: Some(0.4),
             settles: Vec::new(),
+            rerun_steal_ms: Some(100.0),
         }
     }
 
@@ -1375,5 +1409,31 @@ mod tests {
         }
         let md = markdown(&r);
         assert!(md.contains("Host steal: not readable here"), "{md}");
+    }
+
+    #[test]
+    fn host_steal_says_which_runs_were_run_again_for_it() {
+        let mut r = report(&[(400.0, 410.0, 1.2, 1.3), (500.0, 520.0, 1.26, 1.3)]);
+        r.runs[1].host_steal_ms = Some(30.0);
+        let md = markdown(&r);
+        assert!(
+            md.contains("every run stays in the intervals (none lost more than 100 ms, past which a run is run again, once)."),
+            "{md}"
+        );
+        // The second try of tidal's first round counts; its first try is named with what it lost.
+        r.runs[1].rerun_for_steal_ms = Some(150.0);
+        let md = markdown(&r);
+        assert!(
+            md.contains(&format!(
+                "1 run(s) lost more than 100 ms and were run again, once; the second tries count, whatever they lost: {} round {} (150 ms).",
+                r.runs[1].scenario.name(),
+                r.runs[1].round + 1
+            )),
+            "{md}"
+        );
+        r.rerun_steal_ms = None;
+        r.runs[1].rerun_for_steal_ms = None;
+        let md = markdown(&r);
+        assert!(md.contains("runs are not run again for steal"), "{md}");
     }
 }
