@@ -1563,7 +1563,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_run_is_run_again_only_for_steal_over_the_limit_and_the_default_is_a_hundredth_of_the_window() {
+    fn a_run_is_run_again_only_for_steal_over_the_limit_and_the_default_is_a_hundredth_of_the_window(
+    ) {
         // 5 s on 2 CPUs: 10 s of CPU time, 100 ms of it.
         assert_eq!(rerun_steal_ms(None, 5.0, 2), Some(100.0));
         assert_eq!(rerun_steal_ms(Some(250.0), 5.0, 2), Some(250.0));

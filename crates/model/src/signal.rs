@@ -129,9 +129,9 @@ mod tests {
         // p50 of 4 000 (variance 1 000) and p99 of 101 010 (1 000): exact on this side of the
         // bound, normal past it. The two agree within the skew's term ((z² − 1) · skew / 6, skew
         // under 0.04) and half a count: a twentieth of a deviation at the usual 1.645.
-        for (n, q) in [(4_000.0, 0.5), (101_010.0, 0.99)] {
+        for (n, q) in [(4_000.0f64, 0.5f64), (101_010.0, 0.99)] {
             let p = 1.0 - q;
-            let sd = (n * p * q as f64).sqrt();
+            let sd = (n * p * q).sqrt();
             for dev in [-2.0f64, 0.0, 1.645, 3.0, 6.0] {
                 let over = n * p + dev * sd;
                 let exact = Signal::excess_z(over, n, q).unwrap();
