@@ -918,7 +918,8 @@ fn steal_over(stolen_ms: Option<f64>, limit: Option<f64>) -> bool {
     stolen_ms.zip(limit).is_some_and(|(s, l)| s > l)
 }
 
-/// One measured run of scenario `s` (run again once if the bench missed its measurement window).
+/// One measured run of scenario `s`: run again once if the bench missed its measurement window,
+/// and once (apart from that) if the host took more than `--rerun-steal-ms` of its window.
 pub fn run_once(
     env: &mut BenchEnv,
     s: Scenario,
@@ -926,6 +927,7 @@ pub fn run_once(
     round: usize,
 ) -> Result<RunResult, String> {
     let mut tries = 0;
+    let mut missed = false;
     let mut stolen = None;
     loop {
         tries += 1;
@@ -943,14 +945,15 @@ pub fn run_once(
             r
         });
         match result {
-            Err(e) if e.starts_with(WINDOW_MISSED) && tries < 2 => {
+            Err(e) if e.starts_with(WINDOW_MISSED) && !missed => {
+                missed = true;
                 eprintln!(
                     "tidal: {} (round {}): {e}; running it again",
                     s.name(),
                     round + 1
                 );
             }
-            Ok(r) if tries < 2 && steal_over(r.host_steal_ms, o.rerun_steal_ms) => {
+            Ok(r) if stolen.is_none() && steal_over(r.host_steal_ms, o.rerun_steal_ms) => {
                 eprintln!(
                     "tidal: {} (round {}): the host took {:.0} ms of CPU time in the window (over {:.0} ms); running it again",
                     s.name(),

@@ -554,8 +554,9 @@ fn host_steal(r: &Report) -> String {
     let mut stolen: Vec<&(String, f64)> = runs.iter().filter(|(_, ms)| *ms > 0.0).collect();
     if stolen.is_empty() {
         return format!(
-            "Host steal: none in any of the {} runs read{unread} (CPU time this VM waited for its host, from /proc/stat).\n\n",
-            runs.len()
+            "Host steal: none in any of the {} runs read{unread} (CPU time this VM waited for its host, from /proc/stat).{}\n\n",
+            runs.len(),
+            reruns(r).map(|s| format!(" {s}")).unwrap_or_default()
         );
     }
     stolen.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -576,12 +577,19 @@ fn host_steal(r: &Report) -> String {
             0 => String::new(),
             more => format!(" and {more} more"),
         },
-        reruns(r)
+        match (reruns(r), r.rerun_steal_ms) {
+            (Some(s), _) => format!(". {s} The rest stay in the intervals."),
+            (None, None) => "; every run stays in the intervals (runs are not run again for steal).".into(),
+            (None, Some(l)) => format!(
+                "; every run stays in the intervals (none lost more than {l:.0} ms, past which a run is run again, once)."
+            ),
+        }
     )
 }
 
-/// What the host-steal paragraph says of runs run again for steal.
-fn reruns(r: &Report) -> String {
+/// The runs run again for steal (`--rerun-steal-ms`), named with what their first tries lost;
+/// None when there were none.
+fn reruns(r: &Report) -> Option<String> {
     let again: Vec<String> = r
         .runs
         .iter()
@@ -594,18 +602,16 @@ fn reruns(r: &Report) -> String {
             ))
         })
         .collect();
-    match r.rerun_steal_ms {
-        None => "; every run stays in the intervals (runs are not run again for steal).".into(),
-        Some(l) if again.is_empty() => format!(
-            "; every run stays in the intervals (none lost more than {l:.0} ms, past which a run is run again, once)."
-        ),
-        Some(l) => format!(
-            ". {} run(s) lost more than {l:.0} ms and were run again, once; the second tries count, whatever they \
-             lost: {}. The rest stay in the intervals.",
-            again.len(),
-            again.join(", ")
-        ),
+    if again.is_empty() {
+        return None;
     }
+    Some(format!(
+        "{} run(s) lost more than {:.0} ms and were run again, once; the second tries count, whatever they \
+         lost: {}.",
+        again.len(),
+        r.rerun_steal_ms.unwrap_or(0.0),
+        again.join(", ")
+    ))
 }
 
 /// The settling paragraph: how long the bench waited after runs that gave back much memory.
@@ -1431,6 +1437,18 @@ mod tests {
             )),
             "{md}"
         );
+        assert!(md.contains("The rest stay in the intervals."), "{md}");
+        // Named even where the second tries, and every other run, lost nothing.
+        for x in &mut r.runs {
+            x.host_steal_ms = Some(0.0);
+        }
+        let md = markdown(&r);
+        assert!(md.contains("Host steal: none in any of the"), "{md}");
+        assert!(
+            md.contains("1 run(s) lost more than 100 ms and were run again, once"),
+            "{md}"
+        );
+        r.runs[1].host_steal_ms = Some(30.0);
         r.rerun_steal_ms = None;
         r.runs[1].rerun_for_steal_ms = None;
         let md = markdown(&r);

@@ -29,8 +29,8 @@ pub struct Signal {
     /// How old the reading is, for one renewed less often than every tick (None: of this tick).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age_ms: Option<u64>,
-    /// How far the window's count of samples over the target exceeds what the quantile allows, in
-    /// standard deviations of that count ([`Signal::excess_z`]); None where it is not known.
+    /// How far the window's count of samples over the target exceeds what the quantile allows, as
+    /// the normal deviate of that count's chance ([`Signal::excess_z`]); None where it is not known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub excess_z: Option<f64>,
 }

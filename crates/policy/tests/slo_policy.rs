@@ -1512,3 +1512,40 @@ fn an_objective_that_misses_after_a_run_queue_freeze_makes_the_ladder_its_own() 
         st.interference
     );
 }
+
+#[test]
+fn a_run_queue_ladder_is_not_probed_while_an_objective_misses_even_within_noise() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(2);
+    let mut st = decide(
+        &small_node(Some(0.004), Some(0.2), 1_000),
+        &cfg,
+        &caps,
+        &PolicyState::default(),
+    )
+    .state;
+    assert!(st.interference.per_tick);
+    for t in (1_100..=30_000).step_by(100) {
+        let mut s = small_node(Some(0.0003), Some(-0.05), t);
+        // Over its target by a count within sampling noise: it holds, it does not tighten.
+        s.signals[0].excess_z = Some(0.5);
+        st = decide(&s, &cfg, &caps, &st).state;
+        assert_eq!(st.interference.level(), 2, "at {t}: {:?}", st.interference);
+    }
+    assert!(
+        st.interference.per_tick,
+        "a hold is not a tightening signal"
+    );
+}
+
+#[test]
+fn pressure_tightening_beside_the_run_queue_makes_the_ladder_its_own() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(2);
+    let mut s = small_node(Some(0.004), None, 1_000);
+    s.online_cpu_psi_full_1s = Some(50.0);
+    s.online_cpu_psi_1s = Some(50.0);
+    let d = decide(&s, &cfg, &caps, &PolicyState::default());
+    assert!(d.state.interference.level() > 0);
+    assert!(!d.state.interference.per_tick, "{:?}", d.state.interference);
+}

@@ -14,8 +14,9 @@
 //!   is undone and the ladder backs off for `calm_period`. Pressure read through avg10 (no
 //!   one-second window) cannot fall that fast, so such a step is not judged.
 //! - A quantile signal (an objective, run-queue latency) misses its target only beyond sampling
-//!   noise: its window's count over the target must exceed what the quantile allows by
-//!   `interference.min_excess_z` standard deviations. A miss within the noise holds growth instead.
+//!   noise: its window's count over the target must be as unlikely by chance as a normal deviate
+//!   of `interference.min_excess_z` ([`tidal_model::Signal::excess_z`]: the exact binomial tail
+//!   where few are expected over). A miss within the noise holds growth instead.
 //!   A fresh miss deeper than `interference.freeze_below` freezes every offline level left at
 //!   once, passing over a cpuset shrink and the CPU-time cap (whose running part lets the tail
 //!   through at a load step). Noise is judged at the target; the depth is the observed quantile's.
@@ -411,6 +412,8 @@ pub fn decide(
     let tighten = tightens()
         .find(|(_, _, m, _, _)| fresh(m))
         .or_else(|| tightens().next());
+    // Every signal that tightens reads the last tick alone (run-queue latency).
+    let all_per_tick = tightens().all(|t| t.4);
     // Confinement shrinking offline this tick is already the answer to online needing more: when
     // every tightening signal reads the last tick only (run-queue latency), wait a tick to see what
     // the shrink did rather than take a CPU on top of it. Windows spanning many ticks (pressure, a
@@ -508,19 +511,26 @@ pub fn decide(
     );
     // The stretch with room (every signal calm, or holding with room) counts towards a probe,
     // whichever of the two each tick was: more slack never releases later. Probes are for
-    // objectives: signals calm without one (pressure, run-queue latency) wait their calm time.
+    // objectives: pressure calm without one waits its calm time; steps taken on run-queue
+    // latency alone are probed on its calm (below).
     let tightening = tighten.is_some();
     if lad.probe_at_ms.is_none() && lad.released_at_ms.is_none() {
         lad.quick_probe = false;
     }
-    // Steps taken on run-queue readings alone have room once those readings are calm (none over
-    // its threshold), whatever an objective still meeting its target says about growth.
+    // Steps taken on run-queue readings alone have room once none of those readings is over its
+    // threshold (a tick without one breaks nothing), while every objective meets its target
+    // (growth held or not; a miss within sampling noise is still a miss).
     let runq_calm = snap
         .signals
         .iter()
         .filter(|s| s.kind == SignalKind::RunqLatency)
         .all(|s| s.slack >= 0.0);
-    let per_tick_room = lad.per_tick && !tightening && runq_calm;
+    let objectives_met = snap
+        .signals
+        .iter()
+        .filter(|s| s.kind == SignalKind::Slo)
+        .all(|s| s.slack >= cfg.slo.tighten_below);
+    let per_tick_room = lad.per_tick && !tightening && runq_calm && objectives_met;
     let room = !tightening && (roomy || (any_calm && objective_calm) || per_tick_room);
     // Bounded again here: a reload may have shortened `probe_after`.
     let probe_wait = lad
@@ -547,10 +557,11 @@ pub fn decide(
         )
     };
     match tighten {
-        Some((reason, baseline, measured_at, _, per_tick)) => {
+        Some((reason, baseline, measured_at, _, _)) => {
             tick.pressure = Some(reason);
-            // A signal with a longer window now speaks for the steps: its probes, not quick ones.
-            if !per_tick {
+            // A signal with a longer window tightening too now speaks for the steps: its probes,
+            // not quick ones.
+            if !all_per_tick {
                 lad.per_tick = false;
             }
             let may_step = match lad.phase {
@@ -605,7 +616,7 @@ pub fn decide(
                 }
                 if !take.is_empty() {
                     if lad.steps.is_empty() {
-                        lad.per_tick = per_tick;
+                        lad.per_tick = all_per_tick;
                     }
                     lad.steps.extend(take);
                     lad.phase = Phase::Tightened {
@@ -679,11 +690,13 @@ pub fn decide(
                 lad.released_at_ms = Some(now);
                 lad.quick_probe = lad.per_tick;
                 lad.hold_since_ms = None;
-                let held = held.as_deref().unwrap_or("objective met");
-                let why = if roomy {
-                    held.to_string()
-                } else {
-                    format!("run-queue latency calm, the steps taken on it alone ({held})")
+                let why = match (roomy, held.as_deref()) {
+                    (true, Some(h)) => h.to_string(),
+                    (true, None) => "objective met".to_string(),
+                    (false, Some(h)) => {
+                        format!("run-queue latency calm, the steps taken on it alone ({h})")
+                    }
+                    (false, None) => "run-queue latency calm, the steps taken on it alone".into(),
                 };
                 tick.probe = Some(probe_note(&why, hold_since.unwrap_or(now)));
             }

@@ -669,7 +669,7 @@ impl Config {
             i.min_excess_z,
             0.0,
             10.0,
-            "standard deviations",
+            "(a normal deviate)",
         );
         range_f(
             &mut e,
