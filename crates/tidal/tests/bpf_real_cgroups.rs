@@ -71,7 +71,10 @@ fn a_prober_behind_a_hog_on_its_cpu_waits_and_an_empty_group_gets_nothing() {
     };
     let mut t = TestRoot::new("bpf");
     let exe = common::tidal_bin();
-    // Wakes every ms and works 500 us: more than its share beside four hog threads.
+    // Wakes after 1 ms asleep and works 2 ms: over half its CPU, beside four hog threads in a
+    // group four times its weight (a fifth of the CPU is its share). 500 us of work was a third
+    // of the CPU only where a 1-ms sleep takes 1 ms; an emulated CPU (TCG) stretched the sleeps
+    // until the prober fit in its share and did not wait.
     t.spawn(&[
         "run",
         "--qos",
@@ -83,7 +86,7 @@ fn a_prober_behind_a_hog_on_its_cpu_waits_and_an_empty_group_gets_nothing() {
         "worker",
         "prober",
         "--work-us",
-        "500",
+        "2000",
         "--pin",
         "0",
     ]);
