@@ -1382,6 +1382,25 @@ fn small_node(runq_s: Option<f64>, slack: Option<f64>, now: u64) -> Snapshot {
     s
 }
 
+/// The state after a deep run-queue wait at 1 s froze offline on a 2-CPU node (objective slack
+/// `slack`, if any): a ladder of the run queue's.
+fn frozen_by_a_burst(cfg: &Config, slack: Option<f64>) -> PolicyState {
+    let caps = Capabilities::full(2);
+    let d = decide(
+        &small_node(Some(0.004), slack, 1_000),
+        cfg,
+        &caps,
+        &PolicyState::default(),
+    );
+    assert_eq!(
+        d.state.interference.steps,
+        vec![Step::FreezeOfflineLow, Step::FreezeOffline],
+        "{slack:?}"
+    );
+    assert!(d.state.interference.per_tick);
+    d.state
+}
+
 /// Ticks of 100 ms from `from` (exclusive) to `until`, each reading `runq_s` and `slack`, until a
 /// step is released: when, and the release's reasons.
 fn ticks_until_release(
@@ -1410,25 +1429,12 @@ fn ticks_until_release(
 #[test]
 fn a_freeze_for_a_run_queue_burst_is_probed_after_probe_first_of_calm_waits_not_a_calm_period() {
     let cfg = Config::default();
-    let caps = Capabilities::full(2);
     let first = cfg.slo.probe_first().0.max(cfg.cpu.grow_after.0);
     assert!(first < cfg.interference.calm_period.0);
     // Without an objective, and with one that meets its target without room to give (it holds
     // growth): either way the run queue alone took the steps, and its calm is what counts.
     for slack in [None, Some(0.05)] {
-        let d = decide(
-            &small_node(Some(0.004), slack, 1_000),
-            &cfg,
-            &caps,
-            &PolicyState::default(),
-        );
-        assert_eq!(
-            d.state.interference.steps,
-            vec![Step::FreezeOfflineLow, Step::FreezeOffline],
-            "{slack:?}"
-        );
-        assert!(d.state.interference.per_tick);
-        let mut st = d.state;
+        let mut st = frozen_by_a_burst(&cfg, slack);
         let (at, why) =
             ticks_until_release(&cfg, &mut st, (1_000, 20_000), 0.0003, slack).expect("a probe");
         // The first calm tick (1 100) starts the stretch.
@@ -1455,13 +1461,7 @@ fn a_run_queue_probe_is_judged_by_the_watch_after_it() {
         .release_watch
         .0
         .max(cfg.interference.escalate_every.0);
-    let mut st = decide(
-        &small_node(Some(0.004), None, 1_000),
-        &cfg,
-        &caps,
-        &PolicyState::default(),
-    )
-    .state;
+    let mut st = frozen_by_a_burst(&cfg, None);
     let (probe, _) = ticks_until_release(&cfg, &mut st, (1_000, 20_000), 0.0003, None).unwrap();
     // The waits come back within the watch: offline is frozen again and the next probe waits
     // twice as long.
@@ -1486,14 +1486,7 @@ fn a_run_queue_probe_is_judged_by_the_watch_after_it() {
 fn an_objective_that_misses_after_a_run_queue_freeze_makes_the_ladder_its_own() {
     let cfg = Config::default();
     let caps = Capabilities::full(2);
-    let mut st = decide(
-        &small_node(Some(0.004), Some(0.2), 1_000),
-        &cfg,
-        &caps,
-        &PolicyState::default(),
-    )
-    .state;
-    assert!(st.interference.per_tick);
+    let mut st = frozen_by_a_burst(&cfg, Some(0.2));
     // The objective's next reading misses: nothing is left to freeze, but it now speaks.
     st = decide(
         &small_node(Some(0.0003), Some(-0.2), 1_500),
@@ -1517,14 +1510,7 @@ fn an_objective_that_misses_after_a_run_queue_freeze_makes_the_ladder_its_own() 
 fn a_run_queue_ladder_is_not_probed_while_an_objective_misses_even_within_noise() {
     let cfg = Config::default();
     let caps = Capabilities::full(2);
-    let mut st = decide(
-        &small_node(Some(0.004), Some(0.2), 1_000),
-        &cfg,
-        &caps,
-        &PolicyState::default(),
-    )
-    .state;
-    assert!(st.interference.per_tick);
+    let mut st = frozen_by_a_burst(&cfg, Some(0.2));
     for t in (1_100..=30_000).step_by(100) {
         let mut s = small_node(Some(0.0003), Some(-0.05), t);
         // Over its target by a count within sampling noise: it holds, it does not tighten.
