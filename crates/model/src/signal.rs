@@ -72,7 +72,7 @@ impl Signal {
     /// The chance that `over` or more of `n` samples fall above a target each passes with chance
     /// `p`: the binomial tail I_p(over, n − over + 1) (a count between two integers falls between
     /// their tails). None for values outside its domain.
-    pub fn tail_chance(over: f64, n: f64, p: f64) -> Option<f64> {
+    fn tail_chance(over: f64, n: f64, p: f64) -> Option<f64> {
         if over <= 0.0 {
             return Some(1.0);
         }

@@ -651,19 +651,11 @@ pub fn decide(
                             calm_by.map_or("every signal calm", |(_, r)| r.as_str()),
                             now.saturating_sub(since) as f64 / 1000.0
                         ));
-                        lad.released_at_ms = Some(now);
-                        // Judged as a probe too: a failed release must not be retried by a probe
-                        // sooner than the calm wait it doubled.
-                        lad.probe_at_ms = Some(now);
-                        lad.quick_probe = lad.per_tick;
                     } else {
                         tick.probe =
                             Some(probe_note("every signal calm", hold_since.unwrap_or(now)));
-                        lad.probe_at_ms = Some(now);
-                        // Judged as a release too, so the calm wait it cut short cannot stick.
-                        lad.released_at_ms = Some(now);
-                        lad.quick_probe = lad.per_tick;
                     }
+                    lad.judge_release_from(now);
                     // Released: the baseline of the step goes with it.
                     tick.released = lad.steps.pop();
                     lad.hold_since_ms = None;
@@ -686,17 +678,14 @@ pub fn decide(
                 tick.released = lad.steps.pop();
                 // The popped step's baseline goes with it.
                 lad.phase = Phase::Idle;
-                lad.probe_at_ms = Some(now);
-                lad.released_at_ms = Some(now);
-                lad.quick_probe = lad.per_tick;
+                lad.judge_release_from(now);
                 lad.hold_since_ms = None;
                 let why = match (roomy, held.as_deref()) {
-                    (true, Some(h)) => h.to_string(),
-                    (true, None) => "objective met".to_string(),
-                    (false, Some(h)) => {
-                        format!("run-queue latency calm, the steps taken on it alone ({h})")
-                    }
-                    (false, None) => "run-queue latency calm, the steps taken on it alone".into(),
+                    (true, h) => h.unwrap_or("objective met").to_string(),
+                    (false, h) => format!(
+                        "run-queue latency calm, the steps taken on it alone{}",
+                        h.map(|h| format!(" ({h})")).unwrap_or_default()
+                    ),
                 };
                 tick.probe = Some(probe_note(&why, hold_since.unwrap_or(now)));
             }

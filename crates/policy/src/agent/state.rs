@@ -122,6 +122,15 @@ impl Interference {
     pub fn has(&self, s: Step) -> bool {
         self.steps.contains(&s)
     }
+
+    /// A step released at `now` (for calm, or to probe) is judged both as a probe and as a calm
+    /// release: a failed one must not be retried by the other path sooner than the wait it
+    /// doubled, nor a calm wait it cut short stick. A per-tick ladder's is judged quickly.
+    pub fn judge_release_from(&mut self, now: u64) {
+        self.probe_at_ms = Some(now);
+        self.released_at_ms = Some(now);
+        self.quick_probe = self.per_tick;
+    }
 }
 
 /// Which offline levels the agent keeps frozen.
