@@ -323,6 +323,50 @@ fn run_queue_waits_over_the_threshold_tighten_offline_and_without_bpf_the_agent_
     t.restore_ok();
 }
 
+/// Ticks ten seconds apart; every wait is far over a 1 us threshold; confinement never acts (its
+/// own early tick stays out of it), pressure never does.
+const BETWEEN_TICKS: &str = "tick: 10s\nstats_interval: 10s\ncpu:\n  confine_min_cpus: 4096\n\
+    interference:\n  psi_threshold: 100\n  escalate_every: 10s\n\
+    bpf:\n  runq_p99_threshold: 1us\n  min_samples: 5\n";
+
+/// Waits (8 s at most from `started`) for offline to be frozen for the prober's run-queue waits,
+/// and checks it came by a tick brought forward: every offline level at once, an early tick
+/// counted, and the ladder at its freeze.
+fn frozen_by_an_early_tick(t: &TestRoot, addr: &str, started: Instant) {
+    let frozen = loop {
+        let log = t.agent_log();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("freeze=1") && l.contains("run-queue p99 of online/probe"))
+        {
+            break l.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "offline not frozen between ticks\nagent log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        frozen.contains("every offline level frozen at once"),
+        "{frozen}"
+    );
+    let (_, m) = get(addr, "/metrics").expect("the agent's /metrics");
+    let early = m
+        .lines()
+        .find(|l| l.starts_with("tidal_early_ticks_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(
+        early.is_some_and(|e| e >= 1.0),
+        "frozen, but not by a tick brought forward\n{m}\nagent log:\n{}",
+        t.agent_log()
+    );
+    let v = state(addr);
+    let steps = &v["policy"]["interference"]["steps"];
+    assert_eq!(steps, &serde_json::json!(["freeze-offline"]), "{v}");
+}
+
 /// A run-queue wait far past the threshold is seen by the light sample between ticks: with ticks
 /// ten seconds apart, offline is frozen (the cap passed over) by a tick the sample brought forward.
 #[test]
@@ -350,45 +394,40 @@ fn a_deep_run_queue_wait_freezes_offline_between_ticks() {
         "run", "--qos", "online", "--name", "probe", "--", "sh", "-c", &script,
     ]);
     t.spin("offline", "hog");
-    // Every wait is far over a 1 us threshold; confinement never acts (its own early tick stays
-    // out of it), pressure never does.
-    let cfg = "tick: 10s\nstats_interval: 10s\ncpu:\n  confine_min_cpus: 4096\n\
-               interference:\n  psi_threshold: 100\n  escalate_every: 10s\n\
-               bpf:\n  runq_p99_threshold: 1us\n  min_samples: 5\n";
     let addr = free_addr();
     // Back after the agent's first tick: what is timed starts there.
-    let agent = start_agent(&t, cfg, &addr);
+    let agent = start_agent(&t, BETWEEN_TICKS, &addr);
     let started = Instant::now();
     std::fs::write(&go, "go\n").expect("start the prober");
     // Before the next regular tick: ten seconds after the first, which /state has just shown.
-    let frozen = loop {
-        let log = t.agent_log();
-        if let Some(l) = log
-            .lines()
-            .find(|l| l.contains("freeze=1") && l.contains("run-queue p99 of online/probe"))
-        {
-            break l.to_string();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(8),
-            "offline not frozen between ticks\nagent log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(
-        frozen.contains("every offline level frozen at once"),
-        "{frozen}"
-    );
-    let (_, m) = get(&addr, "/metrics").expect("the agent's /metrics");
-    let early = m
-        .lines()
-        .find(|l| l.starts_with("tidal_early_ticks_total "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok());
-    assert!(early.is_some_and(|e| e >= 1.0), "{m}");
-    let v = state(&addr);
-    let steps = &v["policy"]["interference"]["steps"];
-    assert_eq!(steps, &serde_json::json!(["freeze-offline"]), "{v}");
+    frozen_by_an_early_tick(&t, &addr, started);
+    stop(agent);
+    t.kill_children();
+    t.restore_ok();
+}
+
+/// The agent's own start (its programs attaching, its first full snapshot and the writes after it)
+/// is not read as interference: its first tick reads no run-queue waits, and the first reading
+/// starts where that tick ends. A prober already waiting behind a hog when the agent starts is
+/// frozen for by a tick the light sample brings forward, not by the first tick.
+#[test]
+fn the_agents_first_tick_reads_no_run_queue_waits_and_the_first_window_follows_it() {
+    if !cgroups_usable(
+        "the_agents_first_tick_reads_no_run_queue_waits_and_the_first_window_follows_it",
+    ) {
+        return;
+    }
+    let _one = serial();
+    let mut t = TestRoot::new("runq-first");
+    let exe = common::tidal_bin();
+    t.spawn(&[
+        "run", "--qos", "online", "--name", "probe", "--", exe, "worker", "prober",
+    ]);
+    t.spin("offline", "hog");
+    let addr = free_addr();
+    let started = Instant::now();
+    let agent = start_agent(&t, BETWEEN_TICKS, &addr);
+    frozen_by_an_early_tick(&t, &addr, started);
     stop(agent);
     t.kill_children();
     t.restore_ok();

@@ -264,9 +264,15 @@ impl Agent {
             self.runq.map(&layout, &self.snap.workloads);
         }
         let (mut signals, readings) = self.slo.read();
-        let (runq_signals, waits) = self
-            .runq
-            .read(self.cfg.bpf.runq_p99_threshold.0, self.cfg.bpf.min_samples);
+        // The agent's own start (its programs attaching, this first full snapshot and the writes
+        // after it) runs at online priority, and the waits it causes are not interference: the
+        // first tick reads none, and its end starts the first window.
+        let (runq_signals, waits) = if self.ticks == 0 {
+            (Vec::new(), Vec::new())
+        } else {
+            self.runq
+                .read(self.cfg.bpf.runq_p99_threshold.0, self.cfg.bpf.min_samples)
+        };
         self.show_runq();
         signals.extend(runq_signals);
         self.snap.signals = signals;
@@ -344,6 +350,9 @@ impl Agent {
                 tidal_policy::Phase::BackedOff { .. }
             );
         self.state = settle(d.state, &self.state, &d.plan, &ok);
+        if self.ticks == 0 {
+            self.runq.restart();
+        }
         self.ticks += 1;
         if refreshed {
             // A consistent snapshot: the source may publish from it (batch resources).

@@ -168,6 +168,13 @@ impl Runq {
         true
     }
 
+    /// Drops every wait read or carried so far: the next reading starts now.
+    pub fn restart(&mut self) {
+        self.pull();
+        self.tick_waits.clear();
+        self.pending.clear();
+    }
+
     /// The last tick's waits per online workload, and the signals they give (from the waits
     /// carried over too, while a workload's reads fall short of `min_samples`).
     pub fn read(&mut self, threshold_s: f64, min_samples: u64) -> (Vec<Signal>, Vec<Waits>) {
