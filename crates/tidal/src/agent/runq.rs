@@ -1,8 +1,9 @@
 //! Run-queue latency as a signal: each tick the BPF program's per-cgroup histograms give every
 //! online workload's waits since the last tick (its ids: the inode of its group's directory in the
 //! v2 hierarchy and in the v1 cpu hierarchy). A workload with enough samples gives a
-//! `SignalKind::RunqLatency` reading of its p99 against `bpf.runq_p99_threshold`. Without BPF the
-//! agent says once why and runs on its other signals.
+//! `SignalKind::RunqLatency` reading of its p99 against `bpf.runq_p99_threshold`. The first window
+//! opens where the agent's first tick ends ([`Runq::restart`]): the waits its own start causes are
+//! not interference. Without BPF the agent says once why and runs on its other signals.
 
 use std::collections::HashMap;
 use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind};
