@@ -424,10 +424,13 @@ fn the_agents_first_tick_reads_no_run_queue_waits_and_the_first_window_follows_i
         "run", "--qos", "online", "--name", "probe", "--", exe, "worker", "prober",
     ]);
     t.spin("offline", "hog");
+    // One wait makes a reading: a first tick that read the waits since the programs attached
+    // would freeze offline itself.
+    let cfg = BETWEEN_TICKS.replace("min_samples: 5", "min_samples: 1");
     let addr = free_addr();
-    let started = Instant::now();
-    let agent = start_agent(&t, BETWEEN_TICKS, &addr);
-    frozen_by_an_early_tick(&t, &addr, started);
+    // Back after the agent's first tick: what is timed starts there.
+    let agent = start_agent(&t, &cfg, &addr);
+    frozen_by_an_early_tick(&t, &addr, Instant::now());
     stop(agent);
     t.kill_children();
     t.restore_ok();

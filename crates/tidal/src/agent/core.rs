@@ -264,15 +264,9 @@ impl Agent {
             self.runq.map(&layout, &self.snap.workloads);
         }
         let (mut signals, readings) = self.slo.read();
-        // The agent's own start (its programs attaching, this first full snapshot and the writes
-        // after it) runs at online priority, and the waits it causes are not interference: the
-        // first tick reads none, and its end starts the first window.
-        let (runq_signals, waits) = if self.ticks == 0 {
-            (Vec::new(), Vec::new())
-        } else {
-            self.runq
-                .read(self.cfg.bpf.runq_p99_threshold.0, self.cfg.bpf.min_samples)
-        };
+        let (runq_signals, waits) = self
+            .runq
+            .read(self.cfg.bpf.runq_p99_threshold.0, self.cfg.bpf.min_samples);
         self.show_runq();
         signals.extend(runq_signals);
         self.snap.signals = signals;
@@ -350,9 +344,7 @@ impl Agent {
                 tidal_policy::Phase::BackedOff { .. }
             );
         self.state = settle(d.state, &self.state, &d.plan, &ok);
-        if self.ticks == 0 {
-            self.runq.restart();
-        }
+        let first = self.ticks == 0;
         self.ticks += 1;
         if refreshed {
             // A consistent snapshot: the source may publish from it (batch resources).
@@ -361,6 +353,13 @@ impl Agent {
         }
         self.note_drift(&applied);
         self.publish(&applied, refreshed, full, evicted, readings);
+        if first {
+            // The agent's own start (its programs attaching, this first full snapshot, its writes
+            // and reports) runs at online priority, and the waits it causes are not interference:
+            // this tick's read was every workload's baseline, and the first window opens here.
+            self.runq.restart();
+            self.show_runq();
+        }
         let took = now.elapsed();
         let m = lock(&self.shared.metrics);
         m.ticks.inc();

@@ -1,11 +1,12 @@
 //! Run-queue latency as a signal: each tick the BPF program's per-cgroup histograms give every
 //! online workload's waits since the last tick (its ids: the inode of its group's directory in the
 //! v2 hierarchy and in the v1 cpu hierarchy). A workload with enough samples gives a
-//! `SignalKind::RunqLatency` reading of its p99 against `bpf.runq_p99_threshold`. The first window
-//! opens where the agent's first tick ends ([`Runq::restart`]): the waits its own start causes are
-//! not interference. Without BPF the agent says once why and runs on its other signals.
+//! `SignalKind::RunqLatency` reading of its p99 against `bpf.runq_p99_threshold`. An id's first
+//! read is its baseline, and the first window opens where the agent's first tick ends
+//! ([`Runq::restart`]): the waits its own start causes are not interference. Without BPF the agent
+//! says once why and runs on its other signals.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind};
 use tidal_cgroupfs::{Layout, Version};
 use tidal_model::{QosLevel, Signal, SignalKind, WorkloadSnapshot};
@@ -31,6 +32,10 @@ pub struct Runq {
     pending: HashMap<String, (Hist, u32)>,
     /// The waits read since the last tick, per online workload (its level, and the id kind kept).
     tick_waits: HashMap<String, (QosLevel, IdKind, Hist)>,
+    /// Ids learnt since the last read. A first read of an id is its baseline, not a reading: it
+    /// holds every wait since its histogram began (the agent's own start among them, for a
+    /// workload there when the agent started or a pod learnt once the watch synced).
+    fresh: HashSet<CgroupKey>,
 }
 
 /// How many reads short of `min_samples` are carried before they are dropped.
@@ -103,6 +108,7 @@ impl Runq {
             reads: 0,
             pending: HashMap::new(),
             tick_waits: HashMap::new(),
+            fresh: HashSet::new(),
         }
     }
 
@@ -115,6 +121,7 @@ impl Runq {
         if self.collector.is_none() {
             return;
         }
+        let before: HashSet<CgroupKey> = self.ids.keys().copied().collect();
         self.ids.clear();
         for w in workloads.iter().filter(|w| w.level.is_online()) {
             for r in &layout.roots {
@@ -129,6 +136,9 @@ impl Runq {
                 }
             }
         }
+        self.fresh
+            .extend(self.ids.keys().filter(|k| !before.contains(k)));
+        self.fresh.retain(|k| self.ids.contains_key(k));
         // Waits carried for workloads that are gone go with them.
         let names: std::collections::HashSet<&String> = self.ids.values().map(|(n, _)| n).collect();
         self.pending.retain(|n, _| names.contains(n));
@@ -142,7 +152,7 @@ impl Runq {
             return false;
         };
         let keys: Vec<CgroupKey> = self.ids.keys().copied().collect();
-        let deltas = match c.read_keys(&keys) {
+        let mut deltas = match c.read_keys(&keys) {
             Ok(d) => d,
             Err(e) => {
                 warn!("run-queue latency: {e}; off from now on");
@@ -152,6 +162,7 @@ impl Runq {
                 return false;
             }
         };
+        drop_first_reads(&mut deltas, &mut self.fresh);
         // A workload seen under both its v1 and v2 ids counts the same waits twice: keep one kind,
         // v1's where there is one (hybrid hosts put pods only there).
         for (k, h) in deltas {
@@ -169,7 +180,8 @@ impl Runq {
         true
     }
 
-    /// Drops every wait read or carried so far: the next reading starts now.
+    /// Drops every wait read or carried so far: the next reading starts now (and says why the
+    /// collector is off, if this read failed: see [`Runq::unavailable`]).
     pub fn restart(&mut self) {
         self.pull();
         self.tick_waits.clear();
@@ -228,6 +240,13 @@ impl Runq {
 
 /// A workload's run-queue reading from its waits: p99 against the threshold, with how far the
 /// count over it exceeds p99's allowance.
+/// Takes the deltas of ids read for the first time out of a read: they are baselines.
+fn drop_first_reads(deltas: &mut tidal_bpf::Deltas, fresh: &mut HashSet<CgroupKey>) {
+    for k in fresh.drain() {
+        deltas.remove(&k);
+    }
+}
+
 fn signal_of(name: &str, acc: &Hist, threshold_s: f64) -> Option<Signal> {
     let observed = acc.quantile_ns(0.99)? / 1e9;
     Some(Signal {
@@ -255,6 +274,23 @@ mod tests {
             count: n,
             ..Hist::default()
         }
+    }
+
+    #[test]
+    fn an_ids_first_read_is_its_baseline_and_the_next_is_a_reading() {
+        let key = |id| CgroupKey {
+            id,
+            kind: IdKind::V1Cpu,
+        };
+        let read = || -> tidal_bpf::Deltas { [(key(1), waits(7)), (key(2), waits(3))].into() };
+        let mut fresh: HashSet<CgroupKey> = [key(2), key(3)].into();
+        let mut d = read();
+        drop_first_reads(&mut d, &mut fresh);
+        assert_eq!(d.keys().copied().collect::<Vec<_>>(), vec![key(1)]);
+        assert!(fresh.is_empty());
+        let mut d = read();
+        drop_first_reads(&mut d, &mut fresh);
+        assert_eq!(d.len(), 2);
     }
 
     #[test]

@@ -164,9 +164,9 @@ impl Drop for SloWatch {
 
 impl SloWatch {
     pub fn start(cfg: &SloConfig) -> SloWatch {
-        // At start-up, before the run-queue programs attach, not at the first scrape: the first
-        // parse costs milliseconds of CPU at the agent's online priority, and the waits it caused
-        // in the service were read as interference.
+        // At start-up (inside the agent's first run-queue window, which is not read), not at the
+        // first scrape: the first parse costs milliseconds of CPU at the agent's online priority,
+        // and the waits it caused in the service were read as interference.
         if !tidal_snapshot::slo::warm_up() {
             warn!("the metrics parser did not read its own sample; objectives may not be readable");
         }
