@@ -407,8 +407,8 @@ fn a_deep_run_queue_wait_freezes_offline_between_ticks() {
 }
 
 /// The agent's own start (its programs attaching, its first full snapshot and the writes after it)
-/// is not read as interference: its first tick reads no run-queue waits, and the first reading
-/// starts where that tick ends. A prober already waiting behind a hog when the agent starts is
+/// is not read as interference: its first tick's read is a baseline, and the first reading starts
+/// where that tick ends. A prober already waiting behind a hog when the agent starts is
 /// frozen for by a tick the light sample brings forward, not by the first tick.
 #[test]
 fn the_agents_first_tick_reads_no_run_queue_waits_and_the_first_window_follows_it() {

@@ -140,7 +140,7 @@ impl Runq {
             .extend(self.ids.keys().filter(|k| !before.contains(k)));
         self.fresh.retain(|k| self.ids.contains_key(k));
         // Waits carried for workloads that are gone go with them.
-        let names: std::collections::HashSet<&String> = self.ids.values().map(|(n, _)| n).collect();
+        let names: HashSet<&String> = self.ids.values().map(|(n, _)| n).collect();
         self.pending.retain(|n, _| names.contains(n));
         self.tick_waits.retain(|n, _| names.contains(n));
     }
@@ -238,8 +238,6 @@ impl Runq {
     }
 }
 
-/// A workload's run-queue reading from its waits: p99 against the threshold, with how far the
-/// count over it exceeds p99's allowance.
 /// Takes the deltas of ids read for the first time out of a read: they are baselines.
 fn drop_first_reads(deltas: &mut tidal_bpf::Deltas, fresh: &mut HashSet<CgroupKey>) {
     for k in fresh.drain() {
@@ -247,6 +245,8 @@ fn drop_first_reads(deltas: &mut tidal_bpf::Deltas, fresh: &mut HashSet<CgroupKe
     }
 }
 
+/// A workload's run-queue reading from its waits: p99 against the threshold, with how far the
+/// count over it exceeds p99's allowance.
 fn signal_of(name: &str, acc: &Hist, threshold_s: f64) -> Option<Signal> {
     let observed = acc.quantile_ns(0.99)? / 1e9;
     Some(Signal {
