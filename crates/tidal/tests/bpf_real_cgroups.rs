@@ -256,6 +256,15 @@ fn cgroup_ids_are_the_directories_inodes_in_each_hierarchy() {
     t.kill_children();
 }
 
+/// A prober at `online` (`online/probe`) and a CPU hog at `offline` (`offline/hog`).
+fn prober_beside_a_hog(t: &mut TestRoot) {
+    let exe = common::tidal_bin();
+    t.spawn(&[
+        "run", "--qos", "online", "--name", "probe", "--", exe, "worker", "prober",
+    ]);
+    t.spin("offline", "hog");
+}
+
 #[test]
 fn run_queue_waits_over_the_threshold_tighten_offline_and_without_bpf_the_agent_runs_on() {
     if !cgroups_usable(
@@ -265,11 +274,7 @@ fn run_queue_waits_over_the_threshold_tighten_offline_and_without_bpf_the_agent_
     }
     let _one = serial();
     let mut t = TestRoot::new("runq");
-    let exe = common::tidal_bin();
-    t.spawn(&[
-        "run", "--qos", "online", "--name", "probe", "--", exe, "worker", "prober",
-    ]);
-    t.spin("offline", "hog");
+    prober_beside_a_hog(&mut t);
     // Any wait is over a 1 us threshold; pressure alone would never tighten here.
     let cfg = "tick: 100ms\nstats_interval: 200ms\ninterference:\n  psi_threshold: 100\nbpf:\n  runq_p99_threshold: 1us\n  min_samples: 5\n";
     let addr = free_addr();
@@ -419,11 +424,7 @@ fn the_agents_first_tick_reads_no_run_queue_waits_and_the_first_window_follows_i
     }
     let _one = serial();
     let mut t = TestRoot::new("runq-first");
-    let exe = common::tidal_bin();
-    t.spawn(&[
-        "run", "--qos", "online", "--name", "probe", "--", exe, "worker", "prober",
-    ]);
-    t.spin("offline", "hog");
+    prober_beside_a_hog(&mut t);
     // One wait makes a reading: a first tick that read the waits since the programs attached
     // would freeze offline itself.
     let cfg = BETWEEN_TICKS.replace("min_samples: 5", "min_samples: 1");

@@ -370,7 +370,8 @@ fn run(inner: &Inner) {
 
 /// How far a window's count of requests slower than where the objective tightens (its target at
 /// `tighten_below` 0) exceeds what the quantile allows, as a normal deviate
-/// ([`Signal::excess_z`]): the noise test then judges the same miss the slack does. None when the window has no buckets or no requests.
+/// ([`Signal::excess_z`]): the noise test then judges the same miss the slack does. None when the
+/// window has no buckets or no requests.
 fn window_excess(
     target: f64,
     quantile: f64,
