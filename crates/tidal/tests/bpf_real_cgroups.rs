@@ -91,6 +91,7 @@ fn a_prober_behind_a_hog_on_its_cpu_waits_and_an_empty_group_gets_nothing() {
         "0",
     ]);
     t.make_group("online/empty");
+    t.wait_running(&["online/probe"]);
     std::thread::sleep(Duration::from_millis(500));
     let quiet = collect(&mut c, &t, &["online/probe", "online/empty"], 3);
     assert!(
@@ -210,13 +211,7 @@ fn cgroup_ids_are_the_directories_inodes_in_each_hierarchy() {
         "prober",
     ]);
     let groups = ["online/a", "online-high/b"];
-    let running = |g: &str| {
-        std::fs::read_to_string(t.dir("cpu", g).join("cgroup.procs"))
-            .is_ok_and(|p| !p.trim().is_empty())
-    };
-    common::wait_for("both probers in their groups", 10, || {
-        groups.iter().all(|g| running(g))
-    });
+    t.wait_running(&groups);
     for c in cs.iter_mut() {
         let _ = c.read();
     }
@@ -256,13 +251,15 @@ fn cgroup_ids_are_the_directories_inodes_in_each_hierarchy() {
     t.kill_children();
 }
 
-/// A prober at `online` (`online/probe`) and a CPU hog at `offline` (`offline/hog`).
+/// A prober at `online` (`online/probe`) and a CPU hog at `offline` (`offline/offline/hog`), both
+/// in their groups on return: an agent started next finds them at its first scan.
 fn prober_beside_a_hog(t: &mut TestRoot) {
     let exe = common::tidal_bin();
     t.spawn(&[
         "run", "--qos", "online", "--name", "probe", "--", exe, "worker", "prober",
     ]);
     t.spin("offline", "hog");
+    t.wait_running(&["online/probe", "offline/offline/hog"]);
 }
 
 #[test]
@@ -399,6 +396,8 @@ fn a_deep_run_queue_wait_freezes_offline_between_ticks() {
         "run", "--qos", "online", "--name", "probe", "--", "sh", "-c", &script,
     ]);
     t.spin("offline", "hog");
+    // The shell waiting on the fifo holds the prober's group.
+    t.wait_running(&["online/probe", "offline/offline/hog"]);
     let addr = free_addr();
     // Back after the agent's first tick: what is timed starts there.
     let agent = start_agent(&t, BETWEEN_TICKS, &addr);

@@ -462,12 +462,12 @@ impl Metrics {
         );
         r.register(
             "runq_latency_seconds",
-            "Run-queue wait of online workloads' tasks (eBPF): from becoming runnable to running",
+            "Run-queue wait of online workloads' tasks (eBPF): from becoming runnable to running; counted from the end of the agent's first tick (its own start is not counted)",
             m.runq_workload.clone(),
         );
         r.register(
             "level_runq_latency_seconds",
-            "Run-queue wait of each online level's tasks (eBPF)",
+            "Run-queue wait of each online level's tasks (eBPF), counted from the end of the agent's first tick",
             m.runq_level.clone(),
         );
         r.register(

@@ -147,7 +147,6 @@ impl TestRoot {
         out
     }
 
-    /// Starts `tidal <args>` in the background; it is killed when the test root is dropped.
     /// `tidal run --qos LEVEL --name NAME` of a shell spinning on a CPU.
     pub fn spin(&mut self, level: &str, name: &str) -> u32 {
         self.spawn(&[
@@ -163,6 +162,7 @@ impl TestRoot {
         ])
     }
 
+    /// Starts `tidal <args>` in the background; it is killed when the test root is dropped.
     pub fn spawn(&mut self, args: &[&str]) -> u32 {
         let mut c = self.cmd();
         c.args(args);
@@ -188,6 +188,18 @@ impl TestRoot {
             let _ = c.wait();
         }
         self.children.clear();
+    }
+
+    /// Waits (30 s at most: an emulated CPU starts `tidal run` slowly) until each of `groups` holds
+    /// a task, that is, `tidal run` has made it and moved its command in.
+    pub fn wait_running(&self, groups: &[&str]) {
+        let running = |g: &str| {
+            std::fs::read_to_string(self.dir("cpu", g).join("cgroup.procs"))
+                .is_ok_and(|p| !p.trim().is_empty())
+        };
+        wait_for(&format!("tasks in {}", groups.join(", ")), 30, || {
+            groups.iter().all(|g| running(g))
+        });
     }
 
     /// Directory of a group (relative to the test root) in the hierarchy owning `controller`.
