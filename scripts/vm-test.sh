@@ -16,8 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
-# The guest runs the binaries at their paths here, under its own /tmp, /run, /dev, /proc and /sys,
-# which would hide a checkout beneath them.
+# The guest runs the binaries at their paths here and mounts its own /tmp, /run, /dev, /proc and
+# /sys, which would hide a checkout beneath them.
 for d in /tmp /run /dev /proc /sys; do
   case "$top/" in
     "$d"/*) echo "vm-test: the checkout $top is under $d, which the guest mounts its own over: clone it elsewhere (under /root or /srv, say)" >&2; exit 1 ;;
