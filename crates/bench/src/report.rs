@@ -164,8 +164,15 @@ fn line(goal: &str, value: Option<Interval>, want: Want, bound: f64) -> GoalLine
                     near(v.lo, bound, 2)
                 )
             }
-            Want::AtMost => format!("median {:.0}% over", (v.median / bound - 1.0) * 100.0),
-            Want::AtLeast => format!("median {:.0}% under", (1.0 - v.median / bound) * 100.0),
+            // Whole percent, or as many decimals as a gap under 1% needs not to read "0%".
+            Want::AtMost => format!(
+                "median {}% over",
+                near((v.median / bound - 1.0) * 100.0, 0.0, 0)
+            ),
+            Want::AtLeast => format!(
+                "median {}% under",
+                near((1.0 - v.median / bound) * 100.0, 0.0, 0)
+            ),
         }),
         _ => None,
     };
@@ -943,6 +950,29 @@ fn step_table(s: &mut String, step: &[StepResult]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_gap_under_one_percent_never_reads_zero() {
+        let iv = |median| Interval {
+            median,
+            lo: 0.9,
+            hi: 1.3,
+            n: 10,
+        };
+        let gap = |v, want, bound| line("g", Some(iv(v)), want, bound).gap;
+        assert_eq!(
+            gap(1.054, Want::AtMost, 1.05).as_deref(),
+            Some("median 0.4% over")
+        );
+        assert_eq!(
+            gap(1.2, Want::AtMost, 1.05).as_deref(),
+            Some("median 14% over")
+        );
+        assert_eq!(
+            gap(0.9499, Want::AtLeast, 0.95).as_deref(),
+            Some("median 0.01% under")
+        );
+    }
+
     use super::*;
 
     fn run(s: Scenario, round: usize, p99: f64, cpus: f64) -> RunResult {
