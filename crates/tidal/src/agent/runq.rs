@@ -121,8 +121,7 @@ impl Runq {
         if self.collector.is_none() {
             return;
         }
-        let before: HashSet<CgroupKey> = self.ids.keys().copied().collect();
-        self.ids.clear();
+        let before = std::mem::take(&mut self.ids);
         for w in workloads.iter().filter(|w| w.level.is_online()) {
             for r in &layout.roots {
                 let kind = match r.version() {
@@ -137,7 +136,7 @@ impl Runq {
             }
         }
         self.fresh
-            .extend(self.ids.keys().filter(|k| !before.contains(k)));
+            .extend(self.ids.keys().filter(|k| !before.contains_key(k)));
         self.fresh.retain(|k| self.ids.contains_key(k));
         // Waits carried for workloads that are gone go with them.
         let names: HashSet<&String> = self.ids.values().map(|(n, _)| n).collect();
