@@ -8,7 +8,7 @@ use crate::error::ActError;
 use crate::journal::{Forgotten, Journal};
 use crate::kernel;
 use crate::systemd::{self, ScopeRequest, Started};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tidal_cgroupfs::controller;
@@ -1022,11 +1022,11 @@ impl Actuator {
         Ok(out)
     }
 
-    /// Kills every task of the group and below: `cgroup.kill` where the kernel has it, else freeze,
-    /// SIGKILL every task, thaw (so frozen tasks can die; on v1 frozen levels above it thaw for
-    /// the while, and their other work runs until the victim is gone, ≤ 200 ms); then checks the
-    /// group emptied (≤ 200 ms) and reports the tasks that survived. A group with no task is left
-    /// alone.
+    /// Kills every task of the group and below: `cgroup.kill` where the kernel has it, else freeze;
+    /// SIGKILL to every task the group lists in any hierarchy; thaw (so frozen tasks can die; on
+    /// v1 frozen levels above it thaw for the while, and their other work runs until the victim is
+    /// gone, ≤ 200 ms); then checks the group emptied (≤ 200 ms), signalling any task that joined
+    /// late, and reports the tasks that survived. A group with no task is left alone.
     pub fn kill(&mut self, group: &GroupPath) -> Result<Outcome, ActError> {
         let dir = self
             .layout
@@ -1057,11 +1057,11 @@ impl Actuator {
                 true
             }
         };
-        let signalled = if via_freeze {
-            self.signal_until_quiet(group)
-        } else {
-            Ok(())
-        };
+        // Also after `cgroup.kill`: on a hybrid host it reaches only the tasks the unified group
+        // holds, not one that sits in the group in a v1 hierarchy alone (a task forked while its
+        // parent was being moved across them).
+        let mut sent = HashSet::new();
+        let signalled = self.signal_until_quiet(group, &mut sent);
         // On a v1 freezer a frozen task dies of SIGKILL only once thawed, whoever froze it: the
         // victim itself (`cgroup.kill` on the v2 side does not thaw it) or a level above it that
         // the ladder froze. Those levels thaw while the victim dies and freeze again after. The
@@ -1085,7 +1085,7 @@ impl Actuator {
         }
         let died = signalled
             .and(thawing)
-            .and_then(|()| self.wait_empty(group, &dir));
+            .and_then(|()| self.wait_empty(group, &dir, &mut sent));
         let mut refrozen = Ok(());
         for a in thawed_above.iter().rev() {
             if let Err(e) = self.set(
@@ -1101,17 +1101,15 @@ impl Actuator {
 
     /// SIGKILL to every task of a frozen group, read again until no new task appears (forks
     /// between the read and the freeze land in the group).
-    fn signal_until_quiet(&mut self, group: &GroupPath) -> Result<(), ActError> {
-        let mut sent = std::collections::HashSet::new();
+    fn signal_until_quiet(
+        &mut self,
+        group: &GroupPath,
+        sent: &mut HashSet<i32>,
+    ) -> Result<(), ActError> {
         for _ in 0..8 {
             let now = self.tasks(group)?;
-            let fresh: Vec<i32> = now.into_iter().filter(|p| sent.insert(*p)).collect();
-            if fresh.is_empty() {
+            if kill_unseen(&now, sent)? == 0 {
                 break;
-            }
-            for pid in fresh {
-                kernel::signal(pid, libc::SIGKILL)
-                    .map_err(|source| ActError::Signal { pid, source })?;
             }
         }
         Ok(())
@@ -1148,8 +1146,15 @@ impl Actuator {
         out
     }
 
-    /// Waits (≤ `KILL_WAIT`) for a killed group to empty; the tasks that survived are an error.
-    fn wait_empty(&mut self, group: &GroupPath, dir: &Path) -> Result<Outcome, ActError> {
+    /// Waits (≤ `KILL_WAIT`) for a killed group to empty, signalling any task it had not seen
+    /// (a fork that the v1 freezer's window let through joins the group after the last read);
+    /// the tasks that survived are an error.
+    fn wait_empty(
+        &mut self,
+        group: &GroupPath,
+        dir: &Path,
+        sent: &mut HashSet<i32>,
+    ) -> Result<Outcome, ActError> {
         self.stats.writes += 1;
         let deadline = Instant::now() + KILL_WAIT;
         loop {
@@ -1157,6 +1162,7 @@ impl Actuator {
             if left.is_empty() {
                 return Ok(Outcome::Written);
             }
+            kill_unseen(&left, sent)?;
             if Instant::now() >= deadline {
                 self.stats.kill_survivors += left.len() as u64;
                 return Err(ActError::Survivors {
@@ -1167,6 +1173,16 @@ impl Actuator {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// SIGKILL to each of `pids` not in `sent` (which gains them); how many there were.
+fn kill_unseen(pids: &[i32], sent: &mut HashSet<i32>) -> Result<usize, ActError> {
+    let mut n = 0;
+    for &pid in pids.iter().filter(|p| sent.insert(**p)) {
+        kernel::signal(pid, libc::SIGKILL).map_err(|source| ActError::Signal { pid, source })?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// IO limits as wanted, plus a lifting entry for each device the files (`current`) limit and the

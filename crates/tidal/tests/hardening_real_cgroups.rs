@@ -148,6 +148,37 @@ fn kill_leaves_no_task_even_when_the_group_forks() {
 }
 
 #[test]
+fn kill_reaches_a_task_that_is_in_the_group_in_only_some_hierarchies() {
+    if !cgroups_usable("kill_reaches_a_task_that_is_in_the_group_in_only_some_hierarchies") {
+        return;
+    }
+    let t = TestRoot::new("split");
+    if t.layout.roots.len() < 2 {
+        eprintln!("one hierarchy here: a task cannot sit in a group in only some of them");
+        return;
+    }
+    let mut act = Actuator::new(t.layout.clone(), t.state.path(), false).unwrap();
+    let g = GroupPath::new("split").unwrap();
+    act.ensure_group(&g).unwrap();
+    let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+    act.move_pid(&g, child.id()).unwrap();
+    // Out of the group again in the hierarchy `cgroup.kill` acts on where there is one, as a task
+    // forked while its parent was being moved across the hierarchies can be.
+    let back = t.layout.unified().or(t.layout.primary()).unwrap();
+    let home = back.hierarchy.dir(&back.hierarchy.self_path);
+    std::fs::write(home.join("cgroup.procs"), child.id().to_string()).unwrap();
+    assert!(t.layout.has_procs(&Target::Tidal(g.clone())));
+    assert_eq!(act.kill(&g).unwrap(), Outcome::Written);
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "{status}"
+    );
+    assert_eq!(act.remove_group_waiting(&g, 25).unwrap(), Outcome::Written);
+}
+
+#[test]
 fn a_write_the_kernel_refuses_marks_the_knob_unsupported_without_retrying() {
     if !cgroups_usable("a_write_the_kernel_refuses_marks_the_knob_unsupported_without_retrying") {
         return;
