@@ -455,6 +455,9 @@ fn setup(
             let pid = env.spawn_home(c)?;
             super::env::wait_healthz(&addr, &env.stop)?;
             env.adopt(pid)?;
+            if o.slo_target_s.is_some() && st.metrics_port.is_some() {
+                objectives_scraped(env, &addr, tag);
+            }
         }
     } else {
         // What the kubelet gives a Burstable online pod (shares by its request: the CPUs it uses at
@@ -493,6 +496,16 @@ fn setup(
 }
 
 /// The server's service port and its `/metrics` port, once it listens.
+/// Waits for the agent's first scrape of the service's objective before the load starts
+/// ([`super::env::wait_objectives_scraped`]); says so when it did not come.
+fn objectives_scraped(env: &BenchEnv, addr: &str, tag: &str) {
+    if !super::env::wait_objectives_scraped(addr, 1, &env.stop) {
+        eprintln!(
+            "tidal: {tag}: the agent had not read the service's objective within 3 s; the load starts anyway"
+        );
+    }
+}
+
 fn read_ports(env: &BenchEnv, ready: &std::path::Path, st: &mut Setup) -> Result<(), String> {
     st.port = wait_file(env, ready, 15)?
         .trim()

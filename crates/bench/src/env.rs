@@ -431,6 +431,31 @@ pub fn wait_healthz(addr: &str, stop: &AtomicBool) -> Result<(), String> {
     Ok(())
 }
 
+/// Waits (≤ 3 s) until the agent at `addr` has scraped each of its `n` latency objectives once
+/// (`/state` lists them), so that the load starts under an agent already watching, as it does on
+/// a node where the agent runs before the service is used: the window that holds the load's start
+/// is then the service's first, which the agent does not judge. False if it had not by then.
+pub fn wait_objectives_scraped(addr: &str, n: usize, stop: &AtomicBool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let url = format!("http://{addr}/state");
+    loop {
+        let seen = ureq::get(&url)
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["slo"].as_array().map(Vec::len))
+            .is_some_and(|k| k >= n);
+        if seen {
+            return true;
+        }
+        if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// CPU time this VM's CPUs have so far waited for their host, in ms, all CPUs together (/proc/stat's
 /// steal, counted in USER_HZ clock ticks; None where it cannot be read). A host that takes the CPUs stalls
 /// whatever scenario runs then: the report says where it happened.

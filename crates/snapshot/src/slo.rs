@@ -1,8 +1,8 @@
 //! Latency objectives from a Prometheus/OpenMetrics histogram: one scrape's cumulative buckets for a
 //! metric (summed over the series that match the label matchers), the increase since the previous
-//! scrape (a counter reset takes the new counts as the increase, as PromQL's `increase` does), and a
-//! quantile over that window interpolated like PromQL's `histogram_quantile`. Pure: text in, numbers
-//! out; the agent does the fetching. The text is parsed by `prometheus-parse`, which groups a
+//! scrape (a counter reset takes the new counts as the increase, as PromQL's `increase` does),
+//! whether that window holds the service's start, and a quantile over that window interpolated like
+//! PromQL's `histogram_quantile`. Pure: text in, numbers out; the agent does the fetching. The text is parsed by `prometheus-parse`, which groups a
 //! histogram's `_bucket` lines into typed samples with their labels (what this module needs, and no
 //! HTTP client or registry with it); what it accepts is then checked here (bounds, counts, `+Inf`).
 
@@ -95,26 +95,36 @@ pub fn parse_histogram(
     Ok(Buckets(v))
 }
 
+/// Whether the counters reset between `prev` and `cur`: a count went down, or the bounds changed.
+fn reset(prev: &Buckets, cur: &Buckets) -> bool {
+    prev.0.len() != cur.0.len()
+        || prev
+            .0
+            .iter()
+            .zip(&cur.0)
+            .any(|(a, b)| a.0 != b.0 || b.1 < a.1)
+}
+
 /// The increase from `prev` to `cur`: bucket by bucket, or all of `cur` after a counter reset (the
 /// total went down, or the bounds changed).
 pub fn increase(prev: Option<&Buckets>, cur: &Buckets) -> Buckets {
     match prev {
-        Some(p)
-            if p.0.len() == cur.0.len()
-                && p.0
-                    .iter()
-                    .zip(&cur.0)
-                    .all(|(a, b)| a.0 == b.0 && b.1 >= a.1) =>
-        {
-            Buckets(
-                p.0.iter()
-                    .zip(&cur.0)
-                    .map(|(a, b)| (b.0, b.1 - a.1))
-                    .collect(),
-            )
-        }
+        Some(p) if !reset(p, cur) => Buckets(
+            p.0.iter()
+                .zip(&cur.0)
+                .map(|(a, b)| (b.0, b.1 - a.1))
+                .collect(),
+        ),
         _ => cur.clone(),
     }
+}
+
+/// Whether the window from `prev` to `cur` holds the service's first requests: it has some, and the
+/// service had counted none when the window opened, or its counters reset (it restarted). Such a
+/// window measures the service's warm-up (connections opening, caches filling) and its clients'
+/// start, which a target set for the service in steady state does not describe.
+pub fn holds_start(prev: &Buckets, cur: &Buckets) -> bool {
+    cur.total() > 0.0 && (prev.total() <= 0.0 || reset(prev, cur))
 }
 
 /// The `q` quantile of a window's buckets, as PromQL's `histogram_quantile` computes it: linear
@@ -264,6 +274,25 @@ http_request_duration_seconds_count{handler=\"/x\"} 1000
         assert_eq!(quantile(0.99, &increase(Some(&cur), &cur)), None);
         assert_eq!(quantile(0.99, &Buckets(vec![])), None);
         assert_eq!(quantile(1.0, &cur), None);
+    }
+
+    #[test]
+    fn a_window_from_no_requests_or_across_a_reset_holds_the_start() {
+        let none = Buckets(vec![(0.01, 0.0), (f64::INFINITY, 0.0)]);
+        let first = Buckets(vec![(0.01, 90.0), (f64::INFINITY, 100.0)]);
+        let later = Buckets(vec![(0.01, 180.0), (f64::INFINITY, 200.0)]);
+        assert!(holds_start(&none, &first));
+        assert!(holds_start(&Buckets(vec![]), &first));
+        // No requests yet, or none since a restart: nothing is held, start or otherwise.
+        assert!(!holds_start(&none, &none));
+        assert!(!holds_start(&later, &none));
+        assert!(!holds_start(&first, &later));
+        // Nothing new is not a start either.
+        assert!(!holds_start(&later, &later));
+        // A restart: the counts went down, or the bounds changed.
+        assert!(holds_start(&later, &first));
+        let rebucketed = Buckets(vec![(0.02, 190.0), (f64::INFINITY, 210.0)]);
+        assert!(holds_start(&later, &rebucketed));
     }
 
     use proptest::prelude::*;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidal_model::{Signal, SignalKind, WorkloadSnapshot};
 use tidal_policy::config::slo::{Objective, SloConfig};
-use tidal_snapshot::slo::{count_above, increase, parse_histogram, quantile, Buckets};
+use tidal_snapshot::slo::{count_above, holds_start, increase, parse_histogram, quantile, Buckets};
 use tracing::{info, warn};
 
 /// One objective as the watcher scrapes it.
@@ -261,12 +261,15 @@ fn run(inner: &Inner) {
             std::thread::sleep((next - now).min(Duration::from_millis(100)));
             continue;
         }
-        next = now + interval;
         let specs = lock(&inner.specs).clone();
         if specs.is_empty() {
             lock(&inner.states).clear();
+            // Objectives come with the first tick, after this thread starts: scraped within
+            // 100 ms of coming, the first window opens then, not an interval later.
+            std::thread::sleep(Duration::from_millis(100));
             continue;
         }
+        next = now + interval;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_millis(cfg.timeout.0)))
             .max_redirects(0)
@@ -299,25 +302,10 @@ fn run(inner: &Inner) {
                             spec.workload, spec.url
                         );
                     }
-                    let window = prev.as_ref().map(|p| increase(Some(p), &cur));
-                    let n = window.as_ref().map(Buckets::total);
-                    let q = match (&window, n) {
-                        (Some(w), Some(n)) if n >= cfg.min_requests as f64 => {
-                            quantile(spec.quantile, w)
-                        }
-                        _ => None,
-                    };
-                    let err = match (prev.is_some(), n) {
-                        (false, _) => Some("first scrape: no window yet".to_string()),
-                        (true, Some(n)) if n < cfg.min_requests as f64 => Some(format!(
-                            "{n:.0} requests in the window (fewer than slo.min_requests {})",
-                            cfg.min_requests
-                        )),
-                        _ => None,
-                    };
+                    let j = judge(prev.as_ref(), &cur, &spec, &cfg);
                     // A window with too few requests says nothing; it is not a failure, but
                     // the objective goes stale if it lasts: said once, and once when it ends.
-                    let ok_at = if q.is_some() {
+                    let ok_at = if j.observed.is_some() {
                         if thin.remove(&key) {
                             info!(
                                 "latency objective of {}: enough requests again",
@@ -326,19 +314,28 @@ fn run(inner: &Inner) {
                         }
                         Some(Instant::now())
                     } else {
-                        if prev.is_some() && thin.insert(key.clone()) {
+                        if j.started {
+                            info!(
+                                "latency objective of {}: the service's first requests (it had counted none, or restarted); read from the next window",
+                                spec.workload
+                            );
+                        } else if j.thin && thin.insert(key.clone()) {
                             info!(
                                 "latency objective of {}: {} (no reading until there are more; logged once)",
                                 spec.workload,
-                                err.as_deref().unwrap_or("no requests in the window")
+                                j.error.as_deref().unwrap_or("no requests in the window")
                             );
                         }
                         last_ok
                     };
-                    let excess = q.and(window.as_ref().zip(n)).and_then(|(w, n)| {
-                        window_excess(spec.target, spec.quantile, cfg.tighten_below, w, n)
-                    });
-                    (q, excess, n, err, Some(cur), ok_at)
+                    (
+                        j.observed,
+                        j.excess_z,
+                        j.requests,
+                        j.error,
+                        Some(cur),
+                        ok_at,
+                    )
                 }
                 Err(e) => {
                     errors += 1;
@@ -365,6 +362,68 @@ fn run(inner: &Inner) {
                 },
             );
         }
+    }
+}
+
+/// What one scrape says of its objective against the scrape before it.
+#[derive(Debug, PartialEq)]
+struct Judged {
+    /// The quantile over the window: a reading.
+    observed: Option<f64>,
+    excess_z: Option<f64>,
+    /// Requests in the window (None: no window yet).
+    requests: Option<f64>,
+    /// Why there is no reading.
+    error: Option<String>,
+    /// The window holds the service's first requests ([`holds_start`]).
+    started: bool,
+    /// The window had fewer than `slo.min_requests`.
+    thin: bool,
+}
+
+/// Judges the window from `prev` to `cur`. It gives a reading when there was a scrape before, the
+/// window does not hold the service's start (a target for its steady state does not describe its
+/// warm-up: in the bench, the first window held the load generator's start and tightened offline
+/// for it) and it has `slo.min_requests`.
+fn judge(prev: Option<&Buckets>, cur: &Buckets, spec: &Spec, cfg: &SloConfig) -> Judged {
+    let Some(prev) = prev else {
+        return Judged {
+            observed: None,
+            excess_z: None,
+            requests: None,
+            error: Some("first scrape: no window yet".into()),
+            started: false,
+            thin: false,
+        };
+    };
+    let window = increase(Some(prev), cur);
+    let n = window.total();
+    let started = holds_start(prev, cur);
+    let thin = !started && n < cfg.min_requests as f64;
+    let error = if started {
+        Some("the service's first requests (it had counted none, or restarted): not judged".into())
+    } else if thin {
+        Some(format!(
+            "{n:.0} requests in the window (fewer than slo.min_requests {})",
+            cfg.min_requests
+        ))
+    } else {
+        None
+    };
+    let observed = if error.is_none() {
+        quantile(spec.quantile, &window)
+    } else {
+        None
+    };
+    let excess_z = observed
+        .and_then(|_| window_excess(spec.target, spec.quantile, cfg.tighten_below, &window, n));
+    Judged {
+        observed,
+        excess_z,
+        requests: Some(n),
+        error,
+        started,
+        thin,
     }
 }
 
@@ -417,6 +476,55 @@ mod tests {
         // No requests, no buckets: unknown, not zero.
         assert_eq!(window_excess(0.002, 0.99, 0.0, &w, 0.0), None);
         assert_eq!(window_excess(0.002, 0.99, 0.0, &Buckets(vec![]), 1.0), None);
+    }
+
+    #[test]
+    fn a_window_is_judged_after_the_first_scrape_and_the_service_s_start() {
+        let spec = Spec {
+            workload: "online-critical/web".into(),
+            url: "http://127.0.0.1:1/metrics".into(),
+            metric: "m".into(),
+            labels: BTreeMap::new(),
+            quantile: 0.99,
+            target: 0.005,
+        };
+        let cfg = SloConfig::default();
+        // Cumulative counts: `fast` under 1 ms, `slow` in (10 ms, 50 ms].
+        let at = |fast: f64, slow: f64| {
+            Buckets(vec![
+                (0.001, fast),
+                (0.01, fast),
+                (0.05, fast + slow),
+                (f64::INFINITY, fast + slow),
+            ])
+        };
+        let first = judge(None, &at(0.0, 0.0), &spec, &cfg);
+        assert_eq!(first.observed, None);
+        assert_eq!(first.requests, None);
+        assert!(first.error.is_some_and(|e| e.contains("first scrape")));
+        // The service's first requests, slow ones: not judged.
+        let start = judge(Some(&at(0.0, 0.0)), &at(0.0, 500.0), &spec, &cfg);
+        assert!(start.started && !start.thin);
+        assert_eq!((start.observed, start.excess_z), (None, None));
+        assert_eq!(start.requests, Some(500.0));
+        // The window after it is: a miss, far beyond noise.
+        let next = judge(Some(&at(0.0, 500.0)), &at(0.0, 1000.0), &spec, &cfg);
+        assert!(!next.started && next.error.is_none());
+        assert!(next.observed.is_some_and(|o| o > 0.04), "{next:?}");
+        assert!(next.excess_z.is_some_and(|z| z > 3.0), "{next:?}");
+        // Fast requests meet the target.
+        let met = judge(Some(&at(0.0, 1000.0)), &at(500.0, 1000.0), &spec, &cfg);
+        assert!(met.observed.is_some_and(|o| o <= 0.001), "{met:?}");
+        // Too few requests: no reading, said as such.
+        let thin = judge(Some(&at(500.0, 1000.0)), &at(505.0, 1000.0), &spec, &cfg);
+        assert!(thin.thin && !thin.started && thin.observed.is_none());
+        assert!(thin.error.is_some_and(|e| e.contains("min_requests")));
+        // A restart (the counts went down): its first window is not judged either.
+        let restart = judge(Some(&at(500.0, 1000.0)), &at(0.0, 300.0), &spec, &cfg);
+        assert!(restart.started && restart.observed.is_none());
+        // No requests at all is thin, not a start.
+        let idle = judge(Some(&at(0.0, 0.0)), &at(0.0, 0.0), &spec, &cfg);
+        assert!(idle.thin && !idle.started);
     }
 
     fn pod(name: &str, level: QosLevel, ip: &str, slo: Option<PodSlo>) -> WorkloadSnapshot {
