@@ -1057,11 +1057,22 @@ impl Actuator {
                 true
             }
         };
-        // Also after `cgroup.kill`: on a hybrid host it reaches only the tasks the unified group
-        // holds, not one that sits in the group in a v1 hierarchy alone (a task forked while its
-        // parent was being moved across them).
+        // `cgroup.kill` reaches every task the unified group holds, forks included. On a hybrid
+        // host a task can sit in the group in a v1 hierarchy alone (one forked while its parent
+        // was being moved across them): there, as on the freezer path, tasks are signalled by pid
+        // too. A pid that fails there is left to the wait below, which names the survivors.
+        let sweep = via_freeze || self.layout.roots.len() > 1;
         let mut sent = HashSet::new();
-        let signalled = self.signal_until_quiet(group, &mut sent);
+        let signalled = match (sweep, via_freeze) {
+            (false, _) => Ok(()),
+            (true, true) => self.signal_until_quiet(group, &mut sent),
+            (true, false) => {
+                if let Err(e) = self.signal_until_quiet(group, &mut sent) {
+                    warn!("killing {group} after cgroup.kill: {e}");
+                }
+                Ok(())
+            }
+        };
         // On a v1 freezer a frozen task dies of SIGKILL only once thawed, whoever froze it: the
         // victim itself (`cgroup.kill` on the v2 side does not thaw it) or a level above it that
         // the ladder froze. Those levels thaw while the victim dies and freeze again after. The
@@ -1085,7 +1096,7 @@ impl Actuator {
         }
         let died = signalled
             .and(thawing)
-            .and_then(|()| self.wait_empty(group, &dir, &mut sent));
+            .and_then(|()| self.wait_empty(group, &dir, sweep.then_some(&mut sent)));
         let mut refrozen = Ok(());
         for a in thawed_above.iter().rev() {
             if let Err(e) = self.set(
@@ -1099,8 +1110,8 @@ impl Actuator {
         died.and_then(|o| refrozen.map(|()| o))
     }
 
-    /// SIGKILL to every task of a frozen group, read again until no new task appears (forks
-    /// between the read and the freeze land in the group).
+    /// SIGKILL to every task of the group in any hierarchy, read again until no new task appears
+    /// (on the freezer path, forks between the read and the freeze land in the group).
     fn signal_until_quiet(
         &mut self,
         group: &GroupPath,
@@ -1146,14 +1157,14 @@ impl Actuator {
         out
     }
 
-    /// Waits (≤ `KILL_WAIT`) for a killed group to empty, signalling any task it had not seen
-    /// (a fork that the v1 freezer's window let through joins the group after the last read);
+    /// Waits (≤ `KILL_WAIT`) for a killed group to empty; with `sent`, signalling any task not in
+    /// it (a fork that the v1 freezer's window let through joins the group after the last read);
     /// the tasks that survived are an error.
     fn wait_empty(
         &mut self,
         group: &GroupPath,
         dir: &Path,
-        sent: &mut HashSet<i32>,
+        mut sent: Option<&mut HashSet<i32>>,
     ) -> Result<Outcome, ActError> {
         self.stats.writes += 1;
         let deadline = Instant::now() + KILL_WAIT;
@@ -1162,7 +1173,11 @@ impl Actuator {
             if left.is_empty() {
                 return Ok(Outcome::Written);
             }
-            kill_unseen(&left, sent)?;
+            if let Some(sent) = sent.as_deref_mut() {
+                if let Err(e) = kill_unseen(&left, sent) {
+                    warn!("killing {group}: {e}");
+                }
+            }
             if Instant::now() >= deadline {
                 self.stats.kill_survivors += left.len() as u64;
                 return Err(ActError::Survivors {

@@ -495,7 +495,6 @@ fn setup(
     Ok(st)
 }
 
-/// The server's service port and its `/metrics` port, once it listens.
 /// Waits for the agent's first scrape of the service's objective before the load starts
 /// ([`super::env::wait_objectives_scraped`]); says so when it did not come.
 fn objectives_scraped(env: &BenchEnv, addr: &str, tag: &str) {
@@ -506,6 +505,7 @@ fn objectives_scraped(env: &BenchEnv, addr: &str, tag: &str) {
     }
 }
 
+/// The server's service port and its `/metrics` port, once it listens.
 fn read_ports(env: &BenchEnv, ready: &std::path::Path, st: &mut Setup) -> Result<(), String> {
     st.port = wait_file(env, ready, 15)?
         .trim()

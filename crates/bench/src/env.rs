@@ -432,7 +432,7 @@ pub fn wait_healthz(addr: &str, stop: &AtomicBool) -> Result<(), String> {
 }
 
 /// Waits (≤ 3 s) until the agent at `addr` has scraped each of its `n` latency objectives once
-/// (`/state` lists them), so that the load starts under an agent already watching, as it does on
+/// (`/state` lists them, with no failed scrape), so that the load starts under an agent already watching, as it does on
 /// a node where the agent runs before the service is used: the window that holds the load's start
 /// is then the service's first, which the agent does not judge. False if it had not by then.
 pub fn wait_objectives_scraped(addr: &str, n: usize, stop: &AtomicBool) -> bool {
@@ -444,7 +444,13 @@ pub fn wait_objectives_scraped(addr: &str, n: usize, stop: &AtomicBool) -> bool 
             .ok()
             .and_then(|mut r| r.body_mut().read_to_string().ok())
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["slo"].as_array().map(Vec::len))
+            .and_then(|v| {
+                v["slo"].as_array().map(|a| {
+                    a.iter()
+                        .filter(|o| o["scrape_errors"].as_u64() == Some(0))
+                        .count()
+                })
+            })
             .is_some_and(|k| k >= n);
         if seen {
             return true;

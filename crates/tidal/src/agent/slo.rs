@@ -114,8 +114,8 @@ pub struct Reading {
     pub workload: String,
     pub what: String,
     pub target_s: f64,
-    /// The quantile over the last window; None if the window had too few requests or the fetch
-    /// failed.
+    /// The quantile over the last window; None if the window had too few requests, held the
+    /// service's first requests, or the fetch failed.
     pub observed_s: Option<f64>,
     pub slack: Option<f64>,
     pub requests: Option<f64>,
@@ -399,7 +399,7 @@ fn judge(prev: Option<&Buckets>, cur: &Buckets, spec: &Spec, cfg: &SloConfig) ->
     let window = increase(Some(prev), cur);
     let n = window.total();
     let started = holds_start(prev, cur);
-    let thin = !started && n < cfg.min_requests as f64;
+    let thin = !started && (n < cfg.min_requests as f64 || n <= 0.0);
     let error = if started {
         Some("the service's first requests (it had counted none, or restarted): not judged".into())
     } else if thin {
@@ -525,6 +525,13 @@ mod tests {
         // No requests at all is thin, not a start.
         let idle = judge(Some(&at(0.0, 0.0)), &at(0.0, 0.0), &spec, &cfg);
         assert!(idle.thin && !idle.started);
+        // Also where any count would do: an empty window is never a reading.
+        let any = SloConfig {
+            min_requests: 0,
+            ..SloConfig::default()
+        };
+        let empty = judge(Some(&at(0.0, 0.0)), &at(0.0, 0.0), &spec, &any);
+        assert!(empty.thin && empty.error.is_some() && empty.observed.is_none());
     }
 
     fn pod(name: &str, level: QosLevel, ip: &str, slo: Option<PodSlo>) -> WorkloadSnapshot {
