@@ -432,9 +432,10 @@ pub fn wait_healthz(addr: &str, stop: &AtomicBool) -> Result<(), String> {
 }
 
 /// Waits (≤ 3 s) until the agent at `addr` has scraped each of its `n` latency objectives once
-/// (`/state` lists them, with no failed scrape), so that the load starts under an agent already watching, as it does on
-/// a node where the agent runs before the service is used: the window that holds the load's start
-/// is then the service's first, which the agent does not judge. False if it had not by then.
+/// (`/state` lists them, with no failed scrape), so that the load starts under an agent already
+/// watching, as it does on a node where the agent runs before the service is used: the window that
+/// holds the load's start is then the service's first, which the agent does not judge. False if it
+/// had not by then.
 pub fn wait_objectives_scraped(addr: &str, n: usize, stop: &AtomicBool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(3);
     let url = format!("http://{addr}/state");

@@ -2,9 +2,10 @@
 //! metric (summed over the series that match the label matchers), the increase since the previous
 //! scrape (a counter reset takes the new counts as the increase, as PromQL's `increase` does),
 //! whether that window holds the service's start, and a quantile over that window interpolated like
-//! PromQL's `histogram_quantile`. Pure: text in, numbers out; the agent does the fetching. The text is parsed by `prometheus-parse`, which groups a
-//! histogram's `_bucket` lines into typed samples with their labels (what this module needs, and no
-//! HTTP client or registry with it); what it accepts is then checked here (bounds, counts, `+Inf`).
+//! PromQL's `histogram_quantile`. Pure: text in, numbers out; the agent does the fetching. The text
+//! is parsed by `prometheus-parse`, which groups a histogram's `_bucket` lines into typed samples
+//! with their labels (what this module needs, and no HTTP client or registry with it); what it
+//! accepts is then checked here (bounds, counts, `+Inf`).
 
 use std::collections::BTreeMap;
 

@@ -163,16 +163,25 @@ fn kill_reaches_a_task_that_is_in_the_group_in_only_some_hierarchies() {
     let mut act = Actuator::new(t.layout.clone(), t.state.path(), false).unwrap();
     let g = GroupPath::new("split").unwrap();
     act.ensure_group(&g).unwrap();
-    let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-    act.move_pid(&g, child.id()).unwrap();
+    // Killed and reaped whatever happens, so that a failure leaves no group behind.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reaped(Command::new("sleep").arg("30").spawn().unwrap());
+    let pid = child.0.id();
+    act.move_pid(&g, pid).unwrap();
     // Out of the group again in the hierarchy `cgroup.kill` acts on where there is one, as a task
     // forked while its parent was being moved across the hierarchies can be.
     let back = t.layout.unified().or(t.layout.primary()).unwrap();
     let home = back.hierarchy.dir(&back.hierarchy.self_path);
-    std::fs::write(home.join("cgroup.procs"), child.id().to_string()).unwrap();
+    std::fs::write(home.join("cgroup.procs"), pid.to_string()).unwrap();
     assert!(t.layout.has_procs(&Target::Tidal(g.clone())));
     assert_eq!(act.kill(&g).unwrap(), Outcome::Written);
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(libc::SIGKILL),
