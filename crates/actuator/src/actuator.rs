@@ -1063,15 +1063,16 @@ impl Actuator {
         // too. A pid that fails there is left to the wait below, which names the survivors.
         let sweep = via_freeze || self.layout.roots.len() > 1;
         let mut sent = HashSet::new();
-        let signalled = match (sweep, via_freeze) {
-            (false, _) => Ok(()),
-            (true, true) => self.signal_until_quiet(group, &mut sent),
-            (true, false) => {
-                if let Err(e) = self.signal_until_quiet(group, &mut sent) {
+        let signalled = if sweep {
+            match self.signal_until_quiet(group, &mut sent) {
+                Err(e) if !via_freeze => {
                     warn!("killing {group} after cgroup.kill: {e}");
+                    Ok(())
                 }
-                Ok(())
+                r => r,
             }
+        } else {
+            Ok(())
         };
         // On a v1 freezer a frozen task dies of SIGKILL only once thawed, whoever froze it: the
         // victim itself (`cgroup.kill` on the v2 side does not thaw it) or a level above it that

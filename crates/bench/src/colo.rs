@@ -455,8 +455,13 @@ fn setup(
             let pid = env.spawn_home(c)?;
             super::env::wait_healthz(&addr, &env.stop)?;
             env.adopt(pid)?;
-            if o.slo_target_s.is_some() && st.metrics_port.is_some() {
-                objectives_scraped(env, &addr, tag);
+            if o.slo_target_s.is_some()
+                && st.metrics_port.is_some()
+                && !super::env::wait_objective_scraped(&addr, &env.stop)
+            {
+                eprintln!(
+                    "tidal: {tag}: the agent had not read the service's objective within 3 s; the load starts anyway"
+                );
             }
         }
     } else {
@@ -493,16 +498,6 @@ fn setup(
         read_ports(env, &ready, &mut st)?;
     }
     Ok(st)
-}
-
-/// Waits for the agent's first scrape of the service's objective before the load starts
-/// ([`super::env::wait_objectives_scraped`]); says so when it did not come.
-fn objectives_scraped(env: &BenchEnv, addr: &str, tag: &str) {
-    if !super::env::wait_objectives_scraped(addr, 1, &env.stop) {
-        eprintln!(
-            "tidal: {tag}: the agent had not read the service's objective within 3 s; the load starts anyway"
-        );
-    }
 }
 
 /// The server's service port and its `/metrics` port, once it listens.
