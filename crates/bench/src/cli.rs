@@ -77,8 +77,9 @@ pub struct BenchArgs {
     pub step_runs: Option<usize>,
     /// Where the scenarios put their groups: `local` (tidal's tree: offline parent idle) or
     /// `kubelet-tree` (the kubelet's tier/pod/container tree, with the kubelet's shares; `tidal` runs
-    /// the agent in pod mode against a stand-in apiserver on loopback, `tidal-static` is pod-level
-    /// idle alone). kubelet-tree runs alone, kubelet, tidal-static and tidal.
+    /// the agent in pod mode, in a pod as its DaemonSet gives it, against a stand-in apiserver on
+    /// loopback, `tidal-static` is pod-level idle alone). kubelet-tree runs alone, kubelet,
+    /// tidal-static and tidal.
     #[arg(long, value_enum, default_value = "local")]
     pub layout: BenchLayout,
     /// Agent config for the `tidal` scenario (default: the agent's defaults).

@@ -244,6 +244,22 @@ impl BenchEnv {
         self.move_pid(&g, pid)
     }
 
+    /// Moves a running agent into [`BENCH_GROUP`] unless it has placed itself inside the
+    /// sandbox, as `tidal agent` does in local mode (its own group, at online-critical's weight):
+    /// an agent is measured where it runs in production, and only one left outside, where a task
+    /// competes with the whole tree as one entity, is brought in.
+    pub fn adopt_unless_inside(&mut self, pid: u32) -> Result<(), String> {
+        let inside = self.layout.primary().is_some_and(|r| {
+            tidal_cgroupfs::proc::cgroup_of(pid as i32, &r.hierarchy)
+                .is_some_and(|p| r.hierarchy.dir(&p).starts_with(&r.root_dir))
+        });
+        if inside {
+            Ok(())
+        } else {
+            self.adopt(pid)
+        }
+    }
+
     /// Waits until a child that stops itself before exec has stopped (5 s at most).
     fn wait_stopped(&self, pid: u32) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(5);

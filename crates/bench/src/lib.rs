@@ -210,6 +210,7 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
         .filter(|_| scenarios.contains(&Scenario::Tidal));
     let may_settle = a.settle_max > 0.0 && (o.offline_kind == "memory" || o.offline_cmd.is_some());
     let mut alone_p99 = None;
+    let mut probes = Vec::new();
     if slo.is_some() || may_settle {
         pb.set_message("measuring the alone p99 (the agent's objective, settling)");
         // The median of the probes: one disturbed probe (this VM's host taking back memory an
@@ -217,7 +218,10 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
         // 0.5, and the lowest of three sat under the alone rounds' own p99 (0.43 ms against
         // 0.47), an objective that quiet rounds missed.
         match colo::alone_probes(&mut env, &o) {
-            Ok(p) => alone_p99 = report::median(&p),
+            Ok(p) => {
+                alone_p99 = report::median(&p);
+                probes = p;
+            }
             Err(_) if stop.load(Ordering::Relaxed) => return interrupted(&mut env, &pb),
             Err(e) => {
                 pb.abandon();
@@ -303,9 +307,13 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
     }
     pb.finish_and_clear();
     let summaries = report::summarize(&runs, &scenarios);
-    let memory_goals =
-        o.working_set.is_some() || o.offline_kind == "memory" || o.offline_kind == "pagecache";
-    let goals = report::goals(&summaries, &step_results, &runs, memory_goals);
+    let more = report::MoreGoals {
+        memory: o.working_set.is_some()
+            || o.offline_kind == "memory"
+            || o.offline_kind == "pagecache",
+        stream: o.offline_kind == "stream",
+    };
+    let goals = report::goals(&summaries, &step_results, &runs, more);
     let rep = report::Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         slo_factor: o.slo_factor,
@@ -335,6 +343,7 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
         goals,
         runs,
         alone_p99_ms: alone_p99.map(|p| p * 1e3),
+        alone_probes_ms: probes.iter().map(|p| p * 1e3).collect(),
         settles,
         rerun_steal_ms: o.rerun_steal_ms,
     };

@@ -277,14 +277,65 @@ pub struct Report {
     pub step: Vec<StepResult>,
     pub goals: Vec<GoalLine>,
     pub runs: Vec<RunResult>,
-    /// The alone p99 measured before the rounds (ms), which settling waits for.
+    /// The alone p99 measured before the rounds (ms), which settling waits for: the median of
+    /// the probes.
     pub alone_p99_ms: Option<f64>,
+    /// Each alone probe's p99 (ms), in the order taken.
+    pub alone_probes_ms: Vec<f64>,
     /// Settling waits after runs that gave back much memory.
     pub settles: Vec<crate::colo::Settle>,
     /// A run whose window lost more CPU time than this to the host (ms) was run again, once
     /// (None: never).
     pub rerun_steal_ms: Option<f64>,
 }
+
+/// What the `tidal` scenario's objective was, from which probes, and how it stands against the
+/// alone rounds' own p99: probes a host disturbed make it looser (or tighter) than its factor says.
+fn objective_note(r: &Report, factor: f64, target_ms: f64) -> String {
+    let probes = match r.alone_probes_ms.as_slice() {
+        [] => "its probes".to_string(),
+        p => format!(
+            "{} probes ({} ms)",
+            p.len(),
+            p.iter()
+                .map(|v| format!("{v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut s = format!(
+        "The agent (`tidal`) has a latency objective on the server's own histogram: p99 ≤ {target_ms:.2} ms \
+         (the alone p99 at this rate, the median of {probes}, × {factor})."
+    );
+    let rounds_ms = r
+        .scenarios
+        .iter()
+        .find(|x| x.scenario == Scenario::Alone)
+        .and_then(|x| x.p99_us)
+        .map(|i| i.median / 1e3)
+        .filter(|m| *m > 0.0);
+    if let Some(m) = rounds_ms {
+        let of_rounds = target_ms / m;
+        s.push_str(&format!(
+            " That is {of_rounds:.2}× the alone rounds' p99 ({m:.2} ms, median)"
+        ));
+        if (of_rounds / factor - 1.0).abs() > OBJECTIVE_DRIFT {
+            s.push_str(&format!(
+                ": **the probes came out {} than the rounds, so the objective was {} than {factor}× alone**; \
+                 tidal's verdicts are against that objective",
+                if of_rounds > factor { "higher" } else { "lower" },
+                if of_rounds > factor { "looser" } else { "tighter" },
+            ));
+        }
+        s.push('.');
+    }
+    s.push_str("\n\n");
+    s
+}
+
+/// How far the objective over the alone rounds' p99 may stray from its factor before the report
+/// says the probes were off.
+const OBJECTIVE_DRIFT: f64 = 0.2;
 
 /// Per-round `f(run) / f(reference run of the same round)` for scenario `s`.
 fn per_round_ratio(
@@ -368,13 +419,12 @@ fn step_ratios(step: &[StepResult]) -> Vec<f64> {
 /// The goals this run can judge. The CPU antagonist's: tidal p99 ≤ 1.05× and p99.9 ≤ 1.2× alone,
 /// at or below kubelet and tidal-static at both, offline CPU-seconds ≥ 95% of kubelet's, and in the
 /// step, the first second's p99 no worse than kubelet's. A goal whose scenarios did not run is n/a.
-/// The goal lines; `memory` adds the memory goals (a memory or page-cache antagonist, or an online
-/// working set).
+/// The goal lines; `more` adds the goals of the run's antagonist.
 pub fn goals(
     sum: &[ScenarioSummary],
     step: &[StepResult],
     runs: &[RunResult],
-    memory: bool,
+    more: MoreGoals,
 ) -> Vec<GoalLine> {
     let get = |s| sum.iter().find(|x| x.scenario == s);
     let t = get(Scenario::Tidal);
@@ -454,10 +504,44 @@ pub fn goals(
             100.0,
         ),
     ];
-    if memory {
+    if more.stream {
+        lines.extend(stream_goals(t));
+    }
+    if more.memory {
         lines.extend(memory_goals(runs, t.and_then(|t| t.p99_vs_alone)));
     }
     lines
+}
+
+/// Goals a run adds to the CPU antagonist's, by what it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MoreGoals {
+    /// The memory goals: a memory or page-cache antagonist, or an online working set.
+    pub memory: bool,
+    /// The memory-bandwidth antagonist's (`--offline stream`).
+    pub stream: bool,
+}
+
+/// How the memory-bandwidth goals begin.
+const STREAM_GOAL: &str = "stream:";
+
+/// The memory-bandwidth antagonist's goals: tidal p99 ≤ 1.3× alone while offline keeps ≥ 50% of
+/// no-isolation's CPU-seconds (the static scenarios give about 1.7× there).
+fn stream_goals(t: Option<&ScenarioSummary>) -> [GoalLine; 2] {
+    [
+        line(
+            &format!("{STREAM_GOAL} tidal p99 ≤ 1.3× alone"),
+            t.and_then(|t| t.p99_vs_alone),
+            Want::AtMost,
+            1.3,
+        ),
+        line(
+            &format!("{STREAM_GOAL} tidal offline CPU-seconds ≥ 50% of no-isolation's"),
+            t.and_then(|t| t.offline_vs_no_isolation),
+            Want::AtLeast,
+            0.5,
+        ),
+    ]
 }
 
 /// How the memory goals' first line begins (the report shows the memory table when it is there).
@@ -664,11 +748,7 @@ pub fn markdown(r: &Report) -> String {
         r.layout
     ));
     if let (Some(f), Some(t)) = (r.slo_factor, r.slo_target_ms) {
-        s.push_str(&format!(
-            "The agent (`tidal`) has a latency objective on the server's own histogram: p99 ≤ {t:.2} ms \
-             (the alone p99 at this rate, the median of {probes} probes, × {f}).\n\n",
-            probes = crate::colo::ALONE_PROBES
-        ));
+        s.push_str(&objective_note(r, f, t));
     }
     if r.layout == "kubelet-tree" {
         s.push_str(
@@ -1025,7 +1105,7 @@ mod tests {
             after_first_second: Latency::default(),
             host_steal_ms: None,
         }];
-        let goals = goals(&scenarios, &step, &runs, false);
+        let goals = goals(&scenarios, &step, &runs, MoreGoals::default());
         Report {
             layout: "local".into(),
             slo_factor: None,
@@ -1053,9 +1133,46 @@ mod tests {
             goals,
             runs,
             alone_p99_ms: Some(0.4),
+            alone_probes_ms: vec![0.39, 0.4, 0.42],
             settles: Vec::new(),
             rerun_steal_ms: Some(100.0),
         }
+    }
+
+    #[test]
+    fn the_objective_is_set_against_the_alone_rounds_and_a_drifted_one_is_flagged() {
+        // Alone rounds at 0.4 ms p99; an objective of 1.25 × the probes' 0.4 ms.
+        let mut r = report(&[(400.0, 410.0, 1.2, 1.3); 3]);
+        r.slo_factor = Some(1.25);
+        r.slo_target_ms = Some(0.5);
+        let md = markdown(&r);
+        assert!(
+            md.contains("the median of 3 probes (0.39, 0.40, 0.42 ms), × 1.25). That is 1.25× the alone rounds' p99 (0.40 ms, median)."),
+            "{md}"
+        );
+        assert!(!md.contains("the probes came out"), "{md}");
+        // Probes a host disturbed: twice the rounds' p99, so the objective is 2.5× alone.
+        r.alone_probes_ms = vec![0.41, 0.8, 0.82, 0.79, 0.85];
+        r.slo_target_ms = Some(1.0);
+        let md = markdown(&r);
+        assert!(md.contains("the median of 5 probes"), "{md}");
+        assert!(
+            md.contains("That is 2.50× the alone rounds' p99 (0.40 ms, median): **the probes came out higher than the rounds, so the objective was looser than 1.25× alone**"),
+            "{md}"
+        );
+        r.slo_target_ms = Some(0.3);
+        assert!(
+            markdown(&r).contains("came out lower than the rounds, so the objective was tighter")
+        );
+    }
+
+    #[test]
+    fn probes_that_disagree_are_joined_by_more() {
+        use crate::colo::{probe_spread, PROBE_SPREAD};
+        assert!(probe_spread(&[0.4, 0.42, 0.45]) <= PROBE_SPREAD);
+        assert!(probe_spread(&[0.41, 0.8, 0.82]) > PROBE_SPREAD);
+        assert!(probe_spread(&[0.0, 0.4]).is_infinite());
+        assert!(probe_spread(&[]).is_infinite());
     }
 
     fn goal<'a>(r: &'a Report, name: &str) -> &'a GoalLine {
@@ -1143,7 +1260,7 @@ mod tests {
     fn a_scenario_with_no_change_reports_n_a_never_met() {
         let mut r = report(&[(400.0, 410.0, 1.3, 1.3)]);
         r.step[0].reaction_ms = None;
-        r.goals = goals(&r.scenarios, &r.step, &r.runs, false);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, MoreGoals::default());
         let g = goal(&r, "step: tidal reaction");
         assert_eq!(g.verdict, Verdict::NotApplicable);
         assert!(markdown(&r).contains("| step: tidal reaction ≤ 100 ms | not measured | n/a |"));
@@ -1190,7 +1307,7 @@ mod tests {
             step_run(Scenario::Kubelet, 2, 1000.0, None),
             step_run(Scenario::Tidal, 2, 800.0, None),
         ];
-        r.goals = goals(&r.scenarios, &r.step, &r.runs, false);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, MoreGoals::default());
         let g = goal(&r, "step: tidal p99 in the 1st second");
         let v = g.value.as_ref().map(|v| (v.median, v.lo, v.hi, v.n));
         assert_eq!(v, Some((0.8, 0.5, 2.0, 3)), "ratios per run: 0.5, 2, 0.8");
@@ -1218,7 +1335,7 @@ mod tests {
         );
         // Every run under kubelet's: met.
         r.step[2] = step_run(Scenario::Tidal, 1, 1500.0, Some(40.0));
-        r.goals = goals(&r.scenarios, &r.step, &r.runs, false);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, MoreGoals::default());
         assert_eq!(
             goal(&r, "step: tidal p99 in the 1st second").verdict,
             Verdict::Met
@@ -1226,7 +1343,7 @@ mod tests {
         // A run with no kubelet partner is not paired.
         r.step
             .retain(|x| !(x.scenario == Scenario::Kubelet && x.run == 2));
-        r.goals = goals(&r.scenarios, &r.step, &r.runs, false);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, MoreGoals::default());
         let g = goal(&r, "step: tidal p99 in the 1st second");
         assert_eq!(g.value.as_ref().map(|v| v.n), Some(2));
     }
@@ -1299,12 +1416,51 @@ mod tests {
         assert_eq!((i.lo, i.median, i.hi), (1.0, 1.0, 1.0));
     }
 
+    const MEMORY: MoreGoals = MoreGoals {
+        memory: true,
+        stream: false,
+    };
+
+    #[test]
+    fn a_stream_run_is_judged_by_the_memory_bandwidth_goals_as_well() {
+        const STREAM: MoreGoals = MoreGoals {
+            memory: false,
+            stream: true,
+        };
+        // tidal at 1.2× alone, offline on 0.5 CPUs of no-isolation's 1.4.
+        let mut r = report(&[(400.0, 480.0, 0.5, 1.3); 4]);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, MoreGoals::default());
+        assert!(!r.goals.iter().any(|g| g.goal.starts_with(STREAM_GOAL)));
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, STREAM);
+        assert_eq!(goal(&r, "tidal p99 ≤ 1.05×").verdict, Verdict::NotMet);
+        assert_eq!(goal(&r, "stream: tidal p99 ≤ 1.3×").verdict, Verdict::Met);
+        let off = goal(&r, "stream: tidal offline CPU-seconds");
+        assert_eq!(off.verdict, Verdict::NotMet);
+        assert_eq!(off.gap.as_deref(), Some("median 29% under"));
+        let md = markdown(&r);
+        assert!(
+            md.contains("| stream: tidal offline CPU-seconds ≥ 50% of no-isolation's | 36% [36–36] | NOT met (median 29% under) |"),
+            "{md}"
+        );
+        // Offline on 1.2 CPUs of 1.4 meets it; the p99 goal is judged on its own.
+        let mut r = report(&[(400.0, 560.0, 1.2, 1.3); 4]);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, STREAM);
+        assert_eq!(
+            goal(&r, "stream: tidal p99 ≤ 1.3×").verdict,
+            Verdict::NotMet
+        );
+        assert_eq!(
+            goal(&r, "stream: tidal offline CPU-seconds").verdict,
+            Verdict::Met
+        );
+    }
+
     #[test]
     fn a_memory_run_shows_its_memory_table_even_when_nothing_was_killed_or_faulted() {
         let mut r = report(&[(400.0, 410.0, 1.2, 1.3), (400.0, 410.0, 1.2, 1.3)]);
-        r.goals = goals(&r.scenarios, &r.step, &r.runs, false);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, MoreGoals::default());
         assert!(!markdown(&r).contains("**Memory**"));
-        r.goals = goals(&r.scenarios, &r.step, &r.runs, true);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, MEMORY);
         let md = markdown(&r);
         assert!(
             md.contains("**Memory**") && md.contains("| OOM kills online-critical |"),
@@ -1329,7 +1485,7 @@ mod tests {
         };
         set(&mut r, Scenario::Alone, 10, 0);
         set(&mut r, Scenario::Tidal, 12, 0);
-        r.goals = goals(&r.scenarios, &r.step, &r.runs, true);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, MEMORY);
         assert_eq!(goal(&r, "tidal online major faults").verdict, Verdict::Met);
         assert_eq!(
             goal(&r, "tidal: online tasks OOM-killed").verdict,
@@ -1338,7 +1494,7 @@ mod tests {
         assert_eq!(goal(&r, "memory: tidal p99").verdict, Verdict::Met);
         // 13 faults against 10 alone is over 1.2×; one online kill fails the other goal.
         set(&mut r, Scenario::Tidal, 13, 1);
-        r.goals = goals(&r.scenarios, &r.step, &r.runs, true);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, MEMORY);
         let f = goal(&r, "tidal online major faults");
         assert_eq!(f.verdict, Verdict::NotMet);
         assert_eq!(f.gap.as_deref(), Some("median 1.0 over"));
@@ -1356,13 +1512,13 @@ mod tests {
         for x in r.runs.iter_mut() {
             x.memory.online_major_faults = None;
         }
-        r.goals = goals(&r.scenarios, &r.step, &r.runs, true);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, MEMORY);
         assert_eq!(
             goal(&r, "tidal online major faults").verdict,
             Verdict::NotApplicable
         );
         r.runs.retain(|x| x.scenario != Scenario::Tidal);
-        r.goals = goals(&r.scenarios, &r.step, &r.runs, true);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, MEMORY);
         assert_eq!(
             goal(&r, "tidal: online tasks OOM-killed").verdict,
             Verdict::NotApplicable
@@ -1375,7 +1531,7 @@ mod tests {
             "{md}"
         );
         // Without a memory antagonist the lines are left out.
-        r.goals = goals(&r.scenarios, &r.step, &r.runs, false);
+        r.goals = goals(&r.scenarios, &r.step, &r.runs, MoreGoals::default());
         assert!(!r.goals.iter().any(|g| g.goal.contains("OOM")));
     }
 

@@ -8,6 +8,11 @@ use tidal_cgroupfs::{Layout, RootSpec};
 
 /// `tidal bench` with one round of 1 s (0.3 s warm-up), `extra` options, and its JSON in `json`.
 fn short_bench(extra: &[&str], json: &std::path::Path) -> std::process::Command {
+    bench_of(extra, "1", json)
+}
+
+/// `tidal bench` with one round of `secs` (0.3 s warm-up), `extra` options, and its JSON in `json`.
+fn bench_of(extra: &[&str], secs: &str, json: &std::path::Path) -> std::process::Command {
     let mut c = std::process::Command::new(tidal_bin());
     c.arg("bench")
         .args(extra)
@@ -17,11 +22,53 @@ fn short_bench(extra: &[&str], json: &std::path::Path) -> std::process::Command 
             "--warmup",
             "0.3",
             "--duration",
-            "1",
+            secs,
             "--json",
         ])
         .arg(json);
     c
+}
+
+/// What a bench run printed and wrote.
+struct Ran {
+    pid: u32,
+    stdout: String,
+    stderr: String,
+    report: serde_json::Value,
+}
+
+/// Runs `c` (a bench writing its JSON to `json`) to its end; it must succeed.
+fn run_bench(mut c: std::process::Command, json: &std::path::Path) -> Ran {
+    let child = c
+        .env("TIDAL_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let report = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    Ran {
+        pid,
+        stdout,
+        stderr,
+        report,
+    }
+}
+
+/// Nothing of the bench run by `pid` is left in any hierarchy.
+fn assert_left_nothing(pid: u32, stderr: &str) {
+    let layout = Layout::discover(&RootSpec::Named(format!("tidal-bench-{pid}-colo"))).unwrap();
+    for root in &layout.roots {
+        assert!(
+            !root.root_dir.exists(),
+            "left behind: {}\nbench stderr:\n{stderr}",
+            common::left_in(&root.root_dir)
+        );
+    }
 }
 
 /// Requests a run of `short_bench` answers at least: half of what the calibrated rate sends in its
@@ -38,22 +85,14 @@ fn short_bench_run_measures_every_scenario_and_cleans_up() {
     let out_dir = tempfile::tempdir().unwrap();
     let json = out_dir.path().join("bench.json");
     let svg = out_dir.path().join("bench.svg");
-    let child = short_bench(&["--step-runs", "2"], &json)
-        .arg("--svg")
-        .arg(&svg)
-        .env("TIDAL_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let mut c = short_bench(&["--step-runs", "2"], &json);
+    c.arg("--svg").arg(&svg);
+    let Ran {
+        pid,
+        stdout,
+        stderr,
+        report: r,
+    } = run_bench(c, &json);
     let runs = r["runs"].as_array().unwrap();
     for s in [
         "alone",
@@ -129,15 +168,7 @@ fn short_bench_run_measures_every_scenario_and_cleans_up() {
     assert!(stdout.contains("**Goals**"), "{stdout}");
     assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
 
-    // Nothing of the bench is left in any hierarchy.
-    let layout = Layout::discover(&RootSpec::Named(format!("tidal-bench-{pid}-colo"))).unwrap();
-    for root in &layout.roots {
-        assert!(
-            !root.root_dir.exists(),
-            "left behind: {}\nbench stderr:\n{stderr}",
-            common::left_in(&root.root_dir)
-        );
-    }
+    assert_left_nothing(pid, &stderr);
 }
 
 #[test]
@@ -214,4 +245,58 @@ fn a_page_cache_run_counts_the_server_s_major_faults_and_the_streamer_s_reads() 
         stdout.contains("**Memory**") && stdout.contains("tidal online major faults"),
         "{stdout}"
     );
+}
+
+#[test]
+fn a_kubelet_tree_run_gives_the_agent_in_its_pod_an_objective_it_reads() {
+    if !cgroups_usable("a_kubelet_tree_run_gives_the_agent_in_its_pod_an_objective_it_reads") {
+        return;
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let json = out_dir.path().join("bench.json");
+    let logs = out_dir.path().join("logs");
+    // Two seconds of load: the agent reads the objective before the load starts, and again a
+    // scrape interval later, when the window holds the service's first requests.
+    let mut c = bench_of(
+        &[
+            "--layout",
+            "kubelet-tree",
+            "--scenarios",
+            "tidal",
+            "--no-step",
+        ],
+        "2",
+        &json,
+    );
+    c.arg("--agent-logs").arg(&logs);
+    let Ran {
+        pid,
+        stderr,
+        report: r,
+        ..
+    } = run_bench(c, &json);
+    let run = r["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["scenario"] == "tidal")
+        .unwrap_or_else(|| panic!("no tidal run: {r}"));
+    assert!(
+        run["latency"]["count"].as_u64().unwrap() >= min_count(&r),
+        "{run}"
+    );
+    // The objective is the node's, on loopback, so the agent reads it: a pod's objective on a
+    // loopback pod IP would be refused, and the run would go without one.
+    assert!(r["slo_target_ms"].as_f64().is_some_and(|t| t > 0.0), "{r}");
+    let log = std::fs::read_to_string(logs.join("r0-tidal-1.log")).unwrap();
+    assert!(
+        log.contains("latency objective of bench/online:") && !log.contains("cannot read"),
+        "agent log:\n{log}\nbench stderr:\n{stderr}"
+    );
+    // In pod mode the agent stays where it was started: the stand-in DaemonSet pod.
+    assert!(
+        !log.contains("the agent runs in the group agent"),
+        "agent log:\n{log}"
+    );
+    assert_left_nothing(pid, &stderr);
 }
