@@ -1212,21 +1212,20 @@ pub fn calibrate(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
     Ok((used as f64 / 1e9) / r.received as f64)
 }
 
-/// Alone probes behind the alone p99, and the most taken where they disagree.
+/// Alone probes behind the alone p99, and how many where the first ones disagree.
 pub const ALONE_PROBES: usize = 3;
 pub const ALONE_PROBES_MAX: usize = 5;
-/// Probes further apart than this (highest over lowest) are joined by more, up to
-/// [`ALONE_PROBES_MAX`]: a host's stall in two probes of three once made the objective twice the
-/// rounds' own alone p99.
+/// The first probes agree when their highest is within this of their lowest; else two more are
+/// taken: a host's stall in two probes of three once made the objective twice the rounds' own
+/// alone p99.
 pub const PROBE_SPREAD: f64 = 1.25;
 
 /// The online p99 alone at the calibrated rate (seconds), once per probe: their median is the base
 /// of the `tidal` scenario's latency objective and of settling.
 pub fn alone_probes(env: &mut BenchEnv, o: &Opts) -> Result<Vec<f64>, String> {
     let mut probes = Vec::new();
-    while probes.len() < ALONE_PROBES
-        || (probes.len() < ALONE_PROBES_MAX && probe_spread(&probes) > PROBE_SPREAD)
-    {
+    let mut want = ALONE_PROBES;
+    while probes.len() < want {
         probes.push(probe_p99(
             env,
             o,
@@ -1234,19 +1233,19 @@ pub fn alone_probes(env: &mut BenchEnv, o: &Opts) -> Result<Vec<f64>, String> {
             o.warmup_s,
             o.duration_s.max(3.0),
         )?);
+        if probes.len() == ALONE_PROBES && !probes_agree(&probes) {
+            want = ALONE_PROBES_MAX;
+        }
     }
     Ok(probes)
 }
 
-/// Highest over lowest (infinite where the lowest is not above 0, or there is none).
-pub fn probe_spread(v: &[f64]) -> f64 {
+/// Whether probes agree: their highest within [`PROBE_SPREAD`] of their lowest (none, or one not
+/// above 0, do not).
+pub fn probes_agree(v: &[f64]) -> bool {
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(0.0, f64::max);
-    if lo > 0.0 && lo.is_finite() {
-        hi / lo
-    } else {
-        f64::INFINITY
-    }
+    lo > 0.0 && lo.is_finite() && hi / lo <= PROBE_SPREAD
 }
 
 /// The online p99 alone over `secs` after `warmup_s` (seconds).

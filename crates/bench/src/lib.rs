@@ -308,10 +308,11 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
     pb.finish_and_clear();
     let summaries = report::summarize(&runs, &scenarios);
     let more = report::MoreGoals {
+        // A command given instead of a built-in antagonist is judged by the CPU goals alone.
         memory: o.working_set.is_some()
-            || o.offline_kind == "memory"
-            || o.offline_kind == "pagecache",
-        stream: o.offline_kind == "stream",
+            || (o.offline_cmd.is_none()
+                && (o.offline_kind == "memory" || o.offline_kind == "pagecache")),
+        stream: o.offline_cmd.is_none() && o.offline_kind == "stream",
     };
     let goals = report::goals(&summaries, &step_results, &runs, more);
     let rep = report::Report {

@@ -252,6 +252,8 @@ fn fetch(agent: &ureq::Agent, url: &str, cap: u64) -> Result<String, String> {
 fn run(inner: &Inner) {
     let mut logged: HashSet<String> = HashSet::new();
     let mut thin: HashSet<String> = HashSet::new();
+    // Objectives read at least once: the first good read is said, so an operator sees it works.
+    let mut read: HashSet<String> = HashSet::new();
     let mut next = Instant::now();
     while !inner.stop.load(Ordering::Relaxed) {
         let cfg = lock(&inner.cfg).clone();
@@ -282,6 +284,7 @@ fn run(inner: &Inner) {
         // Pods come and go: what was said of one gone is forgotten with it.
         logged.retain(|k| keys.contains(k));
         thin.retain(|k| keys.contains(k));
+        read.retain(|k| keys.contains(k));
         let mut prevs: HashMap<String, (Option<Buckets>, Option<Instant>, u64)> = {
             let mut st = lock(&inner.states);
             st.retain(|k, _| keys.contains(k));
@@ -296,10 +299,20 @@ fn run(inner: &Inner) {
                 .and_then(|text| parse_histogram(&text, &spec.metric, &spec.labels));
             let (observed, excess_z, requests, error, cur, ok_at) = match got {
                 Ok(cur) => {
+                    let first = read.insert(key.clone());
                     if logged.remove(&key) {
                         info!(
                             "latency objective of {}: {} readable again",
                             spec.workload, spec.url
+                        );
+                    } else if first {
+                        info!(
+                            "latency objective of {}: {} ≤ {} read from {}, every {} ms",
+                            spec.workload,
+                            spec.what(),
+                            tidal_policy::config::slo::Latency(spec.target),
+                            spec.url,
+                            cfg.interval.0.max(100)
                         );
                     }
                     let j = judge(prev.as_ref(), &cur, &spec, &cfg);
