@@ -700,7 +700,11 @@ fn kubelet_tree(
         .push(GroupPath::new(tag).map_err(|e| e.to_string())?);
     env.group(tag, &[])?;
     env.group(&base, &[])?;
-    env.group(&format!("{base}/burstable"), &shares(req))?;
+    // The tier's shares are its pods' requests together, as the kubelet keeps them: the agent's
+    // pod (below) is one of them where the agent runs.
+    let with_agent = s == Scenario::Tidal && !offline.is_empty();
+    let tier = req + if with_agent { AGENT_POD_SHARES } else { 0 };
+    env.group(&format!("{base}/burstable"), &shares(tier))?;
     let pod_on = format!("{base}/burstable/pod{POD_ONLINE}");
     env.group(&pod_on, &shares(req))?;
     let ctr_on = format!("{pod_on}/{CTR_ONLINE}");
@@ -779,12 +783,7 @@ fn kubelet_tree(
             c.env("TIDAL_LOG", "info");
         }
         // The agent where its DaemonSet puts it (deploy/daemonset.yaml): a Burstable pod beside
-        // the online one, with the shares of its 50m request and the quota of its 500m limit; the
-        // tier's shares are the sum of its pods' requests, as the kubelet keeps them.
-        env.group(
-            &format!("{base}/burstable"),
-            &shares(req + AGENT_POD_SHARES),
-        )?;
+        // the online one, with the shares of its 50m request and the quota of its 500m limit.
         let agent_knobs = [
             (Knob::CpuWeight, KnobValue::Shares(AGENT_POD_SHARES)),
             (

@@ -299,7 +299,10 @@ fn run(inner: &Inner) {
                 .and_then(|text| parse_histogram(&text, &spec.metric, &spec.labels));
             let (observed, excess_z, requests, error, cur, ok_at) = match got {
                 Ok(cur) => {
-                    let first = read.insert(key.clone());
+                    let first = !read.contains(&key);
+                    if first {
+                        read.insert(key.clone());
+                    }
                     if logged.remove(&key) {
                         info!(
                             "latency objective of {}: {} readable again",
