@@ -6,6 +6,7 @@
 //! running one.
 
 pub mod actuator;
+pub mod brake;
 pub mod error;
 pub mod journal;
 mod kernel;
@@ -14,6 +15,7 @@ pub mod restore;
 pub mod systemd;
 
 pub use actuator::{ActStats, Actuator, Applied, Outcome};
+pub use brake::{Brake, Pulled};
 pub use error::ActError;
 pub use journal::{Entry, Journal};
 pub use lock::RootLock;

@@ -153,7 +153,7 @@ pub fn restore(
     let created_set: HashSet<&Path> = created.iter().map(PathBuf::as_path).collect();
     let in_created = |dir: &Path| created_set.contains(dir);
 
-    // 1. Originals other than subtree_control; v1 cpusets parents first (they grow back).
+    // 1. Originals but those of step 3; v1 cpusets parents first (they grow back).
     let mut originals: Vec<(PathBuf, String, Place)> = Vec::new();
     for (path, value, foreign) in &live.originals {
         match classify(layout, path, *foreign) {
@@ -169,10 +169,13 @@ pub fn restore(
             Err(why) => rep.skipped.push((path.clone(), why)),
         }
     }
-    let is_subtree = |p: &Path| p.file_name().is_some_and(|n| n == SUBTREE_CONTROL);
-    originals.sort_by_key(|(p, _, _)| (is_subtree(p), p.components().count()));
-    let (later, first): (Vec<_>, Vec<_>) =
-        originals.into_iter().partition(|(p, _, _)| is_subtree(p));
+    // What a group's children limit: controllers they use, the real-time time they hold.
+    let is_late = |p: &Path| {
+        p.file_name()
+            .is_some_and(|n| n == SUBTREE_CONTROL || n == v1::cpu::RT_RUNTIME)
+    };
+    originals.sort_by_key(|(p, _, _)| (is_late(p), p.components().count()));
+    let (later, first): (Vec<_>, Vec<_>) = originals.into_iter().partition(|(p, _, _)| is_late(p));
     restore_values(&first, dry_run, &mut rep, &mut done);
 
     // 2. Created groups: remove the empty ones deepest first; keep busy ones, thawed and unpinned.
@@ -222,7 +225,8 @@ pub fn restore(
         }
     }
 
-    // 3. subtree_control last: controllers can be taken back only once their users are gone.
+    // 3. subtree_control and v1 cpu.rt_runtime_us last: controllers, and real-time time, can be
+    // taken back only once the groups that use them are gone.
     restore_values(&later, dry_run, &mut rep, &mut done);
 
     if !dry_run {
@@ -241,7 +245,15 @@ fn restore_values(
     done: &mut Vec<(PathBuf, Forgotten)>,
 ) {
     let mut pending: Vec<&(PathBuf, String, Place)> = items.iter().collect();
-    for pass in 0..3 {
+    // A removed group's real-time time returns to its parent only once the kernel has let the
+    // group go (about 100 ms here): those writes are tried for up to half a second.
+    let is_rt = |p: &Path| p.file_name().is_some_and(|n| n == v1::cpu::RT_RUNTIME);
+    let passes = if items.iter().any(|(p, _, _)| is_rt(p)) {
+        10
+    } else {
+        3
+    };
+    for pass in 0..passes {
         let mut retry = Vec::new();
         for item in pending {
             let (path, value, _) = item;
@@ -285,7 +297,9 @@ fn restore_values(
                     rep.vanished.push(path.clone());
                     done.push((path.clone(), Forgotten::Original));
                 }
-                Err(e) if pass < 2 && (e.is_busy() || e.is_rejected()) => retry.push(item),
+                Err(e) if pass + 1 < passes && (e.is_busy() || e.is_rejected()) => {
+                    retry.push(item)
+                }
                 Err(e)
                     if e.is_busy() && path.file_name().is_some_and(|n| n == SUBTREE_CONTROL) =>
                 {
@@ -299,6 +313,9 @@ fn restore_values(
         }
         if retry.is_empty() {
             break;
+        }
+        if retry.iter().any(|(p, _, _)| is_rt(p)) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
         pending = retry;
     }

@@ -411,3 +411,56 @@ fn fake_fs_a_version_one_journal_still_restores() {
         "-cpu -cpuset -memory -io"
     );
 }
+
+/// The stall guard's brake: made with the originals journalled and nothing written; pulled from
+/// any thread, it freezes each group; `restore` thaws them. Groups tidal did not create here (a
+/// previous agent's), so their originals are kept.
+#[test]
+fn fake_fs_a_brake_freezes_its_groups_only_when_pulled_and_restore_thaws_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fake_v2(tmp.path());
+    let root = tmp.path().join("cgroup/work.slice/tidal");
+    for g in ["", "offline", "offline/offline", "offline/offline-low"] {
+        v2_group(&root.join(g));
+    }
+    let state = tmp.path().join("state");
+    let targets = [
+        Target::Tidal(QosLevel::OfflineLow.group_path()),
+        Target::Tidal(QosLevel::Offline.group_path()),
+        Target::Tidal(GroupPath::new("offline/ended").unwrap()),
+    ];
+
+    let mut dry = Actuator::new(layout.clone(), &state, true).unwrap();
+    let brake = dry.brake(&targets).unwrap();
+    assert_eq!(
+        brake.pull().frozen,
+        3,
+        "a dry run says what it would freeze"
+    );
+    assert_eq!(read(&root.join("offline/offline/cgroup.freeze")), "0");
+    assert!(dry.journal().load().unwrap().0.is_empty());
+
+    let mut act = Actuator::new(layout.clone(), &state, false).unwrap();
+    let brake = act.brake(&targets).unwrap();
+    assert_eq!(brake.files().count(), 3);
+    for l in ["offline/offline", "offline/offline-low"] {
+        assert_eq!(read(&root.join(l).join("cgroup.freeze")), "0", "{l}");
+    }
+    let journalled = act.journal().load().unwrap().0;
+    let originals = journalled
+        .iter()
+        .filter(|e| matches!(e, tidal_actuator::Entry::Original { .. }))
+        .count();
+    assert_eq!(originals, 2, "{journalled:?}");
+    let pulled = std::thread::spawn(move || brake.pull()).join().unwrap();
+    assert_eq!(pulled.frozen, 2, "the ended group is skipped: {pulled:?}");
+    assert!(pulled.failed.is_empty(), "{pulled:?}");
+    for l in ["offline/offline", "offline/offline-low"] {
+        assert_eq!(read(&root.join(l).join("cgroup.freeze")), "1", "{l}");
+    }
+    drop(act);
+    restore(&layout, &state, false).unwrap();
+    for l in ["offline/offline", "offline/offline-low"] {
+        assert_eq!(read(&root.join(l).join("cgroup.freeze")), "0", "{l}");
+    }
+}

@@ -32,7 +32,8 @@ pub(crate) fn start_agent(env: &mut BenchEnv, config: &str) -> Result<(u32, Stri
     c.stderr(f).env("TIDAL_LOG", "info");
     let pid = env.spawn_home(c)?;
     super::env::wait_healthz(&addr, &env.stop)?;
-    env.adopt(pid)?;
+    // Where production puts it (its own group in the tree); one left outside is brought in.
+    env.adopt_unless_inside(pid)?;
     Ok((pid, addr))
 }
 

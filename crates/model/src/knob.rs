@@ -37,10 +37,13 @@ pub enum Knob {
     /// v2 `io.bfq.weight`, on the v2 scale [1, 10000] like [`Knob::IoWeight`]: BFQ reads its own
     /// file on v2, not `io.weight` (v1's `blkio.bfq.weight` is `IoWeight` itself).
     IoBfqWeight,
+    /// v1 `cpu.rt_runtime_us` (kernels with RT group scheduling): the real-time time a group's
+    /// tasks may take per period; a group without any refuses real-time tasks.
+    CpuRtRuntime,
 }
 
 impl Knob {
-    pub const ALL: [Knob; 17] = [
+    pub const ALL: [Knob; 18] = [
         Knob::CpuWeight,
         Knob::CpuIdle,
         Knob::CpuMax,
@@ -58,6 +61,7 @@ impl Knob {
         Knob::MemoryQosLevel,
         Knob::IoMax,
         Knob::IoBfqWeight,
+        Knob::CpuRtRuntime,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +83,7 @@ impl Knob {
             Knob::MemoryQosLevel => "memory-qos-level",
             Knob::IoMax => "io-max",
             Knob::IoBfqWeight => "io-bfq-weight",
+            Knob::CpuRtRuntime => "cpu-rt-runtime",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Signals: per-workload measurements that say online work suffers, beside the node's CPU pressure.
-//! Each source (a latency objective today, run-queue latency next) adds readings here and one rule in
-//! the policy; every signal drives the same interference ladder.
+//! Each source (a latency objective, run-queue latency, the agent's own stalls) adds readings here and
+//! one rule in the policy; every signal drives the same interference ladder.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +11,9 @@ pub enum SignalKind {
     Slo,
     /// Run-queue latency of a workload's tasks (eBPF).
     RunqLatency,
+    /// The agent's own loop stopped (observed: how long, target: the stall guard's limit): the
+    /// guard froze offline meanwhile, and the ladder takes the freeze over.
+    Stall,
 }
 
 /// One reading of one signal for one online workload.

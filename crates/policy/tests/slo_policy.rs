@@ -1535,3 +1535,99 @@ fn pressure_tightening_beside_the_run_queue_makes_the_ladder_its_own() {
     assert!(d.state.interference.level() > 0);
     assert!(!d.state.interference.per_tick, "{:?}", d.state.interference);
 }
+
+/// The stall signal: the longest gap between the agent's rounds since the last tick.
+fn stall(gap_s: f64) -> Signal {
+    Signal {
+        kind: SignalKind::Stall,
+        workload: "agent".into(),
+        what: "the agent's loop".into(),
+        observed: gap_s,
+        target: 1.0,
+        slack: Signal::slack_of(gap_s, 1.0),
+        age_ms: None,
+        excess_z: None,
+    }
+}
+
+#[test]
+fn a_stall_freezes_every_offline_level_at_once_and_a_calm_loop_releases_it_alone() {
+    let cfg = Config::default();
+    let caps = Capabilities::full(8);
+    // Nothing else speaks: no online workload, so neither pressure nor an objective.
+    let quiet = |gap_s: f64, now_ms: u64| {
+        let mut s = snapshot(None);
+        s.workloads.retain(|w| !w.level.is_online());
+        s.levels_present.retain(|l| !l.is_online());
+        s.online_cpu_psi = None;
+        s.online_cpu_psi_full = None;
+        s.online_cpu_psi_1s = None;
+        s.online_cpu_psi_full_1s = None;
+        s.signals = vec![stall(gap_s)];
+        s.now_ms = now_ms;
+        s
+    };
+    let d = decide(&quiet(2.7, 1_000), &cfg, &caps, &PolicyState::default());
+    let frozen: Vec<&Target> = d
+        .plan
+        .actions
+        .iter()
+        .filter_map(|a| match &a.op {
+            Op::Set {
+                target,
+                knob: Knob::Freeze,
+                value: KnobValue::Bool(true),
+            } => Some(target),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(frozen.len(), 2, "{:?}", d.plan.actions);
+    for r in reasons(&d.plan, tidal_model::Cause::Interference) {
+        assert!(r.contains("the agent's loop stopped for 2700.00ms"), "{r}");
+    }
+    assert!(d.state.interference.has(Step::FreezeOffline));
+    assert!(d.state.interference.has(Step::FreezeOfflineLow));
+    // A loop that comes round again releases the steps one by one after the calm period, with
+    // nothing else to say so.
+    let mut st = d.state;
+    let calm = cfg.interference.calm_period.0;
+    let mut released_at = None;
+    for t in (1..200).map(|i| 1_000 + i * 100) {
+        let d = decide(&quiet(0.05, t), &cfg, &caps, &st);
+        st = d.state;
+        if st.interference.level() < 2 {
+            let why = reasons(&d.plan, tidal_model::Cause::Release);
+            assert!(
+                why.iter()
+                    .any(|r| r.contains("the agent's loop comes round")),
+                "{why:?}"
+            );
+            released_at = Some(t);
+            break;
+        }
+    }
+    let at = released_at.expect("the stall's freeze is released");
+    assert!(at - 1_000 >= calm, "released after {} ms", at - 1_000);
+    // Without the signal (the guard off) nothing tightens.
+    let mut s = quiet(0.0, 1_000);
+    s.signals.clear();
+    let d = decide(&s, &cfg, &caps, &PolicyState::default());
+    assert_eq!(d.state.interference.level(), 0);
+}
+
+#[test]
+fn the_brake_holds_the_offline_levels_present_and_pods_without_probes() {
+    let caps = Capabilities::full(8);
+    let s = snapshot(None);
+    let t = tidal_policy::agent::interference::brake_targets(&s, &caps);
+    assert_eq!(
+        t,
+        vec![
+            Target::Tidal(QosLevel::OfflineLow.group_path()),
+            Target::Tidal(QosLevel::Offline.group_path()),
+        ]
+    );
+    let mut none = caps.clone();
+    none.knobs.remove(&Knob::Freeze);
+    assert!(tidal_policy::agent::interference::brake_targets(&s, &none).is_empty());
+}

@@ -108,6 +108,20 @@ pub struct AgentArgs {
     /// Do not load the BPF run-queue latency program (the agent runs on its other signals).
     #[arg(long)]
     pub no_bpf: bool,
+    /// Fault injection for testing the stall guard: after tick TICK the loop sleeps MS
+    /// milliseconds once, as if its CPU had been taken (TICK:MS, MS at most 60000).
+    #[arg(long, hide = true, value_name = "TICK:MS", value_parser = parse_stall)]
+    pub inject_stall: Option<(u64, u64)>,
+}
+
+fn parse_stall(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("'{s}': expected TICK:MS, e.g. 20:1500, with MS at most 60000");
+    let (t, m) = s.split_once(':').ok_or_else(bad)?;
+    let (t, m) = (t.trim().parse::<u64>(), m.trim().parse::<u64>());
+    match (t, m) {
+        (Ok(t), Ok(m)) if t <= 1_000_000 && m <= 60_000 => Ok((t, m)),
+        _ => Err(bad()),
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -163,6 +163,14 @@ pub fn render(state: &StateView) -> String {
             "io limits (io.offline_max / offline_low_max): set on {groups} offline group(s)\n"
         ));
     }
+    let after = state.config.stall_limit();
+    match &state.stall_guard {
+        _ if after.0 == 0 => out.push_str("stall guard: off (interference.stall_after 0)\n"),
+        Some(how) => out.push_str(&format!(
+            "stall guard: freezes offline if the agent's loop stops for {after}; {how}\n"
+        )),
+        None => {}
+    }
     match &state.runq {
         Some(why) => out.push_str(&format!("run-queue latency: not measured ({why})\n")),
         None if !state.runq_p99_us.is_empty() => {

@@ -482,3 +482,142 @@ fn a_workload_over_its_level_s_open_files_ceiling_is_named_and_offline_is_stoppe
     t.restore_ok();
     t.kill_children();
 }
+
+/// The agent's loop stops (`--inject-stall`: it sleeps 2 s after its tenth tick, as if its CPU were
+/// taken): its stall guard freezes offline meanwhile, the next tick takes the freeze into the
+/// ladder, and once the loop comes round for `calm_period` the ladder releases it, with no other
+/// signal speaking (no online workload).
+#[test]
+fn the_stall_guard_freezes_offline_while_the_agents_loop_stops_and_the_ladder_releases_it() {
+    if !cgroups_usable(
+        "the_stall_guard_freezes_offline_while_the_agents_loop_stops_and_the_ladder_releases_it",
+    ) {
+        return;
+    }
+    let mut t = TestRoot::new("stall");
+    t.spin("offline", "batch");
+    t.wait_running(&["offline/offline/batch"]);
+    let offline = tidal_model::QosLevel::Offline.group_path().to_string();
+    let frozen = |t: &TestRoot| t.knob(&offline, Knob::Freeze) == KnobValue::Bool(true);
+    let cfg = t.write_config(
+        "tick: 100ms\nbpf:\n  enabled: false\ninterference:\n  stall_after: 300ms\n  calm_period: 1s\n",
+    );
+    let addr = free_addr();
+    let mut cmd = t.agent_cmd(&cfg, &addr);
+    cmd.args(["--inject-stall", "10:2000"]);
+    let a = t.spawn_agent(cmd, &addr);
+    assert!(!frozen(&t), "offline frozen before any stall");
+    wait_for("the loop to stall", 30, || {
+        t.agent_log().contains("stalling the loop")
+    });
+    // While the loop sleeps: the guard, not the loop, freezes offline.
+    wait_for("the stall guard to freeze offline", 10, || frozen(&t));
+    let log = t.agent_log();
+    assert!(
+        log.contains("has not come round for") && log.contains("offline frozen"),
+        "{log}"
+    );
+    // The loop comes round: the ladder holds the freeze, then releases it after the calm period.
+    wait_for("the ladder to take the stall over", 10, || {
+        t.agent_log().contains("the agent's loop stopped for")
+    });
+    wait_for("offline thawed after the calm period", 30, || !frozen(&t));
+    let log = t.agent_log();
+    assert!(log.contains("the agent's loop comes round"), "{log}");
+    assert_eq!(
+        get(&addr, "/metrics").map(|(_, m)| m
+            .lines()
+            .any(|l| l.starts_with("tidal_stall_brakes_total 1"))),
+        Some(true),
+        "one brake counted"
+    );
+    common::stop(a);
+    t.restore_ok();
+}
+
+/// The scheduling policy of a process's thread named `name` (`/proc/PID/task/TID/stat`, field 41).
+fn thread_policy(pid: u32, name: &str) -> Option<u32> {
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let dir = e.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        let after_comm = stat.rsplit_once(')')?.1;
+        // Fields from the third (state) on: the policy is the 41st.
+        return after_comm.split_whitespace().nth(41 - 3)?.parse().ok();
+    }
+    None
+}
+
+/// The agent's CPU taken: a CFS quota of 1 ms a second on its group starves its loop for most of
+/// each second, and the stall guard freezes offline; given its CPU back, the ladder releases it.
+/// The guard thread runs at real-time priority (SCHED_FIFO; the agent gives its group real-time
+/// time where the kernel schedules real-time by group), which CFS starvation cannot hold back. On
+/// a pure v2 host under systemd the agent stays in its unit, outside this test's tree: there only
+/// the priority is checked.
+#[test]
+fn the_stall_guard_runs_at_real_time_priority_and_freezes_offline_when_the_agents_cpu_is_taken() {
+    if !cgroups_usable(
+        "the_stall_guard_runs_at_real_time_priority_and_freezes_offline_when_the_agents_cpu_is_taken",
+    ) {
+        return;
+    }
+    let mut t = TestRoot::new("starve");
+    t.spin("offline", "batch");
+    t.wait_running(&["offline/offline/batch"]);
+    let offline = tidal_model::QosLevel::Offline.group_path().to_string();
+    let frozen = |t: &TestRoot| t.knob(&offline, Knob::Freeze) == KnobValue::Bool(true);
+    let addr = free_addr();
+    let a = common::start_agent(
+        &t,
+        "tick: 100ms\nbpf:\n  enabled: false\ninterference:\n  stall_after: 300ms\n  calm_period: 1s\n",
+        &addr,
+    );
+    wait_for("the stall guard to start", 10, || {
+        t.agent_log().contains("stall guard at")
+    });
+    let log = t.agent_log();
+    assert!(
+        log.contains("stall guard at real-time priority"),
+        "the guard did not get real-time priority:\n{log}"
+    );
+    assert_eq!(
+        thread_policy(a.id(), "stall-guard"),
+        Some(libc::SCHED_FIFO as u32),
+        "the guard thread's policy"
+    );
+    let systemd_v2 = t.layout.hierarchies.mode() == tidal_cgroupfs::CgroupMode::V2
+        && tidal_cgroupfs::Host::detect().systemd;
+    if !systemd_v2 {
+        assert!(!frozen(&t), "offline frozen before any stall");
+        t.write_knob(
+            "agent",
+            Knob::CpuMax,
+            KnobValue::Quota {
+                quota_us: Some(1_000),
+                period_us: 1_000_000,
+            },
+        );
+        wait_for("the stall guard to freeze offline", 20, || frozen(&t));
+        t.write_knob(
+            "agent",
+            Knob::CpuMax,
+            KnobValue::Quota {
+                quota_us: None,
+                period_us: 100_000,
+            },
+        );
+        let log = t.agent_log();
+        assert!(log.contains("has not come round for"), "{log}");
+        wait_for("offline thawed once the loop runs again", 30, || {
+            !frozen(&t)
+        });
+    }
+    common::stop(a);
+    t.restore_ok();
+}

@@ -1,5 +1,5 @@
 //! v1 `cpu` controller: `cpu.shares`, `cpu.idle`, CFS quota/period/burst, openEuler `cpu.qos_level`,
-//! and the bandwidth statistics in `cpu.stat` (`throttled_time` in nanoseconds).
+//! `cpu.rt_runtime_us` (RT group scheduling), and the bandwidth statistics in `cpu.stat` (`throttled_time` in nanoseconds).
 
 use crate::spec::{bad, bool01, int, not_mine, one, Controller};
 use crate::stat::{flat_key, Throttling};
@@ -11,6 +11,7 @@ pub const PERIOD: &str = "cpu.cfs_period_us";
 pub const QUOTA: &str = "cpu.cfs_quota_us";
 pub const BURST: &str = "cpu.cfs_burst_us";
 pub const QOS_LEVEL: &str = "cpu.qos_level";
+pub const RT_RUNTIME: &str = "cpu.rt_runtime_us";
 pub const STAT: &str = "cpu.stat";
 
 pub struct Cpu;
@@ -26,6 +27,7 @@ impl Controller for Cpu {
             Knob::CpuMax,
             Knob::CpuBurst,
             Knob::CpuQosLevel,
+            Knob::CpuRtRuntime,
         ]
     }
     fn files(&self, knob: Knob) -> &'static [&'static str] {
@@ -36,6 +38,7 @@ impl Controller for Cpu {
             Knob::CpuMax => &[PERIOD, QUOTA],
             Knob::CpuBurst => &[BURST],
             Knob::CpuQosLevel => &[QOS_LEVEL],
+            Knob::CpuRtRuntime => &[RT_RUNTIME],
             _ => &[],
         }
     }
@@ -55,6 +58,7 @@ impl Controller for Cpu {
             ]),
             (Knob::CpuBurst, KnobValue::Micros(us)) => Ok(vec![us.to_string()]),
             (Knob::CpuQosLevel, KnobValue::Level(l)) => Ok(vec![l.to_string()]),
+            (Knob::CpuRtRuntime, KnobValue::Micros(us)) => Ok(vec![us.to_string()]),
             _ => Err(bad(knob, v)),
         }
     }
@@ -80,6 +84,10 @@ impl Controller for Cpu {
                 .and_then(|s| int(s, "microseconds"))
                 .map(KnobValue::Micros),
             Knob::CpuQosLevel => one(c).and_then(|s| int(s, "level")).map(KnobValue::Level),
+            // -1 (no limit) is the root's alone, which tidal never writes.
+            Knob::CpuRtRuntime => one(c)
+                .and_then(|s| int(s, "microseconds"))
+                .map(KnobValue::Micros),
             _ => Err(not_mine(knob, "v1 cpu")),
         }
     }

@@ -1,5 +1,5 @@
 //! The interference ladder. Signals of online suffering (the online groups' CPU pressure, latency
-//! objectives' slack, and next run-queue latency) each give a [`Verdict`]; all of them drive one
+//! objectives' slack, run-queue latency, and a stall of the agent's own loop) each give a [`Verdict`]; all of them drive one
 //! ladder of tightening steps ([`Step::LADDER`]) with one escalation and release logic. A new signal
 //! adds a rule to [`rules`], not a path through `decide`.
 //!
@@ -291,11 +291,69 @@ pub fn deep_wait(signals: &[tidal_model::Signal], cfg: &Config) -> bool {
 
 /// Every signal's rule, in order of precedence.
 pub fn rules(snap: &Snapshot, cfg: &Config, caps: &Capabilities) -> Vec<Verdict> {
+    // The stall rule last: a release quotes the first of the signals calm for as long.
     vec![
         slo_rule(snap, cfg),
         runq_rule(snap, cfg),
         psi_rule(snap, cfg, caps),
+        stall_rule(snap, cfg),
     ]
+}
+
+/// The agent's own loop, when its stall guard is on: a gap between its rounds past the guard's
+/// limit (the guard froze offline meanwhile) freezes every offline level left, so the ladder holds
+/// the guard's freeze and releases it like any step; otherwise calm after `calm_period`, so a
+/// freeze taken for a stall is released even where no other signal speaks (no online workload).
+fn stall_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
+    let worst = snap
+        .signals
+        .iter()
+        .filter(|s| s.kind == SignalKind::Stall)
+        .max_by(|a, b| a.observed.total_cmp(&b.observed));
+    match worst {
+        None => Verdict::Silent,
+        Some(s) if s.slack < 0.0 => Verdict::Tighten {
+            reason: format!(
+                "the agent's loop stopped for {} (its stall guard freezes offline past {})",
+                ms(s.observed),
+                ms(s.target)
+            ),
+            baseline: None,
+            per_tick: false,
+            measured_at_ms: None,
+            deep: true,
+        },
+        Some(s) => Verdict::Calm {
+            after_ms: cfg.interference.calm_period.0,
+            reason: format!(
+                "the agent's loop comes round (longest gap {}, under {})",
+                ms(s.observed),
+                ms(s.target)
+            ),
+            governs: false,
+        },
+    }
+}
+
+/// What the stall guard freezes when the agent's loop stops: the groups the ladder's freeze steps
+/// would freeze now (the tidal offline levels present, and offline pods that may be frozen: not
+/// those with liveness or startup probes, which a freeze would get restarted). Empty without a
+/// freezer.
+pub fn brake_targets(snap: &Snapshot, caps: &Capabilities) -> Vec<tidal_model::Target> {
+    if !caps.has(Knob::Freeze) {
+        return Vec::new();
+    }
+    let mut out: Vec<tidal_model::Target> = [QosLevel::OfflineLow, QosLevel::Offline]
+        .into_iter()
+        .filter(|l| snap.levels_present.contains(l))
+        .map(|l| tidal_model::Target::Tidal(l.group_path()))
+        .collect();
+    out.extend(
+        super::pods::offline(snap)
+            .filter(|(_, _, p)| !p.liveness_probe)
+            .map(|(_, g, _)| tidal_model::Target::Foreign(g.clone())),
+    );
+    out
 }
 
 /// Whether any signal asks offline not to grow.
@@ -607,11 +665,19 @@ pub fn decide(
                     freezes
                 };
                 if take.len() > 1 || take.first().is_some_and(|s| open.first() != Some(s)) {
+                    let stalled = snap
+                        .signals
+                        .iter()
+                        .any(|s| s.kind == SignalKind::Stall && s.slack < 0.0);
                     if let Some(p) = tick.pressure.as_mut() {
-                        p.push_str(&format!(
-                            " (below {:.0}%: every offline level frozen at once)",
-                            cfg.interference.freeze_below * 100.0
-                        ));
+                        if stalled {
+                            p.push_str(" (every offline level frozen at once)");
+                        } else {
+                            p.push_str(&format!(
+                                " (below {:.0}%: every offline level frozen at once)",
+                                cfg.interference.freeze_below * 100.0
+                            ));
+                        }
                     }
                 }
                 if !take.is_empty() {

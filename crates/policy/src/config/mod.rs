@@ -160,6 +160,11 @@ pub struct InterferenceConfig {
     /// cpuset shrink and the CPU-time cap: the cap's running part lets the tail through at a load
     /// step. −1000: never.
     pub freeze_below: f64,
+    /// When the agent's own loop has not come round for this long (its CPU taken, a read that
+    /// hangs), a guard thread (real-time priority where the kernel allows it) freezes every offline
+    /// group at once; the next tick takes the freeze into the ladder. 0 turns the guard off; a
+    /// value under four `sample_interval`s (the loop sleeps up to one between rounds) acts as that.
+    pub stall_after: Millis,
 }
 
 impl Default for InterferenceConfig {
@@ -175,6 +180,7 @@ impl Default for InterferenceConfig {
             watch_tick: Millis(20),
             min_excess_z: 1.645,
             freeze_below: -0.5,
+            stall_after: Millis(1_000),
         }
     }
 }
@@ -570,6 +576,15 @@ impl Config {
         }
     }
 
+    /// The stall guard's limit in force: `interference.stall_after`, at least four
+    /// `sample_interval`s (0: off).
+    pub fn stall_limit(&self) -> Millis {
+        match self.interference.stall_after.0 {
+            0 => Millis(0),
+            v => Millis(v.max(self.sample_interval.0.saturating_mul(4))),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
         let mut e = Vec::new();
         let tick = self.tick;
@@ -692,6 +707,17 @@ impl Config {
             i.release_watch,
             Millis(0),
             Millis(60_000),
+        );
+        let floor = Millis(200);
+        let cap = Millis(60_000);
+        check(
+            &mut e,
+            i.stall_after.0 == 0 || (i.stall_after >= floor && i.stall_after <= cap),
+            "interference.stall_after",
+            format!(
+                "must be 0 (off) or between {floor} and {cap} (got {})",
+                i.stall_after
+            ),
         );
         between(
             &mut e,
@@ -920,6 +946,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_stall_limit_is_never_under_four_sample_intervals_and_zero_is_off() {
+        let mut c = Config::default();
+        assert_eq!(c.stall_limit(), Millis(1_000));
+        c.sample_interval = Millis(500);
+        c.tick = Millis(500);
+        assert!(
+            c.validate().is_ok(),
+            "a default limit under the floor is raised, not refused"
+        );
+        assert_eq!(c.stall_limit(), Millis(2_000));
+        c.interference.stall_after = Millis(0);
+        assert_eq!(c.stall_limit(), Millis(0));
+    }
+
+    #[test]
     fn empty_and_example_files_give_valid_configs() {
         assert_eq!(Config::from_yaml("").unwrap(), Config::default());
         let ex = include_str!("../../../../examples/tidal.yaml");
@@ -1006,6 +1047,16 @@ mod tests {
                 "interference:\n  calm_period: 10ms",
                 "interference.calm_period",
                 "between 1s and 1h",
+            ),
+            (
+                "interference:\n  stall_after: 100ms",
+                "interference.stall_after",
+                "0 (off) or between 200ms and 1m",
+            ),
+            (
+                "interference:\n  stall_after: 2m",
+                "interference.stall_after",
+                "0 (off)",
             ),
             (
                 "interference:\n  calm_period: 2h",

@@ -81,6 +81,9 @@ pub struct Agent {
     /// Workloads whose kill left tasks still exiting: killing one again is the same eviction.
     survivors_of: HashSet<Target>,
     shared: Arc<Shared>,
+    /// The stall guard, and the groups its brake holds now.
+    guard: Option<super::stall::Guard>,
+    armed: Option<Vec<Target>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -138,7 +141,63 @@ impl Agent {
             counter: view::Counter::default(),
             survivors_of: HashSet::new(),
             shared,
+            guard: None,
+            armed: None,
         }
+    }
+
+    /// Takes the stall guard (started by the driver: it owns the thread); armed from the next tick.
+    pub fn set_guard(&mut self, g: super::stall::Guard) {
+        self.guard = Some(g);
+        self.armed = None;
+    }
+
+    /// The loop came round (the stall guard's heartbeat).
+    pub fn beat(&self) {
+        if let Some(g) = &self.guard {
+            g.beat();
+        }
+    }
+
+    /// Arms the stall guard with what the ladder's freeze steps would freeze now (when that
+    /// changes); each group's original is journalled before the guard may ever write it.
+    fn arm_guard(&mut self) {
+        let Some(g) = &self.guard else {
+            return;
+        };
+        let want = tidal_policy::agent::interference::brake_targets(&self.snap, &self.caps);
+        if self.armed.as_ref() == Some(&want) {
+            return;
+        }
+        match self.act.brake(&want) {
+            Ok(b) => {
+                g.arm(Some(b));
+                self.armed = Some(want);
+            }
+            Err(e) => {
+                // Unarmed rather than armed with files whose originals are not kept.
+                g.arm(None);
+                self.armed = None;
+                warn!("stall guard unarmed: cannot journal the offline groups' freeze state: {e}");
+            }
+        }
+    }
+
+    /// The longest gap between the loop's rounds since the last tick, as a signal (while the
+    /// stall guard is on): past its limit the ladder takes the guard's freeze over.
+    fn stall_signal(&self) -> Option<tidal_model::Signal> {
+        let (gap_ms, after_ms) = self.guard.as_ref()?.take_gap()?;
+        let (observed, target) = (gap_ms as f64 / 1e3, after_ms as f64 / 1e3);
+        Some(tidal_model::Signal {
+            kind: tidal_model::SignalKind::Stall,
+            workload: "agent".into(),
+            what: "the agent's loop".into(),
+            observed,
+            target,
+            slack: tidal_model::Signal::slack_of(observed, target),
+            age_ms: None,
+            excess_z: None,
+        })
     }
 
     /// Takes the run-queue latency collector (started by the driver: it loads BPF).
@@ -183,6 +242,9 @@ impl Agent {
         self.act
             .set_reprobe_interval(Duration::from_millis(new.static_interval.0));
         self.slo.set_config(&new.slo);
+        if let Some(g) = &self.guard {
+            g.set_after(new.stall_limit().0);
+        }
         // A duty cycle's periods are counted in ticks: a new period starts it afresh.
         if new.tick != self.cfg.tick
             || new.interference.cap_fraction != self.cfg.interference.cap_fraction
@@ -269,6 +331,7 @@ impl Agent {
             .read(self.cfg.bpf.runq_p99_threshold.0, self.cfg.bpf.min_samples);
         self.show_runq();
         signals.extend(runq_signals);
+        signals.extend(self.stall_signal());
         self.snap.signals = signals;
         if !waits.is_empty() {
             lock(&self.shared.metrics).runq(&waits);
@@ -330,8 +393,16 @@ impl Agent {
             let names = |s: &[tidal_policy::Step]| {
                 s.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
             };
+            // Why, from the plan: a step whose write found offline where it puts it says so here.
+            let why = d
+                .plan
+                .actions
+                .iter()
+                .find(|a| matches!(a.cause, Cause::Interference | Cause::Release))
+                .map(|a| format!(": {}", a.reason))
+                .unwrap_or_default();
             info!(
-                "interference ladder: [{}] (was [{}])",
+                "interference ladder: [{}] (was [{}]){why}",
                 names(&d.state.interference.steps),
                 names(&self.state.interference.steps)
             );
@@ -344,6 +415,12 @@ impl Agent {
                 tidal_policy::Phase::BackedOff { .. }
             );
         self.state = settle(d.state, &self.state, &d.plan, &ok);
+        if self.cfg.stall_limit().0 > 0 {
+            self.arm_guard();
+        } else if let Some(g) = self.guard.as_ref().filter(|_| self.armed.is_some()) {
+            g.arm(None);
+            self.armed = None;
+        }
         let first = self.ticks == 0;
         self.ticks += 1;
         if refreshed {
@@ -721,6 +798,10 @@ impl Agent {
     /// then only keeps its health fresh ([`Agent::pause`]) until it is stopped.
     pub fn release(&mut self) -> usize {
         info!("releasing: offline work gets every CPU back, thawed and uncapped; paused until stopped");
+        if let Some(g) = &self.guard {
+            g.arm(None);
+        }
+        self.armed = None;
         self.collector.update(&mut self.snap, 0, true);
         let mut failed = 0;
         for ap in self.act.apply(&release_plan(
@@ -748,6 +829,9 @@ impl Agent {
     /// Gives offline work every CPU back and thaws it; the exit code (1 if a write failed).
     pub fn shutdown(&mut self) -> i32 {
         info!("stopping: giving offline work its CPUs back");
+        if let Some(g) = &self.guard {
+            g.stop();
+        }
         self.collector.update(&mut self.snap, 0, true);
         let mut failed = 0;
         for ap in self.act.apply(&release_plan(
@@ -888,6 +972,7 @@ mod tests {
             slo: Vec::new(),
             runq_p99_us: Default::default(),
             runq: None,
+            stall_guard: None,
             tally: Default::default(),
             io_weights: None,
             unprotected_tiers: Vec::new(),

@@ -86,6 +86,8 @@ pub struct Metrics {
     pub tick_seconds: Histogram,
     pub ticks: Counter,
     pub early_ticks: Counter,
+    /// Times the stall guard froze offline because the agent's loop had stopped.
+    pub stall_brakes: Counter,
     node_busy: FGauge,
     offline_usage: FGauge,
     online_need: FGauge,
@@ -227,6 +229,7 @@ impl Metrics {
             tick_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
             ticks: Counter::default(),
             early_ticks: Counter::default(),
+            stall_brakes: Counter::default(),
             node_busy: FGauge::default(),
             offline_usage: FGauge::default(),
             online_need: FGauge::default(),
@@ -319,6 +322,11 @@ impl Metrics {
             "early_ticks",
             "Control steps taken early because a short sample showed online need rising or a deep run-queue wait",
             m.early_ticks.clone(),
+        );
+        r.register(
+            "stall_brakes",
+            "Times the stall guard froze offline because the agent's own loop had stopped (interference.stall_after)",
+            m.stall_brakes.clone(),
         );
         r.register(
             "node_busy_cpus",

@@ -11,6 +11,7 @@ mod http;
 pub mod metrics;
 pub mod runq;
 pub mod slo;
+pub mod stall;
 pub mod view;
 
 pub use self::core::{Agent, Shared, TickReport};
@@ -142,6 +143,45 @@ fn place_self(act: &mut Actuator) {
         Ok(o) => warn!("the agent runs in the group {group} under the tidal root, but its CPU weight was not set ({o:?})"),
         Err(e) => warn!("the agent runs in the group {group} under the tidal root, but its CPU weight was not set: {e}"),
     }
+    grant_real_time(act, &group);
+}
+
+/// Real-time time per period (1 s by default) for the agent's group: the stall guard's checks take
+/// microseconds.
+const AGENT_RT_US: u64 = 10_000;
+
+/// On a kernel with RT group scheduling (v1 `cpu.rt_runtime_us`) a group without real-time time
+/// refuses real-time tasks: the tidal root and the agent's group get [`AGENT_RT_US`] (a group's
+/// children cannot hold more than it), so the stall guard can run at real-time priority. Nothing to
+/// do elsewhere: without RT group scheduling any task may.
+fn grant_real_time(act: &mut Actuator, group: &tidal_model::GroupPath) {
+    use tidal_model::{Knob, KnobValue, Target};
+    let mine = Target::Tidal(group.clone());
+    let has_file = act
+        .layout()
+        .knob_paths(&mine, Knob::CpuRtRuntime)
+        .is_some_and(|(_, p)| !p.is_empty() && p.iter().all(|f| f.exists()));
+    if !has_file {
+        return;
+    }
+    for t in [Target::Tidal(tidal_model::GroupPath::root()), mine] {
+        if let Ok(KnobValue::Micros(us)) = act.layout().read_knob(&t, Knob::CpuRtRuntime) {
+            if us >= AGENT_RT_US {
+                continue;
+            }
+        }
+        match act.set(&t, Knob::CpuRtRuntime, &KnobValue::Micros(AGENT_RT_US)) {
+            Ok(Outcome::Written | Outcome::Unchanged | Outcome::DryRun) => {}
+            Ok(o) => {
+                warn!("cannot give {t} real-time time for the stall guard ({o:?})");
+                return;
+            }
+            Err(e) => {
+                warn!("cannot give {t} real-time time for the stall guard: {e}");
+                return;
+            }
+        }
+    }
 }
 
 pub fn main(g: &Global, a: &AgentArgs) -> i32 {
@@ -242,6 +282,7 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
         slo: Vec::new(),
         runq_p99_us: Default::default(),
         runq: None,
+        stall_guard: None,
         tally: Default::default(),
         io_weights: None,
         unprotected_tiers: Vec::new(),
@@ -284,12 +325,38 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
     if let Ok(mut v) = shared.view.lock() {
         v.runq = runq.unavailable.clone();
     }
+    let stall_after = cfg.stall_limit().0;
+    if stall_after != cfg.interference.stall_after.0 {
+        info!(
+            "interference.stall_after {} is under four sample intervals: the stall guard acts after {}",
+            cfg.interference.stall_after,
+            cfg.stall_limit()
+        );
+    }
+    let brakes = match shared.metrics.lock() {
+        Ok(m) => m.stall_brakes.clone(),
+        Err(p) => p.into_inner().stall_brakes.clone(),
+    };
     let mut agent = Agent::new(cfg, caps, act, collector, Arc::clone(&shared));
     agent.set_runq(runq);
+    // After the agent placed itself: a kernel with RT group scheduling refuses to move a
+    // real-time task into a group without real-time time.
+    let view = Arc::clone(&shared);
+    let said = move |how: String| {
+        if let Ok(mut v) = view.view.lock() {
+            v.stall_guard = Some(how);
+        }
+    };
+    match stall::Guard::start(stall_after, brakes, said) {
+        Ok(g) => agent.set_guard(g),
+        Err(e) => warn!("{e}: the agent runs without it"),
+    }
+    let mut stall_at = a.inject_stall;
     let mut next_tick = Instant::now();
     let mut watch_until = Instant::now();
     let mut released = false;
     while !term.load(Ordering::Relaxed) {
+        agent.beat();
         if usr1.swap(false, Ordering::Relaxed) && !released {
             let failed = agent.release();
             released = true;
@@ -328,6 +395,11 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
             }
             next_tick =
                 now + Duration::from_millis(tick_every(agent.config(), now < watch_until).0);
+            if let Some((at, ms)) = stall_at.filter(|(at, _)| agent.ticks() >= *at) {
+                warn!("stalling the loop for {ms} ms after tick {at} (--inject-stall)");
+                std::thread::sleep(Duration::from_millis(ms));
+                stall_at = None;
+            }
         }
         let sample_every = Duration::from_millis(agent.config().sample_interval.0);
         let wake = (Instant::now() + sample_every).min(next_tick);

@@ -164,6 +164,9 @@ pub struct StateView {
     /// Why run-queue latency is not measured (None: it is).
     #[serde(default)]
     pub runq: Option<String>,
+    /// The stall guard's priority, as its thread found it (None: not started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_guard: Option<String>,
     /// OOM kills and tidal's evictions by level since the agent started.
     #[serde(default)]
     pub tally: Tally,

@@ -1,0 +1,213 @@
+//! The stall guard: a thread, at real-time priority where the kernel allows it, that watches the
+//! agent's loop come round (a heartbeat each round) and, when it has not for
+//! `interference.stall_after`, freezes offline at once through the [`Brake`] the loop last armed.
+//! Whatever stops the loop (its CPU taken by a scheduler fault, a read that hangs) stops every
+//! signal with it; online is then protected the way the ladder's last step would. Each tick hands
+//! the longest gap since the last to the ladder as a signal ([`Guard::take_gap`]): past the limit
+//! it takes the freeze over, and releases it like any step.
+
+use prometheus_client::metrics::counter::Counter;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tidal_actuator::Brake;
+use tracing::{error, info, warn};
+
+/// The lowest real-time priority: above every normal task, below the kernel's own RT threads.
+const RT_PRIORITY: i32 = 1;
+
+/// What the loop and the guard thread share.
+struct Inner {
+    started: Instant,
+    /// When the loop last came round, in ms since `started`.
+    beat_ms: AtomicU64,
+    /// The limit, in ms (0: the guard does nothing).
+    after_ms: AtomicU64,
+    /// What to freeze; None or empty while nothing is armed (before the first tick, released).
+    brake: Mutex<Option<Brake>>,
+    /// The longest gap between two rounds since the last tick asked (ms).
+    max_gap_ms: AtomicU64,
+    stop: AtomicBool,
+    brakes: Counter,
+}
+
+/// The loop's handle on its guard.
+pub struct Guard {
+    inner: Arc<Inner>,
+}
+
+/// Whether a gap of `gap_ms` since the last round is a stall the guard acts on.
+pub fn stalled(gap_ms: u64, after_ms: u64) -> bool {
+    after_ms > 0 && gap_ms >= after_ms
+}
+
+/// How often the guard looks: a quarter of the limit (a stall is met within 1.25 × the limit),
+/// within 10 ms – 1 s; once a second while it is off.
+pub fn check_every(after_ms: u64) -> Duration {
+    if after_ms == 0 {
+        return Duration::from_secs(1);
+    }
+    Duration::from_millis((after_ms / 4).clamp(10, 1_000))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Asks the kernel for SCHED_FIFO for the calling thread.
+fn real_time() -> Result<(), std::io::Error> {
+    let p = libc::sched_param {
+        sched_priority: RT_PRIORITY,
+    };
+    // SAFETY: pid 0 is the calling thread; `p` is a valid, initialised sched_param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl Guard {
+    /// Starts the guard thread (it waits for a brake before it can act); `said` is told its
+    /// priority once it has asked for real-time.
+    pub fn start(
+        after_ms: u64,
+        brakes: Counter,
+        said: impl FnOnce(String) + Send + 'static,
+    ) -> Result<Guard, String> {
+        let inner = Arc::new(Inner {
+            started: Instant::now(),
+            beat_ms: AtomicU64::new(0),
+            after_ms: AtomicU64::new(after_ms),
+            brake: Mutex::new(None),
+            max_gap_ms: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            brakes,
+        });
+        let watched = Arc::clone(&inner);
+        std::thread::Builder::new()
+            .name("stall-guard".into())
+            .spawn(move || watch(&watched, said))
+            .map_err(|e| format!("cannot start the stall guard: {e}"))?;
+        Ok(Guard { inner })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.started.elapsed().as_millis() as u64
+    }
+
+    /// The loop came round.
+    pub fn beat(&self) {
+        let now = self.now_ms().max(1);
+        let prev = self.inner.beat_ms.swap(now, Ordering::Relaxed);
+        if prev > 0 {
+            self.inner
+                .max_gap_ms
+                .fetch_max(now.saturating_sub(prev), Ordering::Relaxed);
+        }
+    }
+
+    /// A new limit (config reload); 0 turns the guard off.
+    pub fn set_after(&self, after_ms: u64) {
+        self.inner.after_ms.store(after_ms, Ordering::Relaxed);
+    }
+
+    /// What the guard freezes from now on (None: nothing, while offline is given everything back).
+    pub fn arm(&self, brake: Option<Brake>) {
+        *lock(&self.inner.brake) = brake;
+    }
+
+    /// The longest gap between the loop's rounds since the last call (ms), and the limit (ms);
+    /// None while the guard is off.
+    pub fn take_gap(&self) -> Option<(u64, u64)> {
+        let gap = self.inner.max_gap_ms.swap(0, Ordering::Relaxed);
+        match self.inner.after_ms.load(Ordering::Relaxed) {
+            0 => None,
+            after => Some((gap, after)),
+        }
+    }
+
+    /// Stops the guard for good (before the agent gives offline its CPUs back and exits).
+    pub fn stop(&self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        self.arm(None);
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn watch(g: &Inner, said: impl FnOnce(String)) {
+    match real_time() {
+        Ok(()) => {
+            info!("stall guard at real-time priority (SCHED_FIFO {RT_PRIORITY})");
+            said(format!("real-time priority (SCHED_FIFO {RT_PRIORITY})"));
+        }
+        // A kernel with RT group scheduling gives real-time time only to groups granted it
+        // (cpu.rt_runtime_us); without CAP_SYS_NICE it is refused too.
+        Err(e) => {
+            warn!(
+                "stall guard at normal priority: SCHED_FIFO refused ({e}); it still meets a loop that hangs, but not one starved of CPU with it"
+            );
+            said(format!("normal priority: SCHED_FIFO refused ({e})"));
+        }
+    }
+    // Each stall is braked once: the loop must come round before the next.
+    let mut braked_for_beat: Option<u64> = None;
+    while !g.stop.load(Ordering::Relaxed) {
+        let after = g.after_ms.load(Ordering::Relaxed);
+        std::thread::sleep(check_every(after));
+        let beat = g.beat_ms.load(Ordering::Relaxed);
+        if beat == 0 {
+            continue; // the loop has not come round yet
+        }
+        let gap = (g.started.elapsed().as_millis() as u64).saturating_sub(beat);
+        if !stalled(gap, after) || g.stop.load(Ordering::Relaxed) {
+            continue;
+        }
+        if braked_for_beat == Some(beat) {
+            continue;
+        }
+        braked_for_beat = Some(beat);
+        let brake = lock(&g.brake).clone();
+        let Some(brake) = brake.filter(|b| !b.is_empty()) else {
+            continue;
+        };
+        let pulled = brake.pull();
+        g.brakes.inc();
+        warn!(
+            "the agent's loop has not come round for {gap} ms (interference.stall_after {after} ms): offline frozen ({} group file(s))",
+            pulled.frozen
+        );
+        for f in &pulled.failed {
+            error!("stall guard: {f}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_is_a_stall_from_the_limit_on_and_never_with_the_guard_off() {
+        assert!(!stalled(999, 1_000));
+        assert!(stalled(1_000, 1_000));
+        assert!(stalled(5_000, 1_000));
+        assert!(!stalled(u64::MAX, 0));
+    }
+
+    #[test]
+    fn the_guard_looks_four_times_per_limit_within_bounds() {
+        assert_eq!(check_every(1_000), Duration::from_millis(250));
+        assert_eq!(check_every(0), Duration::from_secs(1));
+        assert_eq!(check_every(8), Duration::from_millis(10));
+        assert_eq!(check_every(60_000), Duration::from_millis(1_000));
+    }
+}
