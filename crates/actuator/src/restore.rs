@@ -175,7 +175,14 @@ pub fn restore(
             .is_some_and(|n| n == SUBTREE_CONTROL || n == v1::cpu::RT_RUNTIME)
     };
     originals.sort_by_key(|(p, _, _)| (is_late(p), p.components().count()));
-    let (later, first): (Vec<_>, Vec<_>) = originals.into_iter().partition(|(p, _, _)| is_late(p));
+    let (mut later, first): (Vec<_>, Vec<_>) =
+        originals.into_iter().partition(|(p, _, _)| is_late(p));
+    // Real-time time goes back children first (a parent cannot hold less than its children).
+    let is_rt = |p: &Path| p.file_name().is_some_and(|n| n == v1::cpu::RT_RUNTIME);
+    later.sort_by_key(|(p, _, _)| {
+        let depth = p.components().count() as i64;
+        (is_rt(p), if is_rt(p) { -depth } else { depth })
+    });
     restore_values(&first, dry_run, &mut rep, &mut done);
 
     // 2. Created groups: remove the empty ones deepest first; keep busy ones, thawed and unpinned.

@@ -67,6 +67,9 @@ fn own_group(c: &mut Command) -> &mut Command {
 /// `sh -c` script of a child that stops itself before exec, so the bench can place it first.
 pub const STOP_THEN_EXEC: &str = "kill -STOP $$; exec \"$@\"";
 
+/// Real-time time per period for the sandbox (agents' stall guards take theirs out of it).
+const SANDBOX_RT_US: u64 = 20_000;
+
 /// The sandbox group the bench process itself runs in.
 pub const BENCH_GROUP: &str = "bench";
 
@@ -115,6 +118,20 @@ impl BenchEnv {
             act.ensure_root(Some(pid)).map_err(|e| describe(&e))?;
         } else {
             act.ensure_root(None).map_err(|e| describe(&e))?;
+        }
+        // Where the kernel schedules real-time by group (v1 `cpu.rt_runtime_us`), an agent the
+        // bench starts can give its stall guard real-time time only out of the sandbox's.
+        let root = tidal_model::Target::Tidal(GroupPath::root());
+        if layout
+            .knob_paths(&root, Knob::CpuRtRuntime)
+            .is_some_and(|(_, p)| !p.is_empty() && p.iter().all(|f| f.exists()))
+        {
+            if let Err(e) = act.set(&root, Knob::CpuRtRuntime, &KnobValue::Micros(SANDBOX_RT_US)) {
+                eprintln!(
+                    "tidal: note: no real-time time for the agents' stall guards: {}",
+                    describe(&e)
+                );
+            }
         }
         // The bench and the processes it runs for online keep out of the OOM killer's way: a memory
         // antagonist must not take the measurement down with it.

@@ -528,3 +528,24 @@ fn offline_pods_get_an_io_weight_below_online_s_in_every_file_a_scheduler_reads(
     let again = decide(&s, &cfg, &Capabilities::full(8), &d.state);
     assert!(sets(&again.plan, Knob::IoWeight).is_empty());
 }
+
+/// The stall guard's brake holds offline pods, but not those with liveness or startup probes (a
+/// freeze would get them restarted; the ladder caps those instead), nor online ones.
+#[test]
+fn the_stall_brake_holds_offline_pods_without_probes() {
+    let caps = Capabilities::full(8);
+    let s = snapshot(vec![
+        pod(QosLevel::Offline, "a", false, None),
+        pod(QosLevel::Offline, "b", true, None),
+        pod(QosLevel::OfflineLow, "c", false, None),
+        pod(QosLevel::Online, "d", false, None),
+    ]);
+    let t = tidal_policy::agent::interference::brake_targets(&s, &caps);
+    let names: Vec<String> = t.iter().map(ToString::to_string).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with("poda")), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with("podc")), "{names:?}");
+    let mut no_freezer = caps.clone();
+    no_freezer.knobs.remove(&Knob::Freeze);
+    assert!(tidal_policy::agent::interference::brake_targets(&s, &no_freezer).is_empty());
+}

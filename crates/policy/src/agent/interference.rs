@@ -290,39 +290,44 @@ pub fn deep_wait(signals: &[tidal_model::Signal], cfg: &Config) -> bool {
 }
 
 /// Every signal's rule, in order of precedence.
-pub fn rules(snap: &Snapshot, cfg: &Config, caps: &Capabilities) -> Vec<Verdict> {
+pub fn rules(
+    snap: &Snapshot,
+    cfg: &Config,
+    caps: &Capabilities,
+    prev: &PolicyState,
+) -> Vec<Verdict> {
     // The stall rule last: a release quotes the first of the signals calm for as long.
     vec![
         slo_rule(snap, cfg),
         runq_rule(snap, cfg),
         psi_rule(snap, cfg, caps),
-        stall_rule(snap, cfg),
+        stall_rule(snap, cfg, prev),
     ]
 }
 
-/// The agent's own loop, when its stall guard is on: a gap between its rounds past the guard's
-/// limit (the guard froze offline meanwhile) freezes every offline level left, so the ladder holds
-/// the guard's freeze and releases it like any step; otherwise calm after `calm_period`, so a
-/// freeze taken for a stall is released even where no other signal speaks (no online workload).
-fn stall_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
+/// The stall signal that says the agent's loop stopped past its guard's limit (the guard froze
+/// offline meanwhile), the longest if several.
+fn stalled(snap: &Snapshot) -> Option<&tidal_model::Signal> {
+    snap.signals
+        .iter()
+        .filter(|s| s.kind == SignalKind::Stall && s.target > 0.0 && s.observed >= s.target)
+        .max_by(|a, b| a.observed.total_cmp(&b.observed))
+}
+
+/// The agent's own loop, once a stall took steps: it coming round is calm after `calm_period`, so
+/// those steps are released even where no other signal speaks (no online workload). Silent
+/// otherwise: a ladder whose signals all fell silent keeps what they took. A stall itself is the
+/// ladder's to meet ([`decide`]), whatever its phase.
+fn stall_rule(snap: &Snapshot, cfg: &Config, prev: &PolicyState) -> Verdict {
+    if !prev.interference.stalled || stalled(snap).is_some() {
+        return Verdict::Silent;
+    }
     let worst = snap
         .signals
         .iter()
         .filter(|s| s.kind == SignalKind::Stall)
         .max_by(|a, b| a.observed.total_cmp(&b.observed));
     match worst {
-        None => Verdict::Silent,
-        Some(s) if s.slack < 0.0 => Verdict::Tighten {
-            reason: format!(
-                "the agent's loop stopped for {} (its stall guard freezes offline past {})",
-                ms(s.observed),
-                ms(s.target)
-            ),
-            baseline: None,
-            per_tick: false,
-            measured_at_ms: None,
-            deep: true,
-        },
         Some(s) => Verdict::Calm {
             after_ms: cfg.interference.calm_period.0,
             reason: format!(
@@ -332,6 +337,7 @@ fn stall_rule(snap: &Snapshot, cfg: &Config) -> Verdict {
             ),
             governs: false,
         },
+        None => Verdict::Silent,
     }
 }
 
@@ -442,6 +448,37 @@ pub fn decide(
     st: &mut PolicyState,
 ) -> LadderTick {
     let now = snap.now_ms;
+    // The agent's loop stopped and its stall guard froze offline meanwhile: every freeze step is
+    // taken at once, whatever the ladder's phase, so that the guard's freeze is the ladder's and
+    // is released like any step.
+    if let Some(s) = stalled(snap) {
+        let taken = st.interference.steps.clone();
+        let freezes: Vec<Step> = Step::LADDER
+            .into_iter()
+            .filter(|x| x.freezes() && !taken.contains(x))
+            .filter(|x| effective(*x, &taken, snap, cfg, caps, cpu))
+            .collect();
+        let lad = &mut st.interference;
+        lad.steps.extend(freezes);
+        if !lad.steps.is_empty() {
+            lad.phase = Phase::Tightened {
+                at_ms: now,
+                baseline: None,
+            };
+            lad.stalled = true;
+            lad.per_tick = false;
+            lad.hold_since_ms = None;
+            lad.waited = false;
+        }
+        return LadderTick {
+            pressure: Some(format!(
+                "the agent's loop stopped for {} (its stall guard freezes offline past {}): every offline level frozen at once",
+                ms(s.observed),
+                ms(s.target)
+            )),
+            ..LadderTick::default()
+        };
+    }
     let every = cfg.interference.escalate_every.0;
     // Back off for the pressure rule's calm period after a useless step.
     let backoff = cfg.interference.calm_period.0;
@@ -665,19 +702,11 @@ pub fn decide(
                     freezes
                 };
                 if take.len() > 1 || take.first().is_some_and(|s| open.first() != Some(s)) {
-                    let stalled = snap
-                        .signals
-                        .iter()
-                        .any(|s| s.kind == SignalKind::Stall && s.slack < 0.0);
                     if let Some(p) = tick.pressure.as_mut() {
-                        if stalled {
-                            p.push_str(" (every offline level frozen at once)");
-                        } else {
-                            p.push_str(&format!(
-                                " (below {:.0}%: every offline level frozen at once)",
-                                cfg.interference.freeze_below * 100.0
-                            ));
-                        }
+                        p.push_str(&format!(
+                            " (below {:.0}%: every offline level frozen at once)",
+                            cfg.interference.freeze_below * 100.0
+                        ));
                     }
                 }
                 if !take.is_empty() {
@@ -763,6 +792,7 @@ pub fn decide(
     }
     if lad.steps.is_empty() {
         lad.per_tick = false;
+        lad.stalled = false;
     }
     tick
 }

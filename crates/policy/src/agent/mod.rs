@@ -38,7 +38,7 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
     let mut plan = Plan::default();
     let static_due = statics::decide(snap, cfg, caps, &mut st, &mut plan);
     io::decide(snap, cfg, caps, static_due, &mut st, &mut plan);
-    let verdicts = interference::rules(snap, cfg, caps);
+    let verdicts = interference::rules(snap, cfg, caps, prev);
     let cpu = confine::need(snap, cfg, interference::stops_growth(&verdicts), &mut st);
     let verdict = interference::decide(snap, cfg, caps, &cpu, &verdicts, &mut st);
     let confined = confine::apply(

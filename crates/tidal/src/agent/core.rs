@@ -186,8 +186,8 @@ impl Agent {
     /// The longest gap between the loop's rounds since the last tick, as a signal (while the
     /// stall guard is on): past its limit the ladder takes the guard's freeze over.
     fn stall_signal(&self) -> Option<tidal_model::Signal> {
-        let (gap_ms, after_ms) = self.guard.as_ref()?.take_gap()?;
-        let (observed, target) = (gap_ms as f64 / 1e3, after_ms as f64 / 1e3);
+        let gap = self.guard.as_ref()?.take_gap()?;
+        let (observed, target) = (gap.gap_ms as f64 / 1e3, gap.after_ms as f64 / 1e3);
         Some(tidal_model::Signal {
             kind: tidal_model::SignalKind::Stall,
             workload: "agent".into(),
@@ -242,8 +242,12 @@ impl Agent {
         self.act
             .set_reprobe_interval(Duration::from_millis(new.static_interval.0));
         self.slo.set_config(&new.slo);
-        if let Some(g) = &self.guard {
-            g.set_after(new.stall_limit().0);
+        match &self.guard {
+            Some(g) => g.set_after(new.stall_limit().0),
+            None if new.stall_limit().0 > 0 => {
+                warn!("interference.stall_after: the stall guard was off at start; it starts with the agent")
+            }
+            None => {}
         }
         // A duty cycle's periods are counted in ticks: a new period starts it afresh.
         if new.tick != self.cfg.tick
@@ -436,6 +440,9 @@ impl Agent {
             // this tick's read was every workload's baseline, and the first window opens here.
             self.runq.restart();
             self.show_runq();
+            if let Some(g) = &self.guard {
+                g.restart();
+            }
         }
         let took = now.elapsed();
         let m = lock(&self.shared.metrics);

@@ -96,7 +96,7 @@ pub const AGENT_GROUP: &str = "agent";
 /// (docs/RESULTS.md); inside, offline's idle class orders offline behind it. Not on a pure v2
 /// host run by systemd: there the agent belongs to its unit, and the root to a scope. A failed
 /// move puts the agent back where it started, and says so.
-fn place_self(act: &mut Actuator) {
+fn place_self(act: &mut Actuator, real_time: bool) {
     let layout = act.layout();
     let inside = layout.owner("cpu").is_some_and(|r| {
         r.hierarchy
@@ -143,7 +143,9 @@ fn place_self(act: &mut Actuator) {
         Ok(o) => warn!("the agent runs in the group {group} under the tidal root, but its CPU weight was not set ({o:?})"),
         Err(e) => warn!("the agent runs in the group {group} under the tidal root, but its CPU weight was not set: {e}"),
     }
-    grant_real_time(act, &group);
+    if real_time {
+        grant_real_time(act, &group);
+    }
 }
 
 /// Real-time time per period (1 s by default) for the agent's group: the stall guard's checks take
@@ -172,6 +174,12 @@ fn grant_real_time(act: &mut Actuator, group: &tidal_model::GroupPath) {
         }
         match act.set(&t, Knob::CpuRtRuntime, &KnobValue::Micros(AGENT_RT_US)) {
             Ok(Outcome::Written | Outcome::Unchanged | Outcome::DryRun) => {}
+            // EINVAL: the group above has no real-time time to give (a systemd unit's, a
+            // sandbox's); tidal does not take it from groups it does not own.
+            Ok(Outcome::Unsupported) => {
+                warn!("cannot give {t} real-time time for the stall guard: the group above it has none to give (cpu.rt_runtime_us)");
+                return;
+            }
             Ok(o) => {
                 warn!("cannot give {t} real-time time for the stall guard ({o:?})");
                 return;
@@ -229,7 +237,7 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
     // Before any thread starts and before /healthz answers: whoever waits for it finds the agent
     // where it stays.
     if cfg.agent_group && a.source == SourceKind::Local {
-        place_self(&mut act);
+        place_self(&mut act, cfg.stall_limit().0 > 0);
     }
     let addr = listener
         .local_addr()
@@ -347,9 +355,11 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
             v.stall_guard = Some(how);
         }
     };
-    match stall::Guard::start(stall_after, brakes, said) {
-        Ok(g) => agent.set_guard(g),
-        Err(e) => warn!("{e}: the agent runs without it"),
+    if stall_after > 0 {
+        match stall::Guard::start(stall_after, brakes, said) {
+            Ok(g) => agent.set_guard(g),
+            Err(e) => warn!("{e}: the agent runs without it"),
+        }
     }
     let mut stall_at = a.inject_stall;
     let mut next_tick = Instant::now();

@@ -3,12 +3,12 @@
 //! `interference.stall_after`, freezes offline at once through the [`Brake`] the loop last armed.
 //! Whatever stops the loop (its CPU taken by a scheduler fault, a read that hangs) stops every
 //! signal with it; online is then protected the way the ladder's last step would. Each tick hands
-//! the longest gap since the last to the ladder as a signal ([`Guard::take_gap`]): past the limit
-//! it takes the freeze over, and releases it like any step.
+//! the longest gap since the last to the ladder as a signal ([`Guard::take_gap`]): after a pull it
+//! takes the freeze over, and releases it like any step.
 
 use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 use tidal_actuator::Brake;
 use tracing::{error, info, warn};
@@ -19,14 +19,19 @@ const RT_PRIORITY: i32 = 1;
 /// What the loop and the guard thread share.
 struct Inner {
     started: Instant,
-    /// When the loop last came round, in ms since `started`.
+    /// When the loop last came round, in ms since `started` (0: not yet).
     beat_ms: AtomicU64,
     /// The limit, in ms (0: the guard does nothing).
     after_ms: AtomicU64,
-    /// What to freeze; None or empty while nothing is armed (before the first tick, released).
+    /// What to freeze; None while nothing is armed (before the first tick, released, stopped).
+    /// The guard holds the lock while it pulls, so disarming waits for a pull in flight.
     brake: Mutex<Option<Brake>>,
     /// The longest gap between two rounds since the last tick asked (ms).
     max_gap_ms: AtomicU64,
+    /// The gap the guard last pulled the brake at, and the limit then (0: no pull since the last
+    /// tick asked).
+    pulled_gap_ms: AtomicU64,
+    pulled_after_ms: AtomicU64,
     stop: AtomicBool,
     brakes: Counter,
 }
@@ -34,6 +39,14 @@ struct Inner {
 /// The loop's handle on its guard.
 pub struct Guard {
     inner: Arc<Inner>,
+}
+
+/// The longest gap between the loop's rounds since the last tick, against the limit (both ms).
+/// After a pull, at least the gap the guard acted on, so the ladder always sees the stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub gap_ms: u64,
+    pub after_ms: u64,
 }
 
 /// Whether a gap of `gap_ms` since the last round is a stall the guard acts on.
@@ -84,6 +97,8 @@ impl Guard {
             after_ms: AtomicU64::new(after_ms),
             brake: Mutex::new(None),
             max_gap_ms: AtomicU64::new(0),
+            pulled_gap_ms: AtomicU64::new(0),
+            pulled_after_ms: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             brakes,
         });
@@ -96,12 +111,12 @@ impl Guard {
     }
 
     fn now_ms(&self) -> u64 {
-        self.inner.started.elapsed().as_millis() as u64
+        (self.inner.started.elapsed().as_millis() as u64).max(1)
     }
 
     /// The loop came round.
     pub fn beat(&self) {
-        let now = self.now_ms().max(1);
+        let now = self.now_ms();
         let prev = self.inner.beat_ms.swap(now, Ordering::Relaxed);
         if prev > 0 {
             self.inner
@@ -110,27 +125,46 @@ impl Guard {
         }
     }
 
+    /// Forgets the gaps so far: the agent's first tick (a full reading, its programs loading) is
+    /// its start, not a stall.
+    pub fn restart(&self) {
+        self.inner.beat_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.inner.max_gap_ms.store(0, Ordering::Relaxed);
+    }
+
     /// A new limit (config reload); 0 turns the guard off.
     pub fn set_after(&self, after_ms: u64) {
         self.inner.after_ms.store(after_ms, Ordering::Relaxed);
     }
 
-    /// What the guard freezes from now on (None: nothing, while offline is given everything back).
+    /// What the guard freezes from now on (None: nothing). Waits for a pull in flight, so after
+    /// `arm(None)` the guard writes nothing more.
     pub fn arm(&self, brake: Option<Brake>) {
-        *lock(&self.inner.brake) = brake;
+        let old = std::mem::replace(&mut *lock(&self.inner.brake), brake);
+        // Dropped outside the lock: the guard never waits on the loop's deallocation.
+        drop(old);
     }
 
-    /// The longest gap between the loop's rounds since the last call (ms), and the limit (ms);
-    /// None while the guard is off.
-    pub fn take_gap(&self) -> Option<(u64, u64)> {
+    /// The longest gap since the last call, against the limit; None while the guard is off and
+    /// has pulled nothing since.
+    pub fn take_gap(&self) -> Option<Gap> {
         let gap = self.inner.max_gap_ms.swap(0, Ordering::Relaxed);
-        match self.inner.after_ms.load(Ordering::Relaxed) {
-            0 => None,
-            after => Some((gap, after)),
+        let pulled = self.inner.pulled_gap_ms.swap(0, Ordering::Relaxed);
+        let after = self.inner.after_ms.load(Ordering::Relaxed);
+        if pulled > 0 {
+            return Some(Gap {
+                gap_ms: gap.max(pulled),
+                after_ms: self.inner.pulled_after_ms.load(Ordering::Relaxed),
+            });
         }
+        (after > 0).then_some(Gap {
+            gap_ms: gap,
+            after_ms: after,
+        })
     }
 
-    /// Stops the guard for good (before the agent gives offline its CPUs back and exits).
+    /// Stops the guard for good (before the agent gives offline its CPUs back and exits); a pull
+    /// in flight ends first.
     pub fn stop(&self) {
         self.inner.stop.store(true, Ordering::Relaxed);
         self.arm(None);
@@ -164,26 +198,35 @@ fn watch(g: &Inner, said: impl FnOnce(String)) {
         let after = g.after_ms.load(Ordering::Relaxed);
         std::thread::sleep(check_every(after));
         let beat = g.beat_ms.load(Ordering::Relaxed);
-        if beat == 0 {
-            continue; // the loop has not come round yet
+        if beat == 0 || braked_for_beat == Some(beat) {
+            continue; // the loop has not come round yet, or this stall was braked
         }
         let gap = (g.started.elapsed().as_millis() as u64).saturating_sub(beat);
-        if !stalled(gap, after) || g.stop.load(Ordering::Relaxed) {
+        if !stalled(gap, after) {
             continue;
         }
-        if braked_for_beat == Some(beat) {
-            continue;
+        // Never waits on the loop: the lock is held only to swap what is armed (or by a pull).
+        let armed = match g.brake.try_lock() {
+            Ok(a) => a,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => continue,
+        };
+        if g.stop.load(Ordering::Relaxed) {
+            break;
         }
-        braked_for_beat = Some(beat);
-        let brake = lock(&g.brake).clone();
-        let Some(brake) = brake.filter(|b| !b.is_empty()) else {
+        let Some(brake) = armed.as_ref().filter(|b| !b.is_empty()) else {
             continue;
         };
+        braked_for_beat = Some(beat);
         let pulled = brake.pull();
+        drop(armed);
+        g.pulled_after_ms.store(after, Ordering::Relaxed);
+        g.pulled_gap_ms.fetch_max(gap, Ordering::Relaxed);
         g.brakes.inc();
         warn!(
-            "the agent's loop has not come round for {gap} ms (interference.stall_after {after} ms): offline frozen ({} group file(s))",
-            pulled.frozen
+            "the agent's loop has not come round for {gap} ms (interference.stall_after {after} ms): offline frozen ({} group file(s) written, {} failed)",
+            pulled.frozen,
+            pulled.failed.len()
         );
         for f in &pulled.failed {
             error!("stall guard: {f}");
