@@ -67,8 +67,10 @@ fn own_group(c: &mut Command) -> &mut Command {
 /// `sh -c` script of a child that stops itself before exec, so the bench can place it first.
 pub const STOP_THEN_EXEC: &str = "kill -STOP $$; exec \"$@\"";
 
-/// Real-time time per period for the sandbox (agents' stall guards take theirs out of it).
+/// Real-time time per period for the sandbox (agents' stall guards take theirs out of it: the
+/// tidal root inside takes 10 ms, the bench's own group [`BENCH_RT_US`]).
 const SANDBOX_RT_US: u64 = 20_000;
+const BENCH_RT_US: u64 = 5_000;
 
 /// The sandbox group the bench process itself runs in.
 pub const BENCH_GROUP: &str = "bench";
@@ -121,7 +123,7 @@ impl BenchEnv {
         }
         // Where the kernel schedules real-time by group (v1 `cpu.rt_runtime_us`), an agent the
         // bench starts can give its stall guard real-time time only out of the sandbox's.
-        let root = tidal_model::Target::Tidal(GroupPath::root());
+        let root = Target::Tidal(GroupPath::root());
         if layout
             .knob_paths(&root, Knob::CpuRtRuntime)
             .is_some_and(|(_, p)| !p.is_empty() && p.iter().all(|f| f.exists()))
@@ -182,6 +184,27 @@ impl BenchEnv {
         if let Err(e) = placed {
             env.cleanup();
             return Err(format!("cannot place the bench in its own group: {e}"));
+        }
+        // An agent the bench brings in (one left outside the sandbox) may have a real-time stall
+        // guard: where the kernel schedules real-time by group, a group without real-time time
+        // refuses it.
+        if let Ok(g) = GroupPath::new(BENCH_GROUP) {
+            let t = Target::Tidal(g);
+            if env
+                .layout
+                .knob_paths(&t, Knob::CpuRtRuntime)
+                .is_some_and(|(_, p)| !p.is_empty() && p.iter().all(|f| f.exists()))
+            {
+                if let Err(e) = env
+                    .act
+                    .set(&t, Knob::CpuRtRuntime, &KnobValue::Micros(BENCH_RT_US))
+                {
+                    eprintln!(
+                        "tidal: note: no real-time time for an agent brought into the bench's group: {}",
+                        describe(&e)
+                    );
+                }
+            }
         }
         Ok(env)
     }

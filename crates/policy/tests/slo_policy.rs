@@ -1565,6 +1565,13 @@ fn only_stall(gap_s: f64, now_ms: u64) -> Snapshot {
     s
 }
 
+/// The same with no stall: the agent adds the signal only after the guard pulled.
+fn calm_loop(now_ms: u64) -> Snapshot {
+    let mut s = only_stall(0.0, now_ms);
+    s.signals.clear();
+    s
+}
+
 fn frozen_targets(plan: &tidal_model::Plan) -> Vec<&Target> {
     plan.actions
         .iter()
@@ -1596,14 +1603,17 @@ fn a_stall_freezes_every_offline_level_at_once_and_a_calm_loop_releases_it_alone
     }
     assert!(d.state.interference.has(Step::FreezeOffline));
     assert!(d.state.interference.has(Step::FreezeOfflineLow));
-    assert!(d.state.interference.stalled);
+    assert_eq!(
+        d.state.interference.stall_steps,
+        vec![Step::FreezeOfflineLow, Step::FreezeOffline]
+    );
     // The loop comes round again: the steps go one by one after the calm period, with nothing
     // else to say so.
     let mut st = d.state;
     let calm = cfg.interference.calm_period.0;
     let mut released = Vec::new();
     for t in (1..400).map(|i| 1_000 + i * 100) {
-        let d = decide(&only_stall(0.05, t), &cfg, &caps, &st);
+        let d = decide(&calm_loop(t), &cfg, &caps, &st);
         st = d.state;
         if usize::from(st.interference.level()) + released.len() < 2 {
             let why = reasons(&d.plan, tidal_model::Cause::Release);
@@ -1624,11 +1634,12 @@ fn a_stall_freezes_every_offline_level_at_once_and_a_calm_loop_releases_it_alone
         "released after {} ms",
         released[0] - 1_000
     );
-    assert!(!st.interference.stalled, "cleared with the ladder");
-    // Without the signal (the guard off) nothing tightens.
-    let mut s = only_stall(0.0, 1_000);
-    s.signals.clear();
-    let d = decide(&s, &cfg, &caps, &PolicyState::default());
+    assert!(
+        st.interference.stall_steps.is_empty(),
+        "gone with the steps"
+    );
+    // Without a pull nothing tightens.
+    let d = decide(&calm_loop(1_000), &cfg, &caps, &PolicyState::default());
     assert_eq!(d.state.interference.level(), 0);
 }
 
@@ -1672,10 +1683,25 @@ fn a_calm_loop_releases_nothing_a_stall_did_not_take() {
         baseline: None,
     };
     for t in (1..600).map(|i| i * 100) {
-        let d = decide(&only_stall(0.05, t), &cfg, &caps, &st);
+        let d = decide(&calm_loop(t), &cfg, &caps, &st);
         st = d.state;
     }
     assert_eq!(st.interference.steps, vec![Step::FreezeOfflineLow]);
+    // A stall on top of it takes the other freeze; the loop coming round releases that one
+    // alone, and the objective's step stays.
+    let d = decide(&only_stall(3.0, 60_000), &cfg, &caps, &st);
+    st = d.state;
+    assert_eq!(
+        st.interference.steps,
+        vec![Step::FreezeOfflineLow, Step::FreezeOffline]
+    );
+    assert_eq!(st.interference.stall_steps, vec![Step::FreezeOffline]);
+    for t in (1..600).map(|i| 60_000 + i * 100) {
+        let d = decide(&calm_loop(t), &cfg, &caps, &st);
+        st = d.state;
+    }
+    assert_eq!(st.interference.steps, vec![Step::FreezeOfflineLow]);
+    assert!(st.interference.stall_steps.is_empty());
 }
 
 #[test]

@@ -305,39 +305,32 @@ pub fn rules(
     ]
 }
 
-/// The stall signal that says the agent's loop stopped past its guard's limit (the guard froze
-/// offline meanwhile), the longest if several.
+/// The stall signal: the agent's stall guard froze offline because the loop had not come round
+/// for its limit (the agent adds one only after such a pull), the longest if several.
 fn stalled(snap: &Snapshot) -> Option<&tidal_model::Signal> {
     snap.signals
         .iter()
-        .filter(|s| s.kind == SignalKind::Stall && s.target > 0.0 && s.observed >= s.target)
+        .filter(|s| s.kind == SignalKind::Stall)
         .max_by(|a, b| a.observed.total_cmp(&b.observed))
 }
 
-/// The agent's own loop, once a stall took steps: it coming round is calm after `calm_period`, so
-/// those steps are released even where no other signal speaks (no online workload). Silent
-/// otherwise: a ladder whose signals all fell silent keeps what they took. A stall itself is the
-/// ladder's to meet ([`decide`]), whatever its phase.
+/// Steps a stall took, once it is over: calm after `calm_period` while the top step is one of
+/// them, so they are released even where no other signal speaks (no online workload, or the guard
+/// turned off since). Silent otherwise: steps other signals took stay theirs, and a ladder whose
+/// signals all fell silent keeps them. A stall itself is the ladder's to meet ([`decide`]).
 fn stall_rule(snap: &Snapshot, cfg: &Config, prev: &PolicyState) -> Verdict {
-    if !prev.interference.stalled || stalled(snap).is_some() {
+    let lad = &prev.interference;
+    let top_is_stalls = lad
+        .steps
+        .last()
+        .is_some_and(|s| lad.stall_steps.contains(s));
+    if !top_is_stalls || stalled(snap).is_some() {
         return Verdict::Silent;
     }
-    let worst = snap
-        .signals
-        .iter()
-        .filter(|s| s.kind == SignalKind::Stall)
-        .max_by(|a, b| a.observed.total_cmp(&b.observed));
-    match worst {
-        Some(s) => Verdict::Calm {
-            after_ms: cfg.interference.calm_period.0,
-            reason: format!(
-                "the agent's loop comes round (longest gap {}, under {})",
-                ms(s.observed),
-                ms(s.target)
-            ),
-            governs: false,
-        },
-        None => Verdict::Silent,
+    Verdict::Calm {
+        after_ms: cfg.interference.calm_period.0,
+        reason: "the agent's loop comes round again".into(),
+        governs: false,
     }
 }
 
@@ -451,25 +444,27 @@ pub fn decide(
     // The agent's loop stopped and its stall guard froze offline meanwhile: every freeze step is
     // taken at once, whatever the ladder's phase, so that the guard's freeze is the ladder's and
     // is released like any step.
-    if let Some(s) = stalled(snap) {
+    let stall = stalled(snap).map(|s| {
         let taken = st.interference.steps.clone();
         let freezes: Vec<Step> = Step::LADDER
             .into_iter()
             .filter(|x| x.freezes() && !taken.contains(x))
             .filter(|x| effective(*x, &taken, snap, cfg, caps, cpu))
             .collect();
+        (s, freezes)
+    });
+    // With no freeze left to take (offline frozen already, or nothing to freeze) the tick goes on.
+    if let Some((s, freezes)) = stall.filter(|(_, f)| !f.is_empty()) {
         let lad = &mut st.interference;
-        lad.steps.extend(freezes);
-        if !lad.steps.is_empty() {
-            lad.phase = Phase::Tightened {
-                at_ms: now,
-                baseline: None,
-            };
-            lad.stalled = true;
-            lad.per_tick = false;
-            lad.hold_since_ms = None;
-            lad.waited = false;
-        }
+        lad.steps.extend(freezes.iter().copied());
+        lad.stall_steps.extend(freezes);
+        lad.phase = Phase::Tightened {
+            at_ms: now,
+            baseline: None,
+        };
+        lad.per_tick = false;
+        lad.hold_since_ms = None;
+        lad.waited = false;
         return LadderTick {
             pressure: Some(format!(
                 "the agent's loop stopped for {} (its stall guard freezes offline past {}): every offline level frozen at once",
@@ -792,8 +787,9 @@ pub fn decide(
     }
     if lad.steps.is_empty() {
         lad.per_tick = false;
-        lad.stalled = false;
     }
+    let in_force = lad.steps.clone();
+    lad.stall_steps.retain(|s| in_force.contains(s));
     tick
 }
 

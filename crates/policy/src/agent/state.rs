@@ -109,11 +109,11 @@ pub struct Interference {
     /// `interference.release_watch` (`escalate_every` at least), not `slo.probe_after`.
     #[serde(default)]
     pub quick_probe: bool,
-    /// Steps in force were taken for a stall of the agent's own loop (its stall guard froze
-    /// offline): the loop coming round is then a calm signal, so they are released even where no
-    /// other signal speaks. Cleared when the ladder empties.
+    /// The steps in force that a stall of the agent's own loop took (its stall guard froze
+    /// offline): while the top step is one of them, the loop coming round is a calm signal, so
+    /// they are released even where no other signal speaks; steps other signals took are theirs.
     #[serde(default)]
-    pub stalled: bool,
+    pub stall_steps: Vec<Step>,
 }
 
 /// A failed probe doubles the wait before the next one, up to this many times `slo.probe_after`.

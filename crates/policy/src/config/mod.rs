@@ -162,9 +162,9 @@ pub struct InterferenceConfig {
     pub freeze_below: f64,
     /// When the agent's own loop has not come round for this long (its CPU taken, a read that
     /// hangs), a guard thread (real-time priority where the kernel allows it) freezes every offline
-    /// group at once; the next tick takes the freeze into the ladder. 0 turns the guard off (read
-    /// at start); a value under four `sample_interval`s (the loop sleeps up to one between rounds)
-    /// acts as that.
+    /// group at once; the next tick takes the freeze into the ladder. 0 turns the guard off (one
+    /// off at start stays off until a restart); a value under four `sample_interval`s (the loop
+    /// sleeps up to one between rounds) acts as that.
     pub stall_after: Millis,
 }
 

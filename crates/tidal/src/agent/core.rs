@@ -183,10 +183,10 @@ impl Agent {
         }
     }
 
-    /// The longest gap between the loop's rounds since the last tick, as a signal (while the
-    /// stall guard is on): past its limit the ladder takes the guard's freeze over.
+    /// A stall the guard pulled the brake for since the last tick, as a signal: the ladder takes
+    /// the guard's freeze over.
     fn stall_signal(&self) -> Option<tidal_model::Signal> {
-        let gap = self.guard.as_ref()?.take_gap()?;
+        let gap = self.guard.as_ref()?.take_pull()?;
         let (observed, target) = (gap.gap_ms as f64 / 1e3, gap.after_ms as f64 / 1e3);
         Some(tidal_model::Signal {
             kind: tidal_model::SignalKind::Stall,
@@ -419,6 +419,12 @@ impl Agent {
                 tidal_policy::Phase::BackedOff { .. }
             );
         self.state = settle(d.state, &self.state, &d.plan, &ok);
+        if self.ticks == 0 {
+            // The first tick is the agent's start: its gap is no stall (before the guard is armed).
+            if let Some(g) = &self.guard {
+                g.restart();
+            }
+        }
         if self.cfg.stall_limit().0 > 0 {
             self.arm_guard();
         } else if let Some(g) = self.guard.as_ref().filter(|_| self.armed.is_some()) {
@@ -440,9 +446,6 @@ impl Agent {
             // this tick's read was every workload's baseline, and the first window opens here.
             self.runq.restart();
             self.show_runq();
-            if let Some(g) = &self.guard {
-                g.restart();
-            }
         }
         let took = now.elapsed();
         let m = lock(&self.shared.metrics);

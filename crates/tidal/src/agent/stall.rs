@@ -2,9 +2,9 @@
 //! agent's loop come round (a heartbeat each round) and, when it has not for
 //! `interference.stall_after`, freezes offline at once through the [`Brake`] the loop last armed.
 //! Whatever stops the loop (its CPU taken by a scheduler fault, a read that hangs) stops every
-//! signal with it; online is then protected the way the ladder's last step would. Each tick hands
-//! the longest gap since the last to the ladder as a signal ([`Guard::take_gap`]): after a pull it
-//! takes the freeze over, and releases it like any step.
+//! signal with it; online is then protected the way the ladder's last step would. The tick after a
+//! pull hands the stall to the ladder as a signal ([`Guard::take_pull`]), which takes the freeze
+//! over and releases it like any step.
 
 use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,10 +28,9 @@ struct Inner {
     brake: Mutex<Option<Brake>>,
     /// The longest gap between two rounds since the last tick asked (ms).
     max_gap_ms: AtomicU64,
-    /// The gap the guard last pulled the brake at, and the limit then (0: no pull since the last
-    /// tick asked).
-    pulled_gap_ms: AtomicU64,
-    pulled_after_ms: AtomicU64,
+    /// The last pull since the last tick asked, as one word ([`pack`]; 0: none), so the tick never
+    /// reads a gap without its limit.
+    pulled: AtomicU64,
     stop: AtomicBool,
     brakes: Counter,
 }
@@ -41,12 +40,26 @@ pub struct Guard {
     inner: Arc<Inner>,
 }
 
-/// The longest gap between the loop's rounds since the last tick, against the limit (both ms).
-/// After a pull, at least the gap the guard acted on, so the ladder always sees the stall.
+/// A stall the guard pulled the brake for: the loop's longest gap (at least the one the guard
+/// acted on) against the limit then, both ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gap {
     pub gap_ms: u64,
     pub after_ms: u64,
+}
+
+/// A pull as one word: the limit in the high half, the gap in the low (each at most u32::MAX ms,
+/// 49 days); never 0 (a limit is never 0 when the guard pulls).
+pub fn pack(g: Gap) -> u64 {
+    let half = |v: u64| v.min(u64::from(u32::MAX));
+    (half(g.after_ms) << 32) | half(g.gap_ms)
+}
+
+pub fn unpack(w: u64) -> Option<Gap> {
+    (w != 0).then_some(Gap {
+        gap_ms: w & u64::from(u32::MAX),
+        after_ms: w >> 32,
+    })
 }
 
 /// Whether a gap of `gap_ms` since the last round is a stall the guard acts on.
@@ -97,8 +110,7 @@ impl Guard {
             after_ms: AtomicU64::new(after_ms),
             brake: Mutex::new(None),
             max_gap_ms: AtomicU64::new(0),
-            pulled_gap_ms: AtomicU64::new(0),
-            pulled_after_ms: AtomicU64::new(0),
+            pulled: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             brakes,
         });
@@ -126,10 +138,11 @@ impl Guard {
     }
 
     /// Forgets the gaps so far: the agent's first tick (a full reading, its programs loading) is
-    /// its start, not a stall.
+    /// its start, not a stall. Before the guard is first armed, so it has pulled nothing.
     pub fn restart(&self) {
         self.inner.beat_ms.store(self.now_ms(), Ordering::Relaxed);
         self.inner.max_gap_ms.store(0, Ordering::Relaxed);
+        self.inner.pulled.store(0, Ordering::Relaxed);
     }
 
     /// A new limit (config reload); 0 turns the guard off.
@@ -145,21 +158,14 @@ impl Guard {
         drop(old);
     }
 
-    /// The longest gap since the last call, against the limit; None while the guard is off and
-    /// has pulled nothing since.
-    pub fn take_gap(&self) -> Option<Gap> {
-        let gap = self.inner.max_gap_ms.swap(0, Ordering::Relaxed);
-        let pulled = self.inner.pulled_gap_ms.swap(0, Ordering::Relaxed);
-        let after = self.inner.after_ms.load(Ordering::Relaxed);
-        if pulled > 0 {
-            return Some(Gap {
-                gap_ms: gap.max(pulled),
-                after_ms: self.inner.pulled_after_ms.load(Ordering::Relaxed),
-            });
-        }
-        (after > 0).then_some(Gap {
-            gap_ms: gap,
-            after_ms: after,
+    /// The stall the guard pulled the brake for since the last call, if it did (whatever the
+    /// limit is now): its gap is the loop's longest since, at least the one the guard acted on.
+    pub fn take_pull(&self) -> Option<Gap> {
+        let longest = self.inner.max_gap_ms.swap(0, Ordering::Relaxed);
+        let pull = unpack(self.inner.pulled.swap(0, Ordering::Relaxed))?;
+        Some(Gap {
+            gap_ms: pull.gap_ms.max(longest),
+            ..pull
         })
     }
 
@@ -220,8 +226,13 @@ fn watch(g: &Inner, said: impl FnOnce(String)) {
         braked_for_beat = Some(beat);
         let pulled = brake.pull();
         drop(armed);
-        g.pulled_after_ms.store(after, Ordering::Relaxed);
-        g.pulled_gap_ms.fetch_max(gap, Ordering::Relaxed);
+        g.pulled.store(
+            pack(Gap {
+                gap_ms: gap,
+                after_ms: after,
+            }),
+            Ordering::Relaxed,
+        );
         g.brakes.inc();
         warn!(
             "the agent's loop has not come round for {gap} ms (interference.stall_after {after} ms): offline frozen ({} group file(s) written, {} failed)",
@@ -244,6 +255,56 @@ mod tests {
         assert!(stalled(1_000, 1_000));
         assert!(stalled(5_000, 1_000));
         assert!(!stalled(u64::MAX, 0));
+    }
+
+    #[test]
+    fn a_pull_packs_its_gap_with_its_limit_and_none_is_zero() {
+        let g = Gap {
+            gap_ms: 2_700,
+            after_ms: 1_000,
+        };
+        assert_eq!(unpack(pack(g)), Some(g));
+        assert_eq!(unpack(0), None);
+        let huge = Gap {
+            gap_ms: u64::MAX,
+            after_ms: 60_000,
+        };
+        assert_eq!(
+            unpack(pack(huge)),
+            Some(Gap {
+                gap_ms: u64::from(u32::MAX),
+                after_ms: 60_000
+            })
+        );
+    }
+
+    /// A guard that was never armed: nothing to pull, and the pull word alone says what the
+    /// tick hands on (whatever the limit is now).
+    #[test]
+    fn a_pull_is_handed_on_once_even_after_the_guard_is_turned_off() {
+        let g = Guard::start(0, Counter::default(), |_| {}).expect("guard thread");
+        g.beat();
+        assert_eq!(g.take_pull(), None, "no pull, no stall");
+        let pulled = Gap {
+            gap_ms: 1_200,
+            after_ms: 1_000,
+        };
+        g.inner.pulled.store(pack(pulled), Ordering::Relaxed);
+        g.inner.max_gap_ms.store(2_500, Ordering::Relaxed);
+        g.set_after(0);
+        assert_eq!(
+            g.take_pull(),
+            Some(Gap {
+                gap_ms: 2_500,
+                after_ms: 1_000
+            }),
+            "the loop's whole gap, against the limit it was pulled at"
+        );
+        assert_eq!(g.take_pull(), None, "handed on once");
+        g.inner.pulled.store(pack(pulled), Ordering::Relaxed);
+        g.restart();
+        assert_eq!(g.take_pull(), None, "the start is not a stall");
+        g.stop();
     }
 
     #[test]
