@@ -166,7 +166,13 @@ fn grant_real_time(act: &mut Actuator, group: &tidal_model::GroupPath) {
     if !has_file {
         return;
     }
-    for t in [Target::Tidal(tidal_model::GroupPath::root()), mine] {
+    for (t, name) in [
+        (
+            Target::Tidal(tidal_model::GroupPath::root()),
+            "the tidal root".to_string(),
+        ),
+        (mine, format!("the group {group}")),
+    ] {
         if let Ok(KnobValue::Micros(us)) = act.layout().read_knob(&t, Knob::CpuRtRuntime) {
             if us >= AGENT_RT_US {
                 continue;
@@ -177,15 +183,15 @@ fn grant_real_time(act: &mut Actuator, group: &tidal_model::GroupPath) {
             // EINVAL: the group above has no real-time time to give (a systemd unit's, a
             // sandbox's); tidal does not take it from groups it does not own.
             Ok(Outcome::Unsupported) => {
-                warn!("cannot give {t} real-time time for the stall guard: the group above it has none to give (cpu.rt_runtime_us)");
+                warn!("cannot give {name} real-time time for the stall guard: the group above it has none to give (cpu.rt_runtime_us)");
                 return;
             }
             Ok(o) => {
-                warn!("cannot give {t} real-time time for the stall guard ({o:?})");
+                warn!("cannot give {name} real-time time for the stall guard ({o:?})");
                 return;
             }
             Err(e) => {
-                warn!("cannot give {t} real-time time for the stall guard: {e}");
+                warn!("cannot give {name} real-time time for the stall guard: {e}");
                 return;
             }
         }
