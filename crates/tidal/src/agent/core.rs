@@ -245,7 +245,7 @@ impl Agent {
         match &self.guard {
             Some(g) => g.set_after(new.stall_limit().0),
             None if new.stall_limit().0 > 0 => {
-                warn!("interference.stall_after: the stall guard was off at start; it starts with the agent")
+                warn!("interference.stall_after: the stall guard was off when the agent started; restart the agent to start it")
             }
             None => {}
         }
