@@ -170,15 +170,11 @@ pub fn restore(
         }
     }
     // What a group's children limit: controllers they use, the real-time time they hold.
-    let is_late = |p: &Path| {
-        p.file_name()
-            .is_some_and(|n| n == SUBTREE_CONTROL || n == v1::cpu::RT_RUNTIME)
-    };
+    let is_late = |p: &Path| is_rt(p) || p.file_name().is_some_and(|n| n == SUBTREE_CONTROL);
     originals.sort_by_key(|(p, _, _)| (is_late(p), p.components().count()));
     let (mut later, first): (Vec<_>, Vec<_>) =
         originals.into_iter().partition(|(p, _, _)| is_late(p));
     // Real-time time goes back children first (a parent cannot hold less than its children).
-    let is_rt = |p: &Path| p.file_name().is_some_and(|n| n == v1::cpu::RT_RUNTIME);
     later.sort_by_key(|(p, _, _)| {
         let depth = p.components().count() as i64;
         (is_rt(p), if is_rt(p) { -depth } else { depth })
@@ -243,6 +239,11 @@ pub fn restore(
     Ok(rep)
 }
 
+/// A v1 `cpu.rt_runtime_us` file: a group's real-time time.
+fn is_rt(p: &Path) -> bool {
+    p.file_name().is_some_and(|n| n == v1::cpu::RT_RUNTIME)
+}
+
 /// Writes originals back, in order; v1 cpuset writes refused while a neighbour is in the way
 /// (EBUSY, EINVAL) get two more passes once the others are done.
 fn restore_values(
@@ -254,7 +255,6 @@ fn restore_values(
     let mut pending: Vec<&(PathBuf, String, Place)> = items.iter().collect();
     // A removed group's real-time time returns to its parent only once the kernel has let the
     // group go (about 100 ms here): those writes are tried for up to half a second.
-    let is_rt = |p: &Path| p.file_name().is_some_and(|n| n == v1::cpu::RT_RUNTIME);
     let passes = if items.iter().any(|(p, _, _)| is_rt(p)) {
         10
     } else {

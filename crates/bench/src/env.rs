@@ -74,6 +74,17 @@ pub const STOP_THEN_EXEC: &str = "kill -STOP $$; exec \"$@\"";
 const SANDBOX_RT_US: u64 = 50_000;
 const BENCH_RT_US: u64 = 5_000;
 
+/// Gives `target` real-time time (v1 `cpu.rt_runtime_us`) for `whom`; a host without the file
+/// (no RT group scheduling: any task may be real-time) has nothing to give, and says nothing.
+fn give_real_time(act: &mut Actuator, target: &Target, us: u64, whom: &str) {
+    if let Err(e) = act.set(target, Knob::CpuRtRuntime, &KnobValue::Micros(us)) {
+        eprintln!(
+            "tidal: note: no real-time time for {whom}: {}",
+            describe(&e)
+        );
+    }
+}
+
 /// The sandbox group the bench process itself runs in.
 pub const BENCH_GROUP: &str = "bench";
 
@@ -125,18 +136,12 @@ impl BenchEnv {
         }
         // Where the kernel schedules real-time by group (v1 `cpu.rt_runtime_us`), an agent the
         // bench starts can give its stall guard real-time time only out of the sandbox's.
-        let root = Target::Tidal(GroupPath::root());
-        if layout
-            .knob_paths(&root, Knob::CpuRtRuntime)
-            .is_some_and(|(_, p)| !p.is_empty() && p.iter().all(|f| f.exists()))
-        {
-            if let Err(e) = act.set(&root, Knob::CpuRtRuntime, &KnobValue::Micros(SANDBOX_RT_US)) {
-                eprintln!(
-                    "tidal: note: no real-time time for the agents' stall guards: {}",
-                    describe(&e)
-                );
-            }
-        }
+        give_real_time(
+            &mut act,
+            &Target::Tidal(GroupPath::root()),
+            SANDBOX_RT_US,
+            "the agents' stall guards",
+        );
         // The bench and the processes it runs for online keep out of the OOM killer's way: a memory
         // antagonist must not take the measurement down with it.
         match act.oom_score_adj_self(-999) {
@@ -191,22 +196,12 @@ impl BenchEnv {
         // guard: where the kernel schedules real-time by group, a group without real-time time
         // refuses it.
         if let Ok(g) = GroupPath::new(BENCH_GROUP) {
-            let t = Target::Tidal(g);
-            if env
-                .layout
-                .knob_paths(&t, Knob::CpuRtRuntime)
-                .is_some_and(|(_, p)| !p.is_empty() && p.iter().all(|f| f.exists()))
-            {
-                if let Err(e) = env
-                    .act
-                    .set(&t, Knob::CpuRtRuntime, &KnobValue::Micros(BENCH_RT_US))
-                {
-                    eprintln!(
-                        "tidal: note: no real-time time for an agent brought into the bench's group: {}",
-                        describe(&e)
-                    );
-                }
-            }
+            give_real_time(
+                &mut env.act,
+                &Target::Tidal(g),
+                BENCH_RT_US,
+                "an agent brought into the bench's group",
+            );
         }
         Ok(env)
     }

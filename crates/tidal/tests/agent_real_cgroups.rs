@@ -502,6 +502,24 @@ fn brakes(addr: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The stall tests' agent: a guard acting past 300 ms, freezes released after a second.
+const STALL_CFG: &str =
+    "tick: 100ms\nbpf:\n  enabled: false\ninterference:\n  stall_after: 300ms\n  calm_period: 1s\n";
+
+/// A test root with one offline workload spinning and no online one.
+fn offline_spinning(tag: &str) -> TestRoot {
+    let mut t = TestRoot::new(tag);
+    t.spin("offline", "batch");
+    t.wait_running(&["offline/offline/batch"]);
+    t
+}
+
+/// Whether the offline level's group is frozen.
+fn frozen(t: &TestRoot) -> bool {
+    let offline = tidal_model::QosLevel::Offline.group_path().to_string();
+    t.knob(&offline, Knob::Freeze) == KnobValue::Bool(true)
+}
+
 /// The agent's loop stops (`--inject-stall`: it sleeps 5 s after its tenth tick, as if its CPU
 /// were taken): its stall guard freezes offline while the loop still sleeps, the next tick takes
 /// the freeze into the ladder, and once the loop comes round for `calm_period` the ladder releases
@@ -513,14 +531,8 @@ fn the_stall_guard_freezes_offline_while_the_agents_loop_stops_and_the_ladder_re
     ) {
         return;
     }
-    let mut t = TestRoot::new("stall");
-    t.spin("offline", "batch");
-    t.wait_running(&["offline/offline/batch"]);
-    let offline = tidal_model::QosLevel::Offline.group_path().to_string();
-    let frozen = |t: &TestRoot| t.knob(&offline, Knob::Freeze) == KnobValue::Bool(true);
-    let cfg = t.write_config(
-        "tick: 100ms\nbpf:\n  enabled: false\ninterference:\n  stall_after: 300ms\n  calm_period: 1s\n",
-    );
+    let t = offline_spinning("stall");
+    let cfg = t.write_config(STALL_CFG);
     let addr = free_addr();
     let mut cmd = t.agent_cmd(&cfg, &addr);
     cmd.args(["--inject-stall", "10:5000"]);
@@ -597,17 +609,9 @@ fn the_stall_guard_runs_at_real_time_priority_and_freezes_offline_when_the_agent
     ) {
         return;
     }
-    let mut t = TestRoot::new("starve");
-    t.spin("offline", "batch");
-    t.wait_running(&["offline/offline/batch"]);
-    let offline = tidal_model::QosLevel::Offline.group_path().to_string();
-    let frozen = |t: &TestRoot| t.knob(&offline, Knob::Freeze) == KnobValue::Bool(true);
+    let t = offline_spinning("starve");
     let addr = free_addr();
-    let a = common::start_agent(
-        &t,
-        "tick: 100ms\nbpf:\n  enabled: false\ninterference:\n  stall_after: 300ms\n  calm_period: 1s\n",
-        &addr,
-    );
+    let a = common::start_agent(&t, STALL_CFG, &addr);
     wait_for("the stall guard to start", 10, || {
         t.agent_log().contains("stall guard at")
     });

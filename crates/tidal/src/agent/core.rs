@@ -419,19 +419,22 @@ impl Agent {
                 tidal_policy::Phase::BackedOff { .. }
             );
         self.state = settle(d.state, &self.state, &d.plan, &ok);
-        if self.ticks == 0 {
+        let first = self.ticks == 0;
+        if first {
             // The first tick is the agent's start: its gap is no stall (before the guard is armed).
             if let Some(g) = &self.guard {
                 g.restart();
             }
         }
-        if self.cfg.stall_limit().0 > 0 {
+        if self.cfg.stall_limit().0 == 0 {
+            if let Some(g) = self.guard.as_ref().filter(|_| self.armed.is_some()) {
+                g.arm(None);
+                self.armed = None;
+            }
+        } else if refreshed || self.armed.is_none() {
+            // What the brake holds changes only with the workload list.
             self.arm_guard();
-        } else if let Some(g) = self.guard.as_ref().filter(|_| self.armed.is_some()) {
-            g.arm(None);
-            self.armed = None;
         }
-        let first = self.ticks == 0;
         self.ticks += 1;
         if refreshed {
             // A consistent snapshot: the source may publish from it (batch resources).
