@@ -12,10 +12,9 @@ import sys
 import time
 
 
-def ask(sock, cmd):
-    sock.sendall(cmd.encode() + b"\n")
+def read_for(sock, seconds, done=lambda out: False):
     out = b""
-    end = time.time() + 5
+    end = time.time() + seconds
     while time.time() < end:
         try:
             chunk = sock.recv(65536)
@@ -24,8 +23,20 @@ def ask(sock, cmd):
         if not chunk:
             break
         out += chunk
-        if out.rstrip().endswith(b"(qemu)"):
+        if done(out):
             break
+    return out
+
+
+def ask(sock, cmd):
+    """One monitor command's output. Whatever is still unread (an earlier prompt) is drained
+    first, so an answer is never read as the next command's."""
+    sock.settimeout(0.3)
+    read_for(sock, 1)
+    sock.settimeout(2)
+    sock.sendall(cmd.encode() + b"\n")
+    # The monitor echoes the command, then its output, then a new prompt.
+    out = read_for(sock, 5, lambda o: b"\n" in o and o.rstrip().endswith(b"(qemu)"))
     return out.decode(errors="replace")
 
 
@@ -54,10 +65,11 @@ def main():
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(2)
     s.connect(sock_path)
-    ask(s, "")
-    s.sendall(b"stop\n")
-    ask(s, "")
-    cpus = re.findall(r"CPU #(\d+)", ask(s, "info cpus"))
+    ask(s, "stop")
+    listed = ask(s, "info cpus")
+    cpus = re.findall(r"CPU #(\d+)", listed)
+    if not cpus:
+        print(f"the monitor listed no vCPUs: {listed[-300:]!r}")
     for c in cpus:
         ask(s, f"cpu {c}")
         regs = ask(s, "info registers")

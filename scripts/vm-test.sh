@@ -12,7 +12,8 @@
 # Usage: scripts/vm-test.sh    (as root; builds what it needs)
 #   TIDAL_VM_MODES="plain systemd" (default): which boots to run; TIDAL_VM_TIMEOUT: seconds per boot;
 #   TIDAL_VM_TESTS=REGEX: only the real-cgroup test binaries whose names match (default: all);
-#   TIDAL_VM_CMDLINE: more kernel parameters (e.g. "loglevel=5" to see a lockup's stack).
+#   TIDAL_VM_CMDLINE: more kernel parameters (e.g. "loglevel=5" to see a lockup's stack);
+#   TIDAL_VM_SILENCE: seconds of console silence after which a boot is judged wedged (default 600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -26,6 +27,10 @@ done
 work="$top/target/vm"
 mkdir -p "$work"
 timeout_s=${TIDAL_VM_TIMEOUT:-1200}
+silence_s=${TIDAL_VM_SILENCE:-600}
+for v in "$timeout_s" "$silence_s"; do
+  [[ $v =~ ^[1-9][0-9]{0,5}$ ]] || { echo "vm-test: TIDAL_VM_TIMEOUT and TIDAL_VM_SILENCE take whole seconds (1-999999), not '$v'" >&2; exit 1; }
+done
 
 log() { echo "vm-test: $*"; }
 
@@ -221,6 +226,19 @@ done
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/block/vda ] && break; sleep 0.5; done
 [ -e /dev/vda ] || mdev -s 2>/dev/null
 echo "block devices: $(ls /sys/block)"
+# Under TCG with a host thread per vCPU, a vCPU can run a stale int3 at a call site the kernel has
+# just re-patched: both vCPUs were found stuck at the sched_switch tracepoint's call site in
+# __schedule, console silent, after a BPF program detached. A tracepoint's call site is patched
+# only when its probes go 0->1->2 or back; two resident probes on each scheduler tracepoint the
+# run-queue programs use (a trace event and the command-line recorder it brings, with the ring
+# buffer off) keep the programs' attach and detach from patching it.
+[ -e /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
+held=yes
+echo 0 > /sys/kernel/tracing/tracing_on 2>/dev/null || held=no
+for e in sched_switch sched_wakeup sched_wakeup_new; do
+  echo 1 > /sys/kernel/tracing/events/sched/$e/enable 2>/dev/null || held=no
+done
+echo "scheduler tracepoints held (TCG text-patching guard): $held"
 # Kernel text symbols at 200 MiB into the disk (the IO tests read its first 64 MiB), for the host to
 # name a wedged CPU's addresses: Debian ships no real System.map.
 echo 0 > /proc/sys/kernel/kptr_restrict 2>/dev/null
@@ -309,21 +327,25 @@ boot() { # boot NAME EXTRA_CMDLINE
     -nographic -no-reboot -kernel "$kernel" -initrd "$work/initrd.gz" \
     -drive file="$work/disk.img",if=virtio,format=raw -monitor unix:"$work/monitor-$1.sock",server,nowait \
     -append "console=ttyS0 panic=-1 cgroup_no_v1=all psi=1 quiet mitigations=off $2 ${TIDAL_VM_CMDLINE:-}" >"$console" 2>&1 &
-  local q=$!
+  local q=$! wedged=0
   # A guest whose timers stopped (seen under TCG: soft lockups, "rcu_preempt kthread timer wakeup
-  # didn't happen") prints nothing more, not even the 480-s step watchdog: stop it after 600 s of
-  # silence instead of waiting for the boot's timeout.
+  # didn't happen") prints nothing more, not even the 480-s step watchdog: stop it after
+  # TIDAL_VM_SILENCE seconds of silence instead of waiting for the boot's timeout. QEMU exits 0 on
+  # SIGTERM, so the wedge is remembered here, not read from its exit status.
   while kill -0 $q 2>/dev/null; do
     sleep 10
-    if [ $(( $(date +%s) - $(stat -c %Y "$console") )) -gt 600 ]; then
-      echo "vm-test: the $1 VM printed nothing for 600 s: wedged; where its CPUs are:" >&2
-      python3 "$top/scripts/vm-guest-state.py" "$work/monitor-$1.sock" "$work/disk.img" $((200 << 20)) >&2 || true
+    if [ $wedged -eq 0 ] && [ $(( $(date +%s) - $(stat -c %Y "$console") )) -gt "$silence_s" ]; then
+      wedged=1
+      echo "vm-test: the $1 VM printed nothing for $silence_s s: wedged; where its CPUs are:" >&2
+      python3 "$top/scripts/vm-guest-state.py" "$work/monitor-$1.sock" "$work/disk.img" $((200 << 20)) >&2 ||
+        echo "vm-test: the guest's state could not be read" >&2
       pkill -f "qemu-system-x86_64.*$work/initrd.gz" || true
     fi
   done
   wait $q
   rc=$?
   set -e
+  [ $wedged -eq 1 ] && rc=124
   grep -a 'TIDAL-VM-STEP' "$console" | sed "s/^/[$1] /" || true
   if [ $rc -ne 0 ] && ! grep -aq "TIDAL-VM-RESULT $1" "$console"; then
     tail -n 60 "$console"
