@@ -13,7 +13,9 @@
 #   TIDAL_VM_MODES="plain systemd" (default): which boots to run; TIDAL_VM_TIMEOUT: seconds per boot;
 #   TIDAL_VM_TESTS=REGEX: only the real-cgroup test binaries whose names match (default: all);
 #   TIDAL_VM_CMDLINE: more kernel parameters (e.g. "loglevel=5" to see a lockup's stack);
-#   TIDAL_VM_SILENCE: seconds of console silence after which a boot is judged wedged (default 600).
+#   TIDAL_VM_SILENCE: seconds of console silence after which a boot is judged wedged (default 600;
+#   a step prints only when it ends, so below the guest's 480-s step watchdog a slow step reads as
+#   a wedge).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -234,9 +236,9 @@ echo "block devices: $(ls /sys/block)"
 # buffer off) keep the programs' attach and detach from patching it.
 [ -e /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
 held=yes
-echo 0 > /sys/kernel/tracing/tracing_on 2>/dev/null || held=no
+{ echo 0 > /sys/kernel/tracing/tracing_on; } 2>/dev/null || held=no
 for e in sched_switch sched_wakeup sched_wakeup_new; do
-  echo 1 > /sys/kernel/tracing/events/sched/$e/enable 2>/dev/null || held=no
+  { echo 1 > /sys/kernel/tracing/events/sched/$e/enable; } 2>/dev/null || held=no
 done
 echo "scheduler tracepoints held (TCG text-patching guard): $held"
 # Kernel text symbols at 200 MiB into the disk (the IO tests read its first 64 MiB), for the host to
@@ -323,7 +325,7 @@ boot() { # boot NAME EXTRA_CMDLINE
   local console="$work/console-$1.log" rc
   log "booting $1 (timeout ${timeout_s}s)"
   set +e
-  timeout "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 3072 -smp 2 \
+  timeout -k 60 "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 3072 -smp 2 \
     -nographic -no-reboot -kernel "$kernel" -initrd "$work/initrd.gz" \
     -drive file="$work/disk.img",if=virtio,format=raw -monitor unix:"$work/monitor-$1.sock",server,nowait \
     -append "console=ttyS0 panic=-1 cgroup_no_v1=all psi=1 quiet mitigations=off $2 ${TIDAL_VM_CMDLINE:-}" >"$console" 2>&1 &
