@@ -230,7 +230,7 @@ for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/block/vda ] && break; sleep 0.5; don
 echo "block devices: $(ls /sys/block)"
 # Under TCG with a host thread per vCPU, a vCPU can run a stale int3 at a call site the kernel has
 # just re-patched: both vCPUs were found stuck at the sched_switch tracepoint's call site in
-# __schedule, console silent, after a BPF program detached. A tracepoint's call site is patched
+# __schedule, console silent, as a BPF test ended. A tracepoint's call site is patched
 # only when its probes go 0->1->2 or back; two resident probes on each scheduler tracepoint the
 # run-queue programs use (a trace event and the command-line recorder it brings, with the ring
 # buffer off) keep the programs' attach and detach from patching it.
