@@ -171,14 +171,13 @@ pub fn restore(
     }
     // What a group's children limit: controllers they use, the real-time time they hold.
     let is_late = |p: &Path| is_rt(p) || p.file_name().is_some_and(|n| n == SUBTREE_CONTROL);
-    originals.sort_by_key(|(p, _, _)| (is_late(p), p.components().count()));
-    let (mut later, first): (Vec<_>, Vec<_>) =
-        originals.into_iter().partition(|(p, _, _)| is_late(p));
-    // Real-time time goes back children first (a parent cannot hold less than its children).
-    later.sort_by_key(|(p, _, _)| {
+    // Shallow first, but real-time time last and children first (a parent cannot hold less than
+    // its children).
+    originals.sort_by_key(|(p, _, _)| {
         let depth = p.components().count() as i64;
-        (is_rt(p), if is_rt(p) { -depth } else { depth })
+        (is_late(p), is_rt(p), if is_rt(p) { -depth } else { depth })
     });
+    let (later, first): (Vec<_>, Vec<_>) = originals.into_iter().partition(|(p, _, _)| is_late(p));
     restore_values(&first, dry_run, &mut rep, &mut done);
 
     // 2. Created groups: remove the empty ones deepest first; keep busy ones, thawed and unpinned.

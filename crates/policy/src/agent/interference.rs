@@ -445,11 +445,11 @@ pub fn decide(
     // taken at once, whatever the ladder's phase, so that the guard's freeze is the ladder's and
     // is released like any step.
     let stall = stalled(snap).map(|s| {
-        let taken = st.interference.steps.clone();
+        let taken = &st.interference.steps;
         let freezes: Vec<Step> = Step::LADDER
             .into_iter()
             .filter(|x| x.freezes() && !taken.contains(x))
-            .filter(|x| effective(*x, &taken, snap, cfg, caps, cpu))
+            .filter(|x| effective(*x, taken, snap, cfg, caps, cpu))
             .collect();
         (s, freezes)
     });
@@ -788,8 +788,7 @@ pub fn decide(
     if lad.steps.is_empty() {
         lad.per_tick = false;
     }
-    let in_force = lad.steps.clone();
-    lad.stall_steps.retain(|s| in_force.contains(s));
+    lad.stall_steps.retain(|s| lad.steps.contains(s));
     tick
 }
 
