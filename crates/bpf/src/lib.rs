@@ -133,10 +133,11 @@ pub struct DeltaTracker {
 
 impl DeltaTracker {
     /// Turns a full cumulative reading into deltas since the previous one; cgroups that are gone
-    /// are forgotten.
-    pub fn step(&mut self, now: HashMap<CgroupKey, Hist>) -> Deltas {
-        let mut out = HashMap::with_capacity(now.len());
-        for (k, h) in &now {
+    /// are forgotten. `now` is left empty with its room kept, so a reader that passes the same map
+    /// each time allocates nothing for it after the first read.
+    pub fn step(&mut self, now: &mut HashMap<CgroupKey, Hist>) -> Deltas {
+        let mut out = HashMap::new();
+        for (k, h) in now.iter() {
             let d = match self.prev.get(k) {
                 Some(p) => h.since(p),
                 None => h.clone(),
@@ -145,7 +146,8 @@ impl DeltaTracker {
                 out.insert(*k, d);
             }
         }
-        self.prev = now;
+        std::mem::swap(&mut self.prev, now);
+        now.clear();
         out
     }
 }
@@ -163,6 +165,7 @@ mod loaded {
     use libbpf_rs::MapCore;
     use std::collections::HashMap;
     use std::mem::MaybeUninit;
+    use std::os::fd::AsRawFd;
 
     mod skel {
         include!(concat!(env!("OUT_DIR"), "/runq.skel.rs"));
@@ -171,6 +174,10 @@ mod loaded {
     pub struct Collector {
         skel: skel::RunqSkel<'static>,
         tracker: DeltaTracker,
+        /// A read's cumulative histograms, and one lookup's per-CPU values: kept between reads so
+        /// that a read allocates nothing but its deltas.
+        now: HashMap<CgroupKey, Hist>,
+        values: PerCpu,
         /// "tp_btf" or "raw_tp".
         pub attach: &'static str,
         /// Why the raw_tp fallback was chosen over tp_btf, when it was.
@@ -253,12 +260,7 @@ mod loaded {
         /// The raw_tp fallback alone (what kernels without tp_btf get), for tests and comparisons.
         pub fn start_raw_tp(sample: u32) -> Result<Collector, String> {
             super::check_sample(sample)?;
-            Ok(Collector {
-                skel: load(false, sample)?,
-                tracker: DeltaTracker::default(),
-                attach: "raw_tp",
-                fallback: Some("asked for".into()),
-            })
+            Collector::new(load(false, sample)?, "raw_tp", Some("asked for".into()))
         }
 
         /// Records 1 in `sample` wakeups (a power of two up to 1024; anything else is refused).
@@ -281,9 +283,20 @@ mod loaded {
                     Err(e_raw) => return Err(format!("tp_btf: {e_btf}; raw_tp: {e_raw}")),
                 },
             };
+            Collector::new(skel, attach, fallback)
+        }
+
+        fn new(
+            skel: skel::RunqSkel<'static>,
+            attach: &'static str,
+            fallback: Option<String>,
+        ) -> Result<Collector, String> {
+            let values = PerCpu::new(&skel.maps.hists)?;
             Ok(Collector {
                 skel,
                 tracker: DeltaTracker::default(),
+                now: HashMap::new(),
+                values,
                 attach,
                 fallback,
             })
@@ -291,16 +304,24 @@ mod loaded {
 
         /// The waits of these cgroups since the previous read of them: one lookup per key, so a
         /// tick costs what the online workloads need, not what the map holds.
-        pub fn read_keys(&mut self, keys: &[CgroupKey]) -> Result<Deltas, String> {
-            let mut now: HashMap<CgroupKey, Hist> = HashMap::with_capacity(keys.len());
+        pub fn read_keys<'a>(
+            &mut self,
+            keys: impl IntoIterator<Item = &'a CgroupKey>,
+        ) -> Result<Deltas, String> {
+            let map = &self.skel.maps.hists;
             for k in keys {
-                if let Some(h) = lookup(&self.skel.maps.hists, &key_bytes(k))
-                    .map_err(|e| format!("reading the run-queue histograms: {e}"))?
-                {
-                    now.insert(*k, h);
+                match self.values.lookup(map, &key_bytes(k)) {
+                    Ok(Some(h)) => {
+                        self.now.insert(*k, h);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.now.clear();
+                        return Err(e);
+                    }
                 }
             }
-            Ok(self.tracker.step(now))
+            Ok(self.tracker.step(&mut self.now))
         }
 
         /// Deletes every histogram whose cgroup is not in `keep` (the program makes one for every
@@ -317,13 +338,78 @@ mod loaded {
         /// Every cgroup's waits since the previous read.
         pub fn read(&mut self) -> Result<Deltas, String> {
             let map = &self.skel.maps.hists;
-            let mut now: HashMap<CgroupKey, Hist> = HashMap::new();
             for raw in map.keys() {
-                if let (Some(k), Ok(Some(h))) = (key_of(&raw), lookup(map, &raw)) {
-                    now.insert(k, h);
+                if let (Some(k), Ok(Some(h))) = (key_of(&raw), self.values.lookup(map, &raw)) {
+                    self.now.insert(k, h);
                 }
             }
-            Ok(self.tracker.step(now))
+            Ok(self.tracker.step(&mut self.now))
+        }
+    }
+
+    /// Room for one lookup of the per-CPU histogram map: one value per possible CPU, each
+    /// rounded up to 8 bytes, as the kernel copies them out.
+    struct PerCpu {
+        buf: Vec<u8>,
+        stride: usize,
+        value_size: usize,
+    }
+
+    impl PerCpu {
+        fn new(map: &impl MapCore) -> Result<PerCpu, String> {
+            let value_size = map.value_size() as usize;
+            let want = (SLOTS + 3) * 8;
+            if value_size < want {
+                return Err(format!(
+                    "the run-queue histogram map's values are {value_size} bytes, not the {want} this reader decodes"
+                ));
+            }
+            let cpus = libbpf_rs::num_possible_cpus()
+                .map_err(|e| format!("cannot count the possible CPUs: {e}"))?;
+            let stride = value_size.div_ceil(8) * 8;
+            let len = stride
+                .checked_mul(cpus)
+                .ok_or_else(|| format!("{cpus} possible CPUs × {stride} bytes overflows"))?;
+            Ok(PerCpu {
+                buf: vec![0; len],
+                stride,
+                value_size,
+            })
+        }
+
+        /// One cgroup's histogram, its per-CPU copies merged; None when the map has no such key.
+        fn lookup(&mut self, map: &impl MapCore, raw: &[u8]) -> Result<Option<Hist>, String> {
+            if raw.len() != map.key_size() as usize {
+                return Err(format!(
+                    "a run-queue key of {} bytes for a map keyed by {}",
+                    raw.len(),
+                    map.key_size()
+                ));
+            }
+            // SAFETY: the key is the map's key size (checked above) and the buffer holds one
+            // aligned value per possible CPU (sized from the map in `new`), all the kernel writes.
+            let r = unsafe {
+                libbpf_sys::bpf_map_lookup_elem_flags(
+                    map.as_fd().as_raw_fd(),
+                    raw.as_ptr().cast(),
+                    self.buf.as_mut_ptr().cast(),
+                    0,
+                )
+            };
+            if r == -libc::ENOENT {
+                return Ok(None);
+            }
+            if r < 0 {
+                return Err(format!(
+                    "reading the run-queue histograms: {}",
+                    std::io::Error::from_raw_os_error(-r)
+                ));
+            }
+            let mut h = Hist::default();
+            for v in self.buf.chunks_exact(self.stride) {
+                h.merge(&decode(&v[..self.value_size]));
+            }
+            Ok(Some(h))
         }
     }
 
@@ -347,19 +433,6 @@ mod loaded {
             _ => return None,
         };
         Some(CgroupKey { id, kind })
-    }
-
-    /// One cgroup's histogram, its per-CPU copies merged.
-    fn lookup(map: &impl MapCore, raw: &[u8]) -> libbpf_rs::Result<Option<Hist>> {
-        Ok(map
-            .lookup_percpu(raw, libbpf_rs::MapFlags::ANY)?
-            .map(|per_cpu| {
-                let mut h = Hist::default();
-                for v in per_cpu {
-                    h.merge(&decode(&v));
-                }
-                h
-            }))
     }
 
     /// A `struct hist` as the BPF program lays it out (native endian u64s).
@@ -545,7 +618,10 @@ impl Collector {
     pub fn read(&mut self) -> Result<Deltas, String> {
         Ok(Deltas::new())
     }
-    pub fn read_keys(&mut self, _keys: &[CgroupKey]) -> Result<Deltas, String> {
+    pub fn read_keys<'a>(
+        &mut self,
+        _keys: impl IntoIterator<Item = &'a CgroupKey>,
+    ) -> Result<Deltas, String> {
         Ok(Deltas::new())
     }
     pub fn prune(&mut self, _keep: &std::collections::HashSet<CgroupKey>) -> usize {
@@ -600,16 +676,23 @@ mod tests {
             kind: IdKind::V2,
         };
         let mut t = DeltaTracker::default();
-        let d = t.step([(k, hist(&[(10, 5)]))].into_iter().collect());
+        let mut now = HashMap::new();
+        let mut step = |slots: &[(usize, u64)]| {
+            now.insert(k, hist(slots));
+            let d = t.step(&mut now);
+            assert!(now.is_empty(), "the reading's map is handed back empty");
+            d
+        };
+        let d = step(&[(10, 5)]);
         assert_eq!(d[&k].count, 5);
-        let d = t.step([(k, hist(&[(10, 5), (12, 3)]))].into_iter().collect());
+        let d = step(&[(10, 5), (12, 3)]);
         assert_eq!(d[&k].count, 3);
         assert_eq!(d[&k].slots[12], 3);
         // Nothing new: no entry.
-        let d = t.step([(k, hist(&[(10, 5), (12, 3)]))].into_iter().collect());
+        let d = step(&[(10, 5), (12, 3)]);
         assert!(!d.contains_key(&k));
         // The map was recreated (counts went down): the new counts are the delta.
-        let d = t.step([(k, hist(&[(11, 2)]))].into_iter().collect());
+        let d = step(&[(11, 2)]);
         assert_eq!(d[&k].count, 2);
     }
 }

@@ -1,6 +1,6 @@
 //! Run-queue latency as a signal: each tick the BPF program's per-cgroup histograms give every
-//! online workload's waits since the last tick (its ids: the inode of its group's directory in the
-//! v2 hierarchy and in the v1 cpu hierarchy). A workload with enough samples gives a
+//! online workload's waits since the last tick (its id: the inode of its group's directory in the
+//! v1 cpu hierarchy where there is one, else in the v2 hierarchy; see [`read_key`]). A workload with enough samples gives a
 //! `SignalKind::RunqLatency` reading of its p99 against `bpf.runq_p99_threshold`. An id's first
 //! read is its baseline, and the first window opens where the agent's first tick ends
 //! ([`Runq::restart`]): the waits its own start causes are not interference. Without BPF the agent
@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind};
 use tidal_cgroupfs::{Layout, Version};
-use tidal_model::{QosLevel, Signal, SignalKind, WorkloadSnapshot};
+use tidal_model::{QosLevel, Signal, SignalKind, Target, WorkloadSnapshot};
 use tracing::{info, warn};
 
 /// One online workload's waits over the last tick.
@@ -30,8 +30,8 @@ pub struct Runq {
     /// [`CARRY_READS`] of them): short ticks (the watch after a release) or a quiet service still
     /// give a reading.
     pending: HashMap<String, (Hist, u32)>,
-    /// The waits read since the last tick, per online workload (its level, and the id kind kept).
-    tick_waits: HashMap<String, (QosLevel, IdKind, Hist)>,
+    /// The waits read since the last tick, per online workload, with its level.
+    tick_waits: HashMap<String, (QosLevel, Hist)>,
     /// Ids learnt since the last read. A first read of an id is its baseline, not a reading: it
     /// holds every wait since its histogram began (the agent's own start among them, for a
     /// workload there when the agent started or a pod learnt once the watch synced).
@@ -123,16 +123,8 @@ impl Runq {
         }
         let before = std::mem::take(&mut self.ids);
         for w in workloads.iter().filter(|w| w.level.is_online()) {
-            for r in &layout.roots {
-                let kind = match r.version() {
-                    Version::V2 => IdKind::V2,
-                    Version::V1 if r.hierarchy.has("cpu") => IdKind::V1Cpu,
-                    Version::V1 => continue,
-                };
-                if let Some(id) = cgroup_id(&r.target_dir(&w.group)) {
-                    self.ids
-                        .insert(CgroupKey { id, kind }, (w.group.to_string(), w.level));
-                }
+            if let Some(key) = read_key(layout, &w.group) {
+                self.ids.insert(key, (w.group.to_string(), w.level));
             }
         }
         self.fresh
@@ -150,8 +142,7 @@ impl Runq {
         let Some(c) = self.collector.as_mut() else {
             return false;
         };
-        let keys: Vec<CgroupKey> = self.ids.keys().copied().collect();
-        let mut deltas = match c.read_keys(&keys) {
+        let mut deltas = match c.read_keys(self.ids.keys()) {
             Ok(d) => d,
             Err(e) => {
                 warn!("run-queue latency: {e}; off from now on");
@@ -162,17 +153,14 @@ impl Runq {
             }
         };
         drop_first_reads(&mut deltas, &mut self.fresh);
-        // A workload seen under both its v1 and v2 ids counts the same waits twice: keep one kind,
-        // v1's where there is one (hybrid hosts put pods only there).
         for (k, h) in deltas {
             let Some((name, level)) = self.ids.get(&k) else {
                 continue;
             };
             match self.tick_waits.get_mut(name) {
-                Some((_, kind, _)) if *kind == IdKind::V1Cpu && k.kind == IdKind::V2 => {}
-                Some(e) if e.1 == k.kind => e.2.merge(&h),
-                _ => {
-                    self.tick_waits.insert(name.clone(), (*level, k.kind, h));
+                Some((_, w)) => w.merge(&h),
+                None => {
+                    self.tick_waits.insert(name.clone(), (*level, h));
                 }
             }
         }
@@ -202,7 +190,7 @@ impl Runq {
         }
         let mut signals = Vec::new();
         let mut waits = Vec::new();
-        for (name, (level, _, hist)) in std::mem::take(&mut self.tick_waits) {
+        for (name, (level, hist)) in std::mem::take(&mut self.tick_waits) {
             let reading = carry(&mut self.pending, &name, &hist, min_samples);
             if let Some(s) = reading.and_then(|acc| signal_of(&name, &acc, threshold_s)) {
                 signals.push(s);
@@ -224,7 +212,7 @@ impl Runq {
         }
         self.tick_waits
             .iter()
-            .filter_map(|(name, (_, _, hist))| {
+            .filter_map(|(name, (_, hist))| {
                 let mut acc = hist.clone();
                 if let Some((earlier, _)) = self.pending.get(name) {
                     acc.merge(earlier);
@@ -234,6 +222,40 @@ impl Runq {
                     .flatten()
             })
             .collect()
+    }
+}
+
+/// The one id a workload's waits are read under. The program adds each wait under the task's v2
+/// id and, where it differs, its v1 cpu-controller id: on a host with both, the v1 id (hybrid
+/// hosts put pods only there) unless it equals the v2 one, where the program adds it once, under
+/// v2. Reading both would read the same waits twice, with a syscall each.
+fn read_key(layout: &Layout, group: &Target) -> Option<CgroupKey> {
+    let mut v2 = None;
+    let mut v1 = None;
+    for r in &layout.roots {
+        match r.version() {
+            Version::V2 => v2 = v2.or_else(|| cgroup_id(&r.target_dir(group))),
+            Version::V1 if r.hierarchy.has("cpu") => {
+                v1 = v1.or_else(|| cgroup_id(&r.target_dir(group)))
+            }
+            Version::V1 => {}
+        }
+    }
+    pick_key(v2, v1)
+}
+
+/// See [`read_key`]: the v1 cpu id where there is one and it is not the v2 id, else the v2 id.
+fn pick_key(v2: Option<u64>, v1_cpu: Option<u64>) -> Option<CgroupKey> {
+    match (v2, v1_cpu) {
+        (v2, Some(id)) if v2 != Some(id) => Some(CgroupKey {
+            id,
+            kind: IdKind::V1Cpu,
+        }),
+        (Some(id), _) => Some(CgroupKey {
+            id,
+            kind: IdKind::V2,
+        }),
+        (None, _) => None,
     }
 }
 
@@ -290,6 +312,20 @@ mod tests {
         let mut d = read();
         drop_first_reads(&mut d, &mut fresh);
         assert_eq!(d.len(), 2);
+    }
+
+    #[test]
+    fn a_workload_is_read_under_one_id_the_one_its_waits_are_added_under() {
+        let key = |id, kind| Some(CgroupKey { id, kind });
+        // Hybrid: both ids; the v1 one.
+        assert_eq!(pick_key(Some(5), Some(9)), key(9, IdKind::V1Cpu));
+        // A pod only in v1.
+        assert_eq!(pick_key(None, Some(9)), key(9, IdKind::V1Cpu));
+        // Pure v2, or no cpu controller in v1.
+        assert_eq!(pick_key(Some(5), None), key(5, IdKind::V2));
+        // The same inode number in both: the program adds the wait once, under v2.
+        assert_eq!(pick_key(Some(7), Some(7)), key(7, IdKind::V2));
+        assert_eq!(pick_key(None, None), None);
     }
 
     #[test]
