@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest component the kernel accepts in a cgroup directory name.
 pub const MAX_COMPONENT: usize = 255;
@@ -69,26 +70,27 @@ fn check_relative(p: &str, allow_empty: bool) -> Result<(), BadPath> {
 }
 
 /// A group path relative to the tidal root, `/`-separated, without leading or trailing `/`. The empty
-/// path is the tidal root itself.
+/// path is the tidal root itself. Shared, not copied, when cloned: every tick's policy state, plan
+/// and snapshot name the same groups.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct GroupPath(String);
+pub struct GroupPath(Arc<str>);
 
 impl GroupPath {
     pub fn root() -> Self {
-        GroupPath(String::new())
+        GroupPath(Arc::from(""))
     }
 
     /// Validates `p` (see the module docs).
     pub fn new(p: &str) -> Result<Self, BadPath> {
         check_relative(p, true)?;
-        Ok(GroupPath(p.to_string()))
+        Ok(GroupPath(Arc::from(p)))
     }
 
     /// Built from names known to be valid (level groups): the caller guarantees validity.
     pub(crate) fn trusted(p: &str) -> Self {
         debug_assert!(check_relative(p, true).is_ok(), "{p}");
-        GroupPath(p.to_string())
+        GroupPath(Arc::from(p))
     }
 
     pub fn as_str(&self) -> &str {
@@ -117,7 +119,7 @@ impl GroupPath {
             return None;
         }
         Some(match self.0.rsplit_once('/') {
-            Some((p, _)) => GroupPath(p.to_string()),
+            Some((p, _)) => GroupPath(Arc::from(p)),
             None => GroupPath::root(),
         })
     }
@@ -135,7 +137,8 @@ impl GroupPath {
     pub fn is_within(&self, other: &GroupPath) -> bool {
         other.is_root()
             || self.0 == other.0
-            || (self.0.starts_with(&other.0) && self.0.as_bytes().get(other.0.len()) == Some(&b'/'))
+            || (self.0.starts_with(&*other.0)
+                && self.0.as_bytes().get(other.0.len()) == Some(&b'/'))
     }
     /// This path and every ancestor below the root, outermost first (`a`, `a/b`, `a/b/c`).
     pub fn lineage(&self) -> Vec<GroupPath> {
@@ -157,13 +160,13 @@ impl TryFrom<String> for GroupPath {
     type Error = BadPath;
     fn try_from(s: String) -> Result<Self, BadPath> {
         check_relative(&s, true)?;
-        Ok(GroupPath(s))
+        Ok(GroupPath(Arc::from(s)))
     }
 }
 
 impl From<GroupPath> for String {
     fn from(g: GroupPath) -> String {
-        g.0
+        g.0.to_string()
     }
 }
 
@@ -191,14 +194,14 @@ impl fmt::Display for GroupPath {
 /// group.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ForeignGroup(String);
+pub struct ForeignGroup(Arc<str>);
 
 impl ForeignGroup {
     /// Validates `p`; a leading `/` (as `/proc/<pid>/cgroup` prints it) is accepted and dropped.
     pub fn new(p: &str) -> Result<Self, BadPath> {
         let rel = p.strip_prefix('/').unwrap_or(p);
         check_relative(rel, false)?;
-        Ok(ForeignGroup(rel.to_string()))
+        Ok(ForeignGroup(Arc::from(rel)))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -209,7 +212,7 @@ impl ForeignGroup {
     pub fn parent(&self) -> Option<ForeignGroup> {
         self.0
             .rsplit_once('/')
-            .map(|(p, _)| ForeignGroup(p.to_string()))
+            .map(|(p, _)| ForeignGroup(Arc::from(p)))
     }
     /// The child `name` of this group.
     /// A child group: `name` is one directory name.
@@ -231,7 +234,7 @@ impl TryFrom<String> for ForeignGroup {
 
 impl From<ForeignGroup> for String {
     fn from(g: ForeignGroup) -> String {
-        g.0
+        g.0.to_string()
     }
 }
 
