@@ -17,16 +17,18 @@ pub fn decide(
     st: &mut PolicyState,
     plan: &mut Plan,
 ) {
-    let live: std::collections::BTreeSet<&Target> =
-        snap.workloads.iter().map(|w| &w.group).collect();
-    st.oom_set.retain(|t| live.contains(t));
-    st.oom_tasks.retain(|t, _| live.contains(t));
+    // Entries of workloads that went away are dropped, but the set of live groups is built only
+    // when some entry was not met among the workloads: most ticks nothing went.
+    let known = st.oom_set.len();
+    let mut met = 0;
     for w in &snap.workloads {
         let grew = match (w.procs, st.oom_tasks.get(&w.group)) {
             (Some(n), Some(was)) => n > *was,
             _ => false,
         };
-        let due = static_due || grew || !st.oom_set.contains(&w.group);
+        let set = st.oom_set.contains(&w.group);
+        met += usize::from(set);
+        let due = static_due || grew || !set;
         if !due || w.procs == Some(0) {
             continue;
         }
@@ -47,6 +49,12 @@ pub fn decide(
             Some(n) => st.oom_tasks.insert(w.group.clone(), n),
             None => st.oom_tasks.remove(&w.group),
         };
+    }
+    if met < known {
+        let live: std::collections::BTreeSet<&Target> =
+            snap.workloads.iter().map(|w| &w.group).collect();
+        st.oom_set.retain(|t| live.contains(t));
+        st.oom_tasks.retain(|t, _| live.contains(t));
     }
 }
 
@@ -115,5 +123,17 @@ mod tests {
         );
         assert!(st.oom_set.is_empty() && st.oom_tasks.is_empty());
         assert_eq!(set(Some(1), false, &mut st), vec![999], "back");
+        // One workload replaced by another at the same count: the one gone is forgotten.
+        let mut other = snap(Some(1));
+        other.workloads[0].group =
+            Target::Tidal(QosLevel::Offline.group_path().join("other").unwrap());
+        let mut p = Plan::default();
+        decide(&other, &Config::default(), false, &mut st, &mut p);
+        assert_eq!(p.actions.len(), 1, "the new one is set");
+        assert_eq!(
+            st.oom_set.iter().collect::<Vec<_>>(),
+            vec![&other.workloads[0].group]
+        );
+        assert_eq!(st.oom_tasks.len(), 1);
     }
 }
