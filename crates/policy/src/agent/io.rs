@@ -9,7 +9,7 @@ use crate::config::io::IoLimits;
 use crate::config::Config;
 use std::collections::BTreeSet;
 use tidal_model::{
-    Action, Capabilities, DevNum, Knob, KnobValue, Plan, QosLevel, Snapshot, Target,
+    Action, Capabilities, DevNum, GroupPath, Knob, KnobValue, Plan, QosLevel, Snapshot, Target,
 };
 
 /// The devices limits apply to: the config's, else the node's real block devices.
@@ -102,7 +102,10 @@ pub fn decide(
         }
         return;
     }
-    let mut seen = BTreeSet::new();
+    // Workloads gone are dropped, but the set of offline groups is built only when one it knows
+    // was not met: most ticks nothing went.
+    let known = st.io_limited.len();
+    let mut met = 0;
     for w in &snap.workloads {
         let (Target::Tidal(g), None) = (&w.group, &w.pod) else {
             continue;
@@ -110,8 +113,9 @@ pub fn decide(
         if w.level.is_online() {
             continue;
         }
-        seen.insert(g.clone());
-        if static_due || !st.io_limited.contains(g) {
+        let limited = st.io_limited.contains(g);
+        met += usize::from(limited);
+        if static_due || !limited {
             let (field, l) = of_level(cfg, w.level);
             plan.push(Action::set(
                 w.group.clone(),
@@ -120,8 +124,19 @@ pub fn decide(
                 reason(field, &format!("{} (v1: per workload)", w.name), l, devs),
             ));
         }
+        if !limited {
+            st.io_limited.insert(g.clone());
+        }
     }
-    st.io_limited = seen;
+    if met < known {
+        let offline: BTreeSet<&GroupPath> = snap
+            .workloads
+            .iter()
+            .filter(|w| w.pod.is_none() && !w.level.is_online())
+            .filter_map(|w| w.group.tidal())
+            .collect();
+        st.io_limited.retain(|g| offline.contains(g));
+    }
 }
 
 /// One offline pod's (or, on v1, container's) limits.
@@ -267,5 +282,13 @@ mod tests {
             .iter()
             .all(|l| l.riops == Some(50) && l.rbps.is_none()));
         assert_eq!(io_sets(&run(&snap, &cfg, &caps, true, &mut st)).len(), 2);
+        // One gone is forgotten (and limited at once when it comes back).
+        let a = snap.workloads.remove(0);
+        assert!(run(&snap, &cfg, &caps, false, &mut st).actions.is_empty());
+        assert_eq!(st.io_limited.len(), 1, "{:?}", st.io_limited);
+        snap.workloads.push(a);
+        let sets = io_sets(&run(&snap, &cfg, &caps, false, &mut st));
+        assert_eq!(sets.len(), 1, "{sets:?}");
+        assert_eq!(sets[0].0, "offline/offline/a");
     }
 }
