@@ -27,7 +27,8 @@ import re, sys
 # struct -> fields runq.bpf.c reads (order kept from the kernel's definition).
 FIELDS = {
     "kernfs_node": ["id"],
-    "cgroup": ["kn"],
+    "cgroup_root": ["hierarchy_id"],
+    "cgroup": ["kn", "root"],
     "cgroup_subsys_state": ["cgroup"],
     "css_set": ["subsys", "dfl_cgrp"],
     "task_struct": ["__state", "pid", "tgid", "cgroups"],

@@ -133,8 +133,8 @@ pub struct DeltaTracker {
 
 impl DeltaTracker {
     /// Turns a full cumulative reading into deltas since the previous one; cgroups that are gone
-    /// are forgotten. `now` is left empty with its room kept, so a reader that passes the same map
-    /// each time allocates nothing for it after the first read.
+    /// are forgotten. `now` is handed back empty, holding the previous reading's room, so a reader
+    /// that passes the same map each time allocates nothing for it after the first reads.
     pub fn step(&mut self, now: &mut HashMap<CgroupKey, Hist>) -> Deltas {
         let mut out = HashMap::new();
         for (k, h) in now.iter() {
@@ -317,7 +317,7 @@ mod loaded {
                     Ok(None) => {}
                     Err(e) => {
                         self.now.clear();
-                        return Err(e);
+                        return Err(format!("{e} (cgroup id {}, {:?})", k.id, k.kind));
                     }
                 }
             }
@@ -694,5 +694,19 @@ mod tests {
         // The map was recreated (counts went down): the new counts are the delta.
         let d = step(&[(11, 2)]);
         assert_eq!(d[&k].count, 2);
+        // A cgroup missing from one reading is forgotten: its next reading is a delta from 0.
+        let other = CgroupKey {
+            id: 8,
+            kind: IdKind::V1Cpu,
+        };
+        let mut now = HashMap::new();
+        now.insert(k, hist(&[(11, 2)]));
+        now.insert(other, hist(&[(3, 4)]));
+        let d = t.step(&mut now);
+        assert_eq!((d.len(), d[&other].count), (1, 4), "k unchanged, other new");
+        now.insert(k, hist(&[(11, 2)]));
+        assert!(t.step(&mut now).is_empty(), "k unchanged, other not read");
+        now.insert(other, hist(&[(3, 4)]));
+        assert_eq!(t.step(&mut now)[&other].count, 4, "other forgotten");
     }
 }

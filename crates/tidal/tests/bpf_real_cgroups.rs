@@ -35,22 +35,28 @@ fn keys(t: &TestRoot, group: &str) -> Vec<CgroupKey> {
     out
 }
 
-/// Collects for `secs` and returns the waits of each of `groups` (merged over its ids).
+/// The one key a group's waits are read under, as the agent reads them: the v1 cpu id where
+/// the host has one, else the v2 id.
+fn read_key(t: &TestRoot, group: &str) -> Option<CgroupKey> {
+    let ks = keys(t, group);
+    ks.iter()
+        .find(|k| k.kind == IdKind::V1Cpu)
+        .or(ks.first())
+        .copied()
+}
+
+/// Collects for `secs` and returns the waits of each of `groups`, read by key as the agent reads
+/// them (the first read is the baseline).
 fn collect(c: &mut Collector, t: &TestRoot, groups: &[&str], secs: u64) -> Vec<Hist> {
-    let _ = c.read();
+    let ks: Vec<Option<CgroupKey>> = groups.iter().map(|g| read_key(t, g)).collect();
+    let read: Vec<CgroupKey> = ks.iter().flatten().copied().collect();
+    let _ = c.read_keys(&read).expect("read the histograms");
     let mut acc: Vec<Hist> = groups.iter().map(|_| Hist::default()).collect();
     let until = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < until {
         std::thread::sleep(Duration::from_millis(200));
-        let d = c.read().expect("read the histograms");
-        for (g, a) in groups.iter().zip(acc.iter_mut()) {
-            // Both ids of a v1+v2 host see the same waits: count one kind.
-            let ks = keys(t, g);
-            let k = ks
-                .iter()
-                .find(|k| k.kind == IdKind::V1Cpu)
-                .or(ks.first())
-                .copied();
+        let d = c.read_keys(&read).expect("read the histograms");
+        for (k, a) in ks.iter().zip(acc.iter_mut()) {
             if let Some(h) = k.and_then(|k| d.get(&k)) {
                 a.merge(h);
             }
@@ -100,6 +106,19 @@ fn a_prober_behind_a_hog_on_its_cpu_waits_and_an_empty_group_gets_nothing() {
         quiet[0].count
     );
     assert_eq!(quiet[1].count, 0, "a group with no tasks got samples");
+    // Without a v1 cpu hierarchy the program adds nothing under a v1 id: a cpu controller on v2
+    // is not one (it added the waits of every task outside a cpu-enabled group again there).
+    let v1_cpu = t
+        .layout
+        .roots
+        .iter()
+        .any(|r| r.version() == tidal_cgroupfs::Version::V1 && r.hierarchy.has("cpu"));
+    if !v1_cpu {
+        let all = c.read().expect("read every histogram");
+        let v1: Vec<&CgroupKey> = all.keys().filter(|k| k.kind == IdKind::V1Cpu).collect();
+        assert!(v1.is_empty(), "v1 cpu ids on a host without one: {v1:?}");
+        assert!(!all.is_empty(), "no cgroup waited at all");
+    }
     let p99_quiet = quiet[0].quantile_ns(0.99).unwrap();
     // A hog on the same CPU in a normal (not idle) group that weighs more: the prober then wants
     // more than its share, so it waits under CFS (6.1) as under EEVDF (6.6+), which lets a sleeper

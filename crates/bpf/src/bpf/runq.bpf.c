@@ -2,9 +2,10 @@
 /* Run-queue latency per cgroup: how long a task waits to run after it becomes runnable. On
  * sched_wakeup / sched_wakeup_new the woken task (the wakee, not the waker) is stamped; on
  * sched_switch the task switched in records its wait into a per-CPU log2 histogram keyed by its
- * cgroup, once by its v2 cgroup id and once by its v1 cpu-controller cgroup id (hybrid hosts put
- * pods only in v1); a preempted task that is still runnable is stamped again. A cgroup id is the
- * inode number of the cgroup's directory in its own hierarchy. tp_btf programs are preferred: they
+ * cgroup: by its v2 cgroup id and, where the cpu controller is on a v1 hierarchy, by its v1
+ * cpu-controller cgroup id too (hybrid hosts put pods only in v1); a preempted task that is still
+ * runnable is stamped again. A cgroup id is the inode number of the cgroup's directory in its own
+ * hierarchy, so ids of two hierarchies are told apart by kind, never compared. tp_btf programs are preferred: they
  * keep the stamp in task-local storage and read task fields directly, about a third of the cost of
  * a hash map and probe reads (`tidal bench bpf-cost`); the raw_tp twins (a pid-keyed hash, CO-RE
  * probe reads) are the fallback where tp_btf or task storage in tracing programs (5.12+) is not
@@ -109,7 +110,8 @@ static __always_inline long task_state(struct task_struct *t)
 	return BPF_CORE_READ(o, state);
 }
 
-/* Adds one wait under the task's v2 id and, where it differs, its v1 cpu-controller id. */
+/* Adds one wait under the task's v2 id and, where it has one (id1 not 0), its v1 cpu-controller
+ * id. */
 static __always_inline void record(u64 delta, u64 id2, u64 id1)
 {
 	u32 slot = log2_slot(delta);
@@ -118,7 +120,7 @@ static __always_inline void record(u64 delta, u64 id2, u64 id1)
 	k.id = id2;
 	if (id2)
 		add(&k, delta, slot);
-	if (id1 && id1 != id2) {
+	if (id1) {
 		k.kind = KIND_V1_CPU;
 		k.id = id1;
 		add(&k, delta, slot);
@@ -160,7 +162,8 @@ static __always_inline void on_switch(bool preempt, struct task_struct *prev,
 	struct css_set *cs = BPF_CORE_READ(next, cgroups);
 	if (cs && cpu >= 0 && cpu < (int)(sizeof(cs->subsys) / sizeof(cs->subsys[0])))
 		bpf_core_read(&css, sizeof(css), &cs->subsys[cpu]);
-	if (css)
+	/* Hierarchy 0 is v2's: a cpu controller there is not a v1 id. */
+	if (css && BPF_CORE_READ(css, cgroup, root, hierarchy_id) != 0)
 		id1 = BPF_CORE_READ(css, cgroup, kn, id);
 	record(delta, id2, id1);
 }
@@ -207,7 +210,8 @@ static __always_inline void on_switch_btf(bool preempt, struct task_struct *prev
 	int cpu = cpu_subsys();
 	if (cpu >= 0 && cpu < (int)(sizeof(cs->subsys) / sizeof(cs->subsys[0]))) {
 		struct cgroup_subsys_state *css = cs->subsys[cpu];
-		if (css)
+		/* Hierarchy 0 is v2's: a cpu controller there is not a v1 id. */
+		if (css && css->cgroup->root->hierarchy_id != 0)
 			id1 = css->cgroup->kn->id;
 	}
 	record(delta, id2, id1);

@@ -1,10 +1,10 @@
 //! Run-queue latency as a signal: each tick the BPF program's per-cgroup histograms give every
-//! online workload's waits since the last tick (its id: the inode of its group's directory in the
-//! v1 cpu hierarchy where there is one, else in the v2 hierarchy; see [`read_key`]). A workload with enough samples gives a
-//! `SignalKind::RunqLatency` reading of its p99 against `bpf.runq_p99_threshold`. An id's first
-//! read is its baseline, and the first window opens where the agent's first tick ends
-//! ([`Runq::restart`]): the waits its own start causes are not interference. Without BPF the agent
-//! says once why and runs on its other signals.
+//! online workload's waits since the last tick (its id: the inode of its group's directory in
+//! the v1 cpu hierarchy where there is one, else in the v2 hierarchy; see [`read_key`]). A
+//! workload with enough samples gives a `SignalKind::RunqLatency` reading of its p99 against
+//! `bpf.runq_p99_threshold`. An id's first read is its baseline, and the first window opens where
+//! the agent's first tick ends ([`Runq::restart`]): the waits its own start causes are not
+//! interference. Without BPF the agent says once why and runs on its other signals.
 
 use std::collections::{HashMap, HashSet};
 use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind};
@@ -226,9 +226,10 @@ impl Runq {
 }
 
 /// The one id a workload's waits are read under. The program adds each wait under the task's v2
-/// id and, where it differs, its v1 cpu-controller id: on a host with both, the v1 id (hybrid
-/// hosts put pods only there) unless it equals the v2 one, where the program adds it once, under
-/// v2. Reading both would read the same waits twice, with a syscall each.
+/// id and, where the cpu controller is on a v1 hierarchy, its v1 cpu-controller id too: on a host
+/// with both, the v1 id (hybrid hosts put pods only there). Reading both would read the same waits
+/// twice, with a syscall each. A task outside its workload's v1 cpu group (a move that failed
+/// half-way) is not read: the v1 cpu controller does not count it as the workload's either.
 fn read_key(layout: &Layout, group: &Target) -> Option<CgroupKey> {
     let mut v2 = None;
     let mut v1 = None;
@@ -244,18 +245,19 @@ fn read_key(layout: &Layout, group: &Target) -> Option<CgroupKey> {
     pick_key(v2, v1)
 }
 
-/// See [`read_key`]: the v1 cpu id where there is one and it is not the v2 id, else the v2 id.
+/// See [`read_key`]: the v1 cpu id where there is one, else the v2 id. Inode numbers of two
+/// hierarchies are never compared: each numbers its own.
 fn pick_key(v2: Option<u64>, v1_cpu: Option<u64>) -> Option<CgroupKey> {
-    match (v2, v1_cpu) {
-        (v2, Some(id)) if v2 != Some(id) => Some(CgroupKey {
+    match (v1_cpu, v2) {
+        (Some(id), _) => Some(CgroupKey {
             id,
             kind: IdKind::V1Cpu,
         }),
-        (Some(id), _) => Some(CgroupKey {
+        (None, Some(id)) => Some(CgroupKey {
             id,
             kind: IdKind::V2,
         }),
-        (None, _) => None,
+        (None, None) => None,
     }
 }
 
@@ -323,8 +325,8 @@ mod tests {
         assert_eq!(pick_key(None, Some(9)), key(9, IdKind::V1Cpu));
         // Pure v2, or no cpu controller in v1.
         assert_eq!(pick_key(Some(5), None), key(5, IdKind::V2));
-        // The same inode number in both: the program adds the wait once, under v2.
-        assert_eq!(pick_key(Some(7), Some(7)), key(7, IdKind::V2));
+        // The same inode number in both hierarchies is two cgroups: still the v1 one.
+        assert_eq!(pick_key(Some(7), Some(7)), key(7, IdKind::V1Cpu));
         assert_eq!(pick_key(None, None), None);
     }
 
