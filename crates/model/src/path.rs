@@ -72,13 +72,20 @@ fn check_relative(p: &str, allow_empty: bool) -> Result<(), BadPath> {
 /// A group path relative to the tidal root, `/`-separated, without leading or trailing `/`. The empty
 /// path is the tidal root itself. Shared, not copied, when cloned: every tick's policy state, plan
 /// and snapshot name the same groups.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct GroupPath(Arc<str>);
 
+impl Default for GroupPath {
+    fn default() -> Self {
+        GroupPath::root()
+    }
+}
+
 impl GroupPath {
     pub fn root() -> Self {
-        GroupPath(Arc::from(""))
+        static ROOT: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+        GroupPath(Arc::clone(&ROOT))
     }
 
     /// Validates `p` (see the module docs).

@@ -302,6 +302,10 @@ impl Collector {
         let mut readers = std::mem::take(&mut self.wl);
         let mut kept = HashMap::with_capacity(self.inventory.workloads.len());
         for w in &self.inventory.workloads {
+            // One workload per group: the policy's per-group bookkeeping counts on it.
+            if kept.contains_key(&w.group) {
+                continue;
+            }
             let mut r = readers
                 .remove(&w.group)
                 .unwrap_or_else(|| WorkloadReaders::new(&self.layout, w));

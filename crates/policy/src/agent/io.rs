@@ -103,9 +103,10 @@ pub fn decide(
         return;
     }
     // Workloads gone are dropped, but the set of offline groups is built only when one it knows
-    // was not met: most ticks nothing went.
+    // was not met (one workload per group): most ticks nothing went. New ones join after the count.
     let known = st.io_limited.len();
     let mut met = 0;
+    let mut added = Vec::new();
     for w in &snap.workloads {
         let (Target::Tidal(g), None) = (&w.group, &w.pod) else {
             continue;
@@ -125,7 +126,7 @@ pub fn decide(
             ));
         }
         if !limited {
-            st.io_limited.insert(g.clone());
+            added.push(g.clone());
         }
     }
     if met < known {
@@ -137,6 +138,7 @@ pub fn decide(
             .collect();
         st.io_limited.retain(|g| offline.contains(g));
     }
+    st.io_limited.extend(added);
 }
 
 /// One offline pod's (or, on v1, container's) limits.

@@ -18,9 +18,11 @@ pub fn decide(
     plan: &mut Plan,
 ) {
     // Entries of workloads that went away are dropped, but the set of live groups is built only
-    // when some entry was not met among the workloads: most ticks nothing went.
+    // when some entry was not met among the workloads (one per group): most ticks nothing went.
+    // New entries join after the count.
     let known = st.oom_set.len();
     let mut met = 0;
+    let mut added = Vec::new();
     for w in &snap.workloads {
         let grew = match (w.procs, st.oom_tasks.get(&w.group)) {
             (Some(n), Some(was)) => n > *was,
@@ -44,7 +46,9 @@ pub fn decide(
             )
             .because(Cause::Static),
         );
-        st.oom_set.insert(w.group.clone());
+        if !set {
+            added.push(w.group.clone());
+        }
         match w.procs {
             Some(n) => st.oom_tasks.insert(w.group.clone(), n),
             None => st.oom_tasks.remove(&w.group),
@@ -56,6 +60,7 @@ pub fn decide(
         st.oom_set.retain(|t| live.contains(t));
         st.oom_tasks.retain(|t, _| live.contains(t));
     }
+    st.oom_set.extend(added);
 }
 
 #[cfg(test)]
