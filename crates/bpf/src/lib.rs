@@ -1,8 +1,9 @@
 //! Run-queue latency per cgroup with eBPF. The BPF program (`src/bpf/runq.bpf.c`, CO-RE, built with
 //! clang into a libbpf-rs skeleton) stamps each task when it becomes runnable and, when it runs,
-//! adds its wait to a per-CPU log2 histogram keyed by its cgroup (v2 id, and v1 cpu-controller id).
-//! [`Collector`] loads it (tp_btf where task storage is safe to create there, else raw_tp), and
-//! each read returns every cgroup's histogram delta since the previous read. A cgroup id is the
+//! adds its wait to a per-CPU log2 histogram keyed by its cgroup (v2 id and, where the cpu
+//! controller is on a v1 hierarchy, v1 cpu-controller id). [`Collector`] loads it (tp_btf where
+//! task storage is safe to create there, else raw_tp), and each read returns the histogram deltas
+//! of the cgroups it reads since the previous read that included them. A cgroup id is the
 //! inode number of the cgroup's directory in its own hierarchy. The histogram math ([`Hist`]) is
 //! pure.
 //!
@@ -132,8 +133,9 @@ pub struct DeltaTracker {
 }
 
 impl DeltaTracker {
-    /// Turns a full cumulative reading into deltas since the previous one; cgroups that are gone
-    /// are forgotten. `now` is handed back empty, holding the previous reading's room, so a reader
+    /// Turns a cumulative reading into deltas since the previous one; a key missing from a
+    /// reading (not asked for, or not in the map) is forgotten, so its next delta is its whole
+    /// count. `now` is handed back empty, holding the previous reading's room, so a reader
     /// that passes the same map each time allocates nothing for it after the first reads.
     pub fn step(&mut self, now: &mut HashMap<CgroupKey, Hist>) -> Deltas {
         let mut out = HashMap::new();
@@ -302,8 +304,9 @@ mod loaded {
             })
         }
 
-        /// The waits of these cgroups since the previous read of them: one lookup per key, so a
-        /// tick costs what the online workloads need, not what the map holds.
+        /// The waits of these cgroups since the previous read, if that read included them (else
+        /// their whole counts): one lookup per key, so a tick costs what the online workloads need,
+        /// not what the map holds.
         pub fn read_keys<'a>(
             &mut self,
             keys: impl IntoIterator<Item = &'a CgroupKey>,

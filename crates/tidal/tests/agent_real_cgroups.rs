@@ -547,10 +547,15 @@ fn the_stall_guard_freezes_offline_while_the_agents_loop_stops_and_the_ladder_re
         3,
         || frozen(&t),
     );
+    // The guard says what it froze once its writes are done: its line can trail the freeze.
+    wait_for("the stall guard to say what it froze", 3, || {
+        braked_files(&t.agent_log()).is_some()
+    });
     let log = t.agent_log();
+    let guard_said = log.find("has not come round for").unwrap_or(log.len());
     assert!(
-        !log.contains("interference ladder"),
-        "the loop acted during its stall:\n{log}"
+        !log[..guard_said].contains("interference ladder"),
+        "the loop acted before the guard:\n{log}"
     );
     assert!(braked_files(&log).is_some_and(|n| n >= 1), "{log}");
     // The loop comes round: the ladder holds the freeze, then releases it after the calm period.
@@ -653,6 +658,10 @@ fn the_stall_guard_runs_at_real_time_priority_and_freezes_offline_when_the_agent
                 period_us: 100_000,
             },
         );
+        // Its line can trail the freeze.
+        wait_for("the stall guard to say what it froze", 10, || {
+            braked_files(&t.agent_log()).is_some()
+        });
         let log = t.agent_log();
         assert!(braked_files(&log).is_some_and(|n| n >= 1), "{log}");
         wait_for("offline thawed once the loop runs again", 30, || {

@@ -184,7 +184,9 @@ pub struct PolicyState {
     /// The CPU-time cap (quota mode) is written on the offline parent.
     #[serde(default)]
     pub capped: bool,
-    /// Workloads whose tasks got their level's `oom_score_adj` (new ones get it at once).
+    /// Workloads whose tasks got their level's `oom_score_adj` (new ones get it at once). This and
+    /// `io_limited` are pruned by counting the snapshot's workloads, one per group (the collector
+    /// keeps the first of any two at one group).
     #[serde(default)]
     pub oom_set: std::collections::BTreeSet<tidal_model::Target>,
     /// Each such workload's task count when it last got it: more tasks means new ones to set.
