@@ -9,7 +9,8 @@
  * are preferred: they keep the stamp in task-local storage and read task fields directly, about a
  * third of the cost of a hash map and probe reads (`tidal bench bpf-cost`); the raw_tp twins (a
  * pid-keyed hash, CO-RE probe reads) are the fallback where tp_btf or task storage in tracing
- * programs (5.12+) is not there. With sampling (`sample_mask`) 1 in N runnable transitions is stamped. */
+ * programs (5.12+) is not there. With sampling (`sample_mask`) 1 in N runnable transitions is
+ * stamped. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
