@@ -231,33 +231,31 @@ impl Runq {
 /// twice, with a syscall each. A task outside its workload's v1 cpu group (a move that failed
 /// half-way) is not read: the v1 cpu controller does not count it as the workload's either.
 fn read_key(layout: &Layout, group: &Target) -> Option<CgroupKey> {
-    let mut v2 = None;
-    let mut v1 = None;
-    for r in &layout.roots {
-        match r.version() {
-            Version::V2 => v2 = v2.or_else(|| cgroup_id(&r.target_dir(group))),
-            Version::V1 if r.hierarchy.has("cpu") => {
-                v1 = v1.or_else(|| cgroup_id(&r.target_dir(group)))
-            }
-            Version::V1 => {}
-        }
-    }
-    pick_key(v2, v1)
+    let id_in = |v1_cpu: bool| {
+        layout
+            .roots
+            .iter()
+            .filter(|r| match r.version() {
+                Version::V1 => v1_cpu && r.hierarchy.has("cpu"),
+                Version::V2 => !v1_cpu,
+            })
+            .find_map(|r| cgroup_id(&r.target_dir(group)))
+    };
+    pick_key(id_in(true), || id_in(false))
 }
 
-/// See [`read_key`]: the v1 cpu id where there is one, else the v2 id. Inode numbers of two
-/// hierarchies are never compared: each numbers its own.
-fn pick_key(v2: Option<u64>, v1_cpu: Option<u64>) -> Option<CgroupKey> {
-    match (v1_cpu, v2) {
-        (Some(id), _) => Some(CgroupKey {
+/// See [`read_key`]: the v1 cpu id where there is one, else the v2 id (looked up only then).
+/// Inode numbers of two hierarchies are never compared: each numbers its own.
+fn pick_key(v1_cpu: Option<u64>, v2: impl FnOnce() -> Option<u64>) -> Option<CgroupKey> {
+    match v1_cpu {
+        Some(id) => Some(CgroupKey {
             id,
             kind: IdKind::V1Cpu,
         }),
-        (None, Some(id)) => Some(CgroupKey {
+        None => v2().map(|id| CgroupKey {
             id,
             kind: IdKind::V2,
         }),
-        (None, None) => None,
     }
 }
 
@@ -320,14 +318,19 @@ mod tests {
     fn a_workload_is_read_under_one_id_the_one_its_waits_are_added_under() {
         let key = |id, kind| Some(CgroupKey { id, kind });
         // Hybrid: both ids; the v1 one.
-        assert_eq!(pick_key(Some(5), Some(9)), key(9, IdKind::V1Cpu));
+        assert_eq!(pick_key(Some(9), || Some(5)), key(9, IdKind::V1Cpu));
         // A pod only in v1.
-        assert_eq!(pick_key(None, Some(9)), key(9, IdKind::V1Cpu));
+        assert_eq!(pick_key(Some(9), || None), key(9, IdKind::V1Cpu));
         // Pure v2, or no cpu controller in v1.
-        assert_eq!(pick_key(Some(5), None), key(5, IdKind::V2));
+        assert_eq!(pick_key(None, || Some(5)), key(5, IdKind::V2));
         // The same inode number in both hierarchies is two cgroups: still the v1 one.
-        assert_eq!(pick_key(Some(7), Some(7)), key(7, IdKind::V1Cpu));
-        assert_eq!(pick_key(None, None), None);
+        assert_eq!(pick_key(Some(7), || Some(7)), key(7, IdKind::V1Cpu));
+        assert_eq!(pick_key(None, || None), None);
+        // The v2 id is not looked up where there is a v1 one.
+        assert_eq!(
+            pick_key(Some(9), || panic!("v2 looked up")),
+            key(9, IdKind::V1Cpu)
+        );
     }
 
     #[test]
