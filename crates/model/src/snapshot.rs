@@ -112,6 +112,11 @@ pub struct Snapshot {
     /// Level groups that exist under the tidal root.
     pub levels_present: BTreeSet<QosLevel>,
     pub workloads: Vec<WorkloadSnapshot>,
+    /// Which reading of the workload list `workloads` is (the collector counts them): the same
+    /// number, the same list and readings. None where the reader does not count (every tick is
+    /// then taken as a new reading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads_seq: Option<u64>,
     /// The kubelet's facts, when pods are the workloads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubelet: Option<KubeletFacts>,

@@ -51,6 +51,7 @@ fn snapshot(n: usize) -> Snapshot {
         mem_available_bytes: Some(32 << 30),
         levels_present: workloads.iter().map(|w| w.level).collect(),
         workloads,
+        workloads_seq: None,
         kubelet: None,
         signals: Vec::new(),
         online_mem_psi: None,

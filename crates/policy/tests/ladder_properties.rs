@@ -95,6 +95,7 @@ fn snapshot(w: &World) -> Snapshot {
         mem_available_bytes: Some(8 << 30),
         levels_present: w.levels.clone(),
         workloads,
+        workloads_seq: None,
         kubelet: None,
         signals: w
             .slack

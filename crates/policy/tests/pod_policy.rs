@@ -69,6 +69,7 @@ fn snapshot(workloads: Vec<WorkloadSnapshot>) -> Snapshot {
         mem_available_bytes: Some(8 << 30),
         levels_present: BTreeSet::new(),
         workloads,
+        workloads_seq: None,
         kubelet: Some(KubeletFacts {
             cpu_manager: Some(CpuManagerPolicy::None),
             exclusive_cpus: CpuSet::new(),

@@ -43,6 +43,7 @@ fn snapshot(slack: Option<f64>) -> Snapshot {
         mem_available_bytes: Some(8 << 30),
         levels_present: workloads.iter().map(|w| w.level).collect(),
         workloads,
+        workloads_seq: None,
         kubelet: None,
         signals: slack
             .map(|s| {

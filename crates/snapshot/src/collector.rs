@@ -83,12 +83,14 @@ pub struct Collector {
     /// Online pods' CPU pressure: each pod is a group of online work, like a level group.
     online_pod_psi: Vec<(Target, Reader<Psi>)>,
     /// Online levels' and pods' memory pressure.
-    online_mem_psi: Vec<(Target, Reader<Psi>)>,
+    online_mem_psi: Vec<(Option<QosLevel>, Reader<Psi>)>,
     psi_windows: HashMap<Target, PsiWindow>,
     last_tick: Option<LightSample>,
     last_short: Option<LightSample>,
     short: (Option<f64>, Option<f64>),
     stats_at_ns: Option<u64>,
+    /// Readings of the workload list so far (`Snapshot::workloads_seq`).
+    seq: u64,
     wl: HashMap<Target, WorkloadReaders>,
     inventory: Inventory,
     meminfo: HotFile,
@@ -141,6 +143,7 @@ impl Collector {
             last_short: None,
             short: (None, None),
             stats_at_ns: None,
+            seq: 0,
             wl: HashMap::new(),
             inventory: Inventory::default(),
             meminfo: HotFile::new(PathBuf::from("/proc/meminfo")),
@@ -242,15 +245,14 @@ impl Collector {
                 .iter()
                 .filter_map(|t| layout.psi(t, PsiResource::Cpu).map(|r| ((*t).clone(), r)))
                 .collect();
-            let levels: Vec<Target> = QosLevel::ALL
+            let levels = QosLevel::ALL
                 .into_iter()
                 .filter(|l| l.is_online())
-                .map(|l| Target::Tidal(l.group_path()))
-                .collect();
+                .map(|l| (Some(l), Target::Tidal(l.group_path())));
+            let pods = online.iter().map(|t| (None, (*t).clone()));
             self.online_mem_psi = levels
-                .iter()
-                .chain(online.iter().copied())
-                .filter_map(|t| layout.psi(t, PsiResource::Memory).map(|r| (t.clone(), r)))
+                .chain(pods)
+                .filter_map(|(l, t)| layout.psi(&t, PsiResource::Memory).map(|r| (l, r)))
                 .collect();
             let keep: HashSet<&Target> = online.iter().copied().collect();
             self.psi_windows
@@ -390,6 +392,8 @@ impl Collector {
     /// The per-workload part of a reading, with the inventory and the block devices.
     fn refresh(&mut self, snap: &mut Snapshot, now: u64, full: bool) {
         snap.workloads = self.refresh_workloads(full);
+        self.seq = self.seq.wrapping_add(1);
+        snap.workloads_seq = Some(self.seq);
         snap.levels_present = self.inventory.levels_present.clone();
         snap.kubelet = self.inventory.kubelet.clone();
         if self
@@ -497,7 +501,12 @@ impl Collector {
         snap.online_cpu_psi_1s = win_some;
         snap.online_cpu_psi_full_1s = win_full;
         let mut mem_psi: Option<f64> = None;
-        for (_, r) in self.online_mem_psi.iter_mut() {
+        // A level group that does not exist is not tried (each try is a failed open).
+        let mem_readers = self
+            .online_mem_psi
+            .iter_mut()
+            .filter(|(l, _)| l.is_none_or(|l| snap.levels_present.contains(&l)));
+        for (_, r) in mem_readers {
             match r.read() {
                 Ok(p) => mem_psi = Some(mem_psi.map_or(p.some.avg10, |m| m.max(p.some.avg10))),
                 Err(e) if e.is_vanished() => {}

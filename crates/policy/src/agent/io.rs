@@ -1,8 +1,9 @@
 //! IO limits for offline work (`io.offline_max`, `io.offline_low_max`), per device. On cgroup v2 on
 //! the offline parent (all offline work together) and on `offline-low`; v1 throttling is flat (a
 //! group's limit binds its own tasks only), so there each offline workload gets them. Offline pods
-//! get them on the pod group (v1: on each container). Re-set with the level settings, so a limit
-//! taken out of the config is lifted at the next static interval.
+//! get them on the pod group (v1: on each container). Re-set with the level settings, and at once
+//! when the config's limits change, so a limit taken out of the config is lifted at the next tick
+//! (offline pods': at their next static interval).
 
 use super::state::PolicyState;
 use crate::config::io::IoLimits;
@@ -55,13 +56,15 @@ fn of_level(cfg: &Config, level: QosLevel) -> (&'static str, &IoLimits) {
 }
 
 /// tidal's offline groups' limits. v2: on the offline parent and `offline-low`, with the static
-/// settings and at once for a new offline level. v1 throttling is flat (a limit does not reach child groups): on each offline
-/// workload's group, at once for a new one.
+/// settings, and at once for a new offline level or new limits. v1 throttling is flat (a limit does not reach
+/// child groups): on each offline workload's group, at once for a new one and when the limits
+/// change; again with the static settings where its level has limits.
 pub fn decide(
     snap: &Snapshot,
     cfg: &Config,
     caps: &Capabilities,
     static_due: bool,
+    new_list: bool,
     st: &mut PolicyState,
     plan: &mut Plan,
 ) {
@@ -69,6 +72,9 @@ pub fn decide(
         return;
     }
     let devs = devices(snap, cfg);
+    let limits = (cfg.io.offline_max, cfg.io.offline_low_max);
+    let changed = st.io_config != Some(limits);
+    st.io_config = Some(limits);
     if !caps.io_flat {
         let present: BTreeSet<QosLevel> = QosLevel::OFFLINE
             .into_iter()
@@ -76,7 +82,7 @@ pub fn decide(
             .collect();
         let new_level = !present.is_subset(&st.io_levels);
         st.io_levels = present;
-        if !static_due && !new_level {
+        if !static_due && !new_level && !changed {
             return;
         }
         if !st.io_levels.is_empty() {
@@ -102,6 +108,9 @@ pub fn decide(
         }
         return;
     }
+    if !static_due && !changed && !new_list {
+        return;
+    }
     // Workloads gone are dropped, but the set of offline groups is built only when one it knows
     // was not met (one workload per group): most ticks nothing went. New ones join after the count.
     let known = st.io_limited.len();
@@ -116,8 +125,10 @@ pub fn decide(
         }
         let limited = st.io_limited.contains(g);
         met += usize::from(limited);
-        if static_due || !limited {
-            let (field, l) = of_level(cfg, w.level);
+        let (field, l) = of_level(cfg, w.level);
+        // No limit to keep: nothing to repair at the static pass (a file read per device and
+        // field of each workload).
+        if changed || !limited || (static_due && l.is_set()) {
             plan.push(Action::set(
                 w.group.clone(),
                 Knob::IoMax,
@@ -136,9 +147,11 @@ pub fn decide(
             .filter(|w| w.pod.is_none() && !w.level.is_online())
             .filter_map(|w| w.group.tidal())
             .collect();
-        st.io_limited.retain(|g| offline.contains(g));
+        st.io_limited.make_mut().retain(|g| offline.contains(g));
     }
-    st.io_limited.extend(added);
+    if !added.is_empty() {
+        st.io_limited.make_mut().extend(added);
+    }
 }
 
 /// One offline pod's (or, on v1, container's) limits.
@@ -188,7 +201,10 @@ mod tests {
         st: &mut PolicyState,
     ) -> Plan {
         let mut p = Plan::default();
-        decide(snap, cfg, caps, due, st, &mut p);
+        // As the policy tells a new reading of the workload list.
+        let new_list = snap.workloads_seq.is_none() || snap.workloads_seq != st.workloads_seq;
+        st.workloads_seq = snap.workloads_seq;
+        decide(snap, cfg, caps, due, new_list, st, &mut p);
         p
     }
 
@@ -225,6 +241,18 @@ mod tests {
         )
         .actions
         .is_empty());
+        // Or at once when the limits change (a config reload): a limit taken out is lifted.
+        cfg.io.offline_max.write_bps = None;
+        let sets = io_sets(&run(
+            &snap_with(&[QosLevel::Offline]),
+            &cfg,
+            &caps,
+            false,
+            &mut st,
+        ));
+        assert_eq!(sets.len(), 1, "{sets:?}");
+        assert!(sets[0].1.iter().all(IoLimit::is_unlimited));
+        cfg.io.offline_max.write_bps = Some(10 << 20);
         // The config's devices replace the detected ones.
         cfg.io.devices = vec!["9:1".parse().unwrap()];
         let p = run(&snap_with(&[QosLevel::Offline]), &cfg, &caps, true, &mut st);
@@ -292,5 +320,32 @@ mod tests {
         let sets = io_sets(&run(&snap, &cfg, &caps, false, &mut st));
         assert_eq!(sets.len(), 1, "{sets:?}");
         assert_eq!(sets[0].0, "offline/offline/a");
+        // Between readings of the workload list (the same `workloads_seq`) nothing is looked at;
+        // the next reading or the static settings are.
+        snap.workloads_seq = Some(7);
+        st.io_limited.make_mut().clear();
+        assert_eq!(io_sets(&run(&snap, &cfg, &caps, false, &mut st)).len(), 2);
+        st.io_limited.make_mut().clear();
+        assert!(run(&snap, &cfg, &caps, false, &mut st).actions.is_empty());
+        assert_eq!(io_sets(&run(&snap, &cfg, &caps, true, &mut st)).len(), 2);
+        snap.workloads_seq = Some(8);
+        st.io_limited.make_mut().clear();
+        assert_eq!(io_sets(&run(&snap, &cfg, &caps, false, &mut st)).len(), 2);
+        // A level without limits is not re-sent with the static settings (offline-low has its
+        // own here, offline none now); a change of limits goes to every workload, lifting the
+        // old ones.
+        cfg.io.offline_max = IoLimits::default();
+        let sets = io_sets(&run(&snap, &cfg, &caps, false, &mut st));
+        assert_eq!(sets.len(), 2, "the change: {sets:?}");
+        assert!(sets
+            .iter()
+            .find(|(g, _)| g == "offline/offline/a")
+            .is_some_and(|(_, l)| l.iter().all(IoLimit::is_unlimited)));
+        let sets = io_sets(&run(&snap, &cfg, &caps, true, &mut st));
+        assert_eq!(sets.len(), 1, "{sets:?}");
+        assert!(sets[0].0.ends_with("/b"), "{sets:?}");
+        cfg.io.offline_low_max = IoLimits::default();
+        assert_eq!(io_sets(&run(&snap, &cfg, &caps, false, &mut st)).len(), 2);
+        assert!(run(&snap, &cfg, &caps, true, &mut st).actions.is_empty());
     }
 }

@@ -36,8 +36,11 @@ pub struct Decision {
 pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyState) -> Decision {
     let mut st = prev.clone();
     let mut plan = Plan::default();
+    // Between readings of the workload list the list and its task counts are the same.
+    let new_list = snap.workloads_seq.is_none() || snap.workloads_seq != prev.workloads_seq;
+    st.workloads_seq = snap.workloads_seq;
     let static_due = statics::decide(snap, cfg, caps, &mut st, &mut plan);
-    io::decide(snap, cfg, caps, static_due, &mut st, &mut plan);
+    io::decide(snap, cfg, caps, static_due, new_list, &mut st, &mut plan);
     let verdicts = interference::rules(snap, cfg, caps, prev);
     let cpu = confine::need(snap, cfg, interference::stops_growth(&verdicts), &mut st);
     let verdict = interference::decide(snap, cfg, caps, &cpu, &verdicts, &mut st);
@@ -72,12 +75,14 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
     memory::decide(snap, cfg, &mut st, &mut plan);
     memqos::protection(snap, cfg, caps, static_due, &mut st, &mut plan);
     memqos::ceiling(snap, cfg, caps, static_due, &mut st, &mut plan);
-    oom::decide(snap, cfg, static_due, &mut st, &mut plan);
+    oom::decide(snap, cfg, static_due, new_list, &mut st, &mut plan);
     files::decide(snap, cfg, caps, &mut st, &mut plan);
     cleanup::decide(snap, cfg, prev, &mut st, &mut plan);
     // Ask the actuator to journal, ahead of time, the originals of what confinement and the ladder
-    // write, so those urgent writes need no fsync.
-    plan.remember = confine::remembered(snap, cfg, caps);
+    // write, so those urgent writes need no fsync (with each reading of the workload list).
+    if new_list {
+        plan.remember = confine::remembered(snap, cfg, caps);
+    }
     Decision { plan, state: st }
 }
 
@@ -114,8 +119,12 @@ pub fn settle(mut next: PolicyState, prev: &PolicyState, plan: &Plan, ok: &[bool
         }
         match &a.op {
             Op::OomScoreAdj { target, .. } => {
-                next.oom_set.remove(target);
-                next.oom_tasks.remove(target);
+                if next.oom_set.contains(target) {
+                    next.oom_set.make_mut().remove(target);
+                }
+                if next.oom_tasks.contains_key(target) {
+                    next.oom_tasks.make_mut().remove(target);
+                }
             }
             Op::Set {
                 target,
@@ -131,9 +140,10 @@ pub fn settle(mut next: PolicyState, prev: &PolicyState, plan: &Plan, ok: &[bool
                 knob: Knob::IoMax,
                 ..
             } => match target {
-                Target::Tidal(g) => {
-                    next.io_limited.remove(g);
+                Target::Tidal(g) if next.io_limited.contains(g) => {
+                    next.io_limited.make_mut().remove(g);
                 }
+                Target::Tidal(_) => {}
                 Target::Foreign(g) => {
                     next.io_limited_foreign.remove(g);
                 }

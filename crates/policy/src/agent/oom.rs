@@ -14,9 +14,13 @@ pub fn decide(
     snap: &Snapshot,
     cfg: &Config,
     static_due: bool,
+    new_list: bool,
     st: &mut PolicyState,
     plan: &mut Plan,
 ) {
+    if !static_due && !new_list {
+        return;
+    }
     // Entries of workloads that went away are dropped, but the set of live groups is built only
     // when some entry was not met among the workloads (one per group): most ticks nothing went.
     // New entries join after the count.
@@ -49,18 +53,26 @@ pub fn decide(
         if !set {
             added.push(w.group.clone());
         }
+        // The shared maps are copied only where they change.
         match w.procs {
-            Some(n) => st.oom_tasks.insert(w.group.clone(), n),
-            None => st.oom_tasks.remove(&w.group),
-        };
+            Some(n) if st.oom_tasks.get(&w.group) != Some(&n) => {
+                st.oom_tasks.make_mut().insert(w.group.clone(), n);
+            }
+            None if st.oom_tasks.contains_key(&w.group) => {
+                st.oom_tasks.make_mut().remove(&w.group);
+            }
+            _ => {}
+        }
     }
     if met < known {
         let live: std::collections::BTreeSet<&Target> =
             snap.workloads.iter().map(|w| &w.group).collect();
-        st.oom_set.retain(|t| live.contains(t));
-        st.oom_tasks.retain(|t, _| live.contains(t));
+        st.oom_set.make_mut().retain(|t| live.contains(t));
+        st.oom_tasks.make_mut().retain(|t, _| live.contains(t));
     }
-    st.oom_set.extend(added);
+    if !added.is_empty() {
+        st.oom_set.make_mut().extend(added);
+    }
 }
 
 #[cfg(test)]
@@ -85,7 +97,14 @@ mod tests {
 
     fn set(procs: Option<usize>, static_due: bool, st: &mut PolicyState) -> Vec<i32> {
         let mut p = Plan::default();
-        decide(&snap(procs), &Config::default(), static_due, st, &mut p);
+        decide(
+            &snap(procs),
+            &Config::default(),
+            static_due,
+            true,
+            st,
+            &mut p,
+        );
         p.actions
             .iter()
             .filter_map(|a| match a.op {
@@ -123,6 +142,7 @@ mod tests {
             &Snapshot::default(),
             &Config::default(),
             false,
+            true,
             &mut st,
             &mut p,
         );
@@ -133,12 +153,49 @@ mod tests {
         other.workloads[0].group =
             Target::Tidal(QosLevel::Offline.group_path().join("other").unwrap());
         let mut p = Plan::default();
-        decide(&other, &Config::default(), false, &mut st, &mut p);
+        decide(&other, &Config::default(), false, true, &mut st, &mut p);
         assert_eq!(p.actions.len(), 1, "the new one is set");
         assert_eq!(
             st.oom_set.iter().collect::<Vec<_>>(),
             vec![&other.workloads[0].group]
         );
         assert_eq!(st.oom_tasks.len(), 1);
+    }
+
+    #[test]
+    fn the_workloads_are_looked_at_with_each_reading_of_them_and_each_static_pass() {
+        // Through the whole policy: a tick between readings (the same `workloads_seq`) does not
+        // look, and neither journals the originals ahead again.
+        let cfg = Config::default();
+        let caps = tidal_model::Capabilities::full(2);
+        let mut st = PolicyState {
+            last_static_ms: Some(0),
+            ..PolicyState::default()
+        };
+        let run = |seq, now_ms, st: &mut PolicyState| {
+            let mut s = snap(Some(2));
+            s.workloads_seq = seq;
+            s.now_ms = now_ms;
+            s.levels_present = [QosLevel::Offline].into();
+            let d = crate::agent::decide(&s, &cfg, &caps, st);
+            *st = d.state;
+            // Forget the set, so any look at the list sets it again.
+            st.oom_set.make_mut().clear();
+            let oom = d
+                .plan
+                .actions
+                .iter()
+                .filter(|a| matches!(a.op, Op::OomScoreAdj { .. }))
+                .count();
+            (oom, !d.plan.remember.is_empty())
+        };
+        assert_eq!(run(Some(1), 100, &mut st), (1, true), "a reading");
+        assert_eq!(run(Some(1), 200, &mut st), (0, false), "the same reading");
+        assert_eq!(run(Some(2), 300, &mut st), (1, true), "the next reading");
+        let static_ms = cfg.static_interval.0 + 1;
+        assert_eq!(run(Some(2), static_ms, &mut st).0, 1, "the static pass");
+        // A reader that does not count its readings: every tick looks.
+        assert_eq!(run(None, static_ms + 100, &mut st), (1, true));
+        assert_eq!(run(None, static_ms + 200, &mut st), (1, true));
     }
 }
