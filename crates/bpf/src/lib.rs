@@ -1,9 +1,10 @@
 //! Run-queue latency per cgroup with eBPF. The BPF program (`src/bpf/runq.bpf.c`, CO-RE, built with
 //! clang into a libbpf-rs skeleton) stamps each task when it becomes runnable and, when it runs,
 //! adds its wait to a per-CPU log2 histogram keyed by its cgroup (v2 id and, where the cpu
-//! controller is on a v1 hierarchy, v1 cpu-controller id). [`Collector`] loads it (tp_btf where
-//! task storage is safe to create there, else raw_tp), and each read returns the histogram deltas
-//! of the cgroups it reads since the previous read that included them. A cgroup id is the
+//! controller is on a v1 hierarchy, v1 cpu-controller id): every cgroup's, or only those in its
+//! watch map ([`Scope`]). [`Collector`] loads it (tp_btf where task storage is safe to create
+//! there, else raw_tp), sets what it watches, and each read returns the histogram deltas of the
+//! cgroups it reads since the previous read that included them. A cgroup id is the
 //! inode number of the cgroup's directory in its own hierarchy. The histogram math ([`Hist`]) is
 //! pure.
 //!
@@ -21,6 +22,18 @@ pub const SLOTS: usize = 32;
 pub enum IdKind {
     V2,
     V1Cpu,
+}
+
+/// Which cgroups' waits the program records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Only those given to `Collector::watch` (the agent: its online workloads), each wait
+    /// under one id: the task's v1 cpu id where it has one, else its v2 id (the one the agent
+    /// reads). Any other cgroup's wait costs the program two failed hash lookups and nothing
+    /// more, and a read copies out only what is watched.
+    Watched,
+    /// Every cgroup that waits (tests, the bench's own reader, `doctor`).
+    All,
 }
 
 /// A cgroup as the BPF program keys it.
@@ -162,7 +175,7 @@ pub fn cgroup_id(dir: &std::path::Path) -> Option<u64> {
 
 #[cfg(tidal_bpf)]
 mod loaded {
-    use super::{CgroupKey, DeltaTracker, Deltas, Hist, IdKind, SLOTS};
+    use super::{CgroupKey, DeltaTracker, Deltas, Hist, IdKind, Scope, SLOTS};
     use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
     use libbpf_rs::MapCore;
     use std::collections::HashMap;
@@ -180,6 +193,12 @@ mod loaded {
         /// that a read allocates nothing but its deltas.
         now: HashMap<CgroupKey, Hist>,
         values: PerCpu,
+        /// The cgroups in the program's watch map.
+        watched: std::collections::HashSet<CgroupKey>,
+        /// Buffers for batch reads; None once the kernel refused one (before 5.6: one lookup per
+        /// watched cgroup then).
+        batch: Option<Batch>,
+        scope: Scope,
         /// "tp_btf" or "raw_tp".
         pub attach: &'static str,
         /// Why the raw_tp fallback was chosen over tp_btf, when it was.
@@ -218,7 +237,7 @@ mod loaded {
         }
     }
 
-    fn load(btf: bool, sample: u32) -> Result<skel::RunqSkel<'static>, String> {
+    fn load(btf: bool, sample: u32, scope: Scope) -> Result<skel::RunqSkel<'static>, String> {
         // The skeleton borrows its object for as long as it lives: the agent's lifetime.
         let obj: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
@@ -226,11 +245,15 @@ mod loaded {
             .open(obj)
             .map_err(|e| format!("cannot open the BPF object: {e}"))?;
         match open.maps.rodata_data.as_deref_mut() {
-            Some(ro) => ro.sample_mask = sample.saturating_sub(1),
-            None if sample > 1 => {
-                return Err("the BPF object has no read-only data for its sampling rate".into())
+            Some(ro) => {
+                ro.sample_mask = sample.saturating_sub(1);
+                ro.record_all = scope == Scope::All;
             }
-            None => {}
+            None => {
+                return Err(
+                    "the BPF object has no read-only data for its sampling rate and scope".into(),
+                )
+            }
         }
         // Each path creates only its own stamp map: kernels before task storage in tracing
         // programs (5.12) can still load the raw_tp path.
@@ -255,18 +278,22 @@ mod loaded {
     }
 
     impl Collector {
+        /// Every wakeup of every cgroup.
         pub fn start() -> Result<Collector, String> {
-            Self::start_sampled(1)
+            Self::start_sampled(1, Scope::All)
         }
 
-        /// The raw_tp fallback alone (what kernels without tp_btf get), for tests and comparisons.
+        /// The raw_tp fallback alone (what kernels without tp_btf get), every cgroup, for tests
+        /// and comparisons.
         pub fn start_raw_tp(sample: u32) -> Result<Collector, String> {
             super::check_sample(sample)?;
-            Collector::new(load(false, sample)?, "raw_tp", Some("asked for".into()))
+            let skel = load(false, sample, Scope::All)?;
+            Collector::new(skel, Scope::All, "raw_tp", Some("asked for".into()))
         }
 
-        /// Records 1 in `sample` wakeups (a power of two up to 1024; anything else is refused).
-        pub fn start_sampled(sample: u32) -> Result<Collector, String> {
+        /// Records 1 in `sample` wakeups (a power of two up to 1024; anything else is refused) of
+        /// the cgroups `scope` says.
+        pub fn start_sampled(sample: u32, scope: Scope) -> Result<Collector, String> {
             super::check_sample(sample)?;
             // SAFETY: geteuid has no preconditions.
             if unsafe { libc::geteuid() } != 0 {
@@ -277,28 +304,33 @@ mod loaded {
                     "no kernel BTF (/sys/kernel/btf/vmlinux): CO-RE programs cannot load".into(),
                 );
             }
-            let btf = task_storage_alloc_safe().and_then(|()| load(true, sample));
+            let btf = task_storage_alloc_safe().and_then(|()| load(true, sample, scope));
             let (skel, attach, fallback) = match btf {
                 Ok(s) => (s, "tp_btf", None),
-                Err(e_btf) => match load(false, sample) {
+                Err(e_btf) => match load(false, sample, scope) {
                     Ok(s) => (s, "raw_tp", Some(e_btf)),
                     Err(e_raw) => return Err(format!("tp_btf: {e_btf}; raw_tp: {e_raw}")),
                 },
             };
-            Collector::new(skel, attach, fallback)
+            Collector::new(skel, scope, attach, fallback)
         }
 
         fn new(
             skel: skel::RunqSkel<'static>,
+            scope: Scope,
             attach: &'static str,
             fallback: Option<String>,
         ) -> Result<Collector, String> {
             let values = PerCpu::new(&skel.maps.hists)?;
+            let batch = Some(Batch::new(values.buf.len()));
             Ok(Collector {
                 skel,
                 tracker: DeltaTracker::default(),
                 now: HashMap::new(),
                 values,
+                watched: std::collections::HashSet::new(),
+                batch,
+                scope,
                 attach,
                 fallback,
             })
@@ -327,15 +359,64 @@ mod loaded {
             Ok(self.tracker.step(&mut self.now))
         }
 
-        /// Deletes every histogram whose cgroup is not in `keep` (the program makes one for every
-        /// cgroup that waits, and the map is bounded). Returns how many went.
-        pub fn prune(&mut self, keep: &std::collections::HashSet<CgroupKey>) -> usize {
-            let map = &self.skel.maps.hists;
-            let gone: Vec<Vec<u8>> = map
-                .keys()
-                .filter(|k| key_of(k).is_none_or(|c| !keep.contains(&c)))
-                .collect();
-            gone.iter().filter(|k| map.delete(k).is_ok()).count()
+        /// From now on the waits of exactly these cgroups are recorded (with [`Scope::Watched`]):
+        /// new ones join the program's watch map, and those left out leave it with their
+        /// histograms. The map holds 8192; past that the error says so and the keys already in
+        /// stay watched.
+        pub fn watch<'a>(
+            &mut self,
+            keys: impl IntoIterator<Item = &'a CgroupKey>,
+        ) -> Result<(), String> {
+            let want: std::collections::HashSet<CgroupKey> = keys.into_iter().copied().collect();
+            let (watch, hists) = (&self.skel.maps.watch, &self.skel.maps.hists);
+            // Those leaving first: they make room. Already gone from a map is no failure.
+            self.watched.retain(|k| {
+                if want.contains(k) {
+                    return true;
+                }
+                let raw = key_bytes(k);
+                let _ = watch.delete(&raw);
+                let _ = hists.delete(&raw);
+                false
+            });
+            for k in want {
+                if self.watched.contains(&k) {
+                    continue;
+                }
+                watch
+                    .update(&key_bytes(&k), &[1], libbpf_rs::MapFlags::ANY)
+                    .map_err(|e| {
+                        format!(
+                            "cannot watch cgroup id {} ({:?}), with {} watched: {e}",
+                            k.id,
+                            k.kind,
+                            self.watched.len()
+                        )
+                    })?;
+                self.watched.insert(k);
+            }
+            Ok(())
+        }
+
+        /// The watched cgroups' waits since the previous read: the histogram map holds only
+        /// them, so it is read whole in a batch or a few (one lookup per watched cgroup where the
+        /// kernel has no batch reads, before 5.6).
+        pub fn read_watched(&mut self) -> Result<Deltas, String> {
+            // What else the map holds is deleted only where it records the watched alone.
+            let stale = self.scope == Scope::Watched;
+            if let Some(b) = self.batch.as_mut() {
+                let map = &self.skel.maps.hists;
+                match b.read(map, &self.values, &self.watched, stale, &mut self.now) {
+                    Ok(()) => return Ok(self.tracker.step(&mut self.now)),
+                    Err(None) => self.batch = None,
+                    Err(Some(e)) => {
+                        self.now.clear();
+                        return Err(e);
+                    }
+                }
+            }
+            let keys: Vec<CgroupKey> = self.watched.iter().copied().collect();
+            self.read_keys(&keys)
         }
 
         /// Every cgroup's waits since the previous read.
@@ -408,11 +489,138 @@ mod loaded {
                     std::io::Error::from_raw_os_error(-r)
                 ));
             }
+            Ok(Some(self.merge(&self.buf)))
+        }
+
+        /// One entry's per-CPU copies (laid out as a lookup returns them), merged.
+        fn merge(&self, values: &[u8]) -> Hist {
             let mut h = Hist::default();
-            for v in self.buf.chunks_exact(self.stride) {
+            for v in values.chunks_exact(self.stride) {
                 h.merge(&decode(&v[..self.value_size]));
             }
-            Ok(Some(h))
+            h
+        }
+    }
+
+    /// Room for batch reads of the histogram map, grown when a hash bucket holds more entries
+    /// than one batch.
+    struct Batch {
+        keys: Vec<u8>,
+        values: Vec<u8>,
+        per_entry: usize,
+        cap: usize,
+    }
+
+    const KEY_SIZE: usize = 16;
+    /// Entries per batch to start with, and at most (the map's size).
+    const BATCH_FIRST: usize = 64;
+    const BATCH_MAX: usize = 8192;
+
+    impl Batch {
+        fn new(per_entry: usize) -> Batch {
+            let mut b = Batch {
+                keys: Vec::new(),
+                values: Vec::new(),
+                per_entry,
+                cap: 0,
+            };
+            b.size(BATCH_FIRST);
+            b
+        }
+
+        fn size(&mut self, cap: usize) {
+            self.cap = cap;
+            self.keys.resize(cap * KEY_SIZE, 0);
+            self.values.resize(cap * self.per_entry, 0);
+        }
+
+        /// Reads every watched entry into `now`; with `delete_stale` any other is deleted (a
+        /// histogram the program made as its cgroup left the watch). Err(None): the kernel has
+        /// no batch reads for this map; Err(Some): a read failed.
+        fn read(
+            &mut self,
+            map: &impl MapCore,
+            per_cpu: &PerCpu,
+            watched: &std::collections::HashSet<CgroupKey>,
+            delete_stale: bool,
+            now: &mut HashMap<CgroupKey, Hist>,
+        ) -> Result<(), Option<String>> {
+            if map.key_size() as usize != KEY_SIZE {
+                return Err(Some(format!(
+                    "the run-queue histogram map is keyed by {} bytes, not {KEY_SIZE}",
+                    map.key_size()
+                )));
+            }
+            let fd = map.as_fd().as_raw_fd();
+            // The kernel's position between batches (a bucket index for a hash map).
+            let (mut token, mut next) = ([0u8; 8], [0u8; 8]);
+            let mut first = true;
+            let mut stale = Vec::new();
+            loop {
+                let mut count = u32::try_from(self.cap).unwrap_or(u32::MAX);
+                let opts = libbpf_sys::bpf_map_batch_opts {
+                    sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+                    elem_flags: 0,
+                    flags: 0,
+                };
+                let in_batch = if first {
+                    std::ptr::null_mut()
+                } else {
+                    token.as_mut_ptr().cast()
+                };
+                // SAFETY: the key and value buffers hold `count` entries (key: the map's key size,
+                // checked above; value: one aligned copy per possible CPU, as for a lookup), and
+                // the batch tokens are 8 bytes, more than the kernel's 4 for a hash map.
+                let r = unsafe {
+                    libbpf_sys::bpf_map_lookup_batch(
+                        fd,
+                        in_batch,
+                        next.as_mut_ptr().cast(),
+                        self.keys.as_mut_ptr().cast(),
+                        self.values.as_mut_ptr().cast(),
+                        &mut count,
+                        &opts,
+                    )
+                };
+                let done = r == -libc::ENOENT;
+                if r < 0 && !done {
+                    if r == -libc::ENOSPC && self.cap < BATCH_MAX {
+                        // One hash bucket holds more than a batch: the same batch again, larger.
+                        self.size(self.cap * 2);
+                        continue;
+                    }
+                    // EINVAL: no such command (before 5.6); 524: ENOTSUPP for this map type.
+                    if first && (r == -libc::EINVAL || r == -libc::EOPNOTSUPP || r == -524) {
+                        return Err(None);
+                    }
+                    now.clear();
+                    return Err(Some(format!(
+                        "reading the run-queue histograms (batch): {}",
+                        std::io::Error::from_raw_os_error(-r)
+                    )));
+                }
+                let n = (count as usize).min(self.cap);
+                for i in 0..n {
+                    let raw = &self.keys[i * KEY_SIZE..(i + 1) * KEY_SIZE];
+                    match key_of(raw) {
+                        Some(k) if watched.contains(&k) => {
+                            let v = &self.values[i * self.per_entry..(i + 1) * self.per_entry];
+                            now.insert(k, per_cpu.merge(v));
+                        }
+                        _ if delete_stale => stale.push(raw.to_vec()),
+                        _ => {}
+                    }
+                }
+                if done || n == 0 {
+                    break;
+                }
+                token = next;
+                first = false;
+            }
+            for raw in stale {
+                let _ = map.delete(&raw);
+            }
+            Ok(())
         }
     }
 
@@ -608,12 +816,12 @@ pub struct Collector {
 
 #[cfg(not(tidal_bpf))]
 impl Collector {
-    pub fn start_sampled(sample: u32) -> Result<Collector, String> {
+    pub fn start_sampled(sample: u32, _scope: Scope) -> Result<Collector, String> {
         check_sample(sample)?;
         Self::start()
     }
     pub fn start_raw_tp(sample: u32) -> Result<Collector, String> {
-        Self::start_sampled(sample)
+        Self::start_sampled(sample, Scope::All)
     }
     pub fn start() -> Result<Collector, String> {
         Err("tidal was built without its BPF program (no clang at build time, or without the `bpf` feature): apt-get install clang libelf-dev and rebuild".into())
@@ -627,8 +835,14 @@ impl Collector {
     ) -> Result<Deltas, String> {
         Ok(Deltas::new())
     }
-    pub fn prune(&mut self, _keep: &std::collections::HashSet<CgroupKey>) -> usize {
-        0
+    pub fn watch<'a>(
+        &mut self,
+        _keys: impl IntoIterator<Item = &'a CgroupKey>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    pub fn read_watched(&mut self) -> Result<Deltas, String> {
+        Ok(Deltas::new())
     }
 }
 

@@ -9,7 +9,7 @@ use common::{
     cgroups_usable, free_addr, get, last_plan_reasons, start_agent, state, stop, TestRoot,
 };
 use std::time::{Duration, Instant};
-use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind};
+use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind, Scope};
 
 /// The tests here measure scheduling on shared CPUs: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -262,6 +262,72 @@ fn cgroup_ids_are_the_directories_inodes_in_each_hierarchy() {
     // The two groups' ids differ, so their waits are not mixed.
     let (a, b) = (keys(&t, "online/a"), keys(&t, "online-high/b"));
     assert!(a.iter().all(|k| !b.contains(k)));
+    t.kill_children();
+}
+
+#[test]
+fn only_watched_cgroups_get_histograms_and_one_unwatched_loses_its_own() {
+    if !cgroups_usable("only_watched_cgroups_get_histograms_and_one_unwatched_loses_its_own") {
+        return;
+    }
+    let _one = serial();
+    // The agent's kind, and one of every cgroup beside it to show both groups wait.
+    let mut c = Collector::start_sampled(1, Scope::Watched).expect("BPF loads");
+    let mut every = Collector::start().expect("BPF loads");
+    let mut t = TestRoot::new("bpfwatch");
+    let exe = common::tidal_bin();
+    for name in ["a", "b"] {
+        t.spawn(&[
+            "run", "--qos", "online", "--name", name, "--", exe, "worker", "prober",
+        ]);
+    }
+    t.wait_running(&["online/a", "online/b"]);
+    let ka = read_key(&t, "online/a").expect("a's id");
+    let kb = read_key(&t, "online/b").expect("b's id");
+    // Reads the whole map until `want` has 50 samples (10 s at most): it must hold `want`'s
+    // histogram alone (a read of only the watched keys could not tell).
+    let gather = |c: &mut Collector, every: &mut Collector, want: CgroupKey, other: CgroupKey| {
+        // The agent's read first: it deletes a histogram made as its cgroup left the watch.
+        let _ = c.read_watched().expect("read the watched histograms");
+        let _ = c.read().expect("read the whole map");
+        let _ = every.read().expect("read every histogram");
+        let (mut got, mut other_waits) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (got <= 50 || other_waits <= 50) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(300));
+            let d = c.read().expect("read the whole map");
+            let stray: Vec<&CgroupKey> = d.keys().filter(|k| **k != want).collect();
+            assert!(stray.is_empty(), "recorded though not watched: {stray:?}");
+            got += d.get(&want).map_or(0, |h| h.count);
+            let e = every.read().expect("read every histogram");
+            other_waits += e.get(&other).map_or(0, |h| h.count);
+        }
+        assert!(got > 50, "{want:?}: {got} samples while watched");
+        assert!(
+            other_waits > 50,
+            "{other:?} did not wait at all ({other_waits})"
+        );
+    };
+    c.watch([&ka]).expect("watch a");
+    gather(&mut c, &mut every, ka, kb);
+    // Watching b alone: a leaves the map with its histogram, and the agent's read (a batch of
+    // the map) gives b's waits.
+    c.watch([&kb]).expect("watch b");
+    gather(&mut c, &mut every, kb, ka);
+    let _ = c.read_watched().expect("read the watched histograms");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = 0;
+    while got <= 50 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        let d = c.read_watched().expect("read the watched histograms");
+        assert!(
+            d.keys().all(|k| *k == kb),
+            "{:?}",
+            d.keys().collect::<Vec<_>>()
+        );
+        got += d.get(&kb).map_or(0, |h| h.count);
+    }
+    assert!(got > 50, "b: {got} samples read as the agent reads them");
     t.kill_children();
 }
 

@@ -10,7 +10,8 @@
  * third of the cost of a hash map and probe reads (`tidal bench bpf-cost`); the raw_tp twins (a
  * pid-keyed hash, CO-RE probe reads) are the fallback where tp_btf or task storage in tracing
  * programs (5.12+) is not there. With sampling (`sample_mask`) 1 in N runnable transitions is
- * stamped. */
+ * stamped. Only the cgroups in `watch` get histograms (the agent puts its online workloads' keys
+ * there), unless `record_all`. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -57,6 +58,19 @@ struct {
 	__type(value, struct hist);
 } hists SEC(".maps");
 
+/* The cgroups whose waits are recorded (the agent's online workloads), keyed as hists; the value
+ * is unused. A wait of any other cgroup costs two failed lookups and nothing more, unless
+ * record_all. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct key);
+	__type(value, u8);
+} watch SEC(".maps");
+
+/* Set before load: record every cgroup's waits, watched or not (tests, the bench, doctor). */
+const volatile bool record_all = false;
+
 static __always_inline u32 log2_slot(u64 v)
 {
 	u32 r = 0;
@@ -90,6 +104,11 @@ static __always_inline void add(struct key *k, u64 delta, u32 slot)
 {
 	struct hist *h = bpf_map_lookup_elem(&hists, k);
 	if (!h) {
+		/* Made only for a watched cgroup: a watched one costs what it did before the watch map.
+		 * The agent deletes a histogram when its cgroup leaves the watch, and any made in the
+		 * race with that when it next reads the map. */
+		if (!record_all && !bpf_map_lookup_elem(&watch, k))
+			return;
 		struct hist zero = {};
 		bpf_map_update_elem(&hists, k, &zero, BPF_NOEXIST);
 		h = bpf_map_lookup_elem(&hists, k);
@@ -112,14 +131,14 @@ static __always_inline long task_state(struct task_struct *t)
 }
 
 /* Adds one wait under the task's v2 id and, where it has one (id1 not 0), its v1 cpu-controller
- * id. */
+ * id; watched (not record_all), under the one the agent reads: the v1 id where there is one. */
 static __always_inline void record(u64 delta, u64 id2, u64 id1)
 {
 	u32 slot = log2_slot(delta);
 	struct key k = {};
 	k.kind = KIND_V2;
 	k.id = id2;
-	if (id2)
+	if (id2 && (record_all || !id1))
 		add(&k, delta, slot);
 	if (id1) {
 		k.kind = KIND_V1_CPU;

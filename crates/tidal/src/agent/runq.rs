@@ -1,13 +1,14 @@
 //! Run-queue latency as a signal: each tick the BPF program's per-cgroup histograms give every
 //! online workload's waits since the last tick (its id: the inode of its group's directory in
-//! the v1 cpu hierarchy where there is one, else in the v2 hierarchy; see [`read_key`]). A
+//! the v1 cpu hierarchy where there is one, else in the v2 hierarchy; see [`read_key`]). The
+//! program records only those ids (its watch map, set with each workload list). A
 //! workload with enough samples gives a `SignalKind::RunqLatency` reading of its p99 against
 //! `bpf.runq_p99_threshold`. An id's first read is its baseline, and the first window opens where
 //! the agent's first tick ends ([`Runq::restart`]): the waits its own start causes are not
 //! interference. Without BPF the agent says once why and runs on its other signals.
 
 use std::collections::{HashMap, HashSet};
-use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind};
+use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind, Scope};
 use tidal_cgroupfs::{Layout, Version};
 use tidal_model::{QosLevel, Signal, SignalKind, Target, WorkloadSnapshot};
 use tracing::{info, warn};
@@ -25,7 +26,11 @@ pub struct Runq {
     /// Why there is no collector (for `/state` and doctor-like reports).
     pub unavailable: Option<String>,
     ids: HashMap<CgroupKey, (String, QosLevel)>,
-    reads: u64,
+    /// Each online workload's id as last found, and how many lists have been mapped: ids are
+    /// looked up (a `statx` each) for workloads without one, and for every one each
+    /// [`LOOKUP_EVERY`] lists, which finds a group removed and made again under the same path.
+    known: HashMap<Target, CgroupKey>,
+    maps: u64,
     /// Waits of reads that had fewer than `min_samples`, carried into the next reads (at most
     /// [`CARRY_READS`] of them): short ticks (the watch after a release) or a quiet service still
     /// give a reading.
@@ -64,9 +69,30 @@ fn carry(
     None
 }
 
-/// Every this many reads, histograms of cgroups that are not online workloads are deleted: the
-/// program makes one for every cgroup that waits, and its map is bounded (8192).
-const PRUNE_EVERY: u64 = 100;
+/// Every this many workload lists, every online workload's id is looked up again.
+const LOOKUP_EVERY: u64 = 10;
+
+/// The online workloads' ids by id, looked up with `lookup` where `known` has none (or for every
+/// one when `all`); `known` is left holding this list's.
+fn online_ids(
+    known: &mut HashMap<Target, CgroupKey>,
+    all: bool,
+    workloads: &[WorkloadSnapshot],
+    mut lookup: impl FnMut(&Target) -> Option<CgroupKey>,
+) -> HashMap<CgroupKey, (String, QosLevel)> {
+    let mut last = std::mem::take(known);
+    if all {
+        last.clear();
+    }
+    let mut ids = HashMap::new();
+    for w in workloads.iter().filter(|w| w.level.is_online()) {
+        if let Some(key) = last.remove(&w.group).or_else(|| lookup(&w.group)) {
+            ids.insert(key, (w.group.to_string(), w.level));
+            known.insert(w.group.clone(), key);
+        }
+    }
+    ids
+}
 
 impl Runq {
     /// Loads the program unless `enabled` is false, recording 1 in `sample` wakeups; says once
@@ -78,7 +104,7 @@ impl Runq {
                 Some("turned off (--no-bpf or bpf.enabled: false)".to_string()),
             )
         } else {
-            match Collector::start_sampled(sample) {
+            match Collector::start_sampled(sample, Scope::Watched) {
                 Ok(c) => {
                     info!(
                         "run-queue latency from BPF ({}{}{})",
@@ -105,7 +131,8 @@ impl Runq {
             collector,
             unavailable,
             ids: HashMap::new(),
-            reads: 0,
+            known: HashMap::new(),
+            maps: 0,
             pending: HashMap::new(),
             tick_waits: HashMap::new(),
             fresh: HashSet::new(),
@@ -116,15 +143,22 @@ impl Runq {
         self.collector.is_some()
     }
 
-    /// Learns the ids of the online workloads' groups (when the workload list changes).
+    /// Learns the ids of the online workloads' groups (each time the workload list is read).
     pub fn map(&mut self, layout: &Layout, workloads: &[WorkloadSnapshot]) {
         if self.collector.is_none() {
             return;
         }
-        let before = std::mem::take(&mut self.ids);
-        for w in workloads.iter().filter(|w| w.level.is_online()) {
-            if let Some(key) = read_key(layout, &w.group) {
-                self.ids.insert(key, (w.group.to_string(), w.level));
+        let all = self.maps.is_multiple_of(LOOKUP_EVERY);
+        self.maps = self.maps.wrapping_add(1);
+        let before = std::mem::replace(
+            &mut self.ids,
+            online_ids(&mut self.known, all, workloads, |t| read_key(layout, t)),
+        );
+        // The program records these workloads' waits and no others.
+        if let Some(c) = self.collector.as_mut() {
+            if let Err(e) = c.watch(self.ids.keys()) {
+                self.off(e);
+                return;
             }
         }
         self.fresh
@@ -142,13 +176,10 @@ impl Runq {
         let Some(c) = self.collector.as_mut() else {
             return false;
         };
-        let mut deltas = match c.read_keys(self.ids.keys()) {
+        let mut deltas = match c.read_watched() {
             Ok(d) => d,
             Err(e) => {
-                warn!("run-queue latency: {e}; off from now on");
-                self.unavailable = Some(e);
-                self.collector = None;
-                self.tick_waits.clear();
+                self.off(e);
                 return false;
             }
         };
@@ -167,6 +198,14 @@ impl Runq {
         true
     }
 
+    /// Turns the reader off for good, saying why.
+    fn off(&mut self, why: String) {
+        warn!("run-queue latency: {why}; off from now on");
+        self.unavailable = Some(why);
+        self.collector = None;
+        self.tick_waits.clear();
+    }
+
     /// Drops every wait read or carried so far: the next reading starts now (and says why the
     /// collector is off, if this read failed: see [`Runq::unavailable`]).
     pub fn restart(&mut self) {
@@ -178,13 +217,6 @@ impl Runq {
     /// The last tick's waits per online workload, and the signals they give (from the waits
     /// carried over too, while a workload's reads fall short of `min_samples`).
     pub fn read(&mut self, threshold_s: f64, min_samples: u64) -> (Vec<Signal>, Vec<Waits>) {
-        // Pruned every PRUNE_EVERY ticks' reads (never by a sample's peek).
-        self.reads += 1;
-        if let Some(c) = self.collector.as_mut() {
-            if self.reads.is_multiple_of(PRUNE_EVERY) {
-                c.prune(&self.ids.keys().copied().collect());
-            }
-        }
         if !self.pull() {
             return (Vec::new(), Vec::new());
         }
@@ -225,11 +257,11 @@ impl Runq {
     }
 }
 
-/// The one id a workload's waits are read under. The program adds each wait under the task's v2
-/// id and, where the cpu controller is on a v1 hierarchy, its v1 cpu-controller id too: on a host
-/// with both, the v1 id (hybrid hosts put pods only there). Reading both would read the same waits
-/// twice, with a syscall each. A task outside its workload's v1 cpu group (a move that failed
-/// half-way) is not read: the v1 cpu controller does not count it as the workload's either.
+/// The one id a workload's waits are read under: on a host with both, the v1 cpu id (hybrid hosts
+/// put pods only there), else the v2 id. The program, watching, adds each wait under the same
+/// one (the task's v1 cpu-controller id where the cpu controller is on a v1 hierarchy). A task
+/// outside its workload's v1 cpu group (a move that failed half-way) is not read: the v1 cpu
+/// controller does not count it as the workload's either.
 fn read_key(layout: &Layout, group: &Target) -> Option<CgroupKey> {
     let id_in = |v1_cpu: bool| {
         layout
@@ -331,6 +363,51 @@ mod tests {
             pick_key(Some(9), || panic!("v2 looked up")),
             key(9, IdKind::V1Cpu)
         );
+    }
+
+    #[test]
+    fn ids_are_looked_up_for_new_workloads_and_for_all_when_asked() {
+        let wl = |name: &str, level: QosLevel| {
+            let g = level.group_path().join(name).unwrap();
+            WorkloadSnapshot::unread(Target::Tidal(g), level, name)
+        };
+        let key = |id| CgroupKey {
+            id,
+            kind: IdKind::V2,
+        };
+        let web = wl("web", QosLevel::Online);
+        let db = wl("db", QosLevel::OnlineHigh);
+        let batch = wl("batch", QosLevel::Offline);
+        let mut known = HashMap::new();
+        let mut asked = Vec::new();
+        let mut next = 10;
+        let mut map = |known: &mut HashMap<Target, CgroupKey>, all, wls: &[WorkloadSnapshot]| {
+            online_ids(known, all, wls, |t| {
+                asked.push(t.to_string());
+                next += 1;
+                // db's group cannot be looked up the first time (not made yet).
+                (next != 12).then_some(key(next))
+            })
+        };
+        let ids = map(&mut known, false, &[web.clone(), db.clone(), batch.clone()]);
+        assert_eq!(ids.len(), 1);
+        assert_eq!(
+            ids.get(&key(11)).map(|(n, _)| n.as_str()),
+            Some("online/web")
+        );
+        // Known ids are kept; the failed one is tried again; offline is never looked up.
+        let ids = map(&mut known, false, &[web.clone(), db.clone(), batch.clone()]);
+        assert_eq!(ids.len(), 2);
+        assert!(ids.contains_key(&key(11)) && ids.contains_key(&key(13)));
+        // A workload gone is forgotten: back, it is looked up again.
+        map(&mut known, false, std::slice::from_ref(&db));
+        let ids = map(&mut known, false, &[web.clone(), db.clone()]);
+        assert!(ids.contains_key(&key(14)) && ids.contains_key(&key(13)));
+        // Every one when asked (a group made again under its path has a new id).
+        let ids = map(&mut known, true, &[web.clone(), db.clone()]);
+        assert!(ids.contains_key(&key(15)) && ids.contains_key(&key(16)));
+        let n = |name: &str| asked.iter().filter(|a| a.ends_with(name)).count();
+        assert_eq!((n("web"), n("db"), n("batch")), (3, 3, 0), "{asked:?}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tidal_model::{Signal, SignalKind, WorkloadSnapshot};
 use tidal_policy::config::slo::{Objective, SloConfig};
@@ -141,6 +141,8 @@ struct State {
 struct Inner {
     cfg: Mutex<SloConfig>,
     specs: Mutex<Vec<Spec>>,
+    /// Signalled when the objectives change or the watcher stops: the thread sleeps on it.
+    changed: Condvar,
     states: Mutex<BTreeMap<String, State>>,
     stop: AtomicBool,
 }
@@ -159,6 +161,9 @@ pub struct SloWatch {
 impl Drop for SloWatch {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::Relaxed);
+        // Under the lock the thread checks `stop` under, so the wake-up cannot fall between.
+        let _g = lock(&self.inner.specs);
+        self.inner.changed.notify_all();
     }
 }
 
@@ -173,6 +178,7 @@ impl SloWatch {
         let inner = Arc::new(Inner {
             cfg: Mutex::new(cfg.clone()),
             specs: Mutex::new(Vec::new()),
+            changed: Condvar::new(),
             states: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
         });
@@ -194,6 +200,7 @@ impl SloWatch {
         let mut cur = lock(&self.inner.specs);
         if *cur != specs {
             *cur = specs;
+            self.inner.changed.notify_all();
         }
     }
 
@@ -255,22 +262,33 @@ fn run(inner: &Inner) {
     // Objectives read at least once: the first good read is said, so an operator sees it works.
     let mut read: HashSet<String> = HashSet::new();
     let mut next = Instant::now();
-    while !inner.stop.load(Ordering::Relaxed) {
-        let cfg = lock(&inner.cfg).clone();
-        let interval = Duration::from_millis(cfg.interval.0.max(100));
+    let stopped = || inner.stop.load(Ordering::Relaxed);
+    while !stopped() {
         let now = Instant::now();
         if now < next {
-            std::thread::sleep((next - now).min(Duration::from_millis(100)));
+            // Until the next scrape, the objectives changing or the watcher stopping.
+            let g = lock(&inner.specs);
+            if !stopped() {
+                drop(inner.changed.wait_timeout(g, next - now));
+            }
             continue;
         }
         let specs = lock(&inner.specs).clone();
         if specs.is_empty() {
             lock(&inner.states).clear();
-            // Objectives come with the first tick, after this thread starts: scraped within
-            // 100 ms of coming, the first window opens then, not an interval later.
-            std::thread::sleep(Duration::from_millis(100));
+            // Objectives come with the first tick, after this thread starts: scraped as soon as
+            // they come, the first window opens then, not an interval later. The timeout only
+            // bounds a wake-up missed through a poisoned lock.
+            let g = lock(&inner.specs);
+            drop(
+                inner
+                    .changed
+                    .wait_timeout_while(g, Duration::from_secs(5), |s| s.is_empty() && !stopped()),
+            );
             continue;
         }
+        let cfg = lock(&inner.cfg).clone();
+        let interval = Duration::from_millis(cfg.interval.0.max(100));
         next = now + interval;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_millis(cfg.timeout.0)))
