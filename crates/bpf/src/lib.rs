@@ -2,7 +2,7 @@
 //! clang into a libbpf-rs skeleton) stamps each task when it becomes runnable and, when it runs,
 //! adds its wait to a per-CPU log2 histogram keyed by its cgroup (v2 id and, where the cpu
 //! controller is on a v1 hierarchy, v1 cpu-controller id): every cgroup's, or only those in its
-//! watch map ([`Scope`]). [`Collector`] loads it (tp_btf where task storage is safe to create
+//! watch map, each under one id ([`Scope`]). [`Collector`] loads it (tp_btf where task storage is safe to create
 //! there, else raw_tp), sets what it watches, and each read returns the histogram deltas of the
 //! cgroups it reads since the previous read that included them. A cgroup id is the
 //! inode number of the cgroup's directory in its own hierarchy. The histogram math ([`Hist`]) is
@@ -196,8 +196,12 @@ mod loaded {
         /// The cgroups in the program's watch map.
         watched: std::collections::HashSet<CgroupKey>,
         /// Buffers for batch reads; None once the kernel refused one (before 5.6: one lookup per
-        /// watched cgroup then).
+        /// watched cgroup then, and `unbatched` says why).
         batch: Option<Batch>,
+        unbatched: Option<String>,
+        /// Cgroups that left the watch at the last `watch`: their histograms are deleted again at
+        /// the next read, in case the program made one as they left.
+        left: Vec<CgroupKey>,
         scope: Scope,
         /// "tp_btf" or "raw_tp".
         pub attach: &'static str,
@@ -323,6 +327,7 @@ mod loaded {
         ) -> Result<Collector, String> {
             let values = PerCpu::new(&skel.maps.hists)?;
             let batch = Some(Batch::new(values.buf.len()));
+            // (`values.buf` is one entry: one value per possible CPU.)
             Ok(Collector {
                 skel,
                 tracker: DeltaTracker::default(),
@@ -330,6 +335,8 @@ mod loaded {
                 values,
                 watched: std::collections::HashSet::new(),
                 batch,
+                unbatched: None,
+                left: Vec::new(),
                 scope,
                 attach,
                 fallback,
@@ -337,8 +344,8 @@ mod loaded {
         }
 
         /// The waits of these cgroups since the previous read, if that read included them (else
-        /// their whole counts): one lookup per key, so a tick costs what the online workloads need,
-        /// not what the map holds.
+        /// their whole counts): one lookup per key (the watched read where the kernel has no batch
+        /// reads, and tests).
         pub fn read_keys<'a>(
             &mut self,
             keys: impl IntoIterator<Item = &'a CgroupKey>,
@@ -370,6 +377,7 @@ mod loaded {
             let want: std::collections::HashSet<CgroupKey> = keys.into_iter().copied().collect();
             let (watch, hists) = (&self.skel.maps.watch, &self.skel.maps.hists);
             // Those leaving first: they make room. Already gone from a map is no failure.
+            let left = &mut self.left;
             self.watched.retain(|k| {
                 if want.contains(k) {
                     return true;
@@ -377,6 +385,7 @@ mod loaded {
                 let raw = key_bytes(k);
                 let _ = watch.delete(&raw);
                 let _ = hists.delete(&raw);
+                left.push(*k);
                 false
             });
             for k in want {
@@ -402,14 +411,22 @@ mod loaded {
         /// them, so it is read whole in a batch or a few (one lookup per watched cgroup where the
         /// kernel has no batch reads, before 5.6).
         pub fn read_watched(&mut self) -> Result<Deltas, String> {
+            for k in self.left.drain(..) {
+                if !self.watched.contains(&k) {
+                    let _ = self.skel.maps.hists.delete(&key_bytes(&k));
+                }
+            }
             // What else the map holds is deleted only where it records the watched alone.
             let stale = self.scope == Scope::Watched;
             if let Some(b) = self.batch.as_mut() {
                 let map = &self.skel.maps.hists;
                 match b.read(map, &self.values, &self.watched, stale, &mut self.now) {
                     Ok(()) => return Ok(self.tracker.step(&mut self.now)),
-                    Err(None) => self.batch = None,
-                    Err(Some(e)) => {
+                    Err(Refused(why)) => {
+                        self.batch = None;
+                        self.unbatched = Some(why);
+                    }
+                    Err(Failed(e)) => {
                         self.now.clear();
                         return Err(e);
                     }
@@ -417,6 +434,26 @@ mod loaded {
             }
             let keys: Vec<CgroupKey> = self.watched.iter().copied().collect();
             self.read_keys(&keys)
+        }
+
+        /// Why reads are one lookup per cgroup, not batches, once a batch read was refused.
+        pub fn unbatched(&self) -> Option<&str> {
+            self.unbatched.as_deref()
+        }
+
+        /// The next read gives each cgroup's whole counts, not deltas (tests).
+        #[doc(hidden)]
+        pub fn forget_reads(&mut self) {
+            self.tracker = DeltaTracker::default();
+        }
+
+        /// Reads at most `n` entries per batch from now on (tests: several batches, and a hash
+        /// bucket fuller than one).
+        #[doc(hidden)]
+        pub fn set_batch_entries(&mut self, n: usize) {
+            if let Some(b) = self.batch.as_mut() {
+                b.size(n.max(1));
+            }
         }
 
         /// Every cgroup's waits since the previous read.
@@ -503,7 +540,7 @@ mod loaded {
     }
 
     /// Room for batch reads of the histogram map, grown when a hash bucket holds more entries
-    /// than one batch.
+    /// than one batch, up to [`BATCH_BYTES_MAX`].
     struct Batch {
         keys: Vec<u8>,
         values: Vec<u8>,
@@ -511,10 +548,20 @@ mod loaded {
         cap: usize,
     }
 
+    /// Why a batch read did not give the map.
+    enum BatchErr {
+        /// The kernel has no batch reads for this map, or a bucket does not fit the buffers.
+        Refused(String),
+        Failed(String),
+    }
+    use BatchErr::{Failed, Refused};
+
     const KEY_SIZE: usize = 16;
-    /// Entries per batch to start with, and at most (the map's size).
+    /// Entries per batch to start with.
     const BATCH_FIRST: usize = 64;
-    const BATCH_MAX: usize = 8192;
+    /// The values of one batch at most (on a host with hundreds of possible CPUs an entry is
+    /// tens of KiB).
+    const BATCH_BYTES_MAX: usize = 4 << 20;
 
     impl Batch {
         fn new(per_entry: usize) -> Batch {
@@ -524,19 +571,22 @@ mod loaded {
                 per_entry,
                 cap: 0,
             };
-            b.size(BATCH_FIRST);
+            b.size(BATCH_FIRST.min(b.cap_max()));
             b
         }
 
+        fn cap_max(&self) -> usize {
+            (BATCH_BYTES_MAX / self.per_entry.max(1)).max(1)
+        }
+
         fn size(&mut self, cap: usize) {
-            self.cap = cap;
-            self.keys.resize(cap * KEY_SIZE, 0);
-            self.values.resize(cap * self.per_entry, 0);
+            self.cap = cap.clamp(1, self.cap_max());
+            self.keys.resize(self.cap * KEY_SIZE, 0);
+            self.values.resize(self.cap * self.per_entry, 0);
         }
 
         /// Reads every watched entry into `now`; with `delete_stale` any other is deleted (a
-        /// histogram the program made as its cgroup left the watch). Err(None): the kernel has
-        /// no batch reads for this map; Err(Some): a read failed.
+        /// histogram the program made as its cgroup left the watch).
         fn read(
             &mut self,
             map: &impl MapCore,
@@ -544,9 +594,9 @@ mod loaded {
             watched: &std::collections::HashSet<CgroupKey>,
             delete_stale: bool,
             now: &mut HashMap<CgroupKey, Hist>,
-        ) -> Result<(), Option<String>> {
+        ) -> Result<(), BatchErr> {
             if map.key_size() as usize != KEY_SIZE {
-                return Err(Some(format!(
+                return Err(Failed(format!(
                     "the run-queue histogram map is keyed by {} bytes, not {KEY_SIZE}",
                     map.key_size()
                 )));
@@ -584,17 +634,28 @@ mod loaded {
                 };
                 let done = r == -libc::ENOENT;
                 if r < 0 && !done {
-                    if r == -libc::ENOSPC && self.cap < BATCH_MAX {
+                    if r == -libc::ENOSPC {
                         // One hash bucket holds more than a batch: the same batch again, larger.
-                        self.size(self.cap * 2);
-                        continue;
+                        if self.cap < self.cap_max() {
+                            self.size(self.cap.saturating_mul(2));
+                            continue;
+                        }
+                        now.clear();
+                        return Err(Refused(format!(
+                            "a hash bucket holds more than {} entries",
+                            self.cap
+                        )));
                     }
                     // EINVAL: no such command (before 5.6); 524: ENOTSUPP for this map type.
                     if first && (r == -libc::EINVAL || r == -libc::EOPNOTSUPP || r == -524) {
-                        return Err(None);
+                        now.clear();
+                        return Err(Refused(format!(
+                            "the kernel refused a batch read: {}",
+                            std::io::Error::from_raw_os_error(-r)
+                        )));
                     }
                     now.clear();
-                    return Err(Some(format!(
+                    return Err(Failed(format!(
                         "reading the run-queue histograms (batch): {}",
                         std::io::Error::from_raw_os_error(-r)
                     )));
@@ -843,6 +904,9 @@ impl Collector {
     }
     pub fn read_watched(&mut self) -> Result<Deltas, String> {
         Ok(Deltas::new())
+    }
+    pub fn unbatched(&self) -> Option<&str> {
+        None
     }
 }
 

@@ -149,6 +149,29 @@ proptest! {
     }
 
     #[test]
+    fn a_tick_between_readings_of_the_workload_list_acts_as_one_on_a_new_reading(
+        snap in arb_snapshot(),
+        cfg in arb_config(),
+    ) {
+        // What is looked at only with a new reading (OOM ordering, v1 IO limits) has nothing to
+        // do on a tick between readings: numbered readings act as unnumbered ones, which are
+        // each looked at.
+        let caps = Capabilities::full(snap.cpus.len() as u32);
+        let (mut numbered, mut plain) = (snap.clone(), snap);
+        numbered.workloads_seq = Some(1);
+        plain.workloads_seq = None;
+        let (mut sn, mut sp) = (PolicyState::default(), PolicyState::default());
+        for tick in 0..3 {
+            let dn = decide(&numbered, &cfg, &caps, &sn);
+            let dp = decide(&plain, &cfg, &caps, &sp);
+            prop_assert_eq!(&dn.plan.actions, &dp.plan.actions, "tick {}", tick);
+            (sn, sp) = (dn.state, dp.state);
+            numbered.now_ms += 100;
+            plain.now_ms += 100;
+        }
+    }
+
+    #[test]
     fn same_input_same_plan_and_reapplying_writes_nothing(snap in arb_snapshot(), cfg in arb_config()) {
         let caps = Capabilities::full(snap.cpus.len() as u32);
         let d1 = decide(&snap, &cfg, &caps, &PolicyState::default());

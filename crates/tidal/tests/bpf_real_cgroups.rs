@@ -8,6 +8,7 @@ mod common;
 use common::{
     cgroups_usable, free_addr, get, last_plan_reasons, start_agent, state, stop, TestRoot,
 };
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind, Scope};
 
@@ -320,14 +321,63 @@ fn only_watched_cgroups_get_histograms_and_one_unwatched_loses_its_own() {
     while got <= 50 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(300));
         let d = c.read_watched().expect("read the watched histograms");
-        assert!(
-            d.keys().all(|k| *k == kb),
-            "{:?}",
-            d.keys().collect::<Vec<_>>()
-        );
         got += d.get(&kb).map_or(0, |h| h.count);
     }
     assert!(got > 50, "b: {got} samples read as the agent reads them");
+    // In batches, where the kernel has them (5.6+): not one lookup per id.
+    if kernel_at_least(5, 6) {
+        assert_eq!(c.unbatched(), None);
+    }
+    t.kill_children();
+}
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+#[test]
+fn a_batch_read_gives_every_watched_histogram_across_batches_and_full_buckets() {
+    if !cgroups_usable("a_batch_read_gives_every_watched_histogram_across_batches_and_full_buckets")
+    {
+        return;
+    }
+    let _one = serial();
+    // Every cgroup recorded, all of them watched: the map holds many entries, read one per batch
+    // (a bucket of two then does not fit, and the batch grows).
+    let mut c = Collector::start().expect("BPF loads");
+    let mut t = TestRoot::new("bpfbatch");
+    let exe = common::tidal_bin();
+    t.spawn(&[
+        "run", "--qos", "online", "--name", "a", "--", exe, "worker", "prober",
+    ]);
+    t.wait_running(&["online/a"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let keys: Vec<CgroupKey> = c
+        .read()
+        .expect("read every histogram")
+        .into_keys()
+        .collect();
+    assert!(keys.len() > 2, "only {} cgroups waited", keys.len());
+    c.watch(&keys).expect("watch them all");
+    c.set_batch_entries(1);
+    // Whole counts (every entry has some), not deltas: each read gives every key it finds.
+    c.forget_reads();
+    let batched: BTreeSet<CgroupKey> = c.read_watched().expect("batches").into_keys().collect();
+    c.forget_reads();
+    let one_by_one: BTreeSet<CgroupKey> =
+        c.read_keys(&keys).expect("lookups").into_keys().collect();
+    assert_eq!(batched, one_by_one);
+    assert_eq!(batched, keys.iter().copied().collect(), "every entry read");
+    if kernel_at_least(5, 6) {
+        assert_eq!(c.unbatched(), None);
+    }
     t.kill_children();
 }
 

@@ -3,15 +3,15 @@
  * sched_wakeup / sched_wakeup_new the woken task (the wakee, not the waker) is stamped; on
  * sched_switch the task switched in records its wait into a per-CPU log2 histogram keyed by its
  * cgroup: by its v2 cgroup id and, where the cpu controller is on a v1 hierarchy, by its v1
- * cpu-controller cgroup id too (hybrid hosts put pods only in v1); a preempted task that is still
- * runnable is stamped again. A cgroup id is the inode number of the cgroup's directory in its own
- * hierarchy, so ids of two hierarchies are told apart by kind, never compared. tp_btf programs
- * are preferred: they keep the stamp in task-local storage and read task fields directly, about a
- * third of the cost of a hash map and probe reads (`tidal bench bpf-cost`); the raw_tp twins (a
- * pid-keyed hash, CO-RE probe reads) are the fallback where tp_btf or task storage in tracing
- * programs (5.12+) is not there. With sampling (`sample_mask`) 1 in N runnable transitions is
- * stamped. Only the cgroups in `watch` get histograms (the agent puts its online workloads' keys
- * there), unless `record_all`. */
+ * cpu-controller cgroup id too (hybrid hosts put pods only in v1; watched, by that one alone); a
+ * preempted task that is still runnable is stamped again. A cgroup id is the inode number of the
+ * cgroup's directory in its own hierarchy, so ids of two hierarchies are told apart by kind, never
+ * compared. tp_btf programs are preferred: they keep the stamp in task-local storage and read task
+ * fields directly, about a third of the cost of a hash map and probe reads (`tidal bench
+ * bpf-cost`); the raw_tp twins (a pid-keyed hash, CO-RE probe reads) are the fallback where tp_btf
+ * or task storage in tracing programs (5.12+) is not there. With sampling (`sample_mask`) 1 in N
+ * runnable transitions is stamped. Only the cgroups in `watch` get histograms (the agent puts its
+ * online workloads' keys there), unless `record_all`. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>

@@ -3,7 +3,8 @@
 //! group's limit binds its own tasks only), so there each offline workload gets them. Offline pods
 //! get them on the pod group (v1: on each container). Re-set with the level settings, and at once
 //! when the config's limits change, so a limit taken out of the config is lifted at the next tick
-//! (offline pods': at their next static interval).
+//! (offline pods': at their next static interval). A v1 workload's limits that did not take are
+//! tried again with the next reading of the workload list (each `stats_interval`).
 
 use super::state::PolicyState;
 use crate::config::io::IoLimits;
@@ -56,9 +57,9 @@ fn of_level(cfg: &Config, level: QosLevel) -> (&'static str, &IoLimits) {
 }
 
 /// tidal's offline groups' limits. v2: on the offline parent and `offline-low`, with the static
-/// settings, and at once for a new offline level or new limits. v1 throttling is flat (a limit does not reach
-/// child groups): on each offline workload's group, at once for a new one and when the limits
-/// change; again with the static settings where its level has limits.
+/// settings, and at once for a new offline level or new limits. v1 throttling is flat (a limit
+/// does not reach child groups): on each offline workload's group, at once for a new one and when
+/// the limits change; again with the static settings where its level has limits.
 pub fn decide(
     snap: &Snapshot,
     cfg: &Config,
@@ -201,8 +202,7 @@ mod tests {
         st: &mut PolicyState,
     ) -> Plan {
         let mut p = Plan::default();
-        // As the policy tells a new reading of the workload list.
-        let new_list = snap.workloads_seq.is_none() || snap.workloads_seq != st.workloads_seq;
+        let new_list = crate::agent::new_list(snap, st);
         st.workloads_seq = snap.workloads_seq;
         decide(snap, cfg, caps, due, new_list, st, &mut p);
         p

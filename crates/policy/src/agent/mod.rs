@@ -36,8 +36,7 @@ pub struct Decision {
 pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyState) -> Decision {
     let mut st = prev.clone();
     let mut plan = Plan::default();
-    // Between readings of the workload list the list and its task counts are the same.
-    let new_list = snap.workloads_seq.is_none() || snap.workloads_seq != prev.workloads_seq;
+    let new_list = new_list(snap, prev);
     st.workloads_seq = snap.workloads_seq;
     let static_due = statics::decide(snap, cfg, caps, &mut st, &mut plan);
     io::decide(snap, cfg, caps, static_due, new_list, &mut st, &mut plan);
@@ -84,6 +83,13 @@ pub fn decide(snap: &Snapshot, cfg: &Config, caps: &Capabilities, prev: &PolicyS
         plan.remember = confine::remembered(snap, cfg, caps);
     }
     Decision { plan, state: st }
+}
+
+/// Whether `snap` holds a reading of the workload list the last tick (`prev`) did not see: between
+/// readings the list and its task counts are the same. Readers that do not number their
+/// readings make every tick a new one.
+pub(crate) fn new_list(snap: &Snapshot, prev: &PolicyState) -> bool {
+    snap.workloads_seq.is_none() || snap.workloads_seq != prev.workloads_seq
 }
 
 /// The next state once the plan was applied: what the policy assumed of writes that did not take

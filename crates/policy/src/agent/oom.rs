@@ -3,8 +3,10 @@
 //! workload gets it when first seen, again as soon as its task count passes the count it had when
 //! last set (a pod's new container, a task moved in), and each static interval (tasks that replaced
 //! others). Tasks a workload forks inherit its value, so a count that falls and rises again (a
-//! build's short-lived processes) triggers nothing before the static interval. Not journalled:
-//! the value dies with the task.
+//! build's short-lived processes) triggers nothing before the static interval. The list and its
+//! task counts change only when the list is read (each `stats_interval`): that is when they are
+//! looked at, and when a write that failed is tried again. Not journalled: the value dies with the
+//! task.
 
 use super::state::PolicyState;
 use crate::config::Config;

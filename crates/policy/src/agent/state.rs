@@ -333,6 +333,7 @@ mod shared_pairs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidal_model::{ForeignGroup, Target};
 
     #[test]
     fn a_shared_set_is_copied_only_by_the_state_that_changes_it() {
@@ -350,7 +351,6 @@ mod tests {
         let v = serde_json::to_value(&a).unwrap();
         assert_eq!(v["oom_set"], serde_json::json!(["offline/offline"]));
     }
-    use tidal_model::{ForeignGroup, Target};
 
     #[test]
     fn state_with_pods_in_its_maps_round_trips_through_json() {

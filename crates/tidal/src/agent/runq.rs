@@ -8,6 +8,7 @@
 //! interference. Without BPF the agent says once why and runs on its other signals.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 use tidal_bpf::{cgroup_id, CgroupKey, Collector, Hist, IdKind, Scope};
 use tidal_cgroupfs::{Layout, Version};
 use tidal_model::{QosLevel, Signal, SignalKind, Target, WorkloadSnapshot};
@@ -26,11 +27,16 @@ pub struct Runq {
     /// Why there is no collector (for `/state` and doctor-like reports).
     pub unavailable: Option<String>,
     ids: HashMap<CgroupKey, (String, QosLevel)>,
-    /// Each online workload's id as last found, and how many lists have been mapped: ids are
+    /// Each online workload's id as last found, and when every one was last looked up: ids are
     /// looked up (a `statx` each) for workloads without one, and for every one each
-    /// [`LOOKUP_EVERY`] lists, which finds a group removed and made again under the same path.
+    /// [`LOOKUP_ALL_EVERY`], which finds a group removed and made again under the same path.
     known: HashMap<Target, CgroupKey>,
-    maps: u64,
+    looked_up_all: Option<Instant>,
+    /// Why the program's watch map could not be set at the last list, once said (tried again
+    /// with each list).
+    watch_failed: Option<String>,
+    /// The kernel refused batch reads (said once).
+    said_unbatched: bool,
     /// Waits of reads that had fewer than `min_samples`, carried into the next reads (at most
     /// [`CARRY_READS`] of them): short ticks (the watch after a release) or a quiet service still
     /// give a reading.
@@ -69,8 +75,8 @@ fn carry(
     None
 }
 
-/// Every this many workload lists, every online workload's id is looked up again.
-const LOOKUP_EVERY: u64 = 10;
+/// At least this often, every online workload's id is looked up again.
+const LOOKUP_ALL_EVERY: Duration = Duration::from_secs(10);
 
 /// The online workloads' ids by id, looked up with `lookup` where `known` has none (or for every
 /// one when `all`); `known` is left holding this list's.
@@ -132,7 +138,9 @@ impl Runq {
             unavailable,
             ids: HashMap::new(),
             known: HashMap::new(),
-            maps: 0,
+            looked_up_all: None,
+            watch_failed: None,
+            said_unbatched: false,
             pending: HashMap::new(),
             tick_waits: HashMap::new(),
             fresh: HashSet::new(),
@@ -148,17 +156,31 @@ impl Runq {
         if self.collector.is_none() {
             return;
         }
-        let all = self.maps.is_multiple_of(LOOKUP_EVERY);
-        self.maps = self.maps.wrapping_add(1);
+        let all = self
+            .looked_up_all
+            .is_none_or(|t| t.elapsed() >= LOOKUP_ALL_EVERY);
+        if all {
+            self.looked_up_all = Some(Instant::now());
+        }
         let before = std::mem::replace(
             &mut self.ids,
             online_ids(&mut self.known, all, workloads, |t| read_key(layout, t)),
         );
-        // The program records these workloads' waits and no others.
+        // The program records these workloads' waits and no others. A failure (the map full)
+        // leaves those already watched read, and is tried again with the next list.
         if let Some(c) = self.collector.as_mut() {
-            if let Err(e) = c.watch(self.ids.keys()) {
-                self.off(e);
-                return;
+            match c.watch(self.ids.keys()) {
+                Ok(()) => {
+                    if self.watch_failed.take().is_some() {
+                        info!("run-queue latency: every online workload is watched again");
+                    }
+                }
+                Err(e) => {
+                    if self.watch_failed.is_none() {
+                        warn!("run-queue latency: {e}; the workloads not watched give no reading (tried again with each workload list)");
+                    }
+                    self.watch_failed = Some(e);
+                }
             }
         }
         self.fresh
@@ -183,6 +205,12 @@ impl Runq {
                 return false;
             }
         };
+        if !self.said_unbatched {
+            if let Some(why) = c.unbatched() {
+                info!("run-queue latency: one lookup per online workload ({why})");
+                self.said_unbatched = true;
+            }
+        }
         drop_first_reads(&mut deltas, &mut self.fresh);
         for (k, h) in deltas {
             let Some((name, level)) = self.ids.get(&k) else {
@@ -257,37 +285,46 @@ impl Runq {
     }
 }
 
-/// The one id a workload's waits are read under: on a host with both, the v1 cpu id (hybrid hosts
-/// put pods only there), else the v2 id. The program, watching, adds each wait under the same
-/// one (the task's v1 cpu-controller id where the cpu controller is on a v1 hierarchy). A task
-/// outside its workload's v1 cpu group (a move that failed half-way) is not read: the v1 cpu
-/// controller does not count it as the workload's either.
+/// The one id a workload's waits are read under, the one the program, watching, adds them under:
+/// where the cpu controller is on a v1 hierarchy, the v1 cpu id (hybrid hosts put pods only
+/// there), else the v2 id. None while the workload's directory there is missing (looked up again
+/// with the next list). A task outside its workload's v1 cpu group (a move that failed half-way) is
+/// not read: the v1 cpu controller does not count it as the workload's either.
 fn read_key(layout: &Layout, group: &Target) -> Option<CgroupKey> {
-    let id_in = |v1_cpu: bool| {
+    let id_in = |version: Version| {
         layout
             .roots
             .iter()
             .filter(|r| match r.version() {
-                Version::V1 => v1_cpu && r.hierarchy.has("cpu"),
-                Version::V2 => !v1_cpu,
+                Version::V1 => version == Version::V1 && r.hierarchy.has("cpu"),
+                Version::V2 => version == Version::V2,
             })
             .find_map(|r| cgroup_id(&r.target_dir(group)))
     };
-    pick_key(id_in(true), || id_in(false))
+    pick_key(
+        layout.hierarchies.v1("cpu").is_some(),
+        || id_in(Version::V1),
+        || id_in(Version::V2),
+    )
 }
 
-/// See [`read_key`]: the v1 cpu id where there is one, else the v2 id (looked up only then).
-/// Inode numbers of two hierarchies are never compared: each numbers its own.
-fn pick_key(v1_cpu: Option<u64>, v2: impl FnOnce() -> Option<u64>) -> Option<CgroupKey> {
-    match v1_cpu {
-        Some(id) => Some(CgroupKey {
+/// See [`read_key`]: only the v1 cpu id where the host has a v1 cpu hierarchy, else only the v2
+/// id. Inode numbers of two hierarchies are never compared: each numbers its own.
+fn pick_key(
+    v1_cpu_host: bool,
+    v1_cpu: impl FnOnce() -> Option<u64>,
+    v2: impl FnOnce() -> Option<u64>,
+) -> Option<CgroupKey> {
+    if v1_cpu_host {
+        v1_cpu().map(|id| CgroupKey {
             id,
             kind: IdKind::V1Cpu,
-        }),
-        None => v2().map(|id| CgroupKey {
+        })
+    } else {
+        v2().map(|id| CgroupKey {
             id,
             kind: IdKind::V2,
-        }),
+        })
     }
 }
 
@@ -349,19 +386,24 @@ mod tests {
     #[test]
     fn a_workload_is_read_under_one_id_the_one_its_waits_are_added_under() {
         let key = |id, kind| Some(CgroupKey { id, kind });
-        // Hybrid: both ids; the v1 one.
-        assert_eq!(pick_key(Some(9), || Some(5)), key(9, IdKind::V1Cpu));
-        // A pod only in v1.
-        assert_eq!(pick_key(Some(9), || None), key(9, IdKind::V1Cpu));
-        // Pure v2, or no cpu controller in v1.
-        assert_eq!(pick_key(None, || Some(5)), key(5, IdKind::V2));
-        // The same inode number in both hierarchies is two cgroups: still the v1 one.
-        assert_eq!(pick_key(Some(7), || Some(7)), key(7, IdKind::V1Cpu));
-        assert_eq!(pick_key(None, || None), None);
-        // The v2 id is not looked up where there is a v1 one.
+        // Hybrid: the v1 one; the v2 id is not looked up.
         assert_eq!(
-            pick_key(Some(9), || panic!("v2 looked up")),
+            pick_key(true, || Some(9), || panic!("v2 looked up")),
             key(9, IdKind::V1Cpu)
+        );
+        // Its v1 cpu directory missing (not made yet, a move half done): none, not the v2 id,
+        // which the program does not add under there.
+        assert_eq!(pick_key(true, || None, || Some(5)), None);
+        // Pure v2, or no cpu controller in v1.
+        assert_eq!(
+            pick_key(false, || panic!("v1 looked up"), || Some(5)),
+            key(5, IdKind::V2)
+        );
+        assert_eq!(pick_key(false, || None, || None), None);
+        // The same inode number in both hierarchies is two cgroups: still the v1 one.
+        assert_eq!(
+            pick_key(true, || Some(7), || Some(7)),
+            key(7, IdKind::V1Cpu)
         );
     }
 

@@ -277,8 +277,8 @@ fn run(inner: &Inner) {
         if specs.is_empty() {
             lock(&inner.states).clear();
             // Objectives come with the first tick, after this thread starts: scraped as soon as
-            // they come, the first window opens then, not an interval later. The timeout only
-            // bounds a wake-up missed through a poisoned lock.
+            // they come, the first window opens then, not an interval later. (The timeout is a
+            // bound only: the condition is checked under the lock the change is made under.)
             let g = lock(&inner.specs);
             drop(
                 inner
