@@ -2,9 +2,9 @@
 //! clang into a libbpf-rs skeleton) stamps each task when it becomes runnable and, when it runs,
 //! adds its wait to a per-CPU log2 histogram keyed by its cgroup (v2 id and, where the cpu
 //! controller is on a v1 hierarchy, v1 cpu-controller id): every cgroup's, or only those in its
-//! watch map, each under one id ([`Scope`]). [`Collector`] loads it (tp_btf where task storage is safe to create
-//! there, else raw_tp), sets what it watches, and each read returns the histogram deltas of the
-//! cgroups it reads since the previous read that included them. A cgroup id is the
+//! watch map, each under one id ([`Scope`]). [`Collector`] loads it (tp_btf where task storage is
+//! safe to create there, else raw_tp), sets what it watches, and each read returns the histogram
+//! deltas of the cgroups it reads since the previous read that included them. A cgroup id is the
 //! inode number of the cgroup's directory in its own hierarchy. The histogram math ([`Hist`]) is
 //! pure.
 //!
@@ -409,7 +409,8 @@ mod loaded {
 
         /// The watched cgroups' waits since the previous read: the histogram map holds only
         /// them, so it is read whole in a batch or a few (one lookup per watched cgroup where the
-        /// kernel has no batch reads, before 5.6).
+        /// kernel refuses batch reads, before 5.6 or for a hash bucket fuller than the batch
+        /// room, and for a read whose batch failed).
         pub fn read_watched(&mut self) -> Result<Deltas, String> {
             for k in self.left.drain(..) {
                 if !self.watched.contains(&k) {
@@ -426,14 +427,23 @@ mod loaded {
                         self.batch = None;
                         self.unbatched = Some(why);
                     }
+                    // Perhaps passing (the kernel's batch buffers, ENOMEM): this read by lookups.
                     Err(Failed(e)) => {
                         self.now.clear();
-                        return Err(e);
+                        let keys: Vec<CgroupKey> = self.watched.iter().copied().collect();
+                        return self
+                            .read_keys(&keys)
+                            .map_err(|e2| format!("{e}; then {e2}"));
                     }
                 }
             }
             let keys: Vec<CgroupKey> = self.watched.iter().copied().collect();
             self.read_keys(&keys)
+        }
+
+        /// Whether the program records this cgroup's waits (in its watch map).
+        pub fn is_watched(&self, key: &CgroupKey) -> bool {
+            self.watched.contains(key)
         }
 
         /// Why reads are one lookup per cgroup, not batches, once a batch read was refused.
@@ -454,6 +464,33 @@ mod loaded {
             if let Some(b) = self.batch.as_mut() {
                 b.size(n.max(1));
             }
+        }
+
+        /// Entries per batch now (grown when a bucket did not fit); None once unbatched.
+        #[doc(hidden)]
+        pub fn batch_entries(&self) -> Option<usize> {
+            self.batch.as_ref().map(|b| b.cap)
+        }
+
+        /// Puts a histogram of one wait under each of `keys`, as the program would (tests: a map
+        /// full enough for its hash buckets to hold several).
+        #[doc(hidden)]
+        pub fn insert_for_test(&mut self, keys: &[CgroupKey]) -> Result<(), String> {
+            let cpus = self.values.buf.len() / self.values.stride;
+            let mut values = vec![vec![0u8; self.values.value_size]; cpus];
+            // CPU 0's copy: one wait in slot 0, and the count.
+            if let Some(v) = values.first_mut() {
+                v[..8].copy_from_slice(&1u64.to_ne_bytes());
+                v[SLOTS * 8..SLOTS * 8 + 8].copy_from_slice(&1u64.to_ne_bytes());
+            }
+            for k in keys {
+                self.skel
+                    .maps
+                    .hists
+                    .update_percpu(&key_bytes(k), &values, libbpf_rs::MapFlags::ANY)
+                    .map_err(|e| format!("cannot put cgroup id {}: {e}", k.id))?;
+            }
+            Ok(())
         }
 
         /// Every cgroup's waits since the previous read.
@@ -868,6 +905,12 @@ pub struct ProgStats {
     pub run_time_ns: u64,
 }
 
+/// Built without the BPF program: nothing to create.
+#[cfg(not(tidal_bpf))]
+pub fn task_storage_alloc_safe() -> Result<(), String> {
+    Err("tidal was built without its BPF program".into())
+}
+
 /// Built without the BPF program: every start says why.
 #[cfg(not(tidal_bpf))]
 pub struct Collector {
@@ -907,6 +950,21 @@ impl Collector {
     }
     pub fn unbatched(&self) -> Option<&str> {
         None
+    }
+    pub fn is_watched(&self, _key: &CgroupKey) -> bool {
+        false
+    }
+    #[doc(hidden)]
+    pub fn forget_reads(&mut self) {}
+    #[doc(hidden)]
+    pub fn set_batch_entries(&mut self, _n: usize) {}
+    #[doc(hidden)]
+    pub fn batch_entries(&self) -> Option<usize> {
+        None
+    }
+    #[doc(hidden)]
+    pub fn insert_for_test(&mut self, _keys: &[CgroupKey]) -> Result<(), String> {
+        Err("built without BPF".into())
     }
 }
 

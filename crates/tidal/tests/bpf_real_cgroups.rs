@@ -37,13 +37,14 @@ fn keys(t: &TestRoot, group: &str) -> Vec<CgroupKey> {
 }
 
 /// The one key a group's waits are read under, as the agent reads them: the v1 cpu id where
-/// the host has one, else the v2 id.
+/// the host has a v1 cpu hierarchy, else the v2 id.
 fn read_key(t: &TestRoot, group: &str) -> Option<CgroupKey> {
-    let ks = keys(t, group);
-    ks.iter()
-        .find(|k| k.kind == IdKind::V1Cpu)
-        .or(ks.first())
-        .copied()
+    let kind = if t.layout.hierarchies.v1("cpu").is_some() {
+        IdKind::V1Cpu
+    } else {
+        IdKind::V2
+    };
+    keys(t, group).into_iter().find(|k| k.kind == kind)
 }
 
 /// Collects for `secs` and returns the waits of each of `groups`, read by key as the agent reads
@@ -333,13 +334,7 @@ fn only_watched_cgroups_get_histograms_and_one_unwatched_loses_its_own() {
 
 /// Whether the running kernel is at least `major.minor`.
 fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release
-        .trim()
-        .split(['.', '-'])
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (a, b) >= (major, minor)
+    tidal_cgroupfs::caps::kernel_version().is_some_and(|v| v >= (major, minor))
 }
 
 #[test]
@@ -359,12 +354,21 @@ fn a_batch_read_gives_every_watched_histogram_across_batches_and_full_buckets() 
     ]);
     t.wait_running(&["online/a"]);
     std::thread::sleep(Duration::from_millis(500));
-    let keys: Vec<CgroupKey> = c
+    let mut keys: Vec<CgroupKey> = c
         .read()
         .expect("read every histogram")
         .into_keys()
         .collect();
     assert!(keys.len() > 2, "only {} cgroups waited", keys.len());
+    // A thousand more (ids no cgroup has): in 8192 hash buckets some then hold two or more.
+    let made: Vec<CgroupKey> = (0..1000)
+        .map(|i| CgroupKey {
+            id: u64::MAX - i,
+            kind: IdKind::V2,
+        })
+        .collect();
+    c.insert_for_test(&made).expect("fill the map");
+    keys.extend(&made);
     c.watch(&keys).expect("watch them all");
     c.set_batch_entries(1);
     // Whole counts (every entry has some), not deltas: each read gives every key it finds.
@@ -377,6 +381,12 @@ fn a_batch_read_gives_every_watched_histogram_across_batches_and_full_buckets() 
     assert_eq!(batched, keys.iter().copied().collect(), "every entry read");
     if kernel_at_least(5, 6) {
         assert_eq!(c.unbatched(), None);
+        // A bucket held more than one entry: the batch grew to take it.
+        assert!(
+            c.batch_entries().is_some_and(|n| n > 1),
+            "{:?}",
+            c.batch_entries()
+        );
     }
     t.kill_children();
 }

@@ -118,7 +118,8 @@ pub fn settle(mut next: PolicyState, prev: &PolicyState, plan: &Plan, ok: &[bool
             };
         }
     }
-    // What did not take effect is tried again next tick.
+    // What did not take effect is tried again: memory protection next tick, OOM ordering and v1
+    // IO limits with the next reading of the workload list (what they look at).
     for (a, ok) in plan.actions.iter().zip(ok) {
         if *ok {
             continue;
@@ -139,8 +140,8 @@ pub fn settle(mut next: PolicyState, prev: &PolicyState, plan: &Plan, ok: &[bool
             } => {
                 next.mem_protect.remove(target);
             }
-            // IO limits that did not take: tried again next tick (the actuator itself holds back
-            // a knob the kernel refused until its re-probe).
+            // IO limits that did not take: tried again (the actuator itself holds back a knob
+            // the kernel refused until its re-probe).
             Op::Set {
                 target,
                 knob: Knob::IoMax,

@@ -180,6 +180,8 @@ impl Runq {
                         warn!("run-queue latency: {e}; the workloads not watched give no reading (tried again with each workload list)");
                     }
                     self.watch_failed = Some(e);
+                    // Not watched, not read: once watched, its first read is its baseline.
+                    self.ids.retain(|k, _| c.is_watched(k));
                 }
             }
         }
