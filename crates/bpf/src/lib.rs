@@ -202,7 +202,6 @@ mod loaded {
         /// Cgroups that left the watch at the last `watch`: their histograms are deleted again at
         /// the next read, in case the program made one as they left.
         left: Vec<CgroupKey>,
-        scope: Scope,
         /// "tp_btf" or "raw_tp".
         pub attach: &'static str,
         /// Why the raw_tp fallback was chosen over tp_btf, when it was.
@@ -292,7 +291,7 @@ mod loaded {
         pub fn start_raw_tp(sample: u32) -> Result<Collector, String> {
             super::check_sample(sample)?;
             let skel = load(false, sample, Scope::All)?;
-            Collector::new(skel, Scope::All, "raw_tp", Some("asked for".into()))
+            Collector::new(skel, "raw_tp", Some("asked for".into()))
         }
 
         /// Records 1 in `sample` wakeups (a power of two up to 1024; anything else is refused) of
@@ -316,18 +315,17 @@ mod loaded {
                     Err(e_raw) => return Err(format!("tp_btf: {e_btf}; raw_tp: {e_raw}")),
                 },
             };
-            Collector::new(skel, scope, attach, fallback)
+            Collector::new(skel, attach, fallback)
         }
 
         fn new(
             skel: skel::RunqSkel<'static>,
-            scope: Scope,
             attach: &'static str,
             fallback: Option<String>,
         ) -> Result<Collector, String> {
             let values = PerCpu::new(&skel.maps.hists)?;
+            // A batch entry's values are one lookup's.
             let batch = Some(Batch::new(values.buf.len()));
-            // (`values.buf` is one entry: one value per possible CPU.)
             Ok(Collector {
                 skel,
                 tracker: DeltaTracker::default(),
@@ -337,7 +335,6 @@ mod loaded {
                 batch,
                 unbatched: None,
                 left: Vec::new(),
-                scope,
                 attach,
                 fallback,
             })
@@ -417,28 +414,25 @@ mod loaded {
                     let _ = self.skel.maps.hists.delete(&key_bytes(&k));
                 }
             }
-            // What else the map holds is deleted only where it records the watched alone.
-            let stale = self.scope == Scope::Watched;
+            let mut failed = None;
             if let Some(b) = self.batch.as_mut() {
                 let map = &self.skel.maps.hists;
-                match b.read(map, &self.values, &self.watched, stale, &mut self.now) {
+                match b.read(map, &self.values, &self.watched, &mut self.now) {
                     Ok(()) => return Ok(self.tracker.step(&mut self.now)),
                     Err(Refused(why)) => {
                         self.batch = None;
                         self.unbatched = Some(why);
                     }
                     // Perhaps passing (the kernel's batch buffers, ENOMEM): this read by lookups.
-                    Err(Failed(e)) => {
-                        self.now.clear();
-                        let keys: Vec<CgroupKey> = self.watched.iter().copied().collect();
-                        return self
-                            .read_keys(&keys)
-                            .map_err(|e2| format!("{e}; then {e2}"));
-                    }
+                    Err(Failed(e)) => failed = Some(e),
                 }
+                self.now.clear();
             }
             let keys: Vec<CgroupKey> = self.watched.iter().copied().collect();
-            self.read_keys(&keys)
+            self.read_keys(&keys).map_err(|e| match failed {
+                Some(f) => format!("{f}; then {e}"),
+                None => e,
+            })
         }
 
         /// Whether the program records this cgroup's waits (in its watch map).
@@ -622,14 +616,12 @@ mod loaded {
             self.values.resize(self.cap * self.per_entry, 0);
         }
 
-        /// Reads every watched entry into `now`; with `delete_stale` any other is deleted (a
-        /// histogram the program made as its cgroup left the watch).
+        /// Reads every watched entry into `now` (left half-filled on an error).
         fn read(
             &mut self,
             map: &impl MapCore,
             per_cpu: &PerCpu,
             watched: &std::collections::HashSet<CgroupKey>,
-            delete_stale: bool,
             now: &mut HashMap<CgroupKey, Hist>,
         ) -> Result<(), BatchErr> {
             if map.key_size() as usize != KEY_SIZE {
@@ -642,7 +634,6 @@ mod loaded {
             // The kernel's position between batches (a bucket index for a hash map).
             let (mut token, mut next) = ([0u8; 8], [0u8; 8]);
             let mut first = true;
-            let mut stale = Vec::new();
             loop {
                 let mut count = u32::try_from(self.cap).unwrap_or(u32::MAX);
                 let opts = libbpf_sys::bpf_map_batch_opts {
@@ -677,7 +668,6 @@ mod loaded {
                             self.size(self.cap.saturating_mul(2));
                             continue;
                         }
-                        now.clear();
                         return Err(Refused(format!(
                             "a hash bucket holds more than {} entries",
                             self.cap
@@ -685,13 +675,11 @@ mod loaded {
                     }
                     // EINVAL: no such command (before 5.6); 524: ENOTSUPP for this map type.
                     if first && (r == -libc::EINVAL || r == -libc::EOPNOTSUPP || r == -524) {
-                        now.clear();
                         return Err(Refused(format!(
                             "the kernel refused a batch read: {}",
                             std::io::Error::from_raw_os_error(-r)
                         )));
                     }
-                    now.clear();
                     return Err(Failed(format!(
                         "reading the run-queue histograms (batch): {}",
                         std::io::Error::from_raw_os_error(-r)
@@ -700,13 +688,9 @@ mod loaded {
                 let n = (count as usize).min(self.cap);
                 for i in 0..n {
                     let raw = &self.keys[i * KEY_SIZE..(i + 1) * KEY_SIZE];
-                    match key_of(raw) {
-                        Some(k) if watched.contains(&k) => {
-                            let v = &self.values[i * self.per_entry..(i + 1) * self.per_entry];
-                            now.insert(k, per_cpu.merge(v));
-                        }
-                        _ if delete_stale => stale.push(raw.to_vec()),
-                        _ => {}
+                    if let Some(k) = key_of(raw).filter(|k| watched.contains(k)) {
+                        let v = &self.values[i * self.per_entry..(i + 1) * self.per_entry];
+                        now.insert(k, per_cpu.merge(v));
                     }
                 }
                 if done || n == 0 {
@@ -714,9 +698,6 @@ mod loaded {
                 }
                 token = next;
                 first = false;
-            }
-            for raw in stale {
-                let _ = map.delete(&raw);
             }
             Ok(())
         }

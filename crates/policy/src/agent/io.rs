@@ -10,6 +10,7 @@ use super::state::PolicyState;
 use crate::config::io::IoLimits;
 use crate::config::Config;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use tidal_model::{
     Action, Capabilities, DevNum, GroupPath, Knob, KnobValue, Plan, QosLevel, Snapshot, Target,
 };
@@ -148,10 +149,10 @@ pub fn decide(
             .filter(|w| w.pod.is_none() && !w.level.is_online())
             .filter_map(|w| w.group.tidal())
             .collect();
-        st.io_limited.make_mut().retain(|g| offline.contains(g));
+        Arc::make_mut(&mut st.io_limited).retain(|g| offline.contains(g));
     }
     if !added.is_empty() {
-        st.io_limited.make_mut().extend(added);
+        Arc::make_mut(&mut st.io_limited).extend(added);
     }
 }
 
@@ -323,13 +324,13 @@ mod tests {
         // Between readings of the workload list (the same `workloads_seq`) nothing is looked at;
         // the next reading or the static settings are.
         snap.workloads_seq = Some(7);
-        st.io_limited.make_mut().clear();
+        Arc::make_mut(&mut st.io_limited).clear();
         assert_eq!(io_sets(&run(&snap, &cfg, &caps, false, &mut st)).len(), 2);
-        st.io_limited.make_mut().clear();
+        Arc::make_mut(&mut st.io_limited).clear();
         assert!(run(&snap, &cfg, &caps, false, &mut st).actions.is_empty());
         assert_eq!(io_sets(&run(&snap, &cfg, &caps, true, &mut st)).len(), 2);
         snap.workloads_seq = Some(8);
-        st.io_limited.make_mut().clear();
+        Arc::make_mut(&mut st.io_limited).clear();
         assert_eq!(io_sets(&run(&snap, &cfg, &caps, false, &mut st)).len(), 2);
         // A level without limits is not re-sent with the static settings (offline-low has its
         // own here, offline none now); a change of limits goes to every workload, lifting the

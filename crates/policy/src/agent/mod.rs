@@ -19,6 +19,7 @@ pub mod tick;
 
 use crate::config::Config;
 use crate::levels::CFS_PERIOD_US;
+use std::sync::Arc;
 use tidal_model::{
     Action, Capabilities, Cause, Knob, KnobValue, Op, Plan, QosLevel, Snapshot, Target,
 };
@@ -127,10 +128,10 @@ pub fn settle(mut next: PolicyState, prev: &PolicyState, plan: &Plan, ok: &[bool
         match &a.op {
             Op::OomScoreAdj { target, .. } => {
                 if next.oom_set.contains(target) {
-                    next.oom_set.make_mut().remove(target);
+                    Arc::make_mut(&mut next.oom_set).remove(target);
                 }
                 if next.oom_tasks.contains_key(target) {
-                    next.oom_tasks.make_mut().remove(target);
+                    Arc::make_mut(&mut next.oom_tasks).remove(target);
                 }
             }
             Op::Set {
@@ -148,7 +149,7 @@ pub fn settle(mut next: PolicyState, prev: &PolicyState, plan: &Plan, ok: &[bool
                 ..
             } => match target {
                 Target::Tidal(g) if next.io_limited.contains(g) => {
-                    next.io_limited.make_mut().remove(g);
+                    Arc::make_mut(&mut next.io_limited).remove(g);
                 }
                 Target::Tidal(_) => {}
                 Target::Foreign(g) => {

@@ -10,6 +10,7 @@
 
 use super::state::PolicyState;
 use crate::config::Config;
+use std::sync::Arc;
 use tidal_model::{Action, Cause, Plan, Snapshot, Target};
 
 pub fn decide(
@@ -58,10 +59,10 @@ pub fn decide(
         // The shared maps are copied only where they change.
         match w.procs {
             Some(n) if st.oom_tasks.get(&w.group) != Some(&n) => {
-                st.oom_tasks.make_mut().insert(w.group.clone(), n);
+                Arc::make_mut(&mut st.oom_tasks).insert(w.group.clone(), n);
             }
             None if st.oom_tasks.contains_key(&w.group) => {
-                st.oom_tasks.make_mut().remove(&w.group);
+                Arc::make_mut(&mut st.oom_tasks).remove(&w.group);
             }
             _ => {}
         }
@@ -69,11 +70,11 @@ pub fn decide(
     if met < known {
         let live: std::collections::BTreeSet<&Target> =
             snap.workloads.iter().map(|w| &w.group).collect();
-        st.oom_set.make_mut().retain(|t| live.contains(t));
-        st.oom_tasks.make_mut().retain(|t, _| live.contains(t));
+        Arc::make_mut(&mut st.oom_set).retain(|t| live.contains(t));
+        Arc::make_mut(&mut st.oom_tasks).retain(|t, _| live.contains(t));
     }
     if !added.is_empty() {
-        st.oom_set.make_mut().extend(added);
+        Arc::make_mut(&mut st.oom_set).extend(added);
     }
 }
 
@@ -182,7 +183,7 @@ mod tests {
             let d = crate::agent::decide(&s, &cfg, &caps, st);
             *st = d.state;
             // Forget the set, so any look at the list sets it again.
-            st.oom_set.make_mut().clear();
+            Arc::make_mut(&mut st.oom_set).clear();
             let oom = d
                 .plan
                 .actions

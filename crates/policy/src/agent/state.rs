@@ -1,7 +1,7 @@
 //! What the policy remembers between ticks, typed. Serialisable so `/state` can show it.
 
 use crate::config::io::IoLimits;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tidal_model::{CpuSet, ForeignGroup, GroupPath, QosLevel};
@@ -140,57 +140,6 @@ impl Interference {
     }
 }
 
-/// A collection shared by a state and its copies until one of them changes it ([`Shared::make_mut`]
-/// copies it then): the policy copies its state each tick, and the per-workload sets held this
-/// way change only when the workload list is read. Reads go through `Deref`; it serialises as the
-/// collection itself.
-#[derive(Default, PartialEq)]
-pub struct Shared<T>(Arc<T>);
-
-impl<T> Clone for Shared<T> {
-    fn clone(&self) -> Self {
-        Shared(Arc::clone(&self.0))
-    }
-}
-
-impl<T> std::ops::Deref for Shared<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T: Clone> Shared<T> {
-    /// The collection to change, copied first if another state holds it too.
-    pub fn make_mut(&mut self) -> &mut T {
-        Arc::make_mut(&mut self.0)
-    }
-}
-
-impl<T> From<T> for Shared<T> {
-    fn from(v: T) -> Self {
-        Shared(Arc::new(v))
-    }
-}
-
-impl<T: std::fmt::Debug> std::fmt::Debug for Shared<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl<T: Serialize> Serialize for Shared<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Shared<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        T::deserialize(d).map(Shared::from)
-    }
-}
-
 /// Which offline levels the agent keeps frozen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frozen {
@@ -217,7 +166,7 @@ pub struct PolicyState {
     pub io_levels: BTreeSet<QosLevel>,
     /// Offline workloads whose IO limits are set (v1, where each workload gets its own).
     #[serde(default)]
-    pub io_limited: Shared<BTreeSet<GroupPath>>,
+    pub io_limited: Arc<BTreeSet<GroupPath>>,
     /// The limits (`io.offline_max`, `io.offline_low_max`) last sent to v1 workloads: a level
     /// without limits is sent to each workload when it is new and when these change (lifting
     /// what an earlier config set), not with every static pass.
@@ -244,12 +193,14 @@ pub struct PolicyState {
     pub capped: bool,
     /// Workloads whose tasks got their level's `oom_score_adj` (new ones get it at once). This and
     /// `io_limited` are pruned by counting the snapshot's workloads, one per group (the collector
-    /// keeps the first of any two at one group).
+    /// keeps the first of any two at one group). These three sets are shared (`Arc`) with the
+    /// state's copies until one changes them (`Arc::make_mut`): the state is copied each tick,
+    /// and they change only with a new reading of the workload list.
     #[serde(default)]
-    pub oom_set: Shared<BTreeSet<tidal_model::Target>>,
+    pub oom_set: Arc<BTreeSet<tidal_model::Target>>,
     /// Each such workload's task count when it last got it: more tasks means new ones to set.
     #[serde(default, with = "shared_pairs")]
-    pub oom_tasks: Shared<BTreeMap<tidal_model::Target, usize>>,
+    pub oom_tasks: Arc<BTreeMap<tidal_model::Target, usize>>,
     /// The reading of the workload list (`Snapshot::workloads_seq`) the last tick went through:
     /// what looks only at the list and its task counts (OOM ordering, v1 IO limits, the
     /// originals to journal ahead) waits for the next reading or the static pass.
@@ -307,26 +258,26 @@ mod pairs {
     }
 }
 
-/// [`pairs`] for a shared map.
+/// [`pairs`] for a map shared between states.
 mod shared_pairs {
-    use super::Shared;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
-        m: &Shared<BTreeMap<K, V>>,
+        m: &Arc<BTreeMap<K, V>>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
         super::pairs::serialize(m, s)
     }
 
-    pub fn deserialize<'de, K, V, D>(d: D) -> Result<Shared<BTreeMap<K, V>>, D::Error>
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<Arc<BTreeMap<K, V>>, D::Error>
     where
         K: Deserialize<'de> + Ord,
         V: Deserialize<'de>,
         D: Deserializer<'de>,
     {
-        super::pairs::deserialize(d).map(Shared::from)
+        super::pairs::deserialize(d).map(Arc::new)
     }
 }
 
@@ -338,12 +289,10 @@ mod tests {
     #[test]
     fn a_shared_set_is_copied_only_by_the_state_that_changes_it() {
         let mut a = PolicyState::default();
-        a.oom_set
-            .make_mut()
-            .insert(Target::Tidal(QosLevel::Offline.group_path()));
+        Arc::make_mut(&mut a.oom_set).insert(Target::Tidal(QosLevel::Offline.group_path()));
         let mut b = a.clone();
         assert!(std::ptr::eq(&*a.oom_set, &*b.oom_set), "a copy shares it");
-        b.oom_set.make_mut().clear();
+        Arc::make_mut(&mut b.oom_set).clear();
         assert_eq!(a.oom_set.len(), 1, "the other keeps its own");
         assert!(b.oom_set.is_empty());
         assert_ne!(a, b);
@@ -359,7 +308,7 @@ mod tests {
         let mut st = PolicyState::default();
         st.mem_protect.insert(pod.clone(), (1, 2));
         st.mem_protect.insert(own.clone(), (3, 4));
-        st.oom_tasks.make_mut().insert(pod.clone(), 5);
+        Arc::make_mut(&mut st.oom_tasks).insert(pod.clone(), 5);
         let json = serde_json::to_string(&st).unwrap();
         let back: PolicyState = serde_json::from_str(&json).unwrap();
         assert_eq!(back.mem_protect, st.mem_protect);
