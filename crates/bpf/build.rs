@@ -4,6 +4,8 @@
 fn main() {
     println!("cargo:rerun-if-changed=src/bpf/runq.bpf.c");
     println!("cargo:rerun-if-changed=src/bpf/vmlinux.h");
+    // Another clang (or none: CI checks the build without the program) is another build.
+    println!("cargo:rerun-if-env-changed=CLANG");
     #[cfg(feature = "bpf")]
     build();
 }
