@@ -1,5 +1,8 @@
 //! A counter file read over and over through one open descriptor (`pread` at offset 0): kernfs
 //! regenerates the content on each read, and skipping open/close keeps the per-tick cost down.
+//! Not v1's pid lists (`cgroup.procs`, `tasks`): the kernel keeps the list loaded at an open's first
+//! read and hands it to that descriptor again while reads keep coming within a second, so those are
+//! opened afresh for each read ([`HotFile::fresh`]).
 
 use crate::error::{CgroupError, Result};
 use std::fs::File;
@@ -11,6 +14,8 @@ pub struct HotFile {
     path: PathBuf,
     file: Option<File>,
     buf: Vec<u8>,
+    /// Opened for each read, closed after it.
+    fresh: bool,
 }
 
 impl HotFile {
@@ -19,6 +24,15 @@ impl HotFile {
             path,
             file: None,
             buf: vec![0; 512],
+            fresh: false,
+        }
+    }
+
+    /// A file whose descriptor may serve stale content on later reads: opened for each read.
+    pub fn fresh(path: PathBuf) -> Self {
+        HotFile {
+            fresh: true,
+            ..HotFile::new(path)
         }
     }
 
@@ -51,6 +65,9 @@ impl HotFile {
                     return Err(err(&self.path, e));
                 }
             }
+        }
+        if self.fresh {
+            self.file = None;
         }
         std::str::from_utf8(&self.buf[..len]).map_err(|_| CgroupError::Parse {
             path: self.path.clone(),
@@ -89,5 +106,23 @@ mod tests {
         assert_eq!(h.read_u64().unwrap(), 2_000_000);
         let mut missing = HotFile::new(d.path().join("nope"));
         assert!(missing.read().unwrap_err().is_vanished());
+    }
+
+    #[test]
+    fn fake_fs_a_fresh_file_is_opened_for_each_read_a_kept_one_is_not() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cgroup.procs");
+        std::fs::write(&p, "1\n").unwrap();
+        let mut kept = HotFile::new(p.clone());
+        let mut fresh = HotFile::fresh(p.clone());
+        assert_eq!(kept.read().unwrap(), "1\n");
+        assert_eq!(fresh.read().unwrap(), "1\n");
+        // A new file in its place: only a new open sees it (as only a new open of a v1 pid list
+        // is served a new list).
+        let new = d.path().join("new");
+        std::fs::write(&new, "1\n2\n").unwrap();
+        std::fs::rename(&new, &p).unwrap();
+        assert_eq!(kept.read().unwrap(), "1\n");
+        assert_eq!(fresh.read().unwrap(), "1\n2\n");
     }
 }

@@ -192,10 +192,19 @@ impl Layout {
         Some(Reader::new(&u.target_dir(target), &[res.file()], psi))
     }
 
-    /// The number of processes in the group (primary hierarchy).
+    /// The number of processes in the group (primary hierarchy). On v1 the file is opened for
+    /// each read: a kept descriptor is served the pid list of its first read while reads come
+    /// within a second of each other.
     pub fn tasks(&self, target: &Target) -> Option<Reader<usize>> {
         let r = self.primary()?;
-        Some(Reader::new(&r.target_dir(target), &[PROCS], tasks))
+        let path = r.target_dir(target).join(PROCS);
+        Some(Reader {
+            files: vec![match r.version() {
+                Version::V1 => HotFile::fresh(path),
+                Version::V2 => HotFile::new(path),
+            }],
+            parse: tasks,
+        })
     }
 }
 

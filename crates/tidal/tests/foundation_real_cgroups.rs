@@ -439,3 +439,41 @@ fn a_pods_processes_are_read_from_its_container_groups_nested_too() {
     // A group that is not there: an error that says it vanished.
     assert!(gone.is_err_and(|e| e.is_vanished()));
 }
+
+#[test]
+fn a_group_s_task_count_follows_tasks_that_come_and_go_between_reads_under_a_second_apart() {
+    if !cgroups_usable(
+        "a_group_s_task_count_follows_tasks_that_come_and_go_between_reads_under_a_second_apart",
+    ) {
+        return;
+    }
+    let t = TestRoot::new("taskcount");
+    t.make_group("counted");
+    let target =
+        tidal_model::Target::Tidal(tidal_model::GroupPath::new("counted").expect("valid group"));
+    let mut reader = t.layout.tasks(&target).expect("a task count reader");
+    // Reads closer together than a second: a v1 pid list kept open is served again then.
+    let mut count = || {
+        std::thread::sleep(Duration::from_millis(300));
+        reader.read().expect("task count")
+    };
+    let empty = count();
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn sleep");
+    let moved = std::fs::write(
+        t.dir("cpu", "counted").join("cgroup.procs"),
+        child.id().to_string(),
+    );
+    let one = count();
+    let _ = child.kill();
+    let _ = child.wait();
+    let none = count();
+    moved.expect("move the task in");
+    assert_eq!(
+        (empty, one, none),
+        (0, 1, 0),
+        "counts: empty, one task, after it left"
+    );
+}
