@@ -147,6 +147,14 @@ pub fn batch_patch(node: &str, b: Batch) -> serde_json::Value {
     })
 }
 
+/// An event's note: the API caps it at 1 KiB (bytes, not characters), cut at a character's end.
+fn event_note(note: &str) -> String {
+    note.char_indices()
+        .take_while(|(i, c)| i + c.len_utf8() <= 1000)
+        .map(|(_, c)| c)
+        .collect()
+}
+
 fn pod_reference(p: &PodRef) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
@@ -392,8 +400,7 @@ async fn event(
             EventType::Normal
         },
         reason: reason.to_string(),
-        // The API caps a note at 1 KiB.
-        note: Some(note.chars().take(1000).collect()),
+        note: Some(event_note(&note)),
         action: reason.trim_start_matches("Tidal").to_string(),
         secondary: None,
     };
@@ -403,5 +410,17 @@ async fn event(
             shared.count("event_errors");
             warn!("cannot record event {reason} on pod {pod}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_event_note_fits_the_api_s_kib_in_bytes() {
+        let wide = "é".repeat(800);
+        let n = super::event_note(&wide);
+        assert!(n.len() <= 1000 && n.len() >= 998, "{}", n.len());
+        assert!(n.chars().all(|c| c == 'é'));
+        assert_eq!(super::event_note("short"), "short");
     }
 }

@@ -231,6 +231,7 @@ impl PodSource {
         let slo = match crate::slo::pod_slo(&v.facts.annotations, &v.ports, v.host_network) {
             Ok(s) => s,
             Err(why) => {
+                let why = plain(&why);
                 if self.reported_slo.insert(v.uid.clone()) {
                     self.invalid_slos += 1;
                     warn!("pod {pod}: {why}");
@@ -246,13 +247,14 @@ impl PodSource {
         };
         if let Some(why) = &c.invalid {
             if self.reported.insert(v.uid.clone()) {
+                let why = plain(why);
                 self.invalid_markings += 1;
                 warn!("pod {pod}: {why}");
                 self.handle.send(Request::Event {
                     pod: pod.clone(),
                     warning: true,
                     reason: "TidalInvalidQosLevel".into(),
-                    note: why.clone(),
+                    note: why,
                 });
             }
         }
@@ -454,5 +456,32 @@ impl WorkloadSource for PodSource {
             counters,
             gauges,
         }
+    }
+}
+
+/// A message that quotes a pod's annotations, fit for one log line: control characters (a newline
+/// would start a forged line) become spaces, and it ends after 500 characters.
+fn plain(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(500)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.chars().nth(500).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_pod_s_words_fit_one_log_line() {
+        let forged = "5\n2025-01-01T00:00:00Z ERROR forged\r";
+        assert_eq!(super::plain(forged), "5 2025-01-01T00:00:00Z ERROR forged ");
+        let long = "x".repeat(900);
+        let p = super::plain(&long);
+        assert_eq!(p.chars().count(), 501);
+        assert!(p.ends_with('…'));
     }
 }

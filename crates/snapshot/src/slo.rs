@@ -31,6 +31,36 @@ pub fn warm_up() -> bool {
         .is_ok_and(|b| b.0 == [(0.001, 1.0), (f64::INFINITY, 2.0)])
 }
 
+/// Lines of one metric a scrape reads at most: 200 series of 100 buckets.
+pub const MAX_LINES: usize = 20_000;
+
+/// The lines of histogram `metric`: its `# TYPE` and `# HELP` comments and its samples. The parser
+/// builds a sample with its labels for every line it is given, so the rest of a large exposition
+/// (other metrics, or a body made to cost memory) never reaches it.
+fn lines_of<'a>(text: &'a str, metric: &'a str) -> impl Iterator<Item = &'a str> {
+    text.lines().filter(move |l| {
+        let l = l.trim_start();
+        let rest = match l.strip_prefix('#') {
+            Some(c) => {
+                let c = c.trim_start();
+                match c.strip_prefix("TYPE").or_else(|| c.strip_prefix("HELP")) {
+                    Some(r) => r.trim_start(),
+                    None => return false,
+                }
+            }
+            None => l,
+        };
+        let Some(r) = rest.strip_prefix(metric) else {
+            return false;
+        };
+        let r = ["_bucket", "_count", "_sum", "_created"]
+            .iter()
+            .find_map(|s| r.strip_prefix(s))
+            .unwrap_or(r);
+        r.is_empty() || r.starts_with(['{', ' ', '\t'])
+    })
+}
+
 /// The buckets of histogram `metric` in exposition text, summed over the series whose labels
 /// include `labels`. An error says what is missing or wrong.
 pub fn parse_histogram(
@@ -38,8 +68,16 @@ pub fn parse_histogram(
     metric: &str,
     labels: &BTreeMap<String, String>,
 ) -> Result<Buckets, String> {
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-        .map_err(|e| format!("not an exposition: {e}"))?;
+    let mut lines = 0usize;
+    let mine = lines_of(text, metric).inspect(|_| lines += 1);
+    let scrape =
+        prometheus_parse::Scrape::parse(mine.take(MAX_LINES + 1).map(|l| Ok(l.to_string())))
+            .map_err(|e| format!("not an exposition: {e}"))?;
+    if lines > MAX_LINES {
+        return Err(format!(
+            "{metric}: more than {MAX_LINES} lines in the metrics (too many series to read)"
+        ));
+    }
     let mut sum: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
     let mut series = 0;
     for s in &scrape.samples {
@@ -76,6 +114,12 @@ pub fn parse_histogram(
             };
             let e = sum.entry(key).or_insert((h.less_than + 0.0, 0.0));
             e.1 += h.count;
+            if !e.1.is_finite() {
+                return Err(format!(
+                    "{metric}: bucket le={} sums past the largest number",
+                    h.less_than
+                ));
+            }
         }
     }
     if series == 0 {
@@ -218,6 +262,29 @@ http_request_duration_seconds_sum{handler=\"/x\"} 1
 http_request_duration_seconds_count{handler=\"/x\"} 1000
 ";
 
+    #[test]
+    fn bounded_lines_and_sums_else_an_error_that_says_why() {
+        let mut big = String::from("# TYPE m histogram\n");
+        for i in 0..=MAX_LINES / 2 {
+            big.push_str(&format!(
+                "m_bucket{{s=\"{i}\",le=\"+Inf\"}} 1\nm_count{{s=\"{i}\"}} 1\n"
+            ));
+        }
+        let e = parse_histogram(&big, "m", &BTreeMap::new()).unwrap_err();
+        assert!(e.contains("more than 20000 lines"), "{e}");
+        // Other metrics' lines are not counted (nor parsed).
+        let mut others = String::from("# TYPE m histogram\nm_bucket{le=\"+Inf\"} 3\n");
+        for i in 0..MAX_LINES * 2 {
+            others.push_str(&format!("other_bucket{{s=\"{i}\",le=\"+Inf\"}} 1\n"));
+        }
+        let b = parse_histogram(&others, "m", &BTreeMap::new()).unwrap();
+        assert_eq!(b.0, vec![(f64::INFINITY, 3.0)]);
+        // Two series whose counts sum past f64: an error, not an infinite count.
+        let huge = "# TYPE m histogram\nm_bucket{s=\"a\",le=\"+Inf\"} 1e308\nm_bucket{s=\"b\",le=\"+Inf\"} 1e308\n";
+        let e = parse_histogram(huge, "m", &BTreeMap::new()).unwrap_err();
+        assert!(e.contains("sums past"), "{e}");
+    }
+
     fn api() -> BTreeMap<String, String> {
         [("handler".to_string(), "/api".to_string())]
             .into_iter()
@@ -316,6 +383,7 @@ http_request_duration_seconds_count{handler=\"/x\"} 1000
             Just("-5".to_string()),
             Just("+Inf".to_string()),
             Just("1e400".to_string()),
+            Just("1e308".to_string()),
             "[0-9e.+-]{0,8}",
         ];
         let name = prop::sample::select(vec!["m", "m2", "other"]);
@@ -389,6 +457,22 @@ http_request_duration_seconds_count{handler=\"/x\"} 1000
     }
 
     proptest::proptest! {
+        /// Lines of other metrics (whatever they hold) do not change what a scrape reads of `m`:
+        /// they never reach the parser.
+        #[test]
+        fn other_metrics_lines_do_not_change_the_reading(
+            lines in prop::collection::vec(arb_line(), 0..30),
+            others in prop::collection::vec((0usize..40, "(m2|other|mm|x)(_bucket|_sum|_count)?\\{[a-z=\"+.0-9,]{0,20}\\} [0-9eNaI+-]{0,6}"), 0..10),
+        ) {
+            let alone = parse_histogram(&lines.join("\n"), "m", &BTreeMap::new());
+            let mut mixed = lines.clone();
+            for (at, l) in others {
+                mixed.insert(at.min(mixed.len()), l);
+            }
+            let with = parse_histogram(&mixed.join("\n"), "m", &BTreeMap::new());
+            prop_assert_eq!(alone.ok(), with.ok());
+        }
+
         #[test]
         fn parsing_and_quantiles_never_panic(t in "\\PC{0,400}", q in -1.0f64..2.0) {
             if let Ok(b) = parse_histogram(&t, "m", &BTreeMap::new()) {

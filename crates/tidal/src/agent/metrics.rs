@@ -113,6 +113,8 @@ pub struct Metrics {
     runq_workload: Family<Wl, RunqHist>,
     runq_level: Family<Lvl, RunqHist>,
     known: HashSet<(String, String)>,
+    /// Objectives with gauges: those gone (a pod deleted, an annotation changed) lose them.
+    known_slo: HashSet<ObjectiveLabel>,
 }
 
 /// A run-queue latency histogram fed with the BPF program's log2 slots.
@@ -255,6 +257,7 @@ impl Metrics {
             runq_workload: Family::default(),
             runq_level: Family::default(),
             known: HashSet::new(),
+            known_slo: HashSet::new(),
             registry: Registry::default(),
         };
         r.register(
@@ -582,18 +585,30 @@ impl Metrics {
         }
     }
 
-    /// Each latency objective's last reading.
-    pub fn slo(&self, readings: &[super::slo::Reading]) {
+    /// Each latency objective's last reading; an objective without one has no observed value or
+    /// slack, and one no longer declared has no gauges.
+    pub fn slo(&mut self, readings: &[super::slo::Reading]) {
+        let mut now = HashSet::with_capacity(readings.len());
         for r in readings {
             let l = ObjectiveLabel {
                 workload: r.workload.clone(),
                 objective: r.what.clone(),
             };
-            if let Some(o) = r.observed_s {
-                self.slo_observed.get_or_create(&l).set(o);
+            match r.observed_s {
+                Some(o) => {
+                    self.slo_observed.get_or_create(&l).set(o);
+                }
+                None => {
+                    self.slo_observed.remove(&l);
+                }
             }
-            if let Some(s) = r.slack {
-                self.slo_slack.get_or_create(&l).set(s);
+            match r.slack {
+                Some(s) => {
+                    self.slo_slack.get_or_create(&l).set(s);
+                }
+                None => {
+                    self.slo_slack.remove(&l);
+                }
             }
             self.slo_target.get_or_create(&l).set(r.target_s);
             self.slo_stale
@@ -602,7 +617,16 @@ impl Metrics {
             self.slo_errors
                 .get_or_create(&l)
                 .set(r.scrape_errors as f64);
+            now.insert(l);
         }
+        for l in self.known_slo.difference(&now) {
+            self.slo_observed.remove(l);
+            self.slo_slack.remove(l);
+            self.slo_target.remove(l);
+            self.slo_stale.remove(l);
+            self.slo_errors.remove(l);
+        }
+        self.known_slo = now;
     }
 
     pub fn missing(&self, counts: &std::collections::BTreeMap<&'static str, u64>) {
@@ -842,5 +866,48 @@ impl Metrics {
             s.clear();
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::slo::Reading;
+
+    fn reading(workload: &str, observed: Option<f64>) -> Reading {
+        Reading {
+            workload: workload.into(),
+            what: "p99 of m".into(),
+            target_s: 0.005,
+            observed_s: observed,
+            slack: observed.map(|o| (0.005 - o) / 0.005),
+            requests: None,
+            age_s: None,
+            stale: observed.is_none(),
+            error: None,
+            scrape_errors: 0,
+        }
+    }
+
+    #[test]
+    fn an_objective_without_a_reading_has_no_observed_value_and_one_gone_has_no_gauges() {
+        let mut m = Metrics::new();
+        m.slo(&[reading("ns/a", Some(0.004)), reading("ns/b", Some(0.001))]);
+        let t = m.encode();
+        assert!(
+            t.contains("tidal_slo_observed_seconds{workload=\"ns/a\""),
+            "{t}"
+        );
+        assert!(t.contains("workload=\"ns/b\""), "{t}");
+        // a's reading went stale; b's pod is gone.
+        m.slo(&[reading("ns/a", None)]);
+        let t = m.encode();
+        assert!(
+            !t.contains("tidal_slo_observed_seconds{workload=\"ns/a\""),
+            "{t}"
+        );
+        assert!(!t.contains("tidal_slo_slack{workload=\"ns/a\""), "{t}");
+        assert!(t.contains("tidal_slo_stale{workload=\"ns/a\""), "{t}");
+        assert!(!t.contains("workload=\"ns/b\""), "{t}");
     }
 }

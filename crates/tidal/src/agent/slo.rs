@@ -2,7 +2,10 @@
 //! `slo.interval` and keeps its windowed quantile, so the control loop never waits on the network.
 //! Objectives come from the config (local mode) and from pods' annotations (on the pod's own IP and
 //! a port its spec declares, never a loopback or link-local address). Every fetch has a timeout and
-//! a body cap, follows no redirect and ignores proxy settings in the environment. A
+//! a body cap, follows no redirect and ignores proxy settings in the environment. Objectives are
+//! fetched eight at a time, and one that failed twice in a row waits before its next try (an
+//! interval, doubling up to 10 s): endpoints that hold their answers back cannot make the others'
+//! readings stale. Only the metric's own lines reach the parser, at most 20 000 of them. A
 //! reading older than `slo.stale_after`, or a fetch that failed, gives no signal: the policy then
 //! acts on pressure alone. Failures are logged once per objective and counted.
 
@@ -28,8 +31,12 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// Its window: a change of endpoint, metric or label matchers starts a new one.
     fn key(&self) -> String {
-        format!("{} {} {}", self.workload, self.url, self.metric)
+        format!(
+            "{} {} {} {:?}",
+            self.workload, self.url, self.metric, self.labels
+        )
     }
     fn what(&self) -> String {
         format!("p{} of {}", fmt_q(self.quantile), self.metric)
@@ -41,7 +48,19 @@ fn fmt_q(q: f64) -> String {
     s.trim_end_matches(".0").to_string()
 }
 
-/// The objectives of the config, then those the pods declare (online pods with an IP only).
+/// Objectives the pods of one node may declare: beyond it (said once) the rest are not read. A
+/// node runs 110 pods by the kubelet's default.
+pub const MAX_POD_OBJECTIVES: usize = 512;
+
+/// Scrapes in flight at once: an endpoint that holds its answer back costs one of them a timeout,
+/// not every objective after it its turn.
+const SCRAPERS: usize = 8;
+
+/// The longest wait before an objective that keeps failing is tried again.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The objectives of the config, then those the pods declare (online pods with an IP only, at
+/// most [`MAX_POD_OBJECTIVES`]).
 pub fn specs(cfg: &[Objective], workloads: &[WorkloadSnapshot]) -> Vec<Spec> {
     let mut out: Vec<Spec> = cfg
         .iter()
@@ -64,6 +83,15 @@ pub fn specs(cfg: &[Objective], workloads: &[WorkloadSnapshot]) -> Vec<Spec> {
         };
         if !pod_address(&ip) {
             continue;
+        }
+        if out.len() >= cfg.len().saturating_add(MAX_POD_OBJECTIVES) {
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                warn!(
+                    "more than {MAX_POD_OBJECTIVES} pods declare a latency objective: the rest are not read (logged once)"
+                );
+            }
+            break;
         }
         let host = match ip {
             std::net::IpAddr::V4(a) => a.to_string(),
@@ -136,6 +164,60 @@ struct State {
     error: Option<String>,
     errors: u64,
     prev: Option<Buckets>,
+    /// Fetches failed in a row, and when the next may be tried ([`backoff`]).
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// After the second failure in a row an objective waits an interval before its next try, twice
+/// that after the third, and so on up to [`BACKOFF_MAX`]: an endpoint that never answers costs a
+/// scraper a timeout now and then, not each round.
+fn backoff(failures: u32, interval: Duration) -> Option<Duration> {
+    let doublings = failures.checked_sub(2)?;
+    Some(
+        interval
+            .saturating_mul(1u32 << doublings.min(16))
+            .min(BACKOFF_MAX),
+    )
+}
+
+/// Fetches and parses the objectives marked due, [`SCRAPERS`] at a time (this thread one of them);
+/// None for those not due.
+fn scrape_all(
+    agent: &ureq::Agent,
+    specs: &[Spec],
+    due: &[bool],
+    cap: u64,
+) -> Vec<Option<Result<Buckets, String>>> {
+    let jobs: Vec<usize> = (0..specs.len()).filter(|&i| due[i]).collect();
+    let out: Vec<Mutex<Option<Result<Buckets, String>>>> =
+        specs.iter().map(|_| Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        while let Some(&i) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let s = &specs[i];
+            let got = fetch(agent, &s.url, cap)
+                .and_then(|text| parse_histogram(&text, &s.metric, &s.labels))
+                .map_err(|e| one_line(&e));
+            *lock(&out[i]) = Some(got);
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..jobs.len().min(SCRAPERS) {
+            // A helper that cannot start leaves its share to the others.
+            if std::thread::Builder::new()
+                .name("tidal-slo-fetch".into())
+                .spawn_scoped(scope, work)
+                .is_err()
+            {
+                break;
+            }
+        }
+        work();
+    });
+    out.into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .collect()
 }
 
 struct Inner {
@@ -303,18 +385,66 @@ fn run(inner: &Inner) {
         logged.retain(|k| keys.contains(k));
         thin.retain(|k| keys.contains(k));
         read.retain(|k| keys.contains(k));
-        let mut prevs: HashMap<String, (Option<Buckets>, Option<Instant>, u64)> = {
+        let mut prevs: HashMap<String, Prev> = {
             let mut st = lock(&inner.states);
             st.retain(|k, _| keys.contains(k));
             st.iter()
-                .map(|(k, s)| (k.clone(), (s.prev.clone(), s.last_ok, s.errors)))
+                .map(|(k, s)| {
+                    (
+                        k.clone(),
+                        Prev {
+                            buckets: s.prev.clone(),
+                            last_ok: s.last_ok,
+                            errors: s.errors,
+                            failures: s.failures,
+                            retry_at: s.retry_at,
+                            error: s.error.clone(),
+                        },
+                    )
+                })
                 .collect()
         };
-        for spec in specs {
+        let due: Vec<bool> = specs
+            .iter()
+            .map(|s| {
+                prevs
+                    .get(&s.key())
+                    .and_then(|p| p.retry_at)
+                    .is_none_or(|t| now >= t)
+            })
+            .collect();
+        let fetched = scrape_all(&agent, &specs, &due, cfg.max_body_bytes);
+        for (spec, got) in specs.into_iter().zip(fetched) {
             let key = spec.key();
-            let (prev, last_ok, mut errors) = prevs.remove(&key).unwrap_or((None, None, 0));
-            let got = fetch(&agent, &spec.url, cfg.max_body_bytes)
-                .and_then(|text| parse_histogram(&text, &spec.metric, &spec.labels));
+            let p = prevs.remove(&key).unwrap_or_default();
+            let (prev, last_ok, mut errors) = (p.buckets, p.last_ok, p.errors);
+            let (mut failures, mut retry_at) = (p.failures, p.retry_at);
+            let Some(got) = got else {
+                // Waiting out its back-off: as it was.
+                lock(&inner.states).insert(
+                    key,
+                    State {
+                        spec,
+                        last_ok,
+                        observed: None,
+                        excess_z: None,
+                        requests: None,
+                        error: p.error,
+                        errors,
+                        prev,
+                        failures,
+                        retry_at,
+                    },
+                );
+                continue;
+            };
+            match &got {
+                Ok(_) => (failures, retry_at) = (0, None),
+                Err(_) => {
+                    failures = failures.saturating_add(1);
+                    retry_at = backoff(failures, interval).map(|d| Instant::now() + d);
+                }
+            }
             let (observed, excess_z, requests, error, cur, ok_at) = match got {
                 Ok(cur) => {
                     let first = !read.contains(&key);
@@ -393,10 +523,32 @@ fn run(inner: &Inner) {
                     error,
                     errors,
                     prev: cur,
+                    failures,
+                    retry_at,
                 },
             );
         }
     }
+}
+
+/// An error that may quote what an endpoint sent, fit for one log line: no control characters,
+/// at most 300 characters.
+fn one_line(e: &str) -> String {
+    e.chars()
+        .take(300)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// What the watcher keeps of an objective from one round to the next.
+#[derive(Default)]
+struct Prev {
+    buckets: Option<Buckets>,
+    last_ok: Option<Instant>,
+    errors: u64,
+    failures: u32,
+    retry_at: Option<Instant>,
+    error: Option<String>,
 }
 
 /// What one scrape says of its objective against the scrape before it.
@@ -694,6 +846,92 @@ mod tests {
                 ("ns/v6".to_string(), "http://[fd00::5]:9090/m".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn an_objective_that_keeps_failing_waits_longer_up_to_a_bound() {
+        let i = Duration::from_secs(1);
+        assert_eq!(backoff(0, i), None);
+        assert_eq!(backoff(1, i), None, "one failure: tried again next round");
+        assert_eq!(backoff(2, i), Some(i));
+        assert_eq!(backoff(3, i), Some(2 * i));
+        assert_eq!(backoff(5, i), Some(8 * i));
+        assert_eq!(backoff(6, i), Some(BACKOFF_MAX));
+        assert_eq!(backoff(u32::MAX, Duration::MAX), Some(BACKOFF_MAX));
+    }
+
+    #[test]
+    fn endpoints_that_hold_their_answer_back_are_fetched_side_by_side_with_the_rest() {
+        use std::io::{Read, Write};
+        use std::sync::atomic::AtomicUsize;
+        // Holds every connection open without a word, counting how many it holds at once.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let held = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        {
+            let (held, most) = (Arc::clone(&held), Arc::clone(&most));
+            std::thread::spawn(move || {
+                for mut c in silent.incoming().flatten() {
+                    let n = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(n, Ordering::SeqCst);
+                    let held = Arc::clone(&held);
+                    // Until the client gives up and closes.
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 1024];
+                        while c.read(&mut buf).is_ok_and(|n| n > 0) {}
+                        held.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+            });
+        }
+        let good = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let good_addr = good.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut c in good.incoming().flatten() {
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf);
+                let body =
+                    "# TYPE m histogram\nm_bucket{le=\"0.001\"} 5\nm_bucket{le=\"+Inf\"} 6\n";
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let spec = |addr: std::net::SocketAddr| Spec {
+            workload: "w".into(),
+            url: format!("http://{addr}/metrics"),
+            metric: "m".into(),
+            labels: BTreeMap::new(),
+            quantile: 0.99,
+            target: 0.005,
+        };
+        let mut specs: Vec<Spec> = (0..12).map(|_| spec(silent_addr)).collect();
+        specs.insert(6, spec(good_addr));
+        // One not due: not fetched.
+        specs.push(spec(good_addr));
+        let mut due = vec![true; specs.len()];
+        due[13] = false;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(300)))
+            .build()
+            .into();
+        let got = scrape_all(&agent, &specs, &due, 1 << 20);
+        assert_eq!(got.len(), specs.len());
+        assert!(got[13].is_none(), "not due, not fetched");
+        assert_eq!(
+            got[6].as_ref().and_then(|r| r.as_ref().ok()),
+            Some(&Buckets(vec![(0.001, 5.0), (f64::INFINITY, 6.0)]))
+        );
+        for (i, g) in got.iter().enumerate().filter(|(i, _)| ![6, 13].contains(i)) {
+            assert!(matches!(g, Some(Err(_))), "{i}: {g:?}");
+        }
+        // The silent endpoint held several of them at once: they did not wait in a line (one in
+        // a line could show two, a close not yet seen as the next comes).
+        let most = most.load(Ordering::SeqCst);
+        assert!(most >= 4, "{most} at once");
     }
 
     #[test]
