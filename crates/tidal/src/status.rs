@@ -8,9 +8,16 @@ use tidal_model::Pressure;
 /// Largest `/state` body read (a state of thousands of workloads is a few MiB).
 const MAX_STATE: u64 = 64 << 20;
 
-fn fetch(addr: &str) -> Result<String, String> {
+/// What a request to the agent may take in all: an address that accepts and never answers (or an
+/// agent that hangs) is an error, not a command that never returns.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn fetch(addr: &str, timeout: std::time::Duration) -> Result<String, String> {
     let url = format!("http://{addr}/state");
     let mut resp = ureq::get(&url)
+        .config()
+        .timeout_global(Some(timeout))
+        .build()
         .call()
         .map_err(|e| format!("cannot reach the agent at {url}: {e} (is `tidal agent` running?)"))?;
     resp.body_mut()
@@ -316,6 +323,7 @@ fn healthz(addr: &str) -> i32 {
     match ureq::get(&url)
         .config()
         .http_status_as_error(false)
+        .timeout_global(Some(TIMEOUT))
         .build()
         .call()
     {
@@ -344,7 +352,7 @@ pub fn main(_g: &Global, a: &StatusArgs) -> i32 {
     if a.healthz {
         return healthz(&a.listen);
     }
-    let body = match fetch(&a.listen) {
+    let body = match fetch(&a.listen, TIMEOUT) {
         Ok(b) => b,
         Err(e) => return failed(e),
     };
@@ -360,5 +368,19 @@ pub fn main(_g: &Global, a: &StatusArgs) -> i32 {
         Err(e) => fail(format!(
             "the agent's /state is not what this tidal reads: {e}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_address_that_never_answers_is_an_error_not_a_wait_without_end() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        // Accepted by the kernel's backlog, never answered.
+        let got = super::fetch(&addr, std::time::Duration::from_millis(200));
+        let e = got.unwrap_err();
+        assert!(e.contains(&addr), "{e}");
+        drop(silent);
     }
 }

@@ -283,6 +283,21 @@ fn agent_reloads_its_config_on_sighup_and_keeps_the_last_good_one() {
         "agent died on a bad reload"
     );
     assert_eq!(headroom(), 0.5);
+    // Valid in itself but not on this machine (more CPUs than it has): refused as at start.
+    std::fs::write(
+        &cfg,
+        "cpu:\n  headroom_cpus: 1.0\n  min_offline_cpus: 1000\n",
+    )
+    .unwrap();
+    hup(&agent);
+    wait_for("the reload refused for this machine", 30, || {
+        log().contains("CPUs of this machine") || agent.try_wait().is_ok_and(|s| s.is_some())
+    });
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "agent died on a bad reload"
+    );
+    assert_eq!(headroom(), 0.5);
     // A valid one is taken.
     std::fs::write(&cfg, "cpu:\n  headroom_cpus: 1.5\n").unwrap();
     hup(&agent);

@@ -223,7 +223,7 @@ impl Agent {
         self.ticks
     }
 
-    /// Takes a new config (SIGHUP). The listen address cannot change without a restart: the old
+    /// Takes a new config (SIGHUP), checked as at start by the caller. The listen address cannot change without a restart: the old
     /// one stays, and the log says so.
     pub fn reload(&mut self, mut new: Config) {
         if new.listen != self.cfg.listen {
@@ -237,6 +237,13 @@ impl Agent {
         }
         if new.agent_group != self.cfg.agent_group && self.collector.source_name() == "local" {
             warn!("agent_group changed: it applies at the next start");
+        }
+        let kept = keep_start_only(&self.cfg, &mut new);
+        if !kept.is_empty() {
+            warn!(
+                "config reloaded, but {} changed: taken at start only; restart the agent for that (the running values stay, and /state shows them)",
+                kept.join(", ")
+            );
         }
         self.collector.count_open_files(new.files.any());
         self.act
@@ -867,8 +874,66 @@ impl Agent {
     }
 }
 
+/// Puts back in `new` the settings the agent takes at start only (the pod source's, the BPF
+/// program's load): a reload that changed them would show values not in force. Returns the names
+/// of those that changed.
+fn keep_start_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($($f:ident).+, $name:literal) => {
+            if new.$($f).+ != old.$($f).+ {
+                new.$($f).+ = old.$($f).+.clone();
+                kept.push($name);
+            }
+        };
+    }
+    keep!(kubernetes.node_name, "kubernetes.node_name");
+    keep!(
+        kubernetes.kubelet_cgroup_root,
+        "kubernetes.kubelet_cgroup_root"
+    );
+    keep!(kubernetes.cgroup_driver, "kubernetes.cgroup_driver");
+    keep!(kubernetes.cpu_manager_state, "kubernetes.cpu_manager_state");
+    keep!(kubernetes.events, "kubernetes.events");
+    keep!(kubernetes.classify, "kubernetes.classify");
+    keep!(kubernetes.batch, "kubernetes.batch");
+    keep!(bpf.enabled, "bpf.enabled");
+    keep!(bpf.sample, "bpf.sample");
+    kept
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reload_keeps_the_settings_taken_at_start_and_says_which() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.kubernetes.events = !old.kubernetes.events;
+        new.kubernetes.cpu_manager_state = "/elsewhere".into();
+        new.bpf.sample = 8;
+        new.tick = tidal_policy::config::Millis(old.tick.0 * 2);
+        new.kubernetes.eviction_interval = tidal_policy::config::Millis(1);
+        let kept = super::keep_start_only(&old, &mut new);
+        assert_eq!(
+            kept,
+            vec![
+                "kubernetes.cpu_manager_state",
+                "kubernetes.events",
+                "bpf.sample"
+            ]
+        );
+        assert_eq!(new.kubernetes.events, old.kubernetes.events);
+        assert_eq!(
+            new.kubernetes.cpu_manager_state,
+            old.kubernetes.cpu_manager_state
+        );
+        assert_eq!(new.bpf.sample, old.bpf.sample);
+        // What the agent takes live stays as reloaded.
+        assert_eq!(new.tick.0, old.tick.0 * 2);
+        assert_eq!(new.kubernetes.eviction_interval.0, 1);
+        assert!(super::keep_start_only(&old, &mut old.clone()).is_empty());
+    }
+
     use super::*;
     use tidal_cgroupfs::mountinfo::{parse_mountinfo, parse_proc_cgroup};
     use tidal_cgroupfs::{Hierarchies, Host, Layout, RootSpec};

@@ -220,7 +220,8 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
     )
     .ok()
     .map(|m| m.total);
-    if let Err(errs) = cfg.validate_for(caps.cpus.len() as u32, mem_total) {
+    let n_cpus = caps.cpus.len() as u32;
+    if let Err(errs) = cfg.validate_for(n_cpus, mem_total) {
         let lines: Vec<String> = errs.iter().map(|e| format!("config: {e}")).collect();
         return print_lines(&lines.join("\n"));
     }
@@ -388,7 +389,17 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
             continue;
         }
         if hup.swap(false, Ordering::Relaxed) {
-            match load_config(a.config.as_deref()) {
+            // Checked as at start: against this machine's CPUs and memory too.
+            match load_config(a.config.as_deref()).and_then(|new| {
+                new.validate_for(n_cpus, mem_total)
+                    .map(|()| new)
+                    .map_err(|errs| {
+                        errs.iter()
+                            .map(|e| format!("config: {e}"))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+            }) {
                 Ok(new) => agent.reload(new),
                 Err(e) => error!(
                     "config reload failed, keeping the last good config: {}",
