@@ -1180,10 +1180,15 @@ fn measure(
     })
 }
 
+/// The highest rate the bench derives from a calibration (the measured rate is bounded the same).
+pub const MAX_DERIVED_RATE: f64 = 200_000.0;
+
 /// CPU seconds the server spends per request, measured alone at a modest rate.
 pub fn calibrate(env: &mut BenchEnv, o: &Opts) -> Result<f64, String> {
     let st = setup(env, Scenario::Alone, o, "calibrate", false)?;
-    let probe_rate = (0.1 * o.n_cpus as f64 / (o.work_us as f64 * 1e-6)).max(100.0);
+    // Within what the load generator takes (`--work-us 1` on many CPUs would ask past it).
+    let probe_rate =
+        (0.1 * o.n_cpus as f64 / (o.work_us as f64 * 1e-6)).clamp(100.0, MAX_DERIVED_RATE);
     let sched = Schedule::constant_rate(Arrivals::Constant, probe_rate, 2.0);
     let before = env.usage_ns(&st.online_group);
     let r = client_run(
@@ -1457,7 +1462,10 @@ pub fn run_step(
     };
     let st = setup(env, s, o, &tag, true)?;
     let n = o.n_cpus as f64;
-    let (lo, hi) = (0.1 * n / cost_s, 0.6 * n / cost_s);
+    let (lo, hi) = (
+        (0.1 * n / cost_s).min(MAX_DERIVED_RATE),
+        (0.6 * n / cost_s).min(MAX_DERIVED_RATE),
+    );
     let (pre, post) = (3.0, 2.5);
     let step_at = o.warmup_s + pre;
     let sched = Schedule {

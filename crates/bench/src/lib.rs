@@ -201,7 +201,7 @@ pub fn main(g: &BenchGlobal, a: &BenchArgs) -> i32 {
     };
     pb.inc(1);
     if o.rate <= 0.0 {
-        o.rate = (0.3 * n as f64 / cost).clamp(50.0, 200_000.0);
+        o.rate = (0.3 * n as f64 / cost).clamp(50.0, colo::MAX_DERIVED_RATE);
     }
     // The alone p99: the base of the agent's objective, and what a settling wait waits for (an
     // antagonist that can give back much memory: the memory one, or any command).

@@ -33,14 +33,25 @@ struct Raw {
     entries: BTreeMap<String, BTreeMap<String, String>>,
 }
 
+/// CPU ids all entries of a state file list at most, counted with repeats: a thousand
+/// containers of a thousand CPUs each. Past it the file is refused, not read for minutes.
+const MAX_LISTED: usize = 1 << 20;
+
 /// Parses the state file's JSON; each entry's CPU list is checked.
 pub fn parse(text: &str) -> Result<CpuManager, String> {
     let raw: Raw = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let mut exclusive = CpuSet::new();
+    let mut listed = 0usize;
     for (pod, containers) in &raw.entries {
         for (c, cpus) in containers {
             let set: CpuSet = cpus.parse().map_err(|e| format!("entry {pod}/{c}: {e}"))?;
-            exclusive = CpuSet::from_ids(exclusive.iter().chain(set.iter()));
+            listed = listed.saturating_add(set.len());
+            if listed > MAX_LISTED {
+                return Err(format!(
+                    "its entries list more than {MAX_LISTED} CPU ids (at {pod}/{c}): not a CPU manager state"
+                ));
+            }
+            exclusive.union_with(&set);
         }
     }
     Ok(CpuManager {
@@ -84,6 +95,19 @@ mod tests {
             .unwrap()
             .exclusive
             .is_empty());
+    }
+
+    #[test]
+    fn a_file_listing_more_cpus_than_any_node_has_is_refused() {
+        let entries: Vec<String> = (0..20)
+            .map(|i| format!(r#""p{i}":{{"c":"0-65535"}}"#))
+            .collect();
+        let t = format!(
+            r#"{{"policyName":"static","entries":{{{}}}}}"#,
+            entries.join(",")
+        );
+        let e = parse(&t).unwrap_err();
+        assert!(e.contains("more than 1048576 CPU ids"), "{e}");
     }
 
     proptest::proptest! {

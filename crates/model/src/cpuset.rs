@@ -30,6 +30,10 @@ impl CpuSet {
     pub fn len(&self) -> usize {
         self.0.len()
     }
+    /// Adds `other`'s CPUs to this set.
+    pub fn union_with(&mut self, other: &CpuSet) {
+        self.0.extend(other.0.iter().copied());
+    }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -60,8 +64,8 @@ impl fmt::Display for CpuSet {
         let mut it = self.0.iter().copied().peekable();
         while let Some(start) = it.next() {
             let mut end = start;
-            while it.peek() == Some(&(end + 1)) {
-                end += 1;
+            while let Some(next) = end.checked_add(1).filter(|n| it.peek() == Some(n)) {
+                end = next;
                 it.next();
             }
             if !first {
@@ -147,6 +151,13 @@ mod tests {
 
         #[test]
         fn display_parse_round_trip(ids in proptest::collection::btree_set(0u32..256, 0..40)) {
+            let c = CpuSet(ids);
+            prop_assert_eq!(c.to_string().parse::<CpuSet>().unwrap(), c);
+        }
+
+        /// Ids at the top of the range too (a list that ends at u32::MAX).
+        #[test]
+        fn display_parse_round_trip_at_the_top(ids in proptest::collection::btree_set(u32::MAX - 300..=u32::MAX, 0..40)) {
             let c = CpuSet(ids);
             prop_assert_eq!(c.to_string().parse::<CpuSet>().unwrap(), c);
         }

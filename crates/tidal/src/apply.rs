@@ -57,7 +57,7 @@ pub fn main(g: &Global, a: &ApplyArgs) -> i32 {
     let mut failures = 0;
     for (i, action) in plan.actions.iter().enumerate() {
         if i > 0 && a.pause_ms > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(a.pause_ms.min(60_000)));
+            std::thread::sleep(std::time::Duration::from_millis(a.pause_ms));
         }
         match act.apply_one(action) {
             Ok(o) => println!("{action}: {o:?}"),

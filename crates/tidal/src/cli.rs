@@ -156,8 +156,8 @@ pub struct ApplyArgs {
     /// Plan file: {"actions": [{"group": "offline", "op": "set", "knob": "cpu-idle", "value": {"bool": true}, "reason": "…"}]}
     #[arg(long)]
     pub plan: PathBuf,
-    /// Pause between actions, in milliseconds (to watch a plan take effect).
-    #[arg(long, default_value_t = 0)]
+    /// Pause between actions, in milliseconds (to watch a plan take effect), at most a minute.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub pause_ms: u64,
 }
 
@@ -192,8 +192,8 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("'{s}' is not a byte count (e.g. 536870912 or 512M)"))?;
     let bytes = n * mult as f64;
     // 2^62 is beyond any machine's memory and below where the kernel reads "max".
-    if !bytes.is_finite() || bytes <= 0.0 || bytes > (1u64 << 62) as f64 {
-        return Err(format!("'{s}' must be a positive byte count below 4 EiB"));
+    if !bytes.is_finite() || bytes < 1.0 || bytes > (1u64 << 62) as f64 {
+        return Err(format!("'{s}' must be a byte count from 1 byte to 4 EiB"));
     }
     Ok(bytes as u64)
 }
@@ -287,6 +287,10 @@ mod tests {
         assert!(parse_bytes("12X").is_err());
         assert!(parse_bytes("-1").is_err());
         assert!(parse_bytes("99999999999999999999").is_err());
+        // Below one byte: an error, not a request of 0.
+        assert!(parse_bytes("0.5").is_err());
+        assert!(parse_bytes("1e-9").is_err());
+        assert_eq!(parse_bytes("1"), Ok(1));
         for small in ["1", "4096", "1k", "15M"] {
             assert!(parse_memory(small).is_err(), "{small}");
         }

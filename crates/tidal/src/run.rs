@@ -55,11 +55,19 @@ fn apply_all(act: &mut Actuator, plan: &Plan) -> Result<(), tidal_actuator::ActE
     Ok(())
 }
 
-/// A memory request no larger than the workload's own limit.
-fn request_within_limit(request: Option<u64>, memory: Option<u64>) -> Result<(), String> {
-    match (request, memory) {
-        (Some(r), Some(m)) if r > m => Err(format!(
+/// A memory request no larger than the workload's own limit, nor than the machine's memory
+/// (`mem_total`, when known): protection beyond it would protect the whole tree.
+fn request_within_limit(
+    request: Option<u64>,
+    memory: Option<u64>,
+    mem_total: Option<u64>,
+) -> Result<(), String> {
+    match (request, memory, mem_total) {
+        (Some(r), Some(m), _) if r > m => Err(format!(
             "--memory-request {r} is over --memory {m}: a workload cannot be protected beyond its limit"
+        )),
+        (Some(r), _, Some(t)) if r > t => Err(format!(
+            "--memory-request {r} is over this machine's {t} bytes of memory"
         )),
         _ => Ok(()),
     }
@@ -69,7 +77,13 @@ pub fn main(g: &Global, a: &RunArgs) -> i32 {
     let Some(cmd) = a.cmd.first() else {
         return fail("missing command after `--`");
     };
-    if let Err(e) = request_within_limit(a.memory_request, a.memory) {
+    let mem_total = a.memory_request.and_then(|_| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| tidal_cgroupfs::proc::parse_meminfo(&t).ok())
+            .map(|m| m.total)
+    });
+    if let Err(e) = request_within_limit(a.memory_request, a.memory, mem_total) {
         return fail(e);
     }
     if resolve(cmd).is_none() {
@@ -197,11 +211,21 @@ mod tests {
 
     #[test]
     fn a_memory_request_over_the_workload_s_limit_is_rejected() {
-        assert!(request_within_limit(Some(64 << 20), Some(32 << 20))
+        assert!(request_within_limit(Some(64 << 20), Some(32 << 20), None)
             .is_err_and(|e| e.contains("--memory-request 67108864 is over --memory 33554432")));
-        assert_eq!(request_within_limit(Some(32 << 20), Some(32 << 20)), Ok(()));
-        assert_eq!(request_within_limit(Some(1 << 20), None), Ok(()));
-        assert_eq!(request_within_limit(None, Some(32 << 20)), Ok(()));
+        assert_eq!(
+            request_within_limit(Some(32 << 20), Some(32 << 20), None),
+            Ok(())
+        );
+        assert_eq!(request_within_limit(Some(1 << 20), None, None), Ok(()));
+        assert_eq!(request_within_limit(None, Some(32 << 20), None), Ok(()));
+        // Over the machine's memory: refused, limit or not.
+        assert!(request_within_limit(Some(8 << 30), None, Some(4 << 30))
+            .is_err_and(|e| e.contains("over this machine's 4294967296 bytes")));
+        assert_eq!(
+            request_within_limit(Some(1 << 30), None, Some(4 << 30)),
+            Ok(())
+        );
     }
 
     #[test]

@@ -744,7 +744,8 @@ impl Metrics {
     /// `offline_cpus`: how many CPUs offline workloads may use now (None: all).
     pub fn workloads(&mut self, snap: &Snapshot, offline_cpus: Option<usize>) {
         let mut now = HashSet::new();
-        let mut level_cpu = std::collections::BTreeMap::<QosLevel, (f64, u32)>::new();
+        // Per level: the CPU of the workloads read (None: none of them was), and how many.
+        let mut level_cpu = std::collections::BTreeMap::<QosLevel, (Option<f64>, u32)>::new();
         for w in &snap.workloads {
             let l = Wl {
                 workload: w.group.to_string(),
@@ -752,7 +753,9 @@ impl Metrics {
             };
             now.insert((l.workload.clone(), l.level.clone()));
             let e = level_cpu.entry(w.level).or_default();
-            e.0 += w.cpu_usage_cpus.unwrap_or(0.0);
+            if let Some(v) = w.cpu_usage_cpus {
+                e.0 = Some(e.0.unwrap_or(0.0) + v);
+            }
             e.1 += 1;
             // A workload whose reading is missing has no sample this time, rather than a zero.
             match w.cpu_usage_cpus {
@@ -851,7 +854,18 @@ impl Metrics {
             let lbl = Lvl {
                 level: l.to_string(),
             };
-            self.level_cpu.get_or_create(&lbl).set(cpu);
+            // No workloads use no CPU; workloads none of which could be read give no value.
+            match (cpu, n) {
+                (Some(c), _) => {
+                    self.level_cpu.get_or_create(&lbl).set(c);
+                }
+                (None, 0) => {
+                    self.level_cpu.get_or_create(&lbl).set(0.0);
+                }
+                (None, _) => {
+                    self.level_cpu.remove(&lbl);
+                }
+            }
             self.level_workloads.get_or_create(&lbl).set(f64::from(n));
         }
         if let Ok(me) = tidal_cgroupfs::proc::self_stat() {
