@@ -171,9 +171,18 @@ pub fn view(pod: &Pod) -> PodView {
                 .collect();
             (!reqs.is_empty()).then(|| reqs.iter().fold(0u64, |a, b| a.saturating_add(*b)))
         }),
+        // The app containers' ports and native sidecars' (init containers that run for the
+        // pod's life); a run-once init container's port is not the pod's service.
         ports: spec
             .into_iter()
-            .flat_map(|s| s.containers.iter())
+            .flat_map(|s| {
+                let sidecars = s
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+                s.containers.iter().chain(sidecars)
+            })
             .flat_map(|c| c.ports.iter().flatten())
             .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
             .map(|p| (p.name.clone(), p.container_port))
@@ -277,6 +286,30 @@ mod tests {
         for (spec, want) in cases {
             assert_eq!(view(&pod(spec.clone())).liveness_probe, want, "{spec}");
         }
+    }
+
+    #[test]
+    fn the_ports_an_objective_may_name_are_the_app_containers_and_sidecars_tcp_ones() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "n", "uid": "u"},
+            "spec": {
+                "containers": [{"name": "a", "ports": [
+                    {"name": "http", "containerPort": 8080},
+                    {"name": "dns", "containerPort": 53, "protocol": "UDP"}]}],
+                "initContainers": [
+                    {"name": "s", "restartPolicy": "Always", "ports": [
+                        {"name": "metrics", "containerPort": 9090}]},
+                    {"name": "once", "ports": [{"name": "setup", "containerPort": 7000}]}]
+            }
+        }))
+        .unwrap();
+        assert_eq!(
+            view(&pod).ports,
+            vec![
+                (Some("http".to_string()), 8080),
+                (Some("metrics".to_string()), 9090)
+            ]
+        );
     }
 
     proptest::proptest! {
