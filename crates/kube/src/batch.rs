@@ -113,8 +113,9 @@ impl BatchCalc {
         // read often stays a few hundred entries.
         let slot = (window_ms / WINDOW_SLOTS).max(1);
         match self.window.back_mut() {
+            // Stamped with its last reading: a peak leaves the window no earlier than it should.
             Some((t, c, m)) if now / slot == *t / slot => {
-                (*c, *m) = (c.max(on_cpu), m.max(on_mem));
+                (*t, *c, *m) = (now, c.max(on_cpu), m.max(on_mem));
             }
             _ => self.window.push_back((now, on_cpu, on_mem)),
         }

@@ -31,7 +31,8 @@ pub fn warm_up() -> bool {
         .is_ok_and(|b| b.0 == [(0.001, 1.0), (f64::INFINITY, 2.0)])
 }
 
-/// Lines of one metric a scrape reads at most: 200 series of 100 buckets.
+/// Lines of one metric a scrape reads at most (its buckets, sums, counts and comments): 200
+/// series of 96 buckets.
 pub const MAX_LINES: usize = 20_000;
 
 /// The lines of histogram `metric`: its `# TYPE` and `# HELP` comments and its samples. The parser
@@ -57,7 +58,7 @@ fn lines_of<'a>(text: &'a str, metric: &'a str) -> impl Iterator<Item = &'a str>
             .iter()
             .find_map(|s| r.strip_prefix(s))
             .unwrap_or(r);
-        r.is_empty() || r.starts_with(['{', ' ', '\t'])
+        r.is_empty() || r.starts_with(|c: char| c == '{' || c.is_whitespace())
     })
 }
 

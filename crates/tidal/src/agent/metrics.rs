@@ -483,7 +483,7 @@ impl Metrics {
         );
         r.register(
             "slo_observed_seconds",
-            "A latency objective's quantile over the last slo.interval (absent until read)",
+            "A latency objective's quantile over the last slo.interval (absent while there is no fresh reading)",
             m.slo_observed.clone(),
         );
         r.register(
@@ -594,7 +594,8 @@ impl Metrics {
                 workload: r.workload.clone(),
                 objective: r.what.clone(),
             };
-            match r.observed_s {
+            // A stale reading is no reading: its last value is not the present one.
+            match r.observed_s.filter(|_| !r.stale) {
                 Some(o) => {
                     self.slo_observed.get_or_create(&l).set(o);
                 }
@@ -602,7 +603,7 @@ impl Metrics {
                     self.slo_observed.remove(&l);
                 }
             }
-            match r.slack {
+            match r.slack.filter(|_| !r.stale) {
                 Some(s) => {
                     self.slo_slack.get_or_create(&l).set(s);
                 }
@@ -913,8 +914,10 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("workload=\"ns/b\""), "{t}");
-        // a's reading went stale; b's pod is gone.
-        m.slo(&[reading("ns/a", None)]);
+        // a's last reading is stale (its value kept, not exported); b's pod is gone.
+        let mut stale = reading("ns/a", Some(0.004));
+        stale.stale = true;
+        m.slo(&[stale]);
         let t = m.encode();
         assert!(
             !t.contains("tidal_slo_observed_seconds{workload=\"ns/a\""),
@@ -923,5 +926,44 @@ mod tests {
         assert!(!t.contains("tidal_slo_slack{workload=\"ns/a\""), "{t}");
         assert!(t.contains("tidal_slo_stale{workload=\"ns/a\""), "{t}");
         assert!(!t.contains("workload=\"ns/b\""), "{t}");
+    }
+
+    #[test]
+    fn a_level_s_cpu_is_the_sum_of_its_workloads_read_and_absent_when_none_was() {
+        use tidal_model::{QosLevel, Target, WorkloadSnapshot};
+        let wl = |name: &str, level: QosLevel, cpu: Option<f64>| {
+            let mut w = WorkloadSnapshot::unread(
+                Target::Tidal(level.group_path().join(name).unwrap()),
+                level,
+                name,
+            );
+            w.cpu_usage_cpus = cpu;
+            w
+        };
+        let mut m = Metrics::new();
+        let snap = Snapshot {
+            workloads: vec![
+                wl("a", QosLevel::Online, Some(0.5)),
+                wl("b", QosLevel::Online, None),
+                wl("c", QosLevel::Offline, None),
+            ],
+            ..Default::default()
+        };
+        m.workloads(&snap, None);
+        let t = m.encode();
+        let gauge = |level: &str| {
+            t.lines()
+                .find(|l| {
+                    l.starts_with(&format!("tidal_level_cpu_usage_cpus{{level=\"{level}\"}}"))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+        };
+        assert_eq!(gauge("online").as_deref(), Some("0.5"), "{t}");
+        assert_eq!(gauge("offline"), None, "none read: no value, not 0\n{t}");
+        assert_eq!(
+            gauge("offline-low").as_deref(),
+            Some("0.0"),
+            "no workloads: 0\n{t}"
+        );
     }
 }

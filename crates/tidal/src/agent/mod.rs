@@ -394,8 +394,12 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
                 new.validate_for(n_cpus, mem_total)
                     .map(|()| new)
                     .map_err(|errs| {
+                        let at = a
+                            .config
+                            .as_deref()
+                            .map_or("config".to_string(), |p| format!("config {}", p.display()));
                         errs.iter()
-                            .map(|e| format!("config: {e}"))
+                            .map(|e| format!("{at}: {e}"))
                             .collect::<Vec<_>>()
                             .join("\n")
                     })

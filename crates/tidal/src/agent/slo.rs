@@ -3,9 +3,10 @@
 //! Objectives come from the config (local mode) and from pods' annotations (on the pod's own IP and
 //! a port its spec declares, never a loopback or link-local address). Every fetch has a timeout and
 //! a body cap, follows no redirect and ignores proxy settings in the environment. Objectives are
-//! fetched eight at a time, and one that failed twice in a row waits before its next try (an
-//! interval, doubling up to 10 s): endpoints that hold their answers back cannot make the others'
-//! readings stale. Only the metric's own lines reach the parser, at most 20 000 of them. A
+//! fetched eight at a time, those read well last time first; one that failed is tried again only
+//! in the first half of a round, and after two failures in a row waits an interval, doubling up to
+//! 10 s: endpoints that hold their answers back hold a round up only the first time they fail.
+//! Only the metric's own lines reach the parser, at most 20 000 of them. A
 //! reading older than `slo.stale_after`, or a fetch that failed, gives no signal: the policy then
 //! acts on pressure alone. Failures are logged once per objective and counted.
 
@@ -31,15 +32,32 @@ pub struct Spec {
 }
 
 impl Spec {
-    /// Its window: a change of endpoint, metric or label matchers starts a new one.
+    /// Its window and state: a change of endpoint, metric, label matchers, quantile or target
+    /// makes another objective.
     fn key(&self) -> String {
         format!(
-            "{} {} {} {:?}",
-            self.workload, self.url, self.metric, self.labels
+            "{} {} {} {:?} {} {}",
+            self.workload, self.url, self.metric, self.labels, self.quantile, self.target
         )
     }
+    /// As reasons, `tidal status` and the metrics' `objective` label name it: with its label
+    /// matchers, so that two objectives of one workload on one metric stay apart.
     fn what(&self) -> String {
-        format!("p{} of {}", fmt_q(self.quantile), self.metric)
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if labels.is_empty() {
+            format!("p{} of {}", fmt_q(self.quantile), self.metric)
+        } else {
+            format!(
+                "p{} of {}{{{}}}",
+                fmt_q(self.quantile),
+                self.metric,
+                labels.join(",")
+            )
+        }
     }
 }
 
@@ -106,6 +124,9 @@ pub fn specs(cfg: &[Objective], workloads: &[WorkloadSnapshot]) -> Vec<Spec> {
             target: s.target,
         });
     }
+    // The same objective twice would share one window: read once.
+    let mut seen = HashSet::new();
+    out.retain(|s| seen.insert(s.key()));
     out
 }
 
@@ -181,29 +202,67 @@ fn backoff(failures: u32, interval: Duration) -> Option<Duration> {
     )
 }
 
-/// Fetches and parses the objectives marked due, [`SCRAPERS`] at a time (this thread one of them);
-/// None for those not due.
+/// Up to a quarter more than `d`, fixed per objective: objectives that failed together do not
+/// all try again in the same round.
+fn spread(d: Duration, key: &str) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    d.saturating_add(d.mul_f64((h.finish() % 1000) as f64 / 4000.0))
+}
+
+/// One fetch: the histogram or why not, and when it was read.
+type Fetched = Option<(Result<Buckets, String>, Instant)>;
+
+/// The order a round fetches in: objectives read well last time first, then those trying again
+/// after a failure, longest waiting first. The second list starts at the returned index.
+fn round_order(specs: &[Spec], prevs: &HashMap<String, Prev>, now: Instant) -> (Vec<usize>, usize) {
+    let mut fresh = Vec::new();
+    let mut retries = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        match prevs.get(&s.key()) {
+            Some(p) if p.retry_at.is_some_and(|t| now < t) => {}
+            Some(p) if p.failures > 0 => retries.push((p.retry_at, i)),
+            _ => fresh.push(i),
+        }
+    }
+    retries.sort();
+    let n = fresh.len();
+    fresh.extend(retries.into_iter().map(|(_, i)| i));
+    (fresh, n)
+}
+
+/// Fetches and parses `specs[i]` for each `i` of `order`, [`SCRAPERS`] at a time (this thread one
+/// of them). Those from `retries_from` on (objectives that failed last time) are started only
+/// until `retry_until`: endpoints that never answer cannot hold a round up for long, and those not
+/// started go first next round. None for those not fetched.
 fn scrape_all(
     agent: &ureq::Agent,
     specs: &[Spec],
-    due: &[bool],
+    order: &[usize],
+    retries_from: usize,
+    retry_until: Instant,
     cap: u64,
-) -> Vec<Option<Result<Buckets, String>>> {
-    let jobs: Vec<usize> = (0..specs.len()).filter(|&i| due[i]).collect();
-    let out: Vec<Mutex<Option<Result<Buckets, String>>>> =
-        specs.iter().map(|_| Mutex::new(None)).collect();
+) -> Vec<Fetched> {
+    let out: Vec<Mutex<Fetched>> = specs.iter().map(|_| Mutex::new(None)).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let work = || {
-        while let Some(&i) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
-            let s = &specs[i];
-            let got = fetch(agent, &s.url, cap)
-                .and_then(|text| parse_histogram(&text, &s.metric, &s.labels))
-                .map_err(|e| one_line(&e));
-            *lock(&out[i]) = Some(got);
+    let work = || loop {
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        let Some(&i) = order.get(k) else { break };
+        if k >= retries_from && Instant::now() >= retry_until {
+            break;
         }
+        let s = &specs[i];
+        // A fault in the parser costs this reading, not the watcher.
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fetch(agent, &s.url, cap).and_then(|text| parse_histogram(&text, &s.metric, &s.labels))
+        }))
+        .unwrap_or_else(|_| Err("the metrics could not be parsed (parser fault)".into()))
+        .map_err(|e| one_line(&e));
+        *lock(&out[i]) = Some((got, Instant::now()));
     };
     std::thread::scope(|scope| {
-        for _ in 1..jobs.len().min(SCRAPERS) {
+        for _ in 1..order.len().min(SCRAPERS) {
             // A helper that cannot start leaves its share to the others.
             if std::thread::Builder::new()
                 .name("tidal-slo-fetch".into())
@@ -358,6 +417,10 @@ fn run(inner: &Inner) {
         let specs = lock(&inner.specs).clone();
         if specs.is_empty() {
             lock(&inner.states).clear();
+            // An objective declared again is said again.
+            logged.clear();
+            thin.clear();
+            read.clear();
             // Objectives come with the first tick, after this thread starts: scraped as soon as
             // they come, the first window opens then, not an interval later. (The timeout is a
             // bound only: the condition is checked under the lock the change is made under.)
@@ -404,23 +467,22 @@ fn run(inner: &Inner) {
                 })
                 .collect()
         };
-        let due: Vec<bool> = specs
-            .iter()
-            .map(|s| {
-                prevs
-                    .get(&s.key())
-                    .and_then(|p| p.retry_at)
-                    .is_none_or(|t| now >= t)
-            })
-            .collect();
-        let fetched = scrape_all(&agent, &specs, &due, cfg.max_body_bytes);
+        let (order, retries_from) = round_order(&specs, &prevs, now);
+        let fetched = scrape_all(
+            &agent,
+            &specs,
+            &order,
+            retries_from,
+            now + interval / 2,
+            cfg.max_body_bytes,
+        );
         for (spec, got) in specs.into_iter().zip(fetched) {
             let key = spec.key();
             let p = prevs.remove(&key).unwrap_or_default();
             let (prev, last_ok, mut errors) = (p.buckets, p.last_ok, p.errors);
             let (mut failures, mut retry_at) = (p.failures, p.retry_at);
-            let Some(got) = got else {
-                // Waiting out its back-off: as it was.
+            let Some((got, at)) = got else {
+                // Waiting out its back-off, or not reached this round: as it was.
                 lock(&inner.states).insert(
                     key,
                     State {
@@ -442,7 +504,8 @@ fn run(inner: &Inner) {
                 Ok(_) => (failures, retry_at) = (0, None),
                 Err(_) => {
                     failures = failures.saturating_add(1);
-                    retry_at = backoff(failures, interval).map(|d| Instant::now() + d);
+                    // From the round's start: a wait of one interval skips one round.
+                    retry_at = backoff(failures, interval).map(|d| now + spread(d, &key));
                 }
             }
             let (observed, excess_z, requests, error, cur, ok_at) = match got {
@@ -476,7 +539,7 @@ fn run(inner: &Inner) {
                                 spec.workload
                             );
                         }
-                        Some(Instant::now())
+                        Some(at)
                     } else {
                         if j.started {
                             info!(
@@ -910,28 +973,100 @@ mod tests {
         };
         let mut specs: Vec<Spec> = (0..12).map(|_| spec(silent_addr)).collect();
         specs.insert(6, spec(good_addr));
-        // One not due: not fetched.
+        // One not in the round's order: not fetched.
         specs.push(spec(good_addr));
-        let mut due = vec![true; specs.len()];
-        due[13] = false;
+        let order: Vec<usize> = (0..13).collect();
         let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_millis(300)))
+            .timeout_global(Some(Duration::from_millis(1500)))
             .build()
             .into();
-        let got = scrape_all(&agent, &specs, &due, 1 << 20);
+        let far = Instant::now() + Duration::from_secs(3600);
+        let got = scrape_all(&agent, &specs, &order, order.len(), far, 1 << 20);
         assert_eq!(got.len(), specs.len());
-        assert!(got[13].is_none(), "not due, not fetched");
+        assert!(got[13].is_none(), "not in the order, not fetched");
         assert_eq!(
-            got[6].as_ref().and_then(|r| r.as_ref().ok()),
+            got[6].as_ref().and_then(|(r, _)| r.as_ref().ok()),
             Some(&Buckets(vec![(0.001, 5.0), (f64::INFINITY, 6.0)]))
         );
         for (i, g) in got.iter().enumerate().filter(|(i, _)| ![6, 13].contains(i)) {
-            assert!(matches!(g, Some(Err(_))), "{i}: {g:?}");
+            assert!(matches!(g, Some((Err(_), _))), "{i}: {g:?}");
         }
         // The silent endpoint held several of them at once: they did not wait in a line (one in
         // a line could show two, a close not yet seen as the next comes).
         let most = most.load(Ordering::SeqCst);
         assert!(most >= 4, "{most} at once");
+    }
+
+    #[test]
+    fn a_round_reads_objectives_read_well_first_then_retries_longest_waiting_first_and_none_past_their_time(
+    ) {
+        let spec = |w: &str| Spec {
+            workload: w.into(),
+            url: "http://10.0.0.1:80/metrics".into(),
+            metric: "m".into(),
+            labels: BTreeMap::new(),
+            quantile: 0.99,
+            target: 0.005,
+        };
+        let specs: Vec<Spec> = ["new", "ok", "retry-late", "waiting", "retry-early"]
+            .into_iter()
+            .map(spec)
+            .collect();
+        let now = Instant::now();
+        let prev = |failures: u32, retry_at: Option<Instant>| Prev {
+            failures,
+            retry_at,
+            ..Prev::default()
+        };
+        let mut prevs = HashMap::new();
+        prevs.insert(specs[1].key(), prev(0, None));
+        prevs.insert(
+            specs[2].key(),
+            prev(3, Some(now - Duration::from_millis(10))),
+        );
+        prevs.insert(specs[3].key(), prev(4, Some(now + Duration::from_secs(5))));
+        prevs.insert(specs[4].key(), prev(1, None));
+        let (order, retries_from) = round_order(&specs, &prevs, now);
+        assert_eq!(order, vec![0, 1, 4, 2], "waiting (3) is not in this round");
+        assert_eq!(retries_from, 2);
+        // Retries past their time are not started: nothing is fetched from an address that
+        // would fail (a refused port).
+        let unreachable: Vec<Spec> = (0..3)
+            .map(|i| Spec {
+                url: "http://127.0.0.1:1/metrics".into(),
+                ..spec(&format!("w{i}"))
+            })
+            .collect();
+        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+        let got = scrape_all(&agent, &unreachable, &[0, 1, 2], 1, now, 1 << 10);
+        assert!(matches!(got[0], Some((Err(_), _))), "the fresh one is read");
+        assert!(got[1].is_none() && got[2].is_none(), "{got:?}");
+    }
+
+    #[test]
+    fn objectives_differing_in_labels_quantile_or_target_are_apart_and_duplicates_are_read_once() {
+        let base = Objective {
+            workload: "online/web".into(),
+            url: "http://127.0.0.1:9/metrics".into(),
+            metric: "m".into(),
+            labels: BTreeMap::new(),
+            quantile: 0.99,
+            target: tidal_policy::config::slo::Latency(0.005),
+        };
+        let mut api = base.clone();
+        api.labels.insert("handler".into(), "/api".into());
+        let p50 = Objective {
+            quantile: 0.5,
+            ..base.clone()
+        };
+        let got = specs(&[base.clone(), api, p50, base], &[]);
+        let whats: Vec<String> = got.iter().map(Spec::what).collect();
+        assert_eq!(
+            whats,
+            vec!["p99 of m", "p99 of m{handler=/api}", "p50 of m"]
+        );
+        let keys: HashSet<String> = got.iter().map(Spec::key).collect();
+        assert_eq!(keys.len(), 3);
     }
 
     #[test]
