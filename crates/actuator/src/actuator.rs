@@ -794,18 +794,21 @@ impl Actuator {
     /// task, and `restore` never touches `/proc`. Tasks that exit meanwhile are skipped; a group
     /// whose tasks this process cannot see (another PID namespace) has none.
     pub fn oom_score_adj(&mut self, target: &Target, value: i32) -> Result<Outcome, ActError> {
-        let Some(dir) = self
-            .layout
-            .target_dirs(target)
-            .into_iter()
-            .find(|d| d.join(PROCS).exists())
-        else {
+        // The first hierarchy that has the group (read, not looked up first: this runs for every
+        // workload each static pass).
+        let mut found = None;
+        for dir in self.layout.target_dirs(target) {
+            match tidal_cgroupfs::layout::read_procs_tree(&dir) {
+                Ok(p) => {
+                    found = Some(p);
+                    break;
+                }
+                Err(e) if e.is_vanished() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some(pids) = found else {
             return Ok(Outcome::Vanished);
-        };
-        let pids = match tidal_cgroupfs::layout::read_procs_tree(&dir) {
-            Ok(p) => p,
-            Err(e) if e.is_vanished() => return Ok(Outcome::Vanished),
-            Err(e) => return Err(e.into()),
         };
         let want = value.to_string();
         let mut wrote = false;

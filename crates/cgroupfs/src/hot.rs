@@ -2,11 +2,15 @@
 //! regenerates the content on each read, and skipping open/close keeps the per-tick cost down.
 //! Not v1's pid lists (`cgroup.procs`, `tasks`): the kernel keeps the list loaded at an open's first
 //! read and hands it to that descriptor again while reads keep coming within a second, so those are
-//! opened afresh for each read ([`HotFile::fresh`]).
+//! opened afresh for each read ([`HotFile::fresh`]), relative to their directory, kept open (a walk
+//! of the whole path each time was most of what the open cost).
 
 use crate::error::{CgroupError, Result};
+use std::ffi::CString;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug)]
@@ -14,8 +18,46 @@ pub struct HotFile {
     path: PathBuf,
     file: Option<File>,
     buf: Vec<u8>,
-    /// Opened for each read, closed after it.
-    fresh: bool,
+    /// Opened for each read (relative to its directory), closed after it.
+    fresh: Option<Fresh>,
+}
+
+#[derive(Debug)]
+struct Fresh {
+    /// The file's directory (`O_PATH`), reopened after an error: the group may have been made
+    /// again under the same path.
+    dir: Option<OwnedFd>,
+    name: CString,
+}
+
+impl Fresh {
+    fn open(&mut self, path: &Path) -> std::io::Result<File> {
+        let dir = match &self.dir {
+            Some(d) => d,
+            None => {
+                let parent = path.parent().unwrap_or(Path::new("/"));
+                let d = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                    .open(parent)?;
+                self.dir.insert(OwnedFd::from(d))
+            }
+        };
+        // SAFETY: a valid directory descriptor and a NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                self.name.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            self.dir = None;
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: openat returned a new descriptor this process owns and nothing else holds.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
 }
 
 impl HotFile {
@@ -24,14 +66,18 @@ impl HotFile {
             path,
             file: None,
             buf: vec![0; 512],
-            fresh: false,
+            fresh: None,
         }
     }
 
     /// A file whose descriptor may serve stale content on later reads: opened for each read.
     pub fn fresh(path: PathBuf) -> Self {
+        let name = path
+            .file_name()
+            .and_then(|n| CString::new(n.as_bytes()).ok())
+            .unwrap_or_default();
         HotFile {
-            fresh: true,
+            fresh: Some(Fresh { dir: None, name }),
             ..HotFile::new(path)
         }
     }
@@ -47,7 +93,11 @@ impl HotFile {
             source,
         };
         if self.file.is_none() {
-            self.file = Some(File::open(&self.path).map_err(|e| err(&self.path, e))?);
+            let f = match &mut self.fresh {
+                Some(fr) => fr.open(&self.path),
+                None => File::open(&self.path),
+            };
+            self.file = Some(f.map_err(|e| err(&self.path, e))?);
         }
         let Some(f) = self.file.as_ref() else {
             return Err(err(&self.path, std::io::ErrorKind::NotFound.into()));
@@ -66,7 +116,7 @@ impl HotFile {
                 }
             }
         }
-        if self.fresh {
+        if self.fresh.is_some() {
             self.file = None;
         }
         std::str::from_utf8(&self.buf[..len]).map_err(|_| CgroupError::Parse {
@@ -124,5 +174,16 @@ mod tests {
         std::fs::rename(&new, &p).unwrap();
         assert_eq!(kept.read().unwrap(), "1\n");
         assert_eq!(fresh.read().unwrap(), "1\n2\n");
+        // Its directory gone, then made again: vanished, then read from the new one.
+        let sub = d.path().join("g");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("cgroup.procs"), "7\n").unwrap();
+        let mut f = HotFile::fresh(sub.join("cgroup.procs"));
+        assert_eq!(f.read().unwrap(), "7\n");
+        std::fs::remove_dir_all(&sub).unwrap();
+        assert!(f.read().unwrap_err().is_vanished());
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("cgroup.procs"), "8\n").unwrap();
+        assert_eq!(f.read().unwrap(), "8\n");
     }
 }
