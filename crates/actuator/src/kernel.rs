@@ -25,7 +25,15 @@ pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
         .and_then(|n| n.to_str())
         .is_some_and(tidal_cgroupfs::iolimit::line_per_write);
     if !per_line {
-        return f.write_all(value.as_bytes()).map_err(err);
+        // An empty buffer makes no write(2) at all, and O_TRUNC does nothing on cgroupfs: an empty
+        // value (an original `cpuset.cpus` of "") is written as a bare newline, which the kernel
+        // reads as empty.
+        let bytes: &[u8] = if value.is_empty() {
+            b"\n"
+        } else {
+            value.as_bytes()
+        };
+        return f.write_all(bytes).map_err(err);
     }
     // Every line is tried: one device the kernel refuses must not keep the others unset. The first
     // failure is returned.
@@ -128,6 +136,18 @@ pub(crate) fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn an_empty_value_is_really_written() {
+        // /dev/full refuses every write: an empty value that made no write(2) would pass.
+        let e = write_file(Path::new("/dev/full"), "").unwrap_err();
+        assert!(e.to_string().contains("/dev/full"), "{e}");
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("cpuset.cpus");
+        std::fs::write(&f, "0-1\n").unwrap();
+        write_file(&f, "").unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap().trim(), "");
+    }
 
     #[test]
     fn fake_fs_a_scope_dir_systemd_removes_in_time_is_left_to_it() {

@@ -271,6 +271,8 @@ mod tests {
             tier_idle: false,
             cpu_limit_milli: None,
             terminating: false,
+            node_daemon: false,
+            eviction_refused: false,
             memory_request: None,
             ip: None,
             slo: None,

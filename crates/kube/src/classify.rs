@@ -5,7 +5,8 @@
 //!    Koordinator's label `koordinator.sh/qosClass`, Katalyst's `katalyst.kubewharf.io/qos_level`,
 //!    Volcano's `volcano.sh/qos-level`;
 //! 3. PriorityClass value bands (configurable);
-//! 4. the pod's QoS class: BestEffort → offline (configurable), others → online.
+//! 4. the pod's QoS class: BestEffort → offline (configurable), others → online; a node daemon
+//!    (a DaemonSet's pod, a static pod's mirror) with no marking stays online.
 //!
 //! System pods are never offline. A value that cannot be read gives the default level (online) and is
 //! reported (an Event on the pod, a metric). Pure: pod facts in, level and why out.
@@ -33,6 +34,9 @@ pub struct PodFacts {
     pub priority_class: Option<String>,
     /// `status.qosClass`: Guaranteed, Burstable or BestEffort.
     pub qos_class: Option<String>,
+    /// A node daemon: its controller is a DaemonSet, or it is a static pod's mirror. Such pods
+    /// run the node itself (networking, storage, logs) and come straight back when evicted.
+    pub node_daemon: bool,
 }
 
 /// The marking a level came from.
@@ -48,6 +52,8 @@ pub enum Source {
     QosClass,
     /// A system pod, kept online whatever it was marked.
     System,
+    /// A node daemon with no marking: online, whatever its QoS class.
+    NodeDaemon,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,13 +143,23 @@ pub fn classify(p: &PodFacts, cfg: &ClassifyConfig) -> Classification {
                 .find(|b| (b.min..=b.max).contains(&v))
                 .and_then(|b| found(b.level, Source::PriorityClass))
         })
-        .unwrap_or(Classification {
-            level: match p.qos_class.as_deref() {
-                Some("BestEffort") => cfg.besteffort,
-                _ => QosLevel::Online,
+        .unwrap_or(match p.qos_class.as_deref() {
+            // A BestEffort CNI or log agent frozen as batch work would take the node down with it.
+            Some("BestEffort") if p.node_daemon && !cfg.besteffort.is_online() => Classification {
+                level: QosLevel::Online,
+                source: Source::NodeDaemon,
+                invalid: None,
             },
-            source: Source::QosClass,
-            invalid: None,
+            Some("BestEffort") => Classification {
+                level: cfg.besteffort,
+                source: Source::QosClass,
+                invalid: None,
+            },
+            _ => Classification {
+                level: QosLevel::Online,
+                source: Source::QosClass,
+                invalid: None,
+            },
         });
     let system = cfg.system_namespaces.contains(&p.namespace)
         || p.priority_class
@@ -186,7 +202,25 @@ mod tests {
             priority: None,
             priority_class: None,
             qos_class: Some(qos.into()),
+            node_daemon: false,
         }
+    }
+
+    #[test]
+    fn a_node_daemon_with_no_marking_stays_online_and_a_marked_one_is_as_marked() {
+        let cfg = ClassifyConfig::default();
+        let daemon = |ann: &[(&str, &str)]| PodFacts {
+            namespace: "calico-system".into(),
+            node_daemon: true,
+            ..pod(ann, &[], "BestEffort")
+        };
+        let c = classify(&daemon(&[]), &cfg);
+        assert_eq!((c.level, c.source), (QosLevel::Online, Source::NodeDaemon));
+        let c = classify(&daemon(&[(ANNOTATION, "offline")]), &cfg);
+        assert_eq!((c.level, c.source), (QosLevel::Offline, Source::Tidal));
+        // Not a daemon: BestEffort is offline by default.
+        let c = classify(&pod(&[], &[], "BestEffort"), &cfg);
+        assert_eq!((c.level, c.source), (QosLevel::Offline, Source::QosClass));
     }
 
     /// Every annotation and label, valid and not: (annotations, labels, qos class, level, source,

@@ -47,6 +47,20 @@ pub enum Request {
     Publish(Batch),
 }
 
+impl Request {
+    /// What it asks, for a log line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Evict { .. } => "eviction",
+            Request::Event { .. } => "event",
+            Request::Publish(_) => "batch resources",
+        }
+    }
+}
+
+/// The longest an apiserver request (other than the watch, which has its own) may take.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The watch's state as the agent reports it.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
@@ -66,7 +80,13 @@ pub struct Shared {
     pub counters: Mutex<BTreeMap<&'static str, u64>>,
     /// The last batch patch failed for a reason other than a conflict: publish again.
     pub republish: AtomicBool,
+    /// Pods whose eviction a PodDisruptionBudget refused, by uid, and when: the policy leaves
+    /// them for [`REFUSED_FOR`] and tries the next candidate.
+    pub refused: Mutex<BTreeMap<String, Instant>>,
 }
+
+/// How long a pod whose eviction a disruption budget refused is left out of the candidates.
+pub const REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
@@ -87,6 +107,13 @@ impl Shared {
     }
     pub fn counters(&self) -> BTreeMap<&'static str, u64> {
         lock(&self.counters).clone()
+    }
+    /// Whether a budget refused the pod's eviction within [`REFUSED_FOR`]; older refusals are
+    /// forgotten here.
+    pub fn refused_recently(&self, uid: &str) -> bool {
+        let mut r = lock(&self.refused);
+        r.retain(|_, at| at.elapsed() < REFUSED_FOR);
+        r.contains_key(uid)
     }
 }
 
@@ -175,6 +202,7 @@ pub fn start(connect: Connect, node: String, events: bool) -> Result<Handle, Str
         node: Mutex::new(None),
         counters: Mutex::new(BTreeMap::new()),
         republish: AtomicBool::new(false),
+        refused: Mutex::new(BTreeMap::new()),
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -257,21 +285,36 @@ async fn run(
                 None => break,
             },
             _ = node_tick.tick() => {
-                match nodes.get(&node).await {
-                    Ok(n) => match capacity(&n) {
+                // Bounded: a connection that hangs must not hold up the watch in this loop.
+                match tokio::time::timeout(REQUEST_TIMEOUT, nodes.get(&node)).await {
+                    Ok(Ok(n)) => match capacity(&n) {
                         Some(c) => *lock(&shared.node) = Some(c),
                         None => warn!("node {node} has no readable capacity"),
                     },
-                    Err(e) => {
+                    Ok(Err(kube::Error::Api(s))) if s.code == 404 => {
+                        shared.count("node_read_errors");
+                        warn!("node {node} does not exist: is NODE_NAME (or kubernetes.node_name) this node's name? No pods are listed for it");
+                    }
+                    Ok(Err(e)) => {
                         shared.count("node_read_errors");
                         warn!("cannot read node {node}: {e}");
+                    }
+                    Err(_) => {
+                        shared.count("node_read_errors");
+                        warn!("cannot read node {node}: no answer within {} s", REQUEST_TIMEOUT.as_secs());
                     }
                 }
             }
             req = rx.recv() => match req {
                 Some(r) => {
                     let (c, sh, rec, node) = (client.clone(), Arc::clone(&shared), recorder.clone(), node.clone());
-                    tokio::spawn(async move { serve(c, &sh, &rec, &node, events, r).await });
+                    tokio::spawn(async move {
+                        let what = r.name();
+                        if tokio::time::timeout(REQUEST_TIMEOUT, serve(c, &sh, &rec, &node, events, r)).await.is_err() {
+                            sh.count("request_timeouts");
+                            warn!("apiserver request ({what}) gave no answer within {} s", REQUEST_TIMEOUT.as_secs());
+                        }
+                    });
                 }
                 None => break,
             },
@@ -295,14 +338,24 @@ async fn serve(
                     info!("evicted pod {pod}: {reason}");
                     (true, "TidalEvicted", reason)
                 }
-                Err(kube::Error::Api(s)) if s.code == 429 => {
+                // A budget's refusal says so; a 429 without it is the apiserver asking clients
+                // to slow down (priority and fairness): asked again later, the pod not set aside.
+                Err(kube::Error::Api(s))
+                    if s.code == 429 && s.message.to_lowercase().contains("disruption budget") =>
+                {
                     shared.count("evictions_refused");
-                    warn!("eviction of pod {pod} refused by a PodDisruptionBudget ({}); asking again after the eviction interval", s.message);
+                    lock(&shared.refused).insert(pod.uid.clone(), Instant::now());
+                    warn!("eviction of pod {pod} refused by a PodDisruptionBudget ({}); the next candidate is tried, this pod again after {} s", s.message, REFUSED_FOR.as_secs());
                     (
                         true,
                         "TidalEvictionBlocked",
                         format!("{reason}; refused: {}", s.message),
                     )
+                }
+                Err(kube::Error::Api(s)) if s.code == 429 => {
+                    shared.count("eviction_errors");
+                    warn!("eviction of pod {pod} not taken now: the apiserver asks to slow down ({}); asked again after the eviction interval", s.message);
+                    return;
                 }
                 Err(e) => {
                     shared.count("eviction_errors");

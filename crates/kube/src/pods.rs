@@ -134,6 +134,22 @@ fn pod_cpu_limit(pod: &Pod) -> Option<u64> {
 }
 
 /// Reads a Pod object.
+/// A static pod's mirror carries this annotation (the kubelet's own pods).
+const MIRROR: &str = "kubernetes.io/config.mirror";
+
+/// Whether the pod is a node daemon: controlled by a DaemonSet, or a static pod's mirror.
+fn node_daemon(pod: &Pod) -> bool {
+    let md = &pod.metadata;
+    md.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "DaemonSet" && o.controller == Some(true))
+        || md
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(MIRROR))
+}
+
 pub fn view(pod: &Pod) -> PodView {
     let md = &pod.metadata;
     let spec = pod.spec.as_ref();
@@ -148,6 +164,7 @@ pub fn view(pod: &Pod) -> PodView {
             priority: spec.and_then(|s| s.priority),
             priority_class: spec.and_then(|s| s.priority_class_name.clone()),
             qos_class: status.and_then(|s| s.qos_class.clone()),
+            node_daemon: node_daemon(pod),
         },
         uid: md.uid.clone().unwrap_or_default(),
         qos_class: status
@@ -310,6 +327,29 @@ mod tests {
                 (Some("metrics".to_string()), 9090)
             ]
         );
+    }
+
+    #[test]
+    fn a_daemon_set_s_pod_and_a_static_pod_s_mirror_are_node_daemons() {
+        let pod = |md: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({"metadata": md, "spec": {"containers": []}}))
+                .unwrap()
+        };
+        let owned = |kind: &str, controller: bool| {
+            pod(
+                serde_json::json!({"name": "p", "namespace": "n", "uid": "u",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": "x",
+                    "uid": "o", "controller": controller}]}),
+            )
+        };
+        assert!(view(&owned("DaemonSet", true)).facts.node_daemon);
+        assert!(!view(&owned("DaemonSet", false)).facts.node_daemon);
+        assert!(!view(&owned("ReplicaSet", true)).facts.node_daemon);
+        let mirror = pod(
+            serde_json::json!({"name": "p", "namespace": "n", "uid": "u",
+            "annotations": {"kubernetes.io/config.mirror": "abc"}}),
+        );
+        assert!(view(&mirror).facts.node_daemon);
     }
 
     proptest::proptest! {

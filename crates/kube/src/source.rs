@@ -270,6 +270,8 @@ impl PodSource {
                 tier_idle: self.tier_idle(driver, qos),
                 cpu_limit_milli: v.cpu_limit_milli,
                 terminating: v.terminating,
+                node_daemon: v.facts.node_daemon,
+                eviction_refused: self.handle.shared.refused_recently(&v.uid),
                 memory_request: v.memory_request,
                 ip: v.ip.clone(),
                 slo,

@@ -239,6 +239,9 @@ fn fake_fs_pods_are_watched_classified_evicted_and_batch_resources_published() {
     wait_for("the refusal", || {
         src.health().counters.get("evictions_refused").copied()
     });
+    // Set aside for a while: the policy tries the next candidate first.
+    assert!(src.shared().refused_recently(a_uid));
+    assert!(!src.shared().refused_recently("another-uid"));
     src.evict(&pod, "node memory low", false).unwrap();
     wait_for("the eviction", || {
         src.health().counters.get("evictions").copied()

@@ -66,6 +66,13 @@ pub struct PodInfo {
     pub cpu_limit_milli: Option<u64>,
     /// Being deleted (an eviction or deletion is under way): never chosen again.
     pub terminating: bool,
+    /// A node daemon (a DaemonSet's pod, a static pod's mirror): never evicted, since it comes
+    /// straight back.
+    #[serde(default)]
+    pub node_daemon: bool,
+    /// A PodDisruptionBudget refused its eviction a moment ago: the next candidate goes first.
+    #[serde(default)]
+    pub eviction_refused: bool,
     /// The sum of its containers' memory requests (what protection is sized from).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_request: Option<u64>,

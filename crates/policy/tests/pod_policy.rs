@@ -42,6 +42,8 @@ fn pod(level: QosLevel, uid: &str, liveness: bool, limit: Option<u64>) -> Worklo
             tier_idle: false,
             cpu_limit_milli: limit,
             terminating: false,
+            node_daemon: false,
+            eviction_refused: false,
             memory_request: None,
             ip: None,
             slo: None,
@@ -343,12 +345,24 @@ fn memory_pressure_evicts_the_largest_lowest_pod_once_per_interval() {
     if let Some(p) = gone.pod.as_mut() {
         p.terminating = true;
     }
+    // A DaemonSet's pod (marked offline-low) is never evicted: it would come straight back.
+    let mut daemon = pod(QosLevel::OfflineLow, "daemon", false, None);
+    daemon.memory_bytes = Some(6 << 30);
+    if let Some(p) = daemon.pod.as_mut() {
+        p.node_daemon = true;
+    }
+    // One a disruption budget just refused gives way to the next.
+    let mut refused = pod(QosLevel::OfflineLow, "refused", false, None);
+    refused.memory_bytes = Some(5 << 30);
+    if let Some(p) = refused.pod.as_mut() {
+        p.eviction_refused = true;
+    }
     let online = {
         let mut o = pod(QosLevel::Online, "web", false, None);
         o.memory_bytes = Some(12 << 30);
         o
     };
-    let mut s = snapshot(vec![big, low, gone, online]);
+    let mut s = snapshot(vec![big, low, gone, daemon, refused, online]);
     s.mem_available_bytes = Some(100 << 20);
     let evicts = |p: &Plan| -> Vec<String> {
         p.actions
@@ -363,7 +377,7 @@ fn memory_pressure_evicts_the_largest_lowest_pod_once_per_interval() {
     assert_eq!(
         evicts(&d.plan),
         vec!["p-low".to_string()],
-        "lowest level first, terminating skipped"
+        "lowest level first; terminating, node daemons and refused ones skipped"
     );
     assert!(d
         .plan

@@ -13,13 +13,20 @@ pub fn main(g: &Global, a: &RestoreArgs) -> i32 {
         Err(e) => return fail(e),
     };
     let state_dir = g.state_dir();
-    let lock = if a.force {
+    let lock = if a.force && !g.dry_run {
         RootLock::acquire_stopping_holder(&layout, &state_dir, Duration::from_secs(30))
     } else {
         RootLock::acquire(&layout, &state_dir)
     };
     let _lock = match lock {
-        Ok(l) => l,
+        Ok(l) => Some(l),
+        // A dry run changes nothing: it stops no agent, and reads the journal beside it.
+        Err(tidal_actuator::ActError::Locked { pid, .. }) if a.force && g.dry_run => {
+            eprintln!(
+                "tidal: dry-run: an agent (pid {pid}) holds this root; --force would stop it first"
+            );
+            None
+        }
         Err(e) => return exit::act(&e),
     };
     let rep = match tidal_actuator::restore(&layout, &state_dir, g.dry_run) {

@@ -3,7 +3,9 @@
 //! goes (else the largest `offline` one). Only workloads with tasks and a fresh working-set reading are
 //! candidates, and online work never is. A workload tidal manages is killed, at most one per
 //! `memory.kill_interval`; a pod is evicted through the apiserver (so PodDisruptionBudgets hold), at
-//! most one per `kubernetes.eviction_interval`, never one already terminating.
+//! most one per `kubernetes.eviction_interval`, never one already terminating nor a node daemon (a
+//! DaemonSet's pod comes straight back); one whose eviction a disruption budget refused a moment
+//! ago gives way to the next.
 
 use super::state::PolicyState;
 use crate::config::Config;
@@ -19,7 +21,9 @@ pub fn victim(snap: &Snapshot) -> Option<(&WorkloadSnapshot, u64)> {
                 .filter(|w| w.level == *l && w.procs.is_some_and(|p| p > 0))
                 .filter(|w| match (&w.group, &w.pod) {
                     (Target::Tidal(_), _) => w.managed,
-                    (Target::Foreign(_), Some(p)) => !p.terminating,
+                    (Target::Foreign(_), Some(p)) => {
+                        !p.terminating && !p.node_daemon && !p.eviction_refused
+                    }
                     (Target::Foreign(_), None) => false,
                 })
                 .filter_map(|w| w.memory_bytes.map(|m| (w, m)))

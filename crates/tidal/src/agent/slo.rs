@@ -798,6 +798,8 @@ mod tests {
             tier_idle: false,
             cpu_limit_milli: None,
             terminating: false,
+            node_daemon: false,
+            eviction_refused: false,
             memory_request: None,
             ip: Some(ip.to_string()),
             slo,
