@@ -17,6 +17,10 @@ pub struct CpuManager {
     pub policy: String,
     /// CPUs assigned to single containers.
     pub exclusive: CpuSet,
+    /// The file read has no name on the host any more: the kubelet wrote a new one in its place
+    /// (it writes a temporary file and renames it), and a mount of the file itself keeps showing
+    /// the old one.
+    pub replaced: bool,
 }
 
 impl CpuManager {
@@ -57,6 +61,7 @@ pub fn parse(text: &str) -> Result<CpuManager, String> {
     Ok(CpuManager {
         policy: raw.policy_name,
         exclusive,
+        replaced: false,
     })
 }
 
@@ -74,13 +79,21 @@ pub fn read(path: &Path) -> Result<CpuManager, String> {
         }
         Ok(_) => {}
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut f, &mut text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut m = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    m.replaced = f
+        .metadata()
+        .is_ok_and(|md| std::os::unix::fs::MetadataExt::nlink(&md) == 0);
+    Ok(m)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn static_policy_and_its_exclusive_cpus() {
@@ -95,6 +108,24 @@ mod tests {
             .unwrap()
             .exclusive
             .is_empty());
+    }
+
+    #[test]
+    fn a_state_file_replaced_under_a_mount_of_it_is_said_to_be() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cpu_manager_state");
+        std::fs::write(&p, r#"{"policyName":"static","entries":{}}"#).unwrap();
+        assert!(!read(&p).unwrap().replaced);
+        // What a mount of the file shows once the kubelet renamed a new one over it: the old
+        // file, with no name left (seen here through a descriptor held across the unlink).
+        let held = std::fs::File::open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        let via = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&held)
+        ));
+        let m = read(&via).unwrap();
+        assert!(m.replaced && m.is_static());
     }
 
     #[test]

@@ -186,14 +186,25 @@ impl PodSource {
     fn read_kubelet(&mut self) -> KubeletFacts {
         let path = PathBuf::from(&self.cfg.cpu_manager_state);
         match cpu_manager::read(&path) {
-            Ok(m) => KubeletFacts {
-                cpu_manager: Some(if m.is_static() {
-                    CpuManagerPolicy::Static
-                } else {
-                    CpuManagerPolicy::None
-                }),
-                exclusive_cpus: m.exclusive,
-            },
+            Ok(m) => {
+                if m.replaced {
+                    self.log_once(
+                        "cpu_manager_replaced",
+                        format!(
+                            "the kubelet's CPU manager state {} was rewritten on the host since it was mounted (the kubelet renames a new file over it, and a mount of the file keeps showing the old one): CPUs given out exclusively since then are not seen; restart the agent to read it again",
+                            path.display()
+                        ),
+                    );
+                }
+                KubeletFacts {
+                    cpu_manager: Some(if m.is_static() {
+                        CpuManagerPolicy::Static
+                    } else {
+                        CpuManagerPolicy::None
+                    }),
+                    exclusive_cpus: m.exclusive,
+                }
+            }
             Err(e) => {
                 self.log_once(
                     "cpu_manager",
