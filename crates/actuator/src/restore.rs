@@ -328,7 +328,8 @@ fn restore_values(
 }
 
 /// A group tidal created that still has tasks: thaw it, give it its parent's full cpuset and lift
-/// any CPU cap, so its workload runs on as if tidal had never confined it. Failures are reported.
+/// any CPU cap (and, on the offline parent, the memory ceiling), so its workload runs on as if
+/// tidal had never confined it. Failures are reported.
 fn release_kept(layout: &Layout, dir: &Path, rep: &mut RestoreReport) {
     let Some(r) = layout.roots.iter().find(|r| r.holds(dir)) else {
         return;
@@ -338,6 +339,28 @@ fn release_kept(layout: &Layout, dir: &Path, rep: &mut RestoreReport) {
     };
     let mut writes: Vec<(PathBuf, String)> = Vec::new();
     let exists = |f: &str| dir.join(f).exists();
+    // The offline memory ceiling is the agent's (on the offline parent, not journalled as tidal
+    // made the group): lifted as the agent lifts it when it stops. A workload's own `--memory`
+    // limit is its command's, and stays.
+    let offline_parent = r.target_dir(&tidal_model::Target::Tidal(
+        tidal_model::QosLevel::offline_parent(),
+    )) == dir;
+    if offline_parent {
+        match r.version() {
+            Version::V2 => {
+                for f in [v2::memory::HIGH, v2::memory::MAX] {
+                    if exists(f) {
+                        writes.push((dir.join(f), "max".into()));
+                    }
+                }
+            }
+            Version::V1 => {
+                if exists(v1::memory::LIMIT) {
+                    writes.push((dir.join(v1::memory::LIMIT), "-1".into()));
+                }
+            }
+        }
+    }
     match r.version() {
         Version::V2 => {
             if exists(FREEZE) {

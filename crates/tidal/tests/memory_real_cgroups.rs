@@ -801,3 +801,50 @@ fn a_workload_killed_under_a_frozen_level_dies_and_the_level_stays_frozen() {
     t.kill_children();
     t.restore_ok();
 }
+
+/// An agent killed before it could lift its memory ceiling: `restore` beside offline work that
+/// runs on lifts it (the group stays, its work runs on unconfined).
+#[test]
+fn restore_beside_running_offline_work_lifts_the_agents_memory_ceiling() {
+    if !cgroups_usable("restore_beside_running_offline_work_lifts_the_agents_memory_ceiling") {
+        return;
+    }
+    let mut t = TestRoot::new("ceilrestore");
+    let caps = tidal_cgroupfs::detect_capabilities(&t.layout);
+    let Some(knob) = [Knob::MemoryHigh, Knob::MemoryMax]
+        .into_iter()
+        .find(|k| caps.has(*k))
+    else {
+        assert!(!common::required(), "no memory ceiling file here");
+        eprintln!("SKIP: no memory ceiling file here");
+        return;
+    };
+    t.spawn(&[
+        "run", "--qos", "offline", "--name", "held", "--", "sleep", "100",
+    ]);
+    t.wait_running(&["offline/offline/held"]);
+    // The ceiling as the agent sets it on the offline parent (its own group: not journalled).
+    let offline = Target::Tidal(QosLevel::offline_parent());
+    let mut act =
+        tidal_actuator::Actuator::new(t.layout.clone(), t.state.path(), false).expect("actuator");
+    act.set(&offline, knob, &KnobValue::Bytes(Some(1 << 30)))
+        .expect("the ceiling");
+    drop(act);
+    assert_eq!(
+        t.layout.read_knob(&offline, knob).expect("read"),
+        KnobValue::Bytes(Some(1 << 30))
+    );
+    t.restore_ok();
+    let running =
+        std::fs::read_to_string(t.dir("cpu", "offline/offline/held").join("cgroup.procs"))
+            .unwrap_or_default();
+    let after = t.layout.read_knob(&offline, knob);
+    t.kill_children();
+    t.restore_ok();
+    assert!(!running.trim().is_empty(), "the offline work runs on");
+    assert_eq!(
+        after.expect("read"),
+        KnobValue::Bytes(None),
+        "ceiling lifted"
+    );
+}
