@@ -787,6 +787,38 @@ impl Actuator {
         Ok(left)
     }
 
+    /// Forgets the originals recorded in groups of other managers that are gone from every
+    /// hierarchy (a pod deleted: the kubelet removed its groups), so a long-running agent's journal
+    /// and caches do not grow with every pod it ever saw. A group still present anywhere keeps
+    /// its records and is returned, to be asked about again.
+    pub fn forget_gone(
+        &mut self,
+        groups: Vec<tidal_model::ForeignGroup>,
+    ) -> Result<Vec<tidal_model::ForeignGroup>, ActError> {
+        let mut forget: Vec<(PathBuf, Forgotten)> = Vec::new();
+        let mut present = Vec::new();
+        for g in groups {
+            let dirs = self.layout.target_dirs(&Target::Foreign(g.clone()));
+            if dirs.iter().any(|d| d.exists()) {
+                present.push(g);
+                continue;
+            }
+            for d in &dirs {
+                forget.extend(
+                    self.journal
+                        .originals_under(d)
+                        .into_iter()
+                        .map(|p| (p, Forgotten::Original)),
+                );
+                self.first_seen.retain(|p, _| !p.starts_with(d));
+            }
+        }
+        if !forget.is_empty() {
+            self.journal.forget(&forget)?;
+        }
+        Ok(present)
+    }
+
     /// Moves a task back to the cgroups this process started in (after a failed move).
     /// Sets `oom_score_adj` on every task of `target` and of the groups below it (a pod's tasks
     /// are in its container groups) whose value differs; an online value (≤ 0) only ever lowers a

@@ -408,6 +408,15 @@ impl Journal {
         self.originals.contains_key(path)
     }
 
+    /// Live originals of files in `dir` or below it, as far as read.
+    pub fn originals_under(&self, dir: &Path) -> Vec<PathBuf> {
+        self.originals
+            .keys()
+            .filter(|p| p.starts_with(dir))
+            .cloned()
+            .collect()
+    }
+
     pub fn is_created(&self, path: &Path) -> bool {
         self.created.contains(path)
     }

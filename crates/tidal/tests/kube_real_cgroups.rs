@@ -493,3 +493,48 @@ fn exclusive_cpus_of_the_static_cpu_manager_never_run_offline_work() {
     t.kill_children();
     t.restore_ok();
 }
+
+/// A long-running agent sees thousands of pods come and go: the originals it recorded in a pod's
+/// groups are forgotten once the kubelet has removed them, and kept while any is there.
+#[test]
+fn originals_of_a_pod_whose_groups_are_gone_are_forgotten_and_kept_while_they_are_there() {
+    if !cgroups_usable(
+        "originals_of_a_pod_whose_groups_are_gone_are_forgotten_and_kept_while_they_are_there",
+    ) {
+        return;
+    }
+    let t = TestRoot::new("forgetpods");
+    for g in ["pods/gone", "pods/gone/ctr", "pods/here"] {
+        t.make_group(g);
+    }
+    // cpu.shares or cpu.weight, whichever this host has (one knob for both).
+    let knob = Knob::CpuWeight;
+    let mut act =
+        tidal_actuator::Actuator::new(t.layout.clone(), t.state.path(), false).expect("actuator");
+    for g in ["pods/gone", "pods/gone/ctr", "pods/here"] {
+        act.set(&foreign(&t, g), knob, &KnobValue::Shares(2))
+            .unwrap_or_else(|e| panic!("set {g}: {e}"));
+    }
+    let group = |g: &str| match foreign(&t, g) {
+        Target::Foreign(f) => f,
+        Target::Tidal(_) => unreachable!(),
+    };
+    // "gone" is removed as the kubelet would (leaves first, every hierarchy); "here" stays.
+    for r in &t.layout.roots {
+        for g in ["pods/gone/ctr", "pods/gone"] {
+            let _ = std::fs::remove_dir(r.root_dir.join(g));
+        }
+    }
+    let still = act
+        .forget_gone(vec![group("pods/gone"), group("pods/here")])
+        .expect("forget");
+    assert_eq!(still, vec![group("pods/here")]);
+    drop(act);
+    // What restore would still put back: nothing of "gone" (not even as vanished), "here" yes.
+    let out = t.tidal(&["--dry-run", "restore", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("pods/gone"), "{text}");
+    assert!(text.contains("pods/here"), "{text}");
+    t.restore_ok();
+}

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidal_actuator::{ActError, Actuator, Applied, Outcome};
-use tidal_model::{Capabilities, Cause, Knob, KnobValue, Op, QosLevel, Snapshot, Target};
+use tidal_model::{
+    Capabilities, Cause, ForeignGroup, Knob, KnobValue, Op, QosLevel, Snapshot, Target,
+};
 use tidal_policy::{decide, release_plan, settle, Config, PolicyState};
 use tidal_snapshot::Collector;
 use tidal_source::Eviction;
@@ -84,6 +86,10 @@ pub struct Agent {
     /// The stall guard, and the groups its brake holds now.
     guard: Option<super::stall::Guard>,
     armed: Option<Vec<Target>>,
+    /// Pods' groups at the last reading, and those gone from it whose directories were still
+    /// there: their recorded originals are forgotten once the groups are gone.
+    pod_groups: HashSet<ForeignGroup>,
+    pods_leaving: Vec<ForeignGroup>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -143,6 +149,8 @@ impl Agent {
             shared,
             guard: None,
             armed: None,
+            pod_groups: HashSet::new(),
+            pods_leaving: Vec::new(),
         }
     }
 
@@ -221,6 +229,31 @@ impl Agent {
 
     pub fn ticks(&self) -> u64 {
         self.ticks
+    }
+
+    /// Forgets the journalled originals of pods gone from the workload list once their groups
+    /// are gone (a long-running agent sees thousands of pods come and go).
+    fn forget_gone_pods(&mut self) {
+        let now: HashSet<ForeignGroup> = self
+            .snap
+            .workloads
+            .iter()
+            .filter_map(|w| match &w.group {
+                Target::Foreign(g) if w.pod.is_some() => Some(g.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut leaving = std::mem::take(&mut self.pods_leaving);
+        leaving.retain(|g| !now.contains(g));
+        leaving.extend(self.pod_groups.difference(&now).cloned());
+        self.pod_groups = now;
+        if leaving.is_empty() {
+            return;
+        }
+        match self.act.forget_gone(leaving) {
+            Ok(still) => self.pods_leaving = still,
+            Err(e) => warn!("cannot forget the originals of pods that are gone: {e}"),
+        }
     }
 
     /// Takes a new config (SIGHUP), checked as at start by the caller. The listen address cannot change without a restart: the old
@@ -335,6 +368,7 @@ impl Agent {
             ));
             let layout = self.act.layout().clone();
             self.runq.map(&layout, &self.snap.workloads);
+            self.forget_gone_pods();
         }
         let (mut signals, readings) = self.slo.read();
         let (runq_signals, waits) = self
