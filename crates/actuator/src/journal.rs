@@ -526,7 +526,20 @@ impl Journal {
         let mut old = File::open(&p).map_err(jerr(&p))?;
         let mut text = Vec::new();
         old.read_to_end(&mut text).map_err(jerr(&p))?;
-        let (entries, bad) = parse(&String::from_utf8_lossy(&text));
+        // Whole lines only: a record being appended right now is carried over as its bytes are,
+        // and the rest of it follows.
+        let end = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let (whole, tail) = text.split_at(end);
+        let whole = String::from_utf8_lossy(whole);
+        let (entries, bad) = parse(&whole);
+        // Bad lines are kept or set aside whole (a bad line's text in reports is shortened).
+        let bad_no: HashSet<usize> = bad.iter().map(|b| b.line_no).collect();
+        let bad_lines: Vec<&str> = whole
+            .lines()
+            .enumerate()
+            .filter(|(i, _)| bad_no.contains(&(i + 1)))
+            .map(|(_, l)| l)
+            .collect();
         let live = replay(&entries);
         let mut out = String::new();
         let mut push = |e: &Entry| -> Result<(), ActError> {
@@ -556,13 +569,13 @@ impl Journal {
                 .mode(0o600)
                 .open(&rej)
                 .map_err(jerr(&rej))?;
-            for b in &bad {
-                writeln!(f, "{}", b.text).map_err(jerr(&rej))?;
+            for l in &bad_lines {
+                writeln!(f, "{l}").map_err(jerr(&rej))?;
             }
             f.sync_all().map_err(jerr(&rej))?;
         } else {
-            for b in &bad {
-                out.push_str(&b.text);
+            for l in &bad_lines {
+                out.push_str(l);
                 out.push('\n');
             }
         }
@@ -576,6 +589,7 @@ impl Journal {
                 .open(&tmp)
                 .map_err(jerr(&tmp))?;
             f.write_all(out.as_bytes()).map_err(jerr(&tmp))?;
+            f.write_all(tail).map_err(jerr(&tmp))?;
             // Records appended while we worked go along.
             let mut more = Vec::new();
             old.read_to_end(&mut more).map_err(jerr(&p))?;
@@ -786,6 +800,31 @@ mod tests {
         let (live, _) = j.live().unwrap();
         assert_eq!(live.created, vec![PathBuf::from("/kept")]);
         assert!(j.is_created(Path::new("/kept")) && !j.is_created(Path::new("/g1")));
+    }
+
+    #[test]
+    fn compaction_keeps_bad_lines_whole_and_a_torn_last_line_as_its_bytes_are() {
+        let d = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(d.path()).unwrap();
+        j.record_created(Path::new("/a")).unwrap();
+        let p = d.path().join(JOURNAL_FILE);
+        let long_bad = format!("not json {}", "x".repeat(3000));
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        writeln!(f, "{long_bad}").unwrap();
+        // A writer that died mid-append.
+        f.write_all(b"{\"kind\":\"created\",\"pa").unwrap();
+        assert!(j.compact(false).unwrap());
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.lines().any(|l| l == long_bad),
+            "the bad line kept whole"
+        );
+        assert!(text.contains("{\"kind\":\"created\",\"pa"), "{text}");
+        // The next record is not swallowed by the torn one.
+        j.record_created(Path::new("/b")).unwrap();
+        let (live, bad) = j.live().unwrap();
+        assert_eq!(live.created, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(bad.len(), 2, "{bad:?}");
     }
 
     #[test]
