@@ -74,6 +74,12 @@ pub struct BatchCalc {
     window: VecDeque<(u64, f64, f64)>,
     published: Option<Batch>,
     last_rise_ms: Option<u64>,
+    /// The first inputs taken: rises wait until the peak window has filled since.
+    first_ms: Option<u64>,
+    /// What the Node showed when first read was taken as published (once).
+    seeded: bool,
+    /// The next value is published even if it changed little (the last publication failed).
+    force: bool,
     pub view: BatchView,
 }
 
@@ -84,6 +90,8 @@ pub struct NodeCapacity {
     pub capacity_bytes: f64,
     pub allocatable_cpus: f64,
     pub allocatable_bytes: f64,
+    /// The batch resources the Node shows now (a previous agent's), if any.
+    pub published: Option<Batch>,
 }
 
 impl BatchCalc {
@@ -153,6 +161,7 @@ impl BatchCalc {
         cfg: &BatchConfig,
     ) -> Option<Batch> {
         let i = inputs?;
+        let first = *self.first_ms.get_or_insert(now_ms);
         let computed = formula(&i, cfg);
         self.view.inputs = i;
         self.view.computed = computed;
@@ -175,9 +184,12 @@ impl BatchCalc {
         let next = match self.published {
             None => computed,
             Some(p) => {
-                let may_rise = self
-                    .last_rise_ms
-                    .is_none_or(|t| now_ms.saturating_sub(t) >= cfg.rise_interval.0);
+                // Not before the peak window has filled: an agent started in an online trough
+                // would lend what the online peak it has not seen needs.
+                let may_rise = now_ms.saturating_sub(first) >= cfg.peak_window.0
+                    && self
+                        .last_rise_ms
+                        .is_none_or(|t| now_ms.saturating_sub(t) >= cfg.rise_interval.0);
                 let step_cpu = (i.capacity_cpus * 1000.0 * cfg.rise_step_percent / 100.0) as u64;
                 let step_mem = (i.capacity_bytes * cfg.rise_step_percent / 100.0) as u64;
                 let rise = |cur: u64, new: u64, step: u64| {
@@ -199,12 +211,14 @@ impl BatchCalc {
             let base = a.max(1) as f64;
             (a.abs_diff(b) as f64) / base * 100.0 >= cfg.min_change_percent
         };
-        let due = match self.published {
-            None => true,
-            Some(p) => {
-                changed(p.cpu_milli, next.cpu_milli) || changed(p.memory_bytes, next.memory_bytes)
-            }
-        };
+        let due = std::mem::take(&mut self.force)
+            || match self.published {
+                None => true,
+                Some(p) => {
+                    changed(p.cpu_milli, next.cpu_milli)
+                        || changed(p.memory_bytes, next.memory_bytes)
+                }
+            };
         if !due {
             return None;
         }
@@ -219,9 +233,21 @@ impl BatchCalc {
         Some(next)
     }
 
-    /// Publish the next value whatever it is (the last publication failed).
+    /// Publish the next value even if it changed little (the last publication failed); its rise
+    /// is still bounded from the value last handed out.
     pub fn forget_published(&mut self) {
-        self.published = None;
+        self.force = true;
+    }
+
+    /// Takes what the Node shows (a previous agent's value) as published, once, before anything
+    /// was handed out: a restarted agent then falls at once and rises by steps from it, instead of
+    /// publishing its first reading whole.
+    pub fn seed(&mut self, on_node: Option<Batch>) {
+        if self.seeded || self.published.is_some() {
+            return;
+        }
+        self.seeded = true;
+        self.published = on_node;
     }
 
     /// What was last handed out for publishing.
@@ -294,6 +320,7 @@ mod tests {
             capacity_bytes: 16e9,
             allocatable_cpus: 7.5,
             allocatable_bytes: 15e9,
+            published: None,
         };
         let day = 86_400_000;
         let mut c = BatchCalc::default();
@@ -326,6 +353,50 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_agent_rises_by_steps_from_what_the_node_shows_after_its_window_fills() {
+        let cfg = BatchConfig::default();
+        let on_node = Batch {
+            cpu_milli: 2000,
+            memory_bytes: 11_400_000_000,
+        };
+        let mut c = BatchCalc::default();
+        c.seed(Some(on_node));
+        // An online trough: the formula says 4.7 CPUs, but the window has not filled.
+        assert_eq!(c.step(0, Some(inputs(2.0)), &cfg), None, "no rise yet");
+        assert_eq!(
+            c.step(100_000, Some(inputs(2.0)), &cfg),
+            None,
+            "still filling"
+        );
+        // Filled: one step of 10% of 8 CPUs.
+        assert_eq!(
+            c.step(cfg.peak_window.0, Some(inputs(2.0)), &cfg)
+                .map(|b| b.cpu_milli),
+            Some(2800)
+        );
+        // A fall is published at once, filled or not.
+        let mut d = BatchCalc::default();
+        d.seed(Some(Batch {
+            cpu_milli: 6000,
+            memory_bytes: 11_400_000_000,
+        }));
+        assert_eq!(
+            d.step(0, Some(inputs(2.0)), &cfg).map(|b| b.cpu_milli),
+            Some(4700)
+        );
+        // Seeded once: a later value on the node is not taken.
+        d.seed(Some(on_node));
+        assert_eq!(d.published().map(|b| b.cpu_milli), Some(4700));
+        // A failed publication is published again, its rise still bounded.
+        d.forget_published();
+        assert_eq!(
+            d.step(1_000, Some(inputs(2.0)), &cfg).map(|b| b.cpu_milli),
+            Some(4700),
+            "the same value again after a failure"
+        );
+    }
+
+    #[test]
     fn the_formula() {
         let cfg = BatchConfig::default();
         // 8 × 0.9 − max(0.5, 0.5) − 2 = 4.7 CPUs; 16e9 × 0.9 − max(1e9, 1e9) − 2e9 = 11.4e9 bytes.
@@ -338,7 +409,11 @@ mod tests {
 
     #[test]
     fn falls_fast_rises_slowly_skips_small_changes_and_holds_on_missing_data() {
-        let cfg = BatchConfig::default();
+        // A window of a second: rises are judged here, not the window's filling.
+        let cfg = BatchConfig {
+            peak_window: tidal_policy::config::Millis(1_000),
+            ..BatchConfig::default()
+        };
         let mut c = BatchCalc::default();
         assert_eq!(
             c.step(0, Some(inputs(2.0)), &cfg).map(|b| b.cpu_milli),

@@ -152,11 +152,19 @@ pub fn capacity(node: &Node) -> Option<NodeCapacity> {
             .and_then(|q| pods::bytes(&q.0))
             .map(|v| v as f64)
     };
+    let batch = |k: &str| alloc.get(k).and_then(|q| pods::bytes(&q.0));
     Some(NodeCapacity {
         capacity_cpus: cpu(cap)?,
         capacity_bytes: mem(cap)?,
         allocatable_cpus: cpu(alloc)?,
         allocatable_bytes: mem(alloc)?,
+        published: match (batch(BATCH_CPU), batch(BATCH_MEMORY)) {
+            (Some(cpu_milli), Some(memory_bytes)) => Some(Batch {
+                cpu_milli,
+                memory_bytes,
+            }),
+            _ => None,
+        },
     })
 }
 

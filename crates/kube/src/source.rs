@@ -391,6 +391,7 @@ impl WorkloadSource for PodSource {
         if self.handle.shared.republish.swap(false, Ordering::Relaxed) {
             self.batch.forget_published();
         }
+        self.batch.seed(node.published);
         let inputs = self.batch.inputs(snap, &node, self.cfg.batch.peak_window.0);
         let Some(b) = self.batch.step(snap.now_ms, inputs, &self.cfg.batch) else {
             return;
