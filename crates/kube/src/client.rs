@@ -265,6 +265,30 @@ async fn run(
     );
     let nodes: Api<Node> = Api::all(client.clone());
     let mut node_tick = tokio::time::interval(Duration::from_secs(60));
+    // One publication at a time, the latest value: a rise and a fall in flight together could
+    // land in the wrong order as separate requests.
+    let (publish_tx, mut publish_rx) = tokio::sync::watch::channel::<Option<Batch>>(None);
+    {
+        let (c, sh, node) = (client.clone(), Arc::clone(&shared), node.clone());
+        tokio::spawn(async move {
+            while publish_rx.changed().await.is_ok() {
+                let Some(b) = *publish_rx.borrow_and_update() else {
+                    continue;
+                };
+                if tokio::time::timeout(REQUEST_TIMEOUT, publish(c.clone(), &sh, &node, b))
+                    .await
+                    .is_err()
+                {
+                    sh.count("request_timeouts");
+                    sh.republish.store(true, Ordering::Relaxed);
+                    warn!(
+                        "node {node}: publishing batch resources gave no answer within {} s",
+                        REQUEST_TIMEOUT.as_secs()
+                    );
+                }
+            }
+        });
+    }
     loop {
         tokio::select! {
             ev = stream.next() => match ev {
@@ -314,6 +338,9 @@ async fn run(
                 }
             }
             req = rx.recv() => match req {
+                Some(Request::Publish(b)) => {
+                    publish_tx.send_replace(Some(b));
+                }
                 Some(r) => {
                     let (c, sh, rec, node) = (client.clone(), Arc::clone(&shared), recorder.clone(), node.clone());
                     tokio::spawn(async move {
@@ -385,30 +412,33 @@ async fn serve(
                 event(shared, recorder, &pod, warning, &reason, note).await;
             }
         }
-        Request::Publish(b) => {
-            let nodes: Api<Node> = Api::all(client);
-            let pp = PatchParams::apply(FIELD_MANAGER);
-            match nodes
-                .patch_status(node, &pp, &Patch::Apply(batch_patch(node, b)))
-                .await
-            {
-                Ok(_) => {
-                    shared.count("batch_patches");
-                    info!(
-                        "node {node}: {BATCH_CPU}={} {BATCH_MEMORY}={}",
-                        b.cpu_milli, b.memory_bytes
-                    );
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    shared.count("batch_patch_conflicts");
-                    warn!("node {node}: another manager owns the batch resources ({}); tidal leaves them to it", s.message);
-                }
-                Err(e) => {
-                    shared.count("batch_patch_errors");
-                    shared.republish.store(true, Ordering::Relaxed);
-                    warn!("node {node}: cannot publish batch resources: {e}");
-                }
-            }
+        Request::Publish(b) => publish(client, shared, node, b).await,
+    }
+}
+
+/// Sets the batch resources in the node's status.
+async fn publish(client: kube::Client, shared: &Shared, node: &str, b: Batch) {
+    let nodes: Api<Node> = Api::all(client);
+    let pp = PatchParams::apply(FIELD_MANAGER);
+    match nodes
+        .patch_status(node, &pp, &Patch::Apply(batch_patch(node, b)))
+        .await
+    {
+        Ok(_) => {
+            shared.count("batch_patches");
+            info!(
+                "node {node}: {BATCH_CPU}={} {BATCH_MEMORY}={}",
+                b.cpu_milli, b.memory_bytes
+            );
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            shared.count("batch_patch_conflicts");
+            warn!("node {node}: another manager owns the batch resources ({}); tidal leaves them to it", s.message);
+        }
+        Err(e) => {
+            shared.count("batch_patch_errors");
+            shared.republish.store(true, Ordering::Relaxed);
+            warn!("node {node}: cannot publish batch resources: {e}");
         }
     }
 }
