@@ -1155,7 +1155,7 @@ impl Actuator {
     ) -> Result<(), ActError> {
         for _ in 0..8 {
             let now = self.tasks(group)?;
-            if kill_unseen(&now, sent)? == 0 {
+            if kill_unseen(&now, sent, || self.tasks(group))? == 0 {
                 break;
             }
         }
@@ -1210,7 +1210,7 @@ impl Actuator {
                 return Ok(Outcome::Written);
             }
             if let Some(sent) = sent.as_deref_mut() {
-                if let Err(e) = kill_unseen(&left, sent) {
+                if let Err(e) = kill_unseen(&left, sent, || self.tasks(group)) {
                     warn!("killing {group}: {e}");
                 }
             }
@@ -1226,14 +1226,37 @@ impl Actuator {
     }
 }
 
-/// SIGKILL to each of `pids` not in `sent` (which gains them); how many there were.
-fn kill_unseen(pids: &[i32], sent: &mut HashSet<i32>) -> Result<usize, ActError> {
-    let mut n = 0;
-    for &pid in pids.iter().filter(|p| sent.insert(**p)) {
-        kernel::signal(pid, libc::SIGKILL).map_err(|source| ActError::Signal { pid, source })?;
-        n += 1;
+/// SIGKILL to each of `pids` not in `sent` (which gains them); how many there were. Each is pinned
+/// (a pidfd) and the group's tasks read again before the signal: a pid that exited and was reused
+/// between the first read and the signal is not in the group, and is not signalled. Kernels
+/// without pidfds (before 5.3) get a plain kill.
+fn kill_unseen(
+    pids: &[i32],
+    sent: &mut HashSet<i32>,
+    tasks_now: impl FnOnce() -> Result<Vec<i32>, ActError>,
+) -> Result<usize, ActError> {
+    let new: Vec<i32> = pids.iter().copied().filter(|p| sent.insert(*p)).collect();
+    let mut pinned = Vec::new();
+    let mut plain = Vec::new();
+    for &pid in &new {
+        match kernel::pidfd_open(pid) {
+            Ok(Some(fd)) => pinned.push((pid, fd)),
+            Ok(None) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => plain.push(pid),
+            Err(source) => return Err(ActError::Signal { pid, source }),
+        }
     }
-    Ok(n)
+    if !pinned.is_empty() {
+        let still: HashSet<i32> = tasks_now()?.into_iter().collect();
+        for (pid, fd) in pinned.iter().filter(|(pid, _)| still.contains(pid)) {
+            kernel::pidfd_signal(fd, libc::SIGKILL)
+                .map_err(|source| ActError::Signal { pid: *pid, source })?;
+        }
+    }
+    for pid in plain {
+        kernel::signal(pid, libc::SIGKILL).map_err(|source| ActError::Signal { pid, source })?;
+    }
+    Ok(new.len())
 }
 
 /// IO limits as wanted, plus a lifting entry for each device the files (`current`) limit and the
@@ -1254,6 +1277,30 @@ fn with_lifted(version: Version, current: &[String], wanted: &[IoLimit]) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pid_no_longer_in_the_group_when_pinned_is_not_signalled() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        // The group's tasks read again no longer list it (it exited, its pid reused): spared.
+        let mut sent = HashSet::new();
+        assert_eq!(kill_unseen(&[pid], &mut sent, || Ok(vec![])).unwrap(), 1);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "signalled though not in the group"
+        );
+        // Still listed: killed. A pid already sent to is not signalled twice.
+        let mut sent = HashSet::new();
+        assert_eq!(kill_unseen(&[pid], &mut sent, || Ok(vec![pid])).unwrap(), 1);
+        assert_eq!(kill_unseen(&[pid], &mut sent, || Ok(vec![pid])).unwrap(), 0);
+        let st = child.wait().unwrap();
+        assert_eq!(st.signal(), Some(libc::SIGKILL));
+    }
 
     #[test]
     fn io_limits_lift_the_devices_no_longer_wanted() {

@@ -114,6 +114,54 @@ pub(crate) fn reap_scope_dir(dir: &Path, grace: std::time::Duration) -> std::io:
     }
 }
 
+/// A process pinned by a descriptor: its pid cannot name another process while it is held.
+pub(crate) struct PidFd(std::os::fd::OwnedFd);
+
+/// Pins `pid`: None if it is gone; ENOSYS on kernels before 5.3.
+pub(crate) fn pidfd_open(pid: i32) -> std::io::Result<Option<PidFd>> {
+    if pid <= 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ESRCH) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: a descriptor the kernel just returned, owned by nothing else.
+    Ok(Some(PidFd(unsafe {
+        std::os::fd::FromRawFd::from_raw_fd(fd as i32)
+    })))
+}
+
+/// Sends `sig` to a pinned process. ESRCH (it has exited) is success.
+pub(crate) fn pidfd_signal(p: &PidFd, sig: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid pidfd; no siginfo (null) and no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            p.0.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
 /// Sends `sig` to `pid`. ESRCH (already gone) is success.
 pub(crate) fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
     if pid <= 0 {
