@@ -151,7 +151,12 @@ pub(crate) fn pidfd_signal(p: &PidFd, sig: i32) -> std::io::Result<()> {
             0,
         )
     };
-    if r == 0 {
+    gone_is_done(r)
+}
+
+/// A signal call's result: ESRCH (the process is already gone) is success.
+fn gone_is_done(r: impl Into<i64>) -> std::io::Result<()> {
+    if r.into() == 0 {
         return Ok(());
     }
     let e = std::io::Error::last_os_error();
@@ -169,15 +174,7 @@ pub(crate) fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
     }
     // SAFETY: kill(2) has no memory-safety preconditions; pid > 0 names one process.
     let r = unsafe { libc::kill(pid, sig) };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::ESRCH) {
-        Ok(())
-    } else {
-        Err(e)
-    }
+    gone_is_done(r)
 }
 
 #[cfg(test)]

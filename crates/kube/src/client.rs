@@ -108,12 +108,18 @@ impl Shared {
     pub fn counters(&self) -> BTreeMap<&'static str, u64> {
         lock(&self.counters).clone()
     }
-    /// Whether a budget refused the pod's eviction within [`REFUSED_FOR`]; older refusals are
-    /// forgotten here.
+    /// Whether a budget refused the pod's eviction within [`REFUSED_FOR`].
     pub fn refused_recently(&self, uid: &str) -> bool {
+        lock(&self.refused)
+            .get(uid)
+            .is_some_and(|at| at.elapsed() < REFUSED_FOR)
+    }
+
+    /// Records a refusal; older ones are forgotten here (once per refusal, not per pod read).
+    fn refused_now(&self, uid: &str) {
         let mut r = lock(&self.refused);
         r.retain(|_, at| at.elapsed() < REFUSED_FOR);
-        r.contains_key(uid)
+        r.insert(uid.to_string(), Instant::now());
     }
 }
 
@@ -379,7 +385,7 @@ async fn serve(
                     if s.code == 429 && s.message.to_lowercase().contains("disruption budget") =>
                 {
                     shared.count("evictions_refused");
-                    lock(&shared.refused).insert(pod.uid.clone(), Instant::now());
+                    shared.refused_now(&pod.uid);
                     warn!("eviction of pod {pod} refused by a PodDisruptionBudget ({}); the next candidate is tried, this pod again after {} s", s.message, REFUSED_FOR.as_secs());
                     (
                         true,
