@@ -268,10 +268,8 @@ impl Agent {
         } else {
             info!("config reloaded");
         }
-        if new.agent_group != self.cfg.agent_group && self.collector.source_name() == "local" {
-            warn!("agent_group changed: it applies at the next start");
-        }
-        let kept = keep_start_only(&self.cfg, &mut new);
+        let pod_mode = self.collector.source_name() != "local";
+        let kept = keep_start_only(&self.cfg, &mut new, pod_mode);
         if !kept.is_empty() {
             warn!(
                 "config reloaded, but {} changed: taken at start only; restart the agent for that (the running values stay, and /state shows them)",
@@ -908,31 +906,43 @@ impl Agent {
     }
 }
 
-/// Puts back in `new` the settings the agent takes at start only (the pod source's, the BPF
-/// program's load): a reload that changed them would show values not in force. Returns the names
-/// of those that changed.
-fn keep_start_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
+/// Puts back in `new` the settings the agent takes at start only (its own group, the pod source's,
+/// the BPF program's load): a reload that changed them would show values not in force. Returns
+/// the names of those that changed and matter in this mode (the pod source's only in pod mode).
+fn keep_start_only(old: &Config, new: &mut Config, pod_mode: bool) -> Vec<&'static str> {
     let mut kept = Vec::new();
     macro_rules! keep {
-        ($($f:ident).+, $name:literal) => {
+        ($say:expr, $($f:ident).+, $name:literal) => {
             if new.$($f).+ != old.$($f).+ {
                 new.$($f).+ = old.$($f).+.clone();
-                kept.push($name);
+                if $say {
+                    kept.push($name);
+                }
             }
         };
     }
-    keep!(kubernetes.node_name, "kubernetes.node_name");
+    keep!(!pod_mode, agent_group, "agent_group");
+    keep!(pod_mode, kubernetes.node_name, "kubernetes.node_name");
     keep!(
+        pod_mode,
         kubernetes.kubelet_cgroup_root,
         "kubernetes.kubelet_cgroup_root"
     );
-    keep!(kubernetes.cgroup_driver, "kubernetes.cgroup_driver");
-    keep!(kubernetes.cpu_manager_state, "kubernetes.cpu_manager_state");
-    keep!(kubernetes.events, "kubernetes.events");
-    keep!(kubernetes.classify, "kubernetes.classify");
-    keep!(kubernetes.batch, "kubernetes.batch");
-    keep!(bpf.enabled, "bpf.enabled");
-    keep!(bpf.sample, "bpf.sample");
+    keep!(
+        pod_mode,
+        kubernetes.cgroup_driver,
+        "kubernetes.cgroup_driver"
+    );
+    keep!(
+        pod_mode,
+        kubernetes.cpu_manager_state,
+        "kubernetes.cpu_manager_state"
+    );
+    keep!(pod_mode, kubernetes.events, "kubernetes.events");
+    keep!(pod_mode, kubernetes.classify, "kubernetes.classify");
+    keep!(pod_mode, kubernetes.batch, "kubernetes.batch");
+    keep!(true, bpf.enabled, "bpf.enabled");
+    keep!(true, bpf.sample, "bpf.sample");
     kept
 }
 
@@ -947,7 +957,9 @@ mod tests {
         new.bpf.sample = 8;
         new.tick = tidal_policy::config::Millis(old.tick.0 * 2);
         new.kubernetes.eviction_interval = tidal_policy::config::Millis(1);
-        let kept = super::keep_start_only(&old, &mut new);
+        new.agent_group = !old.agent_group;
+        let mut local = new.clone();
+        let kept = super::keep_start_only(&old, &mut new, true);
         assert_eq!(
             kept,
             vec![
@@ -956,6 +968,11 @@ mod tests {
                 "bpf.sample"
             ]
         );
+        assert_eq!(new.agent_group, old.agent_group);
+        // In local mode the pod source's settings are not in use: kept, not spoken of.
+        let kept = super::keep_start_only(&old, &mut local, false);
+        assert_eq!(kept, vec!["agent_group", "bpf.sample"]);
+        assert_eq!(local.kubernetes.events, old.kubernetes.events);
         assert_eq!(new.kubernetes.events, old.kubernetes.events);
         assert_eq!(
             new.kubernetes.cpu_manager_state,
@@ -965,7 +982,7 @@ mod tests {
         // What the agent takes live stays as reloaded.
         assert_eq!(new.tick.0, old.tick.0 * 2);
         assert_eq!(new.kubernetes.eviction_interval.0, 1);
-        assert!(super::keep_start_only(&old, &mut old.clone()).is_empty());
+        assert!(super::keep_start_only(&old, &mut old.clone(), true).is_empty());
     }
 
     use super::*;
