@@ -384,8 +384,9 @@ async fn serve(
                 Err(kube::Error::Api(s))
                     if s.code == 429 && s.message.to_lowercase().contains("disruption budget") =>
                 {
-                    shared.count("evictions_refused");
+                    // Set aside before counted: the count is what watchers wait on.
                     shared.refused_now(&pod.uid);
+                    shared.count("evictions_refused");
                     warn!("eviction of pod {pod} refused by a PodDisruptionBudget ({}); the next candidate is tried, this pod again after {} s", s.message, REFUSED_FOR.as_secs());
                     (
                         true,

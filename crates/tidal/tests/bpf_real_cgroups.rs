@@ -504,9 +504,21 @@ fn frozen_by_an_early_tick(t: &TestRoot, addr: &str, started: Instant) {
         "frozen, but not by a tick brought forward\n{m}\nagent log:\n{}",
         t.agent_log()
     );
-    let v = state(addr);
-    let steps = &v["policy"]["interference"]["steps"];
-    assert_eq!(steps, &serde_json::json!(["freeze-offline"]), "{v}");
+    // /state is published at the tick's end, after its writes and their log lines.
+    let shows_freeze = || {
+        let v = state(addr);
+        (
+            v["policy"]["interference"]["steps"] == serde_json::json!(["freeze-offline"]),
+            v,
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut ok, mut v) = shows_freeze();
+    while !ok && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        (ok, v) = shows_freeze();
+    }
+    assert!(ok, "the ladder not at its freeze step in /state: {v}");
 }
 
 /// A run-queue wait far past the threshold is seen by the light sample between ticks: with ticks
