@@ -296,7 +296,11 @@ impl Actuator {
             v => v,
         };
         let wanted = controller::encode(knob, version, value)
-            .map_err(|reason| ActError::Encode { knob, reason })?;
+            .map_err(|reason| ActError::Encode {
+                knob,
+                path: paths.first().cloned().unwrap_or_default(),
+                reason,
+            })?;
         // Compare through the decoder so lossy conversions (shares → weight) still count as equal.
         let canonical = controller::decode(knob, version, &wanted).ok();
         if canonical.is_some() && controller::decode(knob, version, &current).ok() == canonical {

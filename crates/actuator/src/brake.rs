@@ -72,6 +72,7 @@ impl Actuator {
             let values = controller::encode(Knob::Freeze, version, &KnobValue::Bool(true))
                 .map_err(|reason| ActError::Encode {
                     knob: Knob::Freeze,
+                    path: paths.first().cloned().unwrap_or_default(),
                     reason,
                 })?;
             files.extend(paths.into_iter().zip(values));

@@ -13,8 +13,12 @@ pub enum ActError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot encode {knob}: {reason}")]
-    Encode { knob: Knob, reason: String },
+    #[error("cannot encode {knob} for {}: {reason}", path.display())]
+    Encode {
+        knob: Knob,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("cannot claim a group named '{name}' under {parent}: all candidates exist")]
     NoFreeName { parent: PathBuf, name: String },
     #[error("{} task(s) of {group} survived SIGKILL: {pids:?}", pids.len())]

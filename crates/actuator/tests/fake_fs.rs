@@ -318,6 +318,24 @@ fn fake_fs_dry_run_writes_nothing_and_vanished_groups_are_normal() {
     );
 }
 
+/// A value its knob cannot take is refused before any write, naming the file it was meant for.
+#[test]
+fn fake_fs_a_value_of_the_wrong_kind_is_refused_naming_its_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fake_v2(tmp.path());
+    let root = tmp.path().join("cgroup/work.slice/tidal");
+    v2_group(&root.join("offline/offline"));
+    let mut act = Actuator::new(layout, &tmp.path().join("state"), false).unwrap();
+    let offline = Target::Tidal(QosLevel::Offline.group_path());
+    let err = act
+        .set(&offline, Knob::CpuWeight, &KnobValue::Bool(true))
+        .unwrap_err()
+        .to_string();
+    let file = root.join("offline/offline/cpu.weight");
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert_eq!(read(&file), "100");
+}
+
 /// A journal that names files and directories outside the tidal root, or files that are no knob.
 #[test]
 fn fake_fs_restore_touches_nothing_outside_the_root_whatever_the_journal_says() {
