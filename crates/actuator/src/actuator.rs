@@ -15,7 +15,9 @@ use tidal_cgroupfs::controller;
 use tidal_cgroupfs::layout::{read_file, read_procs, PROCS};
 use tidal_cgroupfs::v2::core::{subtree_delta, CONTROLLERS, KILL, SUBTREE_CONTROL};
 use tidal_cgroupfs::{cpuset, iolimit, CgroupError, Layout, Version};
-use tidal_model::{Action, DevNum, GroupPath, IoLimit, Knob, KnobValue, Op, Plan, Target};
+use tidal_model::{
+    Action, DevNum, ForeignGroup, GroupPath, IoLimit, Knob, KnobValue, Op, Plan, Target,
+};
 use tracing::{debug, info, warn};
 
 /// v2 controllers tidal enables for its subtree when the parent offers them.
@@ -79,6 +81,9 @@ pub struct Actuator {
     first_seen: HashMap<PathBuf, String>,
     /// Devices on which blk-iocost was last refused (said once per set).
     iocost_refused: Vec<String>,
+    /// Another manager's groups this actuator never writes, nor any group above them (the
+    /// kubelet's QoS tiers).
+    protected: Vec<ForeignGroup>,
 }
 
 fn mkdir_err(path: &Path) -> impl FnOnce(std::io::Error) -> ActError + '_ {
@@ -112,7 +117,32 @@ impl Actuator {
             reprobe: Duration::from_secs(10),
             first_seen: HashMap::new(),
             iocost_refused: Vec::new(),
+            protected: Vec::new(),
         })
+    }
+
+    /// Groups of another manager never to be written, with every group above them.
+    pub fn protect(&mut self, groups: Vec<ForeignGroup>) {
+        self.protected = groups;
+    }
+
+    /// Refuses a target that is a protected group or above one.
+    pub(crate) fn guard(&self, target: &Target) -> Result<(), ActError> {
+        let Target::Foreign(f) = target else {
+            return Ok(());
+        };
+        match self.protected.iter().find(|p| f.contains(p)) {
+            Some(p) => Err(ActError::Protected {
+                path: self
+                    .layout
+                    .target_dirs(target)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default(),
+                owned: p.to_string(),
+            }),
+            None => Ok(()),
+        }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -261,6 +291,7 @@ impl Actuator {
         knob: Knob,
         value: &KnobValue,
     ) -> Result<Outcome, ActError> {
+        self.guard(target)?;
         let Some((version, paths)) = self.layout.knob_paths(target, knob) else {
             return Ok(Outcome::Unsupported);
         };
@@ -295,8 +326,8 @@ impl Actuator {
             }
             v => v,
         };
-        let wanted = controller::encode(knob, version, value)
-            .map_err(|reason| ActError::Encode {
+        let wanted =
+            controller::encode(knob, version, value).map_err(|reason| ActError::Encode {
                 knob,
                 path: paths.first().cloned().unwrap_or_default(),
                 reason,
@@ -830,6 +861,7 @@ impl Actuator {
     /// task, and `restore` never touches `/proc`. Tasks that exit meanwhile are skipped; a group
     /// whose tasks this process cannot see (another PID namespace) has none.
     pub fn oom_score_adj(&mut self, target: &Target, value: i32) -> Result<Outcome, ActError> {
+        self.guard(target)?;
         // The first hierarchy that has the group (read, not looked up first: this runs for every
         // workload each static pass).
         let mut found = None;

@@ -61,6 +61,9 @@ impl Actuator {
     /// A brake for `targets`: their freeze files, each original journalled now (none is written).
     /// Targets without a freezer file here are left out.
     pub fn brake(&mut self, targets: &[Target]) -> Result<Brake, ActError> {
+        for t in targets {
+            self.guard(t)?;
+        }
         let knobs: Vec<(Target, Knob)> =
             targets.iter().map(|t| (t.clone(), Knob::Freeze)).collect();
         self.remember(&knobs)?;

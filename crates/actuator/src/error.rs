@@ -32,6 +32,8 @@ pub enum ActError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{} is the kubelet's {owned} or above it: tidal never writes it", path.display())]
+    Protected { path: PathBuf, owned: String },
     #[error("{0}")]
     Root(String),
     #[error("systemd: {0}")]

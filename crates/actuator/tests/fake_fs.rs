@@ -8,7 +8,7 @@ use tidal_actuator::{restore, Actuator, Outcome};
 use tidal_cgroupfs::mountinfo::{parse_mountinfo, parse_proc_cgroup};
 use tidal_cgroupfs::v2::cpu::shares_to_weight;
 use tidal_cgroupfs::{detect_capabilities, Hierarchies, Host, Layout, RootSpec};
-use tidal_model::{GroupPath, Knob, KnobValue, QosLevel, Target};
+use tidal_model::{ForeignGroup, GroupPath, Knob, KnobValue, QosLevel, Target};
 use tidal_policy::{level_plan, workload_limits, Limits};
 
 fn write(dir: &Path, files: &[(&str, &str)]) {
@@ -334,6 +334,45 @@ fn fake_fs_a_value_of_the_wrong_kind_is_refused_naming_its_file() {
     let file = root.join("offline/offline/cpu.weight");
     assert!(err.contains(&file.display().to_string()), "{err}");
     assert_eq!(read(&file), "100");
+}
+
+/// Protected groups (the kubelet's tiers) and the groups above them are refused, naming the
+/// directory, before anything is read or journalled; a pod's group below them is written.
+#[test]
+fn fake_fs_the_kubelets_tiers_are_never_written_and_a_pod_below_them_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fake_v2(tmp.path());
+    let mount = tmp.path().join("cgroup");
+    for g in [
+        "kubepods",
+        "kubepods/besteffort",
+        "kubepods/besteffort/podx",
+    ] {
+        v2_group(&mount.join(g));
+    }
+    let state = tmp.path().join("state");
+    let mut act = Actuator::new(layout, &state, false).unwrap();
+    let g = |s: &str| ForeignGroup::new(s).unwrap();
+    act.protect(vec![g("kubepods"), g("kubepods/besteffort")]);
+    let idle = KnobValue::Bool(true);
+    for tier in ["kubepods", "kubepods/besteffort"] {
+        let t = Target::Foreign(g(tier));
+        let err = act.set(&t, Knob::CpuIdle, &idle).unwrap_err().to_string();
+        assert!(
+            err.contains(&mount.join(tier).display().to_string()),
+            "{err}"
+        );
+        assert!(act.oom_score_adj(&t, 1000).is_err());
+        assert!(act.brake(std::slice::from_ref(&t)).is_err());
+        assert_eq!(read(&mount.join(tier).join("cpu.idle")), "0");
+    }
+    assert!(act.journal().load().unwrap().0.is_empty());
+    let pod = Target::Foreign(g("kubepods/besteffort/podx"));
+    assert_eq!(
+        act.set(&pod, Knob::CpuIdle, &idle).unwrap(),
+        Outcome::Written
+    );
+    assert_eq!(read(&mount.join("kubepods/besteffort/podx/cpu.idle")), "1");
 }
 
 /// A journal that names files and directories outside the tidal root, or files that are no knob.

@@ -105,17 +105,26 @@ pub fn detect_driver(mount: &Path, cgroup_root: &str) -> Option<Driver> {
     }
 }
 
+/// The kubelet's tier groups under `cgroup_root`, for both drivers (never written: the actuator
+/// is told to refuse them and the groups above them).
+pub fn tiers(cgroup_root: &str) -> Vec<ForeignGroup> {
+    [Driver::Cgroupfs, Driver::Systemd]
+        .iter()
+        .flat_map(|d| {
+            [
+                QosClass::Guaranteed,
+                QosClass::Burstable,
+                QosClass::BestEffort,
+            ]
+            .map(|q| tier_group(cgroup_root, *d, q))
+        })
+        .filter_map(Result::ok)
+        .collect()
+}
+
 /// Is `g` one of the kubelet's tier groups (never written)?
 pub fn is_tier(cgroup_root: &str, g: &ForeignGroup) -> bool {
-    [Driver::Cgroupfs, Driver::Systemd].iter().any(|d| {
-        [
-            QosClass::Guaranteed,
-            QosClass::Burstable,
-            QosClass::BestEffort,
-        ]
-        .iter()
-        .any(|q| tier_group(cgroup_root, *d, *q).is_ok_and(|t| t == *g))
-    })
+    tiers(cgroup_root).contains(g)
 }
 
 #[cfg(test)]
@@ -171,6 +180,11 @@ mod tests {
             &tier_group("/", Driver::Systemd, QosClass::BestEffort).unwrap()
         ));
         assert!(!is_tier("/", &p));
+        // Both drivers' three tiers, under a custom root too.
+        let t = tiers("/custom");
+        assert_eq!(t.len(), 6);
+        assert!(t.iter().all(|g| g.as_str().starts_with("custom/kubepods")));
+        assert!(t.iter().any(|g| g.as_str() == "custom/kubepods"));
     }
 
     #[test]

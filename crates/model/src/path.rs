@@ -216,6 +216,13 @@ impl ForeignGroup {
     pub fn name(&self) -> &str {
         self.0.rsplit('/').next().unwrap_or("")
     }
+    /// Whether `self` is `other` or one of the groups above it.
+    pub fn contains(&self, other: &ForeignGroup) -> bool {
+        other
+            .as_str()
+            .strip_prefix(self.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
     pub fn parent(&self) -> Option<ForeignGroup> {
         self.0
             .rsplit_once('/')
@@ -320,6 +327,16 @@ impl fmt::Display for Target {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_foreign_group_contains_itself_and_what_is_below_it_only() {
+        let g = |s| ForeignGroup::new(s).unwrap();
+        assert!(g("kubepods").contains(&g("kubepods")));
+        assert!(g("kubepods").contains(&g("kubepods/besteffort")));
+        assert!(!g("kubepods").contains(&g("kubepods.slice")));
+        assert!(!g("kubepods/besteffort").contains(&g("kubepods")));
+        assert!(!g("kubepods/besteffort").contains(&g("kubepods/besteffort2")));
+    }
 
     #[test]
     fn group_paths_refuse_every_escape() {

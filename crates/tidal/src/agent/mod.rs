@@ -274,7 +274,13 @@ pub fn main(g: &Global, a: &AgentArgs) -> i32 {
                 return print_lines(&e);
             }
             match PodSource::start(cfg.kubernetes.clone(), layout.clone(), Connect::Infer) {
-                Ok(p) => Box::new(Combined::new(local, Box::new(p))),
+                Ok(p) => {
+                    // Never the kubelet's tiers, whatever a plan says.
+                    act.protect(tidal_kube::paths::tiers(
+                        &cfg.kubernetes.kubelet_cgroup_root,
+                    ));
+                    Box::new(Combined::new(local, Box::new(p)))
+                }
                 Err(e) => return fail(e),
             }
         }
