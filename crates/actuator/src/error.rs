@@ -27,6 +27,15 @@ pub enum ActError {
     Signal { pid: i32, source: std::io::Error },
     #[error("the tidal root {root} is held by a running agent (pid {pid}); stop it first, or use --force")]
     Locked { root: PathBuf, pid: String },
+    #[error(
+        "{by} holds the tidal root {root} ({path}) after {waited_ms} ms: try again once it is done"
+    )]
+    SetupBusy {
+        root: PathBuf,
+        path: PathBuf,
+        by: &'static str,
+        waited_ms: u64,
+    },
     #[error("lock {path}: {source}")]
     Lock {
         path: PathBuf,

@@ -18,5 +18,5 @@ pub use actuator::{ActStats, Actuator, Applied, Outcome};
 pub use brake::{Brake, Pulled};
 pub use error::ActError;
 pub use journal::{Entry, Journal};
-pub use lock::RootLock;
+pub use lock::{RootLock, SetupLock};
 pub use restore::{restore, RestoreReport};

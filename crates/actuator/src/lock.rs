@@ -166,6 +166,64 @@ impl RootLock {
     }
 }
 
+/// Kept by `tidal run` while it sets a workload up (shared: runs do not wait on each other) and by
+/// `restore` (exclusive), so a restore never removes a level group between a run's making sure of
+/// it and its workload's group appearing under it (the run's journal cache would then skip the
+/// group it makes again, and it would outlive every restore).
+#[derive(Debug)]
+pub struct SetupLock {
+    _file: File,
+}
+
+impl SetupLock {
+    /// A run's side: waits up to `wait` for a restore to finish.
+    pub fn shared(layout: &Layout, state_dir: &Path, wait: Duration) -> Result<Self, ActError> {
+        Self::take(layout, state_dir, wait, true)
+    }
+
+    /// A restore's side: waits up to `wait` for runs setting up to finish.
+    pub fn exclusive(layout: &Layout, state_dir: &Path, wait: Duration) -> Result<Self, ActError> {
+        Self::take(layout, state_dir, wait, false)
+    }
+
+    fn take(
+        layout: &Layout,
+        state_dir: &Path,
+        wait: Duration,
+        shared: bool,
+    ) -> Result<Self, ActError> {
+        let path = RootLock::path_for(layout, state_dir).with_extension("setup");
+        let f = RootLock::open(&path)?;
+        let deadline = Instant::now() + wait;
+        loop {
+            let r = if shared {
+                f.try_lock_shared()
+            } else {
+                f.try_lock()
+            };
+            match r {
+                Ok(()) => return Ok(SetupLock { _file: f }),
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(ActError::SetupBusy {
+                        root: root_of(layout),
+                        path,
+                        by: if shared {
+                            "a restore"
+                        } else {
+                            "a `tidal run` setting up"
+                        },
+                        waited_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    })
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(lerr(&path)(e)),
+            }
+        }
+    }
+}
+
 /// The pid written in a lock file by its holder.
 fn holder_pid(path: &Path) -> Option<i32> {
     let mut s = String::new();
@@ -207,5 +265,33 @@ mod tests {
         let _o = RootLock::acquire(&other, d.path()).unwrap();
         drop(held);
         assert!(RootLock::acquire(&l, d.path()).is_ok());
+    }
+
+    #[test]
+    fn runs_set_up_together_and_a_restore_waits_for_them_and_they_for_it() {
+        let d = tempfile::tempdir().unwrap();
+        let l = layout(&format!("/setup-test-{}", std::process::id()));
+        let short = Duration::from_millis(60);
+        let a = SetupLock::shared(&l, d.path(), short).unwrap();
+        let b = SetupLock::shared(&l, d.path(), short).unwrap();
+        let e = SetupLock::exclusive(&l, d.path(), short)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tidal run") && e.contains("setup-test"), "{e}");
+        drop(a);
+        assert!(SetupLock::exclusive(&l, d.path(), short).is_err());
+        drop(b);
+        let r = SetupLock::exclusive(&l, d.path(), short).unwrap();
+        let e = SetupLock::shared(&l, d.path(), short)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a restore"), "{e}");
+        // A holder that lets go within the wait is waited for.
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(r);
+        });
+        assert!(SetupLock::shared(&l, d.path(), Duration::from_secs(10)).is_ok());
+        t.join().unwrap();
     }
 }

@@ -54,6 +54,7 @@ fn is_environment(e: &ActError) -> bool {
         || matches!(
             e,
             ActError::Locked { .. }
+                | ActError::SetupBusy { .. }
                 | ActError::Root(_)
                 | ActError::Journal { .. }
                 | ActError::Lock { .. }

@@ -5,7 +5,7 @@ use crate::cli::{Global, RestoreArgs};
 use crate::exit::{self, fail};
 use serde_json::json;
 use std::time::Duration;
-use tidal_actuator::RootLock;
+use tidal_actuator::{RootLock, SetupLock};
 
 pub fn main(g: &Global, a: &RestoreArgs) -> i32 {
     let layout = match g.layout() {
@@ -28,6 +28,15 @@ pub fn main(g: &Global, a: &RestoreArgs) -> i32 {
             None
         }
         Err(e) => return exit::act(&e),
+    };
+    // No `tidal run` is between making sure of a level and filling it while groups are removed.
+    let _setup = if g.dry_run {
+        None
+    } else {
+        match SetupLock::exclusive(&layout, &state_dir, Duration::from_secs(30)) {
+            Ok(l) => Some(l),
+            Err(e) => return exit::act(&e),
+        }
     };
     let rep = match tidal_actuator::restore(&layout, &state_dir, g.dry_run) {
         Ok(r) => r,

@@ -9,6 +9,9 @@ use tidal_cgroupfs::detect_capabilities;
 use tidal_model::{GroupPath, Plan};
 use tidal_policy::{level_plan, workload_limits, Limits};
 
+/// How long a run waits for a restore of its root to finish before it gives up.
+const SETUP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Finds `cmd` the way execvp would, so a typo fails before any group is created.
 fn resolve(cmd: &str) -> Option<PathBuf> {
     if cmd.contains('/') {
@@ -101,6 +104,15 @@ pub fn main(g: &Global, a: &RunArgs) -> i32 {
         Err(e) => return fail(e),
     };
     let caps = detect_capabilities(&layout);
+    // Until the command's group holds it: a restore meanwhile would remove the level under it.
+    let setup_lock = if g.dry_run {
+        None
+    } else {
+        match tidal_actuator::SetupLock::shared(&layout, &g.state_dir(), SETUP_WAIT) {
+            Ok(l) => Some(l),
+            Err(e) => return exit::act(&e),
+        }
+    };
     let mut act = match Actuator::new(layout, &g.state_dir(), g.dry_run) {
         Ok(a) => a,
         Err(e) => return exit::act(&e),
@@ -128,6 +140,7 @@ pub fn main(g: &Global, a: &RunArgs) -> i32 {
         act.rollback_created(&group);
         return exit::act(&e);
     }
+    drop(setup_lock);
     tracing::info!("running {:?} in {} at level {}", a.cmd, group, a.qos);
     let err = std::process::Command::new(cmd).args(&a.cmd[1..]).exec();
     // exec failed: leave no empty group behind.

@@ -1,5 +1,5 @@
-//! Hardening on real cgroups: one agent per root and restore away from it, no re-pinning, kills that
-//! leave nothing, knobs the kernel refuses, cpuset restore order, a frozen lock holder, no write
+//! Hardening on real cgroups: one agent per root and restore away from it and from a run setting
+//! up, no re-pinning, kills that leave nothing, knobs the kernel refuses, cpuset restore order, a frozen lock holder, no write
 //! without a journal, and a seeded series of SIGKILLs that restore must undo whole.
 
 mod common;
@@ -453,6 +453,46 @@ fn seeded_sigkills_of_the_agent_converge_and_restore_returns_everything() {
     for w in ["offline/offline/hog", "offline/offline-low/low"] {
         assert_eq!(t.effective_cpus(w), all, "{w} pinned: {text}");
     }
+}
+
+/// A `tidal run` waits while a restore holds its root's set-up lock, creating nothing, and goes on
+/// once the restore is done: a restore never removes a level between a run's making sure of it and
+/// its workload's group appearing under it.
+#[test]
+fn a_run_waits_for_a_restore_of_its_root_before_it_sets_up() {
+    if !cgroups_usable("a_run_waits_for_a_restore_of_its_root_before_it_sets_up") {
+        return;
+    }
+    let t = TestRoot::new("setuplock");
+    let restoring =
+        tidal_actuator::SetupLock::exclusive(&t.layout, t.state.path(), Duration::from_secs(5))
+            .expect("the set-up lock, as a restore takes it");
+    let mut run = t
+        .cmd()
+        .args(["run", "--qos", "offline", "--name", "waiter", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the run went on while a restore held its root"
+    );
+    assert!(!t.dir("cpu", "offline/offline").exists(), "a level made");
+    drop(restoring);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the run never went on");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = run.wait_with_output().unwrap();
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(t.dir("cpu", "offline/offline").exists(), "no level made");
+    t.restore_ok();
 }
 
 #[test]
