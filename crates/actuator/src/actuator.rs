@@ -255,6 +255,10 @@ impl Actuator {
         self.journal.sync()?;
         let mut items = Vec::new();
         for (target, knob) in targets {
+            // Never written, so its originals are not restore's to write back.
+            if self.guard(target).is_err() {
+                continue;
+            }
             let Some((_, paths)) = self.layout.knob_paths(target, *knob) else {
                 continue;
             };

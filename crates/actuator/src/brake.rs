@@ -9,7 +9,7 @@ use crate::kernel;
 use std::path::PathBuf;
 use tidal_cgroupfs::controller;
 use tidal_model::{Knob, KnobValue, Target};
-use tracing::info;
+use tracing::{info, warn};
 
 /// Freeze files and the value that freezes each, resolved when the brake was made.
 #[derive(Debug, Clone, Default)]
@@ -59,11 +59,17 @@ impl Brake {
 
 impl Actuator {
     /// A brake for `targets`: their freeze files, each original journalled now (none is written).
-    /// Targets without a freezer file here are left out.
+    /// Targets without a freezer file here are left out, and protected ones (said): the rest
+    /// still brake.
     pub fn brake(&mut self, targets: &[Target]) -> Result<Brake, ActError> {
+        let mut kept = Vec::with_capacity(targets.len());
         for t in targets {
-            self.guard(t)?;
+            match self.guard(t) {
+                Ok(()) => kept.push(t.clone()),
+                Err(e) => warn!("stall brake: {e}: left out"),
+            }
         }
+        let targets = &kept[..];
         let knobs: Vec<(Target, Knob)> =
             targets.iter().map(|t| (t.clone(), Knob::Freeze)).collect();
         self.remember(&knobs)?;

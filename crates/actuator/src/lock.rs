@@ -195,6 +195,7 @@ impl SetupLock {
         let path = RootLock::path_for(layout, state_dir).with_extension("setup");
         let f = RootLock::open(&path)?;
         let deadline = Instant::now() + wait;
+        let mut said = false;
         loop {
             let r = if shared {
                 f.try_lock_shared()
@@ -204,6 +205,19 @@ impl SetupLock {
             match r {
                 Ok(()) => return Ok(SetupLock { _file: f }),
                 Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    if !said {
+                        said = true;
+                        tracing::info!(
+                            "waiting for {} on {} to finish (up to {} s)",
+                            if shared {
+                                "a restore"
+                            } else {
+                                "`tidal run` set-ups"
+                            },
+                            root_of(layout).display(),
+                            wait.as_secs()
+                        );
+                    }
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {

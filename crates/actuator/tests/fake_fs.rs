@@ -337,7 +337,8 @@ fn fake_fs_a_value_of_the_wrong_kind_is_refused_naming_its_file() {
 }
 
 /// Protected groups (the kubelet's tiers) and the groups above them are refused, naming the
-/// directory, before anything is read or journalled; a pod's group below them is written.
+/// directory, before anything is read or journalled (a brake leaves them out and keeps the rest);
+/// a pod's group below them is written.
 #[test]
 fn fake_fs_the_kubelets_tiers_are_never_written_and_a_pod_below_them_is() {
     let tmp = tempfile::tempdir().unwrap();
@@ -363,11 +364,20 @@ fn fake_fs_the_kubelets_tiers_are_never_written_and_a_pod_below_them_is() {
             "{err}"
         );
         assert!(act.oom_score_adj(&t, 1000).is_err());
-        assert!(act.brake(std::slice::from_ref(&t)).is_err());
+        act.remember(&[(t.clone(), Knob::CpuIdle)]).unwrap();
         assert_eq!(read(&mount.join(tier).join("cpu.idle")), "0");
     }
     assert!(act.journal().load().unwrap().0.is_empty());
     let pod = Target::Foreign(g("kubepods/besteffort/podx"));
+    let brake = act
+        .brake(&[Target::Foreign(g("kubepods/besteffort")), pod.clone()])
+        .unwrap();
+    let files: Vec<_> = brake.files().map(Path::to_path_buf).collect();
+    assert_eq!(
+        files,
+        [mount.join("kubepods/besteffort/podx/cgroup.freeze")],
+        "the tier left out, the pod kept"
+    );
     assert_eq!(
         act.set(&pod, Knob::CpuIdle, &idle).unwrap(),
         Outcome::Written

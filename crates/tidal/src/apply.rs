@@ -6,7 +6,8 @@ use crate::agent::view::{PlanView, StateView};
 use crate::cli::{ApplyArgs, Global};
 use crate::exit::{self, fail};
 use std::io::Read;
-use tidal_actuator::Actuator;
+use std::time::Duration;
+use tidal_actuator::{Actuator, SetupLock};
 use tidal_model::Plan;
 
 /// Largest plan file read: a plan is a list of small actions.
@@ -46,14 +47,31 @@ pub fn main(g: &Global, a: &ApplyArgs) -> i32 {
         Ok(p) => p,
         Err(e) => return fail(format!("invalid plan {}: {e}", a.plan.display())),
     };
+    let cfg = match crate::agent::load_config(a.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return crate::agent::print_lines(&e),
+    };
     let layout = match g.layout() {
         Ok(l) => l,
         Err(e) => return fail(e),
+    };
+    // A plan can make groups: a restore waits for it as for a run setting up.
+    let _setup = if g.dry_run {
+        None
+    } else {
+        match SetupLock::shared(&layout, &g.state_dir(), Duration::from_secs(30)) {
+            Ok(l) => Some(l),
+            Err(e) => return exit::act(&e),
+        }
     };
     let mut act = match Actuator::new(layout, &g.state_dir(), g.dry_run) {
         Ok(a) => a,
         Err(e) => return exit::act(&e),
     };
+    // Whatever the plan says, never the kubelet's tiers.
+    act.protect(tidal_kube::paths::tiers(
+        &cfg.kubernetes.kubelet_cgroup_root,
+    ));
     let mut failures = 0;
     for (i, action) in plan.actions.iter().enumerate() {
         if i > 0 && a.pause_ms > 0 {

@@ -159,6 +159,10 @@ pub struct ApplyArgs {
     /// Pause between actions, in milliseconds (to watch a plan take effect), at most a minute.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub pause_ms: u64,
+    /// The agent's config file: its `kubernetes.kubelet_cgroup_root` says where the kubelet's
+    /// tiers are, which a plan may not write (without it, under `/`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 pub fn parse_level(s: &str) -> Result<QosLevel, String> {

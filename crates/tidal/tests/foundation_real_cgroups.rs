@@ -402,6 +402,47 @@ fn hostile_input_is_refused_up_front() {
     assert!(!err.contains("unexpected argument"), "{err}");
 }
 
+/// `tidal apply` never writes the kubelet's QoS tiers or the groups above them, whatever the plan
+/// says: under `/` by default, under the config's `kubelet_cgroup_root` with `--config`. Refused
+/// before anything is read (a dry run, so no root is needed).
+#[test]
+fn apply_refuses_the_kubelets_tiers_whatever_the_plan_says() {
+    let state = tempfile::tempdir().unwrap();
+    let cfg = state.path().join("config.yaml");
+    std::fs::write(&cfg, "kubernetes:\n  kubelet_cgroup_root: /custom\n").unwrap();
+    let plan = state.path().join("plan.json");
+    for (group, config) in [
+        ("kubepods/besteffort", None),
+        ("kubepods", None),
+        ("kubepods.slice/kubepods-burstable.slice", None),
+        ("custom/kubepods/burstable", Some(&cfg)),
+        ("custom", Some(&cfg)),
+    ] {
+        std::fs::write(
+            &plan,
+            format!(
+                r#"{{"actions":[{{"foreign":"{group}","op":"set","knob":"cpu-idle","value":{{"bool":true}},"reason":"t"}}]}}"#
+            ),
+        )
+        .unwrap();
+        let mut c = std::process::Command::new(common::tidal_bin());
+        c.env("TIDAL_STATE_DIR", state.path().join("s"))
+            .env_remove("TIDAL_ROOT")
+            .args(["--dry-run", "apply", "--plan"])
+            .arg(&plan);
+        if let Some(f) = config {
+            c.arg("--config").arg(f);
+        }
+        let out = c.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{group}: {text}");
+        assert!(
+            text.contains("FAILED") && text.contains("never writes it"),
+            "{group}: {text}"
+        );
+    }
+}
+
 #[test]
 fn a_pods_processes_are_read_from_its_container_groups_nested_too() {
     if !cgroups_usable("a_pods_processes_are_read_from_its_container_groups_nested_too") {
