@@ -110,16 +110,22 @@ impl RootLock {
             other => return other,
         }
         let path = Self::path_for(layout, state_dir);
-        if let Some(pid) = holder_pid(&path) {
-            tracing::info!(
-                "stopping the agent (pid {pid}) that holds {}",
-                root_of(layout).display()
-            );
-            kernel::signal(pid, libc::SIGTERM)
-                .map_err(|source| ActError::Signal { pid, source })?;
-        }
         let deadline = Instant::now() + wait;
+        let mut stopped = false;
         loop {
+            // Only a pid the kernel shows holding the lock: a new holder writes its pid just after
+            // taking it, and the file's old pid may be another process by then.
+            if !stopped {
+                if let Some(pid) = holder_pid(&path).filter(|p| holds(*p, &path)) {
+                    tracing::info!(
+                        "stopping the agent (pid {pid}) that holds {}",
+                        root_of(layout).display()
+                    );
+                    kernel::signal(pid, libc::SIGTERM)
+                        .map_err(|source| ActError::Signal { pid, source })?;
+                    stopped = true;
+                }
+            }
             match Self::acquire(layout, state_dir) {
                 Err(ActError::Locked { .. }) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
@@ -156,9 +162,24 @@ impl RootLock {
                     root_of(layout).display()
                 )))
             }
-            Err(ActError::Locked { .. }) => holder_pid(&path).ok_or_else(|| {
-                ActError::Root(format!("the lock {} names no pid", path.display()))
-            })?,
+            Err(ActError::Locked { .. }) => {
+                // A holder writes its pid just after taking the lock: give it a moment.
+                let deadline = Instant::now() + Duration::from_secs(1);
+                loop {
+                    match holder_pid(&path).filter(|p| holds(*p, &path)) {
+                        Some(p) => break p,
+                        None if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        None => {
+                            return Err(ActError::Root(format!(
+                                "the lock {} names no pid that holds it",
+                                path.display()
+                            )))
+                        }
+                    }
+                }
+            }
             Err(e) => return Err(e),
         };
         kernel::signal(pid, sig).map_err(|source| ActError::Signal { pid, source })?;
@@ -238,6 +259,41 @@ impl SetupLock {
     }
 }
 
+/// Whether the kernel shows `pid` holding an flock on `path` (`/proc/locks`: "1: FLOCK ADVISORY
+/// WRITE PID MAJ:MIN:INODE 0 EOF", device numbers in hex; waiters' lines carry "->").
+fn holds(pid: i32, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(meta), Ok(locks)) = (
+        std::fs::metadata(path),
+        std::fs::read_to_string("/proc/locks"),
+    ) else {
+        return false;
+    };
+    let dev = meta.dev();
+    let want = (
+        u64::from(libc::major(dev)),
+        u64::from(libc::minor(dev)),
+        meta.ino(),
+    );
+    let found = locks_held(&locks, pid).any(|id| id == want);
+    found
+}
+
+/// The (major, minor, inode) of each flock `pid` holds in a `/proc/locks` text.
+fn locks_held(text: &str, pid: i32) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+    text.lines().filter_map(move |l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.get(1) != Some(&"FLOCK") || f.get(4)?.parse::<i32>().ok()? != pid {
+            return None;
+        }
+        let mut id = f.get(5)?.split(':');
+        let major = u64::from_str_radix(id.next()?, 16).ok()?;
+        let minor = u64::from_str_radix(id.next()?, 16).ok()?;
+        let ino = id.next()?.parse().ok()?;
+        Some((major, minor, ino))
+    })
+}
+
 /// The pid written in a lock file by its holder.
 fn holder_pid(path: &Path) -> Option<i32> {
     let mut s = String::new();
@@ -279,6 +335,45 @@ mod tests {
         let _o = RootLock::acquire(&other, d.path()).unwrap();
         drop(held);
         assert!(RootLock::acquire(&l, d.path()).is_ok());
+    }
+
+    #[test]
+    fn proc_locks_lines_give_a_pid_s_flocks_only() {
+        let text = "1: FLOCK  ADVISORY  WRITE 25106 fe:00:10010694 0 EOF\n\
+            1: -> FLOCK  ADVISORY  WRITE 25107 fe:00:10010694 0 EOF\n\
+            2: POSIX  ADVISORY  WRITE 25106 fe:00:77 0 EOF\n\
+            3: FLOCK  ADVISORY  READ 25106 103:1a:5 0 EOF\n\
+            4: FLOCK  ADVISORY  WRITE 9 00:1a:x 0 EOF\n";
+        let held: Vec<_> = locks_held(text, 25106).collect();
+        assert_eq!(held, [(0xfe, 0, 10010694), (0x103, 0x1a, 5)]);
+        assert_eq!(locks_held(text, 25107).count(), 0, "a waiter holds nothing");
+        assert_eq!(locks_held(text, 9).count(), 0);
+    }
+
+    #[test]
+    fn only_a_pid_the_kernel_shows_holding_the_lock_is_signalled() {
+        let d = tempfile::tempdir().unwrap();
+        let l = layout(&format!("/holder-test-{}", std::process::id()));
+        let held = RootLock::acquire(&l, d.path()).unwrap();
+        assert!(holds(std::process::id() as i32, held.path()));
+        // A stale pid in the file (a process that holds nothing) is not signalled.
+        let mut bystander = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = bystander.id() as i32;
+        std::fs::write(held.path(), format!("{pid}\n")).unwrap();
+        assert!(!holds(pid, held.path()));
+        let e = RootLock::signal_holder(&l, d.path(), libc::SIGTERM)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no pid that holds it"), "{e}");
+        assert!(
+            bystander.try_wait().unwrap().is_none(),
+            "the bystander was signalled"
+        );
+        let _ = bystander.kill();
+        let _ = bystander.wait();
     }
 
     #[test]

@@ -62,6 +62,19 @@ fn one_agent_per_root_and_restore_waits_for_it_or_stops_it_with_force() {
         agent.try_wait().unwrap().is_none(),
         "restore must not touch the agent"
     );
+    // `tidal release` finds the holder (a pid the kernel shows holding the lock) and waits for it
+    // to say offline has everything back; the agent stays, paused.
+    let out = t.tidal(&["release", "--wait", "20"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&format!("pid {}", agent.id())),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "release stopped the agent"
+    );
     // --force stops the agent (it gives offline its CPUs back and thaws it), then restores.
     let out = t.tidal(&["restore", "--force"]);
     let text = String::from_utf8_lossy(&out.stdout);
