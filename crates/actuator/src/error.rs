@@ -28,7 +28,7 @@ pub enum ActError {
     #[error("the tidal root {root} is held by a running agent (pid {pid}); stop it first, or use --force")]
     Locked { root: PathBuf, pid: String },
     #[error(
-        "{by} holds the tidal root {root} ({path}) after {waited_ms} ms: try again once it is done"
+        "the tidal root {root} is still busy with {by} after {waited_ms} ms ({path}): try again once it is done"
     )]
     SetupBusy {
         root: PathBuf,

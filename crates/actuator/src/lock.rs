@@ -113,10 +113,8 @@ impl RootLock {
         let deadline = Instant::now() + wait;
         let mut stopped = false;
         loop {
-            // Only a pid the kernel shows holding the lock: a new holder writes its pid just after
-            // taking it, and the file's old pid may be another process by then.
             if !stopped {
-                if let Some(pid) = holder_pid(&path).filter(|p| holds(*p, &path)) {
+                if let Some(pid) = live_holder(&path) {
                     tracing::info!(
                         "stopping the agent (pid {pid}) that holds {}",
                         root_of(layout).display()
@@ -163,10 +161,10 @@ impl RootLock {
                 )))
             }
             Err(ActError::Locked { .. }) => {
-                // A holder writes its pid just after taking the lock: give it a moment.
+                // A new holder writes its pid just after taking the lock: give it a moment.
                 let deadline = Instant::now() + Duration::from_secs(1);
                 loop {
-                    match holder_pid(&path).filter(|p| holds(*p, &path)) {
+                    match live_holder(&path) {
                         Some(p) => break p,
                         None if Instant::now() < deadline => {
                             std::thread::sleep(Duration::from_millis(20))
@@ -197,6 +195,10 @@ pub struct SetupLock {
 }
 
 impl SetupLock {
+    /// How long either side waits for the other by default: a run's set-up or a restore takes a
+    /// fraction of it.
+    pub const WAIT: Duration = Duration::from_secs(30);
+
     /// A run's side: waits up to `wait` for a restore to finish.
     pub fn shared(layout: &Layout, state_dir: &Path, wait: Duration) -> Result<Self, ActError> {
         Self::take(layout, state_dir, wait, true)
@@ -216,6 +218,11 @@ impl SetupLock {
         let path = RootLock::path_for(layout, state_dir).with_extension("setup");
         let f = RootLock::open(&path)?;
         let deadline = Instant::now() + wait;
+        let other = if shared {
+            "a restore"
+        } else {
+            "`tidal run` set-ups"
+        };
         let mut said = false;
         loop {
             let r = if shared {
@@ -229,12 +236,7 @@ impl SetupLock {
                     if !said {
                         said = true;
                         tracing::info!(
-                            "waiting for {} on {} to finish (up to {} s)",
-                            if shared {
-                                "a restore"
-                            } else {
-                                "`tidal run` set-ups"
-                            },
+                            "waiting for {other} on {} to finish (up to {} s)",
                             root_of(layout).display(),
                             wait.as_secs()
                         );
@@ -245,11 +247,7 @@ impl SetupLock {
                     return Err(ActError::SetupBusy {
                         root: root_of(layout),
                         path,
-                        by: if shared {
-                            "a restore"
-                        } else {
-                            "a `tidal run` setting up"
-                        },
+                        by: other,
                         waited_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                     })
                 }
@@ -292,6 +290,13 @@ fn locks_held(text: &str, pid: i32) -> impl Iterator<Item = (u64, u64, u64)> + '
         let ino = id.next()?.parse().ok()?;
         Some((major, minor, ino))
     })
+}
+
+/// The pid in a lock file, if the kernel shows it holding the lock: a new holder writes its pid
+/// just after taking it, so until then the file may name an old holder, or a process that reused
+/// its pid.
+fn live_holder(path: &Path) -> Option<i32> {
+    holder_pid(path).filter(|p| holds(*p, path))
 }
 
 /// The pid written in a lock file by its holder.

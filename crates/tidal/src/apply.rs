@@ -6,8 +6,7 @@ use crate::agent::view::{PlanView, StateView};
 use crate::cli::{ApplyArgs, Global};
 use crate::exit::{self, fail};
 use std::io::Read;
-use std::time::Duration;
-use tidal_actuator::{Actuator, SetupLock};
+use tidal_actuator::Actuator;
 use tidal_model::Plan;
 
 /// Largest plan file read: a plan is a list of small actions.
@@ -56,13 +55,9 @@ pub fn main(g: &Global, a: &ApplyArgs) -> i32 {
         Err(e) => return fail(e),
     };
     // A plan can make groups: a restore waits for it as for a run setting up.
-    let _setup = if g.dry_run {
-        None
-    } else {
-        match SetupLock::shared(&layout, &g.state_dir(), Duration::from_secs(30)) {
-            Ok(l) => Some(l),
-            Err(e) => return exit::act(&e),
-        }
+    let _setup = match g.setup_lock(&layout, false) {
+        Ok(l) => l,
+        Err(e) => return exit::act(&e),
     };
     let mut act = match Actuator::new(layout, &g.state_dir(), g.dry_run) {
         Ok(a) => a,

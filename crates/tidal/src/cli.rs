@@ -58,6 +58,26 @@ impl Global {
         Layout::discover(&spec).map_err(|e| e.to_string())
     }
 
+    /// The root's set-up lock, shared for what makes groups (`run`, `apply`), exclusive for
+    /// `restore`; none in a dry run, which makes and removes nothing.
+    pub fn setup_lock(
+        &self,
+        layout: &Layout,
+        exclusive: bool,
+    ) -> Result<Option<tidal_actuator::SetupLock>, tidal_actuator::ActError> {
+        use tidal_actuator::SetupLock;
+        if self.dry_run {
+            return Ok(None);
+        }
+        let state = self.state_dir();
+        let wait = SetupLock::WAIT;
+        if exclusive {
+            SetupLock::exclusive(layout, &state, wait).map(Some)
+        } else {
+            SetupLock::shared(layout, &state, wait).map(Some)
+        }
+    }
+
     /// The global flags as the benchmark takes them.
     pub fn bench(&self) -> tidal_bench::BenchGlobal {
         tidal_bench::BenchGlobal {

@@ -5,7 +5,7 @@ use crate::cli::{Global, RestoreArgs};
 use crate::exit::{self, fail};
 use serde_json::json;
 use std::time::Duration;
-use tidal_actuator::{RootLock, SetupLock};
+use tidal_actuator::RootLock;
 
 pub fn main(g: &Global, a: &RestoreArgs) -> i32 {
     let layout = match g.layout() {
@@ -30,13 +30,9 @@ pub fn main(g: &Global, a: &RestoreArgs) -> i32 {
         Err(e) => return exit::act(&e),
     };
     // No `tidal run` is between making sure of a level and filling it while groups are removed.
-    let _setup = if g.dry_run {
-        None
-    } else {
-        match SetupLock::exclusive(&layout, &state_dir, Duration::from_secs(30)) {
-            Ok(l) => Some(l),
-            Err(e) => return exit::act(&e),
-        }
+    let _setup = match g.setup_lock(&layout, true) {
+        Ok(l) => l,
+        Err(e) => return exit::act(&e),
     };
     let rep = match tidal_actuator::restore(&layout, &state_dir, g.dry_run) {
         Ok(r) => r,

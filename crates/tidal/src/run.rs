@@ -9,9 +9,6 @@ use tidal_cgroupfs::detect_capabilities;
 use tidal_model::{GroupPath, Plan};
 use tidal_policy::{level_plan, workload_limits, Limits};
 
-/// How long a run waits for a restore of its root to finish before it gives up.
-const SETUP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Finds `cmd` the way execvp would, so a typo fails before any group is created.
 fn resolve(cmd: &str) -> Option<PathBuf> {
     if cmd.contains('/') {
@@ -105,13 +102,9 @@ pub fn main(g: &Global, a: &RunArgs) -> i32 {
     };
     let caps = detect_capabilities(&layout);
     // Until the command's group holds it: a restore meanwhile would remove the level under it.
-    let setup_lock = if g.dry_run {
-        None
-    } else {
-        match tidal_actuator::SetupLock::shared(&layout, &g.state_dir(), SETUP_WAIT) {
-            Ok(l) => Some(l),
-            Err(e) => return exit::act(&e),
-        }
+    let setup_lock = match g.setup_lock(&layout, false) {
+        Ok(l) => l,
+        Err(e) => return exit::act(&e),
     };
     let mut act = match Actuator::new(layout, &g.state_dir(), g.dry_run) {
         Ok(a) => a,

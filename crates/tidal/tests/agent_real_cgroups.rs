@@ -5,7 +5,7 @@ mod common;
 
 use common::{cgroups_usable, free_addr, get, wait_cgroup, wait_for, TestRoot};
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tidal_model::{CpuSet, Knob, KnobValue};
 
 fn offline_cpus(t: &TestRoot) -> CpuSet {
@@ -190,14 +190,7 @@ fn agent_confines_offline_under_online_load_and_gives_cpus_back() {
     // SIGTERM: clean exit 0.
     // SAFETY: kill(2) on the agent this test started.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = agent.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "agent did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::wait_exit(&mut agent, 10, "the agent to stop on SIGTERM");
     assert_eq!(status.code(), Some(0));
     assert_eq!(
         offline_cpus(&t),

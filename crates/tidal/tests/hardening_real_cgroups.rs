@@ -7,7 +7,7 @@ mod common;
 use common::{cgroups_usable, free_addr, get, start_agent, wait_cgroup, wait_for, TestRoot};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tidal_actuator::{Actuator, Outcome};
 use tidal_model::{CpuSet, GroupPath, Knob, KnobValue, Target};
 
@@ -494,14 +494,7 @@ fn a_run_waits_for_a_restore_of_its_root_before_it_sets_up() {
     );
     assert!(!t.dir("cpu", "offline/offline").exists(), "a level made");
     drop(restoring);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = run.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the run never went on");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = common::wait_exit(&mut run, 20, "the run to go on once let go");
     let out = run.wait_with_output().unwrap();
     assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(t.dir("cpu", "offline/offline").exists(), "no level made");
@@ -609,17 +602,7 @@ fn bench_stops_quickly_on_ctrl_c_to_its_process_group_and_leaves_nothing() {
     std::thread::sleep(Duration::from_secs(6));
     // SAFETY: kill(2) on the process group this test made.
     unsafe { libc::kill(-(pid as i32), libc::SIGINT) };
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "the bench did not stop on Ctrl-C"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = common::wait_exit(&mut child, 15, "the bench to stop on Ctrl-C");
     let mut err = String::new();
     use std::io::Read;
     child

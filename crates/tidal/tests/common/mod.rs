@@ -481,6 +481,18 @@ pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     panic!("timed out after {secs}s waiting for {what}");
 }
 
+/// Waits `secs` at most for `c` to exit; its status. Panics naming `what` past that.
+pub fn wait_exit(c: &mut Child, secs: u64, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = c.try_wait().expect("try_wait") {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what} within {secs}s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `tidal agent` with config `cfg`, written to the state dir, on this test's root.
 pub fn start_agent(t: &TestRoot, cfg: &str, addr: &str) -> Child {
     t.spawn_agent(t.agent_cmd(&t.write_config(cfg), addr), addr)
